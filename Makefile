@@ -1,0 +1,30 @@
+# Two commands for a new user: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= demo
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: install
+	$(BIN)/linumpy-motor synth $(DEMO)/input --slices 3 --grid 6 7 --tile 8 160 160 --seed 1
+	$(BIN)/linumpy-motor run $(DEMO)/input $(DEMO)/output
+	@echo ""
+	@echo "Demo results are in $(DEMO)/output (report: $(DEMO)/output/report.html)"
+
+test: install
+	PATH="$(CURDIR)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/run_all.py --out bench/results.md
+
+clean:
+	rm -rf $(DEMO) bench/_work .pytest_cache .hypothesis

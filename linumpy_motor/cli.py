@@ -1,0 +1,62 @@
+"""``linumpy-motor``: synthesise a dataset, or run the whole stage on one machine."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from . import synthetic
+from .entry import make_parser, overlap_fraction, run_cli
+
+
+def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``linumpy-motor synth`` (shared with ``bin/linum_motor_synth.py``)."""
+    defaults = synthetic.SyntheticSpec()
+    parser.add_argument("outdir", help="folder to write the slices and truth.json into")
+    parser.add_argument("--slices", type=int, default=3, help="number of slices")
+    parser.add_argument("--grid", type=int, nargs=2, metavar=("NX", "NY"), default=(defaults.nx, defaults.ny),
+                        help="tile rows and columns")
+    parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "H", "W"), default=defaults.tile_shape,
+                        help="tile shape")
+    parser.add_argument("--overlap", type=overlap_fraction, default=defaults.overlap, help="tile overlap")
+    parser.add_argument("--theta", type=float, default=defaults.theta_deg, help="scan-to-stage rotation (deg)")
+    parser.add_argument("--phi-deviation", type=float, default=defaults.perpendicular_deviation_deg,
+                        help="deviation of the motor axes from perpendicular (deg)")
+    parser.add_argument("--jitter", type=float, default=defaults.jitter_px, help="per-tile position jitter (px)")
+    parser.add_argument("--noise", type=float, default=defaults.noise, help="noise, fraction of the tissue signal")
+    parser.add_argument("--tissue-fraction", type=float, default=defaults.tissue_fraction,
+                        help="fraction of the slice covered by tissue")
+    parser.add_argument("--bad-tiles", type=int, default=0, help="tiles replaced by background or another tile")
+    parser.add_argument("--dtype", default=defaults.dtype, choices=("float32", "uint8", "uint16", "complex64"))
+    parser.add_argument("--ngff-version", default="0.5", choices=("0.4", "0.5"))
+    parser.add_argument("--no-shards", action="store_true", help="write NGFF 0.5 without sharding")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def synth(args: argparse.Namespace) -> None:
+    """Write the synthetic dataset described by ``args``."""
+    spec = synthetic.SyntheticSpec(
+        nx=args.grid[0], ny=args.grid[1], tile_shape=tuple(args.tile), overlap=args.overlap, theta_deg=args.theta,
+        perpendicular_deviation_deg=args.phi_deviation, jitter_px=args.jitter, noise=args.noise,
+        tissue_fraction=args.tissue_fraction, bad_tiles=args.bad_tiles, dtype=args.dtype, seed=args.seed,
+    )
+    synthetic.write_dataset(args.outdir, spec, n_slices=args.slices, ngff_version=args.ngff_version,
+                            sharded=not args.no_shards)
+    print(f"wrote {args.slices} synthetic slices and truth.json to {args.outdir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``linumpy-motor`` parser with its sub-commands."""
+    parser = make_parser("linumpy-motor", __doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    synth_parser = commands.add_parser("synth", help="write a synthetic dataset with known truth",
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_synth_arguments(synth_parser)
+    synth_parser.set_defaults(action=synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``linumpy-motor``."""
+    parser = build_parser()
+    return run_cli(parser, lambda args: args.action(args), argv)

@@ -1,0 +1,1 @@
+"""Mosaic sub-package, mirroring ``linumpy.mosaic``."""

@@ -1,0 +1,326 @@
+"""Motor-position-based tile placement for mosaic stitching.
+
+Drop-in for the reference ``linumpy.mosaic.motor``: the same eight functions, parameters and
+return values, with sub-pixel measurement, a robust weighted fit, explicit errors instead of an
+identity fallback, and extra keyword-only options where they add something.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .. import geometry
+from ..compare import compare_positions
+from ..errors import InputError
+from ..fit import fit_pairs, fit_pooled
+from ..io import MosaicGrid, central_plane_index, open_mosaic, write_json
+from ..measure import band_reader, measure_grid_pairs, measure_mosaic
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "compute_motor_positions", "compute_registration_refinements", "estimate_affine_from_pairs",
+    "pool_pairs_and_fit_global_affine", "compute_affine_positions", "compute_affine_output_shape",
+    "apply_blend_shift_refinement", "compare_motor_vs_registration",
+]
+
+
+def compute_motor_positions(nx, ny, tile_shape, overlap_fraction, scale_factor=1.0, rotation_deg=0.0):
+    """Compute tile positions based on motor grid (ideal positions).
+
+    Parameters
+    ----------
+    nx, ny : int
+        Number of tile rows and columns.
+    tile_shape : tuple
+        Tile dimensions (z, height, width).
+    overlap_fraction : float
+        Expected overlap between tiles (0-1).
+    scale_factor : float
+        Scale applied to step size (default 1.0 = no scaling).
+    rotation_deg : float
+        Global grid rotation in degrees (default 0.0).
+
+    Returns
+    -------
+    positions : list of (int, int)
+        (row, col) pixel position of each tile, row-major, the mosaic starting at (0, 0).
+    step_y, step_x : int
+        Y and X step in pixels.
+    """
+    transform = geometry.ideal_transform(tile_shape, overlap_fraction, scale_factor, rotation_deg)
+    positions = geometry.affine_positions(nx, ny, transform)
+    step_y = int(round((1 - overlap_fraction) * tile_shape[-2] * scale_factor))
+    step_x = int(round((1 - overlap_fraction) * tile_shape[-1] * scale_factor))
+    return [tuple(int(v) for v in p) for p in np.rint(positions)], step_y, step_x
+
+
+def _clamped_residuals(pairs: list[dict], steps: tuple[int, int], limit: float, horizontal: bool) -> list[dict]:
+    residuals = []
+    for pair in pairs:
+        if bool(pair["col_delta"]) != horizontal:
+            continue
+        i, j = pair["tile"]
+        dy = pair["measured_dy"] - (0 if horizontal else steps[0])
+        dx = pair["measured_dx"] - (steps[1] if horizontal else 0)
+        residuals.append({
+            "tile": [i, j], "neighbor": [i + pair["row_delta"], j + pair["col_delta"]],
+            "dy": float(np.clip(dy, -limit, limit)), "dx": float(np.clip(dx, -limit, limit)), "ncc": pair["ncc"],
+        })
+    return residuals
+
+
+def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fraction, max_refinement_px=10.0, *,
+                                     histogram_match=False, max_empty_fraction=None, use_gpu=False,
+                                     z=None, max_shift_px=None, filter_sigma=1.0, progress=False):
+    """Correlate neighboring tiles within a slice to measure displacement errors.
+
+    Parameters
+    ----------
+    volume : array-like
+        The mosaic grid (Z, nx*tile_h, ny*tile_w) (NumPy, zarr or dask; only one plane is read),
+        or that one plane (nx*tile_h, ny*tile_w).
+    tile_shape : tuple
+        Tile dimensions (z, height, width).
+    nx, ny : int
+        Number of tile rows and columns.
+    overlap_fraction : float
+        Expected overlap fraction, in (0, 0.5].
+    max_refinement_px : float
+        Residuals kept for blend refinement are clamped to this; ``pairs`` are not.
+    histogram_match : bool, keyword-only
+        Match the second overlap's histogram to the first before correlating.
+    max_empty_fraction : float or None, keyword-only
+        Skip pairs whose overlap is more than this fraction background (Otsu threshold).
+        ``None``: skip pairs whose overlap is less than 10 % non-zero.
+    use_gpu : bool, keyword-only
+        Run the FFT work with CuPy when a CUDA device is usable (else the CPU, with a warning);
+        ``stats['backend']`` says which ran.
+    z : int or None, keyword-only
+        Plane to measure (default: the central one).
+    max_shift_px : float or None, keyword-only
+        Largest stage error searched (default: 10 % of the tile).
+    filter_sigma : float, keyword-only
+        Gaussian low-pass of the whitened spectrum (px).
+    progress : bool, keyword-only
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        ``horizontal`` and ``vertical``: clamped residuals (``tile``, ``neighbor``, ``dy``, ``dx``,
+        ``ncc``); ``pairs``: absolute sub-pixel displacements (``row_delta``, ``col_delta``,
+        ``measured_dy``, ``measured_dx``, plus ``tile``, ``ncc``, ``empty_fraction``);
+        ``skipped``: pairs left out and why; ``stats``.
+    """
+    nz, h, w = tile_shape
+    if getattr(volume, "ndim", 3) == 3:
+        plane_index = central_plane_index(volume.shape[0]) if z is None else z
+        plane = _PlaneView(volume, plane_index)
+    else:
+        plane = volume
+    measured, skipped, stats = measure_grid_pairs(
+        band_reader(plane, h), (h, w), nx, ny, overlap_fraction, max_shift_px=max_shift_px,
+        histogram_match=histogram_match, max_empty_fraction=max_empty_fraction, use_gpu=use_gpu,
+        filter_sigma=filter_sigma, progress=progress,
+    )
+    steps = tuple(stats["expected_step_px"])
+    return {
+        "horizontal": _clamped_residuals(measured, steps, max_refinement_px, horizontal=True),
+        "vertical": _clamped_residuals(measured, steps, max_refinement_px, horizontal=False),
+        "pairs": measured,
+        "skipped": skipped,
+        "stats": stats,
+    }
+
+
+class _PlaneView:
+    """One Z plane of a 3-D array-like, sliced lazily."""
+
+    def __init__(self, volume, z: int) -> None:
+        self.volume, self.z = volume, z
+
+    def __getitem__(self, key):
+        return self.volume[(self.z, *key)]
+
+
+def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs=3):
+    """Estimate a 2x2 affine displacement model from neighbor tile correlations.
+
+    Robust weighted least squares (NCC weights, L1 start, Tukey biweight) on the absolute
+    displacements from :func:`compute_registration_refinements`. Model: ``pixel_pos = A @ [i, j]``.
+
+    Parameters
+    ----------
+    pairs : list of dict
+        Each has ``row_delta``, ``col_delta``, ``measured_dy``, ``measured_dx`` (``ncc`` optional).
+    tile_shape : tuple
+        Tile dimensions (z, height, width).
+    overlap_fraction : float
+        Expected overlap fraction (for diagnostics only).
+    min_pairs : int, keyword-only
+        Usable pairs needed along each direction.
+
+    Returns
+    -------
+    transform : np.ndarray
+        Fitted 2x2 matrix mapping tile index to pixel position.
+    diagnostics : dict
+        θ, φ, Ox, Oy (upstream conventions), deviation from perpendicular, scales, inlier and
+        outlier counts, residual RMS.
+
+    Raises
+    ------
+    ValueError
+        Too few usable pairs (there is no silent identity fallback).
+    """
+    return fit_pairs(pairs, tile_shape, overlap_fraction, min_pairs=min_pairs)
+
+
+def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_match=False, max_empty_fraction=None,
+                                     n_samples=None, seed=0, use_gpu=False, drift_tolerance_px=1.0,
+                                     max_shift_px=None, progress=False):
+    """Pool neighbor-tile pair measurements across many mosaic grids and fit one affine.
+
+    Parameters
+    ----------
+    volumes : list of (slice_id, path)
+        ``*.ome.zarr`` mosaic grids; only the central Z plane of each is read.
+    overlap_fraction : float
+        Expected tile overlap fraction (must match acquisition).
+    histogram_match, max_empty_fraction, use_gpu : keyword-only
+        Forwarded to :func:`compute_registration_refinements`.
+    n_samples : int or None, keyword-only
+        Fit a reproducible random sub-sample of this many pooled pairs.
+    seed : int, keyword-only
+        Seed of the sub-sample.
+    drift_tolerance_px : float, keyword-only
+        Flag slices whose own model disagrees with the pooled one by more than this (px).
+    max_shift_px : float or None, keyword-only
+        Largest stage error searched.
+    progress : bool, keyword-only
+        Show progress bars.
+
+    Returns
+    -------
+    transform : np.ndarray
+        The pooled 2x2 matrix.
+    diagnostics : dict
+        Pooled fit diagnostics, ``per_slice`` (measurement stats, own fit, drift), pair counts and
+        ``backend`` (the one that actually ran).
+
+    Raises
+    ------
+    InputError
+        A path is not a usable mosaic grid, or tile shapes differ between slices.
+    ValueError
+        Too few usable pairs (the message names the slices without any).
+    """
+    grids: dict[int, MosaicGrid] = {int(sid): open_mosaic(path) for sid, path in volumes}
+    if not grids:
+        raise ValueError("no volumes given")
+    shapes = {sid: g.tile_shape for sid, g in grids.items()}
+    if len(set(shapes.values())) > 1:
+        first = next(iter(grids.values()))
+        odd = next(g for g in grids.values() if g.tile_shape != first.tile_shape)
+        raise InputError(odd.path, f"tile shape {odd.tile_shape} differs from {first.tile_shape} of {first.path}")
+    pairs, stats = {}, {}
+    for sid, grid in sorted(grids.items()):
+        pairs[sid], _, stats[sid] = measure_mosaic(
+            grid, overlap_fraction, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
+            use_gpu=use_gpu, max_shift_px=max_shift_px, progress=progress,
+        )
+    transform, diagnostics = fit_pooled(
+        pairs, {sid: (g.nx, g.ny) for sid, g in grids.items()}, next(iter(shapes.values())), overlap_fraction,
+        n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px,
+    )
+    for sid in grids:
+        diagnostics["per_slice"][str(sid)]["measurement"] = stats[sid]
+    diagnostics["backend"] = stats[min(grids)]["backend"]
+    return transform, diagnostics
+
+
+def compute_affine_positions(nx, ny, transform, *, subpixel=False):
+    """Compute tile positions using a 2x2 affine displacement model.
+
+    Parameters
+    ----------
+    nx, ny : int
+        Number of tile rows and columns.
+    transform : np.ndarray
+        2x2 matrix mapping tile index (i, j) to pixel position (row, col).
+    subpixel : bool, keyword-only
+        Return float positions instead of rounded ones.
+
+    Returns
+    -------
+    positions : list of (int, int)
+        Top-left of each tile, row-major, shifted so the mosaic starts at (0, 0)
+        (floats when ``subpixel``).
+    """
+    positions = geometry.affine_positions(nx, ny, transform)
+    if subpixel:
+        return [(float(r), float(c)) for r, c in positions]
+    return [(int(r), int(c)) for r, c in np.rint(positions)]
+
+
+def compute_affine_output_shape(nx, ny, tile_shape, transform):
+    """Compute the output mosaic shape from affine tile positions.
+
+    The bounding box over every tile corner, correct for off-diagonal terms of either sign.
+
+    Returns
+    -------
+    tuple of int
+        (nz, output_height, output_width).
+    """
+    return geometry.output_shape(nx, ny, tile_shape, transform)
+
+
+def apply_blend_shift_refinement(tile, refinements_for_tile):
+    """Apply registration refinement by shifting tile data in overlap regions.
+
+    Shifts the tile by the mean of its neighbours' (dy, dx) refinements, with linear
+    interpolation; the tile's position in the mosaic does not change.
+
+    Parameters
+    ----------
+    tile : np.ndarray
+        3-D tile (Z, Y, X).
+    refinements_for_tile : list of dict
+        Each with ``dy`` and ``dx`` (px).
+
+    Returns
+    -------
+    np.ndarray
+        The shifted tile, or the same tile when the shift is below 0.05 px or there is none.
+    """
+    if not refinements_for_tile:
+        return tile
+    dy = float(np.mean([r["dy"] for r in refinements_for_tile]))
+    dx = float(np.mean([r["dx"] for r in refinements_for_tile]))
+    return geometry.shift_tile(tile, dy, dx)
+
+
+def compare_motor_vs_registration(motor_positions, reg_positions, output_path=None):
+    """Compare motor-based positions with registration-based positions.
+
+    Parameters
+    ----------
+    motor_positions, reg_positions : list of (row, col)
+        Positions of the same tiles.
+    output_path : str or None
+        If given, write the statistics there as JSON (atomically).
+
+    Returns
+    -------
+    dict
+        Mean/std/max differences, scale (dilation) per axis, and diagnostic flags.
+    """
+    stats = compare_positions(motor_positions, reg_positions)
+    if output_path is not None:
+        write_json(Path(output_path), stats)
+    return stats

@@ -1,0 +1,79 @@
+"""The JSON files passed between steps, validated with pydantic on the way in."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InputError
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Pair(BaseModel):
+    """One measured neighbour pair: tile ``tile`` and its neighbour ``tile + (row_delta, col_delta)``."""
+
+    model_config = ConfigDict(extra="allow")
+    tile: tuple[int, int]
+    row_delta: int
+    col_delta: int
+    measured_dy: FiniteFloat
+    measured_dx: FiniteFloat
+    ncc: FiniteFloat = 1.0
+    empty_fraction: FiniteFloat = 0.0
+
+
+class PairsFile(BaseModel):
+    """``<slice>_pairs.json``: the pairs measured in one slice and how they were measured."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str
+    slice_id: int
+    source: str
+    tile_shape: tuple[int, int, int]
+    grid: tuple[int, int]
+    overlap: float = Field(gt=0, le=0.5)
+    z: int
+    pairs: list[Pair]
+    skipped: list[dict]
+    stats: dict
+
+
+class TransformFile(BaseModel):
+    """``motor_transform.json``: the pooled 2x2 motor matrix and its diagnostics."""
+
+    model_config = ConfigDict(extra="allow")
+    transform: tuple[tuple[FiniteFloat, FiniteFloat], tuple[FiniteFloat, FiniteFloat]]
+    diagnostics: dict
+
+    @field_validator("transform")
+    @classmethod
+    def _invertible(cls, value):
+        (a, b), (c, d) = value
+        if math.isclose(a * d - b * c, 0.0, abs_tol=1e-9):
+            raise ValueError("transform is singular")
+        return value
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def load(path: str | Path, model: type[Model]) -> Model:
+    """Read and validate a JSON file; any problem is an :class:`InputError` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(path, exc.strerror or "cannot be read") from None
+    try:
+        return model.model_validate(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON (truncated?): {exc.msg} at line {exc.lineno}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "file"
+        raise InputError(path, f"invalid {model.__name__}: {where}: {first['msg']}") from None
