@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import synthetic
+from . import runner, synthetic
 from .entry import make_parser, overlap_fraction, run_cli
+from .runner import RunOptions
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,44 @@ def synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.slices} synthetic slices and truth.json to {args.outdir}")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``linumpy-motor run`` (names and defaults as the Nextflow params)."""
+    defaults = RunOptions()
+    parser.add_argument("input", help="folder of *.ome.zarr slices, or a CSV samplesheet 'slice_id,path'")
+    parser.add_argument("outdir", help="output folder (pairs/, motor_transform.json, stitched/, compare/, report/)")
+    parser.add_argument("--overlap", type=overlap_fraction, default=defaults.overlap, help="nominal tile overlap")
+    parser.add_argument("--z", type=int, help="Z plane measured (default: the central plane)")
+    parser.add_argument("--max-shift", type=float, help="largest stage error searched, px (default: 10%% of a tile)")
+    parser.add_argument("--histogram-match", action="store_true", help="match overlap histograms before correlating")
+    parser.add_argument("--max-empty-fraction", type=float,
+                        help="skip pairs whose overlap is more than this fraction background (Otsu)")
+    parser.add_argument("--n-samples", type=int, help="fit a reproducible random subset of this many pooled pairs")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of that subset")
+    parser.add_argument("--drift-tolerance", type=float, default=defaults.drift_tolerance,
+                        help="flag slices whose own model moves a tile more than this (px) from the pooled one")
+    parser.add_argument("--blending", default=defaults.blending, choices=("none", "average", "feather", "diffusion"))
+    parser.add_argument("--flatfield", default=defaults.flatfield,
+                        help="'estimate' (from each slice's tissue tiles), 'none', or a .npy flat field")
+    parser.add_argument("--ngff-version", default=defaults.ngff_version, choices=("0.4", "0.5"),
+                        help="stitched output format")
+    parser.add_argument("--transform", help="known motor transform JSON: skip measuring and fitting")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="slices processed in parallel")
+    parser.add_argument("--use-gpu", action="store_true", help="use a CUDA GPU (CuPy) when one is usable")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the whole stage on one machine and say where the results are."""
+    options = RunOptions(
+        overlap=args.overlap, z=args.z, max_shift=args.max_shift, histogram_match=args.histogram_match,
+        max_empty_fraction=args.max_empty_fraction, n_samples=args.n_samples, seed=args.seed,
+        drift_tolerance=args.drift_tolerance, blending=args.blending, flatfield=args.flatfield,
+        ngff_version=args.ngff_version, transform=args.transform, workers=args.workers, use_gpu=args.use_gpu,
+    )
+    result = runner.run(args.input, args.outdir, options, progress=not args.no_progress)
+    print("\n".join(runner.describe(result)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``linumpy-motor`` parser with its sub-commands."""
     parser = make_parser("linumpy-motor", __doc__)
@@ -53,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_synth_arguments(synth_parser)
     synth_parser.set_defaults(action=synth)
+    run_parser = commands.add_parser("run", help="run measure, fit, stitch, compare and report on one machine",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_run_arguments(run_parser)
+    run_parser.set_defaults(action=run)
     return parser
 
 

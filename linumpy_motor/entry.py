@@ -43,10 +43,21 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
     except (InputError, FitError, ValidationError, ValueError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of an error (the first problem of a pydantic validation error)."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']}" if where else first["msg"]
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def overlap_fraction(text: str) -> float:

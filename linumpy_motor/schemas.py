@@ -72,7 +72,7 @@ def load(path: str | Path, model: type[Model]) -> Model:
     try:
         return model.model_validate(json.loads(text))
     except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON (truncated?): {exc.msg} at line {exc.lineno}") from None
+        raise InputError(path, f"not valid JSON (truncated?): {exc.msg} (line {exc.lineno})") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "file"

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""Compare one slice's motor-model tile positions with its registration (pair least-squares) positions."""
+
+import sys
+
+from linumpy_motor import steps
+from linumpy_motor.entry import make_parser, run_cli
+
+
+def build_parser():
+    parser = make_parser("linum_motor_compare.py", __doc__)
+    parser.add_argument("pairs", help="pairs JSON of the slice")
+    parser.add_argument("transform", help="motor transform JSON")
+    parser.add_argument("--out", required=True, help="comparison JSON to write")
+    return parser
+
+
+def compare(args) -> None:
+    content = steps.compare(args.pairs, args.transform, args.out)
+    print(f"slice {content['slice_id']}: rms {content['rms_diff_px']:.3f} px, max {content['max_diff_px']:.3f} px "
+          f"-> {args.out}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    return run_cli(build_parser(), compare, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Measure the neighbour-tile displacements of one slice (sub-pixel phase correlation) into a pairs JSON."""
+
+import sys
+
+from linumpy_motor import steps
+from linumpy_motor.entry import make_parser, overlap_fraction, run_cli
+
+
+def build_parser():
+    parser = make_parser("linum_motor_measure_pairs.py", __doc__)
+    parser.add_argument("slice", help="mosaic grid of one slice (*.ome.zarr, NGFF 0.4 or 0.5)")
+    parser.add_argument("output", help="pairs JSON to write (e.g. slice_z07_pairs.json)")
+    parser.add_argument("--slice-id", type=int, help="slice id (default: the number in the store name)")
+    parser.add_argument("--overlap", type=overlap_fraction, default=0.2, help="nominal tile overlap")
+    parser.add_argument("--z", type=int, help="Z plane to measure (default: the central plane)")
+    parser.add_argument("--max-shift", type=float, help="largest stage error searched, px (default: 10%% of a tile)")
+    parser.add_argument("--histogram-match", action="store_true", help="match overlap histograms first")
+    parser.add_argument("--max-empty-fraction", type=float,
+                        help="skip pairs whose overlap is more than this fraction background (Otsu)")
+    parser.add_argument("--use-gpu", action="store_true", help="run the FFTs on a CUDA GPU if one is usable")
+    return parser
+
+
+def measure(args) -> None:
+    content = steps.measure_pairs(
+        args.slice, args.output, overlap=args.overlap, slice_id=args.slice_id, z=args.z,
+        max_shift_px=args.max_shift, histogram_match=args.histogram_match,
+        max_empty_fraction=args.max_empty_fraction, use_gpu=args.use_gpu, progress=True,
+    )
+    stats = content["stats"]
+    print(f"slice {content['slice_id']}: {stats['n_measured']} pairs measured, "
+          f"{stats['n_skipped_empty']} skipped, backend {stats['backend']} -> {args.output}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    return run_cli(build_parser(), measure, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The pipeline steps as functions over files: what each ``bin/`` script and the runner call.
+
+Every step validates its inputs, refuses to write inside an input store, and writes its output
+atomically (temporary sibling, then rename), so an interrupted step leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, geometry
+from .compare import compare_positions
+from .errors import InputError
+from .fit import fit_pooled
+from .io import open_mosaic, slice_id_from_name, write_json
+from .measure import measure_mosaic
+from .schemas import PairsFile, TransformFile, load
+
+
+def check_output_outside(output: str | Path, *inputs: str | Path) -> None:
+    """Refuse an output path equal to or inside an input (an input store is never written to)."""
+    output = Path(output).resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if output == source or source in output.parents:
+            raise InputError(output, f"output would be inside the input {source}")
+
+
+def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, slice_id: int | None = None,
+                  z: int | None = None, max_shift_px: float | None = None, histogram_match: bool = False,
+                  max_empty_fraction: float | None = None, use_gpu: bool = False,
+                  progress: bool = False) -> dict:
+    """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
+
+    Returns
+    -------
+    dict
+        The content written (see :class:`~linumpy_motor.schemas.PairsFile`).
+    """
+    check_output_outside(output, source)
+    grid = open_mosaic(source)
+    measured, skipped, stats = measure_mosaic(
+        grid, overlap, z=z, max_shift_px=max_shift_px, histogram_match=histogram_match,
+        max_empty_fraction=max_empty_fraction, use_gpu=use_gpu, progress=progress,
+    )
+    content = PairsFile(
+        version=__version__, slice_id=slice_id_from_name(grid.path) if slice_id is None else slice_id,
+        source=grid.path.name, tile_shape=grid.tile_shape, grid=(grid.nx, grid.ny), overlap=overlap,
+        z=stats["z"], pairs=measured, skipped=skipped, stats=stats,
+    ).model_dump(mode="json")
+    write_json(output, content)
+    return content
+
+
+def load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
+    """Load pairs files and check they belong to one acquisition (tile shape, overlap, unique ids)."""
+    if not paths:
+        raise InputError(None, "no pairs files given")
+    files = [load(path, PairsFile) for path in paths]
+    first, first_path = files[0], Path(paths[0])
+    seen: dict[int, Path] = {}
+    for content, path in zip(files, map(Path, paths)):
+        if content.tile_shape != first.tile_shape:
+            raise InputError(path, f"tile shape {list(content.tile_shape)} differs from "
+                                   f"{list(first.tile_shape)} in {first_path}")
+        if content.overlap != first.overlap:
+            raise InputError(path, f"overlap {content.overlap} differs from {first.overlap} in {first_path}")
+        if content.slice_id in seen:
+            raise InputError(path, f"slice id {content.slice_id} also in {seen[content.slice_id]}")
+        seen[content.slice_id] = path
+    return files
+
+
+def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_samples: int | None = None,
+               seed: int = 0, drift_tolerance_px: float = 1.0) -> dict:
+    """Pool the slices' pairs, fit one motor matrix and write ``motor_transform.json``."""
+    files = load_pairs_files(pairs_files)
+    pairs = {f.slice_id: [p.model_dump() for p in f.pairs] for f in files}
+    transform, diagnostics = fit_pooled(
+        pairs, {f.slice_id: f.grid for f in files}, files[0].tile_shape, files[0].overlap,
+        n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px,
+    )
+    for f in files:
+        diagnostics["per_slice"][str(f.slice_id)]["measurement"] = f.stats
+    diagnostics.update(version=__version__, tile_shape=list(files[0].tile_shape),
+                       backend=sorted({f.stats.get("backend", "numpy") for f in files}))
+    content = {"transform": transform.tolist(), "diagnostics": diagnostics}
+    write_json(output, content)
+    return content
+
+
+def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Path) -> dict:
+    """Compare the motor model's tile positions with registration positions from the slice's pairs."""
+    pairs = load(pairs_file, PairsFile)
+    transform = np.array(load(transform_file, TransformFile).transform)
+    nx, ny = pairs.grid
+    motor = geometry.affine_positions(nx, ny, transform)
+    registered, connected = geometry.registration_positions([p.model_dump() for p in pairs.pairs], nx, ny, motor)
+    content = {
+        "slice_id": pairs.slice_id, "source": pairs.source, "version": __version__,
+        "n_connected_tiles": int(connected.sum()),
+        **compare_positions(motor, registered),
+    }
+    write_json(output, content)
+    return content
+
+
+def read_transform(path: str | Path) -> np.ndarray:
+    """The 2x2 motor matrix of a validated transform JSON."""
+    return np.array(load(path, TransformFile).transform, dtype=float)
+
+
+def copy_transform(source: str | Path, output: str | Path) -> dict:
+    """Validate a known motor model (``--transform``) and write it as this run's transform JSON."""
+    content = load(source, TransformFile).model_dump(mode="json")
+    content["diagnostics"] = {**content["diagnostics"], "given_transform": Path(source).name}
+    write_json(output, content)
+    return content
