@@ -1,0 +1,587 @@
+"""Just enough Groovy to check the Nextflow code from Python (Nextflow itself is not installable here).
+
+- `nf_processes(path)`: the processes of a .nf file, split in sections (directives, input, output,
+  script, stub).
+- `NfProcess.render(...)`: the script (or stub) exactly as Nextflow would write `.command.sh`: the
+  `def` lines are evaluated (ternaries, elvis, `!= null`, Groovy truth), the GString is interpolated
+  (`${...}`, `$name.attr`, `\\$`, `\\\\`) and its indentation is stripped.
+- `config_params(...)`, `profile_params(...)`, `config_ext_args(...)`: the params and `ext.args` of
+  nextflow.config / conf/*.config.
+
+Deliberately narrow: anything outside this small subset raises `NfSyntaxError`, so a change in the
+.nf code that these tests cannot follow fails loudly instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class NfSyntaxError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Lexing: strings and comments
+# --------------------------------------------------------------------------------------------
+
+_SLASHY_BEFORE = set("(,=~!&|?:[{")
+
+
+def _string_end(text: str, i: int) -> int:
+    """Index just past the string literal starting at text[i] (', ", ''', \"\"\" or /slashy/)."""
+    for quote in ('"""', "'''"):
+        if text.startswith(quote, i):
+            j = i + 3
+            while True:
+                k = text.find(quote, j)
+                if k < 0:
+                    raise NfSyntaxError(f"unterminated {quote} string at offset {i}")
+                # an escaped quote (odd number of backslashes before it) does not close the string
+                n = 0
+                while text[k - 1 - n] == "\\":
+                    n += 1
+                if n % 2 == 0:
+                    return k + 3
+                j = k + 1
+    quote = text[i]
+    j = i + 1
+    while j < len(text):
+        c = text[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == quote:
+            return j + 1
+        if c == "\n" and quote != "/":
+            break
+        j += 1
+    raise NfSyntaxError(f"unterminated {quote} string at offset {i}")
+
+
+def _scan(text: str):
+    """Yield (kind, start, end) for 'code', 'string' and 'comment' runs of a Groovy text."""
+    i, start, n = 0, 0, len(text)
+    prev = ""  # last non-blank code character, to tell a slashy string from a division
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i) or text.startswith("/*", i):
+            if start < i:
+                yield "code", start, i
+            end = text.find("\n", i) if text[i + 1] == "/" else text.find("*/", i + 2) + 2
+            end = n if end < 0 or end == 1 else end
+            yield "comment", i, end
+            i = start = end
+            continue
+        if c in "'\"" or (c == "/" and prev in _SLASHY_BEFORE):
+            if start < i:
+                yield "code", start, i
+            end = _string_end(text, i)
+            yield "string", i, end
+            i = start = end
+            prev = "s"
+            continue
+        if not c.isspace():
+            prev = c
+        i += 1
+    if start < n:
+        yield "code", start, n
+
+
+def strip_comments(text: str) -> str:
+    """The text with comments blanked out (strings kept; newlines kept, so line numbers hold)."""
+    out = []
+    for kind, a, b in _scan(text):
+        chunk = text[a:b]
+        out.append(re.sub(r"[^\n]", " ", chunk) if kind == "comment" else chunk)
+    return "".join(out)
+
+
+def _code_mask(text: str) -> list[bool]:
+    mask = [False] * len(text)
+    for kind, a, b in _scan(text):
+        if kind == "code":
+            mask[a:b] = [True] * (b - a)
+    return mask
+
+
+def block_after(text: str, open_index: int) -> tuple[str, int]:
+    """Content of the {...} block whose '{' is at text[open_index]; returns (content, end)."""
+    if text[open_index] != "{":
+        raise NfSyntaxError(f"expected '{{' at offset {open_index}")
+    mask = _code_mask(text)
+    depth = 0
+    for k in range(open_index, len(text)):
+        if not mask[k]:
+            continue
+        if text[k] == "{":
+            depth += 1
+        elif text[k] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_index + 1 : k], k + 1
+    raise NfSyntaxError("unbalanced braces")
+
+
+def named_blocks(text: str, name_pattern: str = r"[\w.]+|withName:\s*'[^']+'|withLabel:\s*'[^']+'"):
+    """Top-level `name { ... }` blocks of a (comment-free) text: [(name, content)]."""
+    mask = _code_mask(text)
+    blocks, i = [], 0
+    rx = re.compile(rf"({name_pattern})\s*\{{")
+    while True:
+        m = rx.search(text, i)
+        if not m:
+            return blocks
+        brace = m.end() - 1
+        if not mask[brace]:
+            i = m.end()
+            continue
+        content, end = block_after(text, brace)
+        blocks.append((m.group(1), content))
+        i = end
+
+
+# --------------------------------------------------------------------------------------------
+# Values and expressions
+# --------------------------------------------------------------------------------------------
+
+
+class NfPath(str):
+    """A staged input file: renders as its name; `.name` works as on a Nextflow path."""
+
+    @property
+    def name(self) -> str:
+        return Path(self).name
+
+
+class NfPathList(list):
+    """A `path` input given a list: renders space-separated, as Nextflow's BlankSeparatedList."""
+
+    def __str__(self) -> str:
+        return " ".join(str(p) for p in self)
+
+
+def gstr(value) -> str:
+    """How a Groovy GString renders a value."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (dict, set)):
+        raise NfSyntaxError(f"cannot render {value!r} in a script")
+    if isinstance(value, list) and not isinstance(value, NfPathList):
+        return "[" + ", ".join(gstr(v) for v in value) + "]"
+    return str(value)
+
+
+def truthy(value) -> bool:
+    """Groovy truth."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, (str, list, tuple, dict)):
+        return len(value) > 0
+    if isinstance(value, (int, float)):
+        return value != 0
+    return True
+
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+      | (?P<num>\d+(?:\.\d+)?)
+      | (?P<op>\?:|\?|:|!=|==|&&|\|\||!|\(|\))
+      | (?P<name>[A-Za-z_]\w*(?:\.(?!(?:toString|toBoolean)\(\))[A-Za-z_]\w*)*)
+      | (?P<call>\.(?:toString|toBoolean)\(\))
+    )""",
+    re.VERBOSE,
+)
+
+
+def _tokens(expr: str) -> list[tuple[str, str]]:
+    out, i = [], 0
+    while i < len(expr):
+        if expr[i:].strip() == "":
+            break
+        m = _TOKEN.match(expr, i)
+        if not m:
+            raise NfSyntaxError(f"unsupported Groovy expression: {expr!r}")
+        kind = m.lastgroup
+        out.append((kind, m.group(kind)))
+        i = m.end()
+    return out
+
+
+class _Evaluator:
+    """expr := or ('?' expr ':' expr)? ; or := and ('||' and)* ; and := elvis ('&&' elvis)* ;
+    elvis := cmp ('?:' cmp)* ; cmp := unary (('!='|'==') unary)? ; unary := '!' unary | atom"""
+
+    def __init__(self, tokens, env):
+        self.t, self.i, self.env = tokens, 0, env
+
+    def peek(self):
+        return self.t[self.i] if self.i < len(self.t) else (None, None)
+
+    def take(self, value=None):
+        tok = self.peek()
+        if tok[0] is None or (value is not None and tok[1] != value):
+            raise NfSyntaxError(f"expected {value!r}, got {tok[1]!r}")
+        self.i += 1
+        return tok
+
+    def expr(self):
+        cond = self.or_()
+        if self.peek() == ("op", "?"):
+            self.take("?")
+            a = self.expr()
+            self.take(":")
+            b = self.expr()
+            return a if truthy(cond) else b
+        return cond
+
+    def or_(self):
+        v = self.and_()
+        while self.peek() == ("op", "||"):
+            self.take()
+            w = self.and_()
+            v = truthy(v) or truthy(w)
+        return v
+
+    def and_(self):
+        v = self.elvis()
+        while self.peek() == ("op", "&&"):
+            self.take()
+            w = self.elvis()
+            v = truthy(v) and truthy(w)
+        return v
+
+    def elvis(self):
+        v = self.cmp()
+        while self.peek() == ("op", "?:"):
+            self.take()
+            w = self.cmp()
+            v = v if truthy(v) else w
+        return v
+
+    def cmp(self):
+        v = self.unary()
+        if self.peek() in (("op", "!="), ("op", "==")):
+            op = self.take()[1]
+            w = self.unary()
+            return (v != w) if op == "!=" else (v == w)
+        return v
+
+    def unary(self):
+        if self.peek() == ("op", "!"):
+            self.take()
+            return not truthy(self.unary())
+        return self.atom()
+
+    def atom(self):
+        value = self.primary()
+        while self.peek()[0] == "call":  # the two conversions Groovy code uses on CLI params
+            value = _convert(value, self.take()[1][1:-2])
+        return value
+
+    def primary(self):
+        kind, text = self.take()
+        if kind == "op" and text == "(":
+            v = self.expr()
+            self.take(")")
+            return v
+        if kind == "str":
+            body = text[1:-1]
+            return interpolate(body, self.env) if text[0] == '"' else unescape(body)
+        if kind == "num":
+            return float(text) if "." in text else int(text)
+        if kind == "name":
+            if text == "null":
+                return None
+            if text in ("true", "false"):
+                return text == "true"
+            return lookup(text, self.env)
+        raise NfSyntaxError(f"unexpected {text!r}")
+
+
+def _convert(value, method: str):
+    if method == "toString":
+        return gstr(value)
+    if not isinstance(value, str):
+        raise NfSyntaxError(f"toBoolean() of a {type(value).__name__}")
+    return value.strip().lower() in ("true", "y", "1")
+
+
+def evaluate(expr: str, env: dict):
+    ev = _Evaluator(_tokens(expr), env)
+    value = ev.expr()
+    if ev.i != len(ev.t):
+        raise NfSyntaxError(f"trailing tokens in {expr!r}")
+    return value
+
+
+def lookup(dotted: str, env: dict):
+    """`params.overlap`, `task.ext.args`, `meta.id`, `zarr`, `transform.name` ..."""
+    head, *rest = dotted.split(".")
+    if head not in env:
+        raise NfSyntaxError(f"unknown variable {head!r} (in {dotted!r})")
+    value = env[head]
+    for k, part in enumerate(rest):
+        if isinstance(value, dict):
+            if part not in value:
+                # Nextflow: a missing task.ext.* is null; a missing param is a bug in the pipeline
+                if head == "task" and rest[:1] == ["ext"] and k == 1:
+                    return None
+                raise NfSyntaxError(f"{dotted!r}: no {part!r}")
+            value = value[part]
+        elif isinstance(value, NfPath) and part == "name":
+            value = value.name
+        else:
+            raise NfSyntaxError(f"cannot read {part!r} of {dotted!r}")
+    return value
+
+
+_ESCAPES = {"\\": "\\", "$": "$", '"': '"', "'": "'", "n": "\n", "t": "\t"}
+
+
+def unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "\n":  # line continuation inside a Groovy string
+                i += 2
+                continue
+            if nxt not in _ESCAPES:
+                raise NfSyntaxError(f"unsupported escape \\{nxt}")
+            out.append(_ESCAPES[nxt])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def interpolate(text: str, env: dict) -> str:
+    """Render the body of a double-quoted (or triple-double-quoted) Groovy string."""
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            j = i + 2
+            out.append(unescape(text[i:j]))
+            i = j
+            continue
+        if c == "$":
+            if text.startswith("${", i):
+                depth, j = 0, i + 1
+                while j < len(text):
+                    if text[j] in "'\"":
+                        j = _string_end(text, j)
+                        continue
+                    if text[j] == "{":
+                        depth += 1
+                    elif text[j] == "}":
+                        depth -= 1
+                        if depth == 0:
+                            break
+                    j += 1
+                out.append(gstr(evaluate(text[i + 2 : j], env)))
+                i = j + 1
+                continue
+            m = re.compile(r"\$([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)").match(text, i)
+            if not m:
+                raise NfSyntaxError(f"bare '$' in a GString: {text[i:i + 20]!r} (escape it as \\$)")
+            out.append(gstr(lookup(m.group(1), env)))
+            i = m.end()
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def strip_indent(text: str) -> str:
+    """Nextflow strips the common indentation of a task script (and a first empty line)."""
+    if text.startswith("\n"):
+        text = text[1:]
+    return textwrap.dedent(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+_SECTION = re.compile(r"^[ \t]*(input|output|script|stub|when|exec|shell):[ \t]*$", re.MULTILINE)
+
+
+@dataclass
+class NfProcess:
+    name: str
+    path: Path
+    sections: dict[str, str] = field(default_factory=dict)
+
+    # ---- declarations
+    def inputs(self) -> list[tuple[str, str]]:
+        """[('val', 'meta'), ('path', 'zarr'), ...] in declaration order."""
+        return [(m.group(1), m.group(2)) for m in re.finditer(r"\b(val|path)\(\s*(\w+)", self.sections.get("input", ""))]
+
+    def output_patterns(self) -> list[str]:
+        return re.findall(r"\bpath\(\s*'([^']+)'", self.sections.get("output", ""))
+
+    def directives(self) -> str:
+        return self.sections.get("directives", "")
+
+    # ---- script
+    def script_parts(self, section: str = "script") -> tuple[list[tuple[str, str]], str]:
+        """(`def` statements as (name, expression), body of the triple-quoted GString)."""
+        text = self.sections[section]
+        start = text.find('"""')
+        if start < 0:
+            raise NfSyntaxError(f"{self.name}: {section}: no triple-quoted script")
+        end = _string_end(text, start)
+        if text[end:].strip():
+            raise NfSyntaxError(f"{self.name}: {section}: code after the script string")
+        defs = []
+        for line in text[:start].splitlines():
+            if not line.strip():
+                continue
+            m = re.fullmatch(r"\s*def\s+(\w+)\s*=\s*(.+?)\s*", line)
+            if not m:
+                raise NfSyntaxError(f"{self.name}: {section}: unsupported statement {line.strip()!r}")
+            defs.append((m.group(1), m.group(2)))
+        return defs, text[start + 3 : end - 3]
+
+    def script_text(self, section: str = "script") -> str:
+        """The raw script section (defs and GString), for static checks."""
+        return self.sections[section]
+
+    def bin_scripts(self, section: str = "script") -> set[str]:
+        return set(re.findall(r"\b(linum_motor_\w+\.py)\b", self.sections.get(section, "")))
+
+    def render(self, env: dict, section: str = "script") -> str:
+        """The task script Nextflow would run, for the variables in env."""
+        env = dict(env)
+        defs, body = self.script_parts(section)
+        for name, expr in defs:
+            env[name] = evaluate(expr, env)
+        return strip_indent(interpolate(body, env))
+
+
+def nf_processes(path: str | Path) -> list[NfProcess]:
+    path = Path(path)
+    text = strip_comments(path.read_text())
+    procs = []
+    for m in re.finditer(r"^process\s+(\w+)\s*\{", text, re.MULTILINE):
+        body, _ = block_after(text, m.end() - 1)
+        mask = _code_mask(body)
+        cuts = [s for s in _SECTION.finditer(body) if mask[s.start(1)]]
+        sections = {"directives": body[: cuts[0].start()] if cuts else body}
+        for k, s in enumerate(cuts):
+            stop = cuts[k + 1].start() if k + 1 < len(cuts) else len(body)
+            sections[s.group(1)] = body[s.end() : stop]
+        procs.append(NfProcess(m.group(1), path, sections))
+    return procs
+
+
+# --------------------------------------------------------------------------------------------
+# Config: params, profiles, ext.args
+# --------------------------------------------------------------------------------------------
+
+
+def _literal(text: str):
+    text = text.strip().rstrip(",")
+    if text == "null":
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if re.fullmatch(r"-?\d+\.\d+", text):
+        return float(text)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return unescape(text[1:-1])
+    raise NfSyntaxError(f"not a simple literal: {text!r}")
+
+
+def _assignments(block: str, prefix: str = "") -> dict:
+    values = {}
+    for line in block.splitlines():
+        m = re.fullmatch(rf"\s*{re.escape(prefix)}(\w+)\s*=\s*(.+?)\s*", line)
+        if m:
+            values[m.group(1)] = _literal(m.group(2))
+        elif line.strip():
+            raise NfSyntaxError(f"unsupported line in a params block: {line.strip()!r}")
+    return values
+
+
+def _config_text(path: Path) -> str:
+    return strip_comments(path.read_text())
+
+
+def _params_of(text: str) -> dict:
+    values = {}
+    for name, content in named_blocks(text):
+        if name == "params":
+            values.update(_assignments(content))
+    for m in re.finditer(r"^\s*params\.(\w+)\s*=\s*(.+?)\s*$", text, re.MULTILINE):
+        values[m.group(1)] = _literal(m.group(2))
+    return values
+
+
+def config_params(config: str | Path = REPO / "nextflow.config") -> dict:
+    """Default params: the top-level `params { }` block of nextflow.config."""
+    text = _config_text(Path(config))
+    blocks = [c for n, c in named_blocks(text) if n == "params"]
+    if len(blocks) != 1:
+        raise NfSyntaxError("nextflow.config needs exactly one top-level params block")
+    return _assignments(blocks[0])
+
+
+def profiles(config: str | Path = REPO / "nextflow.config") -> dict[str, str]:
+    """{profile name: its config text, with any includeConfig inlined}."""
+    config = Path(config)
+    text = _config_text(config)
+    found = [c for n, c in named_blocks(text) if n == "profiles"]
+    if len(found) != 1:
+        raise NfSyntaxError("nextflow.config needs exactly one profiles block")
+    result = {}
+    for name, content in named_blocks(found[0]):
+        for inc in re.findall(r"includeConfig\s+'([^']+)'", content):
+            content += "\n" + _config_text(config.parent / inc)
+        result[name] = content
+    return result
+
+
+def profile_params(*names: str, config: str | Path = REPO / "nextflow.config") -> dict:
+    """Params as Nextflow resolves them for `-profile a,b`: defaults, then each profile in turn."""
+    values = config_params(config)
+    table = profiles(config)
+    for name in names:
+        values.update(_params_of(table[name]))
+    return values
+
+
+def config_ext_args(text: str) -> dict[str, str]:
+    """{process name: ext.args} from the `withName: 'X' { ext.args = '...' }` blocks of a config text."""
+    text = strip_comments(text)
+    out = {}
+    for m in re.finditer(r"withName:\s*'(\w+)'\s*\{", text):
+        content, _ = block_after(text, m.end() - 1)
+        a = re.search(r"ext\.args\s*=\s*('[^']*'|\"[^\"]*\")", content)
+        if a:
+            out[m.group(1)] = _literal(a.group(1))
+    return out
+
+
+def profile_ext_args(*names: str, config: str | Path = REPO / "nextflow.config") -> dict[str, str]:
+    table = profiles(config)
+    out = config_ext_args(Path(config).read_text())
+    for name in names:
+        out.update(config_ext_args(table[name]))
+    return out
