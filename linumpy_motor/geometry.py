@@ -38,6 +38,33 @@ def ideal_transform(tile_shape: Sequence[int], overlap_fraction: float, scale_fa
     return rotation @ np.diag([step_y, step_x])
 
 
+def _pair_system(pairs: Sequence[Mapping], ny: int, prior: np.ndarray, max_deviation_px: float):
+    """Tile indices, displacements and weights of the pairs usable for the registration solve."""
+    rows = []
+    for pair in pairs:
+        i, j = pair["tile"]
+        t1 = i * ny + j
+        t2 = (i + pair["row_delta"]) * ny + j + pair["col_delta"]
+        d = np.array([pair["measured_dy"], pair["measured_dx"]], dtype=float)
+        weight = max(float(pair.get("ncc", 1.0)), 0.0)
+        if weight > 0 and np.linalg.norm(d - (prior[t2] - prior[t1])) <= max_deviation_px:
+            rows.append((t1, t2, d, weight))
+    return rows
+
+
+def _solve_positions(rows: list, prior: np.ndarray, prior_weight: float) -> np.ndarray:
+    """Least-squares positions from pair rows ``(t1, t2, d, weight)`` and a weak prior."""
+    n = len(prior)
+    eps = math.sqrt(prior_weight)
+    index = np.arange(len(rows))
+    r = [index, index, np.arange(len(rows), len(rows) + n)]
+    c = [[t2 for _, t2, _, _ in rows], [t1 for t1, _, _, _ in rows], np.arange(n)]
+    v = [[w for *_, w in rows], [-w for *_, w in rows], np.full(n, eps)]
+    matrix = sparse.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(len(rows) + n, n))
+    rhs = np.concatenate([np.array([w * d for _, _, d, w in rows]).reshape(-1, 2), eps * prior])
+    return np.stack([lsqr(matrix, rhs[:, k], atol=1e-12, btol=1e-12)[0] for k in range(2)], axis=1)
+
+
 def registration_positions(
     pairs: Sequence[Mapping],
     nx: int,
@@ -51,7 +78,9 @@ def registration_positions(
 
     Minimises ``sum_pairs ncc^2 |p[t2] - p[t1] - d|^2 + prior_weight * sum_tiles |p[t] - prior[t]|^2``
     (as MIST and ASHLAR place tiles); the weak prior anchors the solution and places tiles that
-    no usable pair reaches.
+    no usable pair reaches. Pairs that disagree with a first solve by more than a robust cutoff
+    (Tukey's 4.685 x MAD scale, at least 1 px) are dropped and the solve is repeated, so a wrong
+    pair that passed the prior check does not bend the grid.
 
     Parameters
     ----------
@@ -71,34 +100,19 @@ def registration_positions(
     positions : np.ndarray
         ``(nx * ny, 2)`` solved positions.
     connected : np.ndarray of bool
-        Tiles reached by at least one usable pair.
+        Tiles reached by at least one pair used in the final solve.
     """
-    prior = np.asarray(prior, dtype=float)
-    rows, cols, values, rhs = [], [], [], []
+    prior = np.asarray(prior, dtype=float).reshape(nx * ny, 2)
+    rows = _pair_system(pairs, ny, prior, max_deviation_px)
+    positions = _solve_positions(rows, prior, prior_weight)
+    if rows:
+        residuals = np.array([np.linalg.norm(positions[t2] - positions[t1] - d) for t1, t2, d, _ in rows])
+        cutoff = max(1.0, 4.685 * 1.4826 * float(np.median(residuals)))
+        rows = [row for row, residual in zip(rows, residuals) if residual <= cutoff]
+        positions = _solve_positions(rows, prior, prior_weight)
     connected = np.zeros(nx * ny, dtype=bool)
-    for pair in pairs:
-        i, j = pair["tile"]
-        t1 = i * ny + j
-        t2 = (i + pair["row_delta"]) * ny + j + pair["col_delta"]
-        d = np.array([pair["measured_dy"], pair["measured_dx"]])
-        weight = max(float(pair.get("ncc", 1.0)), 0.0)
-        if weight == 0 or np.linalg.norm(d - (prior[t2] - prior[t1])) > max_deviation_px:
-            continue
-        row = len(rhs)
-        rows += [row, row]
-        cols += [t2, t1]
-        values += [weight, -weight]
-        rhs.append(weight * d)
+    for t1, t2, _, _ in rows:
         connected[[t1, t2]] = True
-    n = nx * ny
-    eps = math.sqrt(prior_weight)
-    rows += list(range(len(rhs), len(rhs) + n))
-    cols += list(range(n))
-    values += [eps] * n
-    rhs += list(eps * prior)
-    matrix = sparse.csr_matrix((values, (rows, cols)), shape=(len(rhs), n))
-    rhs = np.asarray(rhs)
-    positions = np.stack([lsqr(matrix, rhs[:, k], atol=1e-12, btol=1e-12)[0] for k in range(2)], axis=1)
     return positions, connected
 
 

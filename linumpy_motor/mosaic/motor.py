@@ -219,6 +219,10 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
     ValueError
         Too few usable pairs (the message names the slices without any).
     """
+    ids = [int(sid) for sid, _ in volumes]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InputError(None, f"slice id(s) {repeated} appear more than once")
     grids: dict[int, MosaicGrid] = {int(sid): open_mosaic(path) for sid, path in volumes}
     if not grids:
         raise ValueError("no volumes given")

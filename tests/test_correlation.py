@@ -1,0 +1,150 @@
+"""Sub-pixel pair measurement (phase correlation, NCC-checked peaks) against known shifts.
+
+Window pairs are cut from one speckle scene and from the same scene shifted by an exact
+sub-pixel amount (Fourier shift of a periodic scene, so the only error is the method's), with the
+sign convention of :func:`measure_shifts`: ``a(x) ≈ b(x - shift)``, i.e. ``b`` samples the scene
+at ``x + shift``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from linumpy_motor.correlation import PairShift, measure_shifts, ncc_at
+
+SCENE = 256
+ORIGIN = 60
+
+
+def speckle_scene(seed: int) -> np.ndarray:
+    """Fully developed speckle on a smooth structure, periodic (so Fourier shifts are exact)."""
+    rng = np.random.default_rng(seed)
+
+    def smooth(sigma):
+        return ndimage.gaussian_filter(rng.standard_normal((SCENE, SCENE)), sigma, mode="wrap")
+
+    structure = smooth(8)
+    structure = (structure - structure.min()) / np.ptp(structure)
+    return np.abs(smooth(1.0) + 1j * smooth(1.0)) * (0.3 + structure)
+
+
+def shifted(scene: np.ndarray, shift) -> np.ndarray:
+    """``scene`` sampled at ``x + shift`` (exact for a periodic band-limited scene)."""
+    return np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(scene), (-shift[0], -shift[1]))).real
+
+
+def window_pair(scene: np.ndarray, shape, shift, noise: float = 0.0, seed: int = 0):
+    """Windows ``a`` and ``b`` with ``a(x) = b(x - shift)`` (plus independent noise)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = slice(ORIGIN, ORIGIN + shape[0]), slice(ORIGIN, ORIGIN + shape[1])
+    a = scene[rows, cols]
+    b = shifted(scene, shift)[rows, cols]
+    return (a + rng.normal(0, noise * a.mean(), a.shape), b + rng.normal(0, noise * b.mean(), b.shape))
+
+
+def bound(shape) -> tuple[int, int]:
+    return tuple(min(15, size // 2 - 1) for size in shape)
+
+
+# (window shape, shift): 160x32 windows are the overlap of horizontal neighbours, 32x160 of vertical
+# ones; shifts across the narrow axis stay within what jitter and calibration errors give (±1.5 px),
+# along the long axis up to what the scan rotation gives (a few px).
+SUBPIXEL_CASES = [
+    ((160, 32), (0.3, -0.7)),
+    ((160, 32), (-3.35, 0.25)),
+    ((160, 32), (4.6, 1.45)),
+    ((160, 32), (-0.5, -1.1)),
+    ((32, 160), (-0.7, 0.3)),
+    ((32, 160), (0.25, 1.56)),
+    ((32, 160), (1.45, -4.6)),
+    ((32, 160), (-1.1, -0.5)),
+    ((64, 64), (2.5, -2.5)),
+]
+
+
+@pytest.mark.parametrize(("shape", "shift"), SUBPIXEL_CASES)
+def test_a_single_pair_is_measured_within_0_05_px(shape, shift):
+    seed = SUBPIXEL_CASES.index((shape, shift))
+    a, b = window_pair(speckle_scene(seed), shape, shift, noise=0.05, seed=seed)
+    (result,) = measure_shifts(a[None], b[None], bound(shape))
+    assert isinstance(result, PairShift)
+    assert np.abs(np.subtract(result.shift, shift)).max() <= 0.05
+    assert result.ncc > 0.6  # NCC at the nearest integer shift
+
+
+def test_integer_shift_sign_convention():
+    scene = speckle_scene(42)
+    a = scene[ORIGIN:ORIGIN + 160, ORIGIN:ORIGIN + 32]
+    b = scene[ORIGIN + 3:ORIGIN + 163, ORIGIN - 2:ORIGIN + 30]  # b(x) = scene(x + (3, -2))
+    (result,) = measure_shifts(a[None], b[None], (15, 15))
+    assert result.shift == pytest.approx((3, -2), abs=0.05)
+    assert result.ncc == pytest.approx(ncc_at(a, b, (3, -2)))
+
+
+def test_a_batch_gives_the_same_shifts_as_single_pairs():
+    shape = (160, 32)
+    shifts = [(0.3, -0.7), (-2.2, 0.9), (1.1, 0.4)]
+    pairs = [window_pair(speckle_scene(10 + k), shape, s, noise=0.05, seed=k) for k, s in enumerate(shifts)]
+    batch = measure_shifts(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]), (15, 15))
+    for (a, b), together, shift in zip(pairs, batch, shifts, strict=True):
+        (alone,) = measure_shifts(a[None], b[None], (15, 15))
+        assert together.shift == pytest.approx(alone.shift, abs=1e-6)
+        assert together.shift == pytest.approx(shift, abs=0.05)
+    assert measure_shifts(np.empty((0, 8, 8)), np.empty((0, 8, 8)), (3, 3)) == []
+
+
+def periodic_scene(seed: int, period: int, axis: int) -> np.ndarray:
+    """A texture repeating every ``period`` px along ``axis``, plus a weak unique speckle (10 %)."""
+    rng = np.random.default_rng(seed)
+    motif_shape = (SCENE, period) if axis == 1 else (period, SCENE)
+    motif = ndimage.gaussian_filter(rng.standard_normal(motif_shape), 1.0, mode="wrap")
+    repeated = np.tile(motif, (1, SCENE // period + 1) if axis == 1 else (SCENE // period + 1, 1))[:SCENE, :SCENE]
+    return repeated + 0.1 * ndimage.gaussian_filter(rng.standard_normal((SCENE, SCENE)), 1.0, mode="wrap")
+
+
+@pytest.mark.parametrize(("shape", "shift", "axis"), [((160, 32), (0.6, 6.7), 1), ((32, 160), (6.7, 0.6), 0)])
+def test_ncc_check_rejects_a_stronger_wrong_correlation_peak(shape, shift, axis):
+    """Repeated texture across the narrow axis: the highest phase-correlation peak is one period
+    off (it has the larger overlap), the NCC check over several peaks picks the true shift."""
+    a, b = window_pair(periodic_scene(3, period=10, axis=axis), shape, shift)
+    (top_peak_only,) = measure_shifts(a[None], b[None], bound(shape), n_candidates=1)
+    (checked,) = measure_shifts(a[None], b[None], bound(shape))
+    assert abs(top_peak_only.shift[axis] - shift[axis]) == pytest.approx(10, abs=0.3)  # the trap is real
+    assert np.abs(np.subtract(checked.shift, shift)).max() <= 0.2
+    assert checked.ncc > top_peak_only.ncc
+
+
+def test_the_search_bound_is_respected():
+    a, b = window_pair(speckle_scene(7), (160, 32), (0.4, 9.0))
+    (result,) = measure_shifts(a[None], b[None], (15, 5))
+    assert abs(result.shift[1]) <= 5.5
+
+
+def test_unrelated_windows_have_a_low_ncc():
+    a, _ = window_pair(speckle_scene(1), (160, 32), (0, 0))
+    b, _ = window_pair(speckle_scene(2), (160, 32), (0, 0))
+    (result,) = measure_shifts(a[None], b[None], (15, 15))
+    assert result.ncc < 0.3
+
+
+def test_ncc_at_known_values():
+    rng = np.random.default_rng(0)
+    a = rng.random((40, 30))
+    assert ncc_at(a, a, (0, 0)) == pytest.approx(1.0)
+    assert ncc_at(a, 5 - 2 * a, (0, 0)) == pytest.approx(-1.0)
+    b = np.roll(a, (2, -3), axis=(0, 1))  # b(x) = a(x - (2, -3)), so a(x) = b(x + (2, -3))
+    assert ncc_at(a, b, (-2, 3)) == pytest.approx(1.0)
+    assert ncc_at(a, b, (2, -3)) < 0.5
+    assert ncc_at(a, a, (35, 0)) == -1.0  # overlap below min_fraction
+    assert ncc_at(np.ones((10, 10)), a[:10, :10], (0, 0)) == -1.0  # flat window
+
+
+def test_no_bias_for_larger_shifts_across_the_narrow_axis():
+    errors = []
+    for seed in range(6):
+        a, b = window_pair(speckle_scene(100 + seed), (160, 32), (0.4, 4.2))
+        (result,) = measure_shifts(a[None], b[None], (15, 15))
+        errors.append(result.shift[1] - 4.2)
+    assert abs(np.mean(errors)) < 0.015

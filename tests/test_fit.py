@@ -1,0 +1,160 @@
+"""The robust motor fit: exact on clean pairs, immune to gross outliers, reproducible sub-sampling,
+drift flags, and clear errors when the pairs cannot determine the model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import grid_positions, pairs_from_positions
+
+from linumpy_motor import fit
+from linumpy_motor.fit import FitError, describe_transform, fit_pairs, fit_pooled, robust_fit, subsample
+from linumpy_motor.mosaic import motor
+from linumpy_motor.synthetic import SyntheticSpec, true_transform
+
+TILE = (3, 160, 160)
+NX, NY = 6, 7
+A_TRUE = true_transform(SyntheticSpec())
+
+
+def noisy_pairs(A, rng, noise=0.05, nx=NX, ny=NY):
+    """Pairs of a jitter-free grid at ``A``, each displacement with Gaussian noise of ``noise`` px."""
+    pairs = pairs_from_positions(grid_positions(A, nx, ny), nx, ny)
+    for pair in pairs:
+        pair["measured_dy"] += rng.normal(0, noise)
+        pair["measured_dx"] += rng.normal(0, noise)
+        pair["ncc"] = float(rng.uniform(0.6, 1.0))
+    return pairs
+
+
+def spoil(pairs, fraction, rng):
+    """Give ``fraction`` of the pairs a gross error (3 to 30 px, random direction); return their indices."""
+    bad = rng.choice(len(pairs), size=round(fraction * len(pairs)), replace=False)
+    for k in bad:
+        size, angle = rng.uniform(3, 30), rng.uniform(0, 2 * np.pi)
+        pairs[k]["measured_dy"] += size * np.sin(angle)
+        pairs[k]["measured_dx"] += size * np.cos(angle)
+        pairs[k]["ncc"] = float(rng.uniform(0.3, 0.9))  # wrong pairs can look good
+    return set(int(k) for k in bad)
+
+
+def test_clean_pairs_give_the_exact_matrix():
+    pairs = pairs_from_positions(grid_positions(A_TRUE, NX, NY), NX, NY)
+    A, diagnostics = motor.estimate_affine_from_pairs(pairs, TILE, 0.2)
+    np.testing.assert_allclose(A, A_TRUE, atol=1e-6)
+    assert diagnostics["n_pairs"] == 71 and diagnostics["n_outliers"] == 0
+    assert diagnostics["residual_rms_px"] < 1e-6
+    assert diagnostics["theta_deg"] == pytest.approx(1.5, abs=1e-6)
+    assert diagnostics["phi_deg"] == pytest.approx(90.8, abs=1e-6)
+
+
+def test_gross_outliers_are_rejected_exactly():
+    rng = np.random.default_rng(0)
+    pairs = pairs_from_positions(grid_positions(A_TRUE, NX, NY), NX, NY)
+    bad = spoil(pairs, 0.2, rng)
+    X, Y, w = fit.pair_arrays(pairs)
+    plain = np.linalg.lstsq(X, Y, rcond=None)[0].T
+    assert np.abs(plain - A_TRUE).max() > 0.5  # the outliers do matter to a plain fit
+    A, inliers, _ = robust_fit(X, Y, w)
+    assert np.abs(A - A_TRUE).max() <= 0.01
+    assert set(np.flatnonzero(~inliers)) == bad
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_gross_outliers_do_not_move_a_noisy_fit(seed):
+    """20 % gross outliers among pairs with 0.05 px noise: within 0.01 px of the fit to the clean pairs."""
+    rng = np.random.default_rng(seed)
+    pairs = noisy_pairs(A_TRUE, rng)
+    bad = spoil(pairs, 0.2, rng)
+    A, diagnostics = fit_pairs(pairs, TILE, 0.2)
+    A_clean, _ = fit_pairs([p for k, p in enumerate(pairs) if k not in bad], TILE, 0.2)
+    assert np.abs(A - A_clean).max() <= 0.01
+    assert np.abs(A - A_TRUE).max() <= 0.05
+    assert diagnostics["n_outliers"] == len(bad)
+    assert diagnostics["residual_rms_px"] == pytest.approx(0.05 * math.sqrt(2), rel=0.35)
+
+
+def test_pairs_with_zero_ncc_are_ignored():
+    pairs = pairs_from_positions(grid_positions(A_TRUE, NX, NY), NX, NY)
+    for pair in pairs[::2]:  # half the pairs wrong, but flagged by their NCC
+        pair["measured_dx"] += 40.0
+        pair["ncc"] = 0.0
+    A, _ = fit_pairs(pairs, TILE, 0.2)
+    np.testing.assert_allclose(A, A_TRUE, atol=1e-6)
+
+
+def test_describe_transform_of_an_ideal_grid():
+    d = describe_transform(np.diag([128.0, 136.0]), TILE, 0.2)
+    assert d["theta_deg"] == pytest.approx(0) and d["phi_deg"] == pytest.approx(90)
+    assert d["perpendicular_deviation_deg"] == pytest.approx(0)
+    assert d["Oy_fraction"] == pytest.approx(0.2) and d["Ox_fraction"] == pytest.approx(0.15)
+    assert d["scale_y"] == pytest.approx(1.0) and d["scale_x"] == pytest.approx(136 / 128)
+
+
+@pytest.mark.parametrize(("pairs", "missing"), [
+    ([], "0 horizontal and 0 vertical"),
+    (pairs_from_positions(grid_positions(A_TRUE, 1, 7), 1, 7), "0 vertical"),
+    (pairs_from_positions(grid_positions(A_TRUE, 2, 2), 2, 2), "2 horizontal and 2 vertical"),
+    (pairs_from_positions(grid_positions(A_TRUE, 4, 4), 4, 4, ncc=0.0), "0 horizontal and 0 vertical"),
+])
+def test_too_few_pairs_is_a_clear_error(pairs, missing):
+    with pytest.raises(ValueError, match="too few usable pairs") as info:
+        motor.estimate_affine_from_pairs(pairs, TILE, 0.2)
+    assert isinstance(info.value, FitError)
+    assert missing in str(info.value)
+
+
+def _three_noisy_slices(seed=0):
+    rng = np.random.default_rng(seed)
+    return {sid: noisy_pairs(A_TRUE, rng, noise=0.1) for sid in (1, 2, 3)}, {sid: (NX, NY) for sid in (1, 2, 3)}
+
+
+def test_subsampling_is_reproducible():
+    pairs_by_slice, grids = _three_noisy_slices()
+    pooled = [p for sid in sorted(pairs_by_slice) for p in pairs_by_slice[sid]]
+    assert subsample(pooled, 60, seed=1) == subsample(pooled, 60, seed=1)
+    assert subsample(pooled, 60, seed=1) != subsample(pooled, 60, seed=2)
+    assert subsample(pooled, 500, seed=1) == pooled and subsample(pooled, None, seed=1) == pooled
+    A1, d1 = fit_pooled(pairs_by_slice, grids, TILE, 0.2, n_samples=60, seed=1)
+    A1_again, _ = fit_pooled(pairs_by_slice, grids, TILE, 0.2, n_samples=60, seed=1)
+    A2, _ = fit_pooled(pairs_by_slice, grids, TILE, 0.2, n_samples=60, seed=2)
+    A_all, d_all = fit_pooled(pairs_by_slice, grids, TILE, 0.2)
+    np.testing.assert_array_equal(A1, A1_again)
+    assert np.abs(A1 - A2).max() > 1e-6
+    assert (d1["n_pooled_pairs"], d1["n_fitted_pairs"], d1["n_samples"], d1["seed"]) == (213, 60, 60, 1)
+    assert d_all["n_fitted_pairs"] == 213
+    for A in (A1, A2, A_all):
+        assert np.abs(A - A_TRUE).max() < 0.05
+
+
+def test_a_slice_with_a_different_motor_model_is_flagged():
+    rng = np.random.default_rng(4)
+    shifted = A_TRUE + [[0, 0], [0, 0.5]]  # 0.5 px more per column: 1.5 px at the grid's corners
+    nudged = A_TRUE + [[0, 0], [0, 0.2]]  # 0.6 px at the corners: within the 1 px tolerance
+    models = {1: A_TRUE, 2: A_TRUE, 3: shifted, 4: A_TRUE, 5: nudged}
+    pairs_by_slice = {sid: noisy_pairs(A, rng, noise=0.02) for sid, A in models.items()}
+    A, diagnostics = fit_pooled(pairs_by_slice, {sid: (NX, NY) for sid in models}, TILE, 0.2, drift_tolerance_px=1.0)
+    assert diagnostics["drifting_slices"] == [3]
+    per_slice = diagnostics["per_slice"]
+    assert per_slice["3"]["drift_flag"] and not any(per_slice[s]["drift_flag"] for s in "1245")
+    assert per_slice["3"]["drift_px"] == pytest.approx(1.5, abs=0.1)
+    assert per_slice["5"]["drift_px"] == pytest.approx(0.6, abs=0.1)
+    np.testing.assert_allclose(per_slice["3"]["transform"], shifted, atol=0.05)
+    assert np.abs(A - A_TRUE).max() < 0.05
+
+
+def test_pooled_too_few_pairs_names_the_empty_slices():
+    few = pairs_from_positions(grid_positions(A_TRUE, 2, 2), 2, 2)
+    with pytest.raises(FitError, match=r"slices with no usable pair: \[11, 12\]"):
+        fit_pooled({4: few, 11: [], 12: []}, {4: (2, 2), 11: (6, 7), 12: (6, 7)}, TILE, 0.2)
+
+
+def test_a_slice_without_pairs_does_not_stop_the_pooled_fit():
+    rng = np.random.default_rng(5)
+    A, diagnostics = fit_pooled({1: noisy_pairs(A_TRUE, rng), 2: []}, {1: (NX, NY), 2: (NX, NY)}, TILE, 0.2)
+    assert np.abs(A - A_TRUE).max() < 0.05
+    entry = diagnostics["per_slice"]["2"]
+    assert entry["transform"] is None and "too few usable pairs" in entry["fit_error"]
+    assert diagnostics["drifting_slices"] == [2]

@@ -1,0 +1,164 @@
+"""Tile positions: ideal grid, affine model, canvas size, registration solve, motor-vs-registration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import grid_positions, pairs_from_positions
+
+from linumpy_motor.geometry import affine_positions, registration_positions
+from linumpy_motor.mosaic import motor
+
+
+def test_motor_positions_of_an_ideal_grid():
+    positions, step_y, step_x = motor.compute_motor_positions(6, 7, (3, 160, 160), 0.2)
+    assert (step_y, step_x) == (128, 128)
+    assert positions == [(i * 128, j * 128) for i in range(6) for j in range(7)]
+    positions, step_y, step_x = motor.compute_motor_positions(3, 4, (1, 100, 150), 0.1)
+    assert (step_y, step_x) == (90, 135)
+    assert positions == [(i * 90, j * 135) for i in range(3) for j in range(4)]
+
+
+def test_motor_positions_with_fractional_steps_and_scale():
+    positions, step_y, step_x = motor.compute_motor_positions(4, 5, (1, 101, 97), 0.15, scale_factor=1.02)
+    true_y, true_x = 0.85 * 101 * 1.02, 0.85 * 97 * 1.02
+    assert abs(step_y - true_y) <= 0.5 and abs(step_x - true_x) <= 0.5
+    expected = [(i * true_y, j * true_x) for i in range(4) for j in range(5)]
+    assert all(isinstance(v, int) for p in positions for v in p)
+    assert np.abs(np.subtract(positions, expected)).max() <= 0.5
+
+
+def test_motor_positions_with_a_rotation():
+    positions, _, _ = motor.compute_motor_positions(3, 4, (1, 100, 100), 0.2, rotation_deg=3.0)
+    angle = np.radians(3.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    expected = grid_positions(rotation * 80, 3, 4)
+    expected -= expected.min(axis=0)
+    assert np.abs(np.subtract(positions, expected)).max() <= 0.5
+    assert np.min(positions, axis=0).tolist() == [0, 0]
+
+
+def test_affine_positions_with_negative_off_diagonal_terms():
+    A = np.array([[127.6, -3.3], [1.2, 128.4]])
+    expected = [(127.6 * i - 3.3 * j + 19.8, 1.2 * i + 128.4 * j) for i in range(6) for j in range(7)]
+    np.testing.assert_allclose(affine_positions(6, 7, A), expected, atol=1e-9)
+    assert motor.compute_affine_positions(6, 7, A) == [(round(r), round(c)) for r, c in expected]
+    np.testing.assert_allclose(motor.compute_affine_positions(6, 7, A, subpixel=True), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize(("A", "shape"), [
+    # rows 128 i - 5 j span [-30, 640] -> 670 + 160; cols 3 i + 128 j span [0, 783] -> 783 + 160
+    ([[128, -5], [3, 128]], (3, 830, 943)),
+    # rows 128 i + 5 j span [0, 670]; cols -3 i + 128 j span [-15, 768]
+    ([[128, 5], [-3, 128]], (3, 830, 943)),
+    # rows span [-19.8, 638] -> ceil(817.8); cols span [0, 776.4] -> ceil(936.4)
+    ([[127.6, -3.3], [1.2, 128.4]], (3, 818, 937)),
+    ([[128, 0], [0, 128]], (3, 5 * 128 + 160, 6 * 128 + 160)),
+])
+def test_affine_output_shape(A, shape):
+    assert motor.compute_affine_output_shape(6, 7, (3, 160, 160), np.array(A, dtype=float)) == shape
+
+
+def _rms_up_to_translation(positions, truth):
+    difference = np.asarray(positions) - truth
+    difference -= difference.mean(axis=0)
+    return float(np.sqrt(np.mean(np.sum(difference**2, axis=1))))
+
+
+def test_registration_positions_are_exact_on_exact_pairs():
+    rng = np.random.default_rng(0)
+    A = np.array([[127.9, -3.4], [1.6, 128.0]])
+    truth = grid_positions(A, 5, 6) + rng.normal(0, 0.4, (30, 2))
+    pairs = pairs_from_positions(truth, 5, 6)
+    pairs[3]["measured_dx"] += 25.0  # a wrong pair, beyond max_deviation_px of the prior: left out
+    positions, connected = registration_positions(pairs, 5, 6, grid_positions(A, 5, 6))
+    assert connected.all()
+    assert _rms_up_to_translation(positions, truth) < 1e-3
+
+
+def test_unreached_tiles_stay_at_the_prior():
+    truth = grid_positions(np.diag([128.0, 128.0]), 2, 3)
+    prior = truth + np.array([[0, 0]] * 5 + [[1.5, -1.0]])
+    touches_last = ({"tile": [1, 1], "col_delta": 1}, {"tile": [0, 2], "row_delta": 1})
+    pairs = [p for p in pairs_from_positions(truth, 2, 3)
+             if not any(all(p[k] == v for k, v in t.items()) for t in touches_last)]
+    assert len(pairs) == 5
+    positions, connected = registration_positions(pairs, 2, 3, prior)
+    assert connected.tolist() == [True] * 5 + [False]
+    np.testing.assert_allclose(positions, prior, atol=1e-6)
+
+
+def _registration_rms(dataset, pairs_by_slice, slice_id, **options):
+    prior = grid_positions(dataset.transform, dataset.spec.nx, dataset.spec.ny)
+    positions, connected = registration_positions(pairs_by_slice[slice_id], dataset.spec.nx, dataset.spec.ny,
+                                                  prior, **options)
+    assert connected.mean() >= 0.9  # tiles whose every pair is rejected (background) stay at the prior
+    truth = np.asarray(dataset.positions(slice_id))
+    return (_rms_up_to_translation(positions[connected], truth[connected]),
+            _rms_up_to_translation(prior[connected], truth[connected]))
+
+
+@pytest.mark.parametrize("slice_id", [0, 1, 2])
+def test_registration_recovers_the_true_jittered_positions(synthetic_dataset_v05, synthetic_pairs_v05, slice_id):
+    """With pairs far from the motor model left out (2 px), every slice is within 0.3 px rms."""
+    rms, prior_rms = _registration_rms(synthetic_dataset_v05, synthetic_pairs_v05, slice_id, max_deviation_px=2.0)
+    assert rms < 0.3
+    assert rms < 0.5 * prior_rms  # the motor model alone misses the 0.3 px jitter
+
+
+def test_registration_with_default_options_is_robust_to_wrong_pairs(synthetic_dataset_v05, synthetic_pairs_v05):
+    for slice_id in synthetic_dataset_v05.slice_ids:
+        rms, prior_rms = _registration_rms(synthetic_dataset_v05, synthetic_pairs_v05, slice_id)
+        assert rms < min(0.3, prior_rms)
+
+
+MOTOR = [(i * 128.0, j * 128.0) for i in range(6) for j in range(7)]
+
+
+def test_compare_flags_a_systematic_offset():
+    stats = motor.compare_motor_vs_registration(MOTOR, np.add(MOTOR, [3.0, -2.0]))
+    assert stats["mean_diff_px"] == pytest.approx([3.0, -2.0])
+    assert stats["flags"] == {"systematic_offset": True, "scale_mismatch": False, "outlying_tiles": False}
+    assert stats["n_tiles"] == 42 and stats["rms_diff_px"] == pytest.approx(np.hypot(3, 2))
+
+
+def test_compare_flags_a_scale_error():
+    centre = np.mean(MOTOR, axis=0)
+    reg = centre + (np.asarray(MOTOR) - centre) * [1.01, 0.995]
+    stats = motor.compare_motor_vs_registration(MOTOR, reg)
+    assert stats["scale_y"] == pytest.approx(1.01) and stats["scale_x"] == pytest.approx(0.995)
+    assert stats["mean_diff_px"] == pytest.approx([0, 0], abs=1e-9)
+    assert stats["flags"]["scale_mismatch"] and not stats["flags"]["systematic_offset"]
+
+
+def test_compare_flags_an_outlying_tile_and_nothing_on_small_noise():
+    rng = np.random.default_rng(0)
+    reg = np.asarray(MOTOR) + rng.normal(0, 0.1, (42, 2))
+    assert not any(motor.compare_motor_vs_registration(MOTOR, reg)["flags"].values())
+    reg[17] += [6.0, -5.0]
+    stats = motor.compare_motor_vs_registration(MOTOR, reg)
+    assert stats["flags"]["outlying_tiles"] and not stats["flags"]["systematic_offset"]
+    assert stats["max_diff_px"] == pytest.approx(np.hypot(6, 5), abs=0.5)
+    with pytest.raises(ValueError, match="differ in length"):
+        motor.compare_motor_vs_registration(MOTOR, reg[:-1])
+
+
+def test_compare_writes_json_atomically(tmp_path, monkeypatch):
+    out = tmp_path / "slice_z03_compare.json"
+    out.write_text("previous run")
+    stats = motor.compare_motor_vs_registration(MOTOR, np.add(MOTOR, [0.5, 0.0]), output_path=str(out))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(stats))
+    assert json.loads(out.read_text())["mean_diff_px"] == [0.5, 0.0]
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+    def interrupted(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dumps", interrupted)
+    with pytest.raises(OSError, match="disk full"):
+        motor.compare_motor_vs_registration(MOTOR, MOTOR, output_path=out)
+    monkeypatch.undo()
+    assert json.loads(out.read_text()) == json.loads(json.dumps(stats))  # the previous file is intact
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]

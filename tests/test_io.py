@@ -1,0 +1,331 @@
+"""Reading mosaic grids (NGFF 0.4 / 0.5, every dtype), finding slices, rejecting bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from linumpy_motor import io, ngff
+from linumpy_motor.errors import InputError
+from linumpy_motor.io import atomic_output, discover_slices, open_mosaic, read_block, write_json
+from linumpy_motor.measure import measure_mosaic
+from linumpy_motor.mosaic import motor
+from linumpy_motor.synthetic import SyntheticSpec
+
+# non-square tiles and grid, so that a swap of rows and columns cannot pass
+SMALL_SPEC = SyntheticSpec(nx=3, ny=2, tile_shape=(2, 96, 128), jitter_px=0.0)
+
+
+def test_ngff_05_sharded_store(synthetic_dataset_v05):
+    ds = synthetic_dataset_v05
+    path = ds.path(ds.slice_ids[0])
+    assert (path / "zarr.json").is_file() and not (path / ".zgroup").exists()
+    assert "tile_shape" not in json.dumps(json.loads((path / "zarr.json").read_text())["attributes"])
+    grid = open_mosaic(path)
+    assert grid.array.shards == (3, 640, 640)  # the fixture really is sharded
+    assert (grid.tile_shape, grid.nx, grid.ny) == ((3, 160, 160), 6, 7)
+    assert grid.ngff_version == "0.5"
+    assert grid.scale == pytest.approx((0.2, 0.003, 0.003))
+    assert grid.units == ("millimeter",) * 3
+    assert grid.path == path
+
+
+@pytest.mark.parametrize(("version", "sharded"), [("0.5", False), ("0.4", True)])
+def test_unsharded_05_and_04_stores(make_synthetic_dataset, version, sharded):
+    ds = make_synthetic_dataset(SMALL_SPEC, n_slices=1, ngff_version=version, sharded=sharded)
+    path = ds.path(0)
+    grid = open_mosaic(path)
+    if version == "0.4":
+        assert (path / ".zgroup").is_file() and grid.array.metadata.zarr_format == 2
+        assert json.loads((path / ".zattrs").read_text())["tile_shape"] == [2, 96, 128]
+    else:
+        assert grid.array.metadata.zarr_format == 3 and grid.array.shards is None
+    assert (grid.tile_shape, grid.nx, grid.ny) == ((2, 96, 128), 3, 2)
+    assert grid.array.shape == (2, 288, 256)
+    assert grid.ngff_version == version
+    assert grid.scale == pytest.approx((0.2, 0.003, 0.003))
+    assert grid.units == ("millimeter",) * 3
+
+
+def test_tile_shape_attribute_wins_over_chunks(tmp_path):
+    path = tmp_path / "big_chunks.ome.zarr"
+    ngff.write_image(path, np.zeros((2, 300, 400), np.float32), chunks=(2, 300, 400), version="0.4",
+                     scale=(1.0, 0.01, 0.02), units=("micrometer", None, None),
+                     extra_attrs={"tile_shape": [2, 100, 80]})
+    grid = open_mosaic(path)
+    assert (grid.tile_shape, grid.nx, grid.ny) == ((2, 100, 80), 3, 5)
+    assert grid.scale == pytest.approx((1.0, 0.01, 0.02))
+    assert grid.units == ("micrometer", None, None)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32", "complex64"])
+def test_every_dtype_is_measured_correctly(make_synthetic_dataset, dtype):
+    spec = SyntheticSpec(nx=3, ny=4, tile_shape=(2, 160, 160), jitter_px=0.0, tissue_fraction=1.0, dtype=dtype)
+    ds = make_synthetic_dataset(spec, n_slices=1)
+    grid = open_mosaic(ds.path(0))
+    assert grid.array.dtype == np.dtype(dtype)
+    raw = grid.array[1, :160, :160]
+    block = read_block(grid, 1, slice(0, 160), slice(0, 160))
+    assert block.dtype == np.float32
+    np.testing.assert_allclose(block, np.abs(raw), rtol=1e-6)
+    result = motor.compute_registration_refinements(grid.array, grid.tile_shape, grid.nx, grid.ny, spec.overlap)
+    assert len(result["pairs"]) == 3 * 3 + 2 * 4
+    A, _ = motor.estimate_affine_from_pairs(result["pairs"], grid.tile_shape, spec.overlap)
+    assert np.abs(A - ds.transform).max() <= 0.1
+
+
+class CountingArray:
+    """Wraps a zarr array and records every selection made on it."""
+
+    def __init__(self, array) -> None:
+        self._array = array
+        self.requests: list[tuple] = []
+        self.shape, self.ndim, self.dtype, self.chunks = array.shape, array.ndim, array.dtype, array.chunks
+
+    def __getitem__(self, key):
+        self.requests.append(key)
+        return self._array[key]
+
+
+def _tile_rows(requests, tile_h: int) -> list[int]:
+    rows = [key[1] for key in requests]
+    assert all(r.stop - r.start == tile_h and r.start % tile_h == 0 for r in rows)
+    return sorted(r.start // tile_h for r in rows)
+
+
+def test_measuring_reads_only_the_central_plane_one_tile_row_at_a_time(synthetic_dataset_small):
+    grid = open_mosaic(synthetic_dataset_small.path(0))
+    counting = CountingArray(grid.array)
+    measure_mosaic(dataclasses.replace(grid, array=counting), 0.2)
+    assert {key[0] for key in counting.requests} == {1}
+    assert _tile_rows(counting.requests, 96) == [0, 1, 2]  # each tile row read once
+
+
+def test_the_api_reads_only_the_requested_plane(synthetic_dataset_small):
+    grid = open_mosaic(synthetic_dataset_small.path(0))
+    for z, expected in ((None, 1), (2, 2)):
+        counting = CountingArray(grid.array)
+        motor.compute_registration_refinements(counting, grid.tile_shape, grid.nx, grid.ny, 0.2, z=z)
+        assert {key[0] for key in counting.requests} == {expected}
+        assert _tile_rows(counting.requests, 96) == [0, 1, 2]
+
+
+def test_pooling_reads_only_central_planes(synthetic_dataset_small, monkeypatch):
+    planes = []
+    original = io.read_block
+
+    def spy(grid, z, rows, cols):
+        planes.append((grid.path, z))
+        return original(grid, z, rows, cols)
+
+    monkeypatch.setattr(io, "read_block", spy)
+    volumes = synthetic_dataset_small.volumes
+    motor.pool_pairs_and_fit_global_affine(volumes, 0.2)
+    assert sorted(planes) == sorted((path, 1) for _, path in volumes for _ in range(3))
+
+
+def test_read_block_rejects_non_finite_and_corrupt_data(tmp_path):
+    volume = np.ones((2, 64, 64), np.float32)
+    volume[1, 40, 40] = np.nan
+    path = tmp_path / "nan.ome.zarr"
+    ngff.write_image(path, volume, chunks=(2, 32, 32))
+    grid = open_mosaic(path)
+    assert read_block(grid, 1, slice(0, 32), slice(0, 64)).shape == (32, 64)
+    with pytest.raises(InputError, match="NaN") as info:
+        read_block(grid, 1, slice(32, 64), slice(0, 64))
+    assert info.value.path == path
+    chunk = next(p for p in (path / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"not a chunk")
+    with pytest.raises(InputError, match="cannot read data") as info:
+        read_block(open_mosaic(path), 0, slice(None), slice(None))
+    assert str(path) in str(info.value)
+
+
+# -- paths that are not a usable mosaic grid -------------------------------------------------------
+
+def _plain_file(path: Path) -> None:
+    path.write_text("not a store")
+
+
+def _group_without_multiscales(path: Path) -> None:
+    zarr.open_group(str(path), mode="w", zarr_format=3).attrs["something"] = 1
+
+
+def _v2_group_without_multiscales(path: Path) -> None:
+    zarr.open_group(str(path), mode="w", zarr_format=2)
+
+
+def _bare_array(path: Path) -> None:
+    zarr.create_array(str(path), shape=(2, 64, 64), chunks=(2, 32, 32), dtype="float32")
+
+
+def _two_dimensional(path: Path) -> None:
+    group = ngff.create_group(path, "0.5")
+    group.create_array("0", shape=(64, 64), chunks=(32, 32), dtype="float32")
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
+
+
+def _not_whole_tiles(path: Path) -> None:
+    ngff.write_image(path, np.zeros((2, 100, 64), np.float32), chunks=(2, 32, 32))
+
+
+def _tile_attr_not_dividing(path: Path) -> None:
+    ngff.write_image(path, np.zeros((2, 64, 64), np.float32), chunks=(2, 64, 64), version="0.4",
+                     extra_attrs={"tile_shape": [2, 30, 32]})
+
+
+def _unsupported_dtype(path: Path) -> None:
+    ngff.write_image(path, np.zeros((2, 64, 64), bool), chunks=(2, 32, 32))
+
+
+def _missing_level(path: Path) -> None:
+    ngff.write_image(path, np.zeros((2, 64, 64), np.float32), chunks=(2, 32, 32))
+    shutil.rmtree(path / "0")
+
+
+def _no_datasets(path: Path) -> None:
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"name": "image", "axes": []}]}
+
+
+BAD_STORES = [
+    pytest.param(None, "no such file", id="missing"),
+    pytest.param(_plain_file, "not a directory", id="plain-file"),
+    pytest.param(Path.mkdir, "not a zarr store", id="empty-dir"),
+    pytest.param(_group_without_multiscales, "multiscales", id="v3-group-without-multiscales"),
+    pytest.param(_v2_group_without_multiscales, "multiscales", id="v2-group-without-multiscales"),
+    pytest.param(_bare_array, "not a zarr store", id="bare-array"),
+    pytest.param(_two_dimensional, "3-D", id="2d-array"),
+    pytest.param(_not_whole_tiles, "whole number of 32x32 tiles", id="not-whole-tiles"),
+    pytest.param(_tile_attr_not_dividing, "whole number of 30x32 tiles", id="tile-attr-not-dividing"),
+    pytest.param(_unsupported_dtype, "dtype", id="bool-dtype"),
+    pytest.param(_missing_level, "level 0", id="missing-level-0"),
+    pytest.param(_no_datasets, "multiscales", id="multiscales-without-datasets"),
+]
+
+
+@pytest.mark.parametrize(("make", "problem"), BAD_STORES)
+def test_a_path_that_is_not_a_mosaic_grid_is_an_input_error_naming_it(tmp_path, make, problem):
+    path = tmp_path / "slice_z03.ome.zarr"
+    if make is not None:
+        make(path)
+    with pytest.raises(InputError, match=problem) as info:
+        open_mosaic(path)
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_the_api_reports_a_bad_store_by_path(tmp_path, synthetic_dataset_v05):
+    bad = tmp_path / "mosaic_grid_3d_z05.ome.zarr"
+    _plain_file(bad)
+    with pytest.raises(InputError) as info:
+        motor.pool_pairs_and_fit_global_affine([(0, synthetic_dataset_v05.path(0)), (5, bad)], 0.2)
+    assert info.value.path == bad
+
+
+# -- datasets: folders and samplesheets ------------------------------------------------------------
+
+def test_discover_a_folder(tmp_path):
+    for name in ("mosaic_grid_3d_z07.ome.zarr", "mosaic_grid_3d_z02.ome.zarr", "mosaic_grid_3d_z10.ome.zarr"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / "other").mkdir()
+    assert discover_slices(tmp_path) == [
+        (2, tmp_path / "mosaic_grid_3d_z02.ome.zarr"),
+        (7, tmp_path / "mosaic_grid_3d_z07.ome.zarr"),
+        (10, tmp_path / "mosaic_grid_3d_z10.ome.zarr"),
+    ]
+
+
+def test_discover_a_samplesheet_with_relative_and_absolute_paths(tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "b.ome.zarr"
+    sheet = tmp_path / "sheets" / "samples.csv"
+    sheet.parent.mkdir()
+    sheet.write_text(f"slice_id,path\n12,../data/a.ome.zarr\n3,{elsewhere}\n")
+    assert discover_slices(sheet) == [(3, elsewhere), (12, sheet.parent / "../data/a.ome.zarr")]
+
+
+def test_duplicate_slice_ids_are_an_input_error(tmp_path):
+    (tmp_path / "a_z03.ome.zarr").mkdir()
+    (tmp_path / "b_z3.ome.zarr").mkdir()
+    with pytest.raises(InputError, match=r"\[3\]") as info:
+        discover_slices(tmp_path)
+    assert info.value.path == tmp_path
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text("slice_id,path\n4,a.ome.zarr\n4,b.ome.zarr\n5,c.ome.zarr\n")
+    with pytest.raises(InputError, match=r"\[4\]") as info:
+        discover_slices(sheet)
+    assert info.value.path == sheet
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("id,file\n1,a.ome.zarr\n", "slice_id,path"),
+    ("slice_id,path\n", "no slices"),
+    ("slice_id,path\n1,a.ome.zarr\nseven,b.ome.zarr\n", "line 3"),
+])
+def test_bad_samplesheets(tmp_path, content, problem):
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text(content)
+    with pytest.raises(InputError, match=problem):
+        discover_slices(sheet)
+
+
+def test_bad_dataset_folders(tmp_path):
+    with pytest.raises(InputError, match="no such"):
+        discover_slices(tmp_path / "missing")
+    with pytest.raises(InputError, match=r"no \*\.ome\.zarr"):
+        discover_slices(tmp_path)
+    (tmp_path / "single_z01.ome.zarr").mkdir()
+    with pytest.raises(InputError, match="single slice"):
+        discover_slices(tmp_path / "single_z01.ome.zarr")
+    (tmp_path / "no_number.ome.zarr").mkdir()
+    with pytest.raises(InputError, match="no slice number"):
+        discover_slices(tmp_path)
+
+
+# -- atomic writes ---------------------------------------------------------------------------------
+
+def test_write_json_is_atomic_and_sorted(tmp_path, monkeypatch):
+    path = tmp_path / "out.json"
+    write_json(path, {"b": 1, "a": [1.5, None]})
+    assert path.read_text() == json.dumps({"a": [1.5, None], "b": 1}, indent=2) + "\n"
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(io.json, "dumps", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_json(path, {"c": 3})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"a": [1.5, None], "b": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_atomic_output_replaces_a_store_only_when_complete(tmp_path):
+    store = tmp_path / "x.ome.zarr"
+    store.mkdir()
+    (store / "old").write_text("old")
+
+    def interrupted_write():
+        with atomic_output(store) as tmp:
+            tmp.mkdir()
+            (tmp / "new").write_text("half")
+            raise ValueError("interrupted")
+
+    with pytest.raises(ValueError, match="interrupted"):
+        interrupted_write()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]
+    assert (store / "old").read_text() == "old"
+    with atomic_output(store) as tmp:
+        tmp.mkdir()
+        (tmp / "new").write_text("new")
+    assert sorted(p.name for p in store.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]
