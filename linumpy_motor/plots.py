@@ -1,0 +1,190 @@
+"""The QC report's figures (matplotlib, Agg, no pyplot state): one function per PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .geometry import affine_positions, grid_indices
+
+DPI = 90
+INLIER_COLOUR = "tab:blue"
+OUTLIER_COLOUR = "tab:red"
+MODEL_PANELS = (
+    ("theta_deg", "θ (deg)"),
+    ("perpendicular_deviation_deg", "φ − 90° (deg)"),
+    ("scale_y", "scale_y"),
+    ("scale_x", "scale_x"),
+)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def tile_outlines(nx: int, ny: int, tile_hw: Sequence[int], transform: np.ndarray) -> np.ndarray:
+    """Closed outlines ``(nx * ny, 5, 2)`` of every tile as (x, y) = (col, row) canvas pixels."""
+    h, w = tile_hw
+    corners = np.array([[0, 0], [0, w], [h, w], [h, 0], [0, 0]], dtype=float)
+    rows_cols = affine_positions(nx, ny, transform)[:, None, :] + corners[None]
+    return rows_cols[..., ::-1]
+
+
+def plot_model_per_slice(path: Path, per_slice: Mapping[int, dict], pooled: Mapping[str, float],
+                         drift_tolerance_px: float | None) -> Path:
+    """Each slice's own θ, φ deviation, scales and drift against the pooled model's.
+
+    Parameters
+    ----------
+    path : Path
+        PNG to write.
+    per_slice : mapping of slice id to dict
+        ``fit`` (the slice's own fit diagnostics, or None), ``drift_px`` and ``drift_flag``.
+    pooled : mapping
+        The pooled model's values of the :data:`MODEL_PANELS` keys.
+    drift_tolerance_px : float or None
+        Drawn on the drift panel.
+    """
+    ids = sorted(per_slice)
+    drifting = [s for s in ids if per_slice[s].get("drift_flag")]
+    unfitted = [s for s in ids if not per_slice[s].get("fit")]
+    fig = Figure(figsize=(7, 10), layout="constrained")
+    axes = fig.subplots(len(MODEL_PANELS) + 1, 1, sharex=True)
+    panels = [*MODEL_PANELS, ("drift_px", "drift (px)")]
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        source = (lambda s: per_slice[s]) if key == "drift_px" else (lambda s: per_slice[s].get("fit") or {})
+        values = {s: source(s).get(key) for s in ids}
+        fitted = [s for s in ids if values[s] is not None]
+        ax.plot(fitted, [values[s] for s in fitted], "o-", color=INLIER_COLOUR, ms=4, label="slice's own fit")
+        marked = [s for s in drifting if values[s] is not None]
+        ax.plot(marked, [values[s] for s in marked], "o", ms=11, mfc="none", mec=OUTLIER_COLOUR, mew=2,
+                label="drifting slice")
+        reference = drift_tolerance_px if key == "drift_px" else pooled.get(key)
+        if reference is not None:
+            ax.axhline(reference, color="k", ls="--", lw=1,
+                       label="drift tolerance" if key == "drift_px" else "pooled model")
+        for s in unfitted:
+            ax.axvline(s, color=OUTLIER_COLOUR, alpha=0.25, lw=6)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("slice id (red band: the slice's own fit failed)")
+    fig.suptitle("Per-slice motor model against the pooled model")
+    return _save(fig, path)
+
+
+def plot_residual_histogram(path: Path, residuals: np.ndarray, outliers: np.ndarray, cutoff: float) -> Path:
+    """Histogram of pair residual lengths against the pooled model, outliers in their own colour."""
+    residuals = np.asarray(residuals, dtype=float)
+    positive = residuals[residuals > 0]
+    floor = max(float(positive.min()) / 1.5 if positive.size else cutoff / 100, 1e-3)
+    edges = np.geomspace(floor, max(float(residuals.max(initial=0)), cutoff, floor * 10) * 1.05, 41)
+    clipped = np.clip(residuals, floor, None)
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.hist([clipped[~outliers], clipped[outliers]], bins=edges, stacked=True,
+            color=[INLIER_COLOUR, OUTLIER_COLOUR],
+            label=[f"inliers ({int((~outliers).sum())})", f"outliers ({int(outliers.sum())})"])
+    ax.axvline(cutoff, color="k", ls="--", lw=1, label=f"Tukey cutoff {cutoff:.2f} px")
+    ax.set_xscale("log")
+    ax.set_xlabel("|measured displacement − A @ [Δrow, Δcol]| (px)")
+    ax.set_ylabel("pairs")
+    ax.set_title("Pair residuals against the pooled model, all slices")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pair_residuals(path: Path, slice_id: int, pairs: Sequence[Mapping], residuals: np.ndarray,
+                        outliers: np.ndarray, transform: np.ndarray, grid: Sequence[int],
+                        tile_hw: Sequence[int]) -> Path:
+    """Quiver of each pair's residual at the pair's midpoint over the slice's tile grid.
+
+    Parameters
+    ----------
+    residuals : np.ndarray
+        ``(n, 2)`` residual (dy, dx) of each pair against the pooled model, in px.
+    outliers : np.ndarray of bool
+        Pairs beyond the Tukey cutoff (drawn in red).
+    transform : np.ndarray
+        The pooled 2x2 matrix (places the tiles and the midpoints).
+    grid : (nx, ny)
+        Tile rows and columns.
+    tile_hw : (h, w)
+        Tile size.
+    """
+    A = np.asarray(transform, dtype=float)
+    h, w = tile_hw
+    outlines = tile_outlines(grid[0], grid[1], tile_hw, A)
+    shift = (grid_indices(grid[0], grid[1]) @ A.T).min(axis=0)  # as affine_positions shifts the canvas
+    midpoints = np.array([[p["tile"][0] + p["row_delta"] / 2, p["tile"][1] + p["col_delta"] / 2] for p in pairs],
+                         dtype=float).reshape(-1, 2)
+    centres = midpoints @ A.T - shift + (h / 2, w / 2)
+    residuals = np.asarray(residuals, dtype=float).reshape(-1, 2)
+    lengths = np.linalg.norm(residuals, axis=1)
+    inlier_lengths = lengths[~outliers]
+    reference = max(float(np.percentile(inlier_lengths, 90)) if inlier_lengths.size else 1.0, 0.05)
+    step = min(np.hypot(*A[:, 0]), np.hypot(*A[:, 1]))
+    scale = reference / (0.3 * step)  # px of residual per canvas px: the reference is 30 % of a step
+    longest = 1.5 * reference  # arrows are drawn at most this long; longer ones are labelled
+    drawn = residuals * np.minimum(1.0, longest / np.maximum(lengths, 1e-12))[:, None]
+    fig = Figure(figsize=(7, min(7 * (grid[0] * h) / max(grid[1] * w, 1) + 0.8, 12)), layout="constrained")
+    ax = fig.subplots()
+    ax.add_collection(LineCollection(outlines, colors="0.75", linewidths=0.8))
+    arrows = [
+        ax.quiver(centres[mask, 1], centres[mask, 0], drawn[mask, 1], drawn[mask, 0], angles="xy",
+                  scale_units="xy", scale=scale, color=colour, width=0.005, label=label)
+        for mask, colour, label in ((~outliers, INLIER_COLOUR, "inlier"), (outliers, OUTLIER_COLOUR, "outlier"))
+        if mask.any()
+    ]
+    for (y, x), length in zip(centres[lengths > longest], lengths[lengths > longest], strict=True):
+        ax.annotate(f"{length:.1f} px", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                    color=OUTLIER_COLOUR)
+    if arrows:
+        ax.quiverkey(arrows[0], 0.85, 1.02, reference, f"{reference:.2g} px", labelpos="E", coordinates="axes")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlim(outlines[..., 0].min() - w * 0.1, outlines[..., 0].max() + w * 0.1)
+    ax.set_ylim(outlines[..., 1].max() + h * 0.1, outlines[..., 1].min() - h * 0.1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    ax.set_title(f"Slice {slice_id}: pair residuals against the pooled model", loc="left", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_thumbnail(path: Path, slice_id: int, plane: np.ndarray, extent_hw: Sequence[float],
+                   outlines: np.ndarray | None) -> Path:
+    """A stitched slice's plane with the motor model's tile rectangles drawn over it.
+
+    Parameters
+    ----------
+    plane : np.ndarray
+        2-D image (a small pyramid level).
+    extent_hw : (float, float)
+        Height and width the plane covers in level-0 (canvas) pixels, so tile outlines given in
+        canvas pixels land on the right place whatever the level's downsampling.
+    outlines : np.ndarray or None
+        ``(n, 5, 2)`` tile outlines in canvas (x, y) pixels (:func:`tile_outlines`), or None.
+    """
+    finite = plane[np.isfinite(plane)]
+    low, high = (np.percentile(finite, (1, 99.5)) if finite.size else (0.0, 1.0))
+    height, width = extent_hw
+    fig = Figure(figsize=(7, min(7 * height / max(width, 1) + 0.6, 12)), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(np.nan_to_num(plane), cmap="gray", vmin=low, vmax=max(high, low + 1e-12),
+              extent=(0, width, height, 0), interpolation="antialiased")
+    if outlines is not None:
+        ax.add_collection(LineCollection(outlines, colors="yellow", linewidths=0.6, alpha=0.6))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_title(f"Slice {slice_id}: stitched, central plane" + (", tile seams" if outlines is not None else ""),
+                 loc="left", fontsize=10)
+    ax.set_xlabel("x (px, level 0)")
+    ax.set_ylabel("y (px, level 0)")
+    return _save(fig, path)
