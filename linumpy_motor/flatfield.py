@@ -1,0 +1,197 @@
+"""Flat-field (vignetting) correction: estimate from a slice's own tissue tiles, or load a known one.
+
+OCT tiles are darker towards their edges. Every tile of a slice shares that multiplicative profile,
+so the per-pixel median over many tissue tiles, each divided by its own level, is the profile times
+the median scene, and the scene averages out over tiles. The estimate is then made smooth by a
+weighted least-squares fit of a low-degree 2-D Legendre polynomial (no edge bias, unlike a Gaussian
+blur of a field that still slopes at the tile border). Background is near 0 in OCT, so no dark
+field is estimated.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from numpy.polynomial import legendre
+
+from .errors import InputError
+from .io import MosaicGrid, central_plane_index, read_block
+
+logger = logging.getLogger(__name__)
+
+FLATFIELD_MODES = ("estimate", "none")
+
+
+def _bin(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor x factor`` blocks (the trailing partial block is dropped)."""
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _legendre_design(shape: tuple[int, int], full_shape: tuple[int, int], factor: int, degree: int) -> np.ndarray:
+    """Legendre terms of total degree <= ``degree`` at the centres of the binned pixels.
+
+    Coordinates are normalised to [-1, 1] over the full-resolution tile, so the same coefficients
+    evaluate on the full grid.
+    """
+    ys = (np.arange(shape[0]) * factor + (factor - 1) / 2) / max(full_shape[0] - 1, 1) * 2 - 1
+    xs = (np.arange(shape[1]) * factor + (factor - 1) / 2) / max(full_shape[1] - 1, 1) * 2 - 1
+    vy = legendre.legvander(ys, degree)
+    vx = legendre.legvander(xs, degree)
+    terms = [np.outer(vy[:, p], vx[:, q]).ravel() for p in range(degree + 1) for q in range(degree + 1 - p)]
+    return np.stack(terms, axis=1)
+
+
+def fit_smooth_field(image: np.ndarray, weights: np.ndarray, full_shape: tuple[int, int], factor: int,
+                     degree: int = 2) -> np.ndarray:
+    """Weighted least-squares Legendre fit of a binned image, evaluated on the full tile grid.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(h // factor, w // factor)`` binned values (NaN where unknown).
+    weights : np.ndarray
+        Same shape; 0 where ``image`` is unknown.
+    full_shape : (int, int)
+        ``(h, w)`` of the tile.
+    factor : int
+        Binning factor of ``image``.
+    degree : int
+        Total polynomial degree.
+
+    Returns
+    -------
+    np.ndarray
+        ``(h, w)`` float64 smooth field.
+    """
+    design = _legendre_design(image.shape, full_shape, factor, degree)
+    w = np.sqrt(np.where(np.isfinite(image), weights, 0.0)).ravel()
+    coeffs, *_ = np.linalg.lstsq(design * w[:, None], np.nan_to_num(image).ravel() * w, rcond=None)
+    return (_legendre_design(full_shape, full_shape, 1, degree) @ coeffs).reshape(full_shape)
+
+
+def _candidate_tiles(nx: int, ny: int, max_tiles: int, seed: int) -> list[tuple[int, int]]:
+    tiles = [(i, j) for i in range(nx) for j in range(ny)]
+    if len(tiles) <= max_tiles:
+        return tiles
+    keep = np.sort(np.random.default_rng(seed).choice(len(tiles), size=max_tiles, replace=False))
+    return [tiles[k] for k in keep]
+
+
+def estimate_flatfield(
+    grid: MosaicGrid,
+    *,
+    n_planes: int = 3,
+    max_tiles: int = 64,
+    bin_px: int = 4,
+    degree: int = 2,
+    tissue_level: float = 0.1,
+    min_tissue_tiles: int = 3,
+    seed: int = 0,
+) -> np.ndarray | None:
+    """Estimate the multiplicative flat field shared by a slice's tiles.
+
+    Only ``n_planes`` central Z planes of at most ``max_tiles`` tiles are read (one tile at a time),
+    so memory does not depend on the slice size.
+
+    Parameters
+    ----------
+    grid : MosaicGrid
+        The slice.
+    n_planes : int
+        Central Z planes averaged per tile (speckle averages out across depth).
+    max_tiles : int
+        Tiles read at most (a fixed pseudo-random subset of a larger grid).
+    bin_px : int
+        Binning of each tile before the median (the flat field is smooth).
+    degree : int
+        Total degree of the Legendre polynomial fitted to the median profile: 2 (tilt and
+        quadratic fall-off) is the robust default; higher degrees follow flatter-topped profiles
+        but need many tissue tiles (scene structure leaks into the fit).
+    tissue_level : float
+        A binned pixel is tissue when above ``tissue_level`` times the 95th percentile of all
+        binned pixels; a tile is a tissue tile when at least half of it is tissue.
+    min_tissue_tiles : int
+        Fewer tissue tiles than this and no estimate is made.
+    seed : int
+        Seed of the tile subset.
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(h, w)`` float32 flat field with mean 1 (divide tiles by it), or None (with a warning)
+        when the slice has too few tissue tiles.
+    """
+    nz, h, w = grid.tile_shape
+    start = max(0, min(central_plane_index(nz) - n_planes // 2, nz - n_planes))
+    planes = slice(start, min(nz, start + n_planes))
+    factor = max(1, min(bin_px, h // 8, w // 8))
+    binned = np.stack([
+        _bin(read_block(grid, planes, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)).mean(axis=0), factor)
+        for i, j in _candidate_tiles(grid.nx, grid.ny, max_tiles, seed)
+    ])
+    threshold = tissue_level * float(np.percentile(binned, 95))
+    tissue = binned > threshold
+    chosen = tissue.mean(axis=(1, 2)) >= 0.5
+    if chosen.sum() < min_tissue_tiles or threshold <= 0:
+        logger.warning("%s: only %d tissue tiles; flat field not estimated", grid.path, int(chosen.sum()))
+        return None
+    levels = np.array([np.median(b[m]) for b, m in zip(binned[chosen], tissue[chosen], strict=True)])
+    normalised = np.where(tissue[chosen], binned[chosen] / levels[:, None, None], np.nan)
+    counts = np.isfinite(normalised).sum(axis=0)
+    profile = np.full(normalised.shape[1:], np.nan)
+    enough = counts >= min_tissue_tiles
+    profile[enough] = np.nanmedian(normalised[:, enough], axis=0)
+    field = fit_smooth_field(profile, counts.astype(float) * enough, (h, w), factor, degree)
+    field = np.clip(field, 0.05 * field.mean(), None)
+    return (field / field.mean()).astype(np.float32)
+
+
+def load_flatfield(path: str | Path, tile_shape: tuple[int, int, int]) -> np.ndarray:
+    """Load a known flat field from a ``.npy`` file and normalise it to mean 1.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``(h, w)`` or ``(Z, h, w)`` array, finite and positive.
+    tile_shape : (int, int, int)
+        ``(Z, h, w)`` of the slice's tiles.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, wrong shape, non-finite or non-positive values.
+    """
+    path = Path(path)
+    try:
+        field = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read flat field ({exc})") from None
+    if field.ndim not in (2, 3) or field.shape != tuple(tile_shape[-field.ndim:]):
+        raise InputError(path, f"flat field shape {field.shape} does not match tiles {tuple(tile_shape)}")
+    field = field.astype(np.float32)
+    if not np.isfinite(field).all() or (field <= 0).any():
+        raise InputError(path, "flat field must be finite and positive")
+    return field / field.mean()
+
+
+def resolve_flatfield(grid: MosaicGrid, flatfield: str | Path | None) -> tuple[np.ndarray | None, str]:
+    """Turn the ``flatfield`` option into an array (or None) and a description for the metadata.
+
+    Parameters
+    ----------
+    grid : MosaicGrid
+        The slice.
+    flatfield : str or Path or None
+        ``"estimate"``, ``"none"`` (or None), or the path of a ``.npy`` flat field.
+    """
+    if flatfield is None or str(flatfield) == "none":
+        return None, "none"
+    if str(flatfield) == "estimate":
+        field = estimate_flatfield(grid)
+        return field, "estimate" if field is not None else "estimate (too few tissue tiles: none applied)"
+    if not str(flatfield).endswith(".npy"):
+        raise InputError(flatfield, f"flat field must be one of {FLATFIELD_MODES} or a .npy file")
+    return load_flatfield(flatfield, grid.tile_shape), str(Path(flatfield).resolve())

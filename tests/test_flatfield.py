@@ -1,0 +1,98 @@
+"""Flat-field estimation against the synthetic vignetting, and loading a known flat field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from linumpy_motor import flatfield, io, ngff, synthetic
+from linumpy_motor.errors import InputError
+
+
+def _write_slice(folder, spec):
+    synthetic.write_dataset(folder, spec, n_slices=1, save_scenes=False)
+    return io.open_mosaic(folder / "mosaic_grid_3d_z00.ome.zarr")
+
+
+def _normalised(field):
+    return field / field.mean()
+
+
+@pytest.mark.parametrize("strength, seed", [(0.3, 0), (0.45, 2)])
+def test_estimate_recovers_the_synthetic_vignetting(tmp_path, strength, seed):
+    spec = synthetic.SyntheticSpec(nx=8, ny=8, tile_shape=(3, 64, 64), jitter_px=0.0, vignetting=strength, seed=seed)
+    grid = _write_slice(tmp_path, spec)
+    truth = _normalised(synthetic.vignetting_field((64, 64), strength))
+    estimate = flatfield.estimate_flatfield(grid)
+    assert estimate.shape == (64, 64) and estimate.dtype == np.float32
+    assert estimate.mean() == pytest.approx(1.0, abs=1e-5)
+    error = estimate - truth
+    assert np.sqrt(np.mean(error**2)) < 0.015
+    assert np.abs(error).max() < 0.035
+    # a flat (uncorrected) field is far from the truth, so the tolerance above means something
+    assert np.sqrt(np.mean((1 - truth) ** 2)) > 0.05
+
+
+def test_estimate_reads_only_a_subset_of_central_planes(tmp_path, monkeypatch):
+    spec = synthetic.SyntheticSpec(nx=6, ny=6, tile_shape=(9, 48, 48), jitter_px=0.0, seed=1)
+    grid = _write_slice(tmp_path, spec)
+    reads = []
+    real_read = flatfield.read_block
+
+    def counting_read(grid_, z, rows, cols):
+        block = real_read(grid_, z, rows, cols)
+        reads.append(block.shape)
+        return block
+
+    monkeypatch.setattr(flatfield, "read_block", counting_read)
+    estimate = flatfield.estimate_flatfield(grid, n_planes=3, max_tiles=20)
+    assert estimate is not None
+    assert len(reads) == 20
+    assert all(shape == (3, 48, 48) for shape in reads)  # one tile, three central planes per read
+
+
+def test_too_few_tissue_tiles_gives_no_estimate(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0, 0.01, (2, 3 * 32, 3 * 32)).clip(0).astype(np.float32)
+    volume[:, :32, :32] += 1.0  # a single tissue tile
+    ngff.write_image(tmp_path / "g.ome.zarr", volume, chunks=(2, 32, 32))
+    grid = io.open_mosaic(tmp_path / "g.ome.zarr")
+    assert flatfield.estimate_flatfield(grid) is None
+    assert "tissue tiles" in caplog.text
+    field, description = flatfield.resolve_flatfield(grid, "estimate")
+    assert field is None and "none applied" in description
+
+
+def test_load_known_flatfield(tmp_path):
+    field = synthetic.vignetting_field((32, 40), 0.3) * 5.0
+    np.save(tmp_path / "flat2d.npy", field)
+    np.save(tmp_path / "flat3d.npy", np.stack([field, 2 * field]))
+    loaded = flatfield.load_flatfield(tmp_path / "flat2d.npy", (2, 32, 40))
+    np.testing.assert_allclose(loaded, field / field.mean(), rtol=1e-6)
+    loaded3 = flatfield.load_flatfield(tmp_path / "flat3d.npy", (2, 32, 40))
+    assert loaded3.shape == (2, 32, 40) and loaded3.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(loaded3[1], 2 * loaded3[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("content, message", [
+    (np.ones((32, 41)), "does not match"),
+    (np.ones((3, 32, 40)), "does not match"),
+    (np.zeros((32, 40)), "positive"),
+    (np.full((32, 40), np.nan), "finite"),
+])
+def test_bad_known_flatfield(tmp_path, content, message):
+    np.save(tmp_path / "flat.npy", content)
+    with pytest.raises(InputError, match=message):
+        flatfield.load_flatfield(tmp_path / "flat.npy", (2, 32, 40))
+
+
+def test_resolve_options(tmp_path):
+    volume = np.ones((2, 64, 64), dtype=np.float32)
+    ngff.write_image(tmp_path / "g.ome.zarr", volume, chunks=(2, 32, 32))
+    grid = io.open_mosaic(tmp_path / "g.ome.zarr")
+    assert flatfield.resolve_flatfield(grid, "none") == (None, "none")
+    assert flatfield.resolve_flatfield(grid, None) == (None, "none")
+    with pytest.raises(InputError, match="estimate"):
+        flatfield.resolve_flatfield(grid, "flat.tif")
+    with pytest.raises(InputError, match="cannot read"):
+        flatfield.resolve_flatfield(grid, tmp_path / "missing.npy")

@@ -1,0 +1,341 @@
+"""Stitching against the synthetic truth: accuracy, seams, sub-pixel placement, streaming, OME-Zarr output."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
+from scipy import ndimage
+
+from linumpy_motor import geometry, ngff, pyramid, stitch, synthetic
+from linumpy_motor.backend import gpu_available
+from linumpy_motor.errors import InputError
+from linumpy_motor.stitch import stitch_slice
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bin" / "linum_motor_stitch.py"
+SPEC = synthetic.SyntheticSpec(nx=3, ny=4, tile_shape=(4, 96, 96), jitter_px=0.0, seed=0)
+
+
+def _dataset(folder: Path, spec=SPEC, **options) -> dict:
+    truth = synthetic.write_dataset(folder, spec, n_slices=1, **options)
+    entry = truth["slices"]["0"]
+    return {"path": folder / entry["path"], "scene": np.load(folder / entry["scene"]),
+            "origin": np.array(entry["scene_origin"]), "A": np.array(truth["transform"]), "spec": spec}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+def _stitch(data, out, **options):
+    options = {"block_px": 64, **options}
+    summary = stitch_slice(data["path"], out, options.pop("transform", data["A"]), **options)
+    return summary, zarr.open_group(str(out), mode="r")
+
+
+def _reference(data, shape) -> np.ndarray:
+    """The true scene on the canvas grid: canvas (0, 0) is scene pixel origin + min_ij A @ [i, j]."""
+    spec = data["spec"]
+    corner = (geometry.grid_indices(spec.nx, spec.ny) @ data["A"].T).min(axis=0) + data["origin"]
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    return ndimage.map_coordinates(data["scene"], [yy + corner[0], xx + corner[1]], order=1)
+
+
+def _coverage(shape, spec) -> tuple[np.ndarray, np.ndarray]:
+    """Per canvas pixel: how many tiles cover it, and whether it is in the central half of a tile."""
+    _, h, w = spec.tile_shape
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    cover = np.zeros(shape, dtype=int)
+    core = np.zeros(shape, dtype=bool)
+    for py, px in geometry.affine_positions(spec.nx, spec.ny, synthetic.true_transform(spec)):
+        u, v = yy - py, xx - px
+        cover += (u >= 0) & (u <= h - 1) & (v >= 0) & (v <= w - 1)
+        core |= (u >= h / 4) & (u <= 3 * h / 4) & (v >= w / 4) & (v <= 3 * w / 4)
+    return cover, core
+
+
+def _tissue(reference: np.ndarray, spec) -> np.ndarray:
+    """Tissue that some tile covers (the rotated grid leaves uncovered slivers at the canvas border)."""
+    covered = ndimage.binary_erosion(_coverage(reference.shape, spec)[0] > 0, iterations=4)
+    return covered & (ndimage.gaussian_filter(reference, 4) > 0.3 * np.percentile(reference, 95))
+
+
+def _ncc(image: np.ndarray, reference: np.ndarray, spec, sigma: float = 1.5) -> float:
+    mask = _tissue(reference, spec)
+    a = ndimage.gaussian_filter(image, sigma)[mask]
+    b = ndimage.gaussian_filter(reference, sigma)[mask]
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def _seam_metric(image: np.ndarray, reference: np.ndarray, spec) -> tuple[float, float]:
+    """Seam band (pixels covered by >= 2 tiles) against tile cores (the central half of a lone tile).
+
+    Returns
+    -------
+    brightness : float
+        median(stitched / truth) in the band over the same in the cores (1: seams neither brighter
+        nor darker), both lightly smoothed.
+    sharpness : float
+        Gradient energy of stitched over truth in the band, over the same in the cores, divided by
+        brightness squared (1: seams not blurrier).
+    """
+    cover, core = _coverage(image.shape, spec)
+    tissue = _tissue(reference, spec)
+    band, core = (cover >= 2) & tissue, core & (cover == 1) & tissue
+    a, b = ndimage.gaussian_filter(image, 2), ndimage.gaussian_filter(reference, 2)
+    brightness = np.median(a[band] / b[band]) / np.median(a[core] / b[core])
+    ga = sum(g**2 for g in np.gradient(ndimage.gaussian_filter(image, 1)))
+    gb = sum(g**2 for g in np.gradient(ndimage.gaussian_filter(reference, 1)))
+    sharpness = (ga[band].mean() / gb[band].mean()) / (ga[core].mean() / gb[core].mean()) / brightness**2
+    return float(brightness), float(sharpness)
+
+
+def test_matches_the_true_scene(data, tmp_path):
+    summary, group = _stitch(data, tmp_path / "s.ome.zarr")
+    spec = data["spec"]
+    assert summary["shape"] == list(geometry.output_shape(spec.nx, spec.ny, spec.tile_shape, data["A"]))
+    assert summary["backend"] == "numpy" and summary["flatfield"] == "estimate" and summary["dtype"] == "float32"
+    image = group["0"][spec.tile_shape[0] // 2]
+    assert image.dtype == np.float32
+    with_flat = _ncc(image, _reference(data, image.shape), spec)
+    _, plain = _stitch(data, tmp_path / "plain.ome.zarr", flatfield="none")
+    without_flat = _ncc(plain["0"][spec.tile_shape[0] // 2], _reference(data, image.shape), spec)
+    assert with_flat >= 0.99  # 0.9986 measured; 0.9767 without the flat field
+    assert with_flat > without_flat + 0.01
+    # canvas registration: a half-pixel shift of the reference lowers the match
+    shifted = ndimage.shift(_reference(data, image.shape), (0.5, 0.5), order=1)
+    assert _ncc(image, shifted, spec) < with_flat - 0.005
+
+
+def test_seams_vanish_with_the_flat_field(data, tmp_path):
+    mid = data["spec"].tile_shape[0] // 2
+    _, group = _stitch(data, tmp_path / "s.ome.zarr")
+    image = group["0"][mid]
+    reference = _reference(data, image.shape)
+    brightness, sharpness = _seam_metric(image, reference, data["spec"])
+    assert abs(brightness - 1) < 0.03 and abs(sharpness - 1) < 0.05
+    _, group = _stitch(data, tmp_path / "none.ome.zarr", flatfield="none")
+    brightness, _ = _seam_metric(group["0"][mid], reference, data["spec"])
+    assert brightness < 0.95  # vignetted tile edges make every seam darker
+    wrong = data["A"] + np.diag([2.0, 2.0])  # tiles 2 px off per step: seams double and blur
+    _, group = _stitch(data, tmp_path / "wrong.ome.zarr", transform=wrong)
+    _, sharpness = _seam_metric(group["0"][mid, :image.shape[0], :image.shape[1]], reference, data["spec"])
+    assert sharpness < 0.9
+
+
+def test_sub_pixel_placement(tmp_path):
+    """Linear ramps are reproduced exactly by linear interpolation at the true sub-pixel offset."""
+    h, w = 40, 48
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    volume = np.concatenate([10 + 2 * yy + 3 * xx, 500 - 4 * yy + xx], axis=1)[None]
+    ngff.write_image(tmp_path / "ramp.ome.zarr", volume, chunks=(1, h, w))
+    A = np.array([[36.0, 0.37], [0.0, 40.25]])  # tile (0, 1) sits at (0.37, 40.25)
+    stitch_slice(tmp_path / "ramp.ome.zarr", tmp_path / "out.ome.zarr", A, blending="none", flatfield="none",
+                 block_px=32)
+    image = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")["0"][0]
+    assert image.shape == (41, 89)
+    Y, X = np.mgrid[2:38, 44:86].astype(float)  # inside tile (0, 1) only, away from its border
+    np.testing.assert_allclose(image[2:38, 44:86], 500 - 4 * (Y - 0.37) + (X - 40.25), rtol=1e-5)
+    Y, X = np.mgrid[0:40, 0:40].astype(float)  # tile (0, 0) at the origin, before tile (0, 1) starts
+    np.testing.assert_allclose(image[0:40, 0:40], 10 + 2 * Y + 3 * X, rtol=1e-5)
+
+
+def test_blocks_and_z_chunks_do_not_change_the_result(data, tmp_path):
+    _, small = _stitch(data, tmp_path / "small.ome.zarr", block_px=32, z_chunk=2, blending="diffusion")
+    _, large = _stitch(data, tmp_path / "large.ome.zarr", block_px=512, blending="diffusion", workers=1)
+    assert small["0"].chunks == (2, 16, 16) and large["0"].chunks == (4, 256, 256)
+    np.testing.assert_allclose(small["0"][:], large["0"][:], rtol=1e-5, atol=1e-6)
+
+
+def test_each_tile_is_read_once_per_z_chunk(data, tmp_path, monkeypatch):
+    """Blocks go down block columns and reuse cached tiles: no tile of this 3-row grid is decoded twice."""
+    reads = []
+    real_read = stitch.read_block
+
+    def counting_read(grid, z, rows, cols):
+        reads.append((z.start, rows.start, cols.start))
+        return real_read(grid, z, rows, cols)
+
+    monkeypatch.setattr(stitch, "read_block", counting_read)
+    stitch_slice(data["path"], tmp_path / "s.ome.zarr", data["A"], flatfield="none", block_px=64, z_chunk=2,
+                 workers=1)
+    assert sorted(reads) == sorted({(z, i * 96, j * 96) for z in (0, 2) for i in range(3) for j in range(4)})
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_pyramid_opens_in_ome_zarr(data, tmp_path, version):
+    out = tmp_path / "s.ome.zarr"
+    summary, group = _stitch(data, out, ngff_version=version, pyramid_top_px=64, blending="average")
+    nodes = list(Reader(parse_url(str(out)))())
+    image = nodes[0]
+    assert parse_url(str(out)).fmt.version == version
+    assert [a["name"] for a in image.metadata["axes"]] == ["z", "y", "x"]
+    assert all(a.get("unit") == "millimeter" for a in image.metadata["axes"])
+    shapes = [tuple(d.shape) for d in image.data]
+    nz, height, width = shapes[0]
+    assert len(shapes) == 4 and max(shapes[-1][1:]) <= 64 < max(shapes[-2][1:])
+    for k, shape in enumerate(shapes):
+        assert shape == (nz, -(-height // 2**k), -(-width // 2**k))
+        scale = image.metadata["coordinateTransformations"][k][0]["scale"]
+        np.testing.assert_allclose(scale, [0.2, 0.003 * 2**k, 0.003 * 2**k])
+    for k in range(1, len(shapes)):
+        finer = np.asarray(image.data[k - 1])
+        coarser = np.asarray(image.data[k])
+        h2, w2 = finer.shape[1] // 2, finer.shape[2] // 2
+        means = finer[:, :2 * h2, :2 * w2].reshape(nz, h2, 2, w2, 2).mean(axis=(2, 4))
+        np.testing.assert_allclose(coarser[:, :h2, :w2], means, rtol=1e-5, atol=1e-6)
+    meta = group.attrs["linumpy_motor"]
+    np.testing.assert_allclose(meta["transform"], data["A"])
+    assert meta["blending"] == "average" and meta["flatfield"] == "estimate"
+    assert group["0"].metadata.zarr_format == (2 if version == "0.4" else 3)
+    if version == "0.5":
+        assert group["0"].shards == (nz, 64, 64)
+    assert summary["levels"] == [list(s) for s in shapes]
+
+
+def test_pyramid_levels_and_odd_edges():
+    assert pyramid.level_shapes((3, 1100, 700), 512) == [(3, 1100, 700), (3, 550, 350), (3, 275, 175)]
+    assert pyramid.level_shapes((3, 512, 80), 512) == [(3, 512, 80)]
+    block = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    small = pyramid.downsample_mean(block)
+    assert small.shape == (2, 3, 2)
+    np.testing.assert_allclose(small[:, 0, 0], block[:, :2, :2].mean(axis=(1, 2)))
+    np.testing.assert_allclose(small[:, 0, 1], block[:, :2, 2].mean(axis=1))  # odd column: its own pixels
+    np.testing.assert_allclose(small[:, 2, 0], block[:, 4, :2].mean(axis=1))
+    np.testing.assert_allclose(small[:, 2, 1], block[:, 4, 2])
+
+
+@pytest.mark.parametrize("variant", [
+    {"spec": {"dtype": "uint16"}},
+    {"spec": {"dtype": "complex64"}},
+    {"options": {"ngff_version": "0.4"}},
+    {"options": {"sharded": False}},
+])
+def test_input_variants(tmp_path, variant):
+    spec = synthetic.SyntheticSpec(**{**SPEC.__dict__, **variant.get("spec", {}), "extra": {}})
+    data = _dataset(tmp_path / "in", spec, **variant.get("options", {}))
+    _, group = _stitch(data, tmp_path / "s.ome.zarr")
+    image = group["0"][spec.tile_shape[0] // 2]
+    assert _ncc(image, _reference(data, image.shape), spec) >= 0.99
+
+
+def test_known_flatfield(data, tmp_path):
+    _, h, w = data["spec"].tile_shape
+    field = synthetic.vignetting_field((h, w), data["spec"].vignetting)
+    np.save(tmp_path / "flat.npy", field)
+    np.save(tmp_path / "flat3d.npy", np.repeat(field[None], data["spec"].tile_shape[0], axis=0))
+    summary, flat2d = _stitch(data, tmp_path / "a.ome.zarr", flatfield=tmp_path / "flat.npy")
+    assert summary["flatfield"].endswith("flat.npy")
+    _, flat3d = _stitch(data, tmp_path / "b.ome.zarr", flatfield=tmp_path / "flat3d.npy")
+    image = flat2d["0"][2]
+    assert _ncc(image, _reference(data, image.shape), data["spec"]) >= 0.99
+    np.testing.assert_allclose(flat3d["0"][:], flat2d["0"][:], rtol=1e-5, atol=1e-6)
+
+
+def _leftovers(folder: Path, name: str) -> list[Path]:
+    return [p for p in folder.iterdir() if name in p.name]
+
+
+def test_refuses_to_overwrite_the_input(data, tmp_path):
+    for out in (data["path"], data["path"] / "stitched.ome.zarr", data["path"].parent):
+        with pytest.raises(InputError, match="input store"):
+            stitch_slice(data["path"], out, data["A"])
+    assert not (data["path"] / "stitched.ome.zarr").exists()
+    (tmp_path / "notes").mkdir()
+    other_input = tmp_path / "mosaic_grid_3d_z01.ome.zarr"
+    ngff.write_image(other_input, np.ones((1, 64, 64), dtype=np.float32), chunks=(1, 32, 32))
+    for existing in (tmp_path / "notes", other_input):
+        with pytest.raises(InputError, match="not a stitched slice"):
+            stitch_slice(data["path"], existing, data["A"])
+    assert (other_input / "zarr.json").exists()
+    again = tmp_path / "again.ome.zarr"  # a previous stitched slice is replaced
+    for mode in ("none", "average"):
+        stitch_slice(data["path"], again, data["A"], blending=mode, flatfield="none", block_px=64)
+    assert zarr.open_group(str(again), mode="r").attrs["linumpy_motor"]["blending"] == "average"
+    with pytest.raises(InputError, match="invertible"):
+        stitch_slice(data["path"], tmp_path / "s.ome.zarr", np.ones((2, 2)))
+    with pytest.raises(ValueError, match="blending"):
+        stitch_slice(data["path"], tmp_path / "s.ome.zarr", data["A"], blending="max")
+    assert _leftovers(tmp_path, "s.ome.zarr") == []
+
+
+def test_corrupt_input_leaves_nothing_behind(tmp_path):
+    volume = np.ones((2, 64, 96), dtype=np.float32)
+    volume[1, 40, 70] = np.nan
+    ngff.write_image(tmp_path / "bad.ome.zarr", volume, chunks=(2, 32, 32))
+    with pytest.raises(InputError, match="NaN"):
+        stitch_slice(tmp_path / "bad.ome.zarr", tmp_path / "s.ome.zarr", np.diag([28.0, 28.0]), flatfield="none",
+                     block_px=32)
+    assert _leftovers(tmp_path, "s.ome.zarr") == []
+
+
+def _bin():
+    spec = importlib.util.spec_from_file_location("linum_motor_stitch", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bin_stitches(data, tmp_path, capsys):
+    (tmp_path / "t.json").write_text(json.dumps({"transform": data["A"].tolist(), "diagnostics": {}}))
+    out = tmp_path / "slice_z00_stitch_3d.ome.zarr"
+    assert _bin().main([str(data["path"]), str(tmp_path / "t.json"), str(out), "--blending", "average",
+                        "--ngff-version", "0.4", "--z-chunk", "2"]) == 0
+    group = zarr.open_group(str(out), mode="r")
+    assert group["0"].chunks[0] == 2 and group.attrs["linumpy_motor"]["blending"] == "average"
+    assert "multiscales" in group.attrs
+    assert str(out) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("problem", ["missing transform", "truncated transform", "output inside input",
+                                     "singular transform", "missing slice", "bad flat field"])
+def test_bin_bad_input(data, tmp_path, capsys, problem):
+    transform = tmp_path / "t.json"
+    text = json.dumps({"transform": data["A"].tolist(), "diagnostics": {}})
+    source, out, extra = data["path"], tmp_path / "s.ome.zarr", []
+    if problem == "truncated transform":
+        transform.write_text(text[: len(text) // 2])
+    elif problem == "singular transform":
+        transform.write_text(json.dumps({"transform": [[1, 2], [2, 4]], "diagnostics": {}}))
+    elif problem != "missing transform":
+        transform.write_text(text)
+    if problem == "output inside input":
+        out = data["path"] / "s.ome.zarr"
+    if problem == "missing slice":
+        source = tmp_path / "nope.ome.zarr"
+    if problem == "bad flat field":
+        extra = ["--flatfield", str(tmp_path / "flat.npy")]
+        np.save(tmp_path / "flat.npy", np.ones((5, 5)))
+    assert _bin().main([str(source), str(transform), str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("linum_motor_stitch.py: error:")
+    assert not out.exists() and _leftovers(out.parent, "s.ome.zarr") == []
+
+
+@pytest.mark.slow
+def test_bin_runs_as_a_program(data, tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"transform": data["A"].tolist(), "diagnostics": {}}))
+    result = subprocess.run([sys.executable, str(SCRIPT), str(data["path"]), str(tmp_path / "t.json"),
+                             str(tmp_path / "s.ome.zarr"), "--blending", "diffusion"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert list(Reader(parse_url(str(tmp_path / "s.ome.zarr")))())[0].data[0].shape[0] == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+def test_gpu_matches_cpu(data, tmp_path):
+    summary, gpu = _stitch(data, tmp_path / "gpu.ome.zarr", use_gpu=True)
+    assert summary["backend"] == "cupy"
+    _, cpu = _stitch(data, tmp_path / "cpu.ome.zarr")
+    np.testing.assert_allclose(gpu["0"][:], cpu["0"][:], rtol=1e-4, atol=1e-5)
