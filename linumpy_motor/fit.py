@@ -1,9 +1,18 @@
 """Robust fit of the 2x2 motor matrix to pair displacements, per slice and pooled across slices.
 
-Model: the displacement between tile (i, j) and tile (i + di, j + dj) is ``A @ [di, dj]``.
-The fit is weighted least squares (weights = pair NCC) made robust by iteratively reweighted
-least squares: an L1 start (a weighted median for unit steps) and Tukey's biweight with a
-MAD-based scale, so wrong pairs (empty overlaps, repeated texture, a bumped tile) get weight 0.
+Model: tile (i, j) sits at ``A @ [i, j]`` plus a per-tile error (stage jitter), so the
+displacement between tile (i, j) and tile (i + di, j + dj) is ``A @ [di, dj]`` plus the
+difference of two tile errors. The fit has two stages:
+
+1. Pairs: weighted least squares on the displacements (weights = pair NCC) made robust by
+   iteratively reweighted least squares: an L1 start (a weighted median for unit steps) and
+   Tukey's biweight with a MAD-based scale, so wrong pairs (empty overlaps, repeated texture, a
+   bumped tile) get weight 0.
+2. Positions: the inlier pairs of each slice are solved for tile positions (global least
+   squares, as MIST and ASHLAR place tiles) and A is fitted, robustly again, to those positions
+   against the tile indices, one free offset per connected group of tiles. Pair displacements
+   along a grid row telescope to the row's two end tiles; positions use every tile, which halves
+   the error that the jitter leaves in A.
 """
 
 from __future__ import annotations
@@ -12,6 +21,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from .geometry import grid_indices, registration_positions
 
 TUKEY_C = 4.685
 RAYLEIGH_MEDIAN = math.sqrt(2 * math.log(2))  # median of |N(0, I2)|
@@ -125,9 +138,65 @@ def describe_transform(A: np.ndarray, tile_shape: Sequence[int], overlap_fractio
     }
 
 
+def infer_grid(pairs: Sequence[Mapping]) -> tuple[int, int] | None:
+    """Grid size ``(nx, ny)`` spanned by pairs that carry their ``tile``; None when they don't."""
+    if not pairs or any("tile" not in p for p in pairs):
+        return None
+    nx = max(p["tile"][0] + p["row_delta"] for p in pairs) + 1
+    ny = max(p["tile"][1] + p["col_delta"] for p in pairs) + 1
+    return int(nx), int(ny)
+
+
+def _centred_positions(pairs: Sequence[Mapping], grid: tuple[int, int], A0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solved tile positions and indices of one slice, each connected group centred on its mean."""
+    nx, ny = grid
+    index = grid_indices(nx, ny)
+    positions, _ = registration_positions(pairs, nx, ny, index @ A0.T, max_deviation_px=np.inf)
+    t1 = [p["tile"][0] * ny + p["tile"][1] for p in pairs]
+    t2 = [(p["tile"][0] + p["row_delta"]) * ny + p["tile"][1] + p["col_delta"] for p in pairs]
+    graph = sparse.coo_matrix((np.ones(len(pairs)), (t1, t2)), shape=(nx * ny, nx * ny))
+    _, labels = connected_components(graph, directed=False)
+    X, Y = [], []
+    for label in np.unique(labels[t1 + t2]):
+        members = labels == label
+        X.append(index[members] - index[members].mean(axis=0))
+        Y.append(positions[members] - positions[members].mean(axis=0))
+    return np.concatenate(X), np.concatenate(Y)
+
+
+def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[int, int]]],
+                        A0: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Second stage: fit A to the tile positions solved from each slice's inlier pairs.
+
+    Parameters
+    ----------
+    pairs_by_grid : sequence of (pairs, (nx, ny))
+        Each slice's inlier pairs (with ``tile``) and grid size.
+    A0 : np.ndarray
+        The pair-stage matrix (anchors each slice's solve and starts the fit).
+
+    Returns
+    -------
+    A : np.ndarray
+        The refined 2x2 matrix.
+    diagnostics : dict
+        ``n_tiles`` used, ``n_tile_outliers`` and ``tile_residual_rms_px``.
+    """
+    blocks = [_centred_positions(pairs, grid, A0) for pairs, grid in pairs_by_grid if pairs]
+    X = np.concatenate([x for x, _ in blocks])
+    Y = np.concatenate([y for _, y in blocks])
+    A, inliers, _ = robust_fit(X, Y, np.ones(len(X)), min_pairs=0)
+    residuals = np.linalg.norm(Y - X @ A.T, axis=1)[inliers]
+    return A, {"n_tiles": len(X), "n_tile_outliers": int(len(X) - inliers.sum()),
+               "tile_residual_rms_px": float(np.sqrt(np.mean(residuals**2)))}
+
+
 def fit_pairs(pairs: Sequence[Mapping], tile_shape: Sequence[int], overlap_fraction: float, *,
-              min_pairs: int = 3, label: str = "") -> tuple[np.ndarray, dict]:
+              min_pairs: int = 3, label: str = "", grid: tuple[int, int] | None = None) -> tuple[np.ndarray, dict]:
     """Fit the motor matrix to one list of pairs and describe the fit.
+
+    Pairs that carry their ``tile`` (as measured here) get the position stage (module docstring);
+    bare pairs (``row_delta``, ``col_delta``, ``measured_dy``, ``measured_dx`` only) the pair stage.
 
     Returns
     -------
@@ -135,19 +204,28 @@ def fit_pairs(pairs: Sequence[Mapping], tile_shape: Sequence[int], overlap_fract
         The 2x2 matrix A.
     diagnostics : dict
         :func:`describe_transform` keys plus pair counts, inlier/outlier counts, residual RMS
-        and max over inliers (px) and the robust scale.
+        and max over inlier pairs (px), the robust scale and ``position_stage`` (or None).
     """
     X, Y, w = pair_arrays(pairs)
     A, inliers, scale = robust_fit(X, Y, w, min_pairs=min_pairs, label=label)
+    grid = grid or infer_grid(pairs)
+    stage = None
+    if grid is not None:
+        A, stage = refine_on_positions([([p for p, keep in zip(pairs, inliers) if keep], grid)], A)
+    return A, _diagnostics(A, X, Y, inliers, scale, tile_shape, overlap_fraction, stage)
+
+
+def _diagnostics(A, X, Y, inliers, scale, tile_shape, overlap_fraction, stage) -> dict:
     residuals = np.linalg.norm(Y - X @ A.T, axis=1)
-    return A, {
+    return {
         **describe_transform(A, tile_shape, overlap_fraction),
-        "n_pairs": len(pairs),
+        "n_pairs": len(X),
         "n_inliers": int(inliers.sum()),
-        "n_outliers": int(len(pairs) - inliers.sum()),
+        "n_outliers": int(len(X) - inliers.sum()),
         "residual_rms_px": float(np.sqrt(np.mean(residuals[inliers] ** 2))),
         "residual_max_px": float(residuals[inliers].max()),
         "robust_scale_px": scale,
+        "position_stage": stage,
     }
 
 
@@ -213,18 +291,24 @@ def fit_pooled(
     FitError
         Too few usable pooled pairs; the message names the slices that contributed none.
     """
-    pooled = [p for slice_id in sorted(pairs_by_slice) for p in pairs_by_slice[slice_id]]
+    order = sorted(pairs_by_slice)
+    pooled = [(slice_id, p) for slice_id in order for p in pairs_by_slice[slice_id]]
     fitted = subsample(pooled, n_samples, seed)
+    X, Y, w = pair_arrays([p for _, p in fitted])
     try:
-        A, diagnostics = fit_pairs(fitted, tile_shape, overlap_fraction, min_pairs=min_pairs, label="pooled: ")
+        A, inliers, scale = robust_fit(X, Y, w, min_pairs=min_pairs, label="pooled: ")
     except FitError as exc:
-        empty = [s for s in sorted(pairs_by_slice) if not pairs_by_slice[s]]
+        empty = [s for s in order if not pairs_by_slice[s]]
         raise FitError(f"{exc}; slices with no usable pair: {empty or 'none'}") from None
+    kept = [[p for (s, p), keep in zip(fitted, inliers) if keep and s == slice_id] for slice_id in order]
+    A, stage = refine_on_positions(list(zip(kept, [tuple(grids[s]) for s in order])), A)
+    diagnostics = _diagnostics(A, X, Y, inliers, scale, tile_shape, overlap_fraction, stage)
     per_slice = {}
     for slice_id in sorted(pairs_by_slice):
         entry: dict = {"n_pairs": len(pairs_by_slice[slice_id])}
         try:
-            A_s, diag_s = fit_pairs(pairs_by_slice[slice_id], tile_shape, overlap_fraction, min_pairs=min_pairs)
+            A_s, diag_s = fit_pairs(pairs_by_slice[slice_id], tile_shape, overlap_fraction, min_pairs=min_pairs,
+                                    grid=tuple(grids[slice_id]))
         except FitError as exc:
             entry.update(transform=None, fit=None, fit_error=str(exc), drift_px=None, drift_flag=True)
         else:

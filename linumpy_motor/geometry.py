@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage, sparse
-from scipy.sparse.linalg import lsqr
+from scipy.sparse.linalg import spsolve
 
 
 def grid_indices(nx: int, ny: int) -> np.ndarray:
@@ -39,30 +39,32 @@ def ideal_transform(tile_shape: Sequence[int], overlap_fraction: float, scale_fa
 
 
 def _pair_system(pairs: Sequence[Mapping], ny: int, prior: np.ndarray, max_deviation_px: float):
-    """Tile indices, displacements and weights of the pairs usable for the registration solve."""
-    rows = []
-    for pair in pairs:
-        i, j = pair["tile"]
-        t1 = i * ny + j
-        t2 = (i + pair["row_delta"]) * ny + j + pair["col_delta"]
-        d = np.array([pair["measured_dy"], pair["measured_dx"]], dtype=float)
-        weight = max(float(pair.get("ncc", 1.0)), 0.0)
-        if weight > 0 and np.linalg.norm(d - (prior[t2] - prior[t1])) <= max_deviation_px:
-            rows.append((t1, t2, d, weight))
-    return rows
+    """Tile indices ``t1``, ``t2``, displacements ``d`` and weights of the pairs usable for the solve."""
+    if not pairs:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0)
+    tile = np.array([p["tile"] for p in pairs], dtype=int).reshape(-1, 2)
+    step = np.array([[p["row_delta"], p["col_delta"]] for p in pairs], dtype=int)
+    d = np.array([[p["measured_dy"], p["measured_dx"]] for p in pairs], dtype=float)
+    weight = np.array([max(float(p.get("ncc", 1.0)), 0.0) for p in pairs])
+    t1 = tile[:, 0] * ny + tile[:, 1]
+    t2 = (tile[:, 0] + step[:, 0]) * ny + tile[:, 1] + step[:, 1]
+    keep = (weight > 0) & (np.linalg.norm(d - (prior[t2] - prior[t1]), axis=1) <= max_deviation_px)
+    return t1[keep], t2[keep], d[keep], weight[keep]
 
 
-def _solve_positions(rows: list, prior: np.ndarray, prior_weight: float) -> np.ndarray:
-    """Least-squares positions from pair rows ``(t1, t2, d, weight)`` and a weak prior."""
+def _solve_positions(system, prior: np.ndarray, prior_weight: float) -> np.ndarray:
+    """Least-squares positions (normal equations, sparse) from pair rows and a weak prior."""
+    t1, t2, d, weight = system
     n = len(prior)
-    eps = math.sqrt(prior_weight)
-    index = np.arange(len(rows))
-    r = [index, index, np.arange(len(rows), len(rows) + n)]
-    c = [[t2 for _, t2, _, _ in rows], [t1 for t1, _, _, _ in rows], np.arange(n)]
-    v = [[w for *_, w in rows], [-w for *_, w in rows], np.full(n, eps)]
-    matrix = sparse.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(len(rows) + n, n))
-    rhs = np.concatenate([np.array([w * d for _, _, d, w in rows]).reshape(-1, 2), eps * prior])
-    return np.stack([lsqr(matrix, rhs[:, k], atol=1e-12, btol=1e-12)[0] for k in range(2)], axis=1)
+    w2 = weight**2
+    laplacian = sparse.coo_matrix(
+        (np.concatenate([w2, w2, -w2, -w2, np.full(n, prior_weight)]),
+         (np.concatenate([t1, t2, t1, t2, np.arange(n)]), np.concatenate([t1, t2, t2, t1, np.arange(n)]))),
+        shape=(n, n)).tocsc()
+    rhs = prior_weight * prior.copy()
+    np.add.at(rhs, t2, w2[:, None] * d)
+    np.add.at(rhs, t1, -w2[:, None] * d)
+    return np.asarray(spsolve(laplacian, rhs)).reshape(n, 2)
 
 
 def registration_positions(
@@ -77,6 +79,7 @@ def registration_positions(
     """Tile positions from a global least-squares solve over measured pair displacements.
 
     Minimises ``sum_pairs ncc^2 |p[t2] - p[t1] - d|^2 + prior_weight * sum_tiles |p[t] - prior[t]|^2``
+    (normal equations: a sparse weighted graph Laplacian plus ``prior_weight`` on the diagonal)
     (as MIST and ASHLAR place tiles); the weak prior anchors the solution and places tiles that
     no usable pair reaches. Pairs that disagree with a first solve by more than a robust cutoff
     (Tukey's 4.685 x MAD scale, at least 1 px) are dropped and the solve is repeated, so a wrong
@@ -103,16 +106,16 @@ def registration_positions(
         Tiles reached by at least one pair used in the final solve.
     """
     prior = np.asarray(prior, dtype=float).reshape(nx * ny, 2)
-    rows = _pair_system(pairs, ny, prior, max_deviation_px)
-    positions = _solve_positions(rows, prior, prior_weight)
-    if rows:
-        residuals = np.array([np.linalg.norm(positions[t2] - positions[t1] - d) for t1, t2, d, _ in rows])
-        cutoff = max(1.0, 4.685 * 1.4826 * float(np.median(residuals)))
-        rows = [row for row, residual in zip(rows, residuals) if residual <= cutoff]
-        positions = _solve_positions(rows, prior, prior_weight)
+    system = _pair_system(pairs, ny, prior, max_deviation_px)
+    positions = _solve_positions(system, prior, prior_weight)
+    t1, t2, d, _ = system
+    if len(t1):
+        residuals = np.linalg.norm(positions[t2] - positions[t1] - d, axis=1)
+        keep = residuals <= max(1.0, 4.685 * 1.4826 * float(np.median(residuals)))
+        system = tuple(part[keep] for part in system)
+        positions = _solve_positions(system, prior, prior_weight)
     connected = np.zeros(nx * ny, dtype=bool)
-    for t1, t2, _, _ in rows:
-        connected[[t1, t2]] = True
+    connected[system[0]] = connected[system[1]] = True
     return positions, connected
 
 

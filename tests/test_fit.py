@@ -125,8 +125,10 @@ def test_subsampling_is_reproducible():
     assert np.abs(A1 - A2).max() > 1e-6
     assert (d1["n_pooled_pairs"], d1["n_fitted_pairs"], d1["n_samples"], d1["seed"]) == (213, 60, 60, 1)
     assert d_all["n_fitted_pairs"] == 213
-    for A in (A1, A2, A_all):
-        assert np.abs(A - A_TRUE).max() < 0.05
+    # 60 of 213 pairs leave a fragmented tile graph: about twice the error of the full fit
+    for A in (A1, A2):
+        assert np.abs(A - A_TRUE).max() < 0.08
+    assert np.abs(A_all - A_TRUE).max() < 0.05
 
 
 def test_a_slice_with_a_different_motor_model_is_flagged():
@@ -158,3 +160,38 @@ def test_a_slice_without_pairs_does_not_stop_the_pooled_fit():
     entry = diagnostics["per_slice"]["2"]
     assert entry["transform"] is None and "too few usable pairs" in entry["fit_error"]
     assert diagnostics["drifting_slices"] == [2]
+
+
+def test_position_stage_reaches_the_jitter_floor():
+    """With tile jitter, fitting solved positions beats fitting pair displacements (which telescope)."""
+    from linumpy_motor.geometry import grid_indices
+
+    errors_two_stage, errors_pairs, errors_floor = [], [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        index = grid_indices(NX, NY)
+        pairs_by_slice, floors = {}, []
+        for sid in range(3):
+            positions = index @ A_TRUE.T + rng.normal(0, 0.3, (NX * NY, 2))
+            floors.append((index - index.mean(0), positions - positions.mean(0)))
+            pairs = []
+            for i in range(NX):
+                for j in range(NY):
+                    for di, dj in ((0, 1), (1, 0)):
+                        if i + di < NX and j + dj < NY:
+                            d = positions[(i + di) * NY + j + dj] - positions[i * NY + j] + rng.normal(0, 0.02, 2)
+                            pairs.append({"tile": [i, j], "row_delta": di, "col_delta": dj,
+                                          "measured_dy": d[0], "measured_dx": d[1], "ncc": 0.9})
+            pairs_by_slice[sid] = pairs
+        A, _ = fit_pooled(pairs_by_slice, {sid: (NX, NY) for sid in range(3)}, TILE, 0.2)
+        X, Y, w = fit.pair_arrays([p for sid in range(3) for p in pairs_by_slice[sid]])
+        A_pairs, _, _ = robust_fit(X, Y, w)
+        Xf = np.concatenate([x for x, _ in floors])
+        Yf = np.concatenate([y for _, y in floors])
+        A_floor = np.linalg.lstsq(Xf, Yf, rcond=None)[0].T
+        errors_two_stage.append(np.abs(A - A_TRUE).max())
+        errors_pairs.append(np.abs(A_pairs - A_TRUE).max())
+        errors_floor.append(np.abs(A_floor - A_TRUE).max())
+    # measured: two-stage 0.026, pairs only 0.033, floor (LSQ of the true positions) 0.026 px
+    assert np.mean(errors_two_stage) < 0.9 * np.mean(errors_pairs)
+    assert np.mean(errors_two_stage) < 1.1 * np.mean(errors_floor)
