@@ -1,0 +1,395 @@
+#!/usr/bin/env python3
+"""Run every benchmark and write the results table (``make bench``).
+
+The peers (m2stitch, ASHLAR) are installed from PyPI into their own virtual environment,
+``bench/_work/peers-venv`` (with this package, editable), so their pins cannot touch the project's
+environment; the script then re-runs itself there, so all tools are timed in one process.
+``--quick`` is a one-to-two-minute smoke version; ``--no-peers`` skips the peer environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / "_work"
+PEERS_VENV = WORK / "peers-venv"
+REQUIREMENTS = BENCH / "requirements-peers.txt"
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+IN_PEERS_ENV = "LINUMPY_MOTOR_BENCH_IN_PEERS_VENV"
+START_ENV = "LINUMPY_MOTOR_BENCH_START"
+PEER_NAMES = {"m2stitch": "m2stitch", "ashlar": "ASHLAR"}
+SPEED_TARGET = 5.0
+ACCURACY_TOLERANCE_PX = 0.005
+STITCH_TARGET = 0.5
+MEMORY_FLAT_RATIO = 1.5
+
+
+def log(message: str) -> None:
+    """Print a progress line with the time since the start of ``make bench``."""
+    elapsed = time.time() - float(os.environ.get(START_ENV, time.time()))
+    print(f"[{elapsed:6.1f} s] {message}", flush=True)
+
+
+def ensure_peers_venv() -> Path | None:
+    """Create (once) the peers' virtual environment; its Python, or None when it cannot be made."""
+    python = PEERS_VENV / "bin" / "python"
+    key = hashlib.sha256(REQUIREMENTS.read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = PEERS_VENV / ".installed"
+    if python.exists() and stamp.exists() and stamp.read_text() == key:
+        return python
+    log(f"installing the peers ({', '.join(REQUIREMENTS.read_text().split())}) and this package into "
+        f"{PEERS_VENV.relative_to(ROOT)} (once; a few minutes)")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEERS_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-qq", "--disable-pip-version-check", "-e", str(ROOT),
+                        "-r", str(REQUIREMENTS)], check=True)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        log(f"NOTE: could not install the peers ({exc}); they will show as 'not installed'")
+        return None
+    stamp.write_text(key)
+    return python
+
+
+def machine() -> str:
+    """CPU model, core count and memory of this machine."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    mem_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), 0)
+    return f"{cpu}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def versions(installed: dict[str, str | None]) -> str:
+    """Versions of the packages that matter to the numbers."""
+    found = {"python": platform.python_version()}
+    for name in ("linumpy-motor", "numpy", "scipy"):
+        found[name] = importlib.metadata.version(name)
+    found.update({name: version or "not installed" for name, version in installed.items()})
+    return ", ".join(f"{name} {version}" for name, version in found.items())
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A table cell: numbers to ``digits`` significant figures, None as a dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+    return str(value).replace("|", "/")
+
+
+def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], digits: int = 3) -> list[str]:
+    """Markdown table of ``rows``; ``columns`` are (key, header) pairs."""
+    lines = ["| " + " | ".join(header for _, header in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(fmt(row.get(key), digits) for key, _ in columns) + " |" for row in rows]
+    return lines
+
+
+def speed_verdict(speed: list[dict], installed: dict) -> tuple[bool | None, str]:
+    """Is measure + fit at least SPEED_TARGET times faster than each peer at every measured grid size?"""
+    measured = [row for row in speed if row["slices"] == 1]
+    parts, ok = [], True
+    for name in installed:
+        ratios = [row[f"{name}_ratio"] for row in measured if row.get(f"{name}_ratio") is not None]
+        if not ratios:
+            return None, f"{name} not timed"
+        ok &= min(ratios) >= SPEED_TARGET
+        parts.append(f"{min(ratios):.1f}x to {max(ratios):.1f}x faster than {PEER_NAMES[name]}")
+    return ok, "; ".join(parts)
+
+
+def accuracy_verdict(accuracy: list[dict]) -> tuple[bool | None, str]:
+    """Is our max |ΔA| within ACCURACY_TOLERANCE_PX of (or below) the best peer's in every scenario?"""
+    import bench_accuracy
+
+    wins, losses = 0, []
+    for scenario in dict.fromkeys(row["scenario"] for row in accuracy):
+        rows = [r for r in accuracy if r["scenario"] == scenario]
+        ours = next(r for r in rows if r["tool"] == bench_accuracy.OURS)["max_abs_dA_px"]
+        peer_rows = [r for r in rows if r["tool"] not in (bench_accuracy.OURS, bench_accuracy.FLOOR,
+                                                          bench_accuracy.PAIR_FLOOR)
+                     and r["max_abs_dA_px"] is not None and r["slices_ok"].split("/")[0] == r["slices_ok"].split("/")[1]]
+        if not peer_rows:
+            wins += 1
+            continue
+        best = min(peer_rows, key=lambda r: r["max_abs_dA_px"])
+        if ours <= best["max_abs_dA_px"] + ACCURACY_TOLERANCE_PX:
+            wins += 1
+        else:
+            losses.append(f"{scenario}: ours {ours:.3f} px vs {best['tool']} {best['max_abs_dA_px']:.3f} px")
+    n = wins + len(losses)
+    text = f"equal or better than the best-tuned peer (±{ACCURACY_TOLERANCE_PX} px) in {wins}/{n} scenarios"
+    return (not losses) if n else None, text + ("; behind in " + "; ".join(losses) if losses else "")
+
+
+def stitch_verdicts(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
+    """Throughput and memory targets from ``bench_stitch.run()`` rows.
+
+    Throughput: ``stitch_mb_s / copy_mb_s`` at every size. Memory: ``stitch_peak_mb`` of the
+    largest size over that of the smallest (the output grows many times between them).
+    """
+    throughput = f"stitching ≥ {STITCH_TARGET:g}x plain-copy throughput"
+    memory = f"peak stitch memory flat in slice size (largest / smallest ≤ {MEMORY_FLAT_RATIO:g})"
+    if not rows or not {"stitch_mb_s", "copy_mb_s", "stitch_peak_mb", "output_mb"} <= set(rows[0]):
+        return [(label, None, "not evaluated: no stitch measurements") for label in (throughput, memory)]
+    ratios = [row["stitch_mb_s"] / row["copy_mb_s"] for row in rows]
+    small, large = min(rows, key=lambda r: r["output_mb"]), max(rows, key=lambda r: r["output_mb"])
+    growth = large["stitch_peak_mb"] / small["stitch_peak_mb"]
+    return [
+        (throughput, min(ratios) >= STITCH_TARGET,
+         f"stitch / copy throughput {min(ratios):.2f}x to {max(ratios):.2f}x over {len(rows)} sizes"),
+        (memory, growth <= MEMORY_FLAT_RATIO,
+         f"peak {small['stitch_peak_mb']:.0f} MB at {small['output_mb']:.0f} MB of output, "
+         f"{large['stitch_peak_mb']:.0f} MB at {large['output_mb']:.0f} MB (x{growth:.2f})"),
+    ]
+
+
+def stitch_section(rows: list[dict], note: str | None) -> list[str]:
+    """The stitch table (``bench_stitch.run()``'s rows plus the stitch / copy ratio), or the note."""
+    if note or not rows:
+        return [note or "bench_stitch.run() returned no rows"]
+    extra = [{**row, "ratio": row["stitch_mb_s"] / row["copy_mb_s"]} if {"stitch_mb_s", "copy_mb_s"} <= set(row)
+             else row for row in rows]
+    columns = [(key, key) for key in extra[0] if key != "ratio"] + ([("ratio", "stitch / copy")] if "ratio" in extra[0]
+                                                                    else [])
+    return ["Each stitch and each copy runs in a fresh process (see bench/bench_stitch.py); *stitch_mb_s* is output "
+            "MB/s, *copy_mb_s* input MB/s of a plain shard-by-shard zarr copy of the input.", "",
+            *table(extra, columns)]
+
+
+def run_stitch(workdir: Path, quick: bool) -> tuple[list[dict], str | None]:
+    """Rows of ``bench/bench_stitch.py``'s ``run(workdir)``, or a note why there are none.
+
+    It runs in a fresh interpreter: its children's peak memory (``ru_maxrss``) starts from the RSS of
+    the process that forks them, which must not be this one with all its benchmark data.
+    """
+    if not (BENCH / "bench_stitch.py").exists():
+        return [], "bench/bench_stitch.py is not there yet: stitch throughput and memory not measured"
+    code = ("import inspect, json, sys; sys.path.insert(0, sys.argv[1]); import bench_stitch as b; "
+            "quick = sys.argv[3] == '1' and 'sizes' in inspect.signature(b.run).parameters; "
+            "rows = b.run(sys.argv[2], **({'sizes': b.SIZES[:2]} if quick else {})); print(json.dumps(rows))")
+    done = subprocess.run([sys.executable, "-c", code, str(BENCH), str(workdir), "1" if quick else "0"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return [], "bench_stitch.run() failed: " + " ".join(done.stderr.strip().splitlines()[-1:])
+    return json.loads(done.stdout.strip().splitlines()[-1]), None
+
+
+def plot(accuracy: list[dict], speed: list[dict], n_slices: int, path: Path) -> None:
+    """Accuracy per scenario and tool, floors as lines (left); one-slice time against grid size (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import bench_accuracy
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    scenarios = list(dict.fromkeys(r["scenario"] for r in accuracy))
+    floors = (bench_accuracy.FLOOR, bench_accuracy.PAIR_FLOOR)
+    tools = [t for t in dict.fromkeys(r["tool"] for r in accuracy) if t not in floors]
+
+    def values(tool: str) -> list[float]:
+        found = [next((r["max_abs_dA_px"] for r in accuracy if r["scenario"] == s and r["tool"] == tool), None)
+                 for s in scenarios]
+        return [np.nan if v is None else max(v, 1e-4) for v in found]
+
+    width = 0.8 / max(len(tools), 1)
+    for k, tool in enumerate(tools):
+        left.bar(np.arange(len(scenarios)) + (k - len(tools) / 2 + 0.5) * width, values(tool), width, label=tool)
+    for floor, style in zip(floors, ("-", ":")):
+        left.hlines(values(floor), np.arange(len(scenarios)) - 0.45, np.arange(len(scenarios)) + 0.45,
+                    colors="black", linestyles=style, label=floor)
+    left.set_yscale("log")
+    left.set_xticks(np.arange(len(scenarios)), scenarios, rotation=20, ha="right", fontsize=8)
+    left.set_ylabel("max |A − A_true| (px)")
+    left.set_title(f"Motor matrix error, {n_slices} slices pooled (lower is better)")
+    left.legend(fontsize=7)
+    measured = [r for r in speed if r["slices"] == 1]
+    tiles = [r["tiles"] for r in measured]
+    for key, label in (("ours_s", "linumpy-motor"), ("m2stitch_s", "m2stitch"), ("ashlar_s", "ASHLAR")):
+        if any(r.get(key) is not None for r in measured):
+            right.plot(tiles, [r.get(key) or np.nan for r in measured], "o-", label=label)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("tiles per slice (160 px tiles)")
+    right.set_ylabel("measure + fit, one slice (s, best call)")
+    right.set_title("Speed (lower is better)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def verdict_line(label: str, ok: bool | None, detail: str) -> str:
+    """One 'target met / missed' line."""
+    word = {True: "**target met**", False: "**target missed**", None: "**not evaluated**"}[ok]
+    return f"- {label}: {word} — {detail}"
+
+
+def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: float) -> str:
+    """The whole results page."""
+    import bench_accuracy
+    import bench_speed
+    from bench_runner import SPEC as runner_spec
+
+    accuracy, speed = sections["accuracy"], sections["speed"]
+    stitch_rows, stitch_note = sections["stitch"]
+    runner_rows, runner_note = sections["runner"]
+    speed_ok, speed_text = speed_verdict(speed, {n: v for n, v in installed.items() if v})
+    accuracy_ok, accuracy_text = accuracy_verdict(accuracy)
+    both = None if speed_ok is None or accuracy_ok is None else speed_ok and accuracy_ok
+    lines = [
+        "# Benchmarks: linumpy-motor against m2stitch and ASHLAR",
+        "",
+        f"Generated by `{'python bench/run_all.py --quick' if args.quick else 'make bench'}` on "
+        f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} in {seconds:.0f} s "
+        f"({'quick smoke run' if args.quick else 'full run'}, peers' installation included).",
+        "",
+        f"- Machine: {machine()}",
+        f"- Versions: {versions(installed)}",
+        "- All timings come from one process run; other jobs may share the machine, so compare the ratios "
+        "within this run rather than absolute times across runs. BLAS runs on one thread for every tool "
+        f"({', '.join(f'{v}={os.environ.get(v)}' for v in BLAS_THREAD_VARIABLES)}): on a busy 2-core machine "
+        "BLAS threads only add contention (our sub-pixel refinement's small matrix products were 3x slower "
+        "with two OpenBLAS threads).",
+        "",
+        "## Targets",
+        "",
+        verdict_line(f"measure + fit ≥ {SPEED_TARGET:g}x faster than both peers at equal or better accuracy than "
+                     "the best-tuned peer", both, f"{speed_text}; accuracy {accuracy_text}"),
+        *(verdict_line(*v) for v in stitch_verdicts(stitch_rows)),
+        "",
+        "## 1. Accuracy of the motor matrix (synthetic, known truth)",
+        "",
+        f"{bench_accuracy.BASE_SPEC.nx}x{bench_accuracy.BASE_SPEC.ny} tiles of "
+        f"{bench_accuracy.BASE_SPEC.tile_shape[1]} px, θ {bench_accuracy.BASE_SPEC.theta_deg}°, "
+        f"{bench_accuracy.BASE_SPEC.perpendicular_deviation_deg}° off perpendicular, "
+        f"{bench_accuracy.BASE_SPEC.jitter_px} px tile jitter, {sections['n_slices']} slices per scenario. "
+        "Ours pools all slices' pairs into one robust fit; a peer's A per slice (m2stitch: least squares of "
+        "its tile positions against the tile indices; ASHLAR: its linear model `lr.coef_` times the nominal "
+        "steps) is averaged over the slices it solved. *max |ΔA|*: largest entry of A − A_true. *model RMS*: "
+        "RMS distance between the tile positions A·[i, j] and A_true·[i, j] over the grid (offset removed). "
+        "*tile RMS*: the tool's own tile positions (ours: A·[i, j]) against the true jittered ones; a motor "
+        "model cannot follow the jitter, so ours stays near the jitter. Two floors: least squares of the TRUE "
+        "positions against the tile indices, and our robust pair fit given the TRUE neighbour displacements "
+        "(the best a fit of pair displacements can do: each row's displacements telescope to its end tiles).",
+        "",
+        *table(accuracy, [("scenario", "scenario"), ("tool", "tool"), ("slices_ok", "slices solved"),
+                          ("max_abs_dA_px", "max abs ΔA (px)"), ("model_rms_px", "model RMS (px)"),
+                          ("tile_rms_px", "tile RMS (px)"), ("seconds", "time, all slices (s)"), ("note", "note")]),
+        "",
+        "## 2. Speed of measure + fit",
+        "",
+        "Same in-memory central planes (160 px tiles, 20 % overlap) for every tool: the best of at least *calls* "
+        f"calls, more until {bench_speed.MIN_TOTAL_S:g} s are spent (the same rule for every tool), the tools "
+        "taking turns so that bursts of other jobs hit them alike, after a warm-up call of each tool. Peers run at their defaults (m2stitch ncc_threshold 0.5, ASHLAR filter_sigma "
+        "0, which costs no more than the tuned settings). A peer solves slices one at a time, so its N-slice "
+        "time is its one-slice time × N; ours pools N slices in one fit "
+        f"(runs of more than {bench_speed.DISTINCT} slices cycle {bench_speed.DISTINCT} distinct ones; ratio = peer time / our "
+        "in-memory time). *ours from zarr*: the same slices as sharded NGFF 0.5 stores "
+        "(8 planes, one tile per chunk) through `pool_pairs_and_fit_global_affine` (open, read the central "
+        "plane, measure, fit).",
+        "",
+        *table(speed, [("grid", "grid"), ("tiles", "tiles"), ("slices", "slices"), ("repeats", "calls"),
+                       ("ours_s", "ours (s)"), ("ours_zarr_s", "ours from zarr (s)"), ("m2stitch_s", "m2stitch (s)"),
+                       ("ashlar_s", "ASHLAR (s)"), ("m2stitch_ratio", "m2stitch / ours"),
+                       ("ashlar_ratio", "ASHLAR / ours"), ("note", "note")]),
+        "",
+        "## 3. Stitching throughput and memory (bench/bench_stitch.py)",
+        "",
+        *stitch_section(stitch_rows, stitch_note),
+        "",
+        "## 4. GPU: CuPy against NumPy for the measurement step",
+        "",
+        *(table(sections["gpu"], [("grid", "grid"), ("numpy_s", "NumPy (s)"), ("cupy_s", "CuPy (s)"),
+                                  ("speedup", "speed-up")]) if sections["gpu"] else ["skipped: no CUDA device"]),
+        "",
+        "## 5. Embedded runner end to end (`linumpy-motor run INPUT OUTDIR`)",
+        "",
+        *([runner_note] if runner_note else [
+            f"{sections['runner_slices']} synthetic slices, grid {runner_spec.nx}x{runner_spec.ny} of "
+            f"{'x'.join(map(str, runner_spec.tile_shape))} tiles: measure, fit, stitch, "
+            "compare, report. The rerun goes over the two-worker output folder and should skip every finished step. "
+            "*max abs ΔA*: the run's motor_transform.json against the truth.", "",
+            *table(runner_rows, [("run", "run"), ("workers", "workers"), ("seconds", "wall time (s)"),
+                                 ("max_abs_dA_px", "max abs ΔA (px)"), ("error", "error")])]),
+        "",
+        "![accuracy and speed](" + args.out.with_suffix(".png").name + ")",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of the benchmark driver."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=BENCH / "results.md", help="results page to write")
+    parser.add_argument("--quick", action="store_true", help="smoke version (about a minute or two)")
+    parser.add_argument("--no-peers", action="store_true", help="do not install or run the peers")
+    parser.add_argument("--workdir", type=Path, default=WORK, help="scratch folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Install the peers if needed, run every section, write the results page and plot."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault(START_ENV, str(time.time()))
+    for variable in BLAS_THREAD_VARIABLES:  # before NumPy loads, here and in the re-run
+        os.environ.setdefault(variable, "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # m2stitch's per-pair progress bars
+    if not args.no_peers and os.environ.get(IN_PEERS_ENV) != "1":
+        python = ensure_peers_venv()
+        if python is not None:
+            log(f"re-running in {python.parent.parent.relative_to(ROOT)}")
+            os.execve(python, [str(python), str(Path(__file__).resolve()), *argv], {**os.environ, IN_PEERS_ENV: "1"})
+    sys.path.insert(0, str(BENCH))
+    import bench_accuracy
+    import bench_runner
+    import bench_speed
+    import peers
+
+    installed = {name: None for name in ("m2stitch", "ashlar")} if args.no_peers else peers.available()
+    log(f"peers: {installed}")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    n_slices = 2 if args.quick else 3
+    scenarios = bench_accuracy.SCENARIOS[:1] if args.quick else bench_accuracy.SCENARIOS
+    grids = ((6, 7, 1),) if args.quick else bench_speed.GRIDS
+    pooled = (4,) if args.quick else bench_speed.POOLED
+    sections: dict = {"n_slices": n_slices, "runner_slices": 2 if args.quick else bench_runner.N_SLICES}
+    log("1/5 accuracy")
+    sections["accuracy"] = bench_accuracy.run(installed, n_slices, scenarios, log=log)
+    log("2/5 speed")
+    sections["speed"] = bench_speed.run(args.workdir / "speed", installed, grids=grids,
+                                        pooled=pooled, log=log)
+    log("3/5 stitch")
+    sections["stitch"] = run_stitch(args.workdir / "stitch", args.quick)
+    log("4/5 GPU")
+    sections["gpu"] = bench_speed.gpu_rows(grids, log=log)
+    log("5/5 embedded runner")
+    sections["runner"] = bench_runner.run(args.workdir / "runner", n_slices=sections["runner_slices"], log=log)
+    seconds = time.time() - float(os.environ[START_ENV])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(sections["accuracy"], sections["speed"], n_slices, args.out.with_suffix(".png"))
+    args.out.write_text(report(args, sections, installed, seconds))
+    log(f"wrote {args.out} and {args.out.with_suffix('.png')} in {seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
