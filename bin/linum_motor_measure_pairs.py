@@ -26,7 +26,7 @@ def measure(args) -> None:
     content = steps.measure_pairs(
         args.slice, args.output, overlap=args.overlap, slice_id=args.slice_id, z=args.z,
         max_shift_px=args.max_shift, histogram_match=args.histogram_match,
-        max_empty_fraction=args.max_empty_fraction, use_gpu=args.use_gpu, progress=True,
+        max_empty_fraction=args.max_empty_fraction, use_gpu=args.use_gpu, progress=sys.stderr.isatty(),
     )
     stats = content["stats"]
     print(f"slice {content['slice_id']}: {stats['n_measured']} pairs measured, "

@@ -30,7 +30,7 @@ def stitch(args) -> None:
     transform = np.asarray(schemas.load(args.transform_json, schemas.TransformFile).transform)
     summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
                            flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
-                           use_gpu=args.use_gpu, progress=True)
+                           use_gpu=args.use_gpu, progress=sys.stderr.isatty())
     print(f"{summary['shape']} float32, {len(summary['levels'])} levels, {summary['backend']}, "
           f"{summary['seconds']:.1f} s -> {args.out_zarr}", file=sys.stderr)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from . import runner, synthetic
@@ -69,7 +70,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", help="known motor transform JSON: skip measuring and fitting")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="slices processed in parallel")
     parser.add_argument("--use-gpu", action="store_true", help="use a CUDA GPU (CuPy) when one is usable")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide progress bars (they are shown only when stderr is a terminal)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> None:
         drift_tolerance=args.drift_tolerance, blending=args.blending, flatfield=args.flatfield,
         ngff_version=args.ngff_version, transform=args.transform, workers=args.workers, use_gpu=args.use_gpu,
     )
-    result = runner.run(args.input, args.outdir, options, progress=not args.no_progress)
+    progress = not args.no_progress and sys.stderr.isatty()  # no bar fragments in logs or around an error line
+    result = runner.run(args.input, args.outdir, options, progress=progress)
     print("\n".join(runner.describe(result)))
 
 

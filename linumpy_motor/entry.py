@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
@@ -15,12 +16,21 @@ from .errors import InputError
 from .fit import FitError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit code 2), like every other error."""
+
+    def error(self, message: str):
+        """Print ``prog: error: message`` and exit with code 2."""
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser with ``--version`` and ``--debug``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An argument parser with ``--version`` and ``--debug``, reporting usage errors in one line."""
+    parser = OneLineErrorParser(prog=prog, description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"{prog} (linumpy-motor) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     return parser
@@ -33,11 +43,15 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
     Returns
     -------
     int
-        0 on success, 2 on bad input (``InputError``, ``ValueError``, a failed validation).
+        0 on success, 2 on bad input (``InputError``, ``ValueError``, a failed validation),
+        130 when interrupted (Ctrl-C; a rerun resumes).
     """
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:  # zarr I/O tasks left pending by a failed read are reported by asyncio at exit
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     try:
         action(args)
     except (InputError, FitError, ValidationError, ValueError, OSError) as exc:
@@ -45,6 +59,11 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
             traceback.print_exc()
         print(f"{parser.prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{parser.prog}: interrupted (rerun to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

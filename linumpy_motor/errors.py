@@ -20,3 +20,7 @@ class InputError(ValueError):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
+
+    def __reduce__(self):
+        """Pickle with both arguments, so an error raised in a worker process reaches the parent intact."""
+        return type(self), (self.path, self.problem)

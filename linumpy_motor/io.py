@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,11 +98,16 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
         raise InputError(path, f"not a zarr store ({type(exc).__name__})") from None
     attrs = group.attrs.asdict()
     entry, version = _multiscale(attrs, path)
-    level0 = entry["datasets"][0]["path"]
+    try:
+        level0 = entry["datasets"][0]["path"]
+    except (KeyError, IndexError, TypeError):
+        raise InputError(path, "malformed 'multiscales' metadata (no level-0 dataset path)") from None
     try:
         array = group[level0]
     except KeyError:
         raise InputError(path, f"level 0 array '{level0}' is missing") from None
+    except Exception as exc:  # e.g. its zarr.json / .zarray is truncated
+        raise InputError(path, f"level 0 array '{level0}' cannot be opened ({type(exc).__name__})") from None
     if array.ndim != 3:
         raise InputError(path, f"expected a 3-D (z, y, x) array, got shape {array.shape}")
     if array.dtype.name not in SUPPORTED_DTYPES:
@@ -200,7 +205,8 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, link or folder tree if it exists."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -211,23 +217,33 @@ def _remove(path: Path) -> None:
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write into; rename it to ``path`` on success.
 
-    On any exception the temporary output is removed and ``path`` is left as it was.
-    An existing ``path`` (file or store) is replaced only once the new one is complete.
+    On any exception the temporary output is removed and ``path`` is left as it was; a ``path``
+    whose folder does not exist is an :class:`InputError` before anything is written.
+    An existing ``path`` (file or store) is replaced only once the new one is complete; a store
+    is swapped in two renames (old store aside as ``.name.old-PID``, then the new one into place),
+    so a process killed between them leaves ``path`` absent, never half-written.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(path, "cannot be written: its folder does not exist")
     tmp = temporary_sibling(path)
-    _remove(tmp)
+    remove_path(tmp)
     try:
         yield tmp
         if path.is_dir() and tmp.is_dir():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
-            tmp.rename(path)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                old.rename(path)
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
     except BaseException:
-        _remove(tmp)
+        with suppress(OSError):  # never mask the error; a leftover is removed by the next run
+            remove_path(tmp)
         raise
 
 

@@ -2,7 +2,10 @@
 
 Same steps and output layout as the Nextflow pipeline. A step is skipped when its output exists
 and its stamp (a hash of the step's inputs, parameters and the package version) is unchanged;
-outputs are written atomically and stamped afterwards, so a killed run is simply rerun.
+outputs are written atomically and stamped afterwards (a step's old stamp is removed before it
+runs), so a killed run is simply rerun. Bad input found before any work leaves no output folder;
+a run that fails later keeps only the outputs of the steps it completed (and removes the output
+folder it created when it completed none).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from tqdm.auto import tqdm
 
 from . import __version__, steps
 from .errors import InputError
-from .io import discover_slices, open_mosaic
+from .flatfield import resolve_flatfield
+from .io import atomic_output, discover_slices, open_mosaic, remove_path
 
 STATE_DIR = ".linumpy-motor"
+STEP_FOLDERS = ("pairs", "stitched", "compare")
 
 
 class RunOptions(BaseModel):
@@ -80,6 +85,7 @@ class Stamps:
         self.outdir = outdir
         self.folder = outdir / STATE_DIR / "stamps"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.recorded = 0
 
     def _file(self, output: Path) -> Path:
         return self.folder / (str(output.relative_to(self.outdir)).replace(os.sep, "__") + ".key")
@@ -89,11 +95,16 @@ class Stamps:
         stamp = self._file(output)
         return output.exists() and stamp.exists() and stamp.read_text() == key
 
+    def invalidate(self, output: Path) -> None:
+        """Remove ``output``'s stamp before remaking it (a run killed after the new output is renamed
+        into place but before it is stamped must not pass it off as the old one)."""
+        self._file(output).unlink(missing_ok=True)
+
     def record(self, output: Path, key: str) -> None:
         """Stamp ``output`` (after it was renamed into place)."""
-        tmp = self._file(output).with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(key)
-        os.replace(tmp, self._file(output))
+        with atomic_output(self._file(output)) as tmp:
+            tmp.write_text(key)
+        self.recorded += 1
 
     def key_of(self, output: Path) -> str:
         """The stamp of an existing output."""
@@ -101,40 +112,61 @@ class Stamps:
 
 
 def _remove_stale_temporaries(outdir: Path) -> None:
-    """Remove what a killed run left under temporary names (``.name.tmp-PID``, ``.name.old-PID``)."""
-    for folder in [outdir, *[p for p in outdir.iterdir() if p.is_dir() and p.name != STATE_DIR]]:
-        for entry in folder.iterdir():
+    """Remove what a killed run left under temporary names (``.name.tmp-PID``, ``.name.old-PID``)
+    in the output folder, its step folders and the stamps folder (nowhere else)."""
+    for folder in (outdir, *(outdir / name for name in STEP_FOLDERS), outdir / STATE_DIR / "stamps"):
+        for entry in folder.iterdir() if folder.is_dir() else ():
             if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                remove_path(entry)
 
 
 def _check_outdir(outdir: Path, slices: list[tuple[int, Path]], source: Path) -> None:
     for _, store in slices:
         steps.check_output_outside(outdir, store)
     steps.check_output_outside(outdir, source) if source.is_dir() else None
-    existing = next((p for p in [outdir, *outdir.parents] if p.exists()), None)
-    if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+    existing = next(p for p in [outdir, *outdir.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise InputError(outdir, f"output folder cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(outdir, "output folder cannot be written")
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what ``mkdir -p`` would create)."""
+    missing = None
+    for folder in [path, *path.absolute().parents]:
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
 
 
 def _run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, workers: int, label: str,
               progress: bool) -> int:
     """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran."""
     todo = [job for job in jobs if not stamps.done(job[0], job[1])]
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=label, unit="slice", disable=not progress)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(function, **kwargs): (output, key) for output, key, function, kwargs in todo}
-            for future in as_completed(futures):
-                future.result()
-                stamps.record(*futures[future])
+    for output, *_ in todo:
+        output.parent.mkdir(exist_ok=True)
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=label, unit="slice", disable=not progress) as bar:
+        if workers > 1 and len(todo) > 1:
+            for output, *_ in todo:
+                stamps.invalidate(output)
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(function, **kwargs): (output, key) for output, key, function, kwargs in todo}
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                        stamps.record(*futures[future])
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+        else:
+            for output, key, function, kwargs in todo:
+                stamps.invalidate(output)
+                function(**kwargs)
+                stamps.record(output, key)
                 bar.update()
-    else:
-        for output, key, function, kwargs in todo:
-            function(**kwargs)
-            stamps.record(output, key)
-            bar.update()
-    bar.close()
     return len(todo)
 
 
@@ -156,6 +188,13 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
     -------
     dict
         Output paths and, per step, how many jobs ran (0 everywhere on a resumed, finished run).
+
+    Raises
+    ------
+    InputError
+        Bad input (named in the message). Found before any work (unreadable or inconsistent slices,
+        a bad output folder or flat field file, another run holding the folder's lock): no output
+        folder is created. Found while working: only completed steps' outputs stay.
     """
     source, outdir = Path(source), Path(outdir)
     slices = discover_slices(source)
@@ -164,24 +203,30 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
     for grid in grids.values():
         if grid.tile_shape != first.tile_shape:
             raise InputError(grid.path, f"tile shape {grid.tile_shape} differs from {first.tile_shape} of {first.path}")
+    if options.flatfield not in ("estimate", "none"):
+        resolve_flatfield(first, options.flatfield)
     _check_outdir(outdir, slices, source)
-    outdir.mkdir(parents=True, exist_ok=True)
-    (outdir / STATE_DIR).mkdir(exist_ok=True)
+    created = _topmost_missing(outdir)
+    (outdir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    stamps = None
     try:
         with FileLock(outdir / STATE_DIR / "lock", timeout=0):
             _remove_stale_temporaries(outdir)
-            return _run_locked(slices, outdir, options, progress)
+            stamps = Stamps(outdir)
+            return _run_locked(slices, outdir, options, progress, stamps)
     except Timeout:
         raise InputError(outdir, "another linumpy-motor run is writing to this folder") from None
+    except BaseException:
+        if created is not None and (stamps is None or not stamps.recorded):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
-def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOptions, progress: bool) -> dict:
+def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOptions, progress: bool,
+                stamps: Stamps) -> dict:
     from .report import write_report
     from .stitch import stitch_slice
 
-    stamps = Stamps(outdir)
-    for name in ("pairs", "stitched", "compare"):
-        (outdir / name).mkdir(exist_ok=True)
     fingerprints = {slice_id: store_fingerprint(path) for slice_id, path in slices}
     ran: dict[str, int] = {}
     pairs = {slice_id: outdir / "pairs" / f"{prefix(slice_id)}_pairs.json" for slice_id, _ in slices}

@@ -14,18 +14,27 @@ import numpy as np
 from . import __version__, geometry
 from .compare import compare_positions
 from .errors import InputError
-from .fit import fit_pooled
+from .fit import FitError, fit_pooled
 from .io import open_mosaic, slice_id_from_name, write_json
 from .measure import measure_mosaic
 from .schemas import PairsFile, TransformFile, load
 
 
+def check_output(output: str | Path, *inputs: str | Path) -> None:
+    """Before any work: refuse an output file whose folder does not exist, or that is or lies in an input."""
+    if not Path(output).parent.is_dir():
+        raise InputError(output, "cannot be written: its folder does not exist")
+    check_output_outside(output, *inputs)
+
+
 def check_output_outside(output: str | Path, *inputs: str | Path) -> None:
-    """Refuse an output path equal to or inside an input (an input store is never written to)."""
+    """Refuse an output path equal to or inside an input (an input is never written to)."""
     output = Path(output).resolve()
     for source in inputs:
         source = Path(source).resolve()
-        if output == source or source in output.parents:
+        if output == source:
+            raise InputError(output, "output would be the input itself")
+        if source in output.parents:
             raise InputError(output, f"output would be inside the input {source}")
 
 
@@ -40,7 +49,7 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     dict
         The content written (see :class:`~linumpy_motor.schemas.PairsFile`).
     """
-    check_output_outside(output, source)
+    check_output(output, source)
     grid = open_mosaic(source)
     measured, skipped, stats = measure_mosaic(
         grid, overlap, z=z, max_shift_px=max_shift_px, histogram_match=histogram_match,
@@ -76,13 +85,25 @@ def load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
 
 def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_samples: int | None = None,
                seed: int = 0, drift_tolerance_px: float = 1.0) -> dict:
-    """Pool the slices' pairs, fit one motor matrix and write ``motor_transform.json``."""
+    """Pool the slices' pairs, fit one motor matrix and write ``motor_transform.json``.
+
+    Raises
+    ------
+    InputError
+        Bad or inconsistent pairs files, an output that is one of them, or too few usable pairs
+        (the error names the pairs file of the first slice without any pair).
+    """
+    check_output(output, *pairs_files)
     files = load_pairs_files(pairs_files)
     pairs = {f.slice_id: [p.model_dump() for p in f.pairs] for f in files}
-    transform, diagnostics = fit_pooled(
-        pairs, {f.slice_id: f.grid for f in files}, files[0].tile_shape, files[0].overlap,
-        n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px,
-    )
+    try:
+        transform, diagnostics = fit_pooled(
+            pairs, {f.slice_id: f.grid for f in files}, files[0].tile_shape, files[0].overlap,
+            n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px,
+        )
+    except FitError as exc:  # name the pairs file of the first slice that has no pair, else the first file
+        empty = [path for f, path in zip(files, pairs_files) if not f.pairs]
+        raise InputError((empty or list(pairs_files))[0], str(exc)) from None
     for f in files:
         diagnostics["per_slice"][str(f.slice_id)]["measurement"] = f.stats
     diagnostics.update(version=__version__, tile_shape=list(files[0].tile_shape),
@@ -94,6 +115,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
 
 def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Path) -> dict:
     """Compare the motor model's tile positions with registration positions from the slice's pairs."""
+    check_output(output, pairs_file, transform_file)
     pairs = load(pairs_file, PairsFile)
     transform = np.array(load(transform_file, TransformFile).transform)
     nx, ny = pairs.grid
@@ -115,6 +137,7 @@ def read_transform(path: str | Path) -> np.ndarray:
 
 def copy_transform(source: str | Path, output: str | Path) -> dict:
     """Validate a known motor model (``--transform``) and write it as this run's transform JSON."""
+    check_output(output, source)
     content = load(source, TransformFile).model_dump(mode="json")
     content["diagnostics"] = {**content["diagnostics"], "given_transform": Path(source).name}
     write_json(output, content)

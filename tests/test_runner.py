@@ -1,0 +1,112 @@
+"""The embedded runner end to end: accuracy against the truth, resume, partial reruns, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from filelock import FileLock
+
+from linumpy_motor import runner, synthetic
+from linumpy_motor.errors import InputError
+from linumpy_motor.runner import RunOptions
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("runner") / "input"
+    spec = synthetic.SyntheticSpec(nx=5, ny=6, tile_shape=(4, 128, 128), seed=3)
+    synthetic.write_dataset(folder, spec, n_slices=3)
+    return folder
+
+
+def _files(outdir: Path) -> dict[str, int]:
+    return {str(p.relative_to(outdir)): p.stat().st_mtime_ns for p in outdir.rglob("*")
+            if p.is_file() and p.name != "lock"}
+
+
+@pytest.fixture(scope="module")
+def first_run(dataset, tmp_path_factory):
+    outdir = tmp_path_factory.mktemp("runner-out") / "out"
+    start = time.perf_counter()
+    result = runner.run(dataset, outdir, RunOptions(), progress=False)
+    return outdir, result, time.perf_counter() - start
+
+
+def test_run_recovers_the_motor_model_and_stitches_every_slice(dataset, first_run):
+    outdir, result, _ = first_run
+    truth = json.loads((dataset / "truth.json").read_text())
+    fitted = json.loads((outdir / "motor_transform.json").read_text())
+    error = np.abs(np.array(fitted["transform"]) - np.array(truth["transform"])).max()
+    assert error <= 0.05, f"pooled A off by {error:.3f} px"
+    for slice_id in (0, 1, 2):
+        assert (outdir / "pairs" / f"slice_z{slice_id:02d}_pairs.json").is_file()
+        assert (outdir / "stitched" / f"slice_z{slice_id:02d}_stitch_3d.ome.zarr" / "zarr.json").is_file()
+        assert (outdir / "compare" / f"slice_z{slice_id:02d}_compare.json").is_file()
+    assert (outdir / "report" / "report.html").is_file()
+    assert result["ran"] == {"measure": 3, "fit": 1, "stitch": 3, "compare": 3, "report": 1}
+
+
+def test_rerun_skips_everything_and_rewrites_nothing(dataset, first_run):
+    outdir, _, first_seconds = first_run
+    before = _files(outdir)
+    start = time.perf_counter()
+    result = runner.run(dataset, outdir, RunOptions(), progress=False)
+    seconds = time.perf_counter() - start
+    assert set(result["ran"].values()) == {0}
+    assert _files(outdir) == before
+    assert seconds < 0.25 * first_seconds, f"resume took {seconds:.2f} s vs {first_seconds:.2f} s"
+
+
+def test_changing_blending_reruns_only_stitch_and_report(dataset, first_run):
+    outdir, _, _ = first_run
+    pairs_before = _files(outdir / "pairs")
+    result = runner.run(dataset, outdir, RunOptions(blending="average"), progress=False)
+    assert result["ran"] == {"measure": 0, "fit": 0, "stitch": 3, "compare": 0, "report": 1}
+    assert _files(outdir / "pairs") == pairs_before
+    result = runner.run(dataset, outdir, RunOptions(blending="average", seed=5, n_samples=40), progress=False)
+    assert result["ran"]["measure"] == 0 and result["ran"]["fit"] == 1
+
+
+def test_known_transform_skips_measuring(dataset, first_run, tmp_path):
+    outdir, _, _ = first_run
+    result = runner.run(dataset, tmp_path / "given", RunOptions(transform=outdir / "motor_transform.json"),
+                        progress=False)
+    assert result["ran"] == {"fit": 1, "stitch": 3}
+    assert not list((tmp_path / "given").glob("pairs/*.json"))
+    assert len(list((tmp_path / "given" / "stitched").iterdir())) == 3
+    given = json.loads((tmp_path / "given" / "motor_transform.json").read_text())
+    assert given["transform"] == json.loads((outdir / "motor_transform.json").read_text())["transform"]
+
+
+def test_a_second_run_on_the_same_outdir_is_refused(dataset, first_run):
+    outdir, _, _ = first_run
+    with FileLock(outdir / ".linumpy-motor" / "lock", timeout=0):
+        with pytest.raises(InputError, match="another linumpy-motor run"):
+            runner.run(dataset, outdir, RunOptions(), progress=False)
+
+
+def test_output_inside_the_input_is_refused_before_anything_is_written(dataset):
+    inside = dataset / "mosaic_grid_3d_z00.ome.zarr" / "results"
+    with pytest.raises(InputError, match="inside the input"):
+        runner.run(dataset, inside, RunOptions(), progress=False)
+    assert not inside.exists()
+
+
+def test_cli_prints_where_the_results_are(dataset, first_run):
+    outdir, _, _ = first_run
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    args = ["--blending", "average", "--n-samples", "40", "--seed", "5", "--no-progress"]  # as the last run
+    done = subprocess.run(["linumpy-motor", "run", str(dataset), str(outdir), *args],
+                          capture_output=True, text=True, env=env, check=True)
+    assert f"results in {outdir}" in done.stdout
+    assert "report.html" in done.stdout
+    assert "measure 0" in done.stdout and "stitch 0" in done.stdout
