@@ -52,7 +52,8 @@ class MosaicGrid:
     units: tuple[str | None, str | None, str | None]
 
 
-def _multiscale(attrs: dict, path: Path) -> tuple[dict, str]:
+def multiscale_entry(attrs: dict, path: Path) -> tuple[dict, str]:
+    """The first ``multiscales`` entry of an image's root attributes (NGFF 0.4 or 0.5) and its version."""
     ome = attrs.get("ome")
     if isinstance(ome, dict) and "multiscales" in ome:
         return ome["multiscales"][0], str(ome.get("version", "0.5"))
@@ -97,7 +98,7 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
     except Exception as exc:
         raise InputError(path, f"not a zarr store ({type(exc).__name__})") from None
     attrs = group.attrs.asdict()
-    entry, version = _multiscale(attrs, path)
+    entry, version = multiscale_entry(attrs, path)
     try:
         level0 = entry["datasets"][0]["path"]
     except (KeyError, IndexError, TypeError):

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from . import plots
 from .errors import InputError
 from .fit import RAYLEIGH_MEDIAN, TUKEY_C, describe_transform, pair_arrays
-from .io import _multiscale, as_float, atomic_output
+from .io import as_float, atomic_output, multiscale_entry
 from .io import slice_id_from_name as _last_number_id
 from .schemas import FiniteFloat, PairsFile, TransformFile, load
 
@@ -209,7 +209,7 @@ def read_thumbnail(path: str | Path, max_px: int = THUMBNAIL_PX) -> Thumbnail:
         raise InputError(path, f"not a zarr store ({type(exc).__name__})") from None
     attrs = group.attrs.asdict()
     try:
-        entry, _ = _multiscale(attrs, path)
+        entry, _ = multiscale_entry(attrs, path)
         levels = [group[d["path"]] for d in entry["datasets"]]
     except (KeyError, IndexError, TypeError) as exc:
         raise InputError(path, f"incomplete multiscale image ({type(exc).__name__}: {exc})") from None
