@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/linumpy-motor synth $(DEMO)/input --slices 3 --grid 6 7 --tile 8 160 160 --seed 1
 	$(BIN)/linumpy-motor run $(DEMO)/input $(DEMO)/output
 	@echo ""
-	@echo "Demo results are in $(DEMO)/output (report: $(DEMO)/output/report.html)"
+	@echo "Demo results are in $(DEMO)/output (QC report: $(DEMO)/output/report/report.html)"
 
 test: install
 	PATH="$(CURDIR)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
