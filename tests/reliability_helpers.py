@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from linumpy_motor import ngff, synthetic
-from linumpy_motor.io import _multiscale
+from linumpy_motor.io import multiscale_entry
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "bin"
@@ -72,7 +72,7 @@ def read_levels(store: Path) -> tuple[dict, list[np.ndarray]]:
     """Root attributes and every pyramid level (in multiscales order) of an OME-Zarr."""
     group = zarr.open_group(str(store), mode="r")
     attrs = group.attrs.asdict()
-    entry, _ = _multiscale(attrs, store)
+    entry, _ = multiscale_entry(attrs, store)
     return attrs, [group[d["path"]][...] for d in entry["datasets"]]
 
 
