@@ -11,6 +11,7 @@ field is estimated.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from .io import MosaicGrid, central_plane_index, read_block
 logger = logging.getLogger(__name__)
 
 FLATFIELD_MODES = ("estimate", "none")
+READ_THREADS = 4  # tiles read at once (one tile, n_planes planes each)
 
 
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
@@ -93,8 +95,8 @@ def estimate_flatfield(
 ) -> np.ndarray | None:
     """Estimate the multiplicative flat field shared by a slice's tiles.
 
-    Only ``n_planes`` central Z planes of at most ``max_tiles`` tiles are read (one tile at a time),
-    so memory does not depend on the slice size.
+    Only ``n_planes`` central Z planes of at most ``max_tiles`` tiles are read (one tile per read,
+    ``READ_THREADS`` reads at a time), so memory does not depend on the slice size.
 
     Parameters
     ----------
@@ -128,10 +130,14 @@ def estimate_flatfield(
     start = max(0, min(central_plane_index(nz) - n_planes // 2, nz - n_planes))
     planes = slice(start, min(nz, start + n_planes))
     factor = max(1, min(bin_px, h // 8, w // 8))
-    binned = np.stack([
-        _bin(read_block(grid, planes, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)).mean(axis=0), factor)
-        for i, j in _candidate_tiles(grid.nx, grid.ny, max_tiles, seed)
-    ])
+
+    def binned_tile(tile: tuple[int, int]) -> np.ndarray:
+        i, j = tile
+        return _bin(read_block(grid, planes, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)).mean(axis=0),
+                    factor)
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:  # decoding releases the GIL
+        binned = np.stack(list(pool.map(binned_tile, _candidate_tiles(grid.nx, grid.ny, max_tiles, seed))))
     threshold = tissue_level * float(np.percentile(binned, 95))
     tissue = binned > threshold
     chosen = tissue.mean(axis=(1, 2)) >= 0.5

@@ -48,6 +48,17 @@ def downsample_mean(block: np.ndarray) -> np.ndarray:
     return out
 
 
+def create_level(group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int],
+                 shards: Sequence[int] | None = None) -> zarr.Array:
+    """A float32 level (:func:`ngff.create_level`) that writes every chunk it is given.
+
+    Zarr skips chunks equal to the fill value after comparing each one (bit by bit, slowly) to it;
+    a stitched image has almost no such chunk, so the comparison is not worth its time.
+    """
+    level = ngff.create_level(group, name, shape, np.float32, chunks, shards=shards)
+    return level.with_config({"write_empty_chunks": True})
+
+
 def iter_blocks(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[slice, slice, slice]]:
     """Regions of ``shape`` cut on the ``block`` grid, as (z, y, x) slices."""
     ranges = [range(0, int(n), int(b)) for n, b in zip(shape, block, strict=True)]
@@ -95,7 +106,7 @@ def write_levels(
     quarter = [max(1, b // 2) for b in block]
     for k in range(first, len(shapes)):
         source = group[str(k - 1)]
-        target = ngff.create_level(group, str(k), shapes[k], np.float32, chunks, shards=shards)
+        target = create_level(group, str(k), shapes[k], chunks, shards)
 
         def work(region: tuple[slice, slice, slice], source=source, target=target) -> None:
             z, y, x = region

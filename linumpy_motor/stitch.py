@@ -2,12 +2,14 @@
 
 The output is produced block by block: a block is ``z_chunk`` planes by ``block_px x block_px``
 pixels of the canvas (exactly one shard of the output, or four chunks of an unsharded store), and
-uses only the tiles that touch it. Blocks run on a thread pool, down one block column after the
-other, and a small cache of recently used tiles (a fixed number) spares most second decodes of a
-tile shared by vertically neighbouring blocks. Peak memory is a few blocks per worker plus the
-cache, whatever the slice size. With input chunks deeper than ``z_chunk`` (e.g. one chunk per
-whole tile), each Z chunk of the output decodes the tile chunks again: raise ``z_chunk`` (more
-memory per block) to decode less.
+uses only the tiles that touch it. Blocks run on a thread pool, strip by strip (a few block rows),
+down one block column of the strip after the other. Tiles are read ``READ_RUN`` tile rows per zarr
+call, flat-field corrected and resampled once, and kept from the first block of the strip that
+needs them to the last, so each tile is decoded about once per Z chunk. The strip height is chosen
+so that the tiles kept fit in ``TILE_CACHE_BYTES``: peak memory is a few blocks per worker plus
+that, whatever the slice size. With input chunks deeper than ``z_chunk`` (e.g. one chunk per whole
+tile), each Z chunk of the output decodes the tile chunks again: raise ``z_chunk`` (more memory per
+block) to decode less.
 
 Placement: the canvas pixel ``(Y, X)`` samples tile ``t`` at ``(Y, X) - p_t`` where ``p_t`` is the
 tile's top-left from :func:`geometry.affine_positions` (so the canvas starts at the smallest
@@ -22,7 +24,6 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -39,43 +40,58 @@ from .flatfield import resolve_flatfield
 from .io import MosaicGrid, atomic_output, open_mosaic, read_block
 
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (all workers hold a few of these)
-TILE_CACHE_TILES = 8  # prepared tiles kept for the next blocks of the same block column
+TILE_CACHE_BYTES = 40 * 2**20  # resampled tiles kept alive between their first and last block
+READ_RUN = 2  # tile rows read with one call
+MAX_STRIP_BLOCKS = 8  # block rows per strip at most (see :func:`_block_order`)
 MAX_WORKERS = 8
 
 
-class _TileCache:
-    """The ``capacity`` most recently used prepared tiles.
+class _TileStore:
+    """Runs of resampled tiles, each loaded for the first block that needs one of its tiles and dropped
+    after the last.
 
-    A tile touches up to four blocks (more when tiles are larger than blocks). Blocks are rendered
-    down one block column after the other, so the block below finds most of the tiles it shares
-    with the one above here instead of decoding their chunks again (about 1.4 decodes per tile for
-    256 px tiles and 512 px blocks, 2 for 512 px tiles, against 2 and 4 without the cache). The
-    number of tiles is fixed, so memory does not grow with the slice.
+    ``uses`` counts, for each key ``(run, z start, strip)``, the tile uses by blocks, each one a
+    :meth:`get` then a :meth:`release`. A run being loaded by one thread is waited for, not loaded
+    again, by another.
     """
 
-    def __init__(self, load: Callable[[int, slice], object], capacity: int) -> None:
+    def __init__(self, load: Callable[[int, slice], list], uses: dict[tuple[int, int, int], int]) -> None:
         self.load = load
-        self.capacity = capacity
-        self.tiles: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self.remaining = dict(uses)
+        self.runs: dict[tuple[int, int, int], Future] = {}
         self.lock = threading.Lock()
 
-    def get(self, t: int, zs: slice):
-        """``load(t, zs)``, from the cache when it is there."""
-        key = (t, zs.start)
+    def get(self, run: int, zs: slice, strip: int) -> list:
+        """``load(run, zs)``, loaded once per strip while its blocks still need it."""
+        key = (run, zs.start, strip)
         with self.lock:
-            if key in self.tiles:
-                self.tiles.move_to_end(key)
-                return self.tiles[key]
-        tile = self.load(t, zs)
+            entry = self.runs.get(key)
+            owner = entry is None
+            if owner:
+                entry = self.runs[key] = Future()
+        if owner:
+            try:
+                entry.set_result(self.load(run, zs))
+            except BaseException as exc:
+                entry.set_exception(exc)
+                raise
+        return entry.result()
+
+    def release(self, run: int, zs: slice, strip: int) -> None:
+        """One block is done with one tile of ``run``; the strip's last use drops the run."""
+        key = (run, zs.start, strip)
         with self.lock:
-            self.tiles[key] = tile  # another thread may have loaded it meanwhile: same content
-            while len(self.tiles) > self.capacity:
-                self.tiles.popitem(last=False)
-        return tile
+            self.remaining[key] -= 1
+            if self.remaining[key] == 0:
+                self.runs.pop(key, None)
 
 
 class _Canvas:
-    """Everything a block needs: the tiles' integer origins and sub-pixel fractions, and the gains."""
+    """Everything a block needs: the tiles' integer origins and sub-pixel fractions, and the gains.
+
+    Tiles are read ``READ_RUN`` tile rows at a time (a run: one column of tiles, one zarr call), which
+    spares most of zarr's per-call cost; blocks going down a column use the run's tiles soon after.
+    """
 
     def __init__(self, grid: MosaicGrid, transform: np.ndarray, weights: np.ndarray, flat: np.ndarray | None,
                  overwrite: bool, xp) -> None:
@@ -88,17 +104,47 @@ class _Canvas:
         gain = weights if flat is None else weights / flat
         self.gain = xp.asarray(gain.astype(np.float32))
         self.weights = xp.asarray(np.pad(weights, 1))
-        self.cache = _TileCache(self._prepared, TILE_CACHE_TILES)
+        rows, cols = np.divmod(np.arange(grid.nx * grid.ny), grid.ny)
+        self.run_of = (rows // READ_RUN) * grid.ny + cols  # run index of each tile
+        self.run_sizes = np.bincount(self.run_of)
+        self.strip_px = 1
+        self.store = _TileStore(self._resampled_run, {})
 
-    def _prepared(self, t: int, zs: slice):
-        """Tile ``t``, planes ``zs``, times its gain (weights / flat field), with a border of zeros."""
-        nz, h, w = self.grid.tile_shape
-        i, j = divmod(t, self.grid.ny)
-        raw = read_block(self.grid, zs, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))
-        out = self.xp.zeros((raw.shape[0], h + 2, w + 2), dtype=self.xp.float32)
+    def run_uses(self, regions: list[tuple[slice, slice, slice]],
+                 strip_px: int) -> dict[tuple[int, int, int], list[int]]:
+        """Per ``(run, z start, strip)``: the blocks among ``regions`` using that run's tiles, in order.
+
+        Strips are ``strip_px`` canvas rows; a run is read once per strip that uses it.
+        """
+        uses: dict[tuple[int, int, int], list[int]] = {}
+        for k, (zs, ys, xs) in enumerate(regions):
+            for t in self.tiles_touching(ys, xs).tolist():
+                uses.setdefault((int(self.run_of[t]), zs.start, ys.start // strip_px), []).append(k)
+        return uses
+
+    def plan(self, regions: list[tuple[slice, slice, slice]], strip_px: int) -> None:
+        """Get ready to render each of ``regions`` once, strips of ``strip_px`` rows one after the other."""
+        self.strip_px = strip_px
+        uses = self.run_uses(regions, strip_px)
+        self.store = _TileStore(self._resampled_run, {key: len(blocks) for key, blocks in uses.items()})
+
+    def _resampled_run(self, run: int, zs: slice) -> list:
+        """The tiles of ``run``, planes ``zs``, each times its gain (weights / flat field), linearly
+        resampled at its sub-pixel offset onto its ``h + 1`` by ``w + 1`` footprint, with its
+        resampled weights."""
+        _, h, w = self.grid.tile_shape
+        i0, j = divmod(run, self.grid.ny)
+        i0 *= READ_RUN
+        i1 = min(i0 + READ_RUN, self.grid.nx)
+        raw = self.xp.asarray(read_block(self.grid, zs, slice(i0 * h, i1 * h), slice(j * w, (j + 1) * w)))
         gain = self.gain if self.gain.ndim == 2 else self.gain[zs]
-        self.xp.multiply(self.xp.asarray(raw), gain, out=out[:, 1:-1, 1:-1])
-        return out
+        tiles = []
+        for i in range(i0, i1):
+            padded = self.xp.zeros((raw.shape[0], h + 2, w + 2), dtype=self.xp.float32)
+            self.xp.multiply(raw[:, (i - i0) * h:(i - i0 + 1) * h], gain, out=padded[:, 1:-1, 1:-1])
+            fy, fx = self.fractions[i * self.grid.ny + j].tolist()
+            tiles.append((_lerp(padded, fy, fx), _lerp(self.weights, fy, fx)))
+        return tiles
 
     def tiles_touching(self, ys: slice, xs: slice) -> np.ndarray:
         """Indices (row-major) of the tiles whose footprint ``h + 1`` by ``w + 1`` meets the region."""
@@ -107,12 +153,21 @@ class _Canvas:
         return np.nonzero((oy < ys.stop) & (oy + h + 1 > ys.start) & (ox < xs.stop) & (ox + w + 1 > xs.start))[0]
 
     def render(self, zs: slice, ys: slice, xs: slice) -> np.ndarray:
-        """The blended output over one region ``(z, y, x)`` of the canvas, float32."""
+        """The blended output over one region ``(z, y, x)`` of the canvas (one of :meth:`plan`'s), float32."""
         xp = self.xp
+        _, h, w = self.grid.tile_shape
         num = xp.zeros((zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), dtype=xp.float32)
         den = xp.zeros(num.shape[1:], dtype=xp.float32)
-        for t in self.tiles_touching(ys, xs):
-            (rows, cols), values, weights = self._place(int(t), zs, ys, xs)
+        for t in self.tiles_touching(ys, xs).tolist():
+            oy, ox = self.origins[t].tolist()
+            r0, r1 = max(ys.start, oy), min(ys.stop, oy + h + 1)
+            c0, c1 = max(xs.start, ox), min(xs.stop, ox + w + 1)
+            run = int(self.run_of[t])
+            strip = ys.start // self.strip_px
+            resampled, resampled_weights = self.store.get(run, zs, strip)[t // self.grid.ny % READ_RUN]
+            values = resampled[:, r0 - oy:r1 - oy, c0 - ox:c1 - ox]
+            weights = resampled_weights[r0 - oy:r1 - oy, c0 - ox:c1 - ox]
+            rows, cols = slice(r0 - ys.start, r1 - ys.start), slice(c0 - xs.start, c1 - xs.start)
             if self.overwrite:
                 covered = weights > 0
                 num[:, rows, cols] = xp.where(covered, values, num[:, rows, cols])
@@ -120,30 +175,17 @@ class _Canvas:
             else:
                 num[:, rows, cols] += values
                 den[rows, cols] += weights
+            self.store.release(run, zs, strip)
         den[den == 0] = 1  # uncovered: num is 0 there too
         num /= den
         return to_numpy(num)
-
-    def _place(self, t: int, zs: slice, ys: slice, xs: slice):
-        """Tile ``t`` (one of :meth:`tiles_touching`) linearly resampled onto the part of the region it
-        covers, with its weights."""
-        _, h, w = self.grid.tile_shape
-        (oy, ox), (fy, fx) = self.origins[t], self.fractions[t].tolist()
-        r0, r1 = max(ys.start, oy), min(ys.stop, oy + h + 1)
-        c0, c1 = max(xs.start, ox), min(xs.stop, ox + w + 1)
-        # output rows k0 .. k1 - 1 of the resampled tile need source rows k0 - 1 .. k1 - 1, which the
-        # zero border shifts to k0 .. k1 in the prepared tile (the same for columns)
-        k0, k1, l0, l1 = r0 - oy, r1 - oy, c0 - ox, c1 - ox
-        values = _lerp(self.cache.get(t, zs)[:, k0:k1 + 1, l0:l1 + 1], fy, fx)
-        weights = _lerp(self.weights[k0:k1 + 1, l0:l1 + 1], fy, fx)
-        return (slice(r0 - ys.start, r1 - ys.start), slice(c0 - xs.start, c1 - xs.start)), values, weights
 
 
 def _lerp(padded, fy: float, fx: float):
     """Linear interpolation at ``k - fy, l - fx`` of a source padded with one leading row and column.
 
-    ``padded[..., m, n]`` holds source row ``k0 - 1 + m`` and column ``l0 - 1 + n``; the result has
-    one row and one column less and holds the samples for rows ``k0 ..`` and columns ``l0 ..``:
+    ``padded[..., m, n]`` holds source row ``m - 1`` and column ``n - 1``; the result has one row and
+    one column less and holds the samples for rows ``0 ..`` and columns ``0 ..``:
     ``(1 - f) * a[m + 1] + f * a[m]``, computed in place as ``a[m + 1] + f * (a[m] - a[m + 1])``.
     """
     rows = padded[..., :-1, :] - padded[..., 1:, :]
@@ -200,6 +242,38 @@ def _workers() -> int:
     return max(1, min(cores, MAX_WORKERS))
 
 
+def _peak_live_tiles(canvas: _Canvas, regions: list[tuple[slice, slice, slice]], strip_px: int) -> int:
+    """Most tiles held at once when ``regions`` are rendered in order, each run of tiles from its
+    first block to its last in a strip."""
+    alive = np.zeros(len(regions) + 1, dtype=np.int64)
+    for (run, _, _), blocks in canvas.run_uses(regions, strip_px).items():
+        alive[blocks[0]] += canvas.run_sizes[run]
+        alive[blocks[-1] + 1] -= canvas.run_sizes[run]
+    return int(np.cumsum(alive).max(initial=0))
+
+
+def _block_order(canvas: _Canvas, shape: tuple[int, int, int],
+                 block: tuple[int, int, int]) -> tuple[list[tuple[slice, slice, slice]], int]:
+    """The order blocks are rendered in, and the strip height in px: Z chunk by Z chunk, then strip
+    by strip (``n`` block rows), down one block column of the strip after the other.
+
+    A tile is read once per strip it meets (the block columns of a strip reuse it), so tall strips
+    read less; ``n`` is the largest (at most ``MAX_STRIP_BLOCKS``) whose tiles alive at once fit in
+    ``TILE_CACHE_BYTES``, which bounds memory whatever the slice size.
+    """
+    _, h, w = canvas.grid.tile_shape
+    tile_bytes = 4 * (block[0] + 1) * (h + 1) * (w + 1)
+    regions = list(pyramid.iter_blocks(shape, block))
+    strip_blocks = MAX_STRIP_BLOCKS
+    while True:
+        strip = strip_blocks * block[1]
+        order = sorted(regions, key=lambda r: (r[0].start, r[1].start // strip, r[2].start, r[1].start))
+        first_chunk = [r for r in order if r[0].start == 0]
+        if strip_blocks == 1 or _peak_live_tiles(canvas, first_chunk, strip) * tile_bytes <= TILE_CACHE_BYTES:
+            return order, strip
+        strip_blocks //= 2
+
+
 def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], block: tuple[int, int, int], *,
                    sharded: bool, workers: int, progress: bool, label: str) -> None:
     """Render level 0 block by block on a thread pool, then the downsampled levels.
@@ -211,8 +285,8 @@ def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], b
     chunks = (block[0], block[1] // 2, block[2] // 2)
     shards = block if sharded else None
     total = sum(len(list(pyramid.iter_blocks(s, block))) for s in shapes[:1] + shapes[2:])
-    level0 = ngff.create_level(group, "0", shapes[0], np.float32, chunks, shards=shards)
-    level1 = ngff.create_level(group, "1", shapes[1], np.float32, chunks) if len(shapes) > 1 else None
+    level0 = pyramid.create_level(group, "0", shapes[0], chunks, shards)
+    level1 = pyramid.create_level(group, "1", shapes[1], chunks) if len(shapes) > 1 else None
 
     def work(region: tuple[slice, slice, slice]) -> None:
         out = canvas.render(*region)
@@ -224,8 +298,9 @@ def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], b
     with (ThreadPoolExecutor(workers) as pool,
           tqdm(total=total, disable=not progress, file=sys.stderr, unit="block", desc=label) as bar):
         try:
-            column_order = sorted(pyramid.iter_blocks(shapes[0], block), key=lambda r: (r[0].start, r[2].start))
-            futures: list[Future] = [pool.submit(work, region) for region in column_order]
+            order, strip_px = _block_order(canvas, shapes[0], block)
+            canvas.plan(order, strip_px)
+            futures: list[Future] = [pool.submit(work, region) for region in order]
             for future in futures:
                 future.result()
                 bar.update()
