@@ -367,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     installed = {name: None for name in ("m2stitch", "ashlar")} if args.no_peers else peers.available()
     log(f"peers: {installed}")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    n_slices = 2 if args.quick else 3
+    n_slices = 2 if args.quick else 6  # slices per accuracy scenario: fewer leave the tools within noise of each other
     scenarios = bench_accuracy.SCENARIOS[:1] if args.quick else bench_accuracy.SCENARIOS
     grids = ((6, 7, 1),) if args.quick else bench_speed.GRIDS
     pooled = (4,) if args.quick else bench_speed.POOLED
