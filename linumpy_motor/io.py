@@ -148,9 +148,12 @@ def central_plane_index(nz: int) -> int:
     return nz // 2
 
 
-def slice_id_from_name(path: Path) -> int:
-    """Slice id: the last number in the store name (``mosaic_grid_3d_z07.ome.zarr`` -> 7)."""
-    numbers = re.findall(r"\d+", path.name.removesuffix(".ome.zarr"))
+def slice_id_from_name(path: str | Path) -> int:
+    """Slice id in a file or store name: the number after ``z`` (``mosaic_grid_3d_z07.ome.zarr`` and
+    ``slice_z07_stitch_3d.ome.zarr`` -> 7), else the last number (``slice_5.ome.zarr`` -> 5)."""
+    path = Path(path)
+    name = path.name.removesuffix(".ome.zarr")
+    numbers = re.findall(r"z(\d+)", name) or re.findall(r"\d+", name)
     if not numbers:
         raise InputError(path, "no slice number in the name")
     return int(numbers[-1])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from . import plots
 from .errors import InputError
 from .fit import RAYLEIGH_MEDIAN, TUKEY_C, describe_transform, pair_arrays
-from .io import as_float, atomic_output, multiscale_entry
-from .io import slice_id_from_name as _last_number_id
+from .io import as_float, atomic_output, multiscale_entry, slice_id_from_name
 from .schemas import FiniteFloat, PairsFile, TransformFile, load
 
 MIN_MEASURED_FRACTION = 0.5
@@ -169,12 +167,6 @@ def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray,
         scale_px = float(np.median(usable)) / RAYLEIGH_MEDIAN if usable.size else 0.0
     cutoff = TUKEY_C * max(float(scale_px), SCALE_FLOOR_PX)
     return residuals, (lengths >= cutoff) | (w <= 0), cutoff
-
-
-def slice_id_from_name(path: str | Path) -> int:
-    """Slice id of a file or store name: the number after ``z`` (``slice_z07_stitch_3d`` -> 7)."""
-    found = re.findall(r"z(\d+)", Path(path).name)
-    return int(found[-1]) if found else _last_number_id(Path(path))
 
 
 class Thumbnail(NamedTuple):

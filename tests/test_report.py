@@ -25,7 +25,6 @@ from linumpy_motor.report import (
     pair_residuals,
     read_thumbnail,
     slice_status,
-    slice_id_from_name,
     write_report,
 )
 
@@ -248,6 +247,7 @@ def test_read_thumbnail_missing_or_broken_store(tmp_path):
 
 
 def test_slice_id_from_name():
+    slice_id_from_name = io.slice_id_from_name
     assert slice_id_from_name("slice_z07_stitch_3d.ome.zarr") == 7
     assert slice_id_from_name("out/slice_z12_compare.json") == 12
     assert slice_id_from_name("mosaic_grid_3d_z03.ome.zarr") == 3
