@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
+import scipy.fft
+from scipy import ndimage
 
 from .backend import to_numpy
 
@@ -71,8 +73,6 @@ def _peak_candidates(corr: np.ndarray, max_shift: tuple[int, int], count: int) -
 
     Returns signed integer shifts ``(n, count, 2)``; missing peaks repeat the best one.
     """
-    from scipy import ndimage
-
     n, ny, nx = corr.shape
     sy = _signed(np.arange(ny), ny)[:, None]
     sx = _signed(np.arange(nx), nx)[None, :]
@@ -183,8 +183,7 @@ def measure_shifts(
     list of PairShift
         One per window pair.
     """
-    if fft is None:
-        import scipy.fft as fft
+    fft = scipy.fft if fft is None else fft
     if len(a) == 0:
         return []
     product = _cross_power(xp.asarray(a, dtype=xp.float32), xp.asarray(b, dtype=xp.float32), xp, fft, filter_sigma,

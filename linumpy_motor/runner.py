@@ -123,7 +123,8 @@ def _remove_stale_temporaries(outdir: Path) -> None:
 def _check_outdir(outdir: Path, slices: list[tuple[int, Path]], source: Path) -> None:
     for _, store in slices:
         steps.check_output_outside(outdir, store)
-    steps.check_output_outside(outdir, source) if source.is_dir() else None
+    if source.is_dir():
+        steps.check_output_outside(outdir, source)
     existing = next(p for p in [outdir, *outdir.absolute().parents] if p.exists())
     if not existing.is_dir():
         raise InputError(outdir, f"output folder cannot be created: {existing} is a file")
