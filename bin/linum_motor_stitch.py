@@ -4,11 +4,10 @@ blended overlaps, written as an OME-Zarr with a multiscale pyramid (float32)."""
 
 import sys
 
-import numpy as np
-
-from linumpy_motor import schemas
+from linumpy_motor import steps
 from linumpy_motor.blend import BLENDING_MODES
 from linumpy_motor.entry import make_parser, run_cli
+from linumpy_motor.io import open_mosaic
 from linumpy_motor.stitch import stitch_slice
 
 
@@ -17,6 +16,10 @@ def build_parser():
     parser.add_argument("slice_zarr", help="the slice's mosaic grid (*.ome.zarr)")
     parser.add_argument("transform_json", help="motor_transform.json from linum_motor_fit_affine.py")
     parser.add_argument("out_zarr", help="stitched slice to write (*.ome.zarr)")
+    parser.add_argument("--placement", default="model", choices=steps.PLACEMENTS,
+                        help="tiles at the model's positions (with its backlash term), or at the model plus each "
+                             "tile's registered residual (needs --pairs)")
+    parser.add_argument("--pairs", help="the slice's pairs JSON (for --placement registered)")
     parser.add_argument("--blending", default="feather", choices=BLENDING_MODES, help="how overlaps are combined")
     parser.add_argument("--flatfield", default="estimate",
                         help="'estimate' (from the slice's tissue tiles), 'none', or a .npy flat field")
@@ -27,8 +30,11 @@ def build_parser():
 
 
 def stitch(args) -> None:
-    transform = np.asarray(schemas.load(args.transform_json, schemas.TransformFile).transform)
-    summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
+    grid = open_mosaic(args.slice_zarr)
+    positions = steps.tile_positions(args.transform_json, (grid.nx, grid.ny), placement=args.placement,
+                                     pairs_file=args.pairs)
+    summary = stitch_slice(grid, args.out_zarr, steps.read_transform(args.transform_json), positions=positions,
+                           blending=args.blending,
                            flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
                            use_gpu=args.use_gpu, progress=sys.stderr.isatty())
     print(f"{summary['shape']} float32, {len(summary['levels'])} levels, {summary['backend']}, "

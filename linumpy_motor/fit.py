@@ -13,6 +13,13 @@ difference of two tile errors. The fit has two stages:
    against the tile indices, one free offset per connected group of tiles. Pair displacements
    along a grid row telescope to the row's two end tiles; positions use every tile, which halves
    the error that the jitter leaves in A.
+
+Serpentine backlash: when every other tile row is scanned the other way, the stage's backlash
+offsets the odd rows by a constant vector ``b``: tile (i, j) sits at ``A @ [i, j] + (i mod 2) b``.
+Both stages carry ``b`` as a third column of the model (so the vertical pairs of even and odd rows
+are not split into inliers and outliers, and A does not absorb it); the position stage then keeps
+it only when an F-test says the tile positions need it (``BACKLASH_P_VALUE``), and leaves it out
+otherwise. A stays the 2x2 primary output.
 """
 
 from __future__ import annotations
@@ -21,13 +28,16 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import sparse
+from scipy import sparse, stats
 from scipy.sparse.csgraph import connected_components
 
 from .geometry import grid_indices, registration_positions
 
 TUKEY_C = 4.685
 RAYLEIGH_MEDIAN = math.sqrt(2 * math.log(2))  # median of |N(0, I2)|
+BACKLASH_MODES = ("auto", "on", "off")
+BACKLASH_P_VALUE = 1e-3  # the backlash term is kept when the F-test's p-value is below this
+BACKLASH_SCALE_FLOOR_PX = 1e-3  # residual scale floor of the F-test (noise-free data)
 
 
 class FitError(ValueError):
@@ -43,6 +53,18 @@ def pair_arrays(pairs: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.nd
     Y = np.array([[p["measured_dy"], p["measured_dx"]] for p in pairs], dtype=float).reshape(-1, 2)
     w = np.array([min(max(float(p.get("ncc", 1.0)), 0.0), 1.0) for p in pairs], dtype=float)
     return X, Y, w
+
+
+def parity_steps(pairs: Sequence[Mapping]) -> np.ndarray:
+    """Backlash column of the pair design: ``(i + di) mod 2 - i mod 2`` (0 for pairs without ``tile``)."""
+    return np.array([((p["tile"][0] + p["row_delta"]) % 2 - p["tile"][0] % 2) if "tile" in p else 0
+                     for p in pairs], dtype=float)
+
+
+def backlash_identifiable(X: np.ndarray, parity: np.ndarray, w: np.ndarray) -> bool:
+    """True when usable vertical pairs start on both even and odd rows (``parity`` of both signs)."""
+    usable = (w > 0) & (X[:, 0] != 0)
+    return bool(np.any(usable & (parity > 0)) and np.any(usable & (parity < 0)))
 
 
 def _weighted_lstsq(X: np.ndarray, Y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -75,7 +97,8 @@ def robust_fit(
     Parameters
     ----------
     X, Y : np.ndarray
-        Tile-index steps and measured displacements, both ``(n, 2)``.
+        Tile-index steps ``(n, k)`` (k = 2, or 3 with the backlash column) and measured
+        displacements ``(n, 2)``.
     w : np.ndarray
         Prior weights ``(n,)``; 0 excludes a pair.
     min_pairs : int
@@ -88,7 +111,7 @@ def robust_fit(
     Returns
     -------
     A : np.ndarray
-        The 2x2 matrix.
+        The 2 x k matrix.
     inliers : np.ndarray of bool
         Pairs with non-zero final weight.
     scale : float
@@ -147,11 +170,13 @@ def infer_grid(pairs: Sequence[Mapping]) -> tuple[int, int] | None:
     return int(nx), int(ny)
 
 
-def _centred_positions(pairs: Sequence[Mapping], grid: tuple[int, int], A0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Solved tile positions and indices of one slice, each connected group centred on its mean."""
+def _centred_positions(pairs: Sequence[Mapping], grid: tuple[int, int],
+                       M0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solved tile positions of one slice against ``[i, j, i mod 2]``, each connected group centred."""
     nx, ny = grid
     index = grid_indices(nx, ny)
-    positions, _ = registration_positions(pairs, nx, ny, index @ A0.T, max_deviation_px=np.inf)
+    design = np.column_stack([index, index[:, 0] % 2])
+    positions, _ = registration_positions(pairs, nx, ny, design[:, :M0.shape[1]] @ M0.T, max_deviation_px=np.inf)
     t1 = [p["tile"][0] * ny + p["tile"][1] for p in pairs]
     t2 = [(p["tile"][0] + p["row_delta"]) * ny + p["tile"][1] + p["col_delta"] for p in pairs]
     graph = sparse.coo_matrix((np.ones(len(pairs)), (t1, t2)), shape=(nx * ny, nx * ny))
@@ -159,44 +184,104 @@ def _centred_positions(pairs: Sequence[Mapping], grid: tuple[int, int], A0: np.n
     X, Y = [], []
     for label in np.unique(labels[t1 + t2]):
         members = labels == label
-        X.append(index[members] - index[members].mean(axis=0))
+        X.append(design[members] - design[members].mean(axis=0))
         Y.append(positions[members] - positions[members].mean(axis=0))
     return np.concatenate(X), np.concatenate(Y)
 
 
+def backlash_test(X: np.ndarray, Y: np.ndarray, n_groups: int) -> dict:
+    """F-test of the backlash column: do the positions need ``b``, beyond ``A`` and the group offsets?
+
+    Parameters
+    ----------
+    X : np.ndarray
+        ``(n, 3)`` centred ``[i, j, i mod 2]`` of the inlier tiles.
+    Y : np.ndarray
+        ``(n, 2)`` their centred positions.
+    n_groups : int
+        Connected groups (one offset each, removed by the centring).
+
+    Returns
+    -------
+    dict
+        ``backlash_px`` (least-squares b), ``f_statistic``, ``p_value``, ``rss_with_px2``,
+        ``rss_without_px2`` and ``dof``.
+    """
+    with_term = np.linalg.lstsq(X, Y, rcond=None)[0]
+    without = np.linalg.lstsq(X[:, :2], Y, rcond=None)[0]
+    rss1 = float(np.sum((Y - X @ with_term) ** 2))
+    rss0 = float(np.sum((Y - X[:, :2] @ without) ** 2))
+    dof = max(2 * (len(X) - 3 - n_groups), 1)
+    variance = max(rss1 / dof, BACKLASH_SCALE_FLOOR_PX**2)
+    f = max(rss0 - rss1, 0.0) / 2 / variance
+    return {"backlash_px": with_term[2].tolist(), "f_statistic": f, "p_value": float(stats.f.sf(f, 2, dof)),
+            "rss_with_px2": rss1, "rss_without_px2": rss0, "dof": dof}
+
+
 def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[int, int]]],
-                        A0: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Second stage: fit A to the tile positions solved from each slice's inlier pairs.
+                        M0: np.ndarray, backlash: str = "auto") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Second stage: fit A (and the backlash b) to the tile positions solved from each slice's inlier pairs.
 
     Parameters
     ----------
     pairs_by_grid : sequence of (pairs, (nx, ny))
         Each slice's inlier pairs (with ``tile``) and grid size.
-    A0 : np.ndarray
-        The pair-stage matrix (anchors each slice's solve and starts the fit).
+    M0 : np.ndarray
+        The pair-stage model, 2x2 (A) or 2x3 ([A | b]): anchors each slice's solve.
+    backlash : {"auto", "on", "off"}
+        Keep b when the F-test finds it (:func:`backlash_test`), always (when the grid has 3 rows
+        or more), or never.
 
     Returns
     -------
     A : np.ndarray
         The refined 2x2 matrix.
+    b : np.ndarray
+        The backlash vector (zero when left out).
     diagnostics : dict
-        ``n_tiles`` used, ``n_tile_outliers`` and ``tile_residual_rms_px``.
+        ``n_tiles`` used, ``n_tile_outliers``, ``tile_residual_rms_px`` and ``backlash``
+        (``mode``, ``detected`` and the test's figures).
     """
-    blocks = [_centred_positions(pairs, grid, A0) for pairs, grid in pairs_by_grid if pairs]
+    blocks = [_centred_positions(pairs, grid, M0) for pairs, grid in pairs_by_grid if pairs]
     X = np.concatenate([x for x, _ in blocks])
     Y = np.concatenate([y for _, y in blocks])
-    A, inliers, _ = robust_fit(X, Y, np.ones(len(X)), min_pairs=0)
-    residuals = np.linalg.norm(Y - X @ A.T, axis=1)[inliers]
-    return A, {"n_tiles": len(X), "n_tile_outliers": int(len(X) - inliers.sum()),
-               "tile_residual_rms_px": float(np.sqrt(np.mean(residuals**2)))}
+    identifiable = backlash != "off" and bool(np.any(np.abs(X[:, 2]) > 1e-9))
+    columns = 3 if identifiable else 2
+    M, inliers, _ = robust_fit(X[:, :columns], Y, np.ones(len(X)), min_pairs=0)
+    report: dict = {"mode": backlash, "identifiable": identifiable, "detected": False}
+    if identifiable:
+        report.update(backlash_test(X[inliers], Y[inliers], len(blocks)))
+        report["detected"] = backlash == "on" or report["p_value"] < BACKLASH_P_VALUE
+        if not report["detected"]:
+            M, inliers, _ = robust_fit(X[:, :2], Y, np.ones(len(X)), min_pairs=0)
+    b = M[:, 2] if M.shape[1] == 3 else np.zeros(2)
+    residuals = np.linalg.norm(Y - X[:, :M.shape[1]] @ M.T, axis=1)[inliers]
+    report["vector_px"] = b.tolist()
+    return M[:, :2], b, {"n_tiles": len(X), "n_tile_outliers": int(len(X) - inliers.sum()),
+                         "tile_residual_rms_px": float(np.sqrt(np.mean(residuals**2))), "backlash": report}
+
+
+def _pair_stage(pairs: Sequence[Mapping], backlash: str, min_pairs: int, label: str):
+    """Robust pair fit, with the backlash column when it may be needed and can be estimated.
+
+    Returns the design ``X``, displacements ``Y``, the model ``M`` (2x2 or 2x3), inliers and scale.
+    """
+    X, Y, w = pair_arrays(pairs)
+    parity = parity_steps(pairs)
+    if backlash != "off" and backlash_identifiable(X, parity, w):
+        X = np.column_stack([X, parity])
+    M, inliers, scale = robust_fit(X, Y, w, min_pairs=min_pairs, label=label)
+    return X, Y, M, inliers, scale
 
 
 def fit_pairs(pairs: Sequence[Mapping], tile_shape: Sequence[int], overlap_fraction: float, *,
-              min_pairs: int = 3, label: str = "", grid: tuple[int, int] | None = None) -> tuple[np.ndarray, dict]:
+              min_pairs: int = 3, label: str = "", grid: tuple[int, int] | None = None,
+              backlash: str = "auto") -> tuple[np.ndarray, dict]:
     """Fit the motor matrix to one list of pairs and describe the fit.
 
-    Pairs that carry their ``tile`` (as measured here) get the position stage (module docstring);
-    bare pairs (``row_delta``, ``col_delta``, ``measured_dy``, ``measured_dx`` only) the pair stage.
+    Pairs that carry their ``tile`` (as measured here) get the position stage and the backlash
+    term (module docstring); bare pairs (``row_delta``, ``col_delta``, ``measured_dy``,
+    ``measured_dx`` only) the pair stage, without backlash.
 
     Returns
     -------
@@ -204,21 +289,28 @@ def fit_pairs(pairs: Sequence[Mapping], tile_shape: Sequence[int], overlap_fract
         The 2x2 matrix A.
     diagnostics : dict
         :func:`describe_transform` keys plus pair counts, inlier/outlier counts, residual RMS
-        and max over inlier pairs (px), the robust scale and ``position_stage`` (or None).
+        and max over inlier pairs (px), the robust scale, ``position_stage`` (or None) and
+        ``backlash`` (``vector_px``, ``detected`` and the model-selection test).
     """
-    X, Y, w = pair_arrays(pairs)
-    A, inliers, scale = robust_fit(X, Y, w, min_pairs=min_pairs, label=label)
+    if backlash not in BACKLASH_MODES:
+        raise ValueError(f"unknown backlash mode {backlash!r}; use one of {BACKLASH_MODES}")
+    X, Y, M, inliers, scale = _pair_stage(pairs, backlash, min_pairs, label)
     grid = grid or infer_grid(pairs)
     stage = None
     if grid is not None:
-        A, stage = refine_on_positions([([p for p, keep in zip(pairs, inliers) if keep], grid)], A)
-    return A, _diagnostics(A, X, Y, inliers, scale, tile_shape, overlap_fraction, stage)
+        A, b, stage = refine_on_positions([([p for p, keep in zip(pairs, inliers) if keep], grid)], M, backlash)
+        M = np.column_stack([A, b])[:, :X.shape[1]]
+    return M[:, :2], _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage)
 
 
-def _diagnostics(A, X, Y, inliers, scale, tile_shape, overlap_fraction, stage) -> dict:
-    residuals = np.linalg.norm(Y - X @ A.T, axis=1)
+def _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage) -> dict:
+    residuals = np.linalg.norm(Y - X @ M.T, axis=1)
+    b = M[:, 2] if M.shape[1] == 3 else np.zeros(2)
+    if stage is not None:
+        b = np.asarray(stage["backlash"]["vector_px"])
     return {
-        **describe_transform(A, tile_shape, overlap_fraction),
+        **describe_transform(M[:, :2], tile_shape, overlap_fraction),
+        "backlash_px": b.tolist(),
         "n_pairs": len(X),
         "n_inliers": int(inliers.sum()),
         "n_outliers": int(len(X) - inliers.sum()),
@@ -254,6 +346,7 @@ def fit_pooled(
     seed: int = 0,
     drift_tolerance_px: float = 1.0,
     min_pairs: int = 3,
+    backlash: str = "auto",
 ) -> tuple[np.ndarray, dict]:
     """Fit one motor matrix to the pairs of all slices, and each slice's own beside it.
 
@@ -276,13 +369,16 @@ def fit_pooled(
         model's position is flagged as drifting.
     min_pairs : int
         Usable pairs needed along each direction.
+    backlash : {"auto", "on", "off"}
+        The serpentine backlash term (module docstring): kept when the data need it, always, or never.
 
     Returns
     -------
     transform : np.ndarray
         The pooled 2x2 matrix.
     diagnostics : dict
-        The pooled fit's diagnostics, ``n_pooled_pairs``, ``n_fitted_pairs``, and
+        The pooled fit's diagnostics (``backlash_px`` and ``position_stage.backlash``: the
+        term and its test), ``n_pooled_pairs``, ``n_fitted_pairs``, and
         ``per_slice``: each slice's pair counts, its own fit (or the reason there is none),
         ``drift_px`` and ``drift_flag``.
 
@@ -293,22 +389,24 @@ def fit_pooled(
     """
     order = sorted(pairs_by_slice)
     pooled = [(slice_id, p) for slice_id in order for p in pairs_by_slice[slice_id]]
+    if backlash not in BACKLASH_MODES:
+        raise ValueError(f"unknown backlash mode {backlash!r}; use one of {BACKLASH_MODES}")
     fitted = subsample(pooled, n_samples, seed)
-    X, Y, w = pair_arrays([p for _, p in fitted])
     try:
-        A, inliers, scale = robust_fit(X, Y, w, min_pairs=min_pairs, label="pooled: ")
+        X, Y, M, inliers, scale = _pair_stage([p for _, p in fitted], backlash, min_pairs, "pooled: ")
     except FitError as exc:
         empty = [s for s in order if not pairs_by_slice[s]]
         raise FitError(f"{exc}; slices with no usable pair: {empty or 'none'}") from None
     kept = [[p for (s, p), keep in zip(fitted, inliers) if keep and s == slice_id] for slice_id in order]
-    A, stage = refine_on_positions(list(zip(kept, [tuple(grids[s]) for s in order])), A)
-    diagnostics = _diagnostics(A, X, Y, inliers, scale, tile_shape, overlap_fraction, stage)
+    A, b, stage = refine_on_positions(list(zip(kept, [tuple(grids[s]) for s in order])), M, backlash)
+    M = np.column_stack([A, b])[:, :X.shape[1]]
+    diagnostics = _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage)
     per_slice = {}
     for slice_id in sorted(pairs_by_slice):
         entry: dict = {"n_pairs": len(pairs_by_slice[slice_id])}
         try:
             A_s, diag_s = fit_pairs(pairs_by_slice[slice_id], tile_shape, overlap_fraction, min_pairs=min_pairs,
-                                    grid=tuple(grids[slice_id]))
+                                    grid=tuple(grids[slice_id]), backlash=backlash)
         except FitError as exc:
             entry.update(transform=None, fit=None, fit_error=str(exc), drift_px=None, drift_flag=True)
         else:
@@ -321,4 +419,4 @@ def fit_pooled(
         drift_tolerance_px=drift_tolerance_px, per_slice=per_slice,
         drifting_slices=[int(s) for s, e in per_slice.items() if e["drift_flag"]],
     )
-    return A, diagnostics
+    return M[:, :2], diagnostics

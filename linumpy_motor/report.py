@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from . import plots
 from .errors import InputError
-from .fit import RAYLEIGH_MEDIAN, TUKEY_C, describe_transform, pair_arrays
+from .fit import RAYLEIGH_MEDIAN, TUKEY_C, describe_transform, pair_arrays, parity_steps
 from .io import as_float, atomic_output, multiscale_entry, slice_id_from_name
 from .schemas import FiniteFloat, PairsFile, TransformFile, load
 
@@ -136,8 +136,8 @@ def slice_status(evidence: SliceEvidence) -> tuple[str, list[str]]:
     return ("failed" if failed else "check" if check else "ok"), failed + check
 
 
-def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray,
-                   scale_px: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray, scale_px: float | None = None,
+                   backlash: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Residuals of pairs against a motor model and the pairs beyond its Tukey cutoff.
 
     Parameters
@@ -149,6 +149,8 @@ def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray,
     scale_px : float or None
         Robust residual scale of the fit (``robust_scale_px`` of its diagnostics); ``None``:
         recomputed from these residuals with :func:`linumpy_motor.fit.robust_fit`'s rule.
+    backlash : sequence of float or None
+        The model's backlash vector (odd tile rows' offset), part of the model's displacements.
 
     Returns
     -------
@@ -161,6 +163,8 @@ def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray,
     """
     X, Y, w = pair_arrays(pairs)
     residuals = Y - X @ np.asarray(transform, dtype=float).T
+    if backlash is not None:
+        residuals -= parity_steps(pairs)[:, None] * np.asarray(backlash, dtype=float)
     lengths = np.linalg.norm(residuals, axis=1)
     if scale_px is None:
         usable = lengths[w > 0]
@@ -387,7 +391,8 @@ def _build(folder: Path, inputs: _Inputs, title: str) -> str:
     ids = sorted(set(inputs.pairs) | set(inputs.compare) | set(inputs.stitched)) or sorted(inputs.per_slice)
     pair_lists = {s: [p.model_dump() for p in inputs.pairs[s].pairs] for s in sorted(inputs.pairs)}
     pooled = [p for pairs in pair_lists.values() for p in pairs]
-    residuals, outliers, cutoff = pair_residuals(pooled, A, diagnostics.get("robust_scale_px"))
+    residuals, outliers, cutoff = pair_residuals(pooled, A, diagnostics.get("robust_scale_px"),
+                                                 inputs.transform.backlash)
     bounds = np.cumsum([0] + [len(pairs) for pairs in pair_lists.values()])
     parts = {s: slice(bounds[k], bounds[k + 1]) for k, s in enumerate(pair_lists)}
     model_png = histogram_png = None
@@ -470,7 +475,7 @@ def _thumbnail(folder: Path, slice_id: int, store: Path | None, pairs_file: Pair
     try:
         if {"transform", "grid", "tile_shape"} <= set(meta):
             stitched_A = np.asarray(meta["transform"], dtype=float).reshape(2, 2)
-            outlines = plots.tile_outlines(*meta["grid"], meta["tile_shape"][-2:], stitched_A)
+            outlines = plots.tile_outlines(*meta["grid"], meta["tile_shape"][-2:], stitched_A, meta.get("positions"))
             if not np.allclose(stitched_A, A, rtol=0, atol=1e-6):
                 problem = "stitched with another motor model than this report's motor_transform.json"
     except (TypeError, ValueError):

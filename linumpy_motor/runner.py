@@ -39,12 +39,16 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     overlap: float = Field(0.2, gt=0, lt=0.5)
     z: int | None = Field(None, ge=0)
+    plane: Literal["auto", "central", "mean"] = "auto"
+    background_test: bool = True
     max_shift: float | None = Field(None, gt=0)
     histogram_match: bool = False
     max_empty_fraction: float | None = Field(None, ge=0, le=1)
     n_samples: int | None = Field(None, gt=0)
     seed: int = 0
     drift_tolerance: float = Field(1.0, gt=0)
+    backlash: Literal["auto", "on", "off"] = "auto"
+    placement: Literal["model", "registered"] = "model"
     blending: Literal["none", "average", "feather", "diffusion"] = "feather"
     flatfield: str = "estimate"
     ngff_version: Literal["0.4", "0.5"] = "0.5"
@@ -206,6 +210,9 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
             raise InputError(grid.path, f"tile shape {grid.tile_shape} differs from {first.tile_shape} of {first.path}")
     if options.flatfield not in ("estimate", "none"):
         resolve_flatfield(first, options.flatfield)
+    if options.placement == "registered" and options.transform is not None:
+        raise InputError(options.transform, "placement 'registered' needs measured pairs; it cannot be used with "
+                                            "a given transform")
     _check_outdir(outdir, slices, source)
     created = _topmost_missing(outdir)
     (outdir / STATE_DIR).mkdir(parents=True, exist_ok=True)
@@ -214,7 +221,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
         with FileLock(outdir / STATE_DIR / "lock", timeout=0):
             _remove_stale_temporaries(outdir)
             stamps = Stamps(outdir)
-            return _run_locked(slices, outdir, options, progress, stamps)
+            return _run_locked(slices, grids, outdir, options, progress, stamps)
     except Timeout:
         raise InputError(outdir, "another linumpy-motor run is writing to this folder") from None
     except BaseException:
@@ -223,24 +230,30 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
         raise
 
 
-def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOptions, progress: bool,
+def _run_locked(slices: list[tuple[int, Path]], grids: dict, outdir: Path, options: RunOptions, progress: bool,
                 stamps: Stamps) -> dict:
     from .report import write_report
     from .stitch import stitch_slice
 
     fingerprints = {slice_id: store_fingerprint(path) for slice_id, path in slices}
+    flatfield = options.flatfield
+    flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
     ran: dict[str, int] = {}
     pairs = {slice_id: outdir / "pairs" / f"{prefix(slice_id)}_pairs.json" for slice_id, _ in slices}
     transform = outdir / "motor_transform.json"
     if options.transform is None:
-        measure = dict(overlap=options.overlap, z=options.z, max_shift_px=options.max_shift,
+        measure = dict(overlap=options.overlap, z=options.z, plane=options.plane,
+                       background_test=options.background_test, max_shift_px=options.max_shift,
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
         ran["measure"] = _run_jobs([
-            (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, **measure), steps.measure_pairs,
-             dict(source=path, output=pairs[sid], slice_id=sid, use_gpu=options.use_gpu, **measure))
+            (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
+                                  **measure), steps.measure_pairs,
+             dict(source=path, output=pairs[sid], slice_id=sid, flatfield=options.flatfield, use_gpu=options.use_gpu,
+                  **measure))
             for sid, path in slices
         ], stamps, options.workers, "measure", progress)
-        fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance)
+        fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance,
+                   backlash=options.backlash)
         key = step_key(step="fit", pairs=[file_digest(pairs[sid]) for sid, _ in slices], **fit)
         ran["fit"] = _run_jobs([(transform, key, steps.fit_affine,
                                  dict(pairs_files=[pairs[sid] for sid, _ in slices], output=transform, **fit))],
@@ -251,13 +264,16 @@ def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOption
                                  dict(source=options.transform, output=transform))], stamps, 1, "transform", progress)
     transform_digest = file_digest(transform)
     stitched = {sid: outdir / "stitched" / f"{prefix(sid)}_stitch_3d.ome.zarr" for sid, _ in slices}
-    flatfield = options.flatfield
-    flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
     stitch = dict(blending=options.blending, ngff_version=options.ngff_version)
+    registered = options.placement == "registered"
     ran["stitch"] = _run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
-                                 flatfield=flatfield_id, **stitch),
+                                 flatfield=flatfield_id, placement=options.placement,
+                                 pairs=file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=steps.read_transform(transform),
+                            positions=steps.tile_positions(transform, (grids[sid].nx, grids[sid].ny),
+                                                           placement=options.placement,
+                                                           pairs_file=pairs[sid] if registered else None),
                             flatfield=flatfield, use_gpu=options.use_gpu, **stitch))
         for sid, path in slices
     ], stamps, options.workers, "stitch", progress)

@@ -93,10 +93,10 @@ class _Canvas:
     spares most of zarr's per-call cost; blocks going down a column use the run's tiles soon after.
     """
 
-    def __init__(self, grid: MosaicGrid, transform: np.ndarray, weights: np.ndarray, flat: np.ndarray | None,
+    def __init__(self, grid: MosaicGrid, positions: np.ndarray, weights: np.ndarray, flat: np.ndarray | None,
                  overwrite: bool, xp) -> None:
         self.grid = grid
-        positions = geometry.affine_positions(grid.nx, grid.ny, transform)
+        positions = positions - positions.min(axis=0)
         self.origins = np.floor(positions).astype(np.int64)
         self.fractions = positions - self.origins
         self.overwrite = overwrite
@@ -325,6 +325,7 @@ def stitch_slice(
     progress: bool = False,
     pyramid_top_px: int = 512,
     workers: int | None = None,
+    positions: np.ndarray | None = None,
 ) -> dict:
     """Stitch one slice's mosaic grid into an OME-Zarr image with a multiscale pyramid.
 
@@ -356,6 +357,10 @@ def stitch_slice(
         Halve Y and X until the smallest level fits in this many pixels.
     workers : int, optional
         Threads (default: the usable cores, at most ``MAX_WORKERS``).
+    positions : np.ndarray, optional
+        ``(nx * ny, 2)`` top-left of each tile (row-major, any origin) overriding ``A @ [i, j]``:
+        the model with its backlash term, or with each tile's registered residual
+        (:func:`linumpy_motor.steps.tile_positions`). ``transform`` still sizes the overlaps.
 
     Returns
     -------
@@ -388,17 +393,23 @@ def stitch_slice(
         raise ValueError(f"z_chunk must be >= 1, got {zc}")
     zc = min(zc, nz)
     xp, _, backend = get_backend(use_gpu)
-    shapes = pyramid.level_shapes(geometry.output_shape(grid.nx, grid.ny, grid.tile_shape, A), pyramid_top_px)
+    if positions is None:
+        positions = geometry.model_positions(grid.nx, grid.ny, A)
+    positions = np.asarray(positions, dtype=float)
+    if positions.shape != (grid.nx * grid.ny, 2) or not np.isfinite(positions).all():
+        raise InputError(None, f"positions must be finite, one (row, col) per tile ({grid.nx * grid.ny}), "
+                               f"got shape {positions.shape}")
+    shapes = pyramid.level_shapes(geometry.extent_shape(positions, grid.tile_shape), pyramid_top_px)
     block = (zc, block_px, block_px)
     with atomic_output(output) as tmp:
         flat, flat_description = resolve_flatfield(grid, flatfield)
-        canvas = _Canvas(grid, A, weight_map((h, w), blending, overlap_px(A, (h, w))), flat, blending == "none", xp)
+        canvas = _Canvas(grid, positions, weight_map((h, w), blending, overlap_px(A, (h, w))), flat, blending == "none", xp)
         group = ngff.create_group(tmp, ngff_version)
         _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", workers=workers or _workers(),
                        progress=progress, label=output.name)
         metadata = {
             "stage": "stitch", "version": __version__, "source": str(grid.path), "transform": A.tolist(),
-            "canvas_origin": (geometry.grid_indices(grid.nx, grid.ny) @ A.T).min(axis=0).tolist(),
+            "canvas_origin": positions.min(axis=0).tolist(), "positions": positions.tolist(),
             "blending": blending, "flatfield": flat_description, "interpolation": "linear", "dtype": "float32",
             "tile_shape": [nz, h, w], "grid": [grid.nx, grid.ny], "backend": backend,
         }
