@@ -229,7 +229,7 @@ def background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], *
     options
         Passed to :func:`~linumpy_motor.correlation.measure_shifts`.
     """
-    peak = np.array([r.peak for r in measure_shifts(a, b, bound, **options)])
+    peak = np.array([r.peak for r in measure_shifts(a, b, bound, subpixel=False, **options)])
     median = float(np.median(peak))
     return median + BACKGROUND_MADS * 1.4826 * float(np.median(np.abs(peak - median)))
 
