@@ -310,9 +310,9 @@ def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[i
     info = np.concatenate([i for _, _, i, _ in blocks])
     groups = np.concatenate([labels + 100_000 * k for k, (_, _, _, labels) in enumerate(blocks)])
     n_groups = len(np.unique(groups))
-    identifiable = backlash != "off" and bool(np.ptp(X[:, 2]) > 0)
-    columns = 3 if identifiable else 2
     Xc, Yc = _centred(X, Y, groups, np.ones(len(X)))
+    identifiable = backlash != "off" and np.linalg.matrix_rank(Xc, tol=1e-6) == 3  # 3 rows or more
+    columns = 3 if identifiable else 2
     M, inliers, _ = robust_fit(Xc[:, :columns], Yc, np.ones(len(X)), min_pairs=0)
     variance_model = error_model((Yc - Xc[:, :columns] @ M.T)[inliers], info[inliers])
     precision = model_precision(variance_model, info)
