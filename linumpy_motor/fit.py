@@ -311,7 +311,7 @@ def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[i
     groups = np.concatenate([labels + 100_000 * k for k, (_, _, _, labels) in enumerate(blocks)])
     n_groups = len(np.unique(groups))
     Xc, Yc = _centred(X, Y, groups, np.ones(len(X)))
-    identifiable = backlash != "off" and np.linalg.matrix_rank(Xc, tol=1e-6) == 3  # 3 rows or more
+    identifiable = backlash != "off" and bool(np.linalg.matrix_rank(Xc, tol=1e-6) == 3)  # 3 rows or more
     columns = 3 if identifiable else 2
     M, inliers, _ = robust_fit(Xc[:, :columns], Yc, np.ones(len(X)), min_pairs=0)
     variance_model = error_model((Yc - Xc[:, :columns] @ M.T)[inliers], info[inliers])
@@ -321,7 +321,7 @@ def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[i
     report: dict = {"mode": backlash, "identifiable": identifiable, "detected": False}
     if identifiable:
         report.update(backlash_test(Xc[inliers], Yc[inliers], n_groups, precision[inliers]))
-        report["detected"] = backlash == "on" or report["p_value"] < BACKLASH_P_VALUE
+        report["detected"] = bool(backlash == "on" or report["p_value"] < BACKLASH_P_VALUE)
         if not report["detected"]:
             M, inliers, _ = robust_fit(Xc[:, :2], Yc, precision, min_pairs=0)
     X, Y = Xc, Yc
