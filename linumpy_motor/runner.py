@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +28,7 @@ from typing import Literal
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as std_tqdm
 
 from . import __version__, outputs, steps
 from .errors import InputError
@@ -76,10 +79,14 @@ def store_fingerprint(path: Path) -> str:
             folders[:] = []
             continue
         seen.add(real)
-        for name in sorted(files):
+        for name in sorted(folders + files):
             full = os.path.join(root, name)
-            stat = os.stat(full)
-            entries.append((os.path.relpath(full, path), os.path.realpath(full), stat.st_size, stat.st_mtime_ns))
+            rel = os.path.relpath(full, path)
+            if os.path.islink(full):
+                entries.append((rel, "link", os.readlink(full), 0))
+            if name in files:
+                stat = os.stat(full)
+                entries.append((rel, "file", stat.st_size, stat.st_mtime_ns))
     return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
 
 
@@ -144,7 +151,8 @@ def _clean(stamps: Stamps, planned: list[Path]) -> None:
     """Under the lock, before any step: remove what killed runs left under this process pattern's
     temporary names for this run's or earlier runs' outputs, and the earlier outputs this run will not
     make (a slice no longer in the input; compare and report after a run with ``--transform``), so
-    none of them looks current. Each is removed only when it carries this program's marker."""
+    none of them looks current. Each is removed only when it carries this program's marker; a planned
+    output's path holding anything else is refused."""
     earlier = stamps.stamped()
     for output in {*planned, *earlier}:
         outputs.remove_temporaries(output.parent, [output.name])
@@ -153,6 +161,8 @@ def _clean(stamps: Stamps, planned: list[Path]) -> None:
         if outputs.is_ours(output):
             outputs.remove_path(output)
         stamps.invalidate(output)
+    for output in planned:  # before any work: a user's file or folder in the way is never replaced
+        outputs.check_replaceable(output)
 
 
 def _check_outdir(outdir: Path, inputs: list[Path]) -> None:
@@ -165,19 +175,21 @@ def _check_outdir(outdir: Path, inputs: list[Path]) -> None:
 
 
 _STARTED = None
-"""In a worker process: the queue it reports each job's start on (see :func:`_init_worker`)."""
+"""In a worker process: the pipe it reports each job's start on (see :func:`_init_worker`)."""
 
 
 def _init_worker(started) -> None:
     """Set up a worker: Ctrl-C is left to the main process (it stops the workers: one message, no
-    tracebacks), and each job's start is reported on ``started`` as ``(pid, label)``."""
+    tracebacks; a stopped worker holds no semaphore), and each job's start is reported on the pipe ``started`` as ``(pid, label)`` (one
+    short message per write: writes from several workers do not interleave)."""
     global _STARTED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    std_tqdm.set_lock(threading.RLock())  # for every bar class: tqdm's default is a semaphore a stopped worker leaks
     _STARTED = started
 
 
 def _call_in_worker(label: str, function: Callable, kwargs: dict):
-    _STARTED.put((os.getpid(), label))
+    _STARTED.send((os.getpid(), label))
     return function(**kwargs)
 
 
@@ -190,12 +202,17 @@ def _lost_worker(pool: ProcessPoolExecutor, started, futures: dict) -> InputErro
     """The error for a worker process that died (e.g. killed by the out-of-memory killer), naming its slice."""
     processes = dict(pool._processes or {})  # the executor keeps no public record of how a worker ended
     labels = {}
-    while not started.empty():
-        pid, label = started.get()
+    while started.poll():
+        pid, label = started.recv()
         labels[pid] = label
-    codes = {pid: process.exitcode for pid, process in processes.items()}
-    dead = [(labels[pid], code) for pid, code in codes.items()
-            if pid in labels and code is not None and code < 0 and code != -signal.SIGTERM]
+    deadline = time.monotonic() + 2  # a killed process's pipes close a moment before it can be reaped
+    while True:
+        codes = {pid: process.exitcode for pid, process in processes.items()}
+        dead = [(labels[pid], code) for pid, code in codes.items()
+                if pid in labels and code is not None and code < 0 and code != -signal.SIGTERM]
+        if dead or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     if not dead:  # how it ended is unknown: name every job that started and did not finish
         unfinished = {label for future, (_, _, label) in futures.items() if not future.done() or future.exception()}
         dead = [(label, None) for label in sorted(set(labels.values()) & unfinished)] or [("a slice", None)]
@@ -218,9 +235,9 @@ def _stop_workers(pool: ProcessPoolExecutor, todo: list) -> None:
 
 def _run_parallel(todo: list, stamps: Stamps, workers: int, bar: tqdm) -> None:
     context = get_context("spawn")
-    started = context.SimpleQueue()
+    started, report = context.Pipe(duplex=False)  # no semaphore: nothing to leak when the run is stopped
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
-                               initargs=(started,))
+                               initargs=(report,))
     try:
         futures = {pool.submit(_call_in_worker, _job_label(output, kwargs), function, kwargs):
                    (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
@@ -234,6 +251,9 @@ def _run_parallel(todo: list, stamps: Stamps, workers: int, bar: tqdm) -> None:
     except BaseException:
         _stop_workers(pool, todo)
         raise
+    finally:
+        started.close()
+        report.close()
     pool.shutdown(wait=True)
 
 
