@@ -320,13 +320,16 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
         resolve_flatfield(first, options.flatfield)
         inputs.append(Path(options.flatfield))
     _check_outdir(outdir, inputs)
+    paths = output_paths(outdir, [slice_id for slice_id, _ in slices], measured=options.transform is None)
+    for output in planned_outputs(paths):  # checked again under the lock; here so a refusal writes nothing
+        outputs.check_replaceable(output)
     created = outputs.make_folders(outdir / STATE_DIR)
     stamps = None
     try:
         with FileLock(outdir / STATE_DIR / "lock", timeout=0):
             try:
                 stamps = Stamps(outdir, created)
-                return _run_locked(slices, outdir, options, progress, stamps)
+                return _run_locked(slices, paths, options, progress, stamps)
             except BaseException:
                 if outdir / STATE_DIR in created and not (stamps and stamps.recorded):
                     (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
@@ -349,20 +352,37 @@ def _check_given_transform(path: Path, grids) -> None:
             raise InputError(path, exc.problem) from None
 
 
-def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOptions, progress: bool,
+def output_paths(outdir: Path, slice_ids: list[int], measured: bool) -> dict:
+    """Where a run writes: ``transform``, ``stitched`` and, when it measures, ``pairs``, ``compare``
+    (per slice id) and ``report``."""
+    paths = {"outdir": outdir, "transform": outdir / "motor_transform.json",
+             "stitched": {sid: outdir / "stitched" / f"{prefix(sid)}_stitch_3d.ome.zarr" for sid in slice_ids}}
+    if measured:
+        paths.update(pairs={sid: outdir / "pairs" / f"{prefix(sid)}_pairs.json" for sid in slice_ids},
+                     compare={sid: outdir / "compare" / f"{prefix(sid)}_compare.json" for sid in slice_ids},
+                     report=outdir / "report")
+    return paths
+
+
+def planned_outputs(paths: dict) -> list[Path]:
+    """Every output of :func:`output_paths`, as a flat list."""
+    found = []
+    for name, value in paths.items():
+        if name != "outdir":
+            found += list(value.values()) if isinstance(value, dict) else [value]
+    return found
+
+
+def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions, progress: bool,
                 stamps: Stamps) -> dict:
     from .report import write_report
     from .stitch import stitch_slice
 
+    _clean(stamps, planned_outputs(paths))
     fingerprints = {slice_id: store_fingerprint(path) for slice_id, path in slices}
     ran: dict[str, int] = {}
-    pairs = {slice_id: outdir / "pairs" / f"{prefix(slice_id)}_pairs.json" for slice_id, _ in slices}
-    transform = outdir / "motor_transform.json"
-    stitched = {sid: outdir / "stitched" / f"{prefix(sid)}_stitch_3d.ome.zarr" for sid, _ in slices}
-    compare = {sid: outdir / "compare" / f"{prefix(sid)}_compare.json" for sid, _ in slices}
-    report_dir = outdir / "report"
-    measured = [*pairs.values(), *compare.values(), report_dir] if options.transform is None else []
-    _clean(stamps, [transform, *stitched.values(), *measured])
+    outdir, transform, stitched = paths["outdir"], paths["transform"], paths["stitched"]
+    pairs, compare, report_dir = paths.get("pairs"), paths.get("compare"), paths.get("report")
     if options.transform is None:
         measure = dict(overlap=options.overlap, z=options.z, max_shift_px=options.max_shift,
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
