@@ -389,6 +389,14 @@ def run_samplesheet_negative_slice_id(f: Path, c: Context) -> Invocation:
                       f / "out")
 
 
+@case
+def run_samplesheet_one_store_twice(f: Path, c: Context) -> Invocation:
+    store = c.dataset / "mosaic_grid_3d_z00.ome.zarr"
+    (f / "sheet.csv").write_text(f"slice_id,path\n0,{store}\n1,{store}\n")
+    return Invocation(cli_run(f / "sheet.csv", f / "out"), RUN, f / "sheet.csv",
+                      ("line 3:", "is already listed as slice 0"), f / "out")
+
+
 # bin/linum_motor_measure_pairs.py
 @case
 def measure_missing_slice(f: Path, c: Context) -> Invocation:
