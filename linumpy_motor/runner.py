@@ -148,15 +148,18 @@ class Stamps:
 
 
 def _clean(stamps: Stamps, planned: list[Path]) -> None:
-    """Under the lock, before any step: remove what killed runs left under this process pattern's
-    temporary names for this run's or earlier runs' outputs, and the earlier outputs this run will not
-    make (a slice no longer in the input; compare and report after a run with ``--transform``), so
-    none of them looks current. Each is removed only when it carries this program's marker; a planned
-    output's path holding anything else is refused."""
+    """Under the lock, before any step: remove the temporaries killed runs left for this run's or
+    earlier runs' outputs (exact ``.NAME.tmp-PID`` / ``.NAME.old-PID`` names only), and the earlier
+    outputs this run will not make (a slice no longer in the input; pairs, compare and report after a
+    run with ``--transform``), so none of them looks current. Each is removed only when it carries this
+    program's marker; a planned output's path holding anything else is refused."""
     earlier = stamps.stamped()
+    names: dict[Path, set[str]] = {}
     for output in {*planned, *earlier}:
-        outputs.remove_temporaries(output.parent, [output.name])
-        outputs.remove_temporaries(stamps.folder, [stamps.stamp_file(output).name])
+        names.setdefault(output.parent, set()).add(output.name)
+        names.setdefault(stamps.folder, set()).add(stamps.stamp_file(output).name)
+    for folder, in_folder in names.items():
+        outputs.remove_temporaries(folder, in_folder)
     for output in set(earlier) - set(planned):
         if outputs.is_ours(output):
             outputs.remove_path(output)
