@@ -183,11 +183,12 @@ _STARTED = None
 
 def _init_worker(started) -> None:
     """Set up a worker: Ctrl-C is left to the main process (it stops the workers: one message, no
-    tracebacks; a stopped worker holds no semaphore), and each job's start is reported on the pipe ``started`` as ``(pid, label)`` (one
-    short message per write: writes from several workers do not interleave)."""
+    tracebacks), progress bars lock with a thread lock (tqdm's default semaphore would leak when the
+    worker is stopped), and each job's start is reported on the pipe ``started`` as ``(pid, label)``
+    (one short message per write, so writes from several workers do not interleave)."""
     global _STARTED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    std_tqdm.set_lock(threading.RLock())  # for every bar class: tqdm's default is a semaphore a stopped worker leaks
+    std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
     _STARTED = started
 
 
