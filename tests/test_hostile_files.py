@@ -156,8 +156,8 @@ def test_a_stitched_slice_claiming_a_huge_grid_is_reported_not_drawn(finished, t
     (store / "zarr.json").write_text(json.dumps(metadata))
     tracemalloc.start()
     try:
-        write_report(tmp_path / "report", finished / "motor_transform.json", [finished / "pairs" / "slice_z00_pairs.json"],
-                     stitched=[store])
+        write_report(tmp_path / "report", finished / "motor_transform.json",
+                     [finished / "pairs" / "slice_z00_pairs.json"], stitched=[store])
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
