@@ -125,14 +125,14 @@ def check_outside(output: str | Path, *inputs: str | Path) -> None:
             raise InputError(out, f"output would hold the input {src}")
 
 
-def temporary_name(path: Path, pid: int | None = None) -> Path:
-    """The temporary sibling a process writes ``path`` under (same folder: the rename is atomic)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid() if pid is None else pid}")
+def temporary_name(path: Path) -> Path:
+    """The temporary sibling this process writes ``path`` under (same folder: the rename is atomic)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def aside_name(path: Path, pid: int | None = None) -> Path:
-    """Where a process sets an existing folder ``path`` aside while swapping in its replacement."""
-    return path.with_name(f".{path.name}.old-{os.getpid() if pid is None else pid}")
+def aside_name(path: Path) -> Path:
+    """Where this process sets an existing folder ``path`` aside while swapping in its replacement."""
+    return path.with_name(f".{path.name}.old-{os.getpid()}")
 
 
 def remove_path(path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linumpy_motor import cli, io, ngff, runner
+from linumpy_motor import cli, io, ngff, outputs, runner, steps
 from linumpy_motor.errors import InputError
 from linumpy_motor.flatfield import load_flatfield
 from linumpy_motor.report import read_thumbnail, write_report
@@ -201,6 +201,18 @@ def test_a_full_disk_names_the_file_and_the_step(dataset, tmp_path, monkeypatch,
     stitched = out / "stitched" / "slice_z00_stitch_3d.ome.zarr"
     assert capsys.readouterr().err == f"linumpy-motor: error: {stitched}: stitch step: No space left on device\n"
     assert (out / "motor_transform.json").is_file() and not temporaries(out)
+
+
+def test_a_full_disk_while_writing_a_json_names_it_and_its_step(dataset, tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(outputs.json, "dumps", no_space)
+    pairs = tmp_path / "slice_z00_pairs.json"
+    with pytest.raises(OSError) as info:
+        steps.measure_pairs(dataset / "mosaic_grid_3d_z00.ome.zarr", pairs, overlap=0.2)
+    assert (info.value.filename, info.value.strerror) == (str(pairs), "measure step: No space left on device")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- dead workers, SIGTERM and Ctrl-C ----------------------------------------------------------------
