@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -22,13 +24,14 @@ from typing import Literal
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
-from . import __version__, steps
+from . import __version__, logs, steps, summary
+from .backend import gpu_available
 from .errors import InputError
 from .flatfield import resolve_flatfield
 from .io import atomic_output, discover_slices, open_mosaic, remove_path
 
+logger = logging.getLogger(__name__)
 STATE_DIR = ".linumpy-motor"
 STEP_FOLDERS = ("pairs", "stitched", "compare")
 
@@ -51,6 +54,7 @@ class RunOptions(BaseModel):
     transform: Path | None = None
     workers: int = Field(1, ge=1)
     use_gpu: bool = False
+    z_chunk: int | None = Field(None, ge=1)
 
 
 def prefix(slice_id: int) -> str:
@@ -144,31 +148,59 @@ def _topmost_missing(path: Path) -> Path | None:
 
 def _run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, workers: int, label: str,
               progress: bool) -> int:
-    """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran."""
+    """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran.
+
+    Logs the step's start, each job's end and the step's end with timings. A job whose function
+    takes ``progress`` is given a :class:`~linumpy_motor.logs.Progress` (a bar when ``progress``
+    and the job runs in this process, else log lines).
+    """
     todo = [job for job in jobs if not stamps.done(job[0], job[1])]
     for output, *_ in todo:
         output.parent.mkdir(exist_ok=True)
-    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=label, unit="slice", disable=not progress) as bar:
-        if workers > 1 and len(todo) > 1:
-            for output, *_ in todo:
-                stamps.invalidate(output)
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(function, **kwargs): (output, key) for output, key, function, kwargs in todo}
-                try:
-                    for future in as_completed(futures):
-                        future.result()
-                        stamps.record(*futures[future])
-                        bar.update()
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-        else:
-            for output, key, function, kwargs in todo:
-                stamps.invalidate(output)
-                function(**kwargs)
-                stamps.record(output, key)
-                bar.update()
+    start = time.perf_counter()
+    resumed = f", {len(jobs) - len(todo)} done before" if len(todo) < len(jobs) else ""
+    logger.info("%s: %s to run%s", label, logs.plural(len(todo), "job"), resumed)
+    parallel = workers > 1 and len(todo) > 1
+    todo = [(output, key, function, _with_progress(function, kwargs, f"{label} {output.name}", progress and not parallel))
+            for output, key, function, kwargs in todo]
+
+    def finished(output: Path, key: str, started: float, count: int) -> None:
+        stamps.record(output, key)
+        logger.info("%s: %s done (%d/%d) in %.1f s", label, output.name, count, len(todo), time.perf_counter() - started)
+
+    if parallel:
+        for output, *_ in todo:
+            stamps.invalidate(output)
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn"),
+                                 initializer=logs.init_worker, initargs=(logs.current(),)) as pool:
+            futures = {pool.submit(function, **kwargs): (output, key) for output, key, function, kwargs in todo}
+            try:
+                for count, future in enumerate(as_completed(futures), start=1):
+                    future.result()
+                    finished(*futures[future], start, count)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    else:
+        for count, (output, key, function, kwargs) in enumerate(todo, start=1):
+            stamps.invalidate(output)
+            began = time.perf_counter()
+            function(**kwargs)
+            finished(output, key, began, count)
+    if todo:
+        logger.info("%s: finished in %.1f s", label, time.perf_counter() - start)
     return len(todo)
+
+
+PROGRESS_UNITS = {"measure_pairs": "tile row", "stitch_slice": "block"}
+"""The steps that report progress, and what they count."""
+
+
+def _with_progress(function: Callable, kwargs: dict, label: str, bars: bool) -> dict:
+    unit = PROGRESS_UNITS.get(function.__name__)
+    if unit is None:
+        return kwargs
+    return {**kwargs, "progress": logs.Progress(label, unit, bars=None if bars else False)}
 
 
 def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions(), *, progress: bool = True) -> dict:
@@ -183,12 +215,15 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
     options : RunOptions
         Run parameters.
     progress : bool
-        Show progress bars on stderr.
+        Show progress bars on stderr where the logging set-up allows them (a terminal, see
+        :mod:`linumpy_motor.logs`); otherwise progress is logged as lines. Every message is also
+        appended to ``OUTDIR/linumpy-motor.log``.
 
     Returns
     -------
     dict
-        Output paths and, per step, how many jobs ran (0 everywhere on a resumed, finished run).
+        Output paths, per step how many jobs ran (0 everywhere on a resumed, finished run), and
+        ``status``: each slice's QC status and reasons (``status.json`` of the report).
 
     Raises
     ------
@@ -214,13 +249,24 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
         with FileLock(outdir / STATE_DIR / "lock", timeout=0):
             _remove_stale_temporaries(outdir)
             stamps = Stamps(outdir)
-            return _run_locked(slices, outdir, options, progress, stamps)
+            with logs.log_file(outdir):
+                logger.info("linumpy-motor %s: %s from %s into %s", __version__, logs.plural(len(slices), "slice"),
+                            source, outdir)
+                return _run_locked(slices, outdir, _usable_gpu(options), progress, stamps)
     except Timeout:
         raise InputError(outdir, "another linumpy-motor run is writing to this folder") from None
     except BaseException:
         if created is not None and (stamps is None or not stamps.recorded):
             shutil.rmtree(created, ignore_errors=True)
         raise
+
+
+def _usable_gpu(options: RunOptions) -> RunOptions:
+    """The options with ``use_gpu`` off, said once for the whole run, when no GPU is usable."""
+    if options.use_gpu and not gpu_available():
+        logger.warning("--use-gpu: CuPy or a CUDA device is not available; using the CPU")
+        return options.model_copy(update={"use_gpu": False})
+    return options
 
 
 def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOptions, progress: bool,
@@ -253,7 +299,7 @@ def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOption
     stitched = {sid: outdir / "stitched" / f"{prefix(sid)}_stitch_3d.ome.zarr" for sid, _ in slices}
     flatfield = options.flatfield
     flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
-    stitch = dict(blending=options.blending, ngff_version=options.ngff_version)
+    stitch = dict(blending=options.blending, ngff_version=options.ngff_version, z_chunk=options.z_chunk)
     ran["stitch"] = _run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
                                  flatfield=flatfield_id, **stitch),
@@ -277,19 +323,22 @@ def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOption
             out_dir=report_dir, transform_file=transform, pairs_files=list(pairs.values()),
             compare_files=list(compare.values()), stitched=list(stitched.values())))], stamps, 1, "report", progress)
         result.update(pairs=[str(p) for p in pairs.values()], compare=[str(p) for p in compare.values()],
-                      report=str(report_dir / "report.html"))
+                      report=str(report_dir / "report.html"),
+                      status=json.loads((report_dir / "status.json").read_text()))
     result["ran"] = ran
     return result
 
 
 def describe(result: dict) -> Iterable[str]:
-    """Lines telling a user where the results are."""
+    """Lines telling a user where the results are, then every slice that is not ok and why."""
     yield f"results in {result['outdir']}:"
     yield f"  motor model   {result['transform']}"
-    yield f"  stitched      {Path(result['stitched'][0]).parent}/ ({len(result['stitched'])} slices)"
+    yield f"  stitched      {Path(result['stitched'][0]).parent}/ ({logs.plural(len(result['stitched']), 'slice')})"
     if "report" in result:
         yield f"  pairs         {Path(result['pairs'][0]).parent}/"
         yield f"  comparison    {Path(result['compare'][0]).parent}/"
         yield f"  QC report     {result['report']}"
     ran = ", ".join(f"{step} {count}" for step, count in result["ran"].items())
     yield f"jobs run (0 = resumed from a previous run): {ran}"
+    yield from summary.status_lines(result.get("status"))
+    yield from summary.overlap_warnings(result["transform"])
