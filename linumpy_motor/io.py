@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import zarr
 
 from .errors import InputError
 
+logger = logging.getLogger(__name__)
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64", "complex64", "complex128")
 
 
@@ -28,8 +31,9 @@ class MosaicGrid:
     ----------
     path : Path
         The ``*.ome.zarr`` store.
-    array : zarr.Array
-        Level 0, shape ``(Z, nx * tile_h, ny * tile_w)``.
+    array : zarr.Array or PlaneAsVolume
+        Level 0, shape ``(Z, nx * tile_h, ny * tile_w)``; a 2-D ``(Y, X)`` grid (upstream's AIP
+        ``mosaic_grid_zNN_aip.ome.zarr``) is seen as one plane, ``Z = 1``.
     tile_shape : tuple of int
         ``(Z, tile_h, tile_w)``.
     nx, ny : int
@@ -43,7 +47,7 @@ class MosaicGrid:
     """
 
     path: Path
-    array: zarr.Array
+    array: zarr.Array | PlaneAsVolume
     tile_shape: tuple[int, int, int]
     nx: int
     ny: int
@@ -63,11 +67,39 @@ def multiscale_entry(attrs: dict, path: Path) -> tuple[dict, str]:
     raise InputError(path, "not an OME-Zarr image (no 'multiscales' metadata)")
 
 
+class PlaneAsVolume:
+    """A 2-D ``(Y, X)`` array seen as a ``(1, Y, X)`` volume (indexing, ``shape``, ``chunks``, ``dtype``)."""
+
+    ndim = 3
+
+    def __init__(self, plane) -> None:
+        self.plane = plane
+        self.shape = (1, *plane.shape)
+        self.chunks = (1, *plane.chunks)
+        self.dtype = plane.dtype
+
+    def __getitem__(self, key: tuple):
+        z, rows, cols = key
+        if isinstance(z, slice):
+            if len(range(*z.indices(1))) != 1:
+                raise IndexError(f"a 2-D mosaic grid has one plane; asked for planes {z}")
+            return self.plane[rows, cols][None]
+        if z not in (0, -1):
+            raise IndexError(f"a 2-D mosaic grid has one plane; asked for plane {z}")
+        return self.plane[rows, cols]
+
+
 def _level0_scale(entry: dict) -> tuple[float, float, float]:
+    """Level 0's (z, y, x) pixel size (z = 1 for a 2-D image)."""
     for transform in entry["datasets"][0].get("coordinateTransformations", []):
         if transform.get("type") == "scale":
-            return tuple(float(s) for s in transform["scale"][-3:])
+            return tuple(float(s) for s in ([1.0, 1.0, 1.0] + list(transform["scale"]))[-3:])
     return (1.0, 1.0, 1.0)
+
+
+@cache
+def _complex_notice(path: Path, dtype: str) -> None:
+    logger.info("%s: %s data, measured and stitched as its magnitude (float32)", path, dtype)
 
 
 def open_mosaic(path: str | Path) -> MosaicGrid:
@@ -85,8 +117,13 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
     Raises
     ------
     InputError
-        Missing path, not an OME-Zarr, not 3-D, an unsupported dtype, or a shape that is not a
-        whole number of tiles.
+        Missing path, not an OME-Zarr, not 2-D or 3-D, an unsupported dtype, or a shape that is not
+        a whole number of tiles.
+
+    Notes
+    -----
+    A 2-D ``(Y, X)`` grid is opened as one plane (``Z = 1``); complex data are read as their
+    magnitude, said once per store in the log.
     """
     path = Path(path)
     if not path.exists():
@@ -109,16 +146,20 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
         raise InputError(path, f"level 0 array '{level0}' is missing") from None
     except Exception as exc:  # e.g. its zarr.json / .zarray is truncated
         raise InputError(path, f"level 0 array '{level0}' cannot be opened ({type(exc).__name__})") from None
+    if array.ndim == 2:
+        array = PlaneAsVolume(array)
     if array.ndim != 3:
-        raise InputError(path, f"expected a 3-D (z, y, x) array, got shape {array.shape}")
+        raise InputError(path, f"expected a 3-D (z, y, x) or 2-D (y, x) array, got shape {array.shape}")
     if array.dtype.name not in SUPPORTED_DTYPES:
         raise InputError(path, f"unsupported dtype {array.dtype}")
+    if array.dtype.kind == "c":
+        _complex_notice(path, array.dtype.name)
     nz, height, width = array.shape
     raw = attrs.get("tile_shape") or (attrs.get("ome") or {}).get("tile_shape")
     tile_h, tile_w = (int(raw[-2]), int(raw[-1])) if raw else (int(array.chunks[1]), int(array.chunks[2]))
     if tile_h <= 0 or tile_w <= 0 or height % tile_h or width % tile_w:
         raise InputError(path, f"shape {array.shape} is not a whole number of {tile_h}x{tile_w} tiles")
-    units = tuple(axis.get("unit") for axis in entry.get("axes", [{}, {}, {}])[-3:])
+    units = tuple(axis.get("unit") for axis in ([{}, {}, {}] + list(entry.get("axes", [])))[-3:])
     return MosaicGrid(
         path=path, array=array, tile_shape=(nz, tile_h, tile_w), nx=height // tile_h, ny=width // tile_w,
         ngff_version=version, scale=_level0_scale(entry), units=units,

@@ -89,10 +89,10 @@ def corrupt_one_chunk(store: Path) -> Path:
     return target
 
 
-def two_d_store(path: Path) -> Path:
-    """An NGFF 0.5 image whose level 0 is 2-D."""
+def four_d_store(path: Path) -> Path:
+    """An NGFF 0.5 image whose level 0 is 4-D (2-D and 3-D grids are accepted)."""
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    group.create_array("0", shape=(288, 640), chunks=TILE[1:], dtype="float32", fill_value=0)
+    group.create_array("0", shape=(2, 4, 288, 640), chunks=(1, *TILE), dtype="float32", fill_value=0)
     multiscale = ngff.multiscales([(1.0, 1.0, 1.0)], (None, None, None), "0.5")
     group.attrs.update(ngff.root_attributes(multiscale, "0.5"))
     return path
@@ -173,10 +173,10 @@ def run_multiscales_without_datasets(f: Path, c: Context) -> Invocation:
 
 
 @case
-def run_2d_array(f: Path, c: Context) -> Invocation:
+def run_4d_array(f: Path, c: Context) -> Invocation:
     (f / "data").mkdir()
-    store = two_d_store(f / "data" / "mosaic_grid_3d_z00.ome.zarr")
-    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("expected a 3-D (z, y, x) array",), f / "out")
+    store = four_d_store(f / "data" / "mosaic_grid_3d_z00.ome.zarr")
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("expected a 3-D (z, y, x) or 2-D (y, x) array",), f / "out")
 
 
 @case
@@ -357,10 +357,10 @@ def measure_folder_not_a_zarr_store(f: Path, c: Context) -> Invocation:
 
 
 @case
-def measure_2d_array(f: Path, c: Context) -> Invocation:
-    store = two_d_store(f / "x.ome.zarr")
+def measure_4d_array(f: Path, c: Context) -> Invocation:
+    store = four_d_store(f / "x.ome.zarr")
     return Invocation(bin_command(MEASURE, store, f / "p.json"), MEASURE, store,
-                      ("expected a 3-D (z, y, x) array",), f / "p.json")
+                      ("expected a 3-D (z, y, x) or 2-D (y, x) array",), f / "p.json")
 
 
 @case
