@@ -89,7 +89,7 @@ class PlaneAsVolume:
         return self.plane[rows, cols]
 
 
-def _level0_scale(entry: dict) -> tuple[float, float, float]:
+def level0_scale(entry: dict) -> tuple[float, float, float]:
     """Level 0's (z, y, x) pixel size (z = 1 for a 2-D image)."""
     for transform in entry["datasets"][0].get("coordinateTransformations", []):
         if transform.get("type") == "scale":
@@ -162,7 +162,7 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
     units = tuple(axis.get("unit") for axis in ([{}, {}, {}] + list(entry.get("axes", [])))[-3:])
     return MosaicGrid(
         path=path, array=array, tile_shape=(nz, tile_h, tile_w), nx=height // tile_h, ny=width // tile_w,
-        ngff_version=version, scale=_level0_scale(entry), units=units,
+        ngff_version=version, scale=level0_scale(entry), units=units,
     )
 
 

@@ -220,15 +220,16 @@ def test_read_thumbnail_takes_the_smallest_level_and_central_plane(tmp_path, ver
     volume += np.arange(5, dtype=np.float32)[:, None, None] * 10  # plane z holds 10 z
     volume[:, :20, :30] += 1  # top-left quarter brighter by 1
     _write_pyramid(tmp_path / "s.ome.zarr", volume, version)
-    plane, extent, metadata = read_thumbnail(tmp_path / "s.ome.zarr")
+    plane, extent, metadata, pixel_um = read_thumbnail(tmp_path / "s.ome.zarr")
     assert plane.shape == (20, 30) and extent == (40, 60) and metadata == {}
+    assert pixel_um == 1000.0  # level 0's 1 millimeter
     assert np.allclose(plane[:10, :15], 21) and np.allclose(plane[10:, 15:], 20)
 
 
 def test_read_thumbnail_subsamples_a_single_large_level(tmp_path):
     volume = np.arange(3 * 40 * 60, dtype=np.float32).reshape(3, 40, 60)
     ngff.write_image(tmp_path / "s.ome.zarr", volume, chunks=(1, 16, 16))
-    plane, extent, _ = read_thumbnail(tmp_path / "s.ome.zarr", max_px=16)
+    plane, extent, *_ = read_thumbnail(tmp_path / "s.ome.zarr", max_px=16)
     assert plane.shape == (10, 15) and extent == (40, 60)
     assert np.array_equal(plane, volume[1, ::4, ::4])
 
