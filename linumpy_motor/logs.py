@@ -31,6 +31,8 @@ FORMAT = "%(asctime)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 LOG_FILE = "linumpy-motor.log"
 """Name of the run's log file in its output folder (appended to by every run)."""
+FILE_LEVEL = logging.INFO
+"""The log file records at least this much, whatever the terminal shows."""
 
 logger = logging.getLogger(PACKAGE_LOGGER)
 
@@ -105,15 +107,17 @@ def _apply(config: LogConfig) -> LogConfig:
         root.removeHandler(handler)
         handler.close()
     stream = _TqdmHandler() if config.bars else logging.StreamHandler(sys.stderr)
+    stream.setLevel(config.level)
     handlers: list[logging.Handler] = [stream]
     if config.log_file:
         handlers.append(logging.FileHandler(config.log_file, encoding="utf-8"))
+        handlers[-1].setLevel(min(config.level, FILE_LEVEL))
     for handler in handlers:
         handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
         handler._linumpy_motor = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if config.debug else logging.WARNING)
-    logger.setLevel(config.level)
+    logger.setLevel(min(handler.level for handler in handlers))
     if not config.debug:  # zarr I/O tasks left pending by a failed read are reported by asyncio at exit
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
@@ -124,10 +128,10 @@ def _apply(config: LogConfig) -> LogConfig:
 
 @contextmanager
 def log_file(folder: str | Path) -> Iterator[Path]:
-    """Append every record to ``folder / LOG_FILE`` (package records at least at INFO) while inside."""
+    """Append every record to ``folder / LOG_FILE`` (package records from :data:`FILE_LEVEL` on) while inside."""
     path = Path(folder) / LOG_FILE
     previous = _config
-    _apply(replace(previous, level=min(previous.level, logging.INFO), log_file=str(path)))
+    _apply(replace(previous, log_file=str(path)))
     try:
         yield path
     finally:

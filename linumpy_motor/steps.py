@@ -19,7 +19,7 @@ from .fit import FitError, fit_pooled
 from .io import open_mosaic, slice_id_from_name, write_json
 from .measure import measure_mosaic
 from .schemas import PairsFile, TransformFile, load
-from .summary import overlap_problems
+from .summary import model_problems
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
                        backend=sorted({f.stats.get("backend", "numpy") for f in files}))
     content = {"transform": transform.tolist(), "diagnostics": diagnostics}
     write_json(output, content)
-    for problem in overlap_problems(diagnostics):
+    for problem in model_problems(diagnostics):  # a wrong --overlap: said on the terminal, not only in the report
         logger.warning(problem)
     return content
 
