@@ -26,7 +26,9 @@ LEVELS = ("debug", "info", "warning", "error")
 LINE_INTERVAL_S = 10.0
 """Longest time between two progress lines when there is no bar."""
 LINE_STEP = 0.1
-"""A progress line is also written each time this fraction of the work is done."""
+"""A progress line is also written each time this fraction of the work is done ..."""
+MIN_LINE_GAP_S = 1.0
+"""... but not sooner than this after the previous line (a quick job logs little more than its end)."""
 FORMAT = "%(asctime)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 LOG_FILE = "linumpy-motor.log"
@@ -175,8 +177,8 @@ class Progress:
     Notes
     -----
     Picklable before its first call, so it can be handed to a worker process.
-    Lines are written at most every :data:`LINE_INTERVAL_S` seconds or :data:`LINE_STEP` of the
-    work, and once at the end, with the rate and the time left.
+    Lines are written every :data:`LINE_INTERVAL_S` seconds or :data:`LINE_STEP` of the work
+    (at most one per :data:`MIN_LINE_GAP_S`), and once at the end, with the rate and the time left.
     """
 
     def __init__(self, label: str, unit: str, *, bars: bool | None = None) -> None:
@@ -199,7 +201,9 @@ class Progress:
             self._update_bar(done, total)
         else:
             fraction = done / total if total else 1.0
-            if done >= total or now - self._last_time >= LINE_INTERVAL_S or fraction >= self._last_fraction + LINE_STEP:
+            waited = now - self._last_time
+            if (done >= total or waited >= LINE_INTERVAL_S
+                    or (fraction >= self._last_fraction + LINE_STEP and waited >= MIN_LINE_GAP_S)):
                 logger.info(self.line(done, total, now - self._start))
                 self._last_time, self._last_fraction = now, fraction
 

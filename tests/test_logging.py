@@ -64,6 +64,16 @@ def test_slow_progress_is_logged_every_ten_seconds(caplog, clock):
     assert lines[0].startswith("measure slice_z00: 3/1000 tile rows (0 %), 0.25 tile rows/s, ETA 1:06:28")
 
 
+def test_a_quick_job_logs_only_its_end(caplog, clock):
+    progress = logs.Progress("measure slice_z00", "tile row", bars=False)
+    with caplog.at_level(logging.INFO, logger=logs.PACKAGE_LOGGER):
+        progress(0, 6)
+        for done in range(1, 7):
+            clock.now += 0.1
+            progress(done, 6)
+    assert _progress_lines(caplog) == ["measure slice_z00: 6/6 tile rows (100 %), 10 tile rows/s, took 0:00:01"]
+
+
 def test_progress_bar_on_a_terminal_writes_no_log_lines(caplog, capsys, clock):
     progress = logs.Progress("stitch x", "block", bars=True)
     with caplog.at_level(logging.INFO, logger=logs.PACKAGE_LOGGER):
