@@ -61,7 +61,7 @@ class LogConfig:
     log_file: str | None = None
 
 
-_config = LogConfig()
+_config = LogConfig(bars=sys.stderr.isatty())  # a library caller on a terminal gets bars without any set-up
 
 
 def current() -> LogConfig:

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import zarr
 
-from linumpy_motor import cli, logs, summary, synthetic
+from linumpy_motor import cli, logs, runner, summary, synthetic
 from linumpy_motor.entry import EXIT_NOT_OK
 
 CLI = str(Path(sys.executable).parent / "linumpy-motor")
@@ -124,6 +125,13 @@ def test_summary_names_every_slice_that_is_not_ok_with_its_reasons():
     assert len(lines) == 3
 
 
+def test_the_summary_counts_in_good_english():
+    result = {"outdir": "out", "transform": "out/none.json", "stitched": ["out/stitched/slice_z00_stitch_3d.ome.zarr"],
+              "ran": {"fit": 0, "stitch": 1}}
+    assert "  stitched      out/stitched/ (1 slice)" in list(runner.describe(result))
+    assert logs.plural(2, "slice") == "2 slices" and logs.plural(1, "job") == "1 job"
+
+
 @pytest.mark.parametrize(("fail_on", "status", "code"), [
     ("never", STATUS, 0),
     ("failed", STATUS, EXIT_NOT_OK),
@@ -164,8 +172,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_batch_run_logs_each_step_with_timestamps_and_keeps_a_log_file(dataset, tmp_path):
     out = tmp_path / "out"
-    result = _run("run", dataset, out)  # stderr is a pipe, as under SLURM, nohup or Nextflow
+    result = _run("run", dataset, out, "--z-chunk", "2")  # stderr is a pipe, as under SLURM, nohup or Nextflow
     assert result.returncode == 0, result.stderr
+    assert zarr.open_group(str(out / "stitched" / "slice_z00_stitch_3d.ome.zarr"))["0"].chunks[0] == 2
     err = result.stderr
     assert "\r" not in err  # no bar fragments
     lines = err.splitlines()
@@ -178,7 +187,7 @@ def test_batch_run_logs_each_step_with_timestamps_and_keeps_a_log_file(dataset, 
     log = (out / logs.LOG_FILE).read_text()
     assert log.splitlines() == lines  # the same lines, kept in OUTDIR
 
-    quiet = _run("run", dataset, out, "--log-level", "warning")  # after the sub-command; resumes
+    quiet = _run("run", dataset, out, "--z-chunk", "2", "--log-level", "warning")  # after the sub-command; resumes
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert "jobs run (0 = resumed from a previous run): measure 0" in quiet.stdout
     assert "INFO measure: 0 jobs to run, 2 done before" in (out / logs.LOG_FILE).read_text()  # the file keeps INFO
