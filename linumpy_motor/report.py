@@ -349,8 +349,8 @@ def _model_html(inputs: _Inputs, model: Mapping, pixel_um: float | None) -> str:
     A = np.asarray(inputs.transform.transform, dtype=float)
     matrix = "".join("<tr>" + "".join(f"<td>{v:.4f}</td>" for v in row) + "</tr>" for row in A)
     backends = sorted({str(f.stats.get("backend")) for f in inputs.pairs.values() if f.stats.get("backend")})
-    rows = [(label.replace(" (px)", "") if key in MODEL_LENGTHS_PX else label, _model_value(key, model.get(key), pixel_um))
-            for key, label in MODEL_ROWS if key in model]
+    rows = [(label.replace(" (px)", "") if key in MODEL_LENGTHS_PX else label,
+             _model_value(key, model.get(key), pixel_um)) for key, label in MODEL_ROWS if key in model]
     rows.append(("pair measurement backend", _e(backends or None)))
     steps = [("step down the rows", np.hypot(*A[:, 0])), ("step along the columns", np.hypot(*A[:, 1]))]
     rows += [(label, html.escape(_length(float(value), pixel_um))) for label, value in steps]

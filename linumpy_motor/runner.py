@@ -161,12 +161,15 @@ def _run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, work
     resumed = f", {len(jobs) - len(todo)} done before" if len(todo) < len(jobs) else ""
     logger.info("%s: %s to run%s", label, logs.plural(len(todo), "job"), resumed)
     parallel = workers > 1 and len(todo) > 1
-    todo = [(output, key, function, _with_progress(function, kwargs, f"{label} {output.name}", progress and not parallel))
+    bars = progress and not parallel  # bars from several processes would overwrite each other
+    todo = [(output, key, function, _with_progress(function, kwargs, f"{label} {output.name}", bars))
             for output, key, function, kwargs in todo]
 
     def finished(output: Path, key: str, started: float, count: int) -> None:
         stamps.record(output, key)
-        logger.info("%s: %s done (%d/%d) in %.1f s", label, output.name, count, len(todo), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        timing = f"in {seconds:.1f} s" if not parallel else f"{seconds:.1f} s into the step"
+        logger.info("%s: %s done (%d/%d), %s", label, output.name, count, len(todo), timing)
 
     if parallel:
         for output, *_ in todo:
@@ -341,4 +344,4 @@ def describe(result: dict) -> Iterable[str]:
     ran = ", ".join(f"{step} {count}" for step, count in result["ran"].items())
     yield f"jobs run (0 = resumed from a previous run): {ran}"
     yield from summary.status_lines(result.get("status"))
-    yield from summary.overlap_warnings(result["transform"])
+    yield from summary.model_warnings(result["transform"])

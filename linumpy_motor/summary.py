@@ -60,7 +60,7 @@ def model_problems(diagnostics: Mapping) -> list[str]:
     return problems
 
 
-def overlap_warnings(transform_file: str | Path) -> Iterator[str]:
+def model_warnings(transform_file: str | Path) -> Iterator[str]:
     """``WARNING: ...`` lines for :func:`model_problems` of a transform JSON (none when unreadable)."""
     try:
         diagnostics = json.loads(Path(transform_file).read_text()).get("diagnostics") or {}
