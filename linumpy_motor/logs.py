@@ -152,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, sub: bool = False) -> None
     parser.add_argument("--log-level", choices=LEVELS, default=default("info"),
                         help="messages shown: steps and progress from 'info' (default: info)")
     parser.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
-                        default=default("info"), help="same as --log-level debug")
+                        default=argparse.SUPPRESS, help="same as --log-level debug")
     parser.add_argument("--debug", action="store_true", default=default(False),
                         help="debug messages of every library, and tracebacks on errors")
 

@@ -108,6 +108,8 @@ def test_help_states_each_default_once():
     assert "(default: the central plane)" in text and "(default: the central plane) (default" not in text
     assert "'feather' (weights fall linearly" in text  # --blending explains its choices
     assert "--z-chunk" in text
+    assert "--seed SEED seed of that subset (default: 0)" in text  # a default of 0 is a default
+    assert "same as --log-level debug (default" not in text
 
 
 STATUS = {
