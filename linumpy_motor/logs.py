@@ -51,6 +51,8 @@ class LogConfig:
         Other libraries' debug lines too (and tracebacks, see :mod:`linumpy_motor.entry`).
     bars : bool
         Progress as bars (stderr is a terminal and bars were not turned off), else as lines.
+    stream : bool
+        Records go to stderr (set up by a command line); a library caller's logging is left alone.
     log_file : str or None
         A file every record is appended to as well.
     """
@@ -58,6 +60,7 @@ class LogConfig:
     level: int = logging.INFO
     debug: bool = False
     bars: bool = False
+    stream: bool = False
     log_file: str | None = None
 
 
@@ -99,7 +102,7 @@ def setup(level: int | str = logging.INFO, *, debug: bool = False, bars: bool | 
     if debug:
         level = logging.DEBUG
     bars = sys.stderr.isatty() if bars is None else bars
-    return _apply(replace(_config, level=level, debug=debug, bars=bars and level <= logging.INFO))
+    return _apply(replace(_config, level=level, debug=debug, bars=bars and level <= logging.INFO, stream=True))
 
 
 def _apply(config: LogConfig) -> LogConfig:
@@ -108,9 +111,10 @@ def _apply(config: LogConfig) -> LogConfig:
     for handler in [h for h in root.handlers if getattr(h, "_linumpy_motor", False)]:
         root.removeHandler(handler)
         handler.close()
-    stream = _TqdmHandler() if config.bars else logging.StreamHandler(sys.stderr)
-    stream.setLevel(config.level)
-    handlers: list[logging.Handler] = [stream]
+    handlers: list[logging.Handler] = []
+    if config.stream:
+        handlers.append(_TqdmHandler() if config.bars else logging.StreamHandler(sys.stderr))
+        handlers[-1].setLevel(config.level)
     if config.log_file:
         handlers.append(logging.FileHandler(config.log_file, encoding="utf-8"))
         handlers[-1].setLevel(min(config.level, FILE_LEVEL))
@@ -118,12 +122,13 @@ def _apply(config: LogConfig) -> LogConfig:
         handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
         handler._linumpy_motor = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    root.setLevel(logging.DEBUG if config.debug else logging.WARNING)
-    logger.setLevel(min(handler.level for handler in handlers))
-    if not config.debug:  # zarr I/O tasks left pending by a failed read are reported by asyncio at exit
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
-    logging.captureWarnings(True)
+    logger.setLevel(min((handler.level for handler in handlers), default=logging.NOTSET))
+    if config.stream:
+        root.setLevel(logging.DEBUG if config.debug else logging.WARNING)
+        logging.captureWarnings(True)
+        if not config.debug:  # zarr I/O tasks left pending by a failed read are reported by asyncio at exit
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     _config = config
     return config
 

@@ -110,3 +110,14 @@ def test_cli_prints_where_the_results_are(dataset, first_run):
     assert f"results in {outdir}" in done.stdout
     assert "report.html" in done.stdout
     assert "measure 0" in done.stdout and "stitch 0" in done.stdout
+
+
+def test_a_library_run_keeps_its_log_file_and_leaves_the_callers_logging_alone(first_run):
+    import logging
+
+    outdir, _, _ = first_run
+    log = (outdir / logs.LOG_FILE).read_text()
+    for step in ("measure", "fit", "stitch", "compare", "report"):
+        assert f"INFO {step}: finished in " in log
+    assert not any(getattr(h, "_linumpy_motor", False) for h in logging.getLogger().handlers)
+    assert logging.getLogger(logs.PACKAGE_LOGGER).level == logging.NOTSET
