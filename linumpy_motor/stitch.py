@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+
 from . import __version__, geometry, ngff, pyramid
 from .backend import get_backend, to_numpy
 from .blend import BLENDING_MODES, overlap_px, weight_map
