@@ -145,6 +145,14 @@ def log_file(folder: str | Path) -> Iterator[Path]:
         _apply(previous)
 
 
+def to_file_only(level: int, message: str) -> None:
+    """Write a record to the log file alone (what the terminal shows another way, e.g. the final error line)."""
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, (), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and getattr(handler, "_linumpy_motor", False):
+            handler.handle(record)
+
+
 def init_worker(config: LogConfig) -> None:
     """Set up logging in a worker process like its parent's, with progress as lines (never bars)."""
     _apply(replace(config, bars=False))

@@ -255,7 +255,11 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
             with logs.log_file(outdir):
                 logger.info("linumpy-motor %s: %s from %s into %s", __version__, logs.plural(len(slices), "slice"),
                             source, outdir)
-                return _run_locked(slices, outdir, _usable_gpu(options), progress, stamps)
+                try:
+                    return _run_locked(slices, outdir, _usable_gpu(options), progress, stamps)
+                except BaseException as exc:  # the terminal gets the error line from the entry point
+                    logs.to_file_only(logging.ERROR, f"run stopped: {type(exc).__name__}: {exc}")
+                    raise
     except Timeout:
         raise InputError(outdir, "another linumpy-motor run is writing to this folder") from None
     except BaseException:

@@ -644,7 +644,8 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(name, context, outco
     if inv.leaves:
         left = output_files(inv.output)
         assert left - {LOG_FILE} == set(inv.leaves), "only the completed steps' outputs (and the log) may stay"
-        assert "INFO measure: " in (inv.output / LOG_FILE).read_text()
+        log = (inv.output / LOG_FILE).read_text()
+        assert "INFO measure: " in log and re.search(r"ERROR run stopped: \w+: .*" + re.escape(inv.problems[0]), log)
     assert not temporaries(context.root / name), f"temporaries left: {temporaries(context.root / name)}"
 
 
