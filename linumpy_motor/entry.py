@@ -55,7 +55,13 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
         (``InputError``, ``ValueError``, a failed validation), 130 when interrupted (Ctrl-C; a rerun resumes).
     """
     args = parser.parse_args(argv)
-    logs.setup(args.log_level, debug=args.debug, bars=False if getattr(args, "no_progress", False) else None)
+    bars = False if getattr(args, "no_progress", False) else None
+    with logs.configured(args.log_level, debug=args.debug, bars=bars):
+        return _run_action(parser, action, args)
+
+
+def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
+                args: argparse.Namespace) -> int:
     try:
         code = action(args)
     except (InputError, FitError, ValidationError, ValueError, OSError) as exc:

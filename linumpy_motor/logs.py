@@ -134,6 +134,21 @@ def _apply(config: LogConfig) -> LogConfig:
 
 
 @contextmanager
+def configured(level: int | str = logging.INFO, *, debug: bool = False, bars: bool | None = None) -> Iterator[LogConfig]:
+    """:func:`setup` while inside, then the logging as it was (a command run in-process, by a test or a
+    notebook, leaves its caller's logging alone)."""
+    root, asyncio_logger = logging.getLogger(), logging.getLogger("asyncio")
+    previous, root_level, asyncio_level = _config, root.level, asyncio_logger.level
+    try:
+        yield setup(level, debug=debug, bars=bars)
+    finally:
+        _apply(previous)
+        root.setLevel(root_level)
+        asyncio_logger.setLevel(asyncio_level)
+        logging.captureWarnings(previous.stream)
+
+
+@contextmanager
 def log_file(folder: str | Path) -> Iterator[Path]:
     """Append every record to ``folder / LOG_FILE`` (package records from :data:`FILE_LEVEL` on) while inside."""
     path = Path(folder) / LOG_FILE

@@ -85,27 +85,26 @@ def test_progress_bar_on_a_terminal_writes_no_log_lines(caplog, capsys, clock):
     assert "stitch x" in capsys.readouterr().err  # tqdm drew (and cleared) its bar on stderr
 
 
-@pytest.fixture
-def restore_logging():
-    previous, handlers = logs.current(), list(logging.getLogger().handlers)
-    yield
-    logs._apply(previous)
-    logging.captureWarnings(False)
-    assert logging.getLogger().handlers == handlers
-
-
 @pytest.mark.parametrize(("terminal", "level", "no_progress", "bars"), [
     (True, "info", False, True),
     (False, "info", False, False),  # SLURM, nohup, Nextflow: lines
     (True, "warning", False, False),  # progress is INFO: no bar when INFO is hidden
     (True, "info", True, False),  # --no-progress
 ])
-def test_bars_only_on_a_terminal_showing_info(monkeypatch, restore_logging, terminal, level, no_progress, bars):
+def test_bars_only_on_a_terminal_showing_info(monkeypatch, terminal, level, no_progress, bars):
     monkeypatch.setattr(logs.sys.stderr, "isatty", lambda: terminal)
-    config = logs.setup(level, bars=False if no_progress else None)
-    assert config.bars is bars
-    handler = next(h for h in logging.getLogger().handlers if getattr(h, "_linumpy_motor", False))
-    assert isinstance(handler, logs._TqdmHandler) is bars  # log lines are written above a bar, not through it
+    with logs.configured(level, bars=False if no_progress else None) as config:
+        assert config.bars is bars
+        handler = next(h for h in logging.getLogger().handlers if getattr(h, "_linumpy_motor", False))
+        assert isinstance(handler, logs._TqdmHandler) is bars  # log lines are written above a bar, not through it
+
+
+def test_a_command_run_in_process_leaves_the_callers_logging_as_it_was(tmp_path):
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, logging.getLogger(logs.PACKAGE_LOGGER).level, logs.current())
+    assert cli.main(["synth", str(tmp_path / "d"), "--slices", "1", "--grid", "2", "2", "--tile", "1", "32", "32",
+                     "--debug"]) == 0
+    assert (list(root.handlers), root.level, logging.getLogger(logs.PACKAGE_LOGGER).level, logs.current()) == before
 
 
 def test_progress_goes_to_a_worker_process_before_its_first_call():

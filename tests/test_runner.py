@@ -112,12 +112,16 @@ def test_cli_prints_where_the_results_are(dataset, first_run):
     assert "measure 0" in done.stdout and "stitch 0" in done.stdout
 
 
-def test_a_library_run_keeps_its_log_file_and_leaves_the_callers_logging_alone(first_run):
+def test_a_library_run_keeps_its_log_file_and_leaves_the_callers_logging_alone(first_run, tmp_path):
     import logging
 
     outdir, _, _ = first_run
     log = (outdir / logs.LOG_FILE).read_text()
     for step in ("measure", "fit", "stitch", "compare", "report"):
         assert f"INFO {step}: finished in " in log
-    assert not any(getattr(h, "_linumpy_motor", False) for h in logging.getLogger().handlers)
-    assert logging.getLogger(logs.PACKAGE_LOGGER).level == logging.NOTSET
+    root, package = logging.getLogger(), logging.getLogger(logs.PACKAGE_LOGGER)
+    before = (list(root.handlers), package.level)
+    with logs.log_file(tmp_path):
+        logging.getLogger("linumpy_motor.runner").info("written")
+    assert (list(root.handlers), package.level) == before
+    assert (tmp_path / logs.LOG_FILE).read_text().rstrip().endswith("INFO written")
