@@ -134,7 +134,8 @@ def _apply(config: LogConfig) -> LogConfig:
 
 
 @contextmanager
-def configured(level: int | str = logging.INFO, *, debug: bool = False, bars: bool | None = None) -> Iterator[LogConfig]:
+def configured(level: int | str = logging.INFO, *, debug: bool = False,
+               bars: bool | None = None) -> Iterator[LogConfig]:
     """:func:`setup` while inside, then the logging as it was (a command run in-process, by a test or a
     notebook, leaves its caller's logging alone)."""
     root, asyncio_logger = logging.getLogger(), logging.getLogger("asyncio")
