@@ -138,14 +138,13 @@ def configured(level: int | str = logging.INFO, *, debug: bool = False,
                bars: bool | None = None) -> Iterator[LogConfig]:
     """:func:`setup` while inside, then the logging as it was (a command run in-process, by a test or a
     notebook, leaves its caller's logging alone)."""
-    root, asyncio_logger = logging.getLogger(), logging.getLogger("asyncio")
-    previous, root_level, asyncio_level = _config, root.level, asyncio_logger.level
+    root = logging.getLogger()
+    previous, root_level = _config, root.level
     try:
         yield setup(level, debug=debug, bars=bars)
-    finally:
+    finally:  # asyncio stays quiet: zarr tasks a failed read left pending are reported at exit, after this
         _apply(previous)
         root.setLevel(root_level)
-        asyncio_logger.setLevel(asyncio_level)
         logging.captureWarnings(previous.stream)
 
 
