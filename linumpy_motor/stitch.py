@@ -21,7 +21,6 @@ the sub-pixel border, and the division renormalises the interpolation there. The
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__, geometry, ngff, outputs, pyramid
 from .backend import get_backend, to_numpy
@@ -280,7 +278,7 @@ def _block_order(canvas: _Canvas, shape: tuple[int, int, int],
 
 
 def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], block: tuple[int, int, int], *,
-                   sharded: bool, workers: int, progress: bool, label: str) -> None:
+                   sharded: bool, workers: int, progress: Callable[[int, int], None] | None) -> None:
     """Render level 0 block by block on a thread pool, then the downsampled levels.
 
     Level 1 is downsampled from each rendered block while it is in memory; its chunks are the
@@ -300,17 +298,26 @@ def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], b
             z, y, x = region
             level1[z, y.start // 2:(y.stop + 1) // 2, x.start // 2:(x.stop + 1) // 2] = pyramid.downsample_mean(out)
 
-    with (ThreadPoolExecutor(workers) as pool,
-          tqdm(total=total, disable=not progress, file=sys.stderr, unit="block", desc=label) as bar):
+    done = 0
+
+    def block_done() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    with ThreadPoolExecutor(workers) as pool:
         try:
             order, strip_px = _block_order(canvas, shapes[0], block)
             canvas.plan(order, strip_px)
+            if progress is not None:
+                progress(0, total)
             futures: list[Future] = [pool.submit(work, region) for region in order]
             for future in futures:
                 future.result()
-                bar.update()
+                block_done()
             pyramid.write_levels(group, shapes, chunks=chunks, shards=shards, block=block, executor=pool,
-                                 on_block_done=bar.update, first=2)
+                                 on_block_done=block_done, first=2)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -327,7 +334,7 @@ def stitch_slice(
     z_chunk: int | None = None,
     block_px: int = 512,
     use_gpu: bool = False,
-    progress: bool = False,
+    progress: Callable[[int, int], None] | None = None,
     pyramid_top_px: int = 512,
     workers: int | None = None,
 ) -> dict:
@@ -355,8 +362,9 @@ def stitch_slice(
         Y and X size of a block (even, >= 32); output chunks are ``block_px // 2``.
     use_gpu : bool
         Accumulate with CuPy when a CUDA device is usable (same code path), else NumPy.
-    progress : bool
-        Show a progress bar on stderr.
+    progress : callable, optional
+        Called as ``progress(blocks done, blocks)`` after each output block (all levels), e.g. a
+        :class:`~linumpy_motor.logs.Progress`.
     pyramid_top_px : int
         Halve Y and X until the smallest level fits in this many pixels.
     workers : int, optional
@@ -401,7 +409,7 @@ def stitch_slice(
         canvas = _Canvas(grid, A, weight_map((h, w), blending, overlap_px(A, (h, w))), flat, blending == "none", xp)
         group = ngff.create_group(tmp, ngff_version)
         _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", workers=workers or _workers(),
-                       progress=progress, label=output.name)
+                       progress=progress)
         metadata = {
             "stage": "stitch", "version": __version__, "source": str(grid.path), "transform": A.tolist(),
             "canvas_origin": (geometry.grid_indices(grid.nx, grid.ny) @ A.T).min(axis=0).tolist(),

@@ -232,3 +232,10 @@ def die_like_the_oom_killer(**kwargs) -> None:
 if __name__ == "__main__":
     _serve(Path(sys.argv[1]), int(sys.argv[2]))
 
+
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO) ")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-empty lines of ``stderr`` that are not progress or step log records (INFO, DEBUG)."""
+    return [line for line in stderr.splitlines() if line.strip() and not LOG_RECORD.match(line)]
