@@ -5,6 +5,7 @@ import sys
 
 from linumpy_motor import steps
 from linumpy_motor.entry import make_parser, overlap_fraction, run_cli
+from linumpy_motor.logs import Progress
 from linumpy_motor.planes import PLANE_MODES
 
 
@@ -34,8 +35,9 @@ def build_parser():
 def measure(args) -> None:
     content = steps.measure_pairs(
         args.slice, args.output, overlap=args.overlap, slice_id=args.slice_id, z=args.z, plane=args.plane,
-        flatfield=args.flatfield, background_test=not args.no_background_test, max_shift_px=args.max_shift, histogram_match=args.histogram_match,
-        max_empty_fraction=args.max_empty_fraction, use_gpu=args.use_gpu, progress=sys.stderr.isatty(),
+        flatfield=args.flatfield, background_test=not args.no_background_test, max_shift_px=args.max_shift,
+        histogram_match=args.histogram_match, max_empty_fraction=args.max_empty_fraction, use_gpu=args.use_gpu,
+        progress=Progress(f"measure {args.slice}", "tile row"),
     )
     stats = content["stats"]
     print(f"slice {content['slice_id']}: {stats['n_measured']} pairs measured on plane "

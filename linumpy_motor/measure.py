@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from skimage.exposure import match_histograms
 from skimage.filters import threshold_otsu
-from tqdm.auto import tqdm
 
 from .backend import get_backend
 from .correlation import measure_shifts
@@ -53,7 +52,7 @@ def measure_grid_pairs(
     filter_sigma: float = 1.0,
     flatfield: np.ndarray | None = None,
     background_test: bool = True,
-    progress: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict], list[dict], dict]:
     """Measure every horizontal and vertical neighbour pair of a mosaic grid plane.
 
@@ -85,8 +84,8 @@ def measure_grid_pairs(
     background_test : bool
         Skip pairs whose correlation peak is no better than that of windows that do not overlap
         at all (:func:`background_threshold`): agarose and empty overlaps, whatever their level.
-    progress : bool
-        Show a progress bar over tile rows.
+    progress : callable, optional
+        Called as ``progress(rows done, nx)`` after each tile row (e.g. a :class:`~linumpy_motor.logs.Progress`).
 
     Returns
     -------
@@ -109,8 +108,10 @@ def measure_grid_pairs(
     pairs: list[dict] = []
     samples: list[np.ndarray] = []
     null_samples = _NullSampler(nx, ny)
+    if progress is not None:
+        progress(0, nx)
     top = band(0)
-    for i in tqdm(range(nx), desc="tile rows", disable=not progress, leave=False):
+    for i in range(nx):
         bottom = band(i + 1) if i + 1 < nx else None
         for horizontal in (True, False):
             count = ny - 1 if horizontal else (ny if bottom is not None else 0)
@@ -130,6 +131,8 @@ def measure_grid_pairs(
                 })
             samples.extend(x[::4, ::4].ravel() for x in (a, b))
         top = bottom
+        if progress is not None:
+            progress(i + 1, nx)
     threshold = float(threshold_otsu(np.concatenate(samples))) if max_empty_fraction is not None and samples else None
     measured, skipped = _split_empty(pairs, threshold, max_empty_fraction)
     null = {}
@@ -290,7 +293,8 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     plane : {"auto", "central", "mean"}
         How the plane is chosen when ``z`` is None (:func:`~linumpy_motor.planes.choose_plane`).
     flatfield : "estimate", "none", None or np.ndarray
-        ``estimate``: the slice's flat field (the stitcher's estimator) on the measured plane; an array ``(h, w)`` or ``(Z, h, w)``: that flat field; none: no correction.
+        ``estimate``: the slice's flat field (the stitcher's estimator) on the measured plane; an
+        array ``(h, w)`` or ``(Z, h, w)``: that flat field; none: no correction.
     label : str
         Names the slice in errors and warnings.
     options

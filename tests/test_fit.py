@@ -247,7 +247,8 @@ def test_no_backlash_term_when_the_stage_has_none():
 
 def test_backlash_needs_vertical_pairs_from_both_row_parities():
     pairs, _, _ = _stage_pairs(np.random.default_rng(3), (0.0, 2.0))
-    two_rows = {sid: [p for p in slice_pairs if p["tile"][0] + p["row_delta"] <= 1] for sid, slice_pairs in pairs.items()}
+    two_rows = {sid: [p for p in slice_pairs if p["tile"][0] + p["row_delta"] <= 1]
+                for sid, slice_pairs in pairs.items()}
     _, diagnostics = fit_pooled(two_rows, {sid: (2, NY) for sid in pairs}, TILE, 0.2)
     assert not diagnostics["position_stage"]["backlash"]["identifiable"]
     assert diagnostics["backlash_px"] == [0.0, 0.0]

@@ -14,7 +14,8 @@ import pytest
 from linumpy_motor.fit import fit_pooled
 from linumpy_motor.mosaic import motor
 
-_spec = importlib.util.spec_from_file_location("realmosaic", Path(__file__).resolve().parents[1] / "bench" / "realmosaic.py")
+_spec = importlib.util.spec_from_file_location("realmosaic",
+                                               Path(__file__).resolve().parents[1] / "bench" / "realmosaic.py")
 rm = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("realmosaic", rm)
 _spec.loader.exec_module(rm)

@@ -17,6 +17,7 @@ from ..compare import compare_positions
 from ..errors import InputError
 from ..fit import fit_pairs, fit_pooled
 from ..io import MosaicGrid, as_float, open_mosaic, write_json
+from ..logs import Progress
 from ..measure import measure_mosaic, measure_volume
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
     filter_sigma : float, keyword-only
         Gaussian low-pass of the whitened spectrum (px).
     progress : bool, keyword-only
-        Show a progress bar.
+        Show progress (a bar on a terminal, log lines elsewhere).
 
     Returns
     -------
@@ -132,7 +133,8 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
     measured, skipped, stats = measure_volume(
         read, shape, nx, ny, overlap_fraction, z=z if shape[0] > 1 else None, plane=plane, flatfield=flatfield,
         max_shift_px=max_shift_px, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
-        use_gpu=use_gpu, filter_sigma=filter_sigma, background_test=background_test, progress=progress,
+        use_gpu=use_gpu, filter_sigma=filter_sigma, background_test=background_test,
+        progress=Progress("measure", "tile row") if progress else None,
     )
     steps = tuple(stats["expected_step_px"])
     return {
@@ -206,7 +208,7 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
         The serpentine backlash term of the model: kept when significant, always, or never
         (:func:`linumpy_motor.fit.fit_pooled`); ``diagnostics['backlash']`` reports it.
     progress : bool, keyword-only
-        Show progress bars.
+        Show progress (bars on a terminal, log lines elsewhere).
 
     Returns
     -------
@@ -240,7 +242,8 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
         pairs[sid], _, stats[sid] = measure_mosaic(
             grid, overlap_fraction, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
             use_gpu=use_gpu, max_shift_px=max_shift_px, z=z, plane=plane, flatfield=flatfield,
-            background_test=background_test, progress=progress,
+            background_test=background_test,
+            progress=Progress(f"measure slice {sid}", "tile row") if progress else None,
         )
     transform, diagnostics = fit_pooled(
         pairs, {sid: (g.nx, g.ny) for sid, g in grids.items()}, next(iter(shapes.values())), overlap_fraction,
