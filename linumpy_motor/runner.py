@@ -366,6 +366,8 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
     for output in planned_outputs(paths):  # checked again under the lock; here so a refusal writes nothing
         outputs.check_replaceable(output)
     created = outputs.make_folders(outdir / STATE_DIR)
+    log_path = outdir / logs.LOG_FILE
+    new_log = not log_path.exists()
     stamps = None
     try:
         with FileLock(outdir / STATE_DIR / "lock", timeout=0):
@@ -380,8 +382,11 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
                         logs.to_file_only(logging.ERROR, f"run stopped: {type(exc).__name__}: {exc}")
                         raise
             except BaseException:
-                if outdir / STATE_DIR in created and not (stamps and stamps.recorded):
-                    (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
+                if not (stamps and stamps.recorded):  # nothing finished: the log tells no more than the terminal
+                    if new_log:
+                        log_path.unlink(missing_ok=True)
+                    if outdir / STATE_DIR in created:
+                        (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
                 raise
     except Timeout:
         outputs.remove_created_folders(created)
