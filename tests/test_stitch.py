@@ -152,25 +152,50 @@ def test_sub_pixel_placement(tmp_path):
 
 def test_blocks_and_z_chunks_do_not_change_the_result(data, tmp_path):
     _, small = _stitch(data, tmp_path / "small.ome.zarr", block_px=32, z_chunk=2, blending="diffusion")
-    _, large = _stitch(data, tmp_path / "large.ome.zarr", block_px=512, blending="diffusion", workers=1)
+    _, large = _stitch(data, tmp_path / "large.ome.zarr", block_px=512, blending="diffusion", threads=1)
     assert small["0"].chunks == (2, 16, 16) and large["0"].chunks == (4, 256, 256)
     np.testing.assert_allclose(small["0"][:], large["0"][:], rtol=1e-5, atol=1e-6)
 
 
-def test_each_tile_is_read_once_per_z_chunk(data, tmp_path, monkeypatch):
-    """Blocks go down block columns and reuse loaded tiles: no tile of this 3-row grid is decoded twice."""
+def _count_reads(monkeypatch) -> list:
+    """Record ``(first plane, last plane + 1, tile row, tile column)`` of every tile the stitcher decodes."""
     reads = []
     real_read = stitch.read_block
 
     def counting_read(grid, z, rows, cols):
-        reads.extend((z.start, i, j) for i in range(rows.start // 96, rows.stop // 96)
+        reads.extend((z.start, z.stop, i, j) for i in range(rows.start // 96, rows.stop // 96)
                      for j in range(cols.start // 96, cols.stop // 96))
         return real_read(grid, z, rows, cols)
 
     monkeypatch.setattr(stitch, "read_block", counting_read)
-    stitch_slice(data["path"], tmp_path / "s.ome.zarr", data["A"], flatfield="none", block_px=64, z_chunk=2,
-                 workers=1)
-    assert sorted(reads) == sorted((z, i, j) for z in (0, 2) for i in range(3) for j in range(4))
+    return reads
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_each_whole_tile_chunk_is_decoded_once_whatever_the_z_chunk(data, tmp_path, monkeypatch, threads):
+    """Whole-tile input chunks (all 4 planes), output Z chunks of 1 plane: still one read per tile."""
+    reads = _count_reads(monkeypatch)
+    stitch_slice(data["path"], tmp_path / "s.ome.zarr", data["A"], flatfield="none", block_px=64, z_chunk=1,
+                 threads=threads)
+    assert sorted(reads) == sorted((0, 4, i, j) for i in range(3) for j in range(4))
+
+
+def test_a_small_cache_cuts_strips_and_keeps_the_output(data, tmp_path, monkeypatch):
+    """A cache too small for the whole slice re-decodes tiles at strip boundaries, bit for bit the same."""
+    _, whole = _stitch(data, tmp_path / "whole.ome.zarr", flatfield="none", z_chunk=1)
+    reads = _count_reads(monkeypatch)
+    _, strips = _stitch(data, tmp_path / "strips.ome.zarr", flatfield="none", z_chunk=1, cache_bytes=1)
+    assert len(reads) > 3 * 4 and set(reads) == {(0, 4, i, j) for i in range(3) for j in range(4)}
+    np.testing.assert_array_equal(whole["0"][:], strips["0"][:])
+
+
+def test_progress_callback_counts_every_block(data, tmp_path):
+    calls = []
+    summary, group = _stitch(data, tmp_path / "s.ome.zarr", flatfield="none", pyramid_top_px=64,
+                             on_block=lambda done, total: calls.append((done, total)))
+    total = sum(len(list(pyramid.iter_blocks(group[str(k)].shape, (4, 64, 64))))
+                for k in [0, *range(2, len(summary["levels"]))])
+    assert calls == [(k, total) for k in range(1, total + 1)]
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
