@@ -99,8 +99,8 @@ def test_resolve_options(tmp_path):
 
 
 def test_deep_chunks_read_fewer_tiles_and_still_recover_the_vignetting(tmp_path, monkeypatch):
-    """Whole-tile chunks of 6 planes: each read decodes the whole tile, so only 12 of 64 tiles are read."""
-    spec = synthetic.SyntheticSpec(nx=8, ny=8, tile_shape=(6, 64, 64), jitter_px=0.0, vignetting=0.3, seed=0)
+    """Whole-tile chunks of 9 planes: each read decodes the whole tile, so only 12 of 64 tiles are read."""
+    spec = synthetic.SyntheticSpec(nx=8, ny=8, tile_shape=(9, 64, 64), jitter_px=0.0, vignetting=0.3, seed=0)
     grid = _write_slice(tmp_path, spec)
     reads = []
     real_read = flatfield.read_block
