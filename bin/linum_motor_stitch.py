@@ -8,7 +8,7 @@ import numpy as np
 
 from linumpy_motor import schemas
 from linumpy_motor.blend import BLENDING_MODES
-from linumpy_motor.entry import make_parser, run_cli
+from linumpy_motor.entry import add_threads_argument, make_parser, run_cli
 from linumpy_motor.stitch import stitch_slice
 
 
@@ -22,7 +22,8 @@ def build_parser():
                         help="'estimate' (from the slice's tissue tiles), 'none', or a .npy flat field")
     parser.add_argument("--ngff-version", default="0.5", choices=("0.4", "0.5"), help="output format")
     parser.add_argument("--z-chunk", type=int, help="Z planes per block and output chunk (default: automatic)")
-    parser.add_argument("--use-gpu", action="store_true", help="accumulate on a CUDA GPU (falls back to CPU)")
+    parser.add_argument("--use-gpu", action="store_true", help="resample and blend on a CUDA GPU (falls back to CPU)")
+    add_threads_argument(parser)
     return parser
 
 
@@ -30,7 +31,7 @@ def stitch(args) -> None:
     transform = np.asarray(schemas.load(args.transform_json, schemas.TransformFile).transform)
     summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
                            flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
-                           use_gpu=args.use_gpu, progress=sys.stderr.isatty())
+                           use_gpu=args.use_gpu, progress=sys.stderr.isatty(), threads=args.threads)
     print(f"{summary['shape']} float32, {len(summary['levels'])} levels, {summary['backend']}, "
           f"{summary['seconds']:.1f} s -> {args.out_zarr}", file=sys.stderr)
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import runner, synthetic
-from .entry import make_parser, overlap_fraction, run_cli
+from .entry import add_threads_argument, make_parser, overlap_fraction, run_cli
 from .runner import RunOptions
 
 
@@ -70,6 +70,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", help="known motor transform JSON: skip measuring and fitting")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="slices processed in parallel")
     parser.add_argument("--use-gpu", action="store_true", help="use a CUDA GPU (CuPy) when one is usable")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="hide progress bars (they are shown only when stderr is a terminal)")
 
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> None:
         max_empty_fraction=args.max_empty_fraction, n_samples=args.n_samples, seed=args.seed,
         drift_tolerance=args.drift_tolerance, blending=args.blending, flatfield=args.flatfield,
         ngff_version=args.ngff_version, transform=args.transform, workers=args.workers, use_gpu=args.use_gpu,
+        threads=args.threads,
     )
     progress = not args.no_progress and sys.stderr.isatty()  # no bar fragments in logs or around an error line
     result = runner.run(args.input, args.outdir, options, progress=progress)

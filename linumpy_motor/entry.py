@@ -36,6 +36,21 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: the cores a command may use (default: those this process is given)."""
+    parser.add_argument("--threads", type=positive_int,
+                        help="cores to use (default: the cores this process may run on, per CPU affinity "
+                             "and cgroup quota; Nextflow passes task.cpus)")
+
+
 def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], None],
             argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run ``action`` and turn bad input into one line on stderr and exit code 2.

@@ -19,8 +19,10 @@ from threadpoolctl import threadpool_limits
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs allowed by the cgroup quota (v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``), None when unlimited."""
+def cgroup_cpu_quota(root: Path | None = None) -> float | None:
+    """CPUs allowed by the cgroup quota (v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us`` under ``root``,
+    default ``CGROUP_ROOT``), None when unlimited."""
+    root = CGROUP_ROOT if root is None else root
     try:
         quota, period = (root / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)

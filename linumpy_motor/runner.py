@@ -28,6 +28,7 @@ from . import __version__, steps
 from .errors import InputError
 from .flatfield import resolve_flatfield
 from .io import atomic_output, discover_slices, open_mosaic, remove_path
+from .parallel import limited_threads, resolve_threads, threads_per_worker
 
 STATE_DIR = ".linumpy-motor"
 STEP_FOLDERS = ("pairs", "stitched", "compare")
@@ -50,6 +51,7 @@ class RunOptions(BaseModel):
     ngff_version: Literal["0.4", "0.5"] = "0.5"
     transform: Path | None = None
     workers: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)
     use_gpu: bool = False
 
 
@@ -142,6 +144,11 @@ def _topmost_missing(path: Path) -> Path | None:
     return missing
 
 
+def _threads_per_job(options: RunOptions, n_jobs: int) -> int:
+    """Cores for each of the slices run at once: ``--threads`` (default: the cores given) shared by them."""
+    return threads_per_worker(options.threads, min(options.workers, n_jobs))
+
+
 def _run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, workers: int, label: str,
               progress: bool) -> int:
     """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran."""
@@ -214,7 +221,8 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
         with FileLock(outdir / STATE_DIR / "lock", timeout=0):
             _remove_stale_temporaries(outdir)
             stamps = Stamps(outdir)
-            return _run_locked(slices, outdir, options, progress, stamps)
+            with limited_threads(resolve_threads(options.threads)):  # the fit, compare and report run here
+                return _run_locked(slices, outdir, options, progress, stamps)
     except Timeout:
         raise InputError(outdir, "another linumpy-motor run is writing to this folder") from None
     except BaseException:
@@ -237,7 +245,8 @@ def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOption
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
         ran["measure"] = _run_jobs([
             (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, **measure), steps.measure_pairs,
-             dict(source=path, output=pairs[sid], slice_id=sid, use_gpu=options.use_gpu, **measure))
+             dict(source=path, output=pairs[sid], slice_id=sid, use_gpu=options.use_gpu,
+                  threads=_threads_per_job(options, len(slices)), **measure))
             for sid, path in slices
         ], stamps, options.workers, "measure", progress)
         fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance)
@@ -258,7 +267,8 @@ def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOption
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
                                  flatfield=flatfield_id, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=steps.read_transform(transform),
-                            flatfield=flatfield, use_gpu=options.use_gpu, **stitch))
+                            flatfield=flatfield, use_gpu=options.use_gpu,
+                            threads=_threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, options.workers, "stitch", progress)
     result = {"outdir": str(outdir), "transform": str(transform), "stitched": [str(p) for p in stitched.values()]}
