@@ -91,17 +91,28 @@ def copy_store(source: Path, target: Path, workers: int) -> int:
     return src.nbytes
 
 
+def _status_mb(field: str) -> float:
+    """A memory line of ``/proc/self/status`` in MB (Linux), else the peak from ``getrusage``.
+
+    ``VmHWM`` (the peak) starts afresh at ``exec``; ``ru_maxrss`` does not (it keeps the forking
+    parent's resident memory), so it would credit a child with its parent's data.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return _status_mb("VmHWM")
 
 
 def _current_rss_mb() -> float:
-    """Resident memory now (Linux ``/proc``; the peak so far elsewhere)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
-    except OSError:
-        return _peak_rss_mb()
+    return _status_mb("VmRSS")
 
 
 def _child(task: str, source: str, target: str, threads: str) -> None:
@@ -110,19 +121,21 @@ def _child(task: str, source: str, target: str, threads: str) -> None:
     start = time.perf_counter()
     if task == "stitch":
         summary = stitch_slice(source, target, _transform(), threads=int(threads))
-        out_bytes = 4 * math.prod(summary["shape"])
+        out_bytes, decode = 4 * math.prod(summary["shape"]), summary["decode_factor"]
     else:
-        out_bytes = copy_store(Path(source), Path(target), int(threads))
+        out_bytes, decode = copy_store(Path(source), Path(target), int(threads)), 1.0
     print(json.dumps({"seconds": time.perf_counter() - start, "out_bytes": out_bytes, "baseline_mb": baseline,
-                      "peak_mb": _peak_rss_mb()}))
+                      "peak_mb": _peak_rss_mb(), "decode_factor": decode}))
 
 
-def _measure(task: str, source: Path, target: Path, threads: int) -> dict:
+def _measure(task: str, source: Path, target: Path, threads: int, keep: bool = False) -> dict:
+    """Run ``_child`` in a fresh process; the output is deleted unless ``keep``."""
     try:
         result = subprocess.run([sys.executable, __file__, "--child", task, str(source), str(target), str(threads)],
                                 capture_output=True, text=True, check=True)
     finally:
-        shutil.rmtree(target, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(target, ignore_errors=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -141,7 +154,8 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
 
     Row keys: ``grid``, ``input_mb``, ``output_mb`` (level 0), ``threads``, ``copy_s``, ``stitch_s``
     (flat-field estimate, feather, level 0 and pyramid), ``copy_mb_s`` and ``stitch_mb_s`` (input
-    MB/s), ``stitch_vs_copy`` (copy_s / stitch_s), ``stitch_peak_mb`` (peak resident memory),
+    MB/s), ``stitch_vs_copy`` (copy_s / stitch_s), ``decode_factor`` (input chunks decoded per chunk by
+    the stitch proper, see :func:`stitch_slice`), ``stitch_peak_mb`` (peak resident memory),
     ``stitch_extra_mb`` (that peak over the resident memory after imports), ``copy_peak_mb``.
     """
     workdir = Path(workdir)
@@ -156,7 +170,7 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
             "grid": f"{nx}x{ny}", "input_mb": round(in_mb), "output_mb": round(stitch["out_bytes"] / 2**20),
             "threads": threads, "copy_s": round(copy["seconds"], 1), "stitch_s": round(stitch["seconds"], 1),
             "copy_mb_s": round(in_mb / copy["seconds"]), "stitch_mb_s": round(in_mb / stitch["seconds"]),
-            "stitch_vs_copy": round(copy["seconds"] / stitch["seconds"], 2),
+            "stitch_vs_copy": round(copy["seconds"] / stitch["seconds"], 2), "decode_factor": stitch["decode_factor"],
             "stitch_peak_mb": round(stitch["peak_mb"]),
             "stitch_extra_mb": round(stitch["peak_mb"] - stitch["baseline_mb"]),
             "copy_peak_mb": round(copy["peak_mb"]),

@@ -8,8 +8,8 @@ import numpy as np
 
 from linumpy_motor import schemas
 from linumpy_motor.blend import BLENDING_MODES
-from linumpy_motor.entry import add_threads_argument, make_parser, run_cli
-from linumpy_motor.stitch import stitch_slice
+from linumpy_motor.entry import add_threads_argument, make_parser, positive_int, run_cli
+from linumpy_motor.stitch import CACHE_BYTES, stitch_slice
 
 
 def build_parser():
@@ -23,6 +23,9 @@ def build_parser():
     parser.add_argument("--ngff-version", default="0.5", choices=("0.4", "0.5"), help="output format")
     parser.add_argument("--z-chunk", type=int, help="Z planes per block and output chunk (default: automatic)")
     parser.add_argument("--use-gpu", action="store_true", help="resample and blend on a CUDA GPU (falls back to CPU)")
+    parser.add_argument("--cache-mb", type=positive_int, default=CACHE_BYTES // 2**20,
+                        help="decoded tiles held at once, MB: with enough, each input chunk is decoded once "
+                             "(peak memory is about this plus a few blocks per thread)")
     add_threads_argument(parser)
     return parser
 
@@ -31,7 +34,8 @@ def stitch(args) -> None:
     transform = np.asarray(schemas.load(args.transform_json, schemas.TransformFile).transform)
     summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
                            flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
-                           use_gpu=args.use_gpu, progress=sys.stderr.isatty(), threads=args.threads)
+                           use_gpu=args.use_gpu, progress=sys.stderr.isatty(), threads=args.threads,
+                           cache_bytes=args.cache_mb * 2**20)
     print(f"{summary['shape']} float32, {len(summary['levels'])} levels, {summary['backend']}, "
           f"{summary['seconds']:.1f} s -> {args.out_zarr}", file=sys.stderr)
 

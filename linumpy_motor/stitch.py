@@ -4,26 +4,27 @@ The output is produced block by block: a block is ``z_chunk`` planes by ``block_
 pixels of the canvas (exactly one shard of the output, or four chunks of an unsharded store), and
 uses only the tiles that touch it. Blocks run on a pool of ``threads`` threads.
 
-Decoding: a tile is decoded with all the planes of its input chunk (a *load*: ``READ_RUN`` tiles
-of one tile column, one zarr call, gain-multiplied and zero-padded) by the first block that needs
-it and kept until the last; every block then resamples just its own part of the tile. Blocks are
+Decoding: a tile is decoded with all the planes of its input chunk (a *load*: ``R`` tiles of one
+tile column in one zarr call, ``R`` = 2 for tiles under ``READ_RUN_BYTES``, else 1; gain-multiplied
+and zero-padded) by the first block that needs it and kept until the last; every block then resamples just its own part of the tile. Blocks are
 ordered Z load by Z load, strip by strip (``k`` block rows, or block columns when that decodes
 less), one block across the strip after the other, and all the block's Z chunks in a row, so a
 load is alive over about three block columns of one strip. With one strip over the whole slice
 every input chunk is decoded exactly once, whatever its depth (one chunk per whole tile included);
 when that would hold more than ``cache_bytes`` the strips are cut shorter and the tiles straddling
-a strip boundary are decoded once per strip they meet (``1 + 1/k`` decodes per chunk on average
-for strips ``k`` tile rows high).
+a strip boundary are decoded once per strip they meet (about ``1 + (h + b) / S`` decodes per chunk
+for strips ``S`` px high and tiles ``h`` px high). The summary reports the plan's ``decode_factor``.
 
 Peak memory, whatever the slice size (``T`` = one tile of one load as float32,
 ``zl * (h + 2) * (w + 2) * 4`` bytes, ``zl`` the planes of the input chunk, ``b`` = ``block_px``,
 ``zc`` = ``z_chunk``, ``W`` = ``threads``)::
 
-    peak ≈ max(cache_bytes, L1 * T) + W * (READ_RUN * T + 6 * zc * (b + 2)**2 * 4) + interpreter
+    peak ≈ max(cache_bytes, L1 * T) + W * (R * T + 6 * zc * (b + 2)**2 * 4) + interpreter
 
-where ``L1 = READ_RUN * (ceil(b / step_y) + 1) * (ceil(b / step_x) + 2)`` is what a one-block-row
-strip needs (``step`` = the tile pitch in px). The second term is each thread's read buffer and its
-block accumulators, resampling temporaries and level-1 output.
+where ``L1 ≈ R * (ceil(b / step_y) + 2) * (ceil(b / step_x) + 2 + W)`` is what a one-block strip
+needs (``step`` = the tile pitch in px): the tiles meeting the strip over the block being drawn,
+the next ``W`` ones and their neighbours. The second term is each thread's read buffer and its block
+accumulators, resampling temporaries and level-1 output. Nothing in it grows with the slice.
 
 Placement: the canvas pixel ``(Y, X)`` samples tile ``t`` at ``(Y, X) - p_t`` where ``p_t`` is the
 tile's top-left (:func:`tile_positions`, so the canvas starts at the smallest ``A @ [i, j]``). The
@@ -56,7 +57,7 @@ from .parallel import limited_threads, resolve_threads
 
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
 CACHE_BYTES = 512 * 2**20  # decoded tiles kept alive between their first and last block (see the module doc)
-READ_RUN = 2  # tile rows read with one zarr call
+READ_RUN_BYTES = 4 * 2**20  # tiles of a load smaller than this are read two tile rows per zarr call
 
 Region = tuple[slice, slice, slice]
 LoadKey = tuple[int, int, int, int]  # (run, first plane, last plane + 1, strip)
@@ -108,8 +109,9 @@ def tile_positions(grid: MosaicGrid, transform: np.ndarray) -> np.ndarray:
 class _Canvas:
     """Everything a block needs: the tiles' integer origins and sub-pixel fractions, the gains, the loads.
 
-    Tiles are read ``READ_RUN`` tile rows at a time (a run: one column of tiles, one zarr call), which
-    spares most of zarr's per-call cost.
+    Small tiles are read two tile rows at a time (a run: one column of tiles, one zarr call), which
+    spares most of zarr's per-call cost; tiles of ``READ_RUN_BYTES`` or more one at a time (a run of
+    two would be decoded again by each strip that needs only one of its tiles).
     """
 
     def __init__(self, grid: MosaicGrid, positions: np.ndarray, weights: np.ndarray, flat: np.ndarray | None,
@@ -122,10 +124,12 @@ class _Canvas:
         gain = weights if flat is None else weights / flat
         self.gain = xp.asarray(gain.astype(np.float32))
         self.weights = xp.asarray(np.pad(weights, 1))
-        rows, cols = np.divmod(np.arange(grid.nx * grid.ny), grid.ny)
-        self.run_of = (rows // READ_RUN) * grid.ny + cols  # run index of each tile
-        self.run_sizes = np.bincount(self.run_of)
         self.z_load = max(1, int(grid.array.chunks[0]))  # planes decoded together
+        _, h, w = grid.tile_shape
+        self.read_run = 2 if 4 * self.z_load * h * w < READ_RUN_BYTES else 1
+        rows, cols = np.divmod(np.arange(grid.nx * grid.ny), grid.ny)
+        self.run_of = (rows // self.read_run) * grid.ny + cols  # run index of each tile
+        self.run_sizes = np.bincount(self.run_of)
         self.strip_px = 1
         self.vertical = False
         self.cache = _LoadCache(self._load, {})
@@ -165,13 +169,15 @@ class _Canvas:
         xp = self.xp
         _, h, w = self.grid.tile_shape
         i0, j = divmod(run, self.grid.ny)
-        i0 *= READ_RUN
-        i1 = min(i0 + READ_RUN, self.grid.nx)
+        i0 *= self.read_run
+        i1 = min(i0 + self.read_run, self.grid.nx)
         raw = xp.asarray(read_block(self.grid, slice(z0, z1), slice(i0 * h, i1 * h), slice(j * w, (j + 1) * w)))
         gain = self.gain if self.gain.ndim == 2 else self.gain[z0:z1]
         tiles = []
         for i in range(i0, i1):
-            padded = xp.zeros((z1 - z0, h + 2, w + 2), dtype=xp.float32)
+            padded = xp.empty((z1 - z0, h + 2, w + 2), dtype=xp.float32)
+            padded[:, [0, -1], :] = 0
+            padded[:, :, [0, -1]] = 0
             xp.multiply(raw[:, (i - i0) * h:(i - i0 + 1) * h], gain, out=padded[:, 1:-1, 1:-1])
             tiles.append(padded)
         return tiles
@@ -195,7 +201,7 @@ class _Canvas:
             r0, r1 = max(ys.start, oy), min(ys.stop, oy + h + 1)
             c0, c1 = max(xs.start, ox), min(xs.stop, ox + w + 1)
             key = self.key(t, (zs, ys, xs))
-            padded = self.cache.get(key)[t // self.grid.ny % READ_RUN]
+            padded = self.cache.get(key)[t // self.grid.ny % self.read_run]
             # footprint rows r0 - oy .. r1 - oy need padded rows r0 - oy .. r1 - oy + 1 (see _lerp)
             rows, cols = slice(r0 - oy, r1 - oy + 1), slice(c0 - ox, c1 - ox + 1)
             values = _lerp(padded[zs.start - key[1]:zs.stop - key[1], rows, cols], fy, fx)
@@ -296,15 +302,15 @@ def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int,
     """The order blocks are rendered in, the strip size in px and whether strips are block columns.
 
     Z load by Z load, strip by strip, one block across the strip after the other, all the Z chunks
-    of a block in a row. For each orientation the strip is the whole slice, or halved until the
-    loads alive at once fit in ``cache_bytes``; the orientation decoding less wins.
+    of a block in a row. For each orientation the strip is the largest number of block rows (or
+    columns), up to the whole slice, whose loads alive at once fit in ``cache_bytes``; the
+    orientation decoding less wins.
     """
     regions = list(pyramid.iter_blocks(shape, block))
     best = None
     for vertical in (False, True):
         along, across = (2, 1) if vertical else (1, 2)
-        strip_blocks = -(-shape[along] // block[along])
-        while True:
+        for strip_blocks in range(-(-shape[along] // block[along]), 0, -1):
             strip = strip_blocks * block[along]
             canvas.strip_px, canvas.vertical = strip, vertical
 
@@ -314,9 +320,8 @@ def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int,
 
             order = sorted(regions, key=rank)
             peak, decoded = _peak_load_bytes(canvas, order, workers)
-            if strip_blocks == 1 or peak <= cache_bytes:
+            if peak <= cache_bytes:
                 break
-            strip_blocks = -(-strip_blocks // 2)
         if best is None or (decoded, peak) < best[0]:
             best = ((decoded, peak), order, strip, vertical)
     return best[1], best[2], best[3]
@@ -324,8 +329,9 @@ def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int,
 
 def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], block: tuple[int, int, int], *,
                    sharded: bool, threads: int, cache_bytes: int, bar: tqdm,
-                   on_block: ProgressCallback | None) -> None:
-    """Render level 0 block by block on a thread pool, then the downsampled levels.
+                   on_block: ProgressCallback | None) -> dict:
+    """Render level 0 block by block on a thread pool, then the downsampled levels; return the plan's
+    ``decode_factor`` (input chunks decoded per chunk) and ``cache_peak_bytes``.
 
     Level 1 is downsampled from each rendered block while it is in memory; its chunks are the
     half-size blocks, unsharded (a level-1 shard would gather four blocks written concurrently).
@@ -359,6 +365,7 @@ def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], b
         try:
             order, strip_px, vertical = _block_order(canvas, shapes[0], block, cache_bytes, threads)
             canvas.plan(order, strip_px, vertical)
+            peak, decoded = _peak_load_bytes(canvas, order, threads)
             futures: list[Future] = [pool.submit(work, region) for region in order]
             for future in futures:
                 future.result()
@@ -368,6 +375,9 @@ def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], b
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    _, h, w = canvas.grid.tile_shape
+    once = canvas.grid.nx * canvas.grid.ny * shapes[0][0] * (h + 2) * (w + 2) * 4
+    return {"decode_factor": round(decoded / once, 3), "cache_peak_bytes": peak}
 
 
 def stitch_slice(
@@ -428,7 +438,9 @@ def stitch_slice(
     -------
     dict
         ``output``, ``shape`` (level 0, z/y/x), ``levels`` (shapes), ``seconds``, ``backend``,
-        ``blending``, ``flatfield``, ``ngff_version``, ``chunks``, ``dtype``.
+        ``blending``, ``flatfield``, ``ngff_version``, ``chunks``, ``dtype``, ``threads``,
+        ``decode_factor`` (input bytes decoded over the input, 1.0 = each chunk once; the flat-field
+        estimate's reads not counted) and ``cache_peak_bytes`` (planned decoded tiles held at once).
 
     Raises
     ------
@@ -465,7 +477,7 @@ def stitch_slice(
         group = ngff.create_group(tmp, ngff_version)
         with (limited_threads(threads),
               tqdm(disable=not progress, file=sys.stderr, unit="block", desc=output.name) as bar):
-            _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", threads=threads,
+            plan = _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", threads=threads,
                            cache_bytes=cache_bytes, bar=bar, on_block=on_block)
         metadata = {
             "stage": "stitch", "version": __version__, "source": str(grid.path), "transform": A.tolist(),
@@ -480,5 +492,5 @@ def stitch_slice(
         "output": str(output), "shape": list(shapes[0]), "levels": [list(s) for s in shapes],
         "seconds": round(time.perf_counter() - start, 3), "backend": backend, "blending": blending,
         "flatfield": flat_description, "ngff_version": ngff_version, "chunks": [zc, block_px // 2, block_px // 2],
-        "dtype": "float32",
+        "dtype": "float32", "threads": threads, **plan,
     }

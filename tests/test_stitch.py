@@ -175,16 +175,18 @@ def _count_reads(monkeypatch) -> list:
 def test_each_whole_tile_chunk_is_decoded_once_whatever_the_z_chunk(data, tmp_path, monkeypatch, threads):
     """Whole-tile input chunks (all 4 planes), output Z chunks of 1 plane: still one read per tile."""
     reads = _count_reads(monkeypatch)
-    stitch_slice(data["path"], tmp_path / "s.ome.zarr", data["A"], flatfield="none", block_px=64, z_chunk=1,
-                 threads=threads)
+    summary = stitch_slice(data["path"], tmp_path / "s.ome.zarr", data["A"], flatfield="none", block_px=64,
+                           z_chunk=1, threads=threads)
     assert sorted(reads) == sorted((0, 4, i, j) for i in range(3) for j in range(4))
+    assert summary["decode_factor"] == 1.0 and summary["threads"] == threads
 
 
 def test_a_small_cache_cuts_strips_and_keeps_the_output(data, tmp_path, monkeypatch):
     """A cache too small for the whole slice re-decodes tiles at strip boundaries, bit for bit the same."""
     _, whole = _stitch(data, tmp_path / "whole.ome.zarr", flatfield="none", z_chunk=1)
     reads = _count_reads(monkeypatch)
-    _, strips = _stitch(data, tmp_path / "strips.ome.zarr", flatfield="none", z_chunk=1, cache_bytes=1)
+    summary, strips = _stitch(data, tmp_path / "strips.ome.zarr", flatfield="none", z_chunk=1, cache_bytes=1)
+    assert summary["decode_factor"] == pytest.approx(len(reads) / 12, rel=1e-3)
     assert len(reads) > 3 * 4 and set(reads) == {(0, 4, i, j) for i in range(3) for j in range(4)}
     np.testing.assert_array_equal(whole["0"][:], strips["0"][:])
 
