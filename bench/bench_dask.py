@@ -93,7 +93,7 @@ def run(workdir: str | Path = WORKDIR, grid: tuple[int, int] = (8, 8), threads: 
     source, _ = bench_stitch._input(workdir, *grid)
     stitched = workdir / "stitched.ome.zarr"
     if not stitched.exists():
-        bench_stitch._measure("stitch", source, stitched, threads, keep=True)
+        bench_stitch._measure("stitch", source, stitched, threads, keep=True)  # on that many cores
     rows = []
     try:
         for repeat in range(repeats):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import shutil
 import subprocess
@@ -115,23 +116,26 @@ def _current_rss_mb() -> float:
     return _status_mb("VmRSS")
 
 
-def _child(task: str, source: str, target: str, threads: str) -> None:
-    """Run one stitch or copy in this (fresh) process and print its timing and memory as JSON."""
+def _child(task: str, source: str, target: str, cores: str) -> None:
+    """Run one stitch or copy in this (fresh) process on its first ``cores`` CPUs (affinity: zarr's own
+    decoding threads are held to them too) and print its timing and memory as JSON."""
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(cores)])
+    threads = available_cores()
     baseline = _current_rss_mb()
     start = time.perf_counter()
     if task == "stitch":
-        summary = stitch_slice(source, target, _transform(), threads=int(threads))
+        summary = stitch_slice(source, target, _transform(), threads=threads)
         out_bytes, decode = 4 * math.prod(summary["shape"]), summary["decode_factor"]
     else:
-        out_bytes, decode = copy_store(Path(source), Path(target), int(threads)), 1.0
+        out_bytes, decode = copy_store(Path(source), Path(target), threads), 1.0
     print(json.dumps({"seconds": time.perf_counter() - start, "out_bytes": out_bytes, "baseline_mb": baseline,
                       "peak_mb": _peak_rss_mb(), "decode_factor": decode}))
 
 
-def _measure(task: str, source: Path, target: Path, threads: int, keep: bool = False) -> dict:
-    """Run ``_child`` in a fresh process; the output is deleted unless ``keep``."""
+def _measure(task: str, source: Path, target: Path, cores: int, keep: bool = False) -> dict:
+    """Run ``_child`` in a fresh process on ``cores`` CPUs; the output is deleted unless ``keep``."""
     try:
-        result = subprocess.run([sys.executable, __file__, "--child", task, str(source), str(target), str(threads)],
+        result = subprocess.run([sys.executable, __file__, "--child", task, str(source), str(target), str(cores)],
                                 capture_output=True, text=True, check=True)
     finally:
         if not keep:
@@ -148,11 +152,11 @@ def _input(workdir: Path, nx: int, ny: int) -> tuple[Path, float]:
     return source, math.prod(TILE) * nx * ny * 4 / 2**20
 
 
-def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZES, threads: int | None = None,
+def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZES, cores: int | None = None,
         keep: bool = False) -> list[dict]:
-    """Benchmark every grid size ``(nx, ny)`` in ``sizes`` with ``threads`` (default: all cores given).
+    """Benchmark every grid size ``(nx, ny)`` in ``sizes`` on ``cores`` CPUs (default: all given).
 
-    Row keys: ``grid``, ``input_mb``, ``output_mb`` (level 0), ``threads``, ``copy_s``, ``stitch_s``
+    Row keys: ``grid``, ``input_mb``, ``output_mb`` (level 0), ``cores``, ``copy_s``, ``stitch_s``
     (flat-field estimate, feather, level 0 and pyramid), ``copy_mb_s`` and ``stitch_mb_s`` (input
     MB/s), ``stitch_vs_copy`` (copy_s / stitch_s), ``decode_factor`` (input chunks decoded per chunk by
     the stitch proper, see :func:`stitch_slice`), ``stitch_peak_mb`` (peak resident memory),
@@ -160,15 +164,15 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    threads = threads or available_cores()
+    cores = cores or available_cores()
     rows = []
     for nx, ny in sizes:
         source, in_mb = _input(workdir, nx, ny)
-        copy = _measure("copy", source, workdir / "copy.zarr", threads)
-        stitch = _measure("stitch", source, workdir / "stitch.ome.zarr", threads)
+        copy = _measure("copy", source, workdir / "copy.zarr", cores)
+        stitch = _measure("stitch", source, workdir / "stitch.ome.zarr", cores)
         rows.append({
             "grid": f"{nx}x{ny}", "input_mb": round(in_mb), "output_mb": round(stitch["out_bytes"] / 2**20),
-            "threads": threads, "copy_s": round(copy["seconds"], 1), "stitch_s": round(stitch["seconds"], 1),
+            "cores": cores, "copy_s": round(copy["seconds"], 1), "stitch_s": round(stitch["seconds"], 1),
             "copy_mb_s": round(in_mb / copy["seconds"]), "stitch_mb_s": round(in_mb / stitch["seconds"]),
             "stitch_vs_copy": round(copy["seconds"] / stitch["seconds"], 2), "decode_factor": stitch["decode_factor"],
             "stitch_peak_mb": round(stitch["peak_mb"]),
@@ -182,9 +186,10 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
 
 def scaling(workdir: str | Path = WORKDIR, size: tuple[int, int] = SCALING_SIZE, repeats: int = 2,
             keep: bool = False) -> list[dict]:
-    """Stitch seconds with 1 thread and with every core given, alternated ``repeats`` times.
+    """Stitch seconds on 1 core and on every core given (CPU affinity, default threads), alternated
+    ``repeats`` times.
 
-    Row keys: ``grid``, ``repeat``, ``threads``, ``stitch_s``, ``speedup`` (1-thread seconds of the
+    Row keys: ``grid``, ``repeat``, ``cores``, ``stitch_s``, ``speedup`` (1-core seconds of the
     same repeat / these seconds), ``load`` (the 1-minute load average before the run: other work on
     the machine skews the ratio).
     """
@@ -195,11 +200,11 @@ def scaling(workdir: str | Path = WORKDIR, size: tuple[int, int] = SCALING_SIZE,
     rows = []
     for repeat in range(repeats):
         one = None
-        for threads in sorted({1, cores}):
+        for n in sorted({1, cores}):
             load = float(Path("/proc/loadavg").read_text().split()[0])
-            seconds = _measure("stitch", source, workdir / "stitch.ome.zarr", threads)["seconds"]
+            seconds = _measure("stitch", source, workdir / "stitch.ome.zarr", n)["seconds"]
             one = one or seconds
-            rows.append({"grid": f"{size[0]}x{size[1]}", "repeat": repeat + 1, "threads": threads,
+            rows.append({"grid": f"{size[0]}x{size[1]}", "repeat": repeat + 1, "cores": n,
                          "stitch_s": round(seconds, 1), "speedup": round(one / seconds, 2), "load": load})
     if not keep:
         shutil.rmtree(source)

@@ -362,8 +362,22 @@ def test_bin_runs_as_a_program(data, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
-def test_gpu_matches_cpu(data, tmp_path):
-    summary, gpu = _stitch(data, tmp_path / "gpu.ome.zarr", use_gpu=True)
+@pytest.mark.parametrize("blending, cache_bytes", [("feather", stitch.CACHE_BYTES), ("none", 1), ("diffusion", 1)])
+def test_gpu_matches_cpu(data, tmp_path, blending, cache_bytes):
+    """Resampling, blending and level 1 on CuPy, whole slice in one strip or cut into strips."""
+    options = dict(blending=blending, cache_bytes=cache_bytes, z_chunk=1, pyramid_top_px=64)
+    summary, gpu = _stitch(data, tmp_path / "gpu.ome.zarr", use_gpu=True, **options)
     assert summary["backend"] == "cupy"
-    _, cpu = _stitch(data, tmp_path / "cpu.ome.zarr")
-    np.testing.assert_allclose(gpu["0"][:], cpu["0"][:], rtol=1e-4, atol=1e-5)
+    _, cpu = _stitch(data, tmp_path / "cpu.ome.zarr", **options)
+    assert list(gpu.array_keys()) == list(cpu.array_keys())
+    for level in cpu.array_keys():
+        np.testing.assert_allclose(gpu[level][:], cpu[level][:], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(gpu_available(), reason="this machine has a usable GPU")
+def test_use_gpu_without_a_gpu_stitches_the_same_on_the_cpu(data, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="linumpy_motor.backend"):
+        summary, fallback = _stitch(data, tmp_path / "fallback.ome.zarr", use_gpu=True, blending="average")
+    assert summary["backend"] == "numpy" and "GPU requested" in caplog.text
+    _, cpu = _stitch(data, tmp_path / "cpu.ome.zarr", blending="average")
+    np.testing.assert_array_equal(fallback["0"][:], cpu["0"][:])
