@@ -32,6 +32,7 @@ import numpy as np
 import zarr
 
 from linumpy_motor import ngff, synthetic
+from linumpy_motor.backend import gpu_available
 from linumpy_motor.parallel import available_cores
 from linumpy_motor.stitch import stitch_slice
 
@@ -123,8 +124,8 @@ def _child(task: str, source: str, target: str, cores: str) -> None:
     threads = available_cores()
     baseline = _current_rss_mb()
     start = time.perf_counter()
-    if task == "stitch":
-        summary = stitch_slice(source, target, _transform(), threads=threads)
+    if task in ("stitch", "stitch-gpu"):
+        summary = stitch_slice(source, target, _transform(), threads=threads, use_gpu=task == "stitch-gpu")
         out_bytes, decode = 4 * math.prod(summary["shape"]), summary["decode_factor"]
     else:
         out_bytes, decode = copy_store(Path(source), Path(target), threads), 1.0
@@ -160,7 +161,8 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
     (flat-field estimate, feather, level 0 and pyramid), ``copy_mb_s`` and ``stitch_mb_s`` (input
     MB/s), ``stitch_vs_copy`` (copy_s / stitch_s), ``decode_factor`` (input chunks decoded per chunk by
     the stitch proper, see :func:`stitch_slice`), ``stitch_peak_mb`` (peak resident memory),
-    ``stitch_extra_mb`` (that peak over the resident memory after imports), ``copy_peak_mb``.
+    ``stitch_extra_mb`` (that peak over the resident memory after imports), ``copy_peak_mb``; with a
+    CUDA device also ``gpu_s`` and ``gpu_vs_copy`` (the same stitch with ``use_gpu=True``).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,9 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
             "stitch_extra_mb": round(stitch["peak_mb"] - stitch["baseline_mb"]),
             "copy_peak_mb": round(copy["peak_mb"]),
         })
+        if gpu_available():
+            gpu = _measure("stitch-gpu", source, workdir / "stitch.ome.zarr", cores)
+            rows[-1].update(gpu_s=round(gpu["seconds"], 1), gpu_vs_copy=round(copy["seconds"] / gpu["seconds"], 2))
         if not keep:
             shutil.rmtree(source)
     return rows

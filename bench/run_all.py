@@ -37,6 +37,7 @@ STITCH_TARGET = 0.7
 MEMORY_FLAT_RATIO = 1.3
 MEMORY_FLAT_FROM_MB = 1000  # the memory target compares slices of 1 GB and more
 SCALING_TARGET = 1.6
+GPU_STITCH_TARGET = 1.5
 
 
 def log(message: str) -> None:
@@ -161,9 +162,16 @@ def stitch_verdicts(rows: list[dict], scaling: list[dict] = ()) -> list[tuple[st
          f"peak {small['stitch_peak_mb']:.0f} MB at {small['input_mb']:.0f} MB of input, "
          f"{large['stitch_peak_mb']:.0f} MB at {large['input_mb']:.0f} MB (x{growth:.2f})"),
     ]
+    gpu = f"GPU stitching ≥ {GPU_STITCH_TARGET:g}x plain-copy throughput"
+    if "gpu_vs_copy" in rows[0]:
+        gpu_ratios = [row["gpu_vs_copy"] for row in rows]
+        verdicts.append((gpu, min(gpu_ratios) >= GPU_STITCH_TARGET,
+                         f"{min(gpu_ratios):.2f}x to {max(gpu_ratios):.2f}x over {len(rows)} sizes"))
+    else:
+        verdicts.append((gpu, None, "no CUDA device"))
     many = [r for r in scaling if r["cores"] > 1]
     if not many:
-        verdicts.append((cores, None, "not evaluated: one core only"))
+        verdicts.append((cores, None, "one core only"))
     else:
         speedups = [r["speedup"] for r in many]
         loads = [r["load"] for r in scaling]
