@@ -271,7 +271,6 @@ def _check_transform(transform) -> np.ndarray:
     return A
 
 
-
 def default_z_chunk(grid: MosaicGrid, block_px: int) -> int:
     """Planes per block: a block accumulator stays ~``BLOCK_BYTES``, and blocks never straddle an
     input chunk in Z (a divisor of the input's Z chunk when it is deeper, else a whole number of them)."""
@@ -303,9 +302,10 @@ def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int,
     Z load by Z load, strip by strip, one block across the strip after the other, all the Z chunks
     of a block in a row. For each orientation the strip is the largest number of block rows (or
     columns), up to the whole slice, whose loads alive at once fit in ``cache_bytes``; the
-    orientation decoding less wins.
+    orientation decoding less wins. Every Z load has the same plan: the choice looks at the first.
     """
     regions = list(pyramid.iter_blocks(shape, block))
+    first_load = [r for r in regions if canvas.load_planes(r[0])[0] == 0]
     best = None
     for vertical in (False, True):
         along, across = (2, 1) if vertical else (1, 2)
@@ -317,12 +317,11 @@ def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int,
                 return (canvas.load_planes(region[0])[0], region[along].start // strip, region[across].start,
                         region[along].start, region[0].start)
 
-            order = sorted(regions, key=rank)
-            peak, decoded = _peak_load_bytes(canvas, order, workers)
+            peak, decoded = _peak_load_bytes(canvas, sorted(first_load, key=rank), workers)
             if peak <= cache_bytes:
                 break
         if best is None or (decoded, peak) < best[0]:
-            best = ((decoded, peak), order, strip, vertical)
+            best = ((decoded, peak), sorted(regions, key=rank), strip, vertical)
     return best[1], best[2], best[3]
 
 

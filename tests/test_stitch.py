@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -189,6 +190,12 @@ def test_a_small_cache_cuts_strips_and_keeps_the_output(data, tmp_path, monkeypa
     assert summary["decode_factor"] == pytest.approx(len(reads) / 12, rel=1e-3)
     assert len(reads) > 3 * 4 and set(reads) == {(0, 4, i, j) for i in range(3) for j in range(4)}
     np.testing.assert_array_equal(whole["0"][:], strips["0"][:])
+
+
+@pytest.mark.parametrize("chunk_z, expected", [(4, 16), (64, 16), (100, 10), (97, 16), (1, 16), (3, 15)])
+def test_default_z_chunk_never_straddles_a_deep_input_chunk(chunk_z, expected):
+    grid = SimpleNamespace(tile_shape=(300, 256, 256), array=SimpleNamespace(chunks=(chunk_z, 256, 256)))
+    assert stitch.default_z_chunk(grid, 512) == expected  # 16 planes of 512 x 512 float32 = BLOCK_BYTES
 
 
 def test_progress_callback_counts_every_block(data, tmp_path):
