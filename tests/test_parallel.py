@@ -50,9 +50,9 @@ def test_threads_resolve_and_split_between_workers(monkeypatch):
         parallel.resolve_threads(0)
 
 
-def test_limited_threads_caps_blas_and_fft_pools_then_restores_them():
+def test_limited_threads_sets_fft_workers_holds_blas_to_one_then_restores_them():
     before = scipy.fft.get_workers()
-    with parallel.limited_threads(1):
-        assert scipy.fft.get_workers() == 1
+    with parallel.limited_threads(3):
+        assert scipy.fft.get_workers() == 3
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     assert scipy.fft.get_workers() == before
