@@ -123,13 +123,14 @@ def _child(task: str, source: str, target: str, cores: str) -> None:
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(cores)])
     threads = available_cores()
     baseline = _current_rss_mb()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if task in ("stitch", "stitch-gpu"):
         summary = stitch_slice(source, target, _transform(), threads=threads, use_gpu=task == "stitch-gpu")
         out_bytes, decode = 4 * math.prod(summary["shape"]), summary["decode_factor"]
     else:
         out_bytes, decode = copy_store(Path(source), Path(target), threads), 1.0
-    print(json.dumps({"seconds": time.perf_counter() - start, "out_bytes": out_bytes, "baseline_mb": baseline,
+    print(json.dumps({"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
+                      "out_bytes": out_bytes, "baseline_mb": baseline,
                       "peak_mb": _peak_rss_mb(), "decode_factor": decode}))
 
 
@@ -159,7 +160,8 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
 
     Row keys: ``grid``, ``input_mb``, ``output_mb`` (level 0), ``cores``, ``copy_s``, ``stitch_s``
     (flat-field estimate, feather, level 0 and pyramid), ``copy_mb_s`` and ``stitch_mb_s`` (input
-    MB/s), ``stitch_vs_copy`` (copy_s / stitch_s), ``decode_factor`` (input chunks decoded per chunk by
+    MB/s), ``stitch_vs_copy`` (copy_s / stitch_s), ``cpu_s_copy`` and ``cpu_s_stitch`` (CPU seconds
+    of all the process's threads: less sensitive than wall time to other jobs), ``decode_factor`` (input chunks decoded per chunk by
     the stitch proper, see :func:`stitch_slice`), ``stitch_peak_mb`` (peak resident memory),
     ``stitch_extra_mb`` (that peak over the resident memory after imports), ``copy_peak_mb``; with a
     CUDA device also ``gpu_s`` and ``gpu_vs_copy`` (the same stitch with ``use_gpu=True``).
@@ -176,7 +178,9 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
             "grid": f"{nx}x{ny}", "input_mb": round(in_mb), "output_mb": round(stitch["out_bytes"] / 2**20),
             "cores": cores, "copy_s": round(copy["seconds"], 1), "stitch_s": round(stitch["seconds"], 1),
             "copy_mb_s": round(in_mb / copy["seconds"]), "stitch_mb_s": round(in_mb / stitch["seconds"]),
-            "stitch_vs_copy": round(copy["seconds"] / stitch["seconds"], 2), "decode_factor": stitch["decode_factor"],
+            "stitch_vs_copy": round(copy["seconds"] / stitch["seconds"], 2),
+            "cpu_s_copy": round(copy["cpu_s"], 1), "cpu_s_stitch": round(stitch["cpu_s"], 1),
+            "decode_factor": stitch["decode_factor"],
             "stitch_peak_mb": round(stitch["peak_mb"]),
             "stitch_extra_mb": round(stitch["peak_mb"] - stitch["baseline_mb"]),
             "copy_peak_mb": round(copy["peak_mb"]),
