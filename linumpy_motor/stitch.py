@@ -68,7 +68,8 @@ class _LoadCache:
     last.
 
     ``uses`` counts, for each :data:`LoadKey`, the tile uses by blocks, each one a :meth:`get` then a
-    :meth:`release`. A load being made by one thread is waited for, not made again, by another.
+    :meth:`release`. A load being made by one thread is waited for, not made again, by another;
+    :meth:`fetch` lets threads that need the same new loads share them out instead of waiting.
     """
 
     def __init__(self, load: Callable[[int, int, int], list], uses: dict[LoadKey, int]) -> None:
@@ -77,19 +78,37 @@ class _LoadCache:
         self.loads: dict[LoadKey, Future] = {}
         self.lock = threading.Lock()
 
+    def _claim(self, key: LoadKey) -> Future | None:
+        """A new future for ``key`` that this thread must fill, or None when the load is already made
+        or under way."""
+        with self.lock:
+            if key in self.loads:
+                return None
+            entry = self.loads[key] = Future()
+            return entry
+
+    def _fill(self, key: LoadKey, entry: Future) -> None:
+        try:
+            entry.set_result(self.load(*key[:3]))
+        except BaseException as exc:
+            entry.set_exception(exc)
+            raise
+
+    def fetch(self, keys: list[LoadKey]) -> None:
+        """Make, one after the other, each of ``keys`` that no thread has started (without waiting for
+        those under way): two blocks needing the same new tiles decode them in parallel."""
+        for key in keys:
+            entry = self._claim(key)
+            if entry is not None:
+                self._fill(key, entry)
+
     def get(self, key: LoadKey) -> list:
         """The padded tiles of ``key``, loaded at most once while its blocks still need them."""
+        entry = self._claim(key)
+        if entry is not None:
+            self._fill(key, entry)
         with self.lock:
-            entry = self.loads.get(key)
-            owner = entry is None
-            if owner:
-                entry = self.loads[key] = Future()
-        if owner:
-            try:
-                entry.set_result(self.load(*key[:3]))
-            except BaseException as exc:
-                entry.set_exception(exc)
-                raise
+            entry = self.loads[key]
         return entry.result()
 
     def release(self, key: LoadKey) -> None:
@@ -194,7 +213,9 @@ class _Canvas:
         _, h, w = self.grid.tile_shape
         num = xp.zeros((zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), dtype=xp.float32)
         den = xp.zeros(num.shape[1:], dtype=xp.float32)
-        for t in self.tiles_touching(ys, xs).tolist():
+        tiles = self.tiles_touching(ys, xs).tolist()
+        self.cache.fetch(list(dict.fromkeys(self.key(t, (zs, ys, xs)) for t in tiles)))
+        for t in tiles:
             oy, ox = self.origins[t].tolist()
             fy, fx = self.fractions[t].tolist()
             r0, r1 = max(ys.start, oy), min(ys.stop, oy + h + 1)
