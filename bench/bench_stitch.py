@@ -199,8 +199,9 @@ def scaling(workdir: str | Path = WORKDIR, size: tuple[int, int] = SCALING_SIZE,
     ``repeats`` times.
 
     Row keys: ``grid``, ``repeat``, ``cores``, ``stitch_s``, ``speedup`` (1-core seconds of the
-    same repeat / these seconds), ``load`` (the 1-minute load average before the run: other work on
-    the machine skews the ratio).
+    same repeat / these seconds), ``cpu_per_wall`` (CPU seconds of the process per second: the cores
+    it actually kept busy), ``load`` (the 1-minute load average before the run: other work on the
+    machine skews the ratio).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -211,10 +212,12 @@ def scaling(workdir: str | Path = WORKDIR, size: tuple[int, int] = SCALING_SIZE,
         one = None
         for n in sorted({1, cores}):
             load = float(Path("/proc/loadavg").read_text().split()[0])
-            seconds = _measure("stitch", source, workdir / "stitch.ome.zarr", n)["seconds"]
+            result = _measure("stitch", source, workdir / "stitch.ome.zarr", n)
+            seconds = result["seconds"]
             one = one or seconds
             rows.append({"grid": f"{size[0]}x{size[1]}", "repeat": repeat + 1, "cores": n,
-                         "stitch_s": round(seconds, 1), "speedup": round(one / seconds, 2), "load": load})
+                         "stitch_s": round(seconds, 1), "speedup": round(one / seconds, 2),
+                         "cpu_per_wall": round(result["cpu_s"] / seconds, 2), "load": load})
     if not keep:
         shutil.rmtree(source)
     return rows
