@@ -5,6 +5,7 @@ blended overlaps, written as an OME-Zarr with a multiscale pyramid (float32)."""
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from linumpy_motor import schemas
 from linumpy_motor.blend import BLENDING_MODES
@@ -32,10 +33,16 @@ def build_parser():
 
 def stitch(args) -> None:
     transform = np.asarray(schemas.load(args.transform_json, schemas.TransformFile).transform)
-    summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
-                           flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
-                           use_gpu=args.use_gpu, progress=sys.stderr.isatty(), threads=args.threads,
-                           cache_bytes=args.cache_mb * 2**20)
+    with tqdm(disable=not sys.stderr.isatty(), file=sys.stderr, unit="block", desc=args.out_zarr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
+                               flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
+                               use_gpu=args.use_gpu, progress=progress, threads=args.threads,
+                               cache_bytes=args.cache_mb * 2**20)
     print(f"{summary['shape']} float32, {len(summary['levels'])} levels, {summary['backend']}, "
           f"{summary['seconds']:.1f} s -> {args.out_zarr}", file=sys.stderr)
 

@@ -35,7 +35,6 @@ sub-pixel border, and the division renormalises the interpolation there. The out
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from . import __version__, geometry, ngff, pyramid
 from .backend import get_backend, to_numpy
@@ -347,8 +345,7 @@ def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int,
 
 
 def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], block: tuple[int, int, int], *,
-                   sharded: bool, threads: int, cache_bytes: int, bar: tqdm,
-                   on_block: ProgressCallback | None) -> dict:
+                   sharded: bool, threads: int, cache_bytes: int, progress: ProgressCallback | None) -> dict:
     """Render level 0 block by block on a thread pool, then the downsampled levels; return the plan's
     ``decode_factor`` (input chunks decoded per chunk) and ``cache_peak_bytes``.
 
@@ -359,15 +356,13 @@ def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], b
     chunks = (block[0], block[1] // 2, block[2] // 2)
     shards = block if sharded else None
     total = sum(len(list(pyramid.iter_blocks(s, block))) for s in shapes[:1] + shapes[2:])
-    bar.reset(total)
     done = 0
 
     def step() -> None:
         nonlocal done
         done += 1
-        bar.update()
-        if on_block is not None:
-            on_block(done, total)
+        if progress is not None:
+            progress(done, total)
 
     level0 = pyramid.create_level(group, "0", shapes[0], chunks, shards)
     level1 = pyramid.create_level(group, "1", shapes[1], chunks) if len(shapes) > 1 else None
@@ -410,11 +405,10 @@ def stitch_slice(
     z_chunk: int | None = None,
     block_px: int = 512,
     use_gpu: bool = False,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
     pyramid_top_px: int = 512,
     threads: int | None = None,
     cache_bytes: int = CACHE_BYTES,
-    on_block: ProgressCallback | None = None,
 ) -> dict:
     """Stitch one slice's mosaic grid into an OME-Zarr image with a multiscale pyramid.
 
@@ -440,8 +434,8 @@ def stitch_slice(
         Y and X size of a block (even, >= 32); output chunks are ``block_px // 2``.
     use_gpu : bool
         Accumulate with CuPy when a CUDA device is usable (same code path), else NumPy.
-    progress : bool
-        Show a progress bar on stderr.
+    progress : callable, optional
+        Called as ``progress(blocks done, blocks)`` after each output block of every level.
     pyramid_top_px : int
         Halve Y and X until the smallest level fits in this many pixels.
     threads : int, optional
@@ -450,8 +444,6 @@ def stitch_slice(
     cache_bytes : int
         Decoded tiles held at once (see the module docstring: with enough of it each input chunk is
         decoded once; peak memory is about this plus a few blocks per thread).
-    on_block : callable, optional
-        Called as ``on_block(done, total)`` after each block of every level.
 
     Returns
     -------
@@ -494,10 +486,9 @@ def stitch_slice(
         canvas = _Canvas(grid, tile_positions(grid, A), weight_map((h, w), blending, overlap_px(A, (h, w))), flat,
                          blending == "none", xp)
         group = ngff.create_group(tmp, ngff_version)
-        with (limited_threads(threads),
-              tqdm(disable=not progress, file=sys.stderr, unit="block", desc=output.name) as bar):
+        with limited_threads(threads):
             plan = _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", threads=threads,
-                           cache_bytes=cache_bytes, bar=bar, on_block=on_block)
+                                  cache_bytes=cache_bytes, progress=progress)
         metadata = {
             "stage": "stitch", "version": __version__, "source": str(grid.path), "transform": A.tolist(),
             "canvas_origin": (geometry.grid_indices(grid.nx, grid.ny) @ A.T).min(axis=0).tolist(),

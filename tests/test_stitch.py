@@ -201,7 +201,7 @@ def test_default_z_chunk_never_straddles_a_deep_input_chunk(chunk_z, expected):
 def test_progress_callback_counts_every_block(data, tmp_path):
     calls = []
     summary, group = _stitch(data, tmp_path / "s.ome.zarr", flatfield="none", pyramid_top_px=64,
-                             on_block=lambda done, total: calls.append((done, total)))
+                             progress=lambda done, total: calls.append((done, total)))
     total = sum(len(list(pyramid.iter_blocks(group[str(k)].shape, (4, 64, 64))))
                 for k in [0, *range(2, len(summary["levels"]))])
     assert calls == [(k, total) for k in range(1, total + 1)]
