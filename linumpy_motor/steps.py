@@ -45,7 +45,7 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
                   progress: bool = False, threads: int | None = None) -> dict:
     """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
 
-    ``threads`` caps the FFT and BLAS pools (default: the cores this process is given).
+    ``threads``: FFT workers (default: the cores this process is given); BLAS stays on one thread.
 
     Returns
     -------

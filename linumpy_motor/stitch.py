@@ -433,14 +433,16 @@ def stitch_slice(
     block_px : int
         Y and X size of a block (even, >= 32); output chunks are ``block_px // 2``.
     use_gpu : bool
-        Accumulate with CuPy when a CUDA device is usable (same code path), else NumPy.
+        Resample, blend and downsample level 1 with CuPy when a CUDA device is usable (the decoded
+        tiles are then cached in GPU memory; same code path), else NumPy with a warning.
     progress : callable, optional
         Called as ``progress(blocks done, blocks)`` after each output block of every level.
     pyramid_top_px : int
         Halve Y and X until the smallest level fits in this many pixels.
     threads : int, optional
-        Threads rendering blocks; BLAS and FFT pools are capped to the same number (default: the
-        cores this process may use, :func:`linumpy_motor.parallel.available_cores`).
+        Threads rendering blocks (default: the cores this process may use,
+        :func:`linumpy_motor.parallel.available_cores`); BLAS is held to one thread meanwhile
+        (:func:`linumpy_motor.parallel.limited_threads`).
     cache_bytes : int
         Decoded tiles held at once (see the module docstring: with enough of it each input chunk is
         decoded once; peak memory is about this plus a few blocks per thread).
@@ -481,14 +483,13 @@ def stitch_slice(
     xp, _, backend = get_backend(use_gpu)
     shapes = pyramid.level_shapes(geometry.output_shape(grid.nx, grid.ny, grid.tile_shape, A), pyramid_top_px)
     block = (zc, block_px, block_px)
-    with atomic_output(output) as tmp:
+    with atomic_output(output) as tmp, limited_threads(threads):
         flat, flat_description = resolve_flatfield(grid, flatfield)
         canvas = _Canvas(grid, tile_positions(grid, A), weight_map((h, w), blending, overlap_px(A, (h, w))), flat,
                          blending == "none", xp)
         group = ngff.create_group(tmp, ngff_version)
-        with limited_threads(threads):
-            plan = _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", threads=threads,
-                                  cache_bytes=cache_bytes, progress=progress)
+        plan = _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", threads=threads,
+                              cache_bytes=cache_bytes, progress=progress)
         metadata = {
             "stage": "stitch", "version": __version__, "source": str(grid.path), "transform": A.tolist(),
             "canvas_origin": (geometry.grid_indices(grid.nx, grid.ny) @ A.T).min(axis=0).tolist(),
