@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import scipy.fft
 from threadpoolctl import threadpool_info
 
 from linumpy_motor import parallel
+
+BIN = Path(__file__).resolve().parents[1] / "bin"
 
 
 def _write(path, text):
@@ -56,3 +60,16 @@ def test_limited_threads_sets_fft_workers_holds_blas_to_one_then_restores_them()
         assert scipy.fft.get_workers() == 3
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     assert scipy.fft.get_workers() == before
+
+
+@pytest.mark.parametrize("script, positionals", [("linum_motor_stitch.py", ["in.ome.zarr", "t.json", "out.ome.zarr"]),
+                                                  ("linum_motor_measure_pairs.py", ["in.ome.zarr", "pairs.json"])])
+def test_scripts_refuse_zero_threads_in_one_line(script, positionals, capsys):
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), BIN / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([*positionals, "--threads", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--threads: must be >= 1, got 0" in err
