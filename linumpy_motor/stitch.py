@@ -42,19 +42,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from . import __version__, geometry, ngff, pyramid
+from . import __version__, geometry, ngff, outputs, pyramid
 from .backend import get_backend, to_numpy
 from .blend import BLENDING_MODES, overlap_px, weight_map
 from .errors import InputError
 from .flatfield import resolve_flatfield
-from .io import MosaicGrid, atomic_output, open_mosaic, read_block
+from .io import MosaicGrid, open_mosaic, read_block
+from .outputs import atomic_output
 from .parallel import limited_threads, resolve_threads
 
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
 CACHE_BYTES = 512 * 2**20  # decoded tiles kept alive between their first and last block (see the module doc)
 READ_RUN_BYTES = 4 * 2**20  # tiles of a load smaller than this are read two tile rows per zarr call
+MAX_CANVAS_TO_TILES = 4.0  # a real layout's canvas is smaller than its tiles' total area
 
 Region = tuple[slice, slice, slice]
 LoadKey = tuple[int, int, int, int]  # (run, first plane, last plane + 1, strip)
@@ -256,31 +257,35 @@ def _lerp(padded, fy: float, fx: float):
     return out
 
 
-def _inside(a: Path, b: Path) -> bool:
-    return a == b or b in a.parents
-
-
-def _written_by_stitch(path: Path) -> bool:
-    try:
-        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
-    except Exception:  # not a zarr group at all
-        return False
-    return (attrs.get("linumpy_motor") or {}).get("stage") == "stitch"
-
-
 def check_output(source: Path, output: Path) -> None:
-    """Refuse an output that is, holds or lies inside the input store, or replaces anything but a
-    previous stitched slice.
+    """Refuse an output that is, holds or lies inside the input store, or that this program may not
+    replace (:mod:`linumpy_motor.outputs`).
 
     Raises
     ------
     InputError
     """
-    src, out = source.resolve(), output.resolve()
-    if _inside(out, src) or _inside(src, out):
-        raise InputError(output, f"output must not be, hold or lie inside the input store {source}")
-    if out.exists() and not _written_by_stitch(out):
-        raise InputError(output, "exists and is not a stitched slice; refusing to replace it")
+    outputs.check_outside(output, source)
+    outputs.check_replaceable(output)
+
+
+def check_canvas(grid: MosaicGrid, A: np.ndarray) -> None:
+    """Refuse a transform whose canvas is far larger than the tiles could fill (before allocating it).
+
+    Raises
+    ------
+    InputError
+        The canvas is over ``MAX_CANVAS_TO_TILES`` times the tiles' total area (no file named:
+        callers that read the transform from a file name it).
+    """
+    corners = np.array([[0, 0], [0, grid.ny - 1], [grid.nx - 1, 0], [grid.nx - 1, grid.ny - 1]], float) @ A.T
+    _, h, w = grid.tile_shape
+    height, width = np.ptp(corners, axis=0) + (h, w)
+    ratio = float(height * width) / (grid.nx * grid.ny * h * w)
+    if ratio > MAX_CANVAS_TO_TILES:
+        raise InputError(None, f"transform {A.tolist()} spreads the {grid.nx}x{grid.ny} tiles over a "
+                               f"{height:.0f}x{width:.0f} px canvas, {ratio:.3g} times their area (is it this "
+                               f"acquisition's motor matrix, in px per tile step?)")
 
 
 def _check_transform(transform) -> np.ndarray:
@@ -380,6 +385,8 @@ def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], b
             order, strip_px, vertical = _block_order(canvas, shapes[0], block, cache_bytes, threads)
             canvas.plan(order, strip_px, vertical)
             peak, decoded = _peak_load_bytes(canvas, order, threads)
+            if progress is not None:
+                progress(0, total)
             futures: list[Future] = [pool.submit(work, region) for region in order]
             for future in futures:
                 future.result()
@@ -436,7 +443,8 @@ def stitch_slice(
         Resample, blend and downsample level 1 with CuPy when a CUDA device is usable (the decoded
         tiles are then cached in GPU memory; same code path), else NumPy with a warning.
     progress : callable, optional
-        Called as ``progress(blocks done, blocks)`` after each output block of every level.
+        Called as ``progress(blocks done, blocks)`` once before the first block and after each output
+        block (all levels), e.g. a :class:`~linumpy_motor.logs.Progress`.
     pyramid_top_px : int
         Halve Y and X until the smallest level fits in this many pixels.
     threads : int, optional
@@ -474,6 +482,7 @@ def stitch_slice(
     output = Path(output)
     check_output(grid.path, output)
     A = _check_transform(transform)
+    check_canvas(grid, A)
     nz, h, w = grid.tile_shape
     zc = int(z_chunk) if z_chunk is not None else default_z_chunk(grid, block_px)
     if zc < 1:
@@ -483,7 +492,7 @@ def stitch_slice(
     xp, _, backend = get_backend(use_gpu)
     shapes = pyramid.level_shapes(geometry.output_shape(grid.nx, grid.ny, grid.tile_shape, A), pyramid_top_px)
     block = (zc, block_px, block_px)
-    with atomic_output(output) as tmp, limited_threads(threads):
+    with atomic_output(output, "stitch") as tmp, limited_threads(threads):
         flat, flat_description = resolve_flatfield(grid, flatfield)
         canvas = _Canvas(grid, tile_positions(grid, A), weight_map((h, w), blending, overlap_px(A, (h, w))), flat,
                          blending == "none", xp)
