@@ -3,7 +3,7 @@
 It parses an expression into a tree first and evaluates it lazily (so `a ? b : c`, `?:`, `&&` and
 `||` only evaluate the branch Groovy would). Supported: literals ('...', "GString", /slashy/,
 numbers, null/true/false), lists `[a, b]`, closures `{ x -> expr }` / `{ expr }`, property access
-(`a.b`, `a?.b`), indexing (`a[-1]`), calls of functions given in the environment and of the few
+(`a.b`, `a?.b`), indexing (`a[-1]`), maps `[k: v]`, calls of functions given in the environment and of the few
 methods listed in `_METHODS`, and the operators `! - + == != < > <= >= in && || ?: ? : instanceof`.
 Anything else raises `NfSyntaxError`, so code these tests cannot follow fails loudly.
 """
@@ -225,6 +225,18 @@ class _Parser:
             else:
                 return node
 
+    def map_literal(self):
+        entries = []
+        while True:
+            key = self.peek()[1]
+            self.i += 1
+            self.expect(":")
+            entries.append((key, self.expr()))
+            if not self.accept(","):
+                break
+        self.expect("]")
+        return ("map", entries)
+
     def primary(self):
         kind, text = self.peek()
         self.i += 1
@@ -233,6 +245,8 @@ class _Parser:
             self.expect(")")
             return node
         if kind == "op" and text == "[":
+            if self.peek()[0] in ("name", "str") and self.peek(1) == ("op", ":"):
+                return self.map_literal()
             items = []
             if not self.accept("]"):
                 items.append(self.expr())
@@ -302,6 +316,8 @@ def _string_method(value: str, name: str, args: list):
         return re.fullmatch(r"-?\d+", value.strip()) is not None
     if name == "trim":
         return value.strip()
+    if name == "padLeft":
+        return value.rjust(args[0], args[1] if len(args) > 1 else " ")
     if name == "replace":
         return value.replace(args[0], args[1])
     if name == "replaceFirst":
@@ -416,6 +432,8 @@ def _eval(node, env: dict):  # noqa: C901, PLR0911, PLR0912 (one branch per node
         return env[node[1]]
     if kind == "list":
         return [_eval(item, env) for item in node[1]]
+    if kind == "map":
+        return {key: _eval(value, env) for key, value in node[1]}
     if kind == "closure":
         return Closure(node[1], node[2], env)
     if kind == "if":
