@@ -4,7 +4,7 @@ It parses an expression into a tree first and evaluates it lazily (so `a ? b : c
 `||` only evaluate the branch Groovy would). Supported: literals ('...', "GString", /slashy/,
 numbers, null/true/false), lists `[a, b]`, closures `{ x -> expr }` / `{ expr }`, property access
 (`a.b`, `a?.b`), indexing (`a[-1]`), maps `[k: v]`, calls of functions given in the environment and of the few
-methods listed in `_METHODS`, and the operators `! - + == != < > <= >= in && || ?: ? : instanceof`.
+methods listed in `_METHODS`, and the operators `! - + .. == != < > <= >= in && || ?: ? : instanceof`.
 Anything else raises `NfSyntaxError`, so code these tests cannot follow fails loudly.
 """
 
@@ -62,7 +62,7 @@ def truthy(value) -> bool:
 
 # ------------------------------------------------------------------------------------ lexing
 
-_OPS = ["?.", "?:", "==", "!=", ">=", "<=", "&&", "||", "->", "!", "?", ":", "(", ")", "[", "]", "{", "}",
+_OPS = ["..", "?.", "?:", "==", "!=", ">=", "<=", "&&", "||", "->", "!", "?", ":", "(", ")", "[", "]", "{", "}",
         ",", ".", "+", "-", ">", "<"]
 _SLASHY_AFTER = {None, "(", "[", "{", ",", "?", ":", "?:", "==", "!=", "&&", "||", "!", "->", "="}
 _NAME = re.compile(r"[A-Za-z_]\w*")
@@ -118,7 +118,7 @@ def tokens(text: str) -> list[tuple[str, str]]:
 
 class _Parser:
     """expr := or (('?' expr ':' expr) | ('?:' expr))? ; or := and ('||' and)* ;
-    and := cmp ('&&' cmp)* ; cmp := add (('=='|'!='|'<'|'>'|'<='|'>='|'in'|'instanceof') add)? ;
+    and := cmp ('&&' cmp)* ; cmp := add ('..' add | ('=='|'!='|'<'|'>'|'<='|'>='|'in'|'instanceof') add)? ;
     add := unary (('+'|'-') unary)* ; unary := ('!'|'-') unary | postfix ;
     postfix := primary ('.' name call? | '?.' name call? | '[' expr ']' | call)*"""
 
@@ -162,6 +162,8 @@ class _Parser:
 
     def cmp(self):
         node = self.add()
+        if self.accept(".."):
+            return ("range", node, self.add())
         kind, text = self.peek()
         if kind == "op" and text in ("==", "!=", "<", ">", "<=", ">="):
             self.i += 1
@@ -453,6 +455,8 @@ def _eval(node, env: dict):  # noqa: C901, PLR0911, PLR0912 (one branch per node
         return _compare(node[1], _eval(node[2], env), _eval(node[3], env))
     if kind == "arith":
         return _arith(node[1], _eval(node[2], env), _eval(node[3], env))
+    if kind == "range":
+        return list(range(_eval(node[1], env), _eval(node[2], env) + 1))
     if kind == "in":
         return _eval(node[1], env) in _eval(node[2], env)
     if kind == "instanceof":

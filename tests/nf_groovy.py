@@ -472,3 +472,91 @@ def profile_ext_args(*names: str, config: str | Path = REPO / "nextflow.config")
 def ext_args_value(expr: str | None, env: dict):
     """The value of an ext.args expression for a task's variables (params, task, meta)."""
     return None if expr is None else evaluate(expr, env)
+
+
+# --------------------------------------------------------------------------------------------
+# Config files as a tree of settings
+# --------------------------------------------------------------------------------------------
+
+
+def _statement_end(text: str, start: int) -> int:
+    """End of the expression starting at text[start]: the end of its line, past balanced brackets."""
+    mask = _code_mask(text)
+    depth, k = 0, start
+    while k < len(text):
+        c = text[k]
+        if mask[k]:
+            if c in "([{":
+                depth += 1
+            elif c in ")]}":
+                depth -= 1
+            elif c == "\n" and depth == 0:
+                return k
+        k += 1
+    return k
+
+
+_BLOCK = re.compile(r"\s*(?:(withName|withLabel)\s*:\s*'([^']+)'|([\w.]+))\s*\{")
+_ASSIGN = re.compile(r"\s*([\w.]+)\s*=\s*")
+_INCLUDE = re.compile(r"\s*includeConfig\s+")
+_APPLY = re.compile(r"\s*(\w+)\s+('[^'\n]*')[ \t]*(?=\n|$)")
+
+
+def config_tree(text: str) -> dict:
+    """The settings of a config text as nested dicts: blocks and `a.b = ...` paths become keys,
+    selectors become 'withLabel:NAME' / 'withName:NAME', values are the Groovy expression source
+    (evaluate them with `evaluate`); `includeConfig` expressions are listed under '@include', and
+    calls like `id 'x'` under '@id'."""
+    text = strip_comments(text)
+    tree: dict = {}
+    i = 0
+    while i < len(text):
+        if not text[i:].strip():
+            break
+        if m := _BLOCK.match(text, i):
+            key = f"{m.group(1)}:{m.group(2)}" if m.group(1) else m.group(3)
+            content, end = block_after(text, m.end() - 1)
+            node = tree
+            for part in key.split(".") if not m.group(1) else [key]:
+                node = node.setdefault(part, {})
+            _merge(node, config_tree(content))
+            i = end
+        elif m := _INCLUDE.match(text, i):
+            end = _statement_end(text, m.end())
+            tree.setdefault("@include", []).append(text[m.end() : end].strip())
+            i = end
+        elif m := _APPLY.match(text, i):  # plugins { id 'nf-schema@2.7.3' }
+            tree.setdefault(f"@{m.group(1)}", []).append(_literal(m.group(2)))
+            i = m.end()
+        elif m := _ASSIGN.match(text, i):
+            end = _statement_end(text, m.end())
+            *parents, leaf = m.group(1).split(".")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = text[m.end() : end].strip()
+            i = end
+        else:
+            raise NfSyntaxError(f"unsupported config statement: {text[i:i + 40].strip()!r}")
+    return tree
+
+
+def _merge(into: dict, other: dict) -> None:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        elif key == "@include" and key in into:
+            into[key] = [*into[key], *value]
+        else:
+            into[key] = value
+
+
+def closure_body(expr: str) -> str:
+    """The body of a `{ ... }` closure expression (the expression itself when it is not a closure)."""
+    expr = expr.strip()
+    if expr.startswith("{"):
+        body, end = block_after(expr, 0)
+        if expr[end:].strip():
+            raise NfSyntaxError(f"code after a closure: {expr!r}")
+        return body
+    return expr
