@@ -300,7 +300,7 @@ class Closure:
     env: dict
 
     def __call__(self, *args):
-        return _eval(self.body, {**self.env, **dict(zip(self.params, args))})
+        return _eval(self.body, {**self.env, **dict(zip(self.params, args, strict=False))})  # Groovy: missing args are null
 
 
 def _unescape_single(text: str) -> str:
@@ -524,7 +524,7 @@ class Function:
         return out
 
     def __call__(self, *args):
-        local = {**self.env, **dict(zip(self.params, args))}
+        local = {**self.env, **dict(zip(self.params, args, strict=True))}
         for kind, name, expr in self.statements():
             value = evaluate(expr, local)
             if kind == "return":

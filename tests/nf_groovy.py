@@ -5,8 +5,11 @@
 - `NfProcess.render(...)`: the script (or stub) exactly as Nextflow would write `.command.sh`: the
   `def` lines are evaluated (ternaries, elvis, `!= null`, Groovy truth), the GString is interpolated
   (`${...}`, `$name.attr`, `\\$`, `\\\\`) and its indentation is stripped.
-- `config_params(...)`, `profile_params(...)`, `config_ext_args(...)`: the params and `ext.args` of
-  nextflow.config / conf/*.config.
+- `nf_functions(path)`: the top-level functions of a .nf file (and those it includes), callable.
+- `config_params(...)`, `profile_params(...)`, `profile_ext_args(...)`: the params and `ext.args` of
+  nextflow.config / conf/*.config; `config_tree(text)`: every setting of a config as nested dicts.
+- Expressions are evaluated by tests/nf_expr.py; in a task script, staged paths are escaped as
+  Nextflow escapes them (`escape_path`).
 
 Deliberately narrow: anything outside this small subset raises `NfSyntaxError`, so a change in the
 .nf code that these tests cannot follow fails loudly instead of passing silently.
@@ -20,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nf_expr import (  # noqa: E402  (re-exported: the tests import them from here)
-    Function,
     NfPath,
     NfPathList,
     NfSyntaxError,
@@ -28,7 +30,6 @@ from nf_expr import (  # noqa: E402  (re-exported: the tests import them from he
     gstr,
     lookup,
     parse_function,
-    truthy,
 )
 
 REPO = Path(__file__).resolve().parents[1]
