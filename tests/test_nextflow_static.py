@@ -339,6 +339,7 @@ def test_profile_params_validate(profile):
 @pytest.mark.parametrize(
     "name, value",
     [("overlap", 0.7), ("overlap", 0), ("overlap", 0.5), ("blending", "foo"), ("ngff_version", "0.6"),
+     ("ngff_version", 0.6),
      ("flatfield", "flat.tif"), ("seed", -1), ("z", 1.5), ("publish_dir_mode", "teleport"),
      ("publish_dir_mode", "move"), ("gpu_cluster_options", "--gres=gpu:1 --mem=8G"),
      ("gpu_cluster_options", "-p gpu"),
@@ -355,6 +356,7 @@ def test_schema_rejects_bad_values(name, value):
 
 @pytest.mark.parametrize("name, value", [("flatfield", "none"), ("flatfield", "/data/flat.npy"), ("z", 3),
                                          ("blending", "diffusion"), ("ngff_version", "0.4"), ("transform", "m.json"),
+                                         ("ngff_version", 0.4),  # `--ngff_version 0.4`: Nextflow casts it
                                          ("gpu_cluster_options", "--gpus=1"), ("gpu_cluster_options", "gres=gpu:1"),
                                          ("gpu_cluster_options", "--gres=gpu:a100:1 --account=lab"),
                                          ("publish_dir_mode", "symlink"), ("overlap", 0.49)])
