@@ -132,7 +132,7 @@ def slicesFromInput(input) {
     if (input.toString().endsWith('.csv')) {
         def sheet = file(input, checkIfExists: true)
         slices = samplesheetToList(sheet, "${projectDir}/assets/schema_input.json").collect { row ->
-            def zarr = row[1].toString().contains('://') ? file(row[1]) : sheet.parent.resolve(row[1].toString())
+            def zarr = row[1].toString().contains('://') ? file(row[1]) : sheet.parent.resolve(row[1].toString()).normalize()
             if (!zarr.exists()) {
                 error "${sheet}: slice ${row[0]}: no such store '${row[1]}'"
             }
