@@ -270,6 +270,21 @@ class NfProcess:
     def output_patterns(self) -> list[str]:
         return re.findall(r"\bpath\(\s*'([^']+)'", self.sections.get("output", ""))
 
+    def outputs(self) -> list[dict]:
+        """The output declarations, parsed: [{'items': [(kind, argument source)], 'emit': name, 'topic': name}],
+        e.g. `tuple val(meta), path('*.json'), emit: pairs` -> items [('val', 'meta'), ('path', "'*.json'")]."""
+        result = []
+        for line in self.sections.get("output", "").splitlines():
+            if not line.strip():
+                continue
+            options = dict(re.findall(r"\b(emit|topic|optional):\s*(\w+)", line))
+            body = re.split(r",\s*\b(?:emit|topic|optional):", line)[0].strip()
+            body = re.sub(r"^tuple\s+", "", body)
+            items = [(m.group(1), m.group(2).strip())
+                     for m in re.finditer(r"\b(val|path|eval|env|stdout)\b(?:\(((?:[^()]|\([^()]*\))*)\))?", body)]
+            result.append({"items": items, "emit": options.get("emit"), "topic": options.get("topic")})
+        return result
+
     def eval_outputs(self) -> list[str]:
         """Commands of the `eval('...')` outputs (Nextflow runs them after the script, in the task folder)."""
         return re.findall(r"\beval\(\s*'([^']+)'\s*\)", self.sections.get("output", ""))

@@ -140,18 +140,16 @@ def test_module_conventions(module):
             assert kinds[:2] == ["val", "path"], "first input: tuple val(meta), path(...)"
 
 
-def versions_outputs(module: Path) -> list[str]:
-    """The output declarations of a module that feed the `versions` topic."""
-    declarations = [line.strip() for line in process_of(module).sections["output"].splitlines() if line.strip()]
-    return [d for d in declarations if re.search(r"\btopic:\s*versions\b", d)]
-
-
 @pytest.mark.parametrize("module", [m for m in MODULES if m.parent.name != "library"], ids=ids(MODULES[1:]))
 def test_versions_go_to_the_topic(module):
-    (declaration,) = versions_outputs(module)
-    assert re.match(r"tuple val\(\"\$\{task\.process\}\"\), val\('linumpy-motor'\), eval\('linum_motor_version\.py'\)",
-                    declaration), declaration
-    assert process_of(module).eval_outputs() == ["linum_motor_version.py"]
+    ours = process_of(module)
+    (versions,) = [o for o in ours.outputs() if o["topic"] == "versions"]
+    assert versions["emit"] == "versions"
+    kinds = [kind for kind, _ in versions["items"]]
+    assert kinds == ["val", "val", "eval"]
+    env = {"task": {"process": ours.name}}
+    values = [evaluate(arg, env) for _, arg in versions["items"]]
+    assert values == [ours.name, "linumpy-motor", "linum_motor_version.py"]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
