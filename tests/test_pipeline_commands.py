@@ -387,3 +387,46 @@ def test_library_version_changes_with_the_library_source(tmp_path):
     with (copy / "linumpy_motor" / "fit.py").open("a") as handle:
         handle.write("\n# changed\n")
     assert version() != first
+
+
+# --------------------------------------------------------------------------- bin/ contract
+
+
+def bin_parser(program: str):
+    """The argparse parser of a bin/ script (its build_parser())."""
+    import importlib.util  # noqa: PLC0415
+
+    path = REPO / "bin" / program
+    spec = importlib.util.spec_from_file_location(f"nf_bin_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+PARAM_SETS = [
+    {},
+    {"z": 3, "max_shift": 5.0, "histogram_match": True, "max_empty_fraction": 0.5, "n_samples": 100,
+     "flatfield": "none", "blending": "diffusion", "ngff_version": "0.4"},
+]
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+@pytest.mark.parametrize("params", PARAM_SETS)
+@pytest.mark.parametrize("use_gpu", [False, True])
+def test_rendered_commands_parse_with_the_scripts_own_parsers(name, params, use_gpu):
+    inputs = {"use_gpu": use_gpu} if name in ("measure_pairs", "stitch") else {}
+    if name == "stitch" and params.get("flatfield") == "none":
+        inputs["flatfield"] = []
+    words = command_words(render(name, params=params, **inputs), PROGRAMS[name])
+    bin_parser(PROGRAMS[name]).parse_args(words)  # exits (SystemExit) on an unknown or malformed option
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_bin_scripts_are_called_by_bare_name(name):
+    """Nextflow hashes a bin/ script only when its bare name is a word of the task script."""
+    script = render(name)
+    programs = [line.split()[0] for line in script.replace("\\\n", " ").splitlines()
+                if line.split() and line.split()[0].endswith(".py")]
+    assert programs == [PROGRAMS[name]]
+    path = REPO / "bin" / PROGRAMS[name]
+    assert os.access(path, os.X_OK) and path.read_text().startswith("#!")
