@@ -430,3 +430,16 @@ def test_bin_scripts_are_called_by_bare_name(name):
     assert programs == [PROGRAMS[name]]
     path = REPO / "bin" / PROGRAMS[name]
     assert os.access(path, os.X_OK) and path.read_text().startswith("#!")
+
+
+def test_library_version_says_when_the_package_is_missing(tmp_path):
+    """-profile local without the package installed: the first task stops with one clear line."""
+    env = {**task_env(), "PYTHONPATH": str(tmp_path)}
+    env["PATH"] = os.pathsep.join([str(REPO / "bin"), "/usr/bin", "/bin"])
+    done = subprocess.run(["/usr/bin/python3", str(REPO / "bin" / "linum_motor_version.py")], env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+    if done.returncode == 0:
+        pytest.skip("the system Python has linumpy_motor installed")
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert "linumpy_motor package is not importable" in line and "pip install" in line
