@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import signal
 import sys
+import threading
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from . import __version__
-from .errors import InputError
+from . import __version__, logs
+from .errors import InputError, Terminated
 from .fit import FitError
 
 EXIT_BAD_INPUT = 2
+EXIT_NOT_OK = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -28,43 +30,74 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser with ``--version`` and ``--debug``, reporting usage errors in one line."""
-    parser = OneLineErrorParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An argument parser with ``--version`` and the logging options, reporting usage errors in one line."""
+    parser = OneLineErrorParser(prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{prog} (linumpy-motor) {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    logs.add_arguments(parser)
     return parser
 
 
-def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], None],
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default once: not when there is none, nor when its help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
             argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run ``action`` and turn bad input into one line on stderr and exit code 2.
 
     Returns
     -------
     int
-        0 on success, 2 on bad input (``InputError``, ``ValueError``, a failed validation),
-        130 when interrupted (Ctrl-C; a rerun resumes).
+        0 on success (or the code ``action`` returns, e.g. ``EXIT_NOT_OK``), 2 on bad input
+        (``InputError``, ``ValueError``, a failed validation), 130 when interrupted (Ctrl-C), 143 when
+        terminated (SIGTERM to this process, as a scheduler's time limit sends): either way the work in
+        progress is cleaned up and a rerun resumes.
     """
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not args.debug:  # zarr I/O tasks left pending by a failed read are reported by asyncio at exit
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    bars = False if getattr(args, "no_progress", False) else None
+    with logs.configured(args.log_level, debug=args.debug, bars=bars):
+        return _run_action(parser, action, args)
+
+
+def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
+                args: argparse.Namespace) -> int:
+    previous = _terminate_like_ctrl_c()
     try:
-        action(args)
+        code = action(args)
     except (InputError, FitError, ValidationError, ValueError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
         print(f"{parser.prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{parser.prog}: interrupted (rerun to resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
+        terminated = isinstance(exc, Terminated)
+        print(f"{parser.prog}: {'terminated' if terminated else 'interrupted'} (rerun to resume)", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return code or 0
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated
+
+
+def _terminate_like_ctrl_c():
+    """Make SIGTERM raise :class:`Terminated` in the main thread; return the previous handler (None
+    when not in the main thread, where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def one_line(exc: BaseException) -> str:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import zarr
 
-from linumpy_motor import io, ngff
+from linumpy_motor import io, ngff, outputs
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import atomic_output, discover_slices, open_mosaic, read_block, write_json
+from linumpy_motor.io import discover_slices, open_mosaic, read_block
+from linumpy_motor.outputs import atomic_output, write_json
 from linumpy_motor.measure import measure_mosaic
 from linumpy_motor.mosaic import motor
 from linumpy_motor.synthetic import SyntheticSpec
@@ -165,11 +166,11 @@ def _bare_array(path: Path) -> None:
     zarr.create_array(str(path), shape=(2, 64, 64), chunks=(2, 32, 32), dtype="float32")
 
 
-def _two_dimensional(path: Path) -> None:
+def _one_dimensional(path: Path) -> None:  # 2-D (y, x) grids are accepted (upstream's AIPs)
     group = ngff.create_group(path, "0.5")
-    group.create_array("0", shape=(64, 64), chunks=(32, 32), dtype="float32")
-    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]
+    group.create_array("0", shape=(64,), chunks=(32,), dtype="float32")
+    axes = [{"name": "x", "type": "space"}]
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0]}]}]
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
 
 
@@ -203,7 +204,7 @@ BAD_STORES = [
     pytest.param(_group_without_multiscales, "multiscales", id="v3-group-without-multiscales"),
     pytest.param(_v2_group_without_multiscales, "multiscales", id="v2-group-without-multiscales"),
     pytest.param(_bare_array, "not a zarr store", id="bare-array"),
-    pytest.param(_two_dimensional, "3-D", id="2d-array"),
+    pytest.param(_one_dimensional, r"3-D \(z, y, x\) or 2-D \(y, x\)", id="1d-array"),
     pytest.param(_not_whole_tiles, "whole number of 32x32 tiles", id="not-whole-tiles"),
     pytest.param(_tile_attr_not_dividing, "whole number of 30x32 tiles", id="tile-attr-not-dividing"),
     pytest.param(_unsupported_dtype, "dtype", id="bool-dtype"),
@@ -296,23 +297,25 @@ def test_bad_dataset_folders(tmp_path):
 def test_write_json_is_atomic_and_sorted(tmp_path, monkeypatch):
     path = tmp_path / "out.json"
     write_json(path, {"b": 1, "a": [1.5, None]})
-    assert path.read_text() == json.dumps({"a": [1.5, None], "b": 1}, indent=2) + "\n"
+    written = {"a": [1.5, None], "b": 1, "linumpy_motor": outputs.marker("output")}
+    assert path.read_text() == json.dumps(written, indent=2) + "\n"
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(io.json, "dumps", fail)
+    monkeypatch.setattr(outputs.json, "dumps", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         write_json(path, {"c": 3})
     monkeypatch.undo()
-    assert json.loads(path.read_text()) == {"a": [1.5, None], "b": 1}
+    assert json.loads(path.read_text()) == written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
 def test_atomic_output_replaces_a_store_only_when_complete(tmp_path):
     store = tmp_path / "x.ome.zarr"
-    store.mkdir()
-    (store / "old").write_text("old")
+    with atomic_output(store) as tmp:
+        tmp.mkdir()
+        (tmp / "old").write_text("old")
 
     def interrupted_write():
         with atomic_output(store) as tmp:
@@ -327,5 +330,5 @@ def test_atomic_output_replaces_a_store_only_when_complete(tmp_path):
     with atomic_output(store) as tmp:
         tmp.mkdir()
         (tmp / "new").write_text("new")
-    assert sorted(p.name for p in store.iterdir()) == ["new"]
+    assert sorted(p.name for p in store.iterdir()) == [outputs.MARKER_FILE, "new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]
