@@ -27,6 +27,7 @@ process MEASURE_PAIRS {
         ${shellQuote(zarr)} \\
         ${shellQuote("${prefix}_pairs.json")} \\
         --slice-id ${meta.id} \\
+        --threads ${task.cpus} \\
         ${gpu} ${args}
     """
 

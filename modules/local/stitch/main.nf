@@ -30,6 +30,7 @@ process STITCH {
         ${shellQuote(zarr)} \\
         ${shellQuote(transform)} \\
         ${shellQuote("${prefix}_stitch_3d.ome.zarr")} \\
+        --threads ${task.cpus} \\
         ${args} ${flatfield_arg} ${gpu}
     """
 
