@@ -4,7 +4,7 @@
 import sys
 
 from linumpy_motor import steps
-from linumpy_motor.entry import make_parser, overlap_fraction, run_cli
+from linumpy_motor.entry import add_threads_argument, make_parser, overlap_fraction, run_cli
 from linumpy_motor.logs import Progress
 from linumpy_motor.planes import PLANE_MODES
 
@@ -29,6 +29,7 @@ def build_parser():
     parser.add_argument("--max-empty-fraction", type=float,
                         help="skip pairs whose overlap is more than this fraction background (Otsu)")
     parser.add_argument("--use-gpu", action="store_true", help="run the FFTs on a CUDA GPU if one is usable")
+    add_threads_argument(parser)
     return parser
 
 
@@ -37,7 +38,7 @@ def measure(args) -> None:
         args.slice, args.output, overlap=args.overlap, slice_id=args.slice_id, z=args.z, plane=args.plane,
         flatfield=args.flatfield, background_test=not args.no_background_test, max_shift_px=args.max_shift,
         histogram_match=args.histogram_match, max_empty_fraction=args.max_empty_fraction, use_gpu=args.use_gpu,
-        progress=Progress(f"measure {args.slice}", "tile row"),
+        progress=Progress(f"measure {args.slice}", "tile row"), threads=args.threads,
     )
     stats = content["stats"]
     print(f"slice {content['slice_id']}: {stats['n_measured']} pairs measured on plane "

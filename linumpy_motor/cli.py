@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from . import logs, runner, summary, synthetic
 from .blend import BLENDING_HELP, BLENDING_MODES
-from .entry import EXIT_NOT_OK, HelpFormatter, make_parser, overlap_fraction, run_cli
+from .entry import EXIT_NOT_OK, HelpFormatter, add_threads_argument, make_parser, overlap_fraction, run_cli
 from .fit import BACKLASH_MODES
 from .planes import PLANE_MODES
 from .runner import RunOptions
@@ -87,6 +87,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the input's Z chunk, capped at ~16 MiB per block)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="slices processed in parallel")
     parser.add_argument("--use-gpu", action="store_true", help="use a CUDA GPU (CuPy) when one is usable")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="progress as log lines, never bars (bars are shown only when stderr is a terminal)")
     parser.add_argument("--fail-on", choices=summary.FAIL_ON, default="never",
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         drift_tolerance=args.drift_tolerance, backlash=args.backlash, placement=args.placement,
         blending=args.blending, flatfield=args.flatfield,
         ngff_version=args.ngff_version, transform=args.transform, workers=args.workers, use_gpu=args.use_gpu,
-        z_chunk=args.z_chunk,
+        z_chunk=args.z_chunk, threads=args.threads,
     )
     result = runner.run(args.input, args.outdir, options, progress=not args.no_progress)
     print("\n".join(runner.describe(result)))

@@ -37,6 +37,21 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: the cores a command may use (default: those this process is given)."""
+    parser.add_argument("--threads", type=positive_int,
+                        help="cores to use (default: the cores this process may run on, per CPU affinity "
+                             "and cgroup quota; Nextflow passes task.cpus)")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default once: not when there is none, nor when its help already states it."""
 

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 FLATFIELD_MODES = ("estimate", "none")
 READ_THREADS = 4  # tiles read at once (one tile, n_planes planes each)
+MAX_TILES = 64  # tiles read at most when a read decodes only the planes it uses
+DEEP_CHUNK_MIN_TILES = 12  # ... and at least this many when each read decodes a whole deep chunk
 
 
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
@@ -88,7 +90,7 @@ def estimate_flatfield(
     *,
     n_planes: int = 3,
     z: int | None = None,
-    max_tiles: int = 64,
+    max_tiles: int | None = None,
     bin_px: int = 4,
     degree: int = 2,
     tissue_level: float = 0.1,
@@ -108,7 +110,12 @@ def estimate_flatfield(
         Z planes averaged per tile (speckle averages out across depth).
     z : int or None
         Plane the ``n_planes`` are centred on (default: the central plane).
-    max_tiles, bin_px, degree, tissue_level, min_tissue_tiles, seed
+    max_tiles : int, optional
+        Tiles read at most (a fixed pseudo-random subset of a larger grid). Default: ``MAX_TILES``;
+        when the input chunks hold more planes than ``n_planes`` (e.g. one chunk per whole tile, so
+        every read decodes the whole tile), a sixth of the tiles, at least ``DEEP_CHUNK_MIN_TILES``:
+        the estimate then costs about a sixth of the stitch's own decoding, not a second pass.
+    bin_px, degree, tissue_level, min_tissue_tiles, seed
         See :func:`flatfield_from_tiles`.
 
     Returns
@@ -121,6 +128,9 @@ def estimate_flatfield(
     centre = central_plane_index(nz) if z is None else z
     start = max(0, min(centre - n_planes // 2, nz - n_planes))
     planes = slice(start, min(nz, start + n_planes))
+    if max_tiles is None:
+        deep = int(grid.array.chunks[0]) > planes.stop - planes.start
+        max_tiles = min(MAX_TILES, max(DEEP_CHUNK_MIN_TILES, grid.nx * grid.ny // 6)) if deep else MAX_TILES
 
     def read_tile(i: int, j: int) -> np.ndarray:
         return read_block(grid, planes, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)).mean(axis=0)
@@ -136,7 +146,7 @@ def flatfield_from_tiles(
     ny: int,
     tile_hw: tuple[int, int],
     *,
-    max_tiles: int = 64,
+    max_tiles: int = MAX_TILES,
     bin_px: int = 4,
     degree: int = 2,
     tissue_level: float = 0.1,

@@ -35,6 +35,7 @@ from .backend import gpu_available
 from .errors import InputError
 from .flatfield import resolve_flatfield
 from .io import discover_slices, open_mosaic
+from .parallel import limited_threads, resolve_threads, threads_per_worker
 from .stitch import check_canvas
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class RunOptions(BaseModel):
     ngff_version: Literal["0.4", "0.5"] = "0.5"
     transform: Path | None = None
     workers: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)
     use_gpu: bool = False
     z_chunk: int | None = Field(None, ge=1)
 
@@ -269,6 +271,11 @@ def _run_parallel(todo: list, workers: int, finished: Callable[[Path, str, int],
     pool.shutdown(wait=True)
 
 
+def _threads_per_job(options: RunOptions, n_jobs: int) -> int:
+    """Cores for each of the slices run at once: ``--threads`` (default: the cores given) shared by them."""
+    return threads_per_worker(options.threads, min(options.workers, n_jobs))
+
+
 def _run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, workers: int, label: str,
               progress: bool) -> int:
     """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran.
@@ -373,6 +380,8 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
     for output in planned_outputs(paths):  # checked again under the lock; here so a refusal writes nothing
         outputs.check_replaceable(output)
     created = outputs.make_folders(outdir / STATE_DIR)
+    log_path = outdir / logs.LOG_FILE
+    new_log = not log_path.exists()
     stamps = None
     try:
         with FileLock(outdir / STATE_DIR / "lock", timeout=0):
@@ -382,13 +391,17 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
                     logger.info("linumpy-motor %s: %s from %s into %s", __version__,
                                 logs.plural(len(slices), "slice"), source, outdir)
                     try:
-                        return _run_locked(slices, paths, _usable_gpu(options), progress, stamps)
+                        with limited_threads(resolve_threads(options.threads)):  # fit, compare, report run here
+                            return _run_locked(slices, paths, _usable_gpu(options), progress, stamps)
                     except BaseException as exc:  # the terminal gets the error line from the entry point
                         logs.to_file_only(logging.ERROR, f"run stopped: {type(exc).__name__}: {exc}")
                         raise
             except BaseException:
-                if outdir / STATE_DIR in created and not (stamps and stamps.recorded):
-                    (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
+                if not (stamps and stamps.recorded):  # nothing finished: the log tells no more than the terminal
+                    if new_log:
+                        log_path.unlink(missing_ok=True)
+                    if outdir / STATE_DIR in created:
+                        (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
                 raise
     except Timeout:
         outputs.remove_created_folders(created)
@@ -457,7 +470,7 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
             (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
                                   **measure), steps.measure_pairs,
              dict(source=path, output=pairs[sid], slice_id=sid, flatfield=flatfield, use_gpu=options.use_gpu,
-                  **measure))
+                  threads=_threads_per_job(options, len(slices)), **measure))
             for sid, path in slices
         ], stamps, options.workers, "measure", progress)
         fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance,
@@ -484,7 +497,8 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
                                  flatfield=flatfield_id, placement=options.placement,
                                  pairs=file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=steps.read_transform(transform),
-                            positions=positions(sid, path), flatfield=flatfield, use_gpu=options.use_gpu, **stitch))
+                            positions=positions(sid, path), flatfield=flatfield, use_gpu=options.use_gpu,
+                            threads=_threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, options.workers, "stitch", progress)
     result = {"outdir": str(outdir), "transform": str(transform), "stitched": [str(p) for p in stitched.values()]}

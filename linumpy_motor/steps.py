@@ -19,6 +19,7 @@ from .fit import FitError, fit_pooled
 from .io import open_mosaic, slice_id_from_name
 from .outputs import write_json
 from .measure import measure_mosaic
+from .parallel import limited_threads, resolve_threads
 from .schemas import PairsFile, TransformFile, load
 from .summary import model_problems
 
@@ -39,12 +40,13 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
                   z: int | None = None, plane: str = "auto", flatfield: str | Path | None = "estimate",
                   background_test: bool = True, max_shift_px: float | None = None, histogram_match: bool = False,
                   max_empty_fraction: float | None = None, use_gpu: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+                  progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> dict:
     """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
 
     ``z``, ``plane``, ``flatfield`` and ``background_test``: see
     :func:`linumpy_motor.measure.measure_volume` and :func:`linumpy_motor.measure.measure_grid_pairs`.
-    ``progress(rows done, rows)`` is called after each tile row.
+    ``progress(rows done, rows)`` is called after each tile row. ``threads``: FFT workers (default:
+    the cores this process is given); BLAS stays on one thread.
 
     Returns
     -------
@@ -53,11 +55,12 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     """
     check_output(output, source)
     grid = open_mosaic(source)
-    measured, skipped, stats = measure_mosaic(
-        grid, overlap, z=z, plane=plane, flatfield=flatfield, background_test=background_test,
-        max_shift_px=max_shift_px, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
-        use_gpu=use_gpu, progress=progress,
-    )
+    with limited_threads(resolve_threads(threads)):
+        measured, skipped, stats = measure_mosaic(
+            grid, overlap, z=z, plane=plane, flatfield=flatfield, background_test=background_test,
+            max_shift_px=max_shift_px, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
+            use_gpu=use_gpu, progress=progress,
+        )
     content = PairsFile(
         version=__version__, slice_id=slice_id_from_name(grid.path) if slice_id is None else slice_id,
         source=grid.path.name, tile_shape=grid.tile_shape, grid=(grid.nx, grid.ny), overlap=overlap,
