@@ -153,6 +153,7 @@ def flatfield_from_tiles(
     min_tissue_tiles: int = 3,
     seed: int = 0,
     label: str = "slice",
+    log_level: int = logging.WARNING,
 ) -> np.ndarray | None:
     """The flat-field estimator itself, over any source of 2-D tiles (see the module docstring).
 
@@ -180,7 +181,9 @@ def flatfield_from_tiles(
     seed : int
         Seed of the tile subset.
     label : str
-        Names the slice in the warning.
+        Names the slice in the message said when no estimate is made.
+    log_level : int
+        Level of that message (a warning for the stitcher; measuring goes on without a flat field).
 
     Returns
     -------
@@ -197,7 +200,7 @@ def flatfield_from_tiles(
     tissue = binned > threshold
     chosen = tissue.mean(axis=(1, 2)) >= 0.5
     if chosen.sum() < min_tissue_tiles or threshold <= 0:
-        logger.warning("%s: only %d tissue tiles; flat field not estimated", label, int(chosen.sum()))
+        logger.log(log_level, "%s: only %d tissue tiles; flat field not estimated", label, int(chosen.sum()))
         return None
     levels = np.array([np.median(b[m]) for b, m in zip(binned[chosen], tissue[chosen], strict=True)])
     normalised = np.where(tissue[chosen], binned[chosen] / levels[:, None, None], np.nan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -270,7 +271,7 @@ def _estimated_flatfield(read: VolumeReader, tile_hw: tuple[int, int], nx: int, 
     h, w = tile_hw
     return flatfield_from_tiles(
         lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)),
-        nx, ny, tile_hw, label=label)
+        nx, ny, tile_hw, label=label, log_level=logging.INFO)
 
 
 def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,

@@ -112,7 +112,10 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
         )
     except FitError as exc:  # name the pairs file of the first slice that has no pair, else the first file
         empty = [path for f, path in zip(files, pairs_files) if not f.pairs]
-        raise InputError((empty or list(pairs_files))[0], str(exc)) from None
+        background = sum(f.stats.get("n_skipped_background", 0) for f in files)
+        hint = (f"; {background} pairs correlate no better than non-overlapping windows: is --overlap right?"
+                if background > sum(len(f.pairs) for f in files) else "")
+        raise InputError((empty or list(pairs_files))[0], str(exc) + hint) from None
     for f in files:
         diagnostics["per_slice"][str(f.slice_id)]["measurement"] = f.stats
     diagnostics.update(version=__version__, tile_shape=list(files[0].tile_shape),
