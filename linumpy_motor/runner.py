@@ -197,6 +197,7 @@ def _init_worker(started, log_config: logs.LogConfig) -> None:
     (one short message per write, so writes from several workers do not interleave)."""
     global _STARTED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth (see _run_parallel)
     std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
     logs.init_worker(log_config)
     _STARTED = started
@@ -254,8 +255,14 @@ def _run_parallel(todo: list, workers: int, finished: Callable[[Path, str, int],
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
                                initargs=(report, logs.current()))
     try:
-        futures = {pool.submit(_call_in_worker, _job_label(output, kwargs), function, kwargs):
-                   (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
+        # submit() spawns the workers: they are born with Ctrl-C blocked and unblock it only once they
+        # ignore it, so a Ctrl-C during their start-up cannot print a traceback; here it arrives on unblocking
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            futures = {pool.submit(_call_in_worker, _job_label(output, kwargs), function, kwargs):
+                       (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for count, future in enumerate(as_completed(futures), start=1):
             try:
                 future.result()

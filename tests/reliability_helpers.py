@@ -38,6 +38,12 @@ def env() -> dict:
     return {**os.environ, "PATH": path, "MPLBACKEND": "Agg", "PYTHONNOUSERSITE": "1"}
 
 
+def signals_as_new() -> None:
+    """``preexec_fn`` of a child that is sent Ctrl-C: SIGINT at its default, whatever this process
+    inherited (a shell's background job or a CI runner may start pytest with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def bin_command(script: str, *args) -> list[str]:
     """Command line of a ``bin/`` script run with this interpreter."""
     return [sys.executable, str(BIN / script), *map(str, args)]

@@ -25,7 +25,8 @@ from linumpy_motor.flatfield import load_flatfield
 from linumpy_motor.report import read_thumbnail, write_report
 from linumpy_motor.runner import RunOptions, Stamps
 from reliability_helpers import (
-    BIN, CLI, TILE, die_like_the_oom_killer, env, error_lines, finish_quickly, temporaries, tree_digest, write_small_dataset,
+    BIN, CLI, TILE, die_like_the_oom_killer, env, error_lines, finish_quickly, signals_as_new, temporaries, tree_digest,
+    write_small_dataset,
 )
 
 
@@ -244,7 +245,8 @@ def _alive(pid: int) -> bool:
 
 def _start_and_wait(dataset: Path, out: Path, pattern: str) -> subprocess.Popen:
     process = subprocess.Popen([CLI, "run", str(dataset), str(out), "--workers", "2"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True,
+                               preexec_fn=signals_as_new)
     deadline = time.monotonic() + 120
     while not list(out.glob(pattern)):
         assert process.poll() is None, f"the run ended before {pattern} appeared: {process.communicate()}"

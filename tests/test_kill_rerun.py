@@ -25,7 +25,7 @@ import pytest
 from linumpy_motor import runner
 from linumpy_motor.runner import RunOptions
 from reliability_helpers import (
-    CLI, assert_same_outputs, env, error_lines, read_levels, run, temporaries, write_small_dataset,
+    CLI, assert_same_outputs, env, error_lines, read_levels, run, signals_as_new, temporaries, write_small_dataset,
 )
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def stop_at(data: Path, out: Path, pattern: str, how: signal.Signals, workers: i
     before = set(out.glob(pattern))
     command = [CLI, "run", str(data), str(out), "--workers", str(workers)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=signals_as_new)
     deadline = time.monotonic() + 120
     while not set(out.glob(pattern)) - before:
         assert process.poll() is None, f"the run ended before {pattern} appeared: {process.communicate()}"
