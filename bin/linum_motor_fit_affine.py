@@ -5,6 +5,7 @@ import sys
 
 from linumpy_motor import steps
 from linumpy_motor.entry import make_parser, run_cli
+from linumpy_motor.fit import BACKLASH_MODES
 
 
 def build_parser():
@@ -15,15 +16,18 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset")
     parser.add_argument("--drift-tolerance", type=float, default=1.0,
                         help="flag a slice whose own model moves a tile more than this (px) from the pooled one")
+    parser.add_argument("--backlash", default="auto", choices=BACKLASH_MODES,
+                        help="serpentine backlash term of the model: when the data need it (auto), always, never")
     return parser
 
 
 def fit(args) -> None:
     content = steps.fit_affine(args.pairs, args.out, n_samples=args.n_samples, seed=args.seed,
-                               drift_tolerance_px=args.drift_tolerance)
+                               drift_tolerance_px=args.drift_tolerance, backlash=args.backlash)
     d = content["diagnostics"]
     print(f"theta {d['theta_deg']:.3f} deg, phi {d['phi_deg']:.3f} deg, {d['n_inliers']} inliers / "
-          f"{d['n_outliers']} outliers, residual RMS {d['residual_rms_px']:.3f} px; drifting slices: "
+          f"{d['n_outliers']} outliers, residual RMS {d['residual_rms_px']:.3f} px; backlash "
+          f"{'(%.2f, %.2f) px' % tuple(content['backlash']) if any(content['backlash']) else 'none'}; drifting slices: "
           f"{d['drifting_slices'] or 'none'} -> {args.out}", file=sys.stderr)
 
 

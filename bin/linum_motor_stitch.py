@@ -8,6 +8,7 @@ from linumpy_motor import steps
 from linumpy_motor.blend import BLENDING_HELP, BLENDING_MODES
 from linumpy_motor.entry import add_threads_argument, make_parser, positive_int, run_cli
 from linumpy_motor.errors import InputError
+from linumpy_motor.io import open_mosaic
 from linumpy_motor.logs import Progress
 from linumpy_motor.stitch import CACHE_BYTES, stitch_slice
 
@@ -18,6 +19,10 @@ def build_parser():
     parser.add_argument("transform_json", help="motor_transform.json from linum_motor_fit_affine.py, a JSON "
                         "holding only 'transform', or upstream's 2x2 .npy (linum_estimate_transform.py)")
     parser.add_argument("out_zarr", help="stitched slice to write (*.ome.zarr)")
+    parser.add_argument("--placement", default="model", choices=steps.PLACEMENTS,
+                        help="tiles at the model's positions (with its backlash term), or at the model plus each "
+                             "tile's registered residual (needs --pairs)")
+    parser.add_argument("--pairs", help="the slice's pairs JSON (for --placement registered)")
     parser.add_argument("--blending", default="feather", choices=BLENDING_MODES, help=BLENDING_HELP)
     parser.add_argument("--flatfield", default="estimate",
                         help="'estimate' (from the slice's tissue tiles), 'none', or a .npy flat field")
@@ -33,8 +38,11 @@ def build_parser():
 
 def stitch(args) -> None:
     transform = steps.read_transform(args.transform_json)
+    grid = open_mosaic(args.slice_zarr)
+    positions = steps.tile_positions(args.transform_json, (grid.nx, grid.ny), placement=args.placement,
+                                     pairs_file=args.pairs)
     try:
-        summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
+        summary = stitch_slice(grid, args.out_zarr, transform, positions=positions, blending=args.blending,
                                flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
                                use_gpu=args.use_gpu, progress=Progress(f"stitch {args.out_zarr}", "block"),
                                threads=args.threads, cache_bytes=args.cache_mb * 2**20)

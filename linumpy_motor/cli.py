@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from . import logs, runner, summary, synthetic
 from .blend import BLENDING_HELP, BLENDING_MODES
 from .entry import EXIT_NOT_OK, HelpFormatter, add_threads_argument, make_parser, overlap_fraction, run_cli
+from .fit import BACKLASH_MODES
+from .planes import PLANE_MODES
 from .runner import RunOptions
+from .steps import PLACEMENTS
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +56,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="folder of *.ome.zarr slices, or a CSV samplesheet 'slice_id,path'")
     parser.add_argument("outdir", help="output folder (pairs/, motor_transform.json, stitched/, compare/, report/)")
     parser.add_argument("--overlap", type=overlap_fraction, default=defaults.overlap, help="nominal tile overlap")
-    parser.add_argument("--z", type=int, help="Z plane measured (default: the central plane)")
+    parser.add_argument("--z", type=int, help="Z plane measured (default: chosen by --plane)")
+    parser.add_argument("--plane", default=defaults.plane, choices=PLANE_MODES,
+                        help="without --z: the plane whose overlaps correlate best (auto), the central plane, "
+                             "or the mean over planes")
+    parser.add_argument("--no-background-test", action="store_true",
+                        help="keep pairs whose correlation is no better than that of non-overlapping windows")
     parser.add_argument("--max-shift", type=float, help="largest stage error searched, px (default: 10%% of a tile)")
     parser.add_argument("--histogram-match", action="store_true", help="match overlap histograms before correlating")
     parser.add_argument("--max-empty-fraction", type=float,
@@ -62,9 +70,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of that subset")
     parser.add_argument("--drift-tolerance", type=float, default=defaults.drift_tolerance,
                         help="flag slices whose own model moves a tile more than this (px) from the pooled one")
+    parser.add_argument("--backlash", default=defaults.backlash, choices=BACKLASH_MODES,
+                        help="serpentine backlash term of the model: when the data need it (auto), always, never")
+    parser.add_argument("--placement", default=defaults.placement, choices=PLACEMENTS,
+                        help="stitch tiles at the model's positions, or at the model plus each tile's registered "
+                             "residual")
     parser.add_argument("--blending", default=defaults.blending, choices=BLENDING_MODES, help=BLENDING_HELP)
     parser.add_argument("--flatfield", default=defaults.flatfield,
-                        help="'estimate' (from each slice's tissue tiles), 'none', or a .npy flat field")
+                        help="'estimate' (from each slice's tissue tiles), 'none', or a .npy flat field; "
+                             "applied before measuring and when stitching")
     parser.add_argument("--ngff-version", default=defaults.ngff_version, choices=("0.4", "0.5"),
                         help="stitched output format")
     parser.add_argument("--transform", help="known motor model: our transform JSON, a JSON holding only "
@@ -84,9 +98,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the whole stage on one machine and say where the results are."""
     options = RunOptions(
-        overlap=args.overlap, z=args.z, max_shift=args.max_shift, histogram_match=args.histogram_match,
+        overlap=args.overlap, z=args.z, plane=args.plane, background_test=not args.no_background_test,
+        max_shift=args.max_shift, histogram_match=args.histogram_match,
         max_empty_fraction=args.max_empty_fraction, n_samples=args.n_samples, seed=args.seed,
-        drift_tolerance=args.drift_tolerance, blending=args.blending, flatfield=args.flatfield,
+        drift_tolerance=args.drift_tolerance, backlash=args.backlash, placement=args.placement,
+        blending=args.blending, flatfield=args.flatfield,
         ngff_version=args.ngff_version, transform=args.transform, workers=args.workers, use_gpu=args.use_gpu,
         z_chunk=args.z_chunk, threads=args.threads,
     )

@@ -20,12 +20,22 @@ from scipy import ndimage
 from .backend import to_numpy
 
 
+REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
+REFINE_PASSES = 6
+REFINE_TOLERANCE = 0.002  # px
+
+
 @dataclass(frozen=True)
 class PairShift:
-    """The measured shift of one window pair: ``a(x) ≈ b(x - shift)``, and its quality (NCC)."""
+    """The measured shift of one window pair: ``a(x) ≈ b(x - shift)``, and its quality.
+
+    ``ncc`` is the normalised cross-correlation of the overlap at the integer shift; ``peak`` the
+    height of the whitened (phase) correlation there, which smooth shading cannot raise.
+    """
 
     shift: tuple[float, float]
     ncc: float
+    peak: float
 
 
 def ncc_at(a: np.ndarray, b: np.ndarray, shift: tuple[int, int], min_fraction: float = 0.25) -> float:
@@ -48,15 +58,36 @@ def _signed(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(index > size // 2, index - size, index)
 
 
-def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, real: bool = False):
+def tukey(size: int, alpha: float, offset: np.ndarray | float = 0.0) -> np.ndarray:
+    """Tukey window over ``size`` samples (cosine edges over ``alpha`` of each side; 1: Hann, 0: none),
+    evaluated ``offset`` samples further on (one row per offset; the window is 0 outside its support).
+
+    With ``offset`` 0 it equals ``scipy.signal.windows.tukey(size + 2, alpha)[1:-1]``.
+    """
+    u = (np.arange(size)[None, :] + 1 + np.reshape(offset, (-1, 1))) / (size + 1)
+    edge = max(alpha / 2, 1e-12)
+    ramp = 0.5 * (1 - np.cos(np.pi * np.clip(np.minimum(u, 1 - u), 0, None) / edge))
+    return np.where(np.minimum(u, 1 - u) < edge, ramp, 1.0) * ((u > 0) & (u < 1))
+
+
+def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, real: bool = False,
+                 taper_alpha: float = 1.0, b_offsets: np.ndarray | None = None):
     """Whitened cross-power spectrum of window batches, low-passed by a Gaussian of ``filter_sigma`` px.
 
-    ``real`` returns the half spectrum (``rfft2``), enough for a real correlation surface.
+    ``real`` returns the half spectrum (``rfft2``), enough for a real correlation surface;
+    ``taper_alpha`` is the Tukey taper applied to the windows first (1: Hann). ``b_offsets``
+    ``(n, 2)`` moves each ``b``'s taper by that shift, so that it follows the content: when
+    ``a(x) = b(x - s)`` and the offset is ``s``, the tapered windows are exact shifted copies and
+    the taper cannot pull the peak towards zero.
     """
     ny, nx = a.shape[1:]
-    taper = xp.asarray(np.outer(np.hanning(ny + 2)[1:-1], np.hanning(nx + 2)[1:-1]), dtype=xp.float32)
+    taper = xp.asarray(np.outer(tukey(ny, taper_alpha)[0], tukey(nx, taper_alpha)[0]), dtype=xp.float32)
+    taper_b = taper
+    if b_offsets is not None:
+        wy, wx = tukey(ny, taper_alpha, b_offsets[:, 0]), tukey(nx, taper_alpha, b_offsets[:, 1])
+        taper_b = xp.asarray(wy[:, :, None] * wx[:, None, :], dtype=xp.float32)
     a = (a - a.mean(axis=(1, 2), keepdims=True)) * taper
-    b = (b - b.mean(axis=(1, 2), keepdims=True)) * taper
+    b = (b - b.mean(axis=(1, 2), keepdims=True)) * taper_b
     transform = fft.rfft2 if real else fft.fft2
     product = transform(a) * xp.conj(transform(b))
     magnitude = xp.abs(product)
@@ -87,6 +118,13 @@ def _peak_candidates(corr: np.ndarray, max_shift: tuple[int, int], count: int) -
     return np.stack([_signed(rows, ny), _signed(cols, nx)], axis=-1)
 
 
+def _complex_matmul(a, b):
+    """``a @ b`` for complex matrices, as four real products (complex GEMM in OpenBLAS starts threads
+    even for these small matrices, which costs a thousandfold on a busy machine)."""
+    real = a.real @ b.real - a.imag @ b.imag
+    return real + 1j * (a.real @ b.imag + a.imag @ b.real)
+
+
 def _upsampled_peaks(product, upsample: int, xp: ModuleType) -> np.ndarray:
     """Sub-pixel peak (n, 2) within ±0.75 px of zero shift, by a local matrix-multiply DFT.
 
@@ -99,8 +137,8 @@ def _upsampled_peaks(product, upsample: int, xp: ModuleType) -> np.ndarray:
     grid = xp.arange(region, dtype=xp.float64)[:, None] - centre
     ky = xp.exp(2j * np.pi * grid * xp.fft.fftfreq(ny, upsample)[None, :]).astype(xp.complex64)
     kx = xp.exp(2j * np.pi * grid * xp.fft.fftfreq(nx, upsample)[None, :]).astype(xp.complex64)
-    rows = (product.astype(xp.complex64).reshape(n * ny, nx) @ kx.T).reshape(n, ny, region)
-    columns = ky @ xp.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(ny, n * region)
+    rows = _complex_matmul(product.astype(xp.complex64).reshape(n * ny, nx), kx.T).reshape(n, ny, region)
+    columns = _complex_matmul(ky, xp.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(ny, n * region))
     upsampled = to_numpy(xp.abs(columns.reshape(region, n, region).transpose(1, 0, 2)))
     flat = np.argmax(upsampled.reshape(n, -1), axis=1)
     peak = np.stack(np.unravel_index(flat, (region, region)), axis=1)
@@ -134,20 +172,37 @@ def overlap_views(a: np.ndarray, b: np.ndarray, shift: tuple[int, int]) -> tuple
 
 
 def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: ModuleType, fft: ModuleType,
-                        filter_sigma: float, upsample: int) -> np.ndarray:
+                        filter_sigma: float, upsample: int, taper_alpha: float) -> np.ndarray:
     """Sub-pixel shifts, refined on the parts of each pair that overlap at its integer shift.
 
-    The residual is then below 1 px, so the taper's envelope cannot bias it towards zero.
-    Pairs with the same integer shift have same-shaped overlaps and are refined in one batch.
+    A taper fixed on both windows pulls the peak towards the integer shift (the correlation of
+    the tapers peaks there), by a large fraction of the residual in narrow overlap strips (a third
+    in 16 px), enough to pick the wrong integer. So the refinement is iterated: each pass moves
+    ``b``'s taper by the current estimate (:func:`_cross_power`), which leaves a bias of that
+    fraction of the current error (the fixed point is unbiased); a residual beyond half a pixel
+    moves the integer shift and the overlap cut. Pairs that moved less than ``REFINE_TOLERANCE``
+    stop; at most ``REFINE_PASSES`` passes. Pairs with the same integer shift have same-shaped
+    overlaps and are refined in one batch.
     """
-    refined = np.empty(shifts.shape, dtype=float)
-    for shift in {tuple(s) for s in shifts.astype(int).tolist()}:
-        members = np.flatnonzero((shifts == shift).all(axis=1))
-        pa, pb = overlap_views(a[members], b[members], shift)
-        product = _cross_power(xp.asarray(pa, dtype=xp.float32), xp.asarray(pb, dtype=xp.float32), xp, fft,
-                               filter_sigma)
-        refined[members] = np.asarray(shift, dtype=float) + _upsampled_peaks(product, upsample, xp)
-    return refined
+    integer = shifts.astype(int).copy()
+    residual = np.zeros(shifts.shape, dtype=float)
+    active = np.ones(len(shifts), dtype=bool)
+    for step in range(REFINE_PASSES):
+        found = residual.copy()
+        for shift in {tuple(s) for s in integer[active].tolist()}:
+            members = np.flatnonzero(active & (integer == shift).all(axis=1))
+            pa, pb = overlap_views(a[members], b[members], shift)
+            product = _cross_power(xp.asarray(pa, dtype=xp.float32), xp.asarray(pb, dtype=xp.float32), xp, fft,
+                                   filter_sigma, taper_alpha=taper_alpha, b_offsets=residual[members])
+            found[members] = _upsampled_peaks(product, upsample, xp)
+        moved = np.abs(found - residual).max(axis=1)
+        recentre = np.round(found).astype(int)
+        integer += recentre
+        residual = found - recentre
+        active &= (moved > REFINE_TOLERANCE) | recentre.any(axis=1)
+        if not active.any():
+            break
+    return integer + residual
 
 
 def measure_shifts(
@@ -160,6 +215,8 @@ def measure_shifts(
     filter_sigma: float = 1.0,
     n_candidates: int = 3,
     upsample: int = 10,
+    refine_taper: float = REFINE_TAPER,
+    subpixel: bool = True,
 ) -> list[PairShift]:
     """Measure the shift between each window pair of two batches.
 
@@ -177,6 +234,10 @@ def measure_shifts(
         Number of correlation peaks checked by NCC.
     upsample : int
         Sub-pixel precision is ``1 / upsample`` px.
+    refine_taper : float
+        Tukey taper of the sub-pixel refinement (1: Hann).
+    subpixel : bool
+        Refine the integer shifts (False: integer shifts only, for when only the quality is needed).
 
     Returns
     -------
@@ -194,5 +255,8 @@ def measure_shifts(
         unique = dict.fromkeys((int(sy), int(sx)) for sy, sx in candidates)
         best.append(max((ncc_at(a[k], b[k], c), c) for c in unique))
     integer = np.array([shift for _, shift in best], dtype=int)
-    refined = _refine_on_overlaps(a, b, integer, xp, fft, filter_sigma, upsample)
-    return [PairShift(shift=(float(s[0]), float(s[1])), ncc=float(score)) for s, (score, _) in zip(refined, best)]
+    peaks = corr[np.arange(len(integer)), integer[:, 0], integer[:, 1]]
+    refined = _refine_on_overlaps(a, b, integer, xp, fft, filter_sigma, upsample, refine_taper) if subpixel \
+        else integer.astype(float)
+    return [PairShift(shift=(float(s[0]), float(s[1])), ncc=float(score), peak=float(peak))
+            for s, (score, _), peak in zip(refined, best, peaks)]

@@ -11,6 +11,7 @@ field is estimated.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def estimate_flatfield(
     grid: MosaicGrid,
     *,
     n_planes: int = 3,
+    z: int | None = None,
     max_tiles: int | None = None,
     bin_px: int = 4,
     degree: int = 2,
@@ -97,20 +99,74 @@ def estimate_flatfield(
 ) -> np.ndarray | None:
     """Estimate the multiplicative flat field shared by a slice's tiles.
 
-    Only ``n_planes`` central Z planes of at most ``max_tiles`` tiles are read (one tile per read,
-    ``READ_THREADS`` reads at a time), so memory does not depend on the slice size.
+    Only ``n_planes`` Z planes around ``z`` of at most ``max_tiles`` tiles are read (one tile per
+    read, ``READ_THREADS`` reads at a time), so memory does not depend on the slice size.
 
     Parameters
     ----------
     grid : MosaicGrid
         The slice.
     n_planes : int
-        Central Z planes averaged per tile (speckle averages out across depth).
+        Z planes averaged per tile (speckle averages out across depth).
+    z : int or None
+        Plane the ``n_planes`` are centred on (default: the central plane).
     max_tiles : int, optional
         Tiles read at most (a fixed pseudo-random subset of a larger grid). Default: ``MAX_TILES``;
         when the input chunks hold more planes than ``n_planes`` (e.g. one chunk per whole tile, so
         every read decodes the whole tile), a sixth of the tiles, at least ``DEEP_CHUNK_MIN_TILES``:
         the estimate then costs about a sixth of the stitch's own decoding, not a second pass.
+    bin_px, degree, tissue_level, min_tissue_tiles, seed
+        See :func:`flatfield_from_tiles`.
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(h, w)`` float32 flat field with mean 1 (divide tiles by it), or None (with a warning)
+        when the slice has too few tissue tiles.
+    """
+    nz, h, w = grid.tile_shape
+    centre = central_plane_index(nz) if z is None else z
+    start = max(0, min(centre - n_planes // 2, nz - n_planes))
+    planes = slice(start, min(nz, start + n_planes))
+    if max_tiles is None:
+        deep = int(grid.array.chunks[0]) > planes.stop - planes.start
+        max_tiles = min(MAX_TILES, max(DEEP_CHUNK_MIN_TILES, grid.nx * grid.ny // 6)) if deep else MAX_TILES
+
+    def read_tile(i: int, j: int) -> np.ndarray:
+        return read_block(grid, planes, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)).mean(axis=0)
+
+    return flatfield_from_tiles(read_tile, grid.nx, grid.ny, (h, w), max_tiles=max_tiles, bin_px=bin_px,
+                                degree=degree, tissue_level=tissue_level, min_tissue_tiles=min_tissue_tiles,
+                                seed=seed, label=str(grid.path))
+
+
+def flatfield_from_tiles(
+    read_tile: Callable[[int, int], np.ndarray],
+    nx: int,
+    ny: int,
+    tile_hw: tuple[int, int],
+    *,
+    max_tiles: int = MAX_TILES,
+    bin_px: int = 4,
+    degree: int = 2,
+    tissue_level: float = 0.1,
+    min_tissue_tiles: int = 3,
+    seed: int = 0,
+    label: str = "slice",
+    log_level: int = logging.WARNING,
+) -> np.ndarray | None:
+    """The flat-field estimator itself, over any source of 2-D tiles (see the module docstring).
+
+    Parameters
+    ----------
+    read_tile : callable
+        ``read_tile(i, j)`` returns tile ``(i, j)`` as a 2-D float array ``tile_hw``.
+    nx, ny : int
+        Grid size.
+    tile_hw : (int, int)
+        Tile height and width.
+    max_tiles : int
+        Tiles read at most (a fixed pseudo-random subset of a larger grid).
     bin_px : int
         Binning of each tile before the median (the flat field is smooth).
     degree : int
@@ -124,33 +180,27 @@ def estimate_flatfield(
         Fewer tissue tiles than this and no estimate is made.
     seed : int
         Seed of the tile subset.
+    label : str
+        Names the slice in the message said when no estimate is made.
+    log_level : int
+        Level of that message (a warning for the stitcher; measuring goes on without a flat field).
 
     Returns
     -------
     np.ndarray or None
-        ``(h, w)`` float32 flat field with mean 1 (divide tiles by it), or None (with a warning)
-        when the slice has too few tissue tiles.
+        ``(h, w)`` float32 flat field with mean 1, or None (with a warning) when there are too
+        few tissue tiles.
     """
-    nz, h, w = grid.tile_shape
-    start = max(0, min(central_plane_index(nz) - n_planes // 2, nz - n_planes))
-    planes = slice(start, min(nz, start + n_planes))
+    h, w = tile_hw
     factor = max(1, min(bin_px, h // 8, w // 8))
-    if max_tiles is None:
-        deep = int(grid.array.chunks[0]) > planes.stop - planes.start
-        max_tiles = min(MAX_TILES, max(DEEP_CHUNK_MIN_TILES, grid.nx * grid.ny // 6)) if deep else MAX_TILES
-
-    def binned_tile(tile: tuple[int, int]) -> np.ndarray:
-        i, j = tile
-        return _bin(read_block(grid, planes, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)).mean(axis=0),
-                    factor)
-
     with ThreadPoolExecutor(READ_THREADS) as pool:  # decoding releases the GIL
-        binned = np.stack(list(pool.map(binned_tile, _candidate_tiles(grid.nx, grid.ny, max_tiles, seed))))
+        binned = np.stack(list(pool.map(lambda tile: _bin(read_tile(*tile), factor),
+                                        _candidate_tiles(nx, ny, max_tiles, seed))))
     threshold = tissue_level * float(np.percentile(binned, 95))
     tissue = binned > threshold
     chosen = tissue.mean(axis=(1, 2)) >= 0.5
     if chosen.sum() < min_tissue_tiles or threshold <= 0:
-        logger.warning("%s: only %d tissue tiles; flat field not estimated", grid.path, int(chosen.sum()))
+        logger.log(log_level, "%s: only %d tissue tiles; flat field not estimated", label, int(chosen.sum()))
         return None
     levels = np.array([np.median(b[m]) for b, m in zip(binned[chosen], tissue[chosen], strict=True)])
     normalised = np.where(tissue[chosen], binned[chosen] / levels[:, None, None], np.nan)

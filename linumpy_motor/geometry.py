@@ -15,17 +15,32 @@ def grid_indices(nx: int, ny: int) -> np.ndarray:
     return np.array([(i, j) for i in range(nx) for j in range(ny)], dtype=float).reshape(-1, 2)
 
 
-def affine_positions(nx: int, ny: int, transform: np.ndarray) -> np.ndarray:
-    """Sub-pixel top-left positions ``A @ [i, j]``, shifted so the mosaic starts at (0, 0)."""
-    positions = grid_indices(nx, ny) @ np.asarray(transform, dtype=float).T
+def model_positions(nx: int, ny: int, transform: np.ndarray, backlash: Sequence[float] | None = None) -> np.ndarray:
+    """Top-left positions ``A @ [i, j] + (i mod 2) b`` of the motor model (b: serpentine backlash), unshifted."""
+    index = grid_indices(nx, ny)
+    positions = index @ np.asarray(transform, dtype=float).T
+    if backlash is not None:
+        positions += (index[:, :1] % 2) * np.asarray(backlash, dtype=float)
+    return positions
+
+
+def affine_positions(nx: int, ny: int, transform: np.ndarray, backlash: Sequence[float] | None = None) -> np.ndarray:
+    """Sub-pixel top-left positions of the motor model, shifted so the mosaic starts at (0, 0)."""
+    positions = model_positions(nx, ny, transform, backlash)
     return positions - positions.min(axis=0)
+
+
+def extent_shape(positions: np.ndarray, tile_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(nz, height, width)`` of the bounding box over every tile's corners, tiles at ``positions``."""
+    nz, h, w = tile_shape
+    positions = np.asarray(positions, dtype=float)
+    extent = (positions - positions.min(axis=0)).max(axis=0) + (h, w)
+    return int(nz), int(math.ceil(extent[0] - 1e-9)), int(math.ceil(extent[1] - 1e-9))
 
 
 def output_shape(nx: int, ny: int, tile_shape: Sequence[int], transform: np.ndarray) -> tuple[int, int, int]:
     """``(nz, height, width)`` of the bounding box over every tile's corners."""
-    nz, h, w = tile_shape
-    extent = affine_positions(nx, ny, transform).max(axis=0) + (h, w)
-    return int(nz), int(math.ceil(extent[0] - 1e-9)), int(math.ceil(extent[1] - 1e-9))
+    return extent_shape(model_positions(nx, ny, transform), tile_shape)
 
 
 def ideal_transform(tile_shape: Sequence[int], overlap_fraction: float, scale_factor: float = 1.0,
@@ -117,6 +132,39 @@ def registration_positions(
     connected = np.zeros(nx * ny, dtype=bool)
     connected[system[0]] = connected[system[1]] = True
     return positions, connected
+
+
+def registered_positions(pairs: Sequence[Mapping], nx: int, ny: int, model: np.ndarray, *,
+                         max_refinement_px: float = 10.0) -> np.ndarray:
+    """The motor model's positions plus each tile's registered residual (placement ``registered``).
+
+    The residual of a tile is its position in the global solve over the measured pairs
+    (:func:`registration_positions`, anchored on the model) minus its model position, less the
+    mean residual (a common offset is no correction), clipped to ``max_refinement_px`` per axis.
+    Tiles that no usable pair reaches keep their model position.
+
+    Parameters
+    ----------
+    pairs : sequence of dict
+        The slice's measured pairs.
+    nx, ny : int
+        Grid size.
+    model : np.ndarray
+        ``(nx * ny, 2)`` model positions.
+    max_refinement_px : float
+        Largest correction per axis.
+
+    Returns
+    -------
+    np.ndarray
+        ``(nx * ny, 2)`` positions.
+    """
+    model = np.asarray(model, dtype=float).reshape(nx * ny, 2)
+    solved, connected = registration_positions(pairs, nx, ny, model)
+    residual = np.where(connected[:, None], solved - model, 0.0)
+    if connected.any():
+        residual[connected] -= residual[connected].mean(axis=0)
+    return model + np.clip(residual, -max_refinement_px, max_refinement_px)
 
 
 def shift_tile(tile: np.ndarray, dy: float, dx: float, min_shift_px: float = 0.05) -> np.ndarray:

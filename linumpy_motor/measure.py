@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from skimage.exposure import match_histograms
@@ -10,6 +12,14 @@ from skimage.filters import threshold_otsu
 
 from .backend import get_backend
 from .correlation import measure_shifts
+from .errors import InputError
+from .flatfield import flatfield_from_tiles, load_flatfield
+from .io import central_plane_index, read_block
+from .planes import VolumeReader, choose_plane
+
+NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
+MIN_NULL_PAIRS = 8  # fewer and the background test is not made
+BACKGROUND_MADS = 4.0
 
 BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
@@ -41,6 +51,8 @@ def measure_grid_pairs(
     max_empty_fraction: float | None = None,
     use_gpu: bool = False,
     filter_sigma: float = 1.0,
+    flatfield: np.ndarray | None = None,
+    background_test: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict], list[dict], dict]:
     """Measure every horizontal and vertical neighbour pair of a mosaic grid plane.
@@ -67,6 +79,12 @@ def measure_grid_pairs(
         Run the FFT work with CuPy when a CUDA device is available.
     filter_sigma : float
         Gaussian low-pass of the whitened spectrum, in px.
+    flatfield : np.ndarray or None
+        ``(h, w)`` flat field every tile is divided by before measuring. Without it the two
+        copies of an overlap carry opposite vignetting ramps, which biases the shift along the step.
+    background_test : bool
+        Skip pairs whose correlation peak is no better than that of windows that do not overlap
+        at all (:func:`background_threshold`): agarose and empty overlaps, whatever their level.
     progress : callable, optional
         Called as ``progress(rows done, nx)`` after each tile row (e.g. a :class:`~linumpy_motor.logs.Progress`).
 
@@ -86,8 +104,11 @@ def measure_grid_pairs(
     steps = (int(round((1 - overlap_fraction) * h)), int(round((1 - overlap_fraction) * w)))
     limit = default_max_shift(tile_hw) if max_shift_px is None else float(max_shift_px)
     xp, fft, backend = get_backend(use_gpu)
+    if flatfield is not None:
+        band = _flat_corrected(band, np.asarray(flatfield, dtype=np.float32), ny)
     pairs: list[dict] = []
     samples: list[np.ndarray] = []
+    null_samples = _NullSampler(nx, ny)
     if progress is not None:
         progress(0, nx)
     top = band(0)
@@ -100,13 +121,14 @@ def measure_grid_pairs(
             windows = [_pair_windows(top, bottom, j, tile_hw, steps, horizontal) for j in range(count)]
             a = np.stack([wa for wa, _ in windows])
             b = np.stack([match_histograms(wb, wa) if histogram_match else wb for wa, wb in windows])
-            bound = tuple(int(min(limit, size // 2 - 1)) for size in a.shape[1:])
+            bound = _search_bound(limit, a.shape)
+            null_samples.add(horizontal, i, a, b)
             for j, result in enumerate(measure_shifts(a, b, bound, xp=xp, fft=fft, filter_sigma=filter_sigma)):
                 expected = (0, steps[1]) if horizontal else (steps[0], 0)
                 pairs.append({
                     "tile": [i, j], "row_delta": 0 if horizontal else 1, "col_delta": 1 if horizontal else 0,
                     "measured_dy": expected[0] + result.shift[0], "measured_dx": expected[1] + result.shift[1],
-                    "ncc": result.ncc, "_a": a[j], "_b": b[j],
+                    "ncc": result.ncc, "peak": result.peak, "_a": a[j], "_b": b[j],
                 })
             samples.extend(x[::4, ::4].ravel() for x in (a, b))
         top = bottom
@@ -114,9 +136,20 @@ def measure_grid_pairs(
             progress(i + 1, nx)
     threshold = float(threshold_otsu(np.concatenate(samples))) if max_empty_fraction is not None and samples else None
     measured, skipped = _split_empty(pairs, threshold, max_empty_fraction)
+    null = {}
+    if background_test:
+        null = {kind: background_threshold(a, b, _search_bound(limit, a.shape), xp=xp, fft=fft,
+                                           filter_sigma=filter_sigma)
+                for kind, (a, b) in null_samples.windows().items()}
+        measured, background = _split_background(measured, null)
+        skipped += background
     nccs = np.array([p["ncc"] for p in measured]) if measured else np.array([np.nan])
     stats = {
-        "n_pairs_total": len(pairs), "n_measured": len(measured), "n_skipped_empty": len(skipped),
+        "n_pairs_total": len(pairs), "n_measured": len(measured),
+        "n_skipped_empty": sum(s["reason"] == "empty overlap" for s in skipped),
+        "n_skipped_background": sum(s["reason"] == "background" for s in skipped),
+        "background_peak_threshold": null,
+        "flatfield_applied": flatfield is not None,
         "mean_ncc": float(np.nanmean(nccs)) if measured else None,
         "median_ncc": float(np.nanmedian(nccs)) if measured else None,
         "backend": backend, "max_shift_px": limit, "otsu_threshold": threshold,
@@ -145,6 +178,79 @@ def _split_empty(pairs: list[dict], threshold: float | None, max_empty_fraction:
     return measured, skipped
 
 
+def _flat_corrected(band: BandReader, flatfield: np.ndarray, ny: int) -> BandReader:
+    """``band`` with every tile divided by the flat field."""
+    gain = np.tile(1.0 / flatfield, (1, ny)).astype(np.float32)
+    return lambda i: band(i) * gain
+
+
+class _NullSampler:
+    """Keeps the windows of about ``NULL_PAIRS`` pairs per direction, spread over the grid."""
+
+    def __init__(self, nx: int, ny: int) -> None:
+        self.stride = {True: max(1, nx * (ny - 1) // NULL_PAIRS), False: max(1, (nx - 1) * ny // NULL_PAIRS)}
+        self.count = {True: 0, False: 0}
+        self.kept: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {True: [], False: []}
+
+    def add(self, horizontal: bool, i: int, a: np.ndarray, b: np.ndarray) -> None:
+        """Offer one tile row's windows of one direction."""
+        for wa, wb in zip(a, b):
+            if self.count[horizontal] % self.stride[horizontal] == 0:
+                self.kept[horizontal].append((wa, wb))
+            self.count[horizontal] += 1
+
+    def windows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per direction with at least ``MIN_NULL_PAIRS`` kept pairs: windows ``a`` of each kept pair and
+        ``b`` of the pair half-way round the list (far away on the grid, so they do not overlap)."""
+        out = {}
+        for horizontal, kept in self.kept.items():
+            if len(kept) >= MIN_NULL_PAIRS:
+                a = np.stack([wa for wa, _ in kept])
+                b = np.stack([wb for _, wb in kept])
+                out["horizontal" if horizontal else "vertical"] = (a, np.roll(b, len(kept) // 2, axis=0))
+        return out
+
+
+def _search_bound(limit: float, shape: tuple[int, ...]) -> tuple[int, int]:
+    """Largest |shift| searched along Y and X in windows of ``shape`` (``(n, H, W)``)."""
+    return tuple(int(min(limit, size // 2 - 1)) for size in shape[1:])
+
+
+def background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], **options) -> float:
+    """Correlation peak above which a pair is more than chance: windows that do not overlap, measured as pairs.
+
+    The whitened correlation peak of two unrelated windows is what noise, agarose and repeated
+    texture give without any true overlap (the NCC would not do: smooth shading gives unrelated
+    windows a high NCC). The threshold is their median plus ``BACKGROUND_MADS`` robust standard
+    deviations (1.4826 MAD), so a few unrelated windows that happen to match do not raise it.
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        ``(n, H, W)`` windows of pairs that do not overlap.
+    bound : (int, int)
+        The search bound the real pairs were measured with.
+    options
+        Passed to :func:`~linumpy_motor.correlation.measure_shifts`.
+    """
+    peak = np.array([r.peak for r in measure_shifts(a, b, bound, subpixel=False, **options)])
+    median = float(np.median(peak))
+    return median + BACKGROUND_MADS * 1.4826 * float(np.median(np.abs(peak - median)))
+
+
+def _split_background(pairs: list[dict], thresholds: dict[str, float]) -> tuple[list[dict], list[dict]]:
+    """Split off pairs whose correlation peak does not exceed their direction's background threshold."""
+    kept, skipped = [], []
+    for pair in pairs:
+        threshold = thresholds.get("horizontal" if pair["col_delta"] else "vertical")
+        if threshold is not None and pair["peak"] <= threshold:
+            skipped.append({key: pair[key] for key in ("tile", "row_delta", "col_delta", "ncc", "peak")}
+                           | {"reason": "background", "threshold": threshold})
+        else:
+            kept.append(pair)
+    return kept, skipped
+
+
 def band_reader(plane_source, tile_h: int) -> BandReader:
     """A :data:`BandReader` over a 2-D array-like (NumPy, zarr or dask): row ``i`` read on demand."""
     from .io import as_float
@@ -152,22 +258,91 @@ def band_reader(plane_source, tile_h: int) -> BandReader:
     return lambda i: as_float(plane_source[i * tile_h:(i + 1) * tile_h, :])
 
 
-def measure_mosaic(grid, overlap_fraction: float, *, z: int | None = None, **options) -> tuple[list, list, dict]:
-    """Measure the pairs of an opened :class:`~linumpy_motor.io.MosaicGrid` on one Z plane.
+def _plane_block(read: VolumeReader, z: int | None, rows: slice, cols: slice) -> np.ndarray:
+    """``rows, cols`` of plane ``z`` (of the mean over all planes when ``z`` is None)."""
+    if z is None:
+        return read(slice(None), rows, cols).mean(axis=0)
+    return read(slice(z, z + 1), rows, cols)[0]
 
-    Only the chosen plane (the central one by default) is read, one tile row at a time.
-    ``options`` are passed to :func:`measure_grid_pairs`.
+
+def _estimated_flatfield(read: VolumeReader, tile_hw: tuple[int, int], nx: int, ny: int, z: int | None,
+                         label: str) -> np.ndarray | None:
+    """The slice's flat field on the measured plane (:func:`~linumpy_motor.flatfield.flatfield_from_tiles`)."""
+    h, w = tile_hw
+    return flatfield_from_tiles(
+        lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)),
+        nx, ny, tile_hw, label=label, log_level=logging.INFO)
+
+
+def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,
+                   *, z: int | None = None, plane: str = "auto", flatfield: str | np.ndarray | None = "estimate",
+                   label: str = "slice", **options) -> tuple[list, list, dict]:
+    """Measure the pairs of a mosaic-grid volume on a chosen plane, tiles flat-field corrected first.
+
+    Parameters
+    ----------
+    read : VolumeReader
+        Reads blocks of the volume ``(Z, nx * h, ny * w)``.
+    tile_shape : (int, int, int)
+        ``(Z, h, w)``.
+    nx, ny : int
+        Grid size.
+    overlap_fraction : float
+        Expected overlap.
+    z : int or None
+        Plane to measure; None: chosen by ``plane``.
+    plane : {"auto", "central", "mean"}
+        How the plane is chosen when ``z`` is None (:func:`~linumpy_motor.planes.choose_plane`).
+    flatfield : "estimate", "none", None or np.ndarray
+        ``estimate``: the slice's flat field (the stitcher's estimator) on the measured plane; an
+        array ``(h, w)`` or ``(Z, h, w)``: that flat field; none: no correction.
+    label : str
+        Names the slice in errors and warnings.
+    options
+        Passed to :func:`measure_grid_pairs`.
+
+    Returns
+    -------
+    measured, skipped, stats
+        As :func:`measure_grid_pairs`; ``stats`` also has ``z`` (None for the mean over planes),
+        ``plane_mode`` (and ``plane_scores``) and ``flatfield``.
     """
-    from .errors import InputError
-    from .io import central_plane_index, read_block
-
-    nz, h, w = grid.tile_shape
-    z = central_plane_index(nz) if z is None else z
-    if not 0 <= z < nz:
-        raise InputError(grid.path, f"plane z={z} is outside the volume's {nz} planes")
-    measured, skipped, stats = measure_grid_pairs(
-        lambda i: read_block(grid, z, slice(i * h, (i + 1) * h), slice(None)), (h, w), grid.nx, grid.ny,
-        overlap_fraction, **options,
-    )
-    stats["z"] = z
+    nz, h, w = tile_shape
+    if z is not None and not 0 <= z < nz:
+        raise InputError(label, f"plane z={z} is outside the volume's {nz} planes")
+    if z is None:
+        z, plane_info = choose_plane(read, nz, (h, w), nx, ny, overlap_fraction, plane,
+                                     filter_sigma=options.get("filter_sigma", 1.0),
+                                     max_shift_px=options.get("max_shift_px"))
+    else:
+        plane_info = {"plane_mode": "given"}
+    if isinstance(flatfield, np.ndarray):
+        field, description = flatfield, "given"
+        if field.ndim == 3:
+            field = field[central_plane_index(nz) if z is None else z]
+    elif flatfield is None or str(flatfield) == "none":
+        field, description = None, "none"
+    elif str(flatfield) == "estimate":
+        field = _estimated_flatfield(read, (h, w), nx, ny, z, label)
+        description = "estimate" if field is not None else "estimate (too few tissue tiles: none applied)"
+    else:
+        raise ValueError(f"flatfield must be 'estimate', 'none' or an array, got {flatfield!r}")
+    measured, skipped, stats = measure_grid_pairs(lambda i: _plane_block(read, z, slice(i * h, (i + 1) * h),
+                                                                         slice(None)), (h, w), nx, ny, overlap_fraction,
+                                                  flatfield=field, **options)
+    stats.update(z=z, flatfield=description, **plane_info)
     return measured, skipped, stats
+
+
+def measure_mosaic(grid, overlap_fraction: float, *, z: int | None = None, plane: str = "auto",
+                   flatfield: str | Path | None = "estimate", **options) -> tuple[list, list, dict]:
+    """Measure the pairs of an opened :class:`~linumpy_motor.io.MosaicGrid` (see :func:`measure_volume`).
+
+    The measured plane is read one tile row at a time; choosing it reads a few tiles through the
+    depth, and the flat-field estimate a subset of tiles on a few planes. ``flatfield`` may also
+    be the path of a ``.npy`` flat field. ``options`` are passed to :func:`measure_grid_pairs`.
+    """
+    if flatfield is not None and str(flatfield) not in ("estimate", "none"):
+        flatfield = load_flatfield(flatfield, grid.tile_shape)
+    return measure_volume(lambda zs, rows, cols: read_block(grid, zs, rows, cols), grid.tile_shape, grid.nx, grid.ny,
+                          overlap_fraction, z=z, plane=plane, flatfield=flatfield, label=str(grid.path), **options)

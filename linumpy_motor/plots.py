@@ -33,11 +33,16 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def tile_outlines(nx: int, ny: int, tile_hw: Sequence[int], transform: np.ndarray) -> np.ndarray:
-    """Closed outlines ``(nx * ny, 5, 2)`` of every tile as (x, y) = (col, row) canvas pixels."""
+def tile_outlines(nx: int, ny: int, tile_hw: Sequence[int], transform: np.ndarray,
+                  positions: Sequence | None = None) -> np.ndarray:
+    """Closed outlines ``(nx * ny, 5, 2)`` of every tile as (x, y) = (col, row) canvas pixels.
+
+    Tiles sit at ``A @ [i, j]``, or at ``positions`` (``(nx * ny, 2)``, as the stitcher placed them).
+    """
     h, w = tile_hw
     corners = np.array([[0, 0], [0, w], [h, w], [h, 0], [0, 0]], dtype=float)
-    rows_cols = affine_positions(nx, ny, transform)[:, None, :] + corners[None]
+    placed = affine_positions(nx, ny, transform) if positions is None else np.asarray(positions, dtype=float)
+    rows_cols = (placed - placed.min(axis=0))[:, None, :] + corners[None]
     return rows_cols[..., ::-1]
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from . import __version__, outputs, plots
 from .errors import InputError
-from .fit import RAYLEIGH_MEDIAN, TUKEY_C, describe_transform, pair_arrays
+from .fit import RAYLEIGH_MEDIAN, TUKEY_C, describe_transform, model_precision, pair_arrays, parity_steps
 from .io import as_float, dataset_paths, level0_scale, multiscale_entry, slice_id_from_name
 from .schemas import FiniteFloat, PairsFile, TransformFile, load
 
@@ -146,8 +146,9 @@ def slice_status(evidence: SliceEvidence) -> tuple[str, list[str]]:
     return ("failed" if failed else "check" if check else "ok"), failed + check
 
 
-def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray,
-                   scale_px: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray, scale_px: float | None = None,
+                   backlash: Sequence[float] | None = None,
+                   error_model: Mapping[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Residuals of pairs against a motor model and the pairs beyond its Tukey cutoff.
 
     Parameters
@@ -159,19 +160,28 @@ def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray,
     scale_px : float or None
         Robust residual scale of the fit (``robust_scale_px`` of its diagnostics); ``None``:
         recomputed from these residuals with :func:`linumpy_motor.fit.robust_fit`'s rule.
+    backlash : sequence of float or None
+        The model's backlash vector (odd tile rows' offset), part of the model's displacements.
+    error_model : mapping or None
+        The fit's ``pair_error_model``: residuals are weighed by each pair's precision under it
+        (:func:`linumpy_motor.fit.model_precision`), as in the fit; None: all pairs alike.
 
     Returns
     -------
     residuals : np.ndarray
         ``(n, 2)`` measured displacement minus ``A @ [row_delta, col_delta]`` (dy, dx), px.
     outliers : np.ndarray of bool
-        Residual length at or beyond ``TUKEY_C * scale`` (weight 0 in the fit), or no usable NCC.
+        Residual length times the pair's precision (the fit's standardised residual) at or beyond
+        ``TUKEY_C * scale`` (weight 0 in the fit), or no usable NCC.
     cutoff : float
         The cutoff, px.
     """
     X, Y, w = pair_arrays(pairs)
     residuals = Y - X @ np.asarray(transform, dtype=float).T
-    lengths = np.linalg.norm(residuals, axis=1)
+    if backlash is not None:
+        residuals -= parity_steps(pairs)[:, None] * np.asarray(backlash, dtype=float)
+    w = model_precision(error_model, w**2)
+    lengths = w * np.linalg.norm(residuals, axis=1)  # standardised, as the fit's Tukey stage
     if scale_px is None:
         usable = lengths[w > 0]
         scale_px = float(np.median(usable)) / RAYLEIGH_MEDIAN if usable.size else 0.0
@@ -461,7 +471,8 @@ def _build(folder: Path, inputs: _Inputs, title: str) -> str:
     ids = sorted(set(inputs.pairs) | set(inputs.compare) | set(inputs.stitched)) or sorted(inputs.per_slice)
     pair_lists = {s: [p.model_dump() for p in inputs.pairs[s].pairs] for s in sorted(inputs.pairs)}
     pooled = [p for pairs in pair_lists.values() for p in pairs]
-    residuals, outliers, cutoff = pair_residuals(pooled, A, diagnostics.get("robust_scale_px"))
+    residuals, outliers, cutoff = pair_residuals(pooled, A, diagnostics.get("robust_scale_px"),
+                                                 inputs.transform.backlash, diagnostics.get("pair_error_model"))
     bounds = np.cumsum([0] + [len(pairs) for pairs in pair_lists.values()])
     parts = {s: slice(bounds[k], bounds[k + 1]) for k, s in enumerate(pair_lists)}
     model_png = histogram_png = None
@@ -565,7 +576,9 @@ def _thumbnail(folder: Path, slice_id: int, store: Path | None, pairs_file: Pair
             tile_hw = tuple(int(n) for n in meta["tile_shape"][-2:])
             if not _layout_fits(nx, ny, tile_hw, stitched_A, thumb.extent_hw):
                 raise ValueError("layout does not match the image")
-            outlines = plots.tile_outlines(nx, ny, tile_hw, stitched_A)
+            placed = np.asarray(meta.get("positions", []), dtype=float)  # per-tile placement, when recorded
+            outlines = plots.tile_outlines(nx, ny, tile_hw, stitched_A,
+                                           placed if placed.shape == (nx * ny, 2) else None)
             if not np.allclose(stitched_A, A, rtol=0, atol=1e-6):
                 problem = "stitched with another motor model than this report's motor_transform.json"
     except (TypeError, ValueError):

@@ -48,12 +48,16 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     overlap: float = Field(0.2, gt=0, lt=0.5)
     z: int | None = Field(None, ge=0)
+    plane: Literal["auto", "central", "mean"] = "auto"
+    background_test: bool = True
     max_shift: float | None = Field(None, gt=0)
     histogram_match: bool = False
     max_empty_fraction: float | None = Field(None, ge=0, le=1)
     n_samples: int | None = Field(None, gt=0)
     seed: int = 0
     drift_tolerance: float = Field(1.0, gt=0)
+    backlash: Literal["auto", "on", "off"] = "auto"
+    placement: Literal["model", "registered"] = "model"
     blending: Literal["none", "average", "feather", "diffusion"] = "feather"
     flatfield: str = "estimate"
     ngff_version: Literal["0.4", "0.5"] = "0.5"
@@ -370,6 +374,9 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
             raise InputError(grid.path, f"tile shape {grid.tile_shape} differs from {first.tile_shape} of {first.path}")
     inputs = [source, *(path for _, path in slices)]
     if options.transform is not None:
+        if options.placement == "registered":
+            raise InputError(options.transform, "placement 'registered' needs measured pairs; it cannot be used "
+                                                "with a given transform")
         _check_given_transform(options.transform, grids.values())
         inputs.append(options.transform)
     if options.flatfield not in ("estimate", "none"):
@@ -460,16 +467,21 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
     ran: dict[str, int] = {}
     outdir, transform, stitched = paths["outdir"], paths["transform"], paths["stitched"]
     pairs, compare, report_dir = paths.get("pairs"), paths.get("compare"), paths.get("report")
+    flatfield = options.flatfield
+    flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
     if options.transform is None:
-        measure = dict(overlap=options.overlap, z=options.z, max_shift_px=options.max_shift,
+        measure = dict(overlap=options.overlap, z=options.z, plane=options.plane,
+                       background_test=options.background_test, max_shift_px=options.max_shift,
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
         ran["measure"] = _run_jobs([
-            (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, **measure), steps.measure_pairs,
-             dict(source=path, output=pairs[sid], slice_id=sid, use_gpu=options.use_gpu,
+            (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
+                                  **measure), steps.measure_pairs,
+             dict(source=path, output=pairs[sid], slice_id=sid, flatfield=flatfield, use_gpu=options.use_gpu,
                   threads=_threads_per_job(options, len(slices)), **measure))
             for sid, path in slices
         ], stamps, options.workers, "measure", progress)
-        fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance)
+        fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance,
+                   backlash=options.backlash)
         key = step_key(step="fit", pairs=[file_digest(pairs[sid]) for sid, _ in slices], **fit)
         ran["fit"] = _run_jobs([(transform, key, steps.fit_affine,
                                  dict(pairs_files=[pairs[sid] for sid, _ in slices], output=transform, **fit))],
@@ -479,14 +491,20 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
         ran["fit"] = _run_jobs([(transform, key, steps.copy_transform,
                                  dict(source=options.transform, output=transform))], stamps, 1, "transform", progress)
     transform_digest = file_digest(transform)
-    flatfield = options.flatfield
-    flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
     stitch = dict(blending=options.blending, ngff_version=options.ngff_version, z_chunk=options.z_chunk)
+    registered = options.placement == "registered"
+
+    def positions(sid: int, path: Path):
+        grid = open_mosaic(path)
+        return steps.tile_positions(transform, (grid.nx, grid.ny), placement=options.placement,
+                                    pairs_file=pairs[sid] if registered else None)
+
     ran["stitch"] = _run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
-                                 flatfield=flatfield_id, **stitch),
+                                 flatfield=flatfield_id, placement=options.placement,
+                                 pairs=file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=steps.read_transform(transform),
-                            flatfield=flatfield, use_gpu=options.use_gpu,
+                            positions=positions(sid, path), flatfield=flatfield, use_gpu=options.use_gpu,
                             threads=_threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, options.workers, "stitch", progress)

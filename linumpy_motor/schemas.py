@@ -37,7 +37,7 @@ class PairsFile(BaseModel):
     tile_shape: tuple[int, int, int]
     grid: tuple[int, int]
     overlap: float = Field(gt=0, le=0.5)
-    z: int
+    z: int | None  # None: the mean over all planes was measured
     pairs: list[Pair]
     skipped: list[dict]
     stats: dict
@@ -51,6 +51,7 @@ class TransformFile(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     transform: tuple[tuple[FiniteFloat, FiniteFloat], tuple[FiniteFloat, FiniteFloat]]
+    backlash: tuple[FiniteFloat, FiniteFloat] = (0.0, 0.0)  # offset (dy, dx) of odd tile rows; 0: none
     diagnostics: dict = {}
 
     @field_validator("transform")

@@ -37,11 +37,14 @@ def check_output(output: str | Path, *inputs: str | Path) -> None:
 
 
 def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, slice_id: int | None = None,
-                  z: int | None = None, max_shift_px: float | None = None, histogram_match: bool = False,
+                  z: int | None = None, plane: str = "auto", flatfield: str | Path | None = "estimate",
+                  background_test: bool = True, max_shift_px: float | None = None, histogram_match: bool = False,
                   max_empty_fraction: float | None = None, use_gpu: bool = False,
                   progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> dict:
     """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
 
+    ``z``, ``plane``, ``flatfield`` and ``background_test``: see
+    :func:`linumpy_motor.measure.measure_volume` and :func:`linumpy_motor.measure.measure_grid_pairs`.
     ``progress(rows done, rows)`` is called after each tile row. ``threads``: FFT workers (default:
     the cores this process is given); BLAS stays on one thread.
 
@@ -54,8 +57,9 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     grid = open_mosaic(source)
     with limited_threads(resolve_threads(threads)):
         measured, skipped, stats = measure_mosaic(
-            grid, overlap, z=z, max_shift_px=max_shift_px, histogram_match=histogram_match,
-            max_empty_fraction=max_empty_fraction, use_gpu=use_gpu, progress=progress,
+            grid, overlap, z=z, plane=plane, flatfield=flatfield, background_test=background_test,
+            max_shift_px=max_shift_px, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
+            use_gpu=use_gpu, progress=progress,
         )
     content = PairsFile(
         version=__version__, slice_id=slice_id_from_name(grid.path) if slice_id is None else slice_id,
@@ -86,8 +90,11 @@ def load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
 
 
 def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_samples: int | None = None,
-               seed: int = 0, drift_tolerance_px: float = 1.0) -> dict:
+               seed: int = 0, drift_tolerance_px: float = 1.0, backlash: str = "auto") -> dict:
     """Pool the slices' pairs, fit one motor matrix and write ``motor_transform.json``.
+
+    ``backlash`` (``auto``, ``on``, ``off``): the serpentine backlash term
+    (:func:`linumpy_motor.fit.fit_pooled`); the file's ``backlash`` holds it (0, 0 when left out).
 
     Raises
     ------
@@ -101,16 +108,19 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
     try:
         transform, diagnostics = fit_pooled(
             pairs, {f.slice_id: f.grid for f in files}, files[0].tile_shape, files[0].overlap,
-            n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px,
+            n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px, backlash=backlash,
         )
     except FitError as exc:  # name the pairs file of the first slice that has no pair, else the first file
         empty = [path for f, path in zip(files, pairs_files) if not f.pairs]
-        raise InputError((empty or list(pairs_files))[0], str(exc)) from None
+        background = sum(f.stats.get("n_skipped_background", 0) for f in files)
+        hint = (f"; {background} pairs correlate no better than non-overlapping windows: is --overlap right?"
+                if background > sum(len(f.pairs) for f in files) else "")
+        raise InputError((empty or list(pairs_files))[0], str(exc) + hint) from None
     for f in files:
         diagnostics["per_slice"][str(f.slice_id)]["measurement"] = f.stats
     diagnostics.update(version=__version__, tile_shape=list(files[0].tile_shape),
                        backend=sorted({f.stats.get("backend", "numpy") for f in files}))
-    content = {"transform": transform.tolist(), "diagnostics": diagnostics}
+    content = {"transform": transform.tolist(), "backlash": diagnostics["backlash_px"], "diagnostics": diagnostics}
     write_json(output, content, "fit")
     for problem in model_problems(diagnostics):  # a wrong --overlap: said on the terminal, not only in the report
         logger.warning(problem)
@@ -121,9 +131,9 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     """Compare the motor model's tile positions with registration positions from the slice's pairs."""
     check_output(output, pairs_file, transform_file)
     pairs = load(pairs_file, PairsFile)
-    transform = np.array(load(transform_file, TransformFile).transform)
+    transform, backlash = read_model(transform_file)
     nx, ny = pairs.grid
-    motor = geometry.affine_positions(nx, ny, transform)
+    motor = geometry.affine_positions(nx, ny, transform, backlash)
     registered, connected = geometry.registration_positions([p.model_dump() for p in pairs.pairs], nx, ny, motor)
     content = {
         "slice_id": pairs.slice_id, "source": pairs.source, "version": __version__,
@@ -167,7 +177,58 @@ def one_problem(exc: ValueError) -> str:
 
 def read_transform(path: str | Path) -> np.ndarray:
     """The 2x2 motor matrix of a transform file (:func:`load_transform`)."""
-    return np.array(load_transform(path).transform, dtype=float)
+    return read_model(path)[0]
+
+
+def read_model(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 2x2 motor matrix and the backlash vector (zero when none) of a transform file (:func:`load_transform`)."""
+    content = load_transform(path)
+    return np.array(content.transform, dtype=float), np.array(content.backlash, dtype=float)
+
+
+PLACEMENTS = ("model", "registered")
+
+
+def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placement: str = "model",
+                   pairs_file: str | Path | None = None) -> np.ndarray:
+    """Where the stitcher puts each tile of a slice.
+
+    Parameters
+    ----------
+    transform_file : str or Path
+        ``motor_transform.json`` (A and the backlash term).
+    grid : (nx, ny)
+        The slice's grid.
+    placement : {"model", "registered"}
+        ``model``: ``A @ [i, j]`` plus the backlash of odd rows; ``registered``: that plus each
+        tile's registered residual from the slice's pairs (:func:`geometry.registered_positions`),
+        for slices where the model alone leaves seams.
+    pairs_file : str, Path or None
+        The slice's pairs JSON (needed by ``registered``).
+
+    Returns
+    -------
+    np.ndarray
+        ``(nx * ny, 2)`` top-left positions, row-major.
+
+    Raises
+    ------
+    InputError
+        An unknown placement, a missing pairs file, or one of another grid.
+    """
+    if placement not in PLACEMENTS:
+        raise InputError(None, f"unknown placement {placement!r}; use one of {PLACEMENTS}")
+    transform, backlash = read_model(transform_file)
+    nx, ny = grid
+    model = geometry.model_positions(nx, ny, transform, backlash)
+    if placement == "model":
+        return model
+    if pairs_file is None:
+        raise InputError(None, "placement 'registered' needs the slice's pairs file")
+    pairs = load(pairs_file, PairsFile)
+    if tuple(pairs.grid) != (nx, ny):
+        raise InputError(pairs_file, f"grid {list(pairs.grid)} differs from the slice's {[nx, ny]}")
+    return geometry.registered_positions([p.model_dump() for p in pairs.pairs], nx, ny, model)
 
 
 def copy_transform(source: str | Path, output: str | Path) -> dict:

@@ -269,6 +269,17 @@ def check_output(source: Path, output: Path) -> None:
     outputs.check_replaceable(output)
 
 
+def _placed(grid: MosaicGrid, A: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    """Each tile's top-left, unshifted: ``positions`` when given (checked), else ``A @ [i, j]``."""
+    if positions is None:
+        return geometry.model_positions(grid.nx, grid.ny, A)
+    positions = np.asarray(positions, dtype=float)
+    if positions.shape != (grid.nx * grid.ny, 2) or not np.isfinite(positions).all():
+        raise InputError(None, f"positions must be finite, one (row, col) per tile ({grid.nx * grid.ny}), "
+                               f"got shape {positions.shape}")
+    return positions
+
+
 def check_canvas(grid: MosaicGrid, A: np.ndarray) -> None:
     """Refuse a transform whose canvas is far larger than the tiles could fill (before allocating it).
 
@@ -416,6 +427,7 @@ def stitch_slice(
     pyramid_top_px: int = 512,
     threads: int | None = None,
     cache_bytes: int = CACHE_BYTES,
+    positions: np.ndarray | None = None,
 ) -> dict:
     """Stitch one slice's mosaic grid into an OME-Zarr image with a multiscale pyramid.
 
@@ -454,6 +466,10 @@ def stitch_slice(
     cache_bytes : int
         Decoded tiles held at once (see the module docstring: with enough of it each input chunk is
         decoded once; peak memory is about this plus a few blocks per thread).
+    positions : np.ndarray, optional
+        ``(nx * ny, 2)`` top-left of each tile (row-major, any origin) overriding ``A @ [i, j]``:
+        the model with its backlash term, or with each tile's registered residual
+        (:func:`linumpy_motor.steps.tile_positions`). ``transform`` still sizes the overlaps.
 
     Returns
     -------
@@ -490,18 +506,19 @@ def stitch_slice(
     zc = min(zc, nz)
     threads = resolve_threads(threads)
     xp, _, backend = get_backend(use_gpu)
-    shapes = pyramid.level_shapes(geometry.output_shape(grid.nx, grid.ny, grid.tile_shape, A), pyramid_top_px)
+    placed = _placed(grid, A, positions)
+    shapes = pyramid.level_shapes(geometry.extent_shape(placed, grid.tile_shape), pyramid_top_px)
     block = (zc, block_px, block_px)
     with atomic_output(output, "stitch") as tmp, limited_threads(threads):
         flat, flat_description = resolve_flatfield(grid, flatfield)
-        canvas = _Canvas(grid, tile_positions(grid, A), weight_map((h, w), blending, overlap_px(A, (h, w))), flat,
-                         blending == "none", xp)
+        canvas = _Canvas(grid, placed - placed.min(axis=0), weight_map((h, w), blending, overlap_px(A, (h, w))),
+                         flat, blending == "none", xp)
         group = ngff.create_group(tmp, ngff_version)
         plan = _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", threads=threads,
                               cache_bytes=cache_bytes, progress=progress)
         metadata = {
             "stage": "stitch", "version": __version__, "source": str(grid.path), "transform": A.tolist(),
-            "canvas_origin": (geometry.grid_indices(grid.nx, grid.ny) @ A.T).min(axis=0).tolist(),
+            "canvas_origin": placed.min(axis=0).tolist(), "positions": placed.tolist(),
             "blending": blending, "flatfield": flat_description, "interpolation": "linear", "dtype": "float32",
             "tile_shape": [nz, h, w], "grid": [grid.nx, grid.ny], "backend": backend,
         }

@@ -196,8 +196,14 @@ def run_nan_in_the_measured_plane(f: Path, c: Context) -> Invocation:
 @case
 def run_inf_in_another_plane(f: Path, c: Context) -> Invocation:  # measuring reads plane 2 only: found when stitching
     store = slice_store(f / "data", with_value(c, 0, np.inf))
-    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("data contains NaN or Inf",), f / "out",
-                      frozenset({"pairs/slice_z00_pairs.json", "motor_transform.json"}))
+    return Invocation(cli_run(f / "data", f / "out", "--plane", "central"), RUN, store, ("data contains NaN or Inf",),
+                      f / "out", frozenset({"pairs/slice_z00_pairs.json", "motor_transform.json"}))
+
+
+@case
+def run_inf_in_a_plane_scored_for_the_choice(f: Path, c: Context) -> Invocation:  # choosing the plane reads it
+    store = slice_store(f / "data", with_value(c, 0, np.inf))
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("data contains NaN or Inf",), f / "out")
 
 
 @case

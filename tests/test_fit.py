@@ -195,3 +195,82 @@ def test_position_stage_reaches_the_jitter_floor():
     # measured: two-stage 0.026, pairs only 0.033, floor (LSQ of the true positions) 0.026 px
     assert np.mean(errors_two_stage) < 0.9 * np.mean(errors_pairs)
     assert np.mean(errors_two_stage) < 1.1 * np.mean(errors_floor)
+
+
+def _stage_pairs(rng, backlash=(0.0, 0.0), jitter=0.3, noise=0.03, n_slices=3):
+    """Pairs of ``n_slices`` slices of tiles at ``A_TRUE @ [i, j] + (i mod 2) backlash + jitter``,
+    and the least-squares A of the true positions with (``floor_b``) and without (``floor``) the term."""
+    from linumpy_motor.geometry import grid_indices
+
+    index = grid_indices(NX, NY)
+    pairs, blocks = {}, []
+    for sid in range(n_slices):
+        positions = index @ A_TRUE.T + (index[:, :1] % 2) * np.asarray(backlash) + rng.normal(0, jitter, (NX * NY, 2))
+        pairs[sid] = pairs_from_positions(positions, NX, NY, ncc=0.9)
+        for pair in pairs[sid]:
+            pair["measured_dy"] += rng.normal(0, noise)
+            pair["measured_dx"] += rng.normal(0, noise)
+        blocks.append((np.column_stack([index, index[:, 0] % 2]), positions))
+    X = np.concatenate([x - x.mean(0) for x, _ in blocks])
+    Y = np.concatenate([y - y.mean(0) for _, y in blocks])
+    floor_b = np.linalg.lstsq(X, Y, rcond=None)[0].T[:, :2]
+    floor = np.linalg.lstsq(X[:, :2], Y, rcond=None)[0].T
+    return pairs, floor, floor_b
+
+
+@pytest.mark.parametrize("backlash", [(0.0, 1.0), (0.0, -3.0), (0.4, 0.6)])
+def test_serpentine_backlash_is_detected_and_not_absorbed_by_A(backlash):
+    pairs, floor, floor_b = _stage_pairs(np.random.default_rng(7), backlash)
+    A, diagnostics = fit_pooled(pairs, {sid: (NX, NY) for sid in pairs}, TILE, 0.2)
+    test = diagnostics["position_stage"]["backlash"]
+    assert test["detected"] and test["p_value"] < fit.BACKLASH_P_VALUE
+    np.testing.assert_allclose(diagnostics["backlash_px"], backlash, atol=0.1)
+    assert np.abs(A - A_TRUE).max() <= np.abs(floor_b - A_TRUE).max() + 0.01
+    assert diagnostics["n_outliers"] == 0  # the even->odd and odd->even vertical pairs all fit
+    if max(map(abs, backlash)) >= 1:
+        plain, _ = fit_pooled(pairs, {sid: (NX, NY) for sid in pairs}, TILE, 0.2, backlash="off")
+        assert np.abs(plain - A_TRUE).max() > 3 * np.abs(A - A_TRUE).max()  # without the term, A bends
+
+
+def test_no_backlash_term_when_the_stage_has_none():
+    false_alarms, errors, floors = 0, [], []
+    for seed in range(6):
+        pairs, floor, _ = _stage_pairs(np.random.default_rng(100 + seed))
+        A, diagnostics = fit_pooled(pairs, {sid: (NX, NY) for sid in pairs}, TILE, 0.2)
+        false_alarms += diagnostics["position_stage"]["backlash"]["detected"]
+        assert diagnostics["backlash_px"] == [0.0, 0.0]
+        errors.append(np.abs(A - A_TRUE).max())
+        floors.append(np.abs(floor - A_TRUE).max())
+    assert false_alarms == 0
+    assert np.mean(errors) <= 1.1 * np.mean(floors)
+
+
+def test_backlash_needs_vertical_pairs_from_both_row_parities():
+    pairs, _, _ = _stage_pairs(np.random.default_rng(3), (0.0, 2.0))
+    two_rows = {sid: [p for p in slice_pairs if p["tile"][0] + p["row_delta"] <= 1]
+                for sid, slice_pairs in pairs.items()}
+    _, diagnostics = fit_pooled(two_rows, {sid: (2, NY) for sid in pairs}, TILE, 0.2)
+    assert not diagnostics["position_stage"]["backlash"]["identifiable"]
+    assert diagnostics["backlash_px"] == [0.0, 0.0]
+
+
+def test_faint_pairs_do_not_bend_the_matrix():
+    """Agarose-like pairs (NCC 0.1, 0.5 px errors) on half the grid: the error model weighs them down."""
+    ours, naive, models = [], [], []
+    for seed in range(3):
+        rng = np.random.default_rng(11 + seed)
+        pairs, _, _ = _stage_pairs(rng, jitter=0.1, noise=0.02)
+        for slice_pairs in pairs.values():
+            for pair in slice_pairs:
+                if pair["tile"][1] >= NY // 2:
+                    pair["ncc"] = 0.1
+                    pair["measured_dy"] += rng.normal(0, 0.5)
+                    pair["measured_dx"] += rng.normal(0, 0.5)
+        A, diagnostics = fit_pooled(pairs, {sid: (NX, NY) for sid in pairs}, TILE, 0.2)
+        ours.append(np.abs(A - A_TRUE).max())
+        models.append(diagnostics["pair_error_model"]["at_ncc_1_px"])
+        alike = {sid: [{**p, "ncc": 0.9} for p in slice_pairs] for sid, slice_pairs in pairs.items()}
+        A_alike, _ = fit_pooled(alike, {sid: (NX, NY) for sid in pairs}, TILE, 0.2)
+        naive.append(np.abs(A_alike - A_TRUE).max())
+    assert np.mean(ours) < 0.6 * np.mean(naive)
+    assert np.mean(models) == pytest.approx(0.05, abs=0.025)  # 0.5 px at NCC 0.1

@@ -164,3 +164,30 @@ def test_compare_writes_json_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads(out.read_text()) == written  # the previous file is intact
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_model_positions_carry_the_backlash_of_odd_rows():
+    from linumpy_motor.geometry import model_positions
+
+    A = np.array([[100.0, 2.0], [-1.0, 120.0]])
+    plain = model_positions(3, 2, A)
+    shifted = model_positions(3, 2, A, backlash=(0.5, -3.0))
+    np.testing.assert_allclose(shifted - plain, [[0, 0], [0, 0], [0.5, -3], [0.5, -3], [0, 0], [0, 0]])
+
+
+def test_registered_placement_follows_a_bumped_tile_and_keeps_the_model_elsewhere():
+    from linumpy_motor.geometry import model_positions, registered_positions
+
+    A = np.array([[100.0, 2.0], [-1.0, 120.0]])
+    model = model_positions(4, 5, A)
+    rng = np.random.default_rng(0)
+    true = model + rng.normal(0, 0.3, model.shape)
+    true[7] += (4.0, -3.0)  # a knocked tile
+    placed = registered_positions(pairs_from_positions(true, 4, 5, ncc=0.9), 4, 5, model)
+    offset = (placed - true).mean(axis=0)
+    assert np.abs(placed - true - offset).max() < 0.01  # exact pairs: the tiles where they really are
+    assert np.abs(model - true - (model - true).mean(axis=0)).max() > 3  # the model alone misses the bump
+    lone = registered_positions([], 4, 5, model)  # no pairs: the model
+    np.testing.assert_allclose(lone, model)
+    clipped = registered_positions(pairs_from_positions(true, 4, 5), 4, 5, model, max_refinement_px=1.0)
+    assert np.abs(clipped - model).max() <= 1.0 + 1e-9

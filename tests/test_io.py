@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from linumpy_motor import io, ngff, outputs
+from linumpy_motor import io, measure, ngff, outputs, planes
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import discover_slices, open_mosaic, read_block
 from linumpy_motor.outputs import atomic_output, write_json
@@ -100,35 +100,59 @@ def _tile_rows(requests, tile_h: int) -> list[int]:
     return sorted(r.start // tile_h for r in rows)
 
 
-def test_measuring_reads_only_the_central_plane_one_tile_row_at_a_time(synthetic_dataset_small):
+def _planes(requests) -> set[int]:
+    """Planes touched by array requests (an int or a slice on the first axis)."""
+    found = set()
+    for key in requests:
+        z = key[0]
+        found |= set(range(*z.indices(10**6))) if isinstance(z, slice) else {int(z)}
+    return found
+
+
+def test_measuring_a_given_plane_reads_only_that_plane_one_tile_row_at_a_time(synthetic_dataset_small):
     grid = open_mosaic(synthetic_dataset_small.path(0))
     counting = CountingArray(grid.array)
-    measure_mosaic(dataclasses.replace(grid, array=counting), 0.2)
-    assert {key[0] for key in counting.requests} == {1}
+    measure_mosaic(dataclasses.replace(grid, array=counting), 0.2, z=1, flatfield="none")
+    assert _planes(counting.requests) == {1}
     assert _tile_rows(counting.requests, 96) == [0, 1, 2]  # each tile row read once
 
 
 def test_the_api_reads_only_the_requested_plane(synthetic_dataset_small):
     grid = open_mosaic(synthetic_dataset_small.path(0))
-    for z, expected in ((None, 1), (2, 2)):
+    for z in (0, 1):
         counting = CountingArray(grid.array)
-        motor.compute_registration_refinements(counting, grid.tile_shape, grid.nx, grid.ny, 0.2, z=z)
-        assert {key[0] for key in counting.requests} == {expected}
+        motor.compute_registration_refinements(counting, grid.tile_shape, grid.nx, grid.ny, 0.2, z=z,
+                                               flatfield="none")
+        assert _planes(counting.requests) == {z}
         assert _tile_rows(counting.requests, 96) == [0, 1, 2]
+        counting = CountingArray(grid.array)  # the flat-field estimate reads tiles of the same plane
+        motor.compute_registration_refinements(counting, grid.tile_shape, grid.nx, grid.ny, 0.2, z=z)
+        assert _planes(counting.requests) == {z}
 
 
-def test_pooling_reads_only_central_planes(synthetic_dataset_small, monkeypatch):
-    planes = []
-    original = io.read_block
+def test_choosing_the_plane_reads_the_depth_of_a_few_tiles_only(synthetic_dataset_small):
+    grid = open_mosaic(synthetic_dataset_small.path(0))
+    counting = CountingArray(grid.array)
+    _, _, stats = measure_mosaic(dataclasses.replace(grid, array=counting), 0.2, flatfield="none")
+    deep = [key for key in counting.requests if len(_planes([key])) > 1]
+    assert stats["plane_mode"] == "auto" and set(stats["plane_scores"]) == {"0", "1", "2"}
+    assert len(deep) <= planes.SCORE_PAIRS  # one read per sampled pair, each two tiles wide
+    assert all((key[1].stop - key[1].start) * (key[2].stop - key[2].start) == 2 * 96 * 128 for key in deep)
+
+
+def test_pooling_measures_the_given_plane(synthetic_dataset_small, monkeypatch):
+    seen = []
+    original = measure.read_block
 
     def spy(grid, z, rows, cols):
-        planes.append((grid.path, z))
+        seen.append((grid.path, z))
         return original(grid, z, rows, cols)
 
-    monkeypatch.setattr(io, "read_block", spy)
+    monkeypatch.setattr(measure, "read_block", spy)
     volumes = synthetic_dataset_small.volumes
-    motor.pool_pairs_and_fit_global_affine(volumes, 0.2)
-    assert sorted(planes) == sorted((path, 1) for _, path in volumes for _ in range(3))
+    _, diagnostics = motor.pool_pairs_and_fit_global_affine(volumes, 0.2, z=1)
+    assert _planes([(z,) for _, z in seen]) == {1}
+    assert {diagnostics["per_slice"][str(sid)]["measurement"]["z"] for sid, _ in volumes} == {1}
 
 
 def test_read_block_rejects_non_finite_and_corrupt_data(tmp_path):

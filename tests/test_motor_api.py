@@ -127,7 +127,7 @@ def test_compute_registration_refinements_returns_the_reference_keys(small_slice
 
 def test_a_single_plane_is_accepted(small_slice):
     volume, _ = small_slice
-    from_volume = motor.compute_registration_refinements(volume, SMALL.tile_shape, 3, 4, 0.2)
+    from_volume = motor.compute_registration_refinements(volume, SMALL.tile_shape, 3, 4, 0.2, z=1)
     from_plane = motor.compute_registration_refinements(volume[1], SMALL.tile_shape, 3, 4, 0.2)
     assert [p["measured_dx"] for p in from_plane["pairs"]] == [p["measured_dx"] for p in from_volume["pairs"]]
 

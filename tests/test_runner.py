@@ -112,6 +112,33 @@ def test_cli_prints_where_the_results_are(dataset, first_run):
     assert "measure 0" in done.stdout and "stitch 0" in done.stdout
 
 
+def test_registered_placement_restitches_at_the_model_plus_registered_residuals(dataset, first_run):
+    import zarr
+
+    from linumpy_motor import steps
+
+    outdir, _, _ = first_run
+    result = runner.run(dataset, outdir, RunOptions(placement="registered"), progress=False)
+    assert result["ran"]["measure"] == 0 and result["ran"]["stitch"] == 3
+    store = outdir / "stitched" / "slice_z00_stitch_3d.ome.zarr"
+    placed = np.array(zarr.open_group(str(store), mode="r").attrs["linumpy_motor"]["positions"])
+    model = steps.tile_positions(outdir / "motor_transform.json", (5, 6))
+    residual = placed - model
+    residual -= residual.mean(axis=0)
+    assert 0.05 < np.abs(residual).max() < 3  # the tiles' jitter (0.3 px), not the model
+    result = runner.run(dataset, outdir, RunOptions(placement="registered"), progress=False)
+    assert set(result["ran"].values()) == {0}
+
+
+def test_registered_placement_needs_measured_pairs(dataset, first_run, tmp_path):
+    outdir, _, _ = first_run
+    with pytest.raises(InputError, match="registered"):
+        runner.run(dataset, tmp_path / "given", RunOptions(placement="registered",
+                                                           transform=outdir / "motor_transform.json"),
+                   progress=False)
+    assert not (tmp_path / "given").exists()
+
+
 def test_a_library_run_keeps_its_log_file_and_leaves_the_callers_logging_alone(first_run, tmp_path):
     import logging
 

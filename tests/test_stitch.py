@@ -151,6 +151,26 @@ def test_sub_pixel_placement(tmp_path):
     np.testing.assert_allclose(image[0:40, 0:40], 10 + 2 * Y + 3 * X, rtol=1e-5)
 
 
+def test_per_tile_positions_override_the_model(tmp_path):
+    """``positions`` (the model with its backlash term, or registered placement) places each tile."""
+    h, w = 40, 48
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    volume = np.concatenate([10 + 2 * yy + 3 * xx, 500 - 4 * yy + xx], axis=1)[None]
+    ngff.write_image(tmp_path / "ramp.ome.zarr", volume, chunks=(1, h, w))
+    A = np.array([[36.0, 0.37], [0.0, 40.25]])
+    positions = np.array([[5.0, 7.0], [6.25, 47.5]])  # any origin: the canvas starts at the first tile
+    summary = stitch_slice(tmp_path / "ramp.ome.zarr", tmp_path / "out.ome.zarr", A, blending="none",
+                           flatfield="none", block_px=32, positions=positions)
+    group = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")
+    image = group["0"][0]
+    assert summary["shape"] == [1, 42, 89] and image.shape == (42, 89)
+    Y, X = np.mgrid[3:38, 44:86].astype(float)
+    np.testing.assert_allclose(image[3:38, 44:86], 500 - 4 * (Y - 1.25) + (X - 40.5), rtol=1e-5)
+    assert group.attrs["linumpy_motor"]["positions"] == positions.tolist()
+    with pytest.raises(InputError, match="one \\(row, col\\) per tile"):
+        stitch_slice(tmp_path / "ramp.ome.zarr", tmp_path / "bad.ome.zarr", A, positions=positions[:1])
+
+
 def test_blocks_and_z_chunks_do_not_change_the_result(data, tmp_path):
     _, small = _stitch(data, tmp_path / "small.ome.zarr", block_px=32, z_chunk=2, blending="diffusion")
     _, large = _stitch(data, tmp_path / "large.ome.zarr", block_px=512, blending="diffusion", threads=1)
@@ -333,7 +353,8 @@ def test_bin_stitches(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("problem", ["missing transform", "truncated transform", "output inside input",
-                                     "singular transform", "missing slice", "bad flat field"])
+                                     "singular transform", "missing slice", "bad flat field",
+                                     "registered placement without pairs"])
 def test_bin_bad_input(data, tmp_path, capsys, problem):
     transform = tmp_path / "t.json"
     text = json.dumps({"transform": data["A"].tolist(), "diagnostics": {}})
@@ -351,6 +372,8 @@ def test_bin_bad_input(data, tmp_path, capsys, problem):
     if problem == "bad flat field":
         extra = ["--flatfield", str(tmp_path / "flat.npy")]
         np.save(tmp_path / "flat.npy", np.ones((5, 5)))
+    if problem == "registered placement without pairs":
+        extra = ["--placement", "registered"]
     assert _bin().main([str(source), str(transform), str(out), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("linum_motor_stitch.py: error:")

@@ -100,7 +100,8 @@ def test_measured_pairs_match_the_true_displacements(synthetic_dataset_v05, synt
         np.linalg.norm([p["measured_dy"], p["measured_dx"]] - true_pair_displacement(p, ds.positions(sid), ds.spec.ny))
         for sid, pairs in synthetic_pairs_v05.items() for p in pairs
     ])
-    assert len(errors) == 3 * (6 * 6 + 5 * 7)
+    # all but the few pairs whose overlap is background only (skipped by the background test)
+    assert 3 * (6 * 6 + 5 * 7) - 6 <= len(errors) <= 3 * (6 * 6 + 5 * 7)
     assert np.median(errors) < 0.04
     assert np.mean(errors < 0.1) > 0.9
 
@@ -116,7 +117,8 @@ def test_pooled_fit_recovers_the_motor_model(synthetic_dataset_v05):
     assert diagnostics["Ox_fraction"] == pytest.approx(ds.spec.overlap, abs=0.001)
     assert diagnostics["Oy_fraction"] == pytest.approx(ds.spec.overlap, abs=0.001)
     assert diagnostics["backend"] == "numpy"
-    assert diagnostics["n_pooled_pairs"] == 3 * 71
+    skipped = [diagnostics["per_slice"][str(s)]["measurement"]["n_skipped_background"] for s in ds.slice_ids]
+    assert diagnostics["n_pooled_pairs"] + sum(skipped) == 3 * 71 and sum(skipped) <= 6
     assert diagnostics["drifting_slices"] == []
     assert set(diagnostics["per_slice"]) == {str(s) for s in ds.slice_ids}
 
@@ -127,8 +129,10 @@ def test_pooled_fit_rejects_wrong_pairs_from_bad_tiles(synthetic_dataset_v05_bad
     assert np.abs(A - ds.transform).max() <= 0.08
     assert diagnostics["theta_deg"] == pytest.approx(ds.truth["theta_deg"], abs=0.05)
     assert diagnostics["phi_deg"] == pytest.approx(ds.truth["phi_deg"], abs=0.05)
-    # each background or swapped tile spoils its (up to 4) pairs: about 8 wrong pairs per slice
-    assert diagnostics["n_outliers"] >= 3 * 6
+    # each background or swapped tile spoils its (up to 4) pairs: about 8 wrong pairs per slice, skipped
+    # by the background test when measuring (no correlation better than chance) or outliers of the fit
+    skipped = sum(diagnostics["per_slice"][str(s)]["measurement"]["n_skipped_background"] for s in ds.slice_ids)
+    assert diagnostics["n_outliers"] + skipped >= 3 * 6
     assert diagnostics["n_inliers"] + diagnostics["n_outliers"] == diagnostics["n_fitted_pairs"]
     assert diagnostics["backend"] == "numpy"
 

@@ -16,9 +16,9 @@ from .. import geometry
 from ..compare import compare_positions
 from ..errors import InputError
 from ..fit import fit_pairs, fit_pooled
-from ..io import MosaicGrid, central_plane_index, open_mosaic, write_json
+from ..io import MosaicGrid, as_float, open_mosaic, write_json
 from ..logs import Progress
-from ..measure import band_reader, measure_grid_pairs, measure_mosaic
+from ..measure import measure_mosaic, measure_volume
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def _clamped_residuals(pairs: list[dict], steps: tuple[int, int], limit: float, 
 
 def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fraction, max_refinement_px=10.0, *,
                                      histogram_match=False, max_empty_fraction=None, use_gpu=False,
-                                     z=None, max_shift_px=None, filter_sigma=1.0, progress=False):
+                                     z=None, plane="auto", flatfield="estimate", background_test=True,
+                                     max_shift_px=None, filter_sigma=1.0, progress=False):
     """Correlate neighboring tiles within a slice to measure displacement errors.
 
     Parameters
@@ -101,7 +102,15 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
         Run the FFT work with CuPy when a CUDA device is usable (else the CPU, with a warning);
         ``stats['backend']`` says which ran.
     z : int or None, keyword-only
-        Plane to measure (default: the central one).
+        Plane to measure (default: chosen by ``plane``).
+    plane : {"auto", "central", "mean"}, keyword-only
+        When ``z`` is None: the plane whose overlaps correlate best (``auto``), the central
+        plane, or the mean over all planes (:func:`linumpy_motor.planes.choose_plane`).
+    flatfield : "estimate", "none" or np.ndarray, keyword-only
+        Divide tiles by the slice's flat field (estimated from its tissue tiles on the measured
+        plane, or the ``(h, w)`` array given) before measuring: this removes the vignetting bias.
+    background_test : bool, keyword-only
+        Skip pairs whose NCC is no better than that of non-overlapping windows (agarose).
     max_shift_px : float or None, keyword-only
         Largest stage error searched (default: 10 % of the tile).
     filter_sigma : float, keyword-only
@@ -117,16 +126,15 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
         ``measured_dy``, ``measured_dx``, plus ``tile``, ``ncc``, ``empty_fraction``);
         ``skipped``: pairs left out and why; ``stats``.
     """
-    nz, h, w = tile_shape
     if getattr(volume, "ndim", 3) == 3:
-        plane_index = central_plane_index(volume.shape[0]) if z is None else z
-        plane = _PlaneView(volume, plane_index)
+        read, shape = (lambda zs, rows, cols: as_float(volume[zs, rows, cols])), tuple(tile_shape)
     else:
-        plane = volume
-    measured, skipped, stats = measure_grid_pairs(
-        band_reader(plane, h), (h, w), nx, ny, overlap_fraction, max_shift_px=max_shift_px,
-        histogram_match=histogram_match, max_empty_fraction=max_empty_fraction, use_gpu=use_gpu,
-        filter_sigma=filter_sigma, progress=Progress("measure", "tile row") if progress else None,
+        read, shape = (lambda zs, rows, cols: as_float(volume[rows, cols])[None]), (1, *tile_shape[-2:])
+    measured, skipped, stats = measure_volume(
+        read, shape, nx, ny, overlap_fraction, z=z if shape[0] > 1 else None, plane=plane, flatfield=flatfield,
+        max_shift_px=max_shift_px, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
+        use_gpu=use_gpu, filter_sigma=filter_sigma, background_test=background_test,
+        progress=Progress("measure", "tile row") if progress else None,
     )
     steps = tuple(stats["expected_step_px"])
     return {
@@ -136,16 +144,6 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
         "skipped": skipped,
         "stats": stats,
     }
-
-
-class _PlaneView:
-    """One Z plane of a 3-D array-like, sliced lazily."""
-
-    def __init__(self, volume, z: int) -> None:
-        self.volume, self.z = volume, z
-
-    def __getitem__(self, key):
-        return self.volume[(self.z, *key)]
 
 
 def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs=3):
@@ -183,13 +181,14 @@ def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs
 
 def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_match=False, max_empty_fraction=None,
                                      n_samples=None, seed=0, use_gpu=False, drift_tolerance_px=1.0,
-                                     max_shift_px=None, progress=False):
+                                     max_shift_px=None, z=None, plane="auto", flatfield="estimate",
+                                     background_test=True, backlash="auto", progress=False):
     """Pool neighbor-tile pair measurements across many mosaic grids and fit one affine.
 
     Parameters
     ----------
     volumes : list of (slice_id, path)
-        ``*.ome.zarr`` mosaic grids; only the central Z plane of each is read.
+        ``*.ome.zarr`` mosaic grids; one plane of each is measured (see ``z``).
     overlap_fraction : float
         Expected tile overlap fraction (must match acquisition).
     histogram_match, max_empty_fraction, use_gpu : keyword-only
@@ -202,6 +201,12 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
         Flag slices whose own model disagrees with the pooled one by more than this (px).
     max_shift_px : float or None, keyword-only
         Largest stage error searched.
+    z, plane, flatfield, background_test : keyword-only
+        As in :func:`compute_registration_refinements` (``flatfield`` may also be a ``.npy`` path);
+        ``z`` is the same plane in every slice.
+    backlash : {"auto", "on", "off"}, keyword-only
+        The serpentine backlash term of the model: kept when significant, always, or never
+        (:func:`linumpy_motor.fit.fit_pooled`); ``diagnostics['backlash']`` reports it.
     progress : bool, keyword-only
         Show progress (bars on a terminal, log lines elsewhere).
 
@@ -236,12 +241,13 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
     for sid, grid in sorted(grids.items()):
         pairs[sid], _, stats[sid] = measure_mosaic(
             grid, overlap_fraction, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
-            use_gpu=use_gpu, max_shift_px=max_shift_px,
+            use_gpu=use_gpu, max_shift_px=max_shift_px, z=z, plane=plane, flatfield=flatfield,
+            background_test=background_test,
             progress=Progress(f"measure slice {sid}", "tile row") if progress else None,
         )
     transform, diagnostics = fit_pooled(
         pairs, {sid: (g.nx, g.ny) for sid, g in grids.items()}, next(iter(shapes.values())), overlap_fraction,
-        n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px,
+        n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px, backlash=backlash,
     )
     for sid in grids:
         diagnostics["per_slice"][str(sid)]["measurement"] = stats[sid]

@@ -1,0 +1,134 @@
+"""Which Z plane of a mosaic grid to measure on: the one whose overlaps correlate best.
+
+Deep OCT planes are blurred and attenuated, and the top planes may lie above the tissue, so the
+central plane is not always a good one (pair precision varies several-fold with depth). The
+score of a plane is the NCC its overlaps reach: a few neighbour pairs spread over the grid are
+measured on a few planes spread over the depth, and the plane where the better half of them
+correlates best wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .correlation import measure_shifts
+from .io import central_plane_index
+
+PLANE_MODES = ("auto", "central", "mean")
+SCORE_PAIRS = 8  # neighbour pairs measured per candidate plane
+SCORE_PLANES = 12  # candidate planes at most, spread over the depth
+
+VolumeReader = Callable[[slice, slice, slice], np.ndarray]
+"""``read(zs, rows, cols)`` returns ``volume[zs, rows, cols]`` as float32."""
+
+
+def _sample_pairs(nx: int, ny: int, count: int) -> list[tuple[int, int, bool]]:
+    """Up to ``count`` neighbour pairs ``(i, j, horizontal)`` spread evenly over the grid."""
+    pairs = [(i, j, True) for i in range(nx) for j in range(ny - 1)]
+    pairs += [(i, j, False) for i in range(nx - 1) for j in range(ny)]
+    if len(pairs) <= count:
+        return pairs
+    return [pairs[k] for k in np.linspace(0, len(pairs) - 1, count).round().astype(int)]
+
+
+def _pair_windows(read: VolumeReader, planes: np.ndarray, pair: tuple[int, int, bool], tile_hw: tuple[int, int],
+                  steps: tuple[int, int], flatfield: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The expected-overlap windows ``(n_planes, H, W)`` of one pair on every candidate plane."""
+    h, w = tile_hw
+    i, j, horizontal = pair
+    span = (slice(i * h, (i + 1) * h), slice(j * w, (j + 2) * w)) if horizontal else \
+        (slice(i * h, (i + 2) * h), slice(j * w, (j + 1) * w))
+    block = read(slice(int(planes.min()), int(planes.max()) + 1), *span)[planes - planes.min()]
+    first = block[:, :h, :w]
+    second = block[:, :h, w:] if horizontal else block[:, h:, :w]
+    if flatfield is not None:
+        first, second = first / flatfield, second / flatfield
+    if horizontal:
+        return first[:, :, steps[1]:], second[:, :, :w - steps[1]]
+    return first[:, steps[0]:, :], second[:, :h - steps[0], :]
+
+
+def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int, ny: int, overlap_fraction: float,
+                 *, flatfield: np.ndarray | None = None, filter_sigma: float = 1.0,
+                 max_shift_px: float | None = None) -> dict[int, float]:
+    """Score of each candidate plane: mean NCC of the better half of the sampled pairs.
+
+    Parameters
+    ----------
+    read : VolumeReader
+        Reads a block of the mosaic grid.
+    nz : int
+        Planes in the volume.
+    tile_hw : (int, int)
+        Tile height and width.
+    nx, ny : int
+        Grid size.
+    overlap_fraction : float
+        Expected overlap.
+    flatfield : np.ndarray or None
+        ``(h, w)`` flat field to divide tiles by.
+    filter_sigma : float
+        As in :func:`~linumpy_motor.correlation.measure_shifts`.
+    max_shift_px : float or None
+        Largest stage error searched (default: 10 % of the tile).
+
+    Returns
+    -------
+    dict
+        Plane index to score (higher is better).
+    """
+    from .measure import default_max_shift
+
+    h, w = tile_hw
+    steps = (int(round((1 - overlap_fraction) * h)), int(round((1 - overlap_fraction) * w)))
+    planes = np.unique(np.linspace(0, nz - 1, min(nz, SCORE_PLANES)).round().astype(int))
+    limit = default_max_shift(tile_hw) if max_shift_px is None else float(max_shift_px)
+    ncc = {horizontal: [] for horizontal in (True, False)}
+    for pair in _sample_pairs(nx, ny, SCORE_PAIRS):
+        ncc[pair[2]].append(_pair_windows(read, planes, pair, tile_hw, steps, flatfield))
+    scores = np.zeros((len(planes), 0))
+    for windows in ncc.values():
+        if not windows:
+            continue
+        a = np.stack([wa for wa, _ in windows], axis=1)  # (planes, pairs, H, W)
+        b = np.stack([wb for _, wb in windows], axis=1)
+        bound = tuple(int(min(limit, size // 2 - 1)) for size in a.shape[2:])
+        values = [[r.ncc for r in measure_shifts(pa, pb, bound, filter_sigma=filter_sigma, subpixel=False)]
+                  for pa, pb in zip(a, b)]
+        scores = np.concatenate([scores, np.array(values)], axis=1)
+    better_half = np.sort(scores, axis=1)[:, scores.shape[1] // 2:]
+    return {int(p): float(s) for p, s in zip(planes, better_half.mean(axis=1))}
+
+
+def choose_plane(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int, ny: int, overlap_fraction: float,
+                 mode: str = "auto", **options) -> tuple[int | None, dict]:
+    """The plane to measure for a plane ``mode``, and how it was chosen.
+
+    Parameters
+    ----------
+    read, nz, tile_hw, nx, ny, overlap_fraction
+        As in :func:`plane_scores`.
+    mode : {"auto", "central", "mean"}
+        ``auto``: the best-scoring plane; ``central``: the central plane; ``mean``: every plane
+        averaged (returned plane None).
+    options
+        Passed to :func:`plane_scores`.
+
+    Returns
+    -------
+    z : int or None
+        The plane, or None for the mean over planes.
+    info : dict
+        ``plane_mode`` and, for ``auto``, ``plane_scores``.
+    """
+    if mode not in PLANE_MODES:
+        raise ValueError(f"unknown plane mode {mode!r}; use one of {PLANE_MODES}")
+    if mode == "mean":
+        return None, {"plane_mode": mode}
+    if mode == "central" or nz == 1 or nx * ny < 2:
+        return central_plane_index(nz), {"plane_mode": mode}
+    scores = plane_scores(read, nz, tile_hw, nx, ny, overlap_fraction, **options)
+    best = max(scores, key=scores.get)
+    return best, {"plane_mode": mode, "plane_scores": {str(p): round(s, 4) for p, s in scores.items()}}
