@@ -8,6 +8,7 @@
  *   REPORT (once): motor model, pairs, comparisons, stitched slices
  *
  * --transform motor_transform.json: stitch with that motor model (no MEASURE_PAIRS, FIT_AFFINE, COMPARE).
+ * --placement registered: STITCH also gets the slice's pairs (not with --transform).
  * Published to params.outdir (conf/modules.config): pairs/, motor_transform.json, stitched/, compare/, report/
  */
 
@@ -46,11 +47,18 @@ workflow {
             .map { zarr -> [sliceMeta(checkedSliceId(zarr)), zarr] }
     }
 
+    // A .npy flat field is staged for MEASURE_PAIRS and STITCH; 'estimate' and 'none' go by ext.args
+    def flatfield = params.flatfield in ['estimate', 'none'] ? [] : file(params.flatfield, checkIfExists: true)
+    def registered = params.placement == 'registered'
+
     // 2. Motor model: measured on every slice and fitted once, or given with --transform
     def ch_transform = channel.empty()
     def ch_pairs     = []   // all slices' pairs, sorted by name (none with --transform)
     def ch_compare   = []
     if (params.transform) {
+        if (registered) {
+            error "--placement registered places each tile by its measured pairs: it cannot be used with --transform (no pairs are measured)"
+        }
         def given = file(params.transform, checkIfExists: true)
         ch_transform = channel.value(given)
         if (given != file("${params.outdir}/motor_transform.json")) {
@@ -59,7 +67,7 @@ workflow {
         }
     }
     else {
-        MEASURE_PAIRS(ch_slices, use_gpu, ch_library)
+        MEASURE_PAIRS(ch_slices, flatfield, use_gpu, ch_library)
         ch_pairs = MEASURE_PAIRS.out.pairs
             .map { _meta, json -> json }
             .collect(sort: { json -> json.name })   // sorted: the same command line on -resume
@@ -73,9 +81,12 @@ workflow {
             .collect(sort: { json -> json.name })
     }
 
-    // 3. Stitch every slice with the one motor model
-    def flatfield = params.flatfield in ['estimate', 'none'] ? [] : file(params.flatfield, checkIfExists: true)
-    STITCH(ch_slices, ch_transform, flatfield, use_gpu, ch_library)
+    // 3. Stitch every slice with the one motor model; registered placement: with the slice's own pairs,
+    //    joined by meta (the slice id)
+    def ch_stitch_in = registered
+        ? ch_slices.join(MEASURE_PAIRS.out.pairs, failOnMismatch: true, failOnDuplicate: true)
+        : ch_slices.map { meta, zarr -> [meta, zarr, []] }
+    STITCH(ch_stitch_in, ch_transform, flatfield, use_gpu, ch_library)
 
     // 4. Report
     REPORT(

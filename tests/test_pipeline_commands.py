@@ -134,7 +134,12 @@ class Runner:
         return outputs
 
 
-def run_pipeline(runner: Runner, use_gpu: bool = False):
+def run_pipeline(runner: Runner, use_gpu: bool = False, flatfield=()):
+    """The flow of main.nf. `flatfield`: the staged .npy when params.flatfield names one, as main.nf
+    gives it to MEASURE_PAIRS and STITCH; with params.placement 'registered' STITCH gets each slice's
+    pairs JSON (main.nf joins them by meta), else []."""
+    flatfield = list(flatfield) or []
+    registered = runner.params["placement"] == "registered"
     library = runner.run(process("library"), {"id": "linumpy-motor"})["stdout"].strip()
     synth = runner.run(process("synthesise"), {"id": "synthetic"}, library=library)
     zarrs = synth["synthetic/*.ome.zarr"]
@@ -142,7 +147,8 @@ def run_pipeline(runner: Runner, use_gpu: bool = False):
 
     pairs = {}
     for meta, zarr in slices:
-        out = runner.run(process("measure_pairs"), meta, zarr=zarr, use_gpu=use_gpu, library=library)
+        out = runner.run(process("measure_pairs"), meta, zarr=zarr, flatfield=flatfield, use_gpu=use_gpu,
+                         library=library)
         (pairs[meta["id"]],) = out["*_pairs.json"]
     all_pairs = sorted(pairs.values(), key=lambda p: p.name)
 
@@ -151,8 +157,8 @@ def run_pipeline(runner: Runner, use_gpu: bool = False):
 
     stitched, compared = {}, {}
     for meta, zarr in slices:
-        out = runner.run(process("stitch"), meta, zarr=zarr, transform=transform, flatfield=[], use_gpu=use_gpu,
-                         library=library)
+        out = runner.run(process("stitch"), meta, zarr=zarr, pairs=pairs[meta["id"]] if registered else [],
+                         transform=transform, flatfield=flatfield, use_gpu=use_gpu, library=library)
         (stitched[meta["id"]],) = out["*_stitch_3d.ome.zarr"]
         out = runner.run(process("compare"), meta, pairs=pairs[meta["id"]], transform=transform, library=library)
         (compared[meta["id"]],) = out["*_compare.json"]
@@ -215,10 +221,11 @@ def test_stub_blocks_produce_every_declared_output(tmp_path):
 DEFAULT_INPUTS = {
     "library": {},
     "synthesise": {"library": "0.1.0+abc"},
-    "measure_pairs": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "use_gpu": False, "library": "0.1.0+abc"},
+    "measure_pairs": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "flatfield": [], "use_gpu": False,
+                      "library": "0.1.0+abc"},
     "fit_affine": {"pairs": ["p/slice_z01_pairs.json", "p/slice_z02_pairs.json"], "library": "0.1.0+abc"},
-    "stitch": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "transform": "motor_transform.json", "flatfield": [],
-               "use_gpu": False, "library": "0.1.0+abc"},
+    "stitch": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "pairs": [], "transform": "motor_transform.json",
+               "flatfield": [], "use_gpu": False, "library": "0.1.0+abc"},
     "compare": {"pairs": "slice_z07_pairs.json", "transform": "motor_transform.json", "library": "0.1.0+abc"},
     "report": {"transform": "motor_transform.json", "pairs": ["a_pairs.json"], "compare": ["a_compare.json"],
                "stitched": ["a_stitch_3d.ome.zarr"], "library": "0.1.0+abc"},
@@ -290,6 +297,51 @@ def test_fit_and_stitch_arguments():
     assert given.count("--flatfield") == 1
 
 
+def option_values(words: list[str], option: str) -> list[str]:
+    """The value after each occurrence of `option` in a command line."""
+    return [words[k + 1] for k, word in enumerate(words) if word == option]
+
+
+def test_measure_plane_flatfield_and_background_test():
+    plain = command_words(render("measure_pairs"), "linum_motor_measure_pairs.py")
+    assert option_values(plain, "--plane") == ["auto"] and option_values(plain, "--flatfield") == ["estimate"]
+    assert "--no-background-test" not in plain
+    words = command_words(render("measure_pairs", params={"plane": "mean", "background_test": False,
+                                                          "flatfield": "none"}), "linum_motor_measure_pairs.py")
+    assert option_values(words, "--plane") == ["mean"] and option_values(words, "--flatfield") == ["none"]
+    assert "--no-background-test" in words
+    # a CLI param arrives as a string under the strict syntax: 'false' turns the test off, 'true' keeps it
+    for text, off in (("false", True), ("true", False)):
+        words = command_words(render("measure_pairs", params={"background_test": text}),
+                              "linum_motor_measure_pairs.py")
+        assert ("--no-background-test" in words) == off, text
+
+
+def test_a_flatfield_file_is_staged_for_measure_and_stitch():
+    """main.nf hands the one .npy to both processes: each names the staged file, once."""
+    for name in ("measure_pairs", "stitch"):
+        words = command_words(render(name, params={"flatfield": "/data/flat.npy"}, flatfield="/data/flat.npy"),
+                              PROGRAMS[name])
+        assert option_values(words, "--flatfield") == ["flat.npy"], (name, words)
+
+
+def test_backlash_reaches_the_fit():
+    assert option_values(command_words(render("fit_affine"), "linum_motor_fit_affine.py"), "--backlash") == ["auto"]
+    words = command_words(render("fit_affine", params={"backlash": "off"}), "linum_motor_fit_affine.py")
+    assert option_values(words, "--backlash") == ["off"]
+
+
+def test_stitch_placement_pairs_and_z_chunk():
+    plain = command_words(render("stitch"), "linum_motor_stitch.py")
+    assert option_values(plain, "--placement") == ["model"]
+    assert "--pairs" not in plain and "--z-chunk" not in plain
+    words = command_words(render("stitch", params={"placement": "registered", "z_chunk": 4},
+                                 pairs="pairs/slice_z07_pairs.json"), "linum_motor_stitch.py")
+    assert option_values(words, "--placement") == ["registered"]
+    assert option_values(words, "--pairs") == ["slice_z07_pairs.json"]  # the staged file
+    assert option_values(words, "--z-chunk") == ["4"]
+
+
 def test_report_without_measurements():
     """--transform: no pairs, no comparisons; the report still runs on the stitched slices."""
     words = command_words(render("report", pairs=[], compare=[]), "linum_motor_report.py")
@@ -327,7 +379,7 @@ def test_measure_pairs_runs_on_a_store_with_a_hostile_name(tmp_path):
     store.rename(hostile)
     runner = Runner(tmp_path / "work")
     meta = slice_meta(hostile)
-    out = runner.run(process("measure_pairs"), meta, zarr=hostile, use_gpu=False, library="x")
+    out = runner.run(process("measure_pairs"), meta, zarr=hostile, flatfield=[], use_gpu=False, library="x")
     (pairs,) = out["*_pairs.json"]
     assert json.loads(pairs.read_text())["pairs"], "pairs measured"
     assert not list(tmp_path.rglob("PWNED"))
@@ -407,6 +459,8 @@ PARAM_SETS = [
     {},
     {"z": 3, "max_shift": 5.0, "histogram_match": True, "max_empty_fraction": 0.5, "n_samples": 100,
      "flatfield": "none", "blending": "diffusion", "ngff_version": "0.4"},
+    {"plane": "central", "background_test": False, "backlash": "on", "placement": "registered", "z_chunk": 2,
+     "flatfield": "/data/flat.npy"},
 ]
 
 
@@ -415,10 +469,52 @@ PARAM_SETS = [
 @pytest.mark.parametrize("use_gpu", [False, True])
 def test_rendered_commands_parse_with_the_scripts_own_parsers(name, params, use_gpu):
     inputs = {"use_gpu": use_gpu} if name in ("measure_pairs", "stitch") else {}
-    if name == "stitch" and params.get("flatfield") == "none":
-        inputs["flatfield"] = []
+    if name in ("measure_pairs", "stitch") and params.get("flatfield", "estimate").endswith(".npy"):
+        inputs["flatfield"] = params["flatfield"]  # main.nf stages the file
+    if name == "stitch" and params.get("placement") == "registered":
+        inputs["pairs"] = "pairs/slice_z07_pairs.json"  # main.nf joins the slice's pairs
     words = command_words(render(name, params=params, **inputs), PROGRAMS[name])
     bin_parser(PROGRAMS[name]).parse_args(words)  # exits (SystemExit) on an unknown or malformed option
+
+
+SCRIPT_OPTIONS = [  # pipeline param, the bin/ scripts reading it, their option
+    ("plane", ["linum_motor_measure_pairs.py"], "--plane"),
+    ("flatfield", ["linum_motor_measure_pairs.py", "linum_motor_stitch.py"], "--flatfield"),
+    ("backlash", ["linum_motor_fit_affine.py"], "--backlash"),
+    ("placement", ["linum_motor_stitch.py"], "--placement"),
+    ("blending", ["linum_motor_stitch.py"], "--blending"),
+    ("ngff_version", ["linum_motor_stitch.py"], "--ngff-version"),
+    ("seed", ["linum_motor_fit_affine.py"], "--seed"),
+    ("drift_tolerance", ["linum_motor_fit_affine.py"], "--drift-tolerance"),
+]
+
+
+def script_action(program: str, option: str):
+    (action,) = [a for a in bin_parser(program)._actions if option in a.option_strings]
+    return action
+
+
+def schema_param(name: str) -> dict:
+    schema = json.loads((REPO / "nextflow_schema.json").read_text())
+    (found,) = [group["properties"][name] for group in schema["$defs"].values() if name in group["properties"]]
+    return found
+
+
+@pytest.mark.parametrize("param, programs, option", SCRIPT_OPTIONS)
+def test_schema_defaults_and_choices_are_the_scripts(param, programs, option):
+    """What the pipeline offers and leaves by default is what the scripts accept and default to."""
+    entry = schema_param(param)
+    for program in programs:
+        action = script_action(program, option)
+        assert entry["default"] == action.default, (program, option)
+        if action.choices is not None:
+            assert {v for v in entry["enum"] if isinstance(v, str)} == set(action.choices), (program, option)
+
+
+def test_background_test_default_is_the_scripts():
+    """params.background_test (on) is the negation of the script's --no-background-test (off)."""
+    action = script_action("linum_motor_measure_pairs.py", "--no-background-test")
+    assert schema_param("background_test")["default"] is (not action.default)
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)
