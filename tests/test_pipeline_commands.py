@@ -210,6 +210,42 @@ def test_pipeline_scripts_end_to_end(tmp_path):
     assert out["fit"]["eval"] == [out["library"]] and out["report"]["eval"] == [out["library"]]
 
 
+def rms_from_truth(positions: np.ndarray, truth: np.ndarray) -> float:
+    """RMS distance of tile positions from the true ones, both taken about their mean (the canvas origin is free)."""
+    positions, truth = np.asarray(positions, float), np.asarray(truth, float)
+    return float(np.sqrt(np.mean(((positions - positions.mean(0)) - (truth - truth.mean(0))) ** 2)))
+
+
+@pytest.mark.slow
+def test_pipeline_scripts_with_registered_placement_and_a_flatfield_file(tmp_path):
+    """The newer options through every task: a .npy flat field measured and stitched with, the central
+    plane, no backlash term, Z chunks of 2, and registered placement, which puts the tiles at their
+    true (jittered) positions, as the motor model alone cannot."""
+    from linumpy_motor.steps import tile_positions  # noqa: PLC0415
+
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.ones((64, 64), dtype=np.float32))  # conf/test.config: 64 px tiles
+    params = {"placement": "registered", "flatfield": str(flat), "plane": "central", "background_test": False,
+              "backlash": "off", "z_chunk": 2}
+    out = run_pipeline(Runner(tmp_path / "work", params=params), flatfield=[flat])
+
+    (truth_path,) = out["synth"]["synthetic/truth.json"]
+    truth = json.loads(truth_path.read_text())
+    model = json.loads(out["transform"].read_text())
+    for meta, _ in out["slices"]:
+        stats = json.loads(out["pairs"][meta["id"]].read_text())["stats"]
+        assert stats["flatfield"] == "given" and stats["plane_mode"] == "central" and stats["z"] == 2
+        per_slice = model["diagnostics"]["per_slice"][str(meta["id"])]["fit"]["position_stage"]
+        assert per_slice["backlash"]["mode"] == "off"
+        store = out["stitched"][meta["id"]]
+        attrs = json.loads((store / "zarr.json").read_text())["attributes"]["linumpy_motor"]
+        assert json.loads((store / "0" / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"][0] == 2
+        true_positions = truth["slices"][str(meta["id"])]["positions"]
+        placed = rms_from_truth(attrs["positions"], true_positions)
+        model_only = rms_from_truth(tile_positions(out["transform"], tuple(truth["grid"])), true_positions)
+        assert placed < 0.1 and placed < model_only / 2, (placed, model_only)
+
+
 # --------------------------------------------------------------- stubs and rendering (fast)
 
 
