@@ -27,6 +27,9 @@ workflow {
     // 0. Every param against nextflow_schema.json: a misspelt or out-of-range param stops the run here
     validateParameters()
     def use_gpu = flag(params.use_gpu)
+    if (params.transform && params.placement == 'registered') {
+        error "--placement registered places each tile by its measured pairs: it cannot be used with --transform (no pairs are measured)"
+    }
 
     // 1. Slices: [meta, zarr], meta = [id: 7, prefix: 'slice_z07']. An input is checked before any task starts
     def synthetic = flag(params.synthetic)
@@ -56,9 +59,6 @@ workflow {
     def ch_pairs     = []   // all slices' pairs, sorted by name (none with --transform)
     def ch_compare   = []
     if (params.transform) {
-        if (registered) {
-            error "--placement registered places each tile by its measured pairs: it cannot be used with --transform (no pairs are measured)"
-        }
         def given = file(params.transform, checkIfExists: true)
         ch_transform = channel.value(given)
         if (given != file("${params.outdir}/motor_transform.json")) {
