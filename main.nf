@@ -6,6 +6,7 @@
  *            |                                +--> COMPARE (per slice, with the motor model)
  *            +--> STITCH (per slice, with the motor model)
  *   REPORT (once): motor model, pairs, comparisons, stitched slices
+ *   QC_CHECK (once, with --fail_on failed|check): fails the run when a slice's QC status counts as failing
  *
  * --transform motor_transform.json: stitch with that motor model (no MEASURE_PAIRS, FIT_AFFINE, COMPARE).
  * --placement registered: STITCH also gets the slice's pairs (not with --transform).
@@ -21,6 +22,7 @@ include { FIT_AFFINE      } from './modules/local/fit_affine/main'
 include { STITCH          } from './modules/local/stitch/main'
 include { COMPARE         } from './modules/local/compare/main'
 include { REPORT          } from './modules/local/report/main'
+include { QC_CHECK        } from './modules/local/qc_check/main'
 
 workflow {
 
@@ -97,7 +99,13 @@ workflow {
         ch_library
     )
 
-    // 5. The version of the library every process ran with
+    // 5. --fail_on failed|check: after the report is published, fail the run when a slice's QC status
+    //    counts as failing (the QC_CHECK task lists those slices and exits with code 3)
+    if (params.fail_on != 'never') {
+        QC_CHECK(REPORT.out.report.map { report -> [[id: 'report'], report] }, ch_library)
+    }
+
+    // 6. The version of the library every process ran with
     channel.topic('versions')
         .map { proc, tool, version -> "${proc.tokenize(':')[-1]}:\n  ${tool}: '${version}'" }
         .unique()

@@ -51,6 +51,7 @@ EXPECTED_MODULES = {
     "stitch": "STITCH",
     "compare": "COMPARE",
     "report": "REPORT",
+    "qc_check": "QC_CHECK",
 }
 GPU_MODULES = {"MEASURE_PAIRS", "STITCH"}
 SLICE_IDS = json.loads((REPO / "tests" / "data" / "slice_ids.json").read_text())["names"]
@@ -307,6 +308,7 @@ EXPECTED_DEFAULTS = {
     "flatfield": "estimate",
     "ngff_version": "0.5",
     "z_chunk": None,
+    "fail_on": "never",
     "use_gpu": False,
     "queue": None,
     "gpu_queue": None,
@@ -346,7 +348,7 @@ def test_profile_params_validate(profile):
      ("flatfield", "flat.tif"), ("seed", -1), ("z", 1.5), ("publish_dir_mode", "teleport"),
      ("publish_dir_mode", "move"), ("gpu_cluster_options", "--gres=gpu:1 --mem=8G"),
      ("plane", "best"), ("backlash", "yes"), ("placement", "pairs"), ("z_chunk", 0), ("z_chunk", 2.5),
-     ("background_test", "no"),
+     ("background_test", "no"), ("fail_on", "always"),
      ("gpu_cluster_options", "-p gpu"),
      # `--gpu_cluster_options '--gres=gpu:1'`: Nextflow takes '--gres=gpu:1' as the next option and
      # gives the param `true` (a Boolean, or the string 'true' with the strict syntax)

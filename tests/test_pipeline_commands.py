@@ -9,7 +9,7 @@ must appear, and its `eval(...)` outputs are run after it, as Nextflow appends t
 mirrors main.nf:
 
     LIBRARY_VERSION -> SYNTHESISE -> MEASURE_PAIRS (per slice) -> FIT_AFFINE -> STITCH (per slice)
-                    -> COMPARE (per slice) -> REPORT
+                    -> COMPARE (per slice) -> REPORT -> QC_CHECK (with params.fail_on failed|check)
 """
 
 from __future__ import annotations
@@ -168,7 +168,10 @@ def run_pipeline(runner: Runner, use_gpu: bool = False, flatfield=()):
         compare=sorted(compared.values(), key=lambda p: p.name),
         stitched=sorted(stitched.values(), key=lambda p: p.name), library=library,
     )
-    return {"library": library, "synth": synth, "slices": slices, "pairs": pairs, "transform": transform,
+    qc = None
+    if runner.params["fail_on"] != "never":
+        qc = runner.run(process("qc_check"), {"id": "report"}, report=report["report"][0], library=library)
+    return {"qc": qc, "library": library, "synth": synth, "slices": slices, "pairs": pairs, "transform": transform,
             "stitched": stitched, "compare": compared, "report": report, "fit": fit}
 
 
@@ -219,14 +222,14 @@ def rms_from_truth(positions: np.ndarray, truth: np.ndarray) -> float:
 @pytest.mark.slow
 def test_pipeline_scripts_with_registered_placement_and_a_flatfield_file(tmp_path):
     """The newer options through every task: a .npy flat field measured and stitched with, the central
-    plane, no backlash term, Z chunks of 2, and registered placement, which puts the tiles at their
-    true (jittered) positions, as the motor model alone cannot."""
+    plane, no backlash term, Z chunks of 2, QC_CHECK, and registered placement, which puts the tiles at
+    their true (jittered) positions, as the motor model alone cannot."""
     from linumpy_motor.steps import tile_positions  # noqa: PLC0415
 
     flat = tmp_path / "flat.npy"
     np.save(flat, np.ones((64, 64), dtype=np.float32))  # conf/test.config: 64 px tiles
     params = {"placement": "registered", "flatfield": str(flat), "plane": "central", "background_test": False,
-              "backlash": "off", "z_chunk": 2}
+              "backlash": "off", "z_chunk": 2, "fail_on": "check"}
     out = run_pipeline(Runner(tmp_path / "work", params=params), flatfield=[flat])
 
     (truth_path,) = out["synth"]["synthetic/truth.json"]
@@ -244,6 +247,7 @@ def test_pipeline_scripts_with_registered_placement_and_a_flatfield_file(tmp_pat
         placed = rms_from_truth(attrs["positions"], true_positions)
         model_only = rms_from_truth(tile_positions(out["transform"], tuple(truth["grid"])), true_positions)
         assert placed < 0.1 and placed < model_only / 2, (placed, model_only)
+    assert out["qc"]["stdout"].splitlines()[0] == "QC: 2 ok, 0 check, 0 failed"  # QC_CHECK ran, nothing fails
 
 
 # --------------------------------------------------------------- stubs and rendering (fast)
@@ -251,7 +255,7 @@ def test_pipeline_scripts_with_registered_placement_and_a_flatfield_file(tmp_pat
 
 def test_stub_blocks_produce_every_declared_output(tmp_path):
     """`-stub-run`: every stub creates what its process declares, so the channels still flow."""
-    run_pipeline(Runner(tmp_path / "work", section="stub"))
+    run_pipeline(Runner(tmp_path / "work", section="stub", params={"fail_on": "check"}))  # QC_CHECK too
 
 
 DEFAULT_INPUTS = {
@@ -265,6 +269,7 @@ DEFAULT_INPUTS = {
     "compare": {"pairs": "slice_z07_pairs.json", "transform": "motor_transform.json", "library": "0.1.0+abc"},
     "report": {"transform": "motor_transform.json", "pairs": ["a_pairs.json"], "compare": ["a_compare.json"],
                "stitched": ["a_stitch_3d.ome.zarr"], "library": "0.1.0+abc"},
+    "qc_check": {"report": "report", "library": "0.1.0+abc"},
 }
 
 
@@ -283,10 +288,10 @@ def command_words(script: str, program: str, cwd: Path | None = None) -> list[st
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-MODULE_NAMES = ["synthesise", "measure_pairs", "fit_affine", "stitch", "compare", "report"]
+MODULE_NAMES = ["synthesise", "measure_pairs", "fit_affine", "stitch", "compare", "report", "qc_check"]
 PROGRAMS = {"synthesise": "linum_motor_synth.py", "measure_pairs": "linum_motor_measure_pairs.py",
             "fit_affine": "linum_motor_fit_affine.py", "stitch": "linum_motor_stitch.py",
-            "compare": "linum_motor_compare.py", "report": "linum_motor_report.py"}
+            "compare": "linum_motor_compare.py", "report": "linum_motor_report.py", "qc_check": "linum_motor_qc.py"}
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)
@@ -376,6 +381,45 @@ def test_stitch_placement_pairs_and_z_chunk():
     assert option_values(words, "--placement") == ["registered"]
     assert option_values(words, "--pairs") == ["slice_z07_pairs.json"]  # the staged file
     assert option_values(words, "--z-chunk") == ["4"]
+
+
+STATUS = {"1": {"status": "ok", "reasons": []}, "2": {"status": "check", "reasons": ["drifts 1.8 px"]},
+          "3": {"status": "failed", "reasons": ["too few usable pairs"]}}
+
+
+@pytest.mark.parametrize("fail_on, statuses, code", [
+    ("never", ("ok", "check", "failed"), 0),
+    ("failed", ("ok", "check"), 0),
+    ("failed", ("ok", "check", "failed"), 3),
+    ("check", ("ok",), 0),
+    ("check", ("ok", "check"), 3),
+])
+def test_qc_check_fails_its_task_only_when_fail_on_counts_a_slice(tmp_path, fail_on, statuses, code):
+    """QC_CHECK's rendered script, run for real on a report: exit code 3 (the task, so the run, fails)
+    exactly when a slice's status is one --fail_on counts; the slices that are not ok are listed."""
+    report = tmp_path / "report"
+    report.mkdir()
+    status = {sid: entry for sid, entry in STATUS.items() if entry["status"] in statuses}
+    (report / "status.json").write_text(json.dumps(status))
+    script = render("qc_check", params={"fail_on": fail_on})
+    assert option_values(command_words(script, "linum_motor_qc.py"), "--fail-on") == [fail_on]
+    done = subprocess.run([*SHELL, "-c", script], cwd=tmp_path, env=task_env(), capture_output=True, text=True)
+    assert done.returncode == code, done.stderr
+    listed = (tmp_path / "qc_status.txt").read_text().splitlines()
+    assert listed[0] == f"QC: {statuses.count('ok')} ok, {statuses.count('check')} check, {statuses.count('failed')} failed"
+    assert [line.split(":")[0].strip() for line in listed[1:]] == [f"slice {sid}" for sid in status if sid != "1"]
+
+
+@pytest.mark.parametrize("content, problem", [(None, "No such file"), ("{", "not valid JSON"),
+                                              ('{"1": {"status": "great"}}', "status")])
+def test_qc_script_refuses_a_bad_status_file(tmp_path, content, problem):
+    if content is not None:
+        (tmp_path / "status.json").write_text(content)
+    done = subprocess.run(["linum_motor_qc.py", str(tmp_path), "--fail-on", "check"], env=task_env(),
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert str(tmp_path / "status.json") in line and problem in line, line
 
 
 def test_report_without_measurements():
@@ -522,6 +566,7 @@ SCRIPT_OPTIONS = [  # pipeline param, the bin/ scripts reading it, their option
     ("ngff_version", ["linum_motor_stitch.py"], "--ngff-version"),
     ("seed", ["linum_motor_fit_affine.py"], "--seed"),
     ("drift_tolerance", ["linum_motor_fit_affine.py"], "--drift-tolerance"),
+    ("fail_on", ["linum_motor_qc.py"], "--fail-on"),
 ]
 
 
