@@ -334,10 +334,11 @@ def plot(rows: Sequence[Mapping], path: Path) -> None:
     top.set_ylabel("max |A − A_true| (px), mean over draws")
     top.set_title("Motor matrix error on real-image mosaics (lower is better)")
     top.legend(fontsize=7, ncol=4)
-    for direction, marker in (("horizontal", "o"), ("vertical", "s")):
-        bottom.plot(x, [r["pairs"][f"{direction}_sd_px"] or np.nan for r in rows], marker, label=f"sd {direction}")
-        bottom.plot(x, [abs(r["pairs"][f"{direction}_bias_px"] or np.nan) for r in rows], marker, mfc="none",
-                    label=f"|bias| {direction}")
+    for direction, marker, colour in (("horizontal", "o", "tab:blue"), ("vertical", "s", "tab:green")):
+        bottom.plot(x, [r["pairs"][f"{direction}_sd_px"] or np.nan for r in rows], marker, color=colour,
+                    label=f"sd {direction}")
+        bottom.plot(x, [abs(r["pairs"][f"{direction}_bias_px"] or np.nan) for r in rows], marker, color=colour,
+                    mfc="none", label=f"|bias| {direction}")
     bottom.axhline(PAIR_SD_PX, color="gray", linestyle="--", label=f"sd target {PAIR_SD_PX:g}")
     bottom.axhline(PAIR_BIAS_PX, color="gray", linestyle=":", label=f"bias target {PAIR_BIAS_PX:g}")
     bottom.set_yscale("log")
