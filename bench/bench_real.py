@@ -92,6 +92,9 @@ def library_under_test() -> str:
                                    text=True, check=True).stdout.strip()
         branch = subprocess.run(["git", "-C", str(root), "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
+        if branch == "HEAD":  # a detached checkout: the branch that points at it
+            branch = subprocess.run(["git", "-C", str(root), "name-rev", "--name-only", "HEAD"], capture_output=True,
+                                    text=True, check=True).stdout.strip()
         return f"{root} (branch {branch}, {described[:90]})"
     except (subprocess.CalledProcessError, OSError):
         return str(root)
