@@ -257,6 +257,7 @@ def report_lines(rows: Sequence[Mapping], meta: Mapping, png_name: str) -> list[
         f"({meta['draws']} draws per scenario, {meta['slices']} slices per draw, grid {meta['grid']}, {meta['nz']} planes).",
         "",
         f"- **Library under test**: `{meta['library']}`",
+        *([f"- Note: {meta['note']}"] if meta.get("note") else []),
         f"- Machine: {meta['machine']}; versions: {meta['versions']}",
         "- Generator: `bench/realmosaic.py` (no code shared with `linumpy_motor.synthetic`). Every draw has its own "
         "stage: θ uniform in ±3°, axes up to 1° off perpendicular, 2–3 % scale error per axis over the nominal step; "
@@ -412,17 +413,30 @@ def run(installed: Mapping[str, str | None], workdir: Path, *, quick: bool = Fal
 def write(results: list, settings: dict, out: Path, meta: Mapping) -> list[dict]:
     """Write ``out`` (markdown), its PNGs and the per-draw JSON beside it; returns the scenario rows."""
     rows = summarize(results)
+    publish(rows, {**settings, **meta}, [{k: v for k, v in d.items() if k != "pairs"} for d in results], out)
+    return rows
+
+
+def publish(rows: list[dict], meta: Mapping, draws: list[dict], out: Path) -> None:
+    """Write the results page, its plots and its JSON (``meta``, ``rows``, ``draws``) from scenario rows."""
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, out.with_suffix(".png"))
-    plot_samples(QUICK_BASE if settings["quick"] else BASE, out.with_name(out.stem + "_samples.png"))
-    full_meta = {**settings, **meta}
-    out.with_suffix(".json").write_text(json.dumps({"meta": full_meta, "rows": rows,
-                                                    "draws": [{k: v for k, v in d.items() if k != "pairs"}
-                                                              for d in results]}, indent=1))
-    lines = report_lines(rows, full_meta, out.with_suffix(".png").name)
+    plot_samples(QUICK_BASE if meta["quick"] else BASE, out.with_name(out.stem + "_samples.png"))
+    out.with_suffix(".json").write_text(json.dumps({"meta": dict(meta), "rows": rows, "draws": draws}, indent=1))
+    lines = report_lines(rows, meta, out.with_suffix(".png").name)
     lines.insert(-1, f"![sample mosaic grids]({out.stem}_samples.png)")
     out.write_text("\n".join(lines))
-    return rows
+
+
+def merge(base_json: Path, new_json: Path, out: Path, note: str) -> None:
+    """Replace ``base_json``'s scenarios by those ``new_json`` re-ran (same draws), and publish to ``out``."""
+    base, new = json.loads(Path(base_json).read_text()), json.loads(Path(new_json).read_text())
+    rerun = {row["scenario"]: row for row in new["rows"]}
+    rows = [rerun.get(row["scenario"], row) for row in base["rows"]]
+    draws = [d for d in base["draws"] if d["scenario"] not in rerun] + new["draws"]
+    meta = {**base["meta"], "note": f"{note} ({', '.join(rerun)}: `{new['meta']['command']}`, "
+                                    f"{new['meta']['date']}, library {new['meta']['library']})"}
+    publish(rows, meta, draws, out)
 
 
 def compare_lines(labelled: Sequence[tuple[str, Path]]) -> list[str]:
@@ -458,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=BENCH / "_work", help="scratch folder")
     parser.add_argument("--compare", nargs="+", metavar="LABEL=JSON",
                         help="only print a side-by-side table of earlier results (e.g. main=a.json accuracy=b.json)")
+    parser.add_argument("--merge", nargs=2, metavar=("BASE_JSON", "NEW_JSON"),
+                        help="only replace BASE_JSON's scenarios by NEW_JSON's re-run ones and write --out")
+    parser.add_argument("--note", default="scenarios re-run", help="with --merge: why they were re-run")
     return parser
 
 
@@ -466,6 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.compare:
         print("\n".join(compare_lines([tuple(item.split("=", 1)) for item in args.compare])))
+        return 0
+    if args.merge:
+        merge(Path(args.merge[0]), Path(args.merge[1]), args.out, args.note)
         return 0
     import run_all
 

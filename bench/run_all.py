@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="results page of the real-image benchmark")
     parser.add_argument("--real-draws", type=int, default=None,
                         help="draws per real-image scenario (default 5; --quick 2)")
+    parser.add_argument("--real-scenario", action="append", default=None,
+                        help="run only this real-image scenario (repeatable; default: all)")
     return parser
 
 
@@ -363,8 +365,10 @@ def run_real(args: argparse.Namespace, installed: dict) -> list[dict]:
     import bench_real
 
     start = time.time()
-    results, settings = bench_real.run(installed, args.workdir, quick=args.quick, draws=args.real_draws, log=log)
-    flags = " ".join(f for f, on in (("--quick", args.quick), ("--only real", args.only == "real")) if on)
+    results, settings = bench_real.run(installed, args.workdir, quick=args.quick, draws=args.real_draws,
+                                       scenarios=args.real_scenario, log=log)
+    flags = " ".join([f for f, on in (("--quick", args.quick), ("--only real", args.only == "real")) if on]
+                     + [f"--real-scenario '{name}'" for name in args.real_scenario or []])
     meta = {"command": f"python bench/run_all.py {flags}".strip() if flags else "make bench",
             "date": f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", "seconds": time.time() - start,
             "library": bench_real.library_under_test(), "machine": machine(), "versions": versions(installed)}
