@@ -355,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="results page of the real-image benchmark")
     parser.add_argument("--real-draws", type=int, default=None,
                         help="draws per real-image scenario (default 5; --quick 2)")
+    parser.add_argument("--real-label", default=None, help="a line naming what the real-image results are")
     parser.add_argument("--real-scenario", action="append", default=None,
                         help="run only this real-image scenario (repeatable; default: all)")
     return parser
@@ -371,7 +372,8 @@ def run_real(args: argparse.Namespace, installed: dict) -> list[dict]:
                      + [f"--real-scenario '{name}'" for name in args.real_scenario or []])
     meta = {"command": f"python bench/run_all.py {flags}".strip() if flags else "make bench",
             "date": f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", "seconds": time.time() - start,
-            "library": bench_real.library_under_test(), "machine": machine(), "versions": versions(installed)}
+            "library": bench_real.library_under_test(), "machine": machine(), "versions": versions(installed),
+            "label": args.real_label}
     rows = bench_real.write(results, settings, args.real_out, meta)
     log(f"wrote {args.real_out}")
     return rows
