@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", nargs="*", default=[], help="per-slice *_pairs.json files")
     parser.add_argument("--compare", nargs="*", default=[], help="per-slice *_compare.json files")
     parser.add_argument("--stitched", nargs="*", default=[], help="stitched slices (*.ome.zarr)")
-    parser.add_argument("--out", required=True, help="report folder (replaced atomically)")
+    parser.add_argument("--out", required=True,
+                        help="report folder (an existing one is replaced only when this program wrote it)")
     parser.add_argument("--title", default="linumpy-motor QC report", help="page title")
     return parser
 

@@ -9,6 +9,7 @@ import numpy as np
 from linumpy_motor import schemas
 from linumpy_motor.blend import BLENDING_MODES
 from linumpy_motor.entry import make_parser, run_cli
+from linumpy_motor.errors import InputError
 from linumpy_motor.stitch import stitch_slice
 
 
@@ -28,9 +29,14 @@ def build_parser():
 
 def stitch(args) -> None:
     transform = np.asarray(schemas.load(args.transform_json, schemas.TransformFile).transform)
-    summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
-                           flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
-                           use_gpu=args.use_gpu, progress=sys.stderr.isatty())
+    try:
+        summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
+                               flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
+                               use_gpu=args.use_gpu, progress=sys.stderr.isatty())
+    except InputError as exc:  # a problem of the matrix itself (e.g. its canvas): name the file it came from
+        if exc.path is None:
+            raise InputError(args.transform_json, exc.problem) from None
+        raise
     print(f"{summary['shape']} float32, {len(summary['levels'])} levels, {summary['backend']}, "
           f"{summary['seconds']:.1f} s -> {args.out_zarr}", file=sys.stderr)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -12,11 +14,12 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, Terminated
 from .fit import FitError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -44,7 +47,8 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
     -------
     int
         0 on success, 2 on bad input (``InputError``, ``ValueError``, a failed validation),
-        130 when interrupted (Ctrl-C; a rerun resumes).
+        130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM to this process, as a scheduler's
+        time limit sends): either way the work in progress is cleaned up and a rerun resumes.
     """
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
@@ -52,6 +56,7 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
     if not args.debug:  # zarr I/O tasks left pending by a failed read are reported by asyncio at exit
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    previous = _terminate_like_ctrl_c()
     try:
         action(args)
     except (InputError, FitError, ValidationError, ValueError, OSError) as exc:
@@ -59,12 +64,29 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
             traceback.print_exc()
         print(f"{parser.prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{parser.prog}: interrupted (rerun to resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        terminated = isinstance(exc, Terminated)
+        print(f"{parser.prog}: {'terminated' if terminated else 'interrupted'} (rerun to resume)", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated
+
+
+def _terminate_like_ctrl_c():
+    """Make SIGTERM raise :class:`Terminated` in the main thread; return the previous handler (None
+    when not in the main thread, where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""The one exception type for bad input, so entry points can report it in one line."""
+"""The exception types entry points report in one line: bad input, and a termination request."""
 
 from __future__ import annotations
 
@@ -24,3 +24,8 @@ class InputError(ValueError):
     def __reduce__(self):
         """Pickle with both arguments, so an error raised in a worker process reaches the parent intact."""
         return type(self), (self.path, self.problem)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``), raised in the main thread as Ctrl-C raises
+    ``KeyboardInterrupt``, so the same clean-up runs (see :func:`linumpy_motor.entry.run_cli`)."""

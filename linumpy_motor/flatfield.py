@@ -171,16 +171,40 @@ def load_flatfield(path: str | Path, tile_shape: tuple[int, int, int]) -> np.nda
         Unreadable file, wrong shape, non-finite or non-positive values.
     """
     path = Path(path)
+    shape = npy_shape(path)
+    if len(shape) not in (2, 3) or shape != tuple(tile_shape[-len(shape):]):
+        raise InputError(path, f"flat field shape {shape} does not match tiles {tuple(tile_shape)}")
     try:
         field = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(path, f"cannot read flat field ({exc})") from None
-    if field.ndim not in (2, 3) or field.shape != tuple(tile_shape[-field.ndim:]):
-        raise InputError(path, f"flat field shape {field.shape} does not match tiles {tuple(tile_shape)}")
     field = field.astype(np.float32)
     if not np.isfinite(field).all() or (field <= 0).any():
         raise InputError(path, "flat field must be finite and positive")
     return field / field.mean()
+
+
+def npy_shape(path: Path) -> tuple[int, ...]:
+    """The array shape a ``.npy`` file declares, read from its header only (nothing is allocated).
+
+    Raises
+    ------
+    InputError
+        Unreadable file, not a ``.npy``, or an object or non-numeric dtype.
+    """
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0,
+               (3, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version not in readers:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = readers[version](handle)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read flat field ({exc})") from None
+    if dtype.kind not in "biuf":
+        raise InputError(path, f"cannot read flat field (dtype {dtype} is not a real number type)")
+    return tuple(int(n) for n in shape)
 
 
 def resolve_flatfield(grid: MosaicGrid, flatfield: str | Path | None) -> tuple[np.ndarray | None, str]:

@@ -1,14 +1,9 @@
-"""Reading mosaic grids (OME-Zarr, NGFF 0.4 and 0.5), finding datasets, and writing atomically."""
+"""Reading mosaic grids (OME-Zarr, NGFF 0.4 and 0.5) and finding datasets (writing: :mod:`.outputs`)."""
 
 from __future__ import annotations
 
 import csv
-import json
-import os
 import re
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +11,7 @@ import numpy as np
 import zarr
 
 from .errors import InputError
+from .outputs import atomic_output, write_json  # noqa: F401  (re-exported: the writers' one owner)
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64", "complex64", "complex128")
 
@@ -52,22 +48,81 @@ class MosaicGrid:
     units: tuple[str | None, str | None, str | None]
 
 
+READ_NGFF_VERSIONS = ("0.4", "0.5")
+
+
 def multiscale_entry(attrs: dict, path: Path) -> tuple[dict, str]:
-    """The first ``multiscales`` entry of an image's root attributes (NGFF 0.4 or 0.5) and its version."""
+    """The first ``multiscales`` entry of an image's root attributes (NGFF 0.4 or 0.5) and its version.
+
+    Raises
+    ------
+    InputError
+        No ``multiscales``, not a non-empty list of objects, or an NGFF version other than 0.4 / 0.5.
+    """
     ome = attrs.get("ome")
     if isinstance(ome, dict) and "multiscales" in ome:
-        return ome["multiscales"][0], str(ome.get("version", "0.5"))
-    if "multiscales" in attrs:
-        entry = attrs["multiscales"][0]
-        return entry, str(entry.get("version", "0.4"))
-    raise InputError(path, "not an OME-Zarr image (no 'multiscales' metadata)")
+        entries, version = ome["multiscales"], ome.get("version", "0.5")
+    elif "multiscales" in attrs:
+        entries = attrs["multiscales"]
+        first = entries[0] if isinstance(entries, list) and entries and isinstance(entries[0], dict) else {}
+        version = first.get("version", "0.4")
+    else:
+        raise InputError(path, "not an OME-Zarr image (no 'multiscales' metadata)")
+    if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
+        raise InputError(path, "malformed 'multiscales' metadata (expected a non-empty list of objects)")
+    if str(version) not in READ_NGFF_VERSIONS:
+        raise InputError(path, f"unsupported NGFF version {version!r} (this program reads 0.4 and 0.5)")
+    return entries[0], str(version)
 
 
-def _level0_scale(entry: dict) -> tuple[float, float, float]:
-    for transform in entry["datasets"][0].get("coordinateTransformations", []):
+def dataset_paths(entry: dict, path: Path) -> list[str]:
+    """The array paths of a multiscales entry's levels, level 0 first."""
+    datasets = entry.get("datasets")
+    if (not isinstance(datasets, list) or not datasets
+            or not all(isinstance(d, dict) and isinstance(d.get("path"), str) for d in datasets)):
+        raise InputError(path, "malformed 'multiscales' metadata (no level-0 dataset path)")
+    return [d["path"] for d in datasets]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _level0_scale(entry: dict, path: Path) -> tuple[float, float, float]:
+    transforms = entry["datasets"][0].get("coordinateTransformations", [])
+    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+        raise InputError(path, f"malformed coordinateTransformations {transforms!r} of level 0 (expected a list)")
+    for transform in transforms:
         if transform.get("type") == "scale":
-            return tuple(float(s) for s in transform["scale"][-3:])
+            scale = transform.get("scale")
+            if not (isinstance(scale, list) and len(scale) >= 3 and all(_is_number(s) and s > 0 for s in scale)):
+                raise InputError(path, f"malformed level-0 scale {scale!r} (expected a list of positive numbers)")
+            return tuple(float(s) for s in scale[-3:])
     return (1.0, 1.0, 1.0)
+
+
+def _axis_units(entry: dict, path: Path) -> tuple[str | None, str | None, str | None]:
+    axes = entry.get("axes")
+    if axes is None:
+        return (None, None, None)
+    if not isinstance(axes, list) or len(axes) < 3 or not all(isinstance(a, dict) for a in axes):
+        raise InputError(path, f"malformed axes {axes!r} (expected a list of objects, NGFF 0.4 or 0.5)")
+    units = tuple(axis.get("unit") for axis in axes[-3:])
+    if not all(unit is None or isinstance(unit, str) for unit in units):
+        raise InputError(path, f"malformed axis units {list(units)!r}")
+    return units
+
+
+def _tile_hw(attrs: dict, array: zarr.Array, path: Path) -> tuple[int, int]:
+    """Tile height and width: the ``tile_shape`` attribute (upstream's NGFF 0.4 stores), else the chunks."""
+    ome = attrs.get("ome")
+    raw = attrs.get("tile_shape", ome.get("tile_shape") if isinstance(ome, dict) else None)
+    if raw is None:
+        return int(array.chunks[1]), int(array.chunks[2])
+    if not (isinstance(raw, list) and len(raw) >= 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in raw)):
+        raise InputError(path, f"malformed tile_shape attribute {raw!r} (expected [z, h, w] integers)")
+    return raw[-2], raw[-1]
 
 
 def open_mosaic(path: str | Path) -> MosaicGrid:
@@ -85,8 +140,8 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
     Raises
     ------
     InputError
-        Missing path, not an OME-Zarr, not 3-D, an unsupported dtype, or a shape that is not a
-        whole number of tiles.
+        Missing path, not an OME-Zarr, malformed or unsupported metadata, not 3-D, an unsupported
+        dtype, or a shape that is not a whole number of tiles.
     """
     path = Path(path)
     if not path.exists():
@@ -95,33 +150,28 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
         raise InputError(path, "not an OME-Zarr store (not a directory)")
     try:
         group = zarr.open_group(str(path), mode="r")
+        attrs = group.attrs.asdict()
     except Exception as exc:
         raise InputError(path, f"not a zarr store ({type(exc).__name__})") from None
-    attrs = group.attrs.asdict()
     entry, version = multiscale_entry(attrs, path)
-    try:
-        level0 = entry["datasets"][0]["path"]
-    except (KeyError, IndexError, TypeError):
-        raise InputError(path, "malformed 'multiscales' metadata (no level-0 dataset path)") from None
+    level0 = dataset_paths(entry, path)[0]
     try:
         array = group[level0]
     except KeyError:
         raise InputError(path, f"level 0 array '{level0}' is missing") from None
     except Exception as exc:  # e.g. its zarr.json / .zarray is truncated
         raise InputError(path, f"level 0 array '{level0}' cannot be opened ({type(exc).__name__})") from None
-    if array.ndim != 3:
-        raise InputError(path, f"expected a 3-D (z, y, x) array, got shape {array.shape}")
+    if not isinstance(array, zarr.Array) or array.ndim != 3:
+        raise InputError(path, f"expected a 3-D (z, y, x) array, got shape {getattr(array, 'shape', None)}")
     if array.dtype.name not in SUPPORTED_DTYPES:
         raise InputError(path, f"unsupported dtype {array.dtype}")
     nz, height, width = array.shape
-    raw = attrs.get("tile_shape") or (attrs.get("ome") or {}).get("tile_shape")
-    tile_h, tile_w = (int(raw[-2]), int(raw[-1])) if raw else (int(array.chunks[1]), int(array.chunks[2]))
+    tile_h, tile_w = _tile_hw(attrs, array, path)
     if tile_h <= 0 or tile_w <= 0 or height % tile_h or width % tile_w:
         raise InputError(path, f"shape {array.shape} is not a whole number of {tile_h}x{tile_w} tiles")
-    units = tuple(axis.get("unit") for axis in entry.get("axes", [{}, {}, {}])[-3:])
     return MosaicGrid(
         path=path, array=array, tile_shape=(nz, tile_h, tile_w), nx=height // tile_h, ny=width // tile_w,
-        ngff_version=version, scale=_level0_scale(entry), units=units,
+        ngff_version=version, scale=_level0_scale(entry, path), units=_axis_units(entry, path),
     )
 
 
@@ -187,71 +237,36 @@ def discover_slices(source: str | Path) -> list[tuple[int, Path]]:
 
 
 def _read_samplesheet(path: Path) -> list[tuple[int, Path]]:
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"slice_id", "path"} <= set(reader.fieldnames):
-            raise InputError(path, "samplesheet needs the columns 'slice_id,path'")
-        entries = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                slice_id = int(row["slice_id"])
-            except (TypeError, ValueError):
-                raise InputError(path, f"line {line}: slice_id {row['slice_id']!r} is not an integer") from None
-            store = Path(row["path"] or "")
-            entries.append((slice_id, store if store.is_absolute() else path.parent / store))
+    """Rows of a ``slice_id,path`` CSV (a UTF-8 byte-order mark and spaces after commas are allowed)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle, skipinitialspace=True))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read the samplesheet ({exc})") from None
+    header = [name.strip() for name in rows[0]] if rows else []
+    if not {"slice_id", "path"} <= set(header):
+        raise InputError(path, "samplesheet needs the columns 'slice_id,path'")
+    id_column, path_column = header.index("slice_id"), header.index("path")
+    entries: list[tuple[int, Path]] = []
+    stores: dict[Path, int] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = [cell.strip() for cell in row] + [""] * len(header)
+        try:
+            slice_id = int(cells[id_column])
+        except ValueError:
+            raise InputError(path, f"line {line}: slice_id {cells[id_column]!r} is not an integer") from None
+        if slice_id < 0:
+            raise InputError(path, f"line {line}: slice_id {slice_id} is negative")
+        if not cells[path_column]:
+            raise InputError(path, f"line {line}: the path is empty")
+        store = Path(cells[path_column])
+        store = store if store.is_absolute() else path.parent / store
+        if store.resolve() in stores:
+            raise InputError(path, f"line {line}: {store} is already listed as slice {stores[store.resolve()]}")
+        stores[store.resolve()] = slice_id
+        entries.append((slice_id, store))
     if not entries:
         raise InputError(path, "samplesheet lists no slices")
     return entries
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A temporary name in the same folder as ``path`` (so the final rename is atomic)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def remove_path(path: Path) -> None:
-    """Remove a file, link or folder tree if it exists."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write into; rename it to ``path`` on success.
-
-    On any exception the temporary output is removed and ``path`` is left as it was; a ``path``
-    whose folder does not exist is an :class:`InputError` before anything is written.
-    An existing ``path`` (file or store) is replaced only once the new one is complete; a store
-    is swapped in two renames (old store aside as ``.name.old-PID``, then the new one into place),
-    so a process killed between them leaves ``path`` absent, never half-written.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(path, "cannot be written: its folder does not exist")
-    tmp = temporary_sibling(path)
-    remove_path(tmp)
-    try:
-        yield tmp
-        if path.is_dir() and tmp.is_dir():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            try:
-                tmp.rename(path)
-            except BaseException:
-                old.rename(path)
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):  # never mask the error; a leftover is removed by the next run
-            remove_path(tmp)
-        raise
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Write JSON atomically (sorted keys, so identical inputs give identical bytes)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -19,10 +19,10 @@ import numpy as np
 import zarr
 from pydantic import BaseModel, ConfigDict
 
-from . import plots
+from . import outputs, plots
 from .errors import InputError
 from .fit import RAYLEIGH_MEDIAN, TUKEY_C, describe_transform, pair_arrays
-from .io import as_float, atomic_output, multiscale_entry, slice_id_from_name
+from .io import as_float, dataset_paths, multiscale_entry, slice_id_from_name
 from .schemas import FiniteFloat, PairsFile, TransformFile, load
 
 MIN_MEASURED_FRACTION = 0.5
@@ -200,12 +200,12 @@ def read_thumbnail(path: str | Path, max_px: int = THUMBNAIL_PX) -> Thumbnail:
     except Exception as exc:  # zarr raises various types for a folder that is no zarr group
         raise InputError(path, f"not a zarr store ({type(exc).__name__})") from None
     attrs = group.attrs.asdict()
+    entry, _ = multiscale_entry(attrs, path)
     try:
-        entry, _ = multiscale_entry(attrs, path)
-        levels = [group[d["path"]] for d in entry["datasets"]]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise InputError(path, f"incomplete multiscale image ({type(exc).__name__}: {exc})") from None
-    if any(level.ndim != 3 for level in levels):
+        levels = [group[name] for name in dataset_paths(entry, path)]
+    except KeyError as exc:
+        raise InputError(path, f"incomplete multiscale image (KeyError: {exc})") from None
+    if any(not isinstance(level, zarr.Array) or level.ndim != 3 for level in levels):
         raise InputError(path, "expected 3-D (z, y, x) levels")
     smallest = min(levels, key=lambda level: math.prod(level.shape))
     nz, height, width = smallest.shape
@@ -344,7 +344,8 @@ def write_report(
     Parameters
     ----------
     out_dir : str or Path
-        Report folder; replaced atomically (built in a temporary sibling, then renamed).
+        Report folder, built in a temporary sibling, then renamed; an existing folder is replaced
+        only when it is a report this program wrote (:func:`linumpy_motor.outputs.is_ours`).
     transform_file : str or Path
         ``motor_transform.json``.
     pairs_files : sequence of path
@@ -366,16 +367,23 @@ def write_report(
     Raises
     ------
     InputError
-        A missing, truncated or invalid JSON input, or two inputs of one kind for the same slice.
+        A missing, truncated or invalid JSON input, two inputs of one kind for the same slice, or an
+        ``out_dir`` that is, holds or lies in an input, or that is not a report of this program.
         Nothing is written then.
     """
+    out_dir = outputs.check_output_name(out_dir)
+    outputs.check_outside(out_dir, transform_file, *pairs_files, *compare_files, *stitched)
+    outputs.check_replaceable(out_dir)
     inputs = _load(transform_file, pairs_files, compare_files, stitched)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_dir) as tmp:
-        tmp.mkdir()
-        page = _build(tmp, inputs, title)
-        (tmp / "report.html").write_text(page, encoding="utf-8")
+    created = outputs.make_folders(out_dir.parent)
+    try:
+        with outputs.atomic_output(out_dir, "report") as tmp:
+            tmp.mkdir()
+            page = _build(tmp, inputs, title)
+            (tmp / "report.html").write_text(page, encoding="utf-8")
+    except BaseException:
+        outputs.remove_created_folders(created)
+        raise
     return out_dir / "report.html"
 
 
@@ -470,7 +478,11 @@ def _thumbnail(folder: Path, slice_id: int, store: Path | None, pairs_file: Pair
     try:
         if {"transform", "grid", "tile_shape"} <= set(meta):
             stitched_A = np.asarray(meta["transform"], dtype=float).reshape(2, 2)
-            outlines = plots.tile_outlines(*meta["grid"], meta["tile_shape"][-2:], stitched_A)
+            nx, ny = (int(n) for n in meta["grid"])
+            tile_hw = tuple(int(n) for n in meta["tile_shape"][-2:])
+            if not _layout_fits(nx, ny, tile_hw, stitched_A, thumb.extent_hw):
+                raise ValueError("layout does not match the image")
+            outlines = plots.tile_outlines(nx, ny, tile_hw, stitched_A)
             if not np.allclose(stitched_A, A, rtol=0, atol=1e-6):
                 problem = "stitched with another motor model than this report's motor_transform.json"
     except (TypeError, ValueError):
@@ -480,6 +492,16 @@ def _thumbnail(folder: Path, slice_id: int, store: Path | None, pairs_file: Pair
     path = plots.plot_thumbnail(folder / f"thumbnail_z{slice_id:02d}.png", slice_id, thumb.plane, thumb.extent_hw,
                                 outlines)
     return path.name, problem
+
+
+def _layout_fits(nx: int, ny: int, tile_hw: tuple[int, ...], A: np.ndarray, extent_hw: tuple[float, float]) -> bool:
+    """Whether a claimed tile layout spans the stitched image it describes (checked from the grid's
+    corners, before any per-tile array is made: metadata may claim any grid)."""
+    if nx < 1 or ny < 1 or len(tile_hw) != 2 or min(tile_hw) < 1 or not np.isfinite(A).all():
+        return False
+    corners = np.array([[0, 0], [0, ny - 1], [nx - 1, 0], [nx - 1, ny - 1]], dtype=float) @ A.T
+    span = np.ptp(corners, axis=0) + tile_hw
+    return bool(np.all(np.abs(span - np.asarray(extent_hw)) <= np.maximum(4.0, 0.05 * np.asarray(extent_hw))))
 
 
 def _section_html(slice_id: int, status: str, reasons: list[str], quiver: str | None, thumbnail: str | None,

@@ -4,8 +4,10 @@ Same steps and output layout as the Nextflow pipeline. A step is skipped when it
 and its stamp (a hash of the step's inputs, parameters and the package version) is unchanged;
 outputs are written atomically and stamped afterwards (a step's old stamp is removed before it
 runs), so a killed run is simply rerun. Bad input found before any work leaves no output folder;
-a run that fails later keeps only the outputs of the steps it completed (and removes the output
-folder it created when it completed none).
+a run that fails later keeps only the outputs of the steps it completed (and removes the folders
+it created, when they are left empty). Outputs an earlier run made in the same folder that this run
+does not make are removed, so none looks current. What may be replaced or removed at all is
+decided by :mod:`linumpy_motor.outputs`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
@@ -23,14 +28,15 @@ from typing import Literal
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as std_tqdm
 
-from . import __version__, steps
+from . import __version__, outputs, steps
 from .errors import InputError
 from .flatfield import resolve_flatfield
-from .io import atomic_output, discover_slices, open_mosaic, remove_path
+from .io import discover_slices, open_mosaic
+from .stitch import check_canvas
 
 STATE_DIR = ".linumpy-motor"
-STEP_FOLDERS = ("pairs", "stitched", "compare")
 
 
 class RunOptions(BaseModel):
@@ -64,12 +70,23 @@ def file_digest(path: Path) -> str:
 
 
 def store_fingerprint(path: Path) -> str:
-    """Identity of an input store: every file's relative path, size and modification time."""
-    entries = []
-    for root, _, files in os.walk(path):
-        for name in sorted(files):
-            stat = os.stat(os.path.join(root, name))
-            entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns))
+    """Identity of an input store: every file's relative path, size and modification time, links
+    followed (a level linked from elsewhere counts by its target's files, and by where it points)."""
+    entries, seen = [], set()
+    for root, folders, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link cycle
+            folders[:] = []
+            continue
+        seen.add(real)
+        for name in sorted(folders + files):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path)
+            if os.path.islink(full):
+                entries.append((rel, "link", os.readlink(full), 0))
+            if name in files:
+                stat = os.stat(full)
+                entries.append((rel, "file", stat.st_size, stat.st_mtime_ns))
     return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
 
 
@@ -79,52 +96,80 @@ def step_key(**inputs) -> str:
 
 
 class Stamps:
-    """Resume bookkeeping: one key file per output under ``OUTDIR/.linumpy-motor/stamps``."""
+    """Resume bookkeeping: one stamp (JSON: the output's path and key) per output under
+    ``OUTDIR/.linumpy-motor/stamps``, and the folders this run created (``created``)."""
 
-    def __init__(self, outdir: Path) -> None:
+    def __init__(self, outdir: Path, created: list[Path]) -> None:
         self.outdir = outdir
         self.folder = outdir / STATE_DIR / "stamps"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.created = created
+        self.make_folder(self.folder)
         self.recorded = 0
 
-    def _file(self, output: Path) -> Path:
+    def make_folder(self, folder: Path) -> None:
+        """Create ``folder`` if missing, remembering it as this run's (see :func:`outputs.make_folders`)."""
+        self.created += outputs.make_folders(folder)
+
+    def stamp_file(self, output: Path) -> Path:
+        """Where ``output``'s stamp is kept."""
         return self.folder / (str(output.relative_to(self.outdir)).replace(os.sep, "__") + ".key")
+
+    def _read(self, stamp: Path) -> dict:
+        try:
+            content = json.loads(stamp.read_text())
+        except (OSError, ValueError):  # missing, or an older version's plain-text stamp
+            return {}
+        return content if isinstance(content, dict) else {}
 
     def done(self, output: Path, key: str) -> bool:
         """True when ``output`` exists and was made from the same inputs."""
-        stamp = self._file(output)
-        return output.exists() and stamp.exists() and stamp.read_text() == key
+        return output.exists() and self._read(self.stamp_file(output)).get("key") == key
+
+    def stamped(self) -> list[Path]:
+        """Every output that has a stamp."""
+        found = (self._read(stamp).get("output") for stamp in sorted(self.folder.glob("*.key")))
+        return [self.outdir / rel for rel in found if isinstance(rel, str)]
 
     def invalidate(self, output: Path) -> None:
         """Remove ``output``'s stamp before remaking it (a run killed after the new output is renamed
         into place but before it is stamped must not pass it off as the old one)."""
-        self._file(output).unlink(missing_ok=True)
+        self.stamp_file(output).unlink(missing_ok=True)
 
     def record(self, output: Path, key: str) -> None:
         """Stamp ``output`` (after it was renamed into place)."""
-        with atomic_output(self._file(output)) as tmp:
-            tmp.write_text(key)
+        self.invalidate(output)
+        outputs.write_json(self.stamp_file(output), {"key": key, "output": output.relative_to(self.outdir).as_posix()},
+                           "stamp")
         self.recorded += 1
 
     def key_of(self, output: Path) -> str:
         """The stamp of an existing output."""
-        return self._file(output).read_text()
+        return self._read(self.stamp_file(output))["key"]
 
 
-def _remove_stale_temporaries(outdir: Path) -> None:
-    """Remove what a killed run left under temporary names (``.name.tmp-PID``, ``.name.old-PID``)
-    in the output folder, its step folders and the stamps folder (nowhere else)."""
-    for folder in (outdir, *(outdir / name for name in STEP_FOLDERS), outdir / STATE_DIR / "stamps"):
-        for entry in folder.iterdir() if folder.is_dir() else ():
-            if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
-                remove_path(entry)
+def _clean(stamps: Stamps, planned: list[Path]) -> None:
+    """Under the lock, before any step: remove the temporaries killed runs left for this run's or
+    earlier runs' outputs (exact ``.NAME.tmp-PID`` / ``.NAME.old-PID`` names only), and the earlier
+    outputs this run will not make (a slice no longer in the input; pairs, compare and report after a
+    run with ``--transform``), so none of them looks current. Each is removed only when it carries this
+    program's marker; a planned output's path holding anything else is refused."""
+    earlier = stamps.stamped()
+    names: dict[Path, set[str]] = {}
+    for output in {*planned, *earlier}:
+        names.setdefault(output.parent, set()).add(output.name)
+        names.setdefault(stamps.folder, set()).add(stamps.stamp_file(output).name)
+    for folder, in_folder in names.items():
+        outputs.remove_temporaries(folder, in_folder)
+    for output in set(earlier) - set(planned):
+        if outputs.is_ours(output):
+            outputs.remove_path(output)
+        stamps.invalidate(output)
+    for output in planned:  # before any work: a user's file or folder in the way is never replaced
+        outputs.check_replaceable(output)
 
 
-def _check_outdir(outdir: Path, slices: list[tuple[int, Path]], source: Path) -> None:
-    for _, store in slices:
-        steps.check_output_outside(outdir, store)
-    if source.is_dir():
-        steps.check_output_outside(outdir, source)
+def _check_outdir(outdir: Path, inputs: list[Path]) -> None:
+    outputs.check_outside(outdir, *inputs)
     existing = next(p for p in [outdir, *outdir.absolute().parents] if p.exists())
     if not existing.is_dir():
         raise InputError(outdir, f"output folder cannot be created: {existing} is a file")
@@ -132,14 +177,88 @@ def _check_outdir(outdir: Path, slices: list[tuple[int, Path]], source: Path) ->
         raise InputError(outdir, "output folder cannot be written")
 
 
-def _topmost_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (what ``mkdir -p`` would create)."""
-    missing = None
-    for folder in [path, *path.absolute().parents]:
-        if folder.exists():
-            return missing
-        missing = folder
-    return missing
+_STARTED = None
+"""In a worker process: the pipe it reports each job's start on (see :func:`_init_worker`)."""
+
+
+def _init_worker(started) -> None:
+    """Set up a worker: Ctrl-C is left to the main process (it stops the workers: one message, no
+    tracebacks), progress bars lock with a thread lock (tqdm's default semaphore would leak when the
+    worker is stopped), and each job's start is reported on the pipe ``started`` as ``(pid, label)``
+    (one short message per write, so writes from several workers do not interleave)."""
+    global _STARTED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
+    _STARTED = started
+
+
+def _call_in_worker(label: str, function: Callable, kwargs: dict):
+    _STARTED.send((os.getpid(), label))
+    return function(**kwargs)
+
+
+def _job_label(output: Path, kwargs: dict) -> str:
+    """What a job works on, for messages: its slice store, else its output."""
+    return str(kwargs.get("source", output))
+
+
+def _lost_worker(pool: ProcessPoolExecutor, started, futures: dict) -> InputError:
+    """The error for a worker process that died (e.g. killed by the out-of-memory killer), naming its slice."""
+    processes = dict(pool._processes or {})  # the executor keeps no public record of how a worker ended
+    labels = {}
+    while started.poll():
+        pid, label = started.recv()
+        labels[pid] = label
+    deadline = time.monotonic() + 2  # a killed process's pipes close a moment before it can be reaped
+    while True:
+        codes = {pid: process.exitcode for pid, process in processes.items()}
+        dead = [(labels[pid], code) for pid, code in codes.items()
+                if pid in labels and code is not None and code < 0 and code != -signal.SIGTERM]
+        if dead or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if not dead:  # how it ended is unknown: name every job that started and did not finish
+        unfinished = {label for future, (_, _, label) in futures.items() if not future.done() or future.exception()}
+        dead = [(label, None) for label in sorted(set(labels.values()) & unfinished)] or [("a slice", None)]
+    label, code = dead[0]
+    how = f"killed by {signal.Signals(-code).name}" if code else "ended abruptly"
+    return InputError(label, f"its worker process was {how}, most likely by the system for lack of memory: "
+                             "rerun with fewer --workers or with more memory (finished slices are kept)")
+
+
+def _stop_workers(pool: ProcessPoolExecutor, todo: list) -> None:
+    """Stop every worker now (SIGTERM: its default action, no clean-up in the worker) and wait for them,
+    then remove the temporaries those processes left: nothing is written after this returns."""
+    processes = dict(pool._processes or {})
+    for process in processes.values():
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for output, *_ in todo:
+        outputs.remove_temporaries(output.parent, [output.name], processes)
+
+
+def _run_parallel(todo: list, stamps: Stamps, workers: int, bar: tqdm) -> None:
+    context = get_context("spawn")
+    started, report = context.Pipe(duplex=False)  # no semaphore: nothing to leak when the run is stopped
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
+                               initargs=(report,))
+    try:
+        futures = {pool.submit(_call_in_worker, _job_label(output, kwargs), function, kwargs):
+                   (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except BrokenProcessPool:
+                raise _lost_worker(pool, started, futures) from None
+            stamps.record(*futures[future][:2])
+            bar.update()
+    except BaseException:
+        _stop_workers(pool, todo)
+        raise
+    finally:
+        started.close()
+        report.close()
+    pool.shutdown(wait=True)
 
 
 def _run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, workers: int, label: str,
@@ -147,21 +266,12 @@ def _run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, work
     """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran."""
     todo = [job for job in jobs if not stamps.done(job[0], job[1])]
     for output, *_ in todo:
-        output.parent.mkdir(exist_ok=True)
+        stamps.make_folder(output.parent)
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=label, unit="slice", disable=not progress) as bar:
         if workers > 1 and len(todo) > 1:
             for output, *_ in todo:
                 stamps.invalidate(output)
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(function, **kwargs): (output, key) for output, key, function, kwargs in todo}
-                try:
-                    for future in as_completed(futures):
-                        future.result()
-                        stamps.record(*futures[future])
-                        bar.update()
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+            _run_parallel(todo, stamps, workers, bar)
         else:
             for output, key, function, kwargs in todo:
                 stamps.invalidate(output)
@@ -179,7 +289,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
     source : str or Path
         Folder of ``*.ome.zarr`` slices or a ``slice_id,path`` CSV samplesheet.
     outdir : str or Path
-        Output folder (created); must not be inside an input.
+        Output folder (created); must not be empty, be, hold or lie inside an input.
     options : RunOptions
         Run parameters.
     progress : bool
@@ -194,44 +304,89 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
     ------
     InputError
         Bad input (named in the message). Found before any work (unreadable or inconsistent slices,
-        a bad output folder or flat field file, another run holding the folder's lock): no output
-        folder is created. Found while working: only completed steps' outputs stay.
+        a bad output folder, transform or flat field file, another run holding the folder's lock):
+        no output folder is created. Found while working: only completed steps' outputs stay, and
+        only folders this run created (and left empty) are removed.
     """
-    source, outdir = Path(source), Path(outdir)
+    outdir = outputs.check_output_name(outdir)
+    source = Path(source)
     slices = discover_slices(source)
     grids = {slice_id: open_mosaic(path) for slice_id, path in slices}
     first = grids[slices[0][0]]
     for grid in grids.values():
         if grid.tile_shape != first.tile_shape:
             raise InputError(grid.path, f"tile shape {grid.tile_shape} differs from {first.tile_shape} of {first.path}")
+    inputs = [source, *(path for _, path in slices)]
+    if options.transform is not None:
+        _check_given_transform(options.transform, grids.values())
+        inputs.append(options.transform)
     if options.flatfield not in ("estimate", "none"):
         resolve_flatfield(first, options.flatfield)
-    _check_outdir(outdir, slices, source)
-    created = _topmost_missing(outdir)
-    (outdir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        inputs.append(Path(options.flatfield))
+    _check_outdir(outdir, inputs)
+    paths = output_paths(outdir, [slice_id for slice_id, _ in slices], measured=options.transform is None)
+    for output in planned_outputs(paths):  # checked again under the lock; here so a refusal writes nothing
+        outputs.check_replaceable(output)
+    created = outputs.make_folders(outdir / STATE_DIR)
     stamps = None
     try:
         with FileLock(outdir / STATE_DIR / "lock", timeout=0):
-            _remove_stale_temporaries(outdir)
-            stamps = Stamps(outdir)
-            return _run_locked(slices, outdir, options, progress, stamps)
+            try:
+                stamps = Stamps(outdir, created)
+                return _run_locked(slices, paths, options, progress, stamps)
+            except BaseException:
+                if outdir / STATE_DIR in created and not (stamps and stamps.recorded):
+                    (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
+                raise
     except Timeout:
+        outputs.remove_created_folders(created)
         raise InputError(outdir, "another linumpy-motor run is writing to this folder") from None
     except BaseException:
-        if created is not None and (stamps is None or not stamps.recorded):
-            shutil.rmtree(created, ignore_errors=True)
+        outputs.remove_created_folders(stamps.created if stamps else created)
         raise
 
 
-def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOptions, progress: bool,
+def _check_given_transform(path: Path, grids) -> None:
+    """Before any work: the ``--transform`` file is valid and its canvas fits every slice's tiles."""
+    A = steps.read_transform(path)
+    for grid in grids:
+        try:
+            check_canvas(grid, A)
+        except InputError as exc:
+            raise InputError(path, exc.problem) from None
+
+
+def output_paths(outdir: Path, slice_ids: list[int], measured: bool) -> dict:
+    """Where a run writes: ``transform``, ``stitched`` and, when it measures, ``pairs``, ``compare``
+    (per slice id) and ``report``."""
+    paths = {"outdir": outdir, "transform": outdir / "motor_transform.json",
+             "stitched": {sid: outdir / "stitched" / f"{prefix(sid)}_stitch_3d.ome.zarr" for sid in slice_ids}}
+    if measured:
+        paths.update(pairs={sid: outdir / "pairs" / f"{prefix(sid)}_pairs.json" for sid in slice_ids},
+                     compare={sid: outdir / "compare" / f"{prefix(sid)}_compare.json" for sid in slice_ids},
+                     report=outdir / "report")
+    return paths
+
+
+def planned_outputs(paths: dict) -> list[Path]:
+    """Every output of :func:`output_paths`, as a flat list."""
+    found = []
+    for name, value in paths.items():
+        if name != "outdir":
+            found += list(value.values()) if isinstance(value, dict) else [value]
+    return found
+
+
+def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions, progress: bool,
                 stamps: Stamps) -> dict:
     from .report import write_report
     from .stitch import stitch_slice
 
+    _clean(stamps, planned_outputs(paths))
     fingerprints = {slice_id: store_fingerprint(path) for slice_id, path in slices}
     ran: dict[str, int] = {}
-    pairs = {slice_id: outdir / "pairs" / f"{prefix(slice_id)}_pairs.json" for slice_id, _ in slices}
-    transform = outdir / "motor_transform.json"
+    outdir, transform, stitched = paths["outdir"], paths["transform"], paths["stitched"]
+    pairs, compare, report_dir = paths.get("pairs"), paths.get("compare"), paths.get("report")
     if options.transform is None:
         measure = dict(overlap=options.overlap, z=options.z, max_shift_px=options.max_shift,
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
@@ -250,7 +405,6 @@ def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOption
         ran["fit"] = _run_jobs([(transform, key, steps.copy_transform,
                                  dict(source=options.transform, output=transform))], stamps, 1, "transform", progress)
     transform_digest = file_digest(transform)
-    stitched = {sid: outdir / "stitched" / f"{prefix(sid)}_stitch_3d.ome.zarr" for sid, _ in slices}
     flatfield = options.flatfield
     flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
     stitch = dict(blending=options.blending, ngff_version=options.ngff_version)
@@ -263,13 +417,11 @@ def _run_locked(slices: list[tuple[int, Path]], outdir: Path, options: RunOption
     ], stamps, options.workers, "stitch", progress)
     result = {"outdir": str(outdir), "transform": str(transform), "stitched": [str(p) for p in stitched.values()]}
     if options.transform is None:
-        compare = {sid: outdir / "compare" / f"{prefix(sid)}_compare.json" for sid, _ in slices}
         ran["compare"] = _run_jobs([
             (compare[sid], step_key(step="compare", pairs=file_digest(pairs[sid]), transform=transform_digest),
              steps.compare, dict(pairs_file=pairs[sid], transform_file=transform, output=compare[sid]))
             for sid, _ in slices
         ], stamps, 1, "compare", progress)
-        report_dir = outdir / "report"
         key = step_key(step="report", transform=transform_digest,
                        pairs=[file_digest(p) for p in pairs.values()], compare=[file_digest(p) for p in compare.values()],
                        stitched=[stamps.key_of(p) for p in stitched.values()])

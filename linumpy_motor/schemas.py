@@ -41,6 +41,8 @@ class PairsFile(BaseModel):
     pairs: list[Pair]
     skipped: list[dict]
     stats: dict
+    linumpy_motor: dict | None = None
+    """This program's output marker (see :mod:`linumpy_motor.outputs`)."""
 
 
 class TransformFile(BaseModel):

@@ -11,31 +11,24 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, geometry
+from . import __version__, geometry, outputs
 from .compare import compare_positions
 from .errors import InputError
 from .fit import FitError, fit_pooled
-from .io import open_mosaic, slice_id_from_name, write_json
+from .io import open_mosaic, slice_id_from_name
+from .outputs import write_json
 from .measure import measure_mosaic
 from .schemas import PairsFile, TransformFile, load
 
 
 def check_output(output: str | Path, *inputs: str | Path) -> None:
-    """Before any work: refuse an output file whose folder does not exist, or that is or lies in an input."""
-    if not Path(output).parent.is_dir():
+    """Before any work: refuse an output file whose folder does not exist, that is, holds or lies in
+    an input, or that this program may not replace (see :mod:`linumpy_motor.outputs`)."""
+    output = outputs.check_output_name(output)
+    if not output.parent.is_dir():
         raise InputError(output, "cannot be written: its folder does not exist")
-    check_output_outside(output, *inputs)
-
-
-def check_output_outside(output: str | Path, *inputs: str | Path) -> None:
-    """Refuse an output path equal to or inside an input (an input is never written to)."""
-    output = Path(output).resolve()
-    for source in inputs:
-        source = Path(source).resolve()
-        if output == source:
-            raise InputError(output, "output would be the input itself")
-        if source in output.parents:
-            raise InputError(output, f"output would be inside the input {source}")
+    outputs.check_outside(output, *inputs)
+    outputs.check_replaceable(output)
 
 
 def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, slice_id: int | None = None,
@@ -60,7 +53,7 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
         source=grid.path.name, tile_shape=grid.tile_shape, grid=(grid.nx, grid.ny), overlap=overlap,
         z=stats["z"], pairs=measured, skipped=skipped, stats=stats,
     ).model_dump(mode="json")
-    write_json(output, content)
+    write_json(output, content, "measure")
     return content
 
 
@@ -109,7 +102,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
     diagnostics.update(version=__version__, tile_shape=list(files[0].tile_shape),
                        backend=sorted({f.stats.get("backend", "numpy") for f in files}))
     content = {"transform": transform.tolist(), "diagnostics": diagnostics}
-    write_json(output, content)
+    write_json(output, content, "fit")
     return content
 
 
@@ -126,7 +119,7 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
         "n_connected_tiles": int(connected.sum()),
         **compare_positions(motor, registered),
     }
-    write_json(output, content)
+    write_json(output, content, "compare")
     return content
 
 
@@ -140,5 +133,5 @@ def copy_transform(source: str | Path, output: str | Path) -> dict:
     check_output(output, source)
     content = load(source, TransformFile).model_dump(mode="json")
     content["diagnostics"] = {**content["diagnostics"], "given_transform": Path(source).name}
-    write_json(output, content)
+    write_json(output, content, "transform")
     return content

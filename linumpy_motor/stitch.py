@@ -29,21 +29,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import zarr
 from tqdm import tqdm
 
-from . import __version__, geometry, ngff, pyramid
+from . import __version__, geometry, ngff, outputs, pyramid
 from .backend import get_backend, to_numpy
 from .blend import BLENDING_MODES, overlap_px, weight_map
 from .errors import InputError
 from .flatfield import resolve_flatfield
-from .io import MosaicGrid, atomic_output, open_mosaic, read_block
+from .io import MosaicGrid, open_mosaic, read_block
+from .outputs import atomic_output
 
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (all workers hold a few of these)
 TILE_CACHE_BYTES = 40 * 2**20  # resampled tiles kept alive between their first and last block
 READ_RUN = 2  # tile rows read with one call
 MAX_STRIP_BLOCKS = 8  # block rows per strip at most (see :func:`_block_order`)
 MAX_WORKERS = 8
+MAX_CANVAS_TO_TILES = 4.0  # a real layout's canvas is smaller than its tiles' total area
 
 
 class _TileStore:
@@ -197,31 +198,35 @@ def _lerp(padded, fy: float, fx: float):
     return out
 
 
-def _inside(a: Path, b: Path) -> bool:
-    return a == b or b in a.parents
-
-
-def _written_by_stitch(path: Path) -> bool:
-    try:
-        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
-    except Exception:  # not a zarr group at all
-        return False
-    return (attrs.get("linumpy_motor") or {}).get("stage") == "stitch"
-
-
 def check_output(source: Path, output: Path) -> None:
-    """Refuse an output that is, holds or lies inside the input store, or replaces anything but a
-    previous stitched slice.
+    """Refuse an output that is, holds or lies inside the input store, or that this program may not
+    replace (:mod:`linumpy_motor.outputs`).
 
     Raises
     ------
     InputError
     """
-    src, out = source.resolve(), output.resolve()
-    if _inside(out, src) or _inside(src, out):
-        raise InputError(output, f"output must not be, hold or lie inside the input store {source}")
-    if out.exists() and not _written_by_stitch(out):
-        raise InputError(output, "exists and is not a stitched slice; refusing to replace it")
+    outputs.check_outside(output, source)
+    outputs.check_replaceable(output)
+
+
+def check_canvas(grid: MosaicGrid, A: np.ndarray) -> None:
+    """Refuse a transform whose canvas is far larger than the tiles could fill (before allocating it).
+
+    Raises
+    ------
+    InputError
+        The canvas is over ``MAX_CANVAS_TO_TILES`` times the tiles' total area (no file named:
+        callers that read the transform from a file name it).
+    """
+    corners = np.array([[0, 0], [0, grid.ny - 1], [grid.nx - 1, 0], [grid.nx - 1, grid.ny - 1]], float) @ A.T
+    _, h, w = grid.tile_shape
+    height, width = np.ptp(corners, axis=0) + (h, w)
+    ratio = float(height * width) / (grid.nx * grid.ny * h * w)
+    if ratio > MAX_CANVAS_TO_TILES:
+        raise InputError(None, f"transform {A.tolist()} spreads the {grid.nx}x{grid.ny} tiles over a "
+                               f"{height:.0f}x{width:.0f} px canvas, {ratio:.3g} times their area (is it this "
+                               f"acquisition's motor matrix, in px per tile step?)")
 
 
 def _check_transform(transform) -> np.ndarray:
@@ -382,6 +387,7 @@ def stitch_slice(
     output = Path(output)
     check_output(grid.path, output)
     A = _check_transform(transform)
+    check_canvas(grid, A)
     nz, h, w = grid.tile_shape
     zc = int(z_chunk) if z_chunk is not None else default_z_chunk(grid, block_px)
     if zc < 1:
@@ -390,7 +396,7 @@ def stitch_slice(
     xp, _, backend = get_backend(use_gpu)
     shapes = pyramid.level_shapes(geometry.output_shape(grid.nx, grid.ny, grid.tile_shape, A), pyramid_top_px)
     block = (zc, block_px, block_px)
-    with atomic_output(output) as tmp:
+    with atomic_output(output, "stitch") as tmp:
         flat, flat_description = resolve_flatfield(grid, flatfield)
         canvas = _Canvas(grid, A, weight_map((h, w), blending, overlap_px(A, (h, w))), flat, blending == "none", xp)
         group = ngff.create_group(tmp, ngff_version)

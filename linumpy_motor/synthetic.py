@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from . import ngff
-from .io import atomic_output, write_json
+from . import ngff, outputs
 
 BAD_TILE_KINDS = ("background", "swap")
 
@@ -206,26 +205,33 @@ def write_dataset(
     dict
         The content of ``truth.json``.
     """
-    out_dir = Path(out_dir)
+    out_dir = outputs.check_output_name(out_dir)
+    ids = range(first_slice, first_slice + n_slices)
+    names = {slice_id: f"mosaic_grid_3d_z{slice_id:02d}.ome.zarr" for slice_id in ids}
+    for target in [*names.values(), "truth.json", *(["truth_scenes"] if save_scenes else [])]:
+        outputs.check_replaceable(out_dir / target)  # before writing anything: never a real acquisition
     out_dir.mkdir(parents=True, exist_ok=True)
     if tile_shape_attr is None:
         tile_shape_attr = ngff_version == "0.4"
     A = true_transform(spec)
     nz, h, w = spec.tile_shape
-    slices = {}
-    for slice_id in range(first_slice, first_slice + n_slices):
+    slices, scenes = {}, {}
+    for slice_id, name in names.items():
         volume, truth, scene_plane = make_slice(spec, seed=spec.seed * 1000 + slice_id)
-        name = f"mosaic_grid_3d_z{slice_id:02d}.ome.zarr"
         shards = (nz, 4 * h, 4 * w) if sharded and ngff_version == "0.5" else None
         extra = {"tile_shape": [nz, h, w]} if tile_shape_attr else None
-        with atomic_output(out_dir / name) as tmp:
+        with outputs.atomic_output(out_dir / name, "synth") as tmp:
             ngff.write_image(tmp, volume, chunks=(nz, h, w), version=ngff_version, shards=shards,
                              scale=(0.2, 0.003, 0.003), extra_attrs=extra)
         if save_scenes:
-            (out_dir / "truth_scenes").mkdir(exist_ok=True)
-            np.save(out_dir / "truth_scenes" / f"scene_z{slice_id:02d}.npy", scene_plane)
+            scenes[f"scene_z{slice_id:02d}.npy"] = scene_plane
             truth["scene"] = f"truth_scenes/scene_z{slice_id:02d}.npy"
         slices[str(slice_id)] = {"path": name, **truth}
+    if save_scenes:
+        with outputs.atomic_output(out_dir / "truth_scenes", "synth") as tmp:
+            tmp.mkdir()
+            for scene_name, plane in scenes.items():
+                np.save(tmp / scene_name, plane)
     theta = math.atan2(-A[0, 1], A[1, 1])
     phi = math.atan2(A[0, 0], A[1, 0]) + theta
     spec_dict = asdict(spec)
@@ -241,5 +247,5 @@ def write_dataset(
         "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec_dict.items()},
         "slices": slices,
     }
-    write_json(out_dir / "truth.json", truth)
+    outputs.write_json(out_dir / "truth.json", truth, "synth")
     return json.loads((out_dir / "truth.json").read_text())

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import runpy
+import signal
 import subprocess
 import sys
 import traceback
@@ -219,5 +220,15 @@ def _serve(workdir: Path, parallel: int) -> None:
     (workdir / "codes.json").write_text(json.dumps(codes))
 
 
+def finish_quickly(**kwargs) -> None:
+    """A runner job that does nothing (run in a worker process by the worker-death tests)."""
+
+
+def die_like_the_oom_killer(**kwargs) -> None:
+    """A runner job whose worker process is killed with SIGKILL, as the out-of-memory killer does."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 if __name__ == "__main__":
     _serve(Path(sys.argv[1]), int(sys.argv[2]))
+

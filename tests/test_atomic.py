@@ -10,20 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linumpy_motor import io, ngff
+from linumpy_motor import ngff, outputs
 from linumpy_motor.errors import InputError
 from reliability_helpers import CLI, env, read_level0, run, tree_digest, write_small_dataset
 
 
 def store(path: Path, value: float) -> Path:
-    ngff.write_image(path, np.full((2, 32, 32), value, dtype=np.float32), chunks=(2, 16, 16))
+    """A small image; written through ``atomic_output`` when ``path`` is not a temporary (so it is marked)."""
+    if outputs.TEMPORARY.match(path.name):
+        ngff.write_image(path, np.full((2, 32, 32), value, dtype=np.float32), chunks=(2, 16, 16))
+        return path
+    with outputs.atomic_output(path, "test") as tmp:
+        store(tmp, value)
     return path
 
 
 def test_an_exception_inside_leaves_neither_temporary_nor_final(tmp_path):
     target = tmp_path / "result.json"
     with pytest.raises(RuntimeError, match="boom"):
-        with io.atomic_output(target) as tmp:
+        with outputs.atomic_output(target) as tmp:
             assert tmp.parent == tmp_path and tmp.name.startswith(".result.json.tmp-")
             tmp.write_text("half")
             raise RuntimeError("boom")
@@ -32,7 +37,7 @@ def test_an_exception_inside_leaves_neither_temporary_nor_final(tmp_path):
 
 def test_an_interrupted_store_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        with io.atomic_output(tmp_path / "s.ome.zarr") as tmp:
+        with outputs.atomic_output(tmp_path / "s.ome.zarr") as tmp:
             store(tmp, 1.0)
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
@@ -40,20 +45,21 @@ def test_an_interrupted_store_leaves_nothing(tmp_path):
 
 def test_a_failed_rewrite_keeps_the_old_file(tmp_path):
     target = tmp_path / "result.json"
-    io.write_json(target, {"b": 1, "a": 2})
+    outputs.write_json(target, {"b": 1, "a": 2})
     before = target.read_bytes()
     with pytest.raises(ValueError):
-        with io.atomic_output(target) as tmp:
+        with outputs.atomic_output(target) as tmp:
             tmp.write_text("{")
             raise ValueError("stop")
     assert target.read_bytes() == before
-    assert json.loads(before) == {"a": 2, "b": 1} and before.index(b'"a"') < before.index(b'"b"')
+    assert json.loads(before) == {"a": 2, "b": 1, "linumpy_motor": outputs.marker("output")}
+    assert before.index(b'"a"') < before.index(b'"b"')
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
 def test_a_store_is_replaced_only_once_the_new_one_is_complete(tmp_path):
     target = store(tmp_path / "s.ome.zarr", 1.0)
-    with io.atomic_output(target) as tmp:
+    with outputs.atomic_output(target) as tmp:
         store(tmp, 2.0)
         assert np.all(read_level0(target) == 1.0), "the old store must stay readable while the new one is written"
     assert np.all(read_level0(target) == 2.0)
@@ -63,7 +69,7 @@ def test_a_store_is_replaced_only_once_the_new_one_is_complete(tmp_path):
 def test_a_failed_store_rewrite_keeps_the_old_store(tmp_path):
     target = store(tmp_path / "s.ome.zarr", 1.0)
     with pytest.raises(OSError):
-        with io.atomic_output(target) as tmp:
+        with outputs.atomic_output(target) as tmp:
             store(tmp, 2.0)
             raise OSError("disk full")
     assert np.all(read_level0(target) == 1.0)
@@ -81,7 +87,7 @@ def test_a_failed_final_rename_puts_the_old_store_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(OSError, match="rename failed"):
-        with io.atomic_output(target) as tmp:
+        with outputs.atomic_output(target) as tmp:
             store(tmp, 2.0)
     assert np.all(read_level0(target) == 1.0)
     assert [p.name for p in tmp_path.iterdir()] == ["s.ome.zarr"]
@@ -89,17 +95,17 @@ def test_a_failed_final_rename_puts_the_old_store_back(tmp_path, monkeypatch):
 
 def test_an_output_in_a_missing_folder_is_refused_before_writing(tmp_path):
     with pytest.raises(InputError, match="its folder does not exist"):
-        with io.atomic_output(tmp_path / "missing" / "x.json"):
+        with outputs.atomic_output(tmp_path / "missing" / "x.json"):
             pytest.fail("the body must not run")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_json_is_written_with_sorted_keys_and_the_same_bytes_every_time(tmp_path):
-    io.write_json(tmp_path / "a.json", {"z": [1.5, 2], "a": {"y": 1, "b": None}})
-    io.write_json(tmp_path / "b.json", {"a": {"b": None, "y": 1}, "z": [1.5, 2]})
+    outputs.write_json(tmp_path / "a.json", {"z": [1.5, 2], "a": {"y": 1, "b": None}})
+    outputs.write_json(tmp_path / "b.json", {"a": {"b": None, "y": 1}, "z": [1.5, 2]})
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
-    assert (tmp_path / "a.json").read_text() == json.dumps({"a": {"b": None, "y": 1}, "z": [1.5, 2]},
-                                                           indent=2, sort_keys=True) + "\n"
+    expected = {"a": {"b": None, "y": 1}, "z": [1.5, 2], "linumpy_motor": outputs.marker("output")}
+    assert (tmp_path / "a.json").read_text() == json.dumps(expected, indent=2, sort_keys=True) + "\n"
 
 
 HOLD_LOCK = """

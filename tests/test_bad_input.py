@@ -342,6 +342,61 @@ def run_zero_workers(f: Path, c: Context) -> Invocation:
                       ("workers: Input should be greater than or equal to 1",), f / "out")
 
 
+@case
+def run_outdir_holds_the_input(f: Path, c: Context) -> Invocation:
+    slice_store(f / "data", c.volume)
+    return Invocation(cli_run(f / "data", f), RUN, f, ("output would hold the input",))
+
+
+@case
+def run_outdir_argument_empty(f: Path, c: Context) -> Invocation:
+    return Invocation(cli_run(c.dataset, ""), RUN, None, ("output path '' is empty",))
+
+
+@case
+def run_user_folder_where_the_report_goes(f: Path, c: Context) -> Invocation:
+    (f / "out" / "report").mkdir(parents=True)
+    (f / "out" / "report" / "notes.txt").write_text("mine")
+    return Invocation(cli_run(c.dataset, f / "out"), RUN, f / "out" / "report",
+                      ("exists and was not written by linumpy-motor; refusing to replace it",))
+
+
+@case
+def run_unsupported_ngff_version(f: Path, c: Context) -> Invocation:
+    store = slice_store(f / "data", c.volume)
+    edited(store / "zarr.json", store / "zarr.json", lambda j: j["attributes"]["ome"].update(version="0.6"))
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("unsupported NGFF version '0.6'",), f / "out")
+
+
+@case
+def run_malformed_tile_shape(f: Path, c: Context) -> Invocation:
+    store = slice_store(f / "data", c.volume)
+    edited(store / "zarr.json", store / "zarr.json", lambda j: j["attributes"].update(tile_shape=[128]))
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("malformed tile_shape attribute",), f / "out")
+
+
+@case
+def run_transform_canvas_far_too_large(f: Path, c: Context) -> Invocation:
+    given = edited(c.transform, f / "given.json", lambda j: j.update(transform=[[2e5, 0], [0, 2e5]]))
+    return Invocation(cli_run(c.dataset, f / "out", "--transform", given), RUN, given,
+                      ("canvas", "times their area"), f / "out")
+
+
+@case
+def run_samplesheet_negative_slice_id(f: Path, c: Context) -> Invocation:
+    (f / "sheet.csv").write_text(f"slice_id,path\n-3,{c.dataset / 'mosaic_grid_3d_z00.ome.zarr'}\n")
+    return Invocation(cli_run(f / "sheet.csv", f / "out"), RUN, f / "sheet.csv", ("slice_id -3 is negative",),
+                      f / "out")
+
+
+@case
+def run_samplesheet_one_store_twice(f: Path, c: Context) -> Invocation:
+    store = c.dataset / "mosaic_grid_3d_z00.ome.zarr"
+    (f / "sheet.csv").write_text(f"slice_id,path\n0,{store}\n1,{store}\n")
+    return Invocation(cli_run(f / "sheet.csv", f / "out"), RUN, f / "sheet.csv",
+                      ("line 3:", "is already listed as slice 0"), f / "out")
+
+
 # bin/linum_motor_measure_pairs.py
 @case
 def measure_missing_slice(f: Path, c: Context) -> Invocation:
@@ -529,6 +584,14 @@ def report_truncated_pairs(f: Path, c: Context) -> Invocation:
                       REPORT, bad, ("not valid JSON (truncated?)",), f / "report")
 
 
+@case
+def report_out_is_a_user_folder(f: Path, c: Context) -> Invocation:
+    (f / "mine").mkdir()
+    (f / "mine" / "notes.txt").write_text("irreplaceable")
+    return Invocation(bin_command(REPORT, "--transform", c.transform, "--pairs", *c.pairs, "--out", f / "mine"),
+                      REPORT, f / "mine", ("exists and was not written by linumpy-motor",))
+
+
 # bin/linum_motor_synth.py
 @case
 def synth_overlap_out_of_range(f: Path, c: Context) -> Invocation:
@@ -541,6 +604,13 @@ def synth_outdir_is_a_file(f: Path, c: Context) -> Invocation:
     (f / "afile").write_text("keep me")
     return Invocation(bin_command(SYNTH, f / "afile", "--grid", "2", "2", "--tile", "2", "32", "32"), SYNTH,
                       f / "afile", ("File exists",))
+
+
+@case
+def synth_over_a_real_acquisition(f: Path, c: Context) -> Invocation:
+    real = slice_store(f / "data", c.volume)
+    return Invocation(bin_command(SYNTH, f / "data", "--slices", "1"), SYNTH, real,
+                      ("exists and was not written by linumpy-motor",))
 
 
 DEBUG_CASES = ("run-nan-in-the-measured-plane", "measure-corrupt-shard", "fit-no-usable-pairs",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import grid_positions, pairs_from_positions
 
+from linumpy_motor import outputs
 from linumpy_motor.geometry import affine_positions, registration_positions
 from linumpy_motor.mosaic import motor
 
@@ -147,9 +148,10 @@ def test_compare_flags_an_outlying_tile_and_nothing_on_small_noise():
 
 def test_compare_writes_json_atomically(tmp_path, monkeypatch):
     out = tmp_path / "slice_z03_compare.json"
-    out.write_text("previous run")
+    outputs.write_json(out, {"previous": "run"})  # an earlier run's file: this program's, so replaceable
     stats = motor.compare_motor_vs_registration(MOTOR, np.add(MOTOR, [0.5, 0.0]), output_path=str(out))
-    assert json.loads(out.read_text()) == json.loads(json.dumps(stats))
+    written = {**json.loads(json.dumps(stats)), outputs.MARKER_KEY: outputs.marker("output")}
+    assert json.loads(out.read_text()) == written
     assert json.loads(out.read_text())["mean_diff_px"] == [0.5, 0.0]
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
 
@@ -160,5 +162,5 @@ def test_compare_writes_json_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         motor.compare_motor_vs_registration(MOTOR, MOTOR, output_path=out)
     monkeypatch.undo()
-    assert json.loads(out.read_text()) == json.loads(json.dumps(stats))  # the previous file is intact
+    assert json.loads(out.read_text()) == written  # the previous file is intact
     assert [p.name for p in tmp_path.iterdir()] == [out.name]

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import zarr
 
-from linumpy_motor import io, ngff
+from linumpy_motor import io, ngff, outputs
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import atomic_output, discover_slices, open_mosaic, read_block, write_json
+from linumpy_motor.io import discover_slices, open_mosaic, read_block
+from linumpy_motor.outputs import atomic_output, write_json
 from linumpy_motor.measure import measure_mosaic
 from linumpy_motor.mosaic import motor
 from linumpy_motor.synthetic import SyntheticSpec
@@ -296,23 +297,25 @@ def test_bad_dataset_folders(tmp_path):
 def test_write_json_is_atomic_and_sorted(tmp_path, monkeypatch):
     path = tmp_path / "out.json"
     write_json(path, {"b": 1, "a": [1.5, None]})
-    assert path.read_text() == json.dumps({"a": [1.5, None], "b": 1}, indent=2) + "\n"
+    written = {"a": [1.5, None], "b": 1, "linumpy_motor": outputs.marker("output")}
+    assert path.read_text() == json.dumps(written, indent=2) + "\n"
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(io.json, "dumps", fail)
+    monkeypatch.setattr(outputs.json, "dumps", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         write_json(path, {"c": 3})
     monkeypatch.undo()
-    assert json.loads(path.read_text()) == {"a": [1.5, None], "b": 1}
+    assert json.loads(path.read_text()) == written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
 def test_atomic_output_replaces_a_store_only_when_complete(tmp_path):
     store = tmp_path / "x.ome.zarr"
-    store.mkdir()
-    (store / "old").write_text("old")
+    with atomic_output(store) as tmp:
+        tmp.mkdir()
+        (tmp / "old").write_text("old")
 
     def interrupted_write():
         with atomic_output(store) as tmp:
@@ -327,5 +330,5 @@ def test_atomic_output_replaces_a_store_only_when_complete(tmp_path):
     with atomic_output(store) as tmp:
         tmp.mkdir()
         (tmp / "new").write_text("new")
-    assert sorted(p.name for p in store.iterdir()) == ["new"]
+    assert sorted(p.name for p in store.iterdir()) == [outputs.MARKER_FILE, "new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]

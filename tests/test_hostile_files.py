@@ -1,0 +1,288 @@
+"""Faults and hostile files: malformed metadata, sizes that would exhaust memory, signals, dead
+workers, a full disk, odd samplesheets. Each gives one line naming the file (or a clean stop), never a
+traceback, and nothing is allocated or written before the check."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from linumpy_motor import cli, io, ngff, outputs, runner, steps
+from linumpy_motor.errors import InputError
+from linumpy_motor.flatfield import load_flatfield
+from linumpy_motor.report import read_thumbnail, write_report
+from linumpy_motor.runner import RunOptions, Stamps
+from reliability_helpers import (
+    BIN, CLI, TILE, die_like_the_oom_killer, env, finish_quickly, temporaries, tree_digest, write_small_dataset,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_small_dataset(tmp_path_factory.mktemp("hostile") / "data", n_slices=3)
+
+
+@pytest.fixture(scope="module")
+def finished(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hostile-run") / "out"
+    runner.run(dataset, out, RunOptions(), progress=False)
+    return out
+
+
+# -- malformed metadata ------------------------------------------------------------------------------
+
+def _entry(attrs: dict) -> dict:
+    return attrs["ome"]["multiscales"][0]
+
+
+def _set(key: str, value) -> Callable[[dict], None]:
+    def edit(attrs: dict) -> None:
+        attrs[key] = value
+    return edit
+
+
+def _as_ngff_04(version: str) -> Callable[[dict], None]:
+    def edit(attrs: dict) -> None:
+        entry = _entry(attrs)
+        attrs.clear()
+        attrs["multiscales"] = [{**entry, "version": version}]
+    return edit
+
+
+METADATA = {  # name: (edit of the root attributes, what the error says)
+    "multiscales empty": (lambda a: a["ome"].update(multiscales=[]), "malformed 'multiscales' metadata"),
+    "multiscales an object": (lambda a: a["ome"].update(multiscales={}), "malformed 'multiscales' metadata"),
+    "datasets a string": (lambda a: _entry(a).update(datasets="0"), "malformed 'multiscales' metadata"),
+    "scale a scalar": (lambda a: _entry(a)["datasets"][0].update(
+        coordinateTransformations=[{"type": "scale", "scale": 1.0}]), "malformed level-0 scale"),
+    "scale of strings": (lambda a: _entry(a)["datasets"][0].update(
+        coordinateTransformations=[{"type": "scale", "scale": ["a", "b", "c"]}]), "malformed level-0 scale"),
+    "transformations a string": (lambda a: _entry(a)["datasets"][0].update(coordinateTransformations="x"),
+                                 "malformed coordinateTransformations"),
+    "axes an object": (lambda a: _entry(a).update(axes={"z": {}, "y": {}, "x": {}}), "malformed axes"),
+    "axes as NGFF 0.3 strings": (lambda a: _entry(a).update(axes=["z", "y", "x"]), "malformed axes"),
+    "tile_shape true": (_set("tile_shape", True), "malformed tile_shape"),
+    "tile_shape one number": (_set("tile_shape", [128]), "malformed tile_shape"),
+    "tile_shape an object": (_set("tile_shape", {}), "malformed tile_shape"),
+    "tile_shape of strings": (_set("tile_shape", ["4", "a", "b"]), "malformed tile_shape"),
+    "NGFF 0.6": (lambda a: a["ome"].update(version="0.6"), "unsupported NGFF version '0.6'"),
+    "NGFF 0.3": (_as_ngff_04("0.3"), "unsupported NGFF version '0.3'"),
+}
+
+
+def hostile_store(dataset: Path, folder: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of the first slice with its root attributes edited."""
+    store = folder / "mosaic_grid_3d_z00.ome.zarr"
+    shutil.copytree(dataset / "mosaic_grid_3d_z00.ome.zarr", store)
+    metadata = json.loads((store / "zarr.json").read_text())
+    edit(metadata["attributes"])
+    (store / "zarr.json").write_text(json.dumps(metadata))
+    return store
+
+
+@pytest.mark.parametrize("name", list(METADATA))
+def test_malformed_metadata_is_an_input_error_naming_the_store(dataset, tmp_path, name):
+    edit, problem = METADATA[name]
+    store = hostile_store(dataset, tmp_path, edit)
+    with pytest.raises(InputError) as info:
+        io.open_mosaic(store)
+    assert info.value.path == store and problem in info.value.problem
+
+
+@pytest.mark.parametrize("name", ["multiscales empty", "scale a scalar", "axes as NGFF 0.3 strings"])
+def test_malformed_metadata_gives_one_line_from_the_command(dataset, tmp_path, capsys, name):
+    store = hostile_store(dataset, tmp_path, METADATA[name][0])
+    main = runpy.run_path(str(BIN / "linum_motor_measure_pairs.py"), run_name="tested")["main"]
+    assert main([str(store), str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"linum_motor_measure_pairs.py: error: {store}: "), err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_a_stitched_slice_with_malformed_metadata_is_an_input_error_for_the_report(dataset, tmp_path):
+    store = hostile_store(dataset, tmp_path, METADATA["multiscales empty"][0])
+    with pytest.raises(InputError, match="malformed 'multiscales'"):
+        read_thumbnail(store)
+
+
+# -- sizes checked before allocating -----------------------------------------------------------------
+
+def test_a_transform_spreading_tiles_over_a_huge_canvas_is_refused_before_any_work(dataset, finished, tmp_path):
+    given = tmp_path / "given.json"
+    content = json.loads((finished / "motor_transform.json").read_text())
+    given.write_text(json.dumps({**content, "transform": [[2e5, 0], [0, 2e5]]}))
+    with pytest.raises(InputError, match="canvas") as info:
+        runner.run(dataset, tmp_path / "out", RunOptions(transform=given), progress=False)
+    assert info.value.path == given
+    assert not (tmp_path / "out").exists()
+    main = runpy.run_path(str(BIN / "linum_motor_stitch.py"), run_name="tested")["main"]
+    out = tmp_path / "s.ome.zarr"
+    assert main([str(dataset / "mosaic_grid_3d_z00.ome.zarr"), str(given), str(out)]) == 2
+    assert not out.exists() and not temporaries(tmp_path)
+
+
+def test_a_flat_field_declaring_a_huge_array_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "flat.npy"
+    with path.open("wb") as handle:  # a header only: the data would be 40 GB
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (100_000, 100_000)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"shape \(100000, 100000\) does not match") as info:
+            load_flatfield(path, TILE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.path == path and peak < 2**20
+
+
+def test_a_stitched_slice_claiming_a_huge_grid_is_reported_not_drawn(finished, tmp_path):
+    store = tmp_path / "slice_z00_stitch_3d.ome.zarr"
+    shutil.copytree(finished / "stitched" / store.name, store)
+    metadata = json.loads((store / "zarr.json").read_text())
+    metadata["attributes"]["linumpy_motor"]["grid"] = [30_000, 30_000]
+    (store / "zarr.json").write_text(json.dumps(metadata))
+    tracemalloc.start()
+    try:
+        write_report(tmp_path / "report", finished / "motor_transform.json",
+                     [finished / "pairs" / "slice_z00_pairs.json"], stitched=[store])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    status = json.loads((tmp_path / "report" / "status.json").read_text())["0"]
+    assert "stitched slice has unreadable layout metadata" in status["reasons"]
+    assert peak < 500 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+# -- samplesheets ------------------------------------------------------------------------------------
+
+def test_a_samplesheet_with_a_byte_order_mark_and_spaces_after_commas_is_read(dataset, tmp_path):
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_bytes("\ufeffslice_id, path\n3, {}\n".format(dataset / "mosaic_grid_3d_z01.ome.zarr").encode())
+    assert io.discover_slices(sheet) == [(3, dataset / "mosaic_grid_3d_z01.ome.zarr")]
+
+
+@pytest.mark.parametrize("rows, problem", [
+    ("-1,{d}/mosaic_grid_3d_z00.ome.zarr", "line 2: slice_id -1 is negative"),
+    ("0,{d}/mosaic_grid_3d_z00.ome.zarr\n1,{d}/./mosaic_grid_3d_z00.ome.zarr", "line 3: "),
+    ("0,", "line 2: the path is empty"),
+])
+def test_bad_samplesheet_rows_are_refused(dataset, tmp_path, rows, problem):
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("slice_id,path\n" + rows.format(d=dataset) + "\n")
+    with pytest.raises(InputError, match=problem) as info:
+        io.discover_slices(sheet)
+    assert info.value.path == sheet
+    if "line 3" in problem:
+        assert "is already listed as slice 0" in info.value.problem
+
+
+# -- a full disk -------------------------------------------------------------------------------------
+
+def test_a_full_disk_names_the_file_and_the_step(dataset, tmp_path, monkeypatch, capsys):
+    def no_space(path, version):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(path) / "0" / "c" / "0"))
+
+    monkeypatch.setattr(ngff, "create_group", no_space)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(dataset), str(out), "--no-progress"]) == 2
+    stitched = out / "stitched" / "slice_z00_stitch_3d.ome.zarr"
+    assert capsys.readouterr().err == f"linumpy-motor: error: {stitched}: stitch step: No space left on device\n"
+    assert (out / "motor_transform.json").is_file() and not temporaries(out)
+
+
+def test_a_full_disk_while_writing_a_json_names_it_and_its_step(dataset, tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(outputs.json, "dumps", no_space)
+    pairs = tmp_path / "slice_z00_pairs.json"
+    with pytest.raises(OSError) as info:
+        steps.measure_pairs(dataset / "mosaic_grid_3d_z00.ome.zarr", pairs, overlap=0.2)
+    assert (info.value.filename, info.value.strerror) == (str(pairs), "measure step: No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- dead workers, SIGTERM and Ctrl-C ----------------------------------------------------------------
+
+def test_a_worker_killed_by_the_oom_killer_names_its_slice_and_suggests_memory(tmp_path):
+    stamps = Stamps(tmp_path, [])
+    jobs = [(tmp_path / "a.json", "k", finish_quickly, {"source": tmp_path / "slice_a.ome.zarr"}),
+            (tmp_path / "b.json", "k", die_like_the_oom_killer, {"source": tmp_path / "slice_b.ome.zarr"})]
+    with pytest.raises(InputError) as info:
+        runner._run_jobs(jobs, stamps, 2, "test", False)
+    assert info.value.path == tmp_path / "slice_b.ome.zarr"
+    assert "SIGKILL" in info.value.problem and "memory" in info.value.problem
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _start_and_wait(dataset: Path, out: Path, pattern: str) -> subprocess.Popen:
+    process = subprocess.Popen([CLI, "run", str(dataset), str(out), "--workers", "2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(pattern)):
+        assert process.poll() is None, f"the run ended before {pattern} appeared: {process.communicate()}"
+        assert time.monotonic() < deadline, f"{pattern} never appeared"
+        time.sleep(0.002)
+    return process
+
+
+STITCHING = "stitched/.slice_z*_stitch_3d.ome.zarr.tmp-*/0/zarr.json"
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_main_process_stops_the_workers_and_writes_nothing_after(dataset, tmp_path):
+    out = tmp_path / "out"
+    process = _start_and_wait(dataset, out, STITCHING)
+    workers = _children(process.pid)
+    process.send_signal(signal.SIGTERM)  # the main process only, as `kill PID` or a scheduler may
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr == "linumpy-motor: terminated (rerun to resume)\n"
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "workers outlived the main process"
+    after = tree_digest(out)
+    time.sleep(1.0)
+    assert tree_digest(out) == after, "something was written after the main process exited"
+    assert not temporaries(out)
+    rerun = subprocess.run([CLI, "run", str(dataset), str(out)], capture_output=True, text=True, env=env())
+    assert rerun.returncode == 0 and rerun.stderr == "", rerun.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_workers_prints_one_line(dataset, tmp_path):
+    out = tmp_path / "out"
+    process = _start_and_wait(dataset, out, STITCHING)
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr == "linumpy-motor: interrupted (rerun to resume)\n"
+    assert not temporaries(out)
