@@ -442,13 +442,20 @@ def merge(base_json: Path, new_json: Path, out: Path, note: str, label: str | No
     publish(rows, meta, draws, out)
 
 
+def _time_ratio(row: Mapping) -> float | None:
+    """ASHLAR σ0's time over ours in one run (both timed under the same load)."""
+    peer, ours = row["tools"].get("ASHLAR σ0", {}).get("seconds"), row["tools"][OURS]["seconds"]
+    return peer / ours if peer and ours else None
+
+
 def compare_lines(labelled: Sequence[tuple[str, Path]]) -> list[str]:
-    """A side-by-side table of several results JSON files (e.g. old code, new code): ours, floor, best ASHLAR."""
+    """A side-by-side table of several results JSON files (e.g. old code, new code): ours, floor, peers, time."""
     runs = [(label, json.loads(Path(path).read_text())) for label, path in labelled]
     names = list(dict.fromkeys(r["scenario"] for _, data in runs for r in data["rows"]))
     header = ["scenario", "floor"] + [f"ours ({label})" for label, _ in runs] + \
              [f"pair sd ({label})" for label, _ in runs] + [f"pair \\|bias\\| ({label})" for label, _ in runs] + \
-             ["best ASHLAR", "m2stitch ncc 0.1"]
+             ["best ASHLAR", "m2stitch ncc 0.1"] + [f"ours s/draw ({label})" for label, _ in runs] + \
+             [f"ASHLAR σ0 / ours time ({label})" for label, _ in runs]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name in names:
         found = [next((r for r in data["rows"] if r["scenario"] == name), None) for _, data in runs]
@@ -460,6 +467,8 @@ def compare_lines(labelled: Sequence[tuple[str, Path]]) -> list[str]:
         cells += [_fmt(r["pairs"]["worst_abs_bias_px"]) if r else "—" for r in found]
         cells += [f"{_fmt(best[1])} ({best[0]})" if best else "—",
                   _fmt(first["tools"].get("m2stitch ncc 0.1", {}).get("mean_px"))]
+        cells += [_fmt(r["tools"][OURS]["seconds"], 2) if r else "—" for r in found]
+        cells += [_fmt(_time_ratio(r), 1) if r else "—" for r in found]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
