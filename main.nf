@@ -8,31 +8,42 @@
  *   REPORT (once): motor model, pairs, comparisons, stitched slices
  *
  * --transform motor_transform.json: stitch with that motor model (no MEASURE_PAIRS, FIT_AFFINE, COMPARE).
- * Published to params.outdir: pairs/, motor_transform.json, stitched/, compare/, report/
+ * Published to params.outdir (conf/modules.config): pairs/, motor_transform.json, stitched/, compare/, report/
  */
 
-include { SYNTHESISE    } from './modules/local/synthesise/main'
-include { MEASURE_PAIRS } from './modules/local/measure_pairs/main'
-include { FIT_AFFINE    } from './modules/local/fit_affine/main'
-include { STITCH        } from './modules/local/stitch/main'
-include { COMPARE       } from './modules/local/compare/main'
-include { REPORT        } from './modules/local/report/main'
+include { validateParameters; samplesheetToList } from 'plugin/nf-schema'
+
+include { LIBRARY_VERSION } from './modules/local/library/main'
+include { SYNTHESISE      } from './modules/local/synthesise/main'
+include { MEASURE_PAIRS   } from './modules/local/measure_pairs/main'
+include { FIT_AFFINE      } from './modules/local/fit_affine/main'
+include { STITCH          } from './modules/local/stitch/main'
+include { COMPARE         } from './modules/local/compare/main'
+include { REPORT          } from './modules/local/report/main'
 
 workflow {
 
-    // 1. Slices: [meta, zarr], meta = [id: 7, prefix: 'slice_z07']
-    def ch_slices = channel.empty()
-    if (params.synthetic.toString().toBoolean()) {
-        SYNTHESISE([id: 'synthetic'])
+    // 0. Every param against nextflow_schema.json: a misspelt or out-of-range param stops the run here
+    validateParameters()
+    def use_gpu = flag(params.use_gpu)
+
+    // 1. Slices: [meta, zarr], meta = [id: 7, prefix: 'slice_z07']. An input is checked before any task starts
+    def synthetic = flag(params.synthetic)
+    if (!synthetic && !params.input) {
+        error "Give --input (a folder of *.ome.zarr slices or a slice_id,path CSV), or --synthetic"
+    }
+    def input_slices = synthetic ? [] : slicesFromInput(params.input)
+
+    // The installed library's version and source hash: an input of every task, so that -resume
+    // reruns them after the library changed (without containers no image tag changes with it)
+    def ch_library = LIBRARY_VERSION().version.map { text -> text.trim() }
+
+    def ch_slices = channel.fromList(input_slices)
+    if (synthetic) {
+        SYNTHESISE([id: 'synthetic'], ch_library)
         ch_slices = SYNTHESISE.out.zarrs
             .flatten()
-            .map { zarr -> [sliceMeta(sliceIdFromName(zarr.name)), zarr] }
-    }
-    else if (params.input) {
-        ch_slices = slicesFromInput(params.input)
-    }
-    else {
-        error "Give --input (a folder of *.ome.zarr slices or a slice_id,path CSV), or --synthetic"
+            .map { zarr -> [sliceMeta(checkedSliceId(zarr)), zarr] }
     }
 
     // 2. Motor model: measured on every slice and fitted once, or given with --transform
@@ -40,65 +51,109 @@ workflow {
     def ch_pairs     = []   // all slices' pairs, sorted by name (none with --transform)
     def ch_compare   = []
     if (params.transform) {
-        ch_transform = channel.value(file(params.transform, checkIfExists: true))
+        def given = file(params.transform, checkIfExists: true)
+        ch_transform = channel.value(given)
+        if (given != file("${params.outdir}/motor_transform.json")) {
+            // published like FIT_AFFINE's: the results folder says which model stitched it
+            ch_transform.collectFile(name: 'motor_transform.json', storeDir: params.outdir)
+        }
     }
     else {
-        MEASURE_PAIRS(ch_slices)
+        MEASURE_PAIRS(ch_slices, use_gpu, ch_library)
         ch_pairs = MEASURE_PAIRS.out.pairs
-            .map { meta, json -> json }
+            .map { _meta, json -> json }
             .collect(sort: { json -> json.name })   // sorted: the same command line on -resume
 
-        FIT_AFFINE(ch_pairs.map { jsons -> [[id: 'motor'], jsons] })
-        ch_transform = FIT_AFFINE.out.transform.map { meta, json -> json }   // a value: reused per slice
+        FIT_AFFINE(ch_pairs.map { jsons -> [[id: 'motor'], jsons] }, ch_library)
+        ch_transform = FIT_AFFINE.out.transform.map { _meta, json -> json }   // a value: reused per slice
 
-        COMPARE(MEASURE_PAIRS.out.pairs, ch_transform)
+        COMPARE(MEASURE_PAIRS.out.pairs, ch_transform, ch_library)
         ch_compare = COMPARE.out.compare
-            .map { meta, json -> json }
+            .map { _meta, json -> json }
             .collect(sort: { json -> json.name })
     }
 
     // 3. Stitch every slice with the one motor model
     def flatfield = params.flatfield in ['estimate', 'none'] ? [] : file(params.flatfield, checkIfExists: true)
-    STITCH(ch_slices, ch_transform, flatfield)
+    STITCH(ch_slices, ch_transform, flatfield, use_gpu, ch_library)
 
     // 4. Report
     REPORT(
         ch_transform.map { json -> [[id: 'report'], json] },
         ch_pairs,
         ch_compare,
-        STITCH.out.zarr.map { meta, zarr -> zarr }.collect(sort: { zarr -> zarr.name })
+        STITCH.out.zarr.map { _meta, zarr -> zarr }.collect(sort: { zarr -> zarr.name }),
+        ch_library
     )
+
+    // 5. The version of the library every process ran with
+    channel.topic('versions')
+        .map { proc, tool, version -> "${proc.tokenize(':')[-1]}:\n  ${tool}: '${version}'" }
+        .unique()
+        .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info", newLine: true, sort: true)
 }
 
-// Slice id: the last number in the store name (mosaic_grid_3d_z07.ome.zarr -> 7)
+// A param given on the command line arrives as a string with the strict syntax ('false' is true in Groovy)
+def flag(value) {
+    return value.toString().toBoolean()
+}
+
+// The slice id in a store name: the number after 'z', else the last number (the library's rule,
+// linumpy_motor.io.slice_id_from_name; both are checked against tests/data/slice_ids.json).
+// null when the name holds no number.
 def sliceIdFromName(name) {
-    def numbers = name.toString().replace('.ome.zarr', '').findAll(/\d+/)
-    if (!numbers) {
-        error "No slice number in the name '${name}'"
+    def stem = name.toString().replaceFirst(/\.ome\.zarr$/, '')
+    def numbers = stem.findAll(/(?<=z)\d+/) ?: stem.findAll(/\d+/)
+    return numbers ? numbers[-1].toInteger() : null
+}
+
+def checkedSliceId(zarr) {
+    def id = sliceIdFromName(zarr.name)
+    if (id == null) {
+        error "${zarr}: no slice number in the name"
     }
-    return numbers[-1].toInteger()
+    return id
 }
 
 def sliceMeta(id) {
-    def n = id.toString().trim().toInteger()
-    return [id: n, prefix: "slice_z${n.toString().padLeft(2, '0')}"]
+    return [id: id, prefix: "slice_z${id.toString().padLeft(2, '0')}"]
 }
 
-// --input: a folder of *.ome.zarr stores, or a CSV samplesheet slice_id,path
-// (relative paths are taken from the CSV's folder, as the embedded runner does)
+// The ids listed more than once, sorted
+def duplicateIds(ids) {
+    return ids.findAll { id -> ids.count(id) > 1 }.unique().sort()
+}
+
+// --input: a folder of *.ome.zarr stores, or a CSV samplesheet slice_id,path (checked by
+// assets/schema_input.json; relative paths are taken from the CSV's folder, as the embedded runner does).
+// Returns [[meta, zarr], ...] sorted by slice id; stops the run on a missing store or a repeated id.
 def slicesFromInput(input) {
+    def slices = []
     if (input.toString().endsWith('.csv')) {
         def sheet = file(input, checkIfExists: true)
-        return channel.fromPath(sheet)
-            .splitCsv(header: true, strip: true)
-            .map { row ->
-                def zarr = row.path.contains('://') ? file(row.path) : sheet.parent.resolve(row.path)
-                if (!zarr.exists()) {
-                    error "${sheet.name}: slice ${row.slice_id}: no such store '${row.path}'"
-                }
-                [sliceMeta(row.slice_id), zarr]
+        slices = samplesheetToList(sheet, "${projectDir}/assets/schema_input.json").collect { row ->
+            def zarr = row[1].toString().contains('://') ? file(row[1]) : sheet.parent.resolve(row[1].toString()).normalize()
+            if (!zarr.exists()) {
+                error "${sheet}: slice ${row[0]}: no such store '${row[1]}'"
             }
+            [row[0] as Integer, zarr]
+        }
+        def stores = slices.collect { slice -> slice[1].toString() }
+        def repeated = duplicateIds(stores)
+        if (repeated) {
+            error "${sheet}: store(s) ${repeated} listed under more than one slice id"
+        }
     }
-    return channel.fromPath("${input}/*.ome.zarr", type: 'dir', checkIfExists: true)
-        .map { zarr -> [sliceMeta(sliceIdFromName(zarr.name)), zarr] }
+    else {
+        def stores = files("${input}/*.ome.zarr", type: 'dir')
+        if (!stores) {
+            error "${input}: no *.ome.zarr slices in this folder"
+        }
+        slices = stores.collect { zarr -> [checkedSliceId(zarr), zarr] }
+    }
+    def repeated = duplicateIds(slices.collect { slice -> slice[0] })
+    if (repeated) {
+        error "${input}: slice id(s) ${repeated} appear more than once"
+    }
+    return slices.sort { slice -> slice[0] }.collect { slice -> [sliceMeta(slice[0]), slice[1]] }
 }

@@ -20,6 +20,7 @@ from linumpy_motor import ngff, synthetic
 from linumpy_motor.backend import gpu_available
 from linumpy_motor.measure import band_reader, measure_grid_pairs
 from linumpy_motor.mosaic.motor import pool_pairs_and_fit_global_affine
+from linumpy_motor.parallel import available_cores, limited_threads
 
 SPEC = synthetic.SyntheticSpec(tile_shape=(1, 160, 160), seed=11)
 GRIDS = ((6, 7, 3), (12, 14, 2), (24, 28, 1))
@@ -91,12 +92,18 @@ def _warm_up(installed: Mapping[str, str | None]) -> None:
 
 def _row(grid: tuple[int, int], slices: int, repeats: int, ours_s: float, peer_s: dict, note: str) -> dict:
     row = {"grid": f"{grid[0]}x{grid[1]}", "tiles": grid[0] * grid[1], "slices": slices, "repeats": repeats,
-           "ours_s": ours_s, "ours_zarr_s": None, "note": note}
+           "ours_s": ours_s, "ours_zarr_s": None, "ours_all_cores_s": None, "note": note}
     for name, _ in PEERS:
         seconds = peer_s.get(name)
         row[f"{name}_s"] = seconds
         row[f"{name}_ratio"] = None if seconds is None else seconds / ours_s
     return row
+
+
+def _on_all_cores(fn: Callable, *args):
+    """``fn(*args)`` with FFT and BLAS pools on every core this process is given (the CLI default)."""
+    with limited_threads(available_cores()):
+        return fn(*args)
 
 
 def run(workdir: Path, installed: Mapping[str, str | None], *, grids=GRIDS, pooled=POOLED,
@@ -119,8 +126,9 @@ def run(workdir: Path, installed: Mapping[str, str | None], *, grids=GRIDS, pool
     Returns
     -------
     list of dict
-        ``grid``, ``tiles``, ``slices``, ``repeats``, ``ours_s``, ``ours_zarr_s``, ``<peer>_s`` and
-        ``<peer>_ratio`` (peer time / our in-memory time), ``note``.
+        ``grid``, ``tiles``, ``slices``, ``repeats``, ``ours_s``, ``ours_zarr_s``, ``ours_all_cores_s``
+        (in memory, FFT and BLAS on every core given; one slice only), ``<peer>_s`` and
+        ``<peer>_ratio`` (peer time / our in-memory one-thread time), ``note``.
     """
     _warm_up(installed)
     rows = []
@@ -131,6 +139,8 @@ def run(workdir: Path, installed: Mapping[str, str | None], *, grids=GRIDS, pool
         for n in (1, *pooled) if k == 0 else (1,):
             batch = [planes[s % len(planes)] for s in range(n)]
             calls = {"ours": lambda batch=batch: peers.ours(batch, nx, ny, OVERLAP)}
+            if n == 1 and available_cores() > 1:
+                calls["all_cores"] = lambda batch=batch: _on_all_cores(peers.ours, batch, nx, ny, OVERLAP)
             if n == 1:
                 calls.update({name: lambda fn=fn: fn(batch[0], nx, ny, OVERLAP) for name, fn in PEERS
                               if installed[name]})
@@ -142,6 +152,7 @@ def run(workdir: Path, installed: Mapping[str, str | None], *, grids=GRIDS, pool
             rows.append(_row((nx, ny), n, repeats, best["ours"], {name: s * n for name, s in per_slice.items()},
                              "all measured" if n == 1 else "peers: one-slice time x N"))
             rows[-1]["ours_zarr_s"] = best.get("zarr")
+            rows[-1]["ours_all_cores_s"] = best.get("all_cores")
             log(f"  [speed] {nx}x{ny}, {n} slice(s): " + ", ".join(f"{name} {s:.3f} s" for name, s in best.items()))
     return rows
 

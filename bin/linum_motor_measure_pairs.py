@@ -4,7 +4,8 @@
 import sys
 
 from linumpy_motor import steps
-from linumpy_motor.entry import make_parser, overlap_fraction, run_cli
+from linumpy_motor.entry import add_threads_argument, make_parser, overlap_fraction, run_cli
+from linumpy_motor.logs import Progress
 
 
 def build_parser():
@@ -19,6 +20,7 @@ def build_parser():
     parser.add_argument("--max-empty-fraction", type=float,
                         help="skip pairs whose overlap is more than this fraction background (Otsu)")
     parser.add_argument("--use-gpu", action="store_true", help="run the FFTs on a CUDA GPU if one is usable")
+    add_threads_argument(parser)
     return parser
 
 
@@ -26,7 +28,8 @@ def measure(args) -> None:
     content = steps.measure_pairs(
         args.slice, args.output, overlap=args.overlap, slice_id=args.slice_id, z=args.z,
         max_shift_px=args.max_shift, histogram_match=args.histogram_match,
-        max_empty_fraction=args.max_empty_fraction, use_gpu=args.use_gpu, progress=sys.stderr.isatty(),
+        max_empty_fraction=args.max_empty_fraction, use_gpu=args.use_gpu,
+        progress=Progress(f"measure {args.slice}", "tile row"), threads=args.threads,
     )
     stats = content["stats"]
     print(f"slice {content['slice_id']}: {stats['n_measured']} pairs measured, "

@@ -4,35 +4,40 @@ blended overlaps, written as an OME-Zarr with a multiscale pyramid (float32)."""
 
 import sys
 
-import numpy as np
-
-from linumpy_motor import schemas
-from linumpy_motor.blend import BLENDING_MODES
-from linumpy_motor.entry import make_parser, run_cli
+from linumpy_motor import steps
+from linumpy_motor.blend import BLENDING_HELP, BLENDING_MODES
+from linumpy_motor.entry import add_threads_argument, make_parser, positive_int, run_cli
 from linumpy_motor.errors import InputError
-from linumpy_motor.stitch import stitch_slice
+from linumpy_motor.logs import Progress
+from linumpy_motor.stitch import CACHE_BYTES, stitch_slice
 
 
 def build_parser():
     parser = make_parser("linum_motor_stitch.py", __doc__)
     parser.add_argument("slice_zarr", help="the slice's mosaic grid (*.ome.zarr)")
-    parser.add_argument("transform_json", help="motor_transform.json from linum_motor_fit_affine.py")
+    parser.add_argument("transform_json", help="motor_transform.json from linum_motor_fit_affine.py, a JSON "
+                        "holding only 'transform', or upstream's 2x2 .npy (linum_estimate_transform.py)")
     parser.add_argument("out_zarr", help="stitched slice to write (*.ome.zarr)")
-    parser.add_argument("--blending", default="feather", choices=BLENDING_MODES, help="how overlaps are combined")
+    parser.add_argument("--blending", default="feather", choices=BLENDING_MODES, help=BLENDING_HELP)
     parser.add_argument("--flatfield", default="estimate",
                         help="'estimate' (from the slice's tissue tiles), 'none', or a .npy flat field")
     parser.add_argument("--ngff-version", default="0.5", choices=("0.4", "0.5"), help="output format")
     parser.add_argument("--z-chunk", type=int, help="Z planes per block and output chunk (default: automatic)")
-    parser.add_argument("--use-gpu", action="store_true", help="accumulate on a CUDA GPU (falls back to CPU)")
+    parser.add_argument("--use-gpu", action="store_true", help="resample and blend on a CUDA GPU (falls back to CPU)")
+    parser.add_argument("--cache-mb", type=positive_int, default=CACHE_BYTES // 2**20,
+                        help="decoded tiles held at once, MB: with enough, each input chunk is decoded once "
+                             "(peak memory is about this plus a few blocks per thread)")
+    add_threads_argument(parser)
     return parser
 
 
 def stitch(args) -> None:
-    transform = np.asarray(schemas.load(args.transform_json, schemas.TransformFile).transform)
+    transform = steps.read_transform(args.transform_json)
     try:
         summary = stitch_slice(args.slice_zarr, args.out_zarr, transform, blending=args.blending,
                                flatfield=args.flatfield, ngff_version=args.ngff_version, z_chunk=args.z_chunk,
-                               use_gpu=args.use_gpu, progress=sys.stderr.isatty())
+                               use_gpu=args.use_gpu, progress=Progress(f"stitch {args.out_zarr}", "block"),
+                               threads=args.threads, cache_bytes=args.cache_mb * 2**20)
     except InputError as exc:  # a problem of the matrix itself (e.g. its canvas): name the file it came from
         if exc.path is None:
             raise InputError(args.transform_json, exc.problem) from None

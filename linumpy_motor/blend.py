@@ -32,6 +32,9 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
 BLENDING_MODES = ("none", "average", "feather", "diffusion")
+BLENDING_HELP = ("how overlaps are combined: 'none' (the last tile wins), 'average' (plain mean), 'feather' "
+                 "(weights fall linearly to each tile's edge), 'diffusion' (harmonic weights over the overlap, "
+                 "as upstream)")
 DIFFUSION_GRID_PX = 64
 MIN_WEIGHT = 1e-3
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from . import runner, synthetic
-from .entry import make_parser, overlap_fraction, run_cli
+from . import logs, runner, summary, synthetic
+from .blend import BLENDING_HELP, BLENDING_MODES
+from .entry import EXIT_NOT_OK, HelpFormatter, add_threads_argument, make_parser, overlap_fraction, run_cli
 from .runner import RunOptions
 
 
@@ -44,7 +44,7 @@ def synth(args: argparse.Namespace) -> None:
     )
     synthetic.write_dataset(args.outdir, spec, n_slices=args.slices, ngff_version=args.ngff_version,
                             sharded=not args.no_shards)
-    print(f"wrote {args.slices} synthetic slices and truth.json to {args.outdir}")
+    print(f"wrote {logs.plural(args.slices, 'synthetic slice')} and truth.json to {args.outdir}")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,29 +62,37 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of that subset")
     parser.add_argument("--drift-tolerance", type=float, default=defaults.drift_tolerance,
                         help="flag slices whose own model moves a tile more than this (px) from the pooled one")
-    parser.add_argument("--blending", default=defaults.blending, choices=("none", "average", "feather", "diffusion"))
+    parser.add_argument("--blending", default=defaults.blending, choices=BLENDING_MODES, help=BLENDING_HELP)
     parser.add_argument("--flatfield", default=defaults.flatfield,
                         help="'estimate' (from each slice's tissue tiles), 'none', or a .npy flat field")
     parser.add_argument("--ngff-version", default=defaults.ngff_version, choices=("0.4", "0.5"),
                         help="stitched output format")
-    parser.add_argument("--transform", help="known motor transform JSON: skip measuring and fitting")
+    parser.add_argument("--transform", help="known motor model: our transform JSON, a JSON holding only "
+                        "'transform', or upstream's 2x2 .npy; skips measuring and fitting")
+    parser.add_argument("--z-chunk", type=int, help="Z planes per stitched block and output chunk "
+                        "(default: the input's Z chunk, capped at ~16 MiB per block)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="slices processed in parallel")
     parser.add_argument("--use-gpu", action="store_true", help="use a CUDA GPU (CuPy) when one is usable")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true",
-                        help="hide progress bars (they are shown only when stderr is a terminal)")
+                        help="progress as log lines, never bars (bars are shown only when stderr is a terminal)")
+    parser.add_argument("--fail-on", choices=summary.FAIL_ON, default="never",
+                        help=f"exit with code {EXIT_NOT_OK} when a slice's QC status is 'failed' (failed) or "
+                             "anything but 'ok' (check); the summary lists those slices either way")
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
     """Run the whole stage on one machine and say where the results are."""
     options = RunOptions(
         overlap=args.overlap, z=args.z, max_shift=args.max_shift, histogram_match=args.histogram_match,
         max_empty_fraction=args.max_empty_fraction, n_samples=args.n_samples, seed=args.seed,
         drift_tolerance=args.drift_tolerance, blending=args.blending, flatfield=args.flatfield,
         ngff_version=args.ngff_version, transform=args.transform, workers=args.workers, use_gpu=args.use_gpu,
+        z_chunk=args.z_chunk, threads=args.threads,
     )
-    progress = not args.no_progress and sys.stderr.isatty()  # no bar fragments in logs or around an error line
-    result = runner.run(args.input, args.outdir, options, progress=progress)
+    result = runner.run(args.input, args.outdir, options, progress=not args.no_progress)
     print("\n".join(runner.describe(result)))
+    return summary.exit_code(result.get("status"), args.fail_on, EXIT_NOT_OK)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,12 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("linumpy-motor", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     synth_parser = commands.add_parser("synth", help="write a synthetic dataset with known truth",
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                       formatter_class=HelpFormatter)
     add_synth_arguments(synth_parser)
+    logs.add_arguments(synth_parser, sub=True)
     synth_parser.set_defaults(action=synth)
     run_parser = commands.add_parser("run", help="run measure, fit, stitch, compare and report on one machine",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_run_arguments(run_parser)
+    logs.add_arguments(run_parser, sub=True)
     run_parser.set_defaults(action=run)
     return parser
 

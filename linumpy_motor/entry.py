@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from . import __version__
+from . import __version__, logs
 from .errors import InputError, Terminated
 from .fit import FitError
 
 EXIT_BAD_INPUT = 2
+EXIT_NOT_OK = 3
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -31,34 +30,61 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser with ``--version`` and ``--debug``, reporting usage errors in one line."""
-    parser = OneLineErrorParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An argument parser with ``--version`` and the logging options, reporting usage errors in one line."""
+    parser = OneLineErrorParser(prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{prog} (linumpy-motor) {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    logs.add_arguments(parser)
     return parser
 
 
-def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], None],
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: the cores a command may use (default: those this process is given)."""
+    parser.add_argument("--threads", type=positive_int,
+                        help="cores to use (default: the cores this process may run on, per CPU affinity "
+                             "and cgroup quota; Nextflow passes task.cpus)")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default once: not when there is none, nor when its help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
             argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run ``action`` and turn bad input into one line on stderr and exit code 2.
 
     Returns
     -------
     int
-        0 on success, 2 on bad input (``InputError``, ``ValueError``, a failed validation),
-        130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM to this process, as a scheduler's
-        time limit sends): either way the work in progress is cleaned up and a rerun resumes.
+        0 on success (or the code ``action`` returns, e.g. ``EXIT_NOT_OK``), 2 on bad input
+        (``InputError``, ``ValueError``, a failed validation), 130 when interrupted (Ctrl-C), 143 when
+        terminated (SIGTERM to this process, as a scheduler's time limit sends): either way the work in
+        progress is cleaned up and a rerun resumes.
     """
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not args.debug:  # zarr I/O tasks left pending by a failed read are reported by asyncio at exit
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    bars = False if getattr(args, "no_progress", False) else None
+    with logs.configured(args.log_level, debug=args.debug, bars=bars):
+        return _run_action(parser, action, args)
+
+
+def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
+                args: argparse.Namespace) -> int:
     previous = _terminate_like_ctrl_c()
     try:
-        action(args)
+        code = action(args)
     except (InputError, FitError, ValidationError, ValueError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
@@ -73,7 +99,7 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    return code or 0
 
 
 def _raise_terminated(signum, frame) -> None:

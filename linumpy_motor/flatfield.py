@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 FLATFIELD_MODES = ("estimate", "none")
 READ_THREADS = 4  # tiles read at once (one tile, n_planes planes each)
+MAX_TILES = 64  # tiles read at most when a read decodes only the planes it uses
+DEEP_CHUNK_MIN_TILES = 12  # ... and at least this many when each read decodes a whole deep chunk
 
 
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
@@ -86,7 +88,7 @@ def estimate_flatfield(
     grid: MosaicGrid,
     *,
     n_planes: int = 3,
-    max_tiles: int = 64,
+    max_tiles: int | None = None,
     bin_px: int = 4,
     degree: int = 2,
     tissue_level: float = 0.1,
@@ -104,8 +106,11 @@ def estimate_flatfield(
         The slice.
     n_planes : int
         Central Z planes averaged per tile (speckle averages out across depth).
-    max_tiles : int
-        Tiles read at most (a fixed pseudo-random subset of a larger grid).
+    max_tiles : int, optional
+        Tiles read at most (a fixed pseudo-random subset of a larger grid). Default: ``MAX_TILES``;
+        when the input chunks hold more planes than ``n_planes`` (e.g. one chunk per whole tile, so
+        every read decodes the whole tile), a sixth of the tiles, at least ``DEEP_CHUNK_MIN_TILES``:
+        the estimate then costs about a sixth of the stitch's own decoding, not a second pass.
     bin_px : int
         Binning of each tile before the median (the flat field is smooth).
     degree : int
@@ -130,6 +135,9 @@ def estimate_flatfield(
     start = max(0, min(central_plane_index(nz) - n_planes // 2, nz - n_planes))
     planes = slice(start, min(nz, start + n_planes))
     factor = max(1, min(bin_px, h // 8, w // 8))
+    if max_tiles is None:
+        deep = int(grid.array.chunks[0]) > planes.stop - planes.start
+        max_tiles = min(MAX_TILES, max(DEEP_CHUNK_MIN_TILES, grid.nx * grid.ny // 6)) if deep else MAX_TILES
 
     def binned_tile(tile: tuple[int, int]) -> np.ndarray:
         i, j = tile

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import zarr
 from .errors import InputError
 from .outputs import atomic_output, write_json  # noqa: F401  (re-exported: the writers' one owner)
 
+logger = logging.getLogger(__name__)
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64", "complex64", "complex128")
 
 
@@ -24,8 +27,9 @@ class MosaicGrid:
     ----------
     path : Path
         The ``*.ome.zarr`` store.
-    array : zarr.Array
-        Level 0, shape ``(Z, nx * tile_h, ny * tile_w)``.
+    array : zarr.Array or PlaneAsVolume
+        Level 0, shape ``(Z, nx * tile_h, ny * tile_w)``; a 2-D ``(Y, X)`` grid (upstream's AIP
+        ``mosaic_grid_zNN_aip.ome.zarr``) is seen as one plane, ``Z = 1``.
     tile_shape : tuple of int
         ``(Z, tile_h, tile_w)``.
     nx, ny : int
@@ -39,7 +43,7 @@ class MosaicGrid:
     """
 
     path: Path
-    array: zarr.Array
+    array: zarr.Array | PlaneAsVolume
     tile_shape: tuple[int, int, int]
     nx: int
     ny: int
@@ -88,16 +92,23 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
 
 
-def _level0_scale(entry: dict, path: Path) -> tuple[float, float, float]:
+def level0_scale(entry: dict, path: Path) -> tuple[float, float, float]:
+    """Level 0's (z, y, x) pixel size (z = 1 for a 2-D image).
+
+    Raises
+    ------
+    InputError
+        Malformed ``coordinateTransformations`` or scale.
+    """
     transforms = entry["datasets"][0].get("coordinateTransformations", [])
     if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
         raise InputError(path, f"malformed coordinateTransformations {transforms!r} of level 0 (expected a list)")
     for transform in transforms:
         if transform.get("type") == "scale":
             scale = transform.get("scale")
-            if not (isinstance(scale, list) and len(scale) >= 3 and all(_is_number(s) and s > 0 for s in scale)):
+            if not (isinstance(scale, list) and len(scale) >= 2 and all(_is_number(s) and s > 0 for s in scale)):
                 raise InputError(path, f"malformed level-0 scale {scale!r} (expected a list of positive numbers)")
-            return tuple(float(s) for s in scale[-3:])
+            return tuple(float(s) for s in ([1.0] + scale)[-3:])
     return (1.0, 1.0, 1.0)
 
 
@@ -105,9 +116,9 @@ def _axis_units(entry: dict, path: Path) -> tuple[str | None, str | None, str | 
     axes = entry.get("axes")
     if axes is None:
         return (None, None, None)
-    if not isinstance(axes, list) or len(axes) < 3 or not all(isinstance(a, dict) for a in axes):
+    if not isinstance(axes, list) or len(axes) < 2 or not all(isinstance(a, dict) for a in axes):
         raise InputError(path, f"malformed axes {axes!r} (expected a list of objects, NGFF 0.4 or 0.5)")
-    units = tuple(axis.get("unit") for axis in axes[-3:])
+    units = tuple(axis.get("unit") for axis in ([{}] + axes)[-3:])
     if not all(unit is None or isinstance(unit, str) for unit in units):
         raise InputError(path, f"malformed axis units {list(units)!r}")
     return units
@@ -125,6 +136,33 @@ def _tile_hw(attrs: dict, array: zarr.Array, path: Path) -> tuple[int, int]:
     return raw[-2], raw[-1]
 
 
+class PlaneAsVolume:
+    """A 2-D ``(Y, X)`` array seen as a ``(1, Y, X)`` volume (indexing, ``shape``, ``chunks``, ``dtype``)."""
+
+    ndim = 3
+
+    def __init__(self, plane) -> None:
+        self.plane = plane
+        self.shape = (1, *plane.shape)
+        self.chunks = (1, *plane.chunks)
+        self.dtype = plane.dtype
+
+    def __getitem__(self, key: tuple):
+        z, rows, cols = key
+        if isinstance(z, slice):
+            if len(range(*z.indices(1))) != 1:
+                raise IndexError(f"a 2-D mosaic grid has one plane; asked for planes {z}")
+            return self.plane[rows, cols][None]
+        if z not in (0, -1):
+            raise IndexError(f"a 2-D mosaic grid has one plane; asked for plane {z}")
+        return self.plane[rows, cols]
+
+
+@cache
+def _complex_notice(path: Path, dtype: str) -> None:
+    logger.info("%s: %s data, measured and stitched as its magnitude (float32)", path, dtype)
+
+
 def open_mosaic(path: str | Path) -> MosaicGrid:
     """Open a mosaic grid and check it against the data contract.
 
@@ -140,8 +178,13 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
     Raises
     ------
     InputError
-        Missing path, not an OME-Zarr, malformed or unsupported metadata, not 3-D, an unsupported
-        dtype, or a shape that is not a whole number of tiles.
+        Missing path, not an OME-Zarr, malformed or unsupported metadata, not 2-D or 3-D, an
+        unsupported dtype, or a shape that is not a whole number of tiles.
+
+    Notes
+    -----
+    A 2-D ``(Y, X)`` grid is opened as one plane (``Z = 1``); complex data are read as their
+    magnitude, said once per store in the log.
     """
     path = Path(path)
     if not path.exists():
@@ -161,17 +204,21 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
         raise InputError(path, f"level 0 array '{level0}' is missing") from None
     except Exception as exc:  # e.g. its zarr.json / .zarray is truncated
         raise InputError(path, f"level 0 array '{level0}' cannot be opened ({type(exc).__name__})") from None
-    if not isinstance(array, zarr.Array) or array.ndim != 3:
-        raise InputError(path, f"expected a 3-D (z, y, x) array, got shape {getattr(array, 'shape', None)}")
+    if isinstance(array, zarr.Array) and array.ndim == 2:
+        array = PlaneAsVolume(array)
+    if not isinstance(array, zarr.Array | PlaneAsVolume) or array.ndim != 3:
+        raise InputError(path, f"expected a 3-D (z, y, x) or 2-D (y, x) array, got shape {getattr(array, 'shape', None)}")
     if array.dtype.name not in SUPPORTED_DTYPES:
         raise InputError(path, f"unsupported dtype {array.dtype}")
+    if array.dtype.kind == "c":
+        _complex_notice(path, array.dtype.name)
     nz, height, width = array.shape
     tile_h, tile_w = _tile_hw(attrs, array, path)
     if tile_h <= 0 or tile_w <= 0 or height % tile_h or width % tile_w:
         raise InputError(path, f"shape {array.shape} is not a whole number of {tile_h}x{tile_w} tiles")
     return MosaicGrid(
         path=path, array=array, tile_shape=(nz, tile_h, tile_w), nx=height // tile_h, ny=width // tile_w,
-        ngff_version=version, scale=_level0_scale(entry, path), units=_axis_units(entry, path),
+        ngff_version=version, scale=level0_scale(entry, path), units=_axis_units(entry, path),
     )
 
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 import numpy as np
 from skimage.exposure import match_histograms
 from skimage.filters import threshold_otsu
-from tqdm.auto import tqdm
 
 from .backend import get_backend
 from .correlation import measure_shifts
@@ -42,7 +41,7 @@ def measure_grid_pairs(
     max_empty_fraction: float | None = None,
     use_gpu: bool = False,
     filter_sigma: float = 1.0,
-    progress: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict], list[dict], dict]:
     """Measure every horizontal and vertical neighbour pair of a mosaic grid plane.
 
@@ -68,8 +67,8 @@ def measure_grid_pairs(
         Run the FFT work with CuPy when a CUDA device is available.
     filter_sigma : float
         Gaussian low-pass of the whitened spectrum, in px.
-    progress : bool
-        Show a progress bar over tile rows.
+    progress : callable, optional
+        Called as ``progress(rows done, nx)`` after each tile row (e.g. a :class:`~linumpy_motor.logs.Progress`).
 
     Returns
     -------
@@ -89,8 +88,10 @@ def measure_grid_pairs(
     xp, fft, backend = get_backend(use_gpu)
     pairs: list[dict] = []
     samples: list[np.ndarray] = []
+    if progress is not None:
+        progress(0, nx)
     top = band(0)
-    for i in tqdm(range(nx), desc="tile rows", disable=not progress, leave=False):
+    for i in range(nx):
         bottom = band(i + 1) if i + 1 < nx else None
         for horizontal in (True, False):
             count = ny - 1 if horizontal else (ny if bottom is not None else 0)
@@ -109,6 +110,8 @@ def measure_grid_pairs(
                 })
             samples.extend(x[::4, ::4].ravel() for x in (a, b))
         top = bottom
+        if progress is not None:
+            progress(i + 1, nx)
     threshold = float(threshold_otsu(np.concatenate(samples))) if max_empty_fraction is not None and samples else None
     measured, skipped = _split_empty(pairs, threshold, max_empty_fraction)
     nccs = np.array([p["ncc"] for p in measured]) if measured else np.array([np.nan])

@@ -71,12 +71,17 @@ def create_level(
     *,
     shards: Sequence[int] | None = None,
 ) -> zarr.Array:
-    """Create one resolution level; ``shards`` applies to zarr v3 stores only."""
-    kwargs = {}
+    """Create one resolution level; ``shards`` applies to zarr v3 stores only.
+
+    Zarr v2 (NGFF 0.4) levels use ``/`` chunk keys (``dimension_separator: "/"``), as NGFF 0.4 requires.
+    """
+    kwargs: dict = {}
     if group.metadata.zarr_format == 3:
         kwargs["dimension_names"] = AXES
         if shards is not None:
             kwargs["shards"] = tuple(int(s) for s in shards)
+    else:
+        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     return group.create_array(
         name, shape=tuple(int(s) for s in shape), chunks=tuple(int(c) for c in chunks),
         dtype=np.dtype(dtype), fill_value=0, **kwargs,

@@ -21,6 +21,11 @@ MODEL_PANELS = (
     ("scale_y", "scale_y"),
     ("scale_x", "scale_x"),
 )
+MIN_SPAN = {"theta_deg": 0.1, "perpendicular_deviation_deg": 0.1, "scale_y": 0.002, "scale_x": 0.002, "drift_px": 1.0}
+"""Smallest y-range of each per-slice panel, so a spread within measurement noise (0.01°, 1e-4 of a
+step) is drawn flat instead of being stretched into an apparent trend."""
+SEAM_MARK_FRACTION = 0.12
+"""Tile corners are marked with ticks this fraction of a tile side long, leaving the seams themselves visible."""
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -34,6 +39,23 @@ def tile_outlines(nx: int, ny: int, tile_hw: Sequence[int], transform: np.ndarra
     corners = np.array([[0, 0], [0, w], [h, w], [h, 0], [0, 0]], dtype=float)
     rows_cols = affine_positions(nx, ny, transform)[:, None, :] + corners[None]
     return rows_cols[..., ::-1]
+
+
+def at_least(limits: tuple[float, float], span: float) -> tuple[float, float]:
+    """``limits`` widened about their centre to at least ``span``."""
+    low, high = limits
+    if high - low >= span:
+        return low, high
+    centre = (low + high) / 2
+    return centre - span / 2, centre + span / 2
+
+
+def corner_marks(outlines: np.ndarray, fraction: float = SEAM_MARK_FRACTION) -> np.ndarray:
+    """Short ticks ``(n * 8, 2, 2)`` along the two edges at each corner of each closed tile outline."""
+    corners = outlines[:, :4]
+    following, preceding = np.roll(corners, -1, axis=1), np.roll(corners, 1, axis=1)
+    ticks = [np.stack([corners, corners + fraction * (other - corners)], axis=2) for other in (following, preceding)]
+    return np.concatenate(ticks, axis=1).reshape(-1, 2, 2)
 
 
 def plot_model_per_slice(path: Path, per_slice: Mapping[int, dict], pooled: Mapping[str, float],
@@ -73,6 +95,8 @@ def plot_model_per_slice(path: Path, per_slice: Mapping[int, dict], pooled: Mapp
             ax.axvline(s, color=OUTLIER_COLOUR, alpha=0.25, lw=6)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_ylim(*at_least(ax.get_ylim(), MIN_SPAN[key]))
     axes[0].legend(fontsize=8, loc="best")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("slice id (red band: the slice's own fit failed)")
@@ -160,7 +184,7 @@ def plot_pair_residuals(path: Path, slice_id: int, pairs: Sequence[Mapping], res
 
 def plot_thumbnail(path: Path, slice_id: int, plane: np.ndarray, extent_hw: Sequence[float],
                    outlines: np.ndarray | None) -> Path:
-    """A stitched slice's plane with the motor model's tile rectangles drawn over it.
+    """A stitched slice's plane with the motor model's tile corners marked over it.
 
     Parameters
     ----------
@@ -179,11 +203,11 @@ def plot_thumbnail(path: Path, slice_id: int, plane: np.ndarray, extent_hw: Sequ
     ax = fig.subplots()
     ax.imshow(np.nan_to_num(plane), cmap="gray", vmin=low, vmax=max(high, low + 1e-12),
               extent=(0, width, height, 0), interpolation="antialiased")
-    if outlines is not None:
-        ax.add_collection(LineCollection(outlines, colors="yellow", linewidths=0.6, alpha=0.6))
+    if outlines is not None:  # corner ticks only: the seams between them stay visible
+        ax.add_collection(LineCollection(corner_marks(outlines), colors="yellow", linewidths=0.8, alpha=0.8))
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
-    ax.set_title(f"Slice {slice_id}: stitched, central plane" + (", tile seams" if outlines is not None else ""),
+    ax.set_title(f"Slice {slice_id}: stitched, central plane" + (", tile corners" if outlines is not None else ""),
                  loc="left", fontsize=10)
     ax.set_xlabel("x (px, level 0)")
     ax.set_ylabel("y (px, level 0)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from datetime import datetime, timezone
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,10 @@ import numpy as np
 import zarr
 from pydantic import BaseModel, ConfigDict
 
-from . import outputs, plots
+from . import __version__, outputs, plots
 from .errors import InputError
 from .fit import RAYLEIGH_MEDIAN, TUKEY_C, describe_transform, pair_arrays
-from .io import as_float, dataset_paths, multiscale_entry, slice_id_from_name
+from .io import as_float, dataset_paths, level0_scale, multiscale_entry, slice_id_from_name
 from .schemas import FiniteFloat, PairsFile, TransformFile, load
 
 MIN_MEASURED_FRACTION = 0.5
@@ -35,6 +36,13 @@ SCALE_FLOOR_PX = 1e-6
 """Smallest robust residual scale, as in :func:`linumpy_motor.fit.robust_fit`."""
 THUMBNAIL_PX = 1024
 """Longest side of a stitched-slice thumbnail read from its smallest pyramid level."""
+UM_PER_UNIT = {"meter": 1e6, "millimeter": 1e3, "micrometer": 1.0, "nanometer": 1e-3}
+"""Micrometres per NGFF axis unit (upstream writes millimetres)."""
+MODEL_FORMATS = {"theta_deg": ".4f", "phi_deg": ".4f", "perpendicular_deviation_deg": ".4f", "Ox_fraction": ".4f",
+                 "Oy_fraction": ".4f", "scale_y": ".6f", "scale_x": ".6f"}
+"""Fixed decimals for model values a general format would round (a scale of 0.99996 is not 1)."""
+MODEL_LENGTHS_PX = ("residual_rms_px", "residual_max_px", "robust_scale_px", "drift_tolerance_px")
+"""Model values in px, shown in µm beside them too."""
 STATUSES = ("ok", "check", "failed")
 COLOURS = {"ok": ("#c8e6c9", "#1b5e20"), "check": ("#ffe0b2", "#e65100"), "failed": ("#ffcdd2", "#b71c1c")}
 MODEL_ROWS = (
@@ -59,6 +67,8 @@ class CompareFile(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     slice_id: int | None = None
+    source: str | None = None
+    n_connected_tiles: int | None = None
     rms_diff_px: FiniteFloat | None = None
     max_diff_px: FiniteFloat | None = None
     flags: dict[str, bool] = {}
@@ -171,11 +181,13 @@ def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray,
 
 class Thumbnail(NamedTuple):
     """A stitched slice's preview: ``plane`` covers ``extent_hw`` level-0 pixels; ``metadata`` is the
-    store's ``linumpy_motor`` root attribute (``transform``, ``grid``, ``tile_shape``...; ``{}`` if absent)."""
+    store's ``linumpy_motor`` root attribute (``transform``, ``grid``, ``tile_shape``...; ``{}`` if absent);
+    ``pixel_um`` the level-0 pixel size along x in µm (NGFF scale and unit; None when the unit is no length)."""
 
     plane: np.ndarray
     extent_hw: tuple[float, float]
     metadata: dict
+    pixel_um: float | None = None
 
 
 def read_thumbnail(path: str | Path, max_px: int = THUMBNAIL_PX) -> Thumbnail:
@@ -214,7 +226,10 @@ def read_thumbnail(path: str | Path, max_px: int = THUMBNAIL_PX) -> Thumbnail:
     level0 = levels[0].shape
     extent = (plane.shape[0] * step * level0[1] / height, plane.shape[1] * step * level0[2] / width)
     metadata = attrs.get("linumpy_motor")
-    return Thumbnail(plane, extent, metadata if isinstance(metadata, dict) else {})
+    units = [axis.get("unit") for axis in entry.get("axes", [])]
+    factor = UM_PER_UNIT.get(units[-1]) if units else None
+    pixel_um = None if factor is None else level0_scale(entry, path)[-1] * factor
+    return Thumbnail(plane, extent, metadata if isinstance(metadata, dict) else {}, pixel_um)
 
 
 def _index(items: Iterable[tuple[int, object]], what: str) -> dict:
@@ -248,6 +263,16 @@ def _fmt(value) -> str:
 
 def _e(value) -> str:
     return html.escape(_fmt(value))
+
+
+def _length(value_px, pixel_um: float | None) -> str | None:
+    """``1.23 px (3.69 µm)``: a length in px with its physical size beside it when the pixel size is known."""
+    if value_px is None:
+        return None
+    if isinstance(value_px, list | tuple):
+        return " / ".join(_length(v, pixel_um) or "—" for v in value_px)
+    text = f"{value_px:.3g} px"
+    return text if pixel_um is None else f"{text} ({value_px * pixel_um:.3g} µm)"
 
 
 @dataclass(frozen=True)
@@ -300,7 +325,7 @@ def _summary_html(rows: list[dict]) -> str:
         f'<span style="background:{COLOURS[s][0]};color:{COLOURS[s][1]};padding:2px 8px">{counts[s]} {s}</span>'
         for s in STATUSES)
     header = ("<tr><th>slice</th><th>status</th><th>reasons</th><th>usable pairs / grid pairs</th>"
-              "<th>residual RMS (px)</th><th>outliers</th><th>drift (px)</th><th>compare RMS / max (px)</th></tr>")
+              "<th>residual RMS</th><th>outliers</th><th>drift</th><th>motor vs registration RMS / max</th></tr>")
     body = "".join(
         f'<tr id="slice-{r["id"]}" data-status="{r["status"]}"><td>{r["id"]}</td>'
         f'<td style="background:{COLOURS[r["status"]][0]};color:{COLOURS[r["status"]][1]};font-weight:bold">'
@@ -312,16 +337,57 @@ def _summary_html(rows: list[dict]) -> str:
             f"<table>{header}{body}</table>")
 
 
-def _model_html(inputs: _Inputs, model: Mapping) -> str:
+def _model_value(key: str, value, pixel_um: float | None) -> str:
+    if isinstance(value, float) and key in MODEL_FORMATS:
+        return html.escape(format(value, MODEL_FORMATS[key]))
+    if isinstance(value, int | float) and not isinstance(value, bool) and key in MODEL_LENGTHS_PX:
+        return html.escape(_length(float(value), pixel_um))
+    return _e(value)
+
+
+def _model_html(inputs: _Inputs, model: Mapping, pixel_um: float | None) -> str:
     A = np.asarray(inputs.transform.transform, dtype=float)
     matrix = "".join("<tr>" + "".join(f"<td>{v:.4f}</td>" for v in row) + "</tr>" for row in A)
     backends = sorted({str(f.stats.get("backend")) for f in inputs.pairs.values() if f.stats.get("backend")})
-    rows = [(label, model.get(key)) for key, label in MODEL_ROWS if key in model]
-    rows.append(("pair measurement backend", backends or None))
-    table = "".join(f"<tr><th>{html.escape(label)}</th><td>{_e(value)}</td></tr>" for label, value in rows)
+    rows = [(label.replace(" (px)", "") if key in MODEL_LENGTHS_PX else label,
+             _model_value(key, model.get(key), pixel_um)) for key, label in MODEL_ROWS if key in model]
+    rows.append(("pair measurement backend", _e(backends or None)))
+    steps = [("step down the rows", np.hypot(*A[:, 0])), ("step along the columns", np.hypot(*A[:, 1]))]
+    rows += [(label, html.escape(_length(float(value), pixel_um))) for label, value in steps]
+    rows.append(("pixel size (level 0, x)", "unknown (no length unit in the stitched slices)" if pixel_um is None
+                 else f"{pixel_um:.4g} µm"))
+    table = "".join(f"<tr><th>{html.escape(label)}</th><td>{value}</td></tr>" for label, value in rows)
     return (f"<h2>Motor model</h2><p>From <code>{html.escape(str(inputs.source))}</code>. Tile (i, j) sits at "
             f"A @ [i, j]; columns of A are the steps down the rows and along the columns, (dy, dx) px.</p>"
             f'<table class="matrix">{matrix}</table><table>{table}</table>')
+
+
+def _provenance_html(inputs: _Inputs, stitched_meta: Mapping[int, dict], ids: Sequence[int]) -> str:
+    """Where every number came from: versions, date, parameters, and each slice's input files."""
+    diagnostics = inputs.transform.diagnostics
+    first = next(iter(inputs.pairs.values()), None)
+    run = [("report written", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
+           ("linumpy-motor (report)", __version__),
+           ("linumpy-motor (fit)", diagnostics.get("version")),
+           ("motor model", str(inputs.source)),
+           ("given motor model", diagnostics.get("given_transform")),
+           ("nominal overlap", None if first is None else first.overlap),
+           ("tile shape (z, h, w)", None if first is None else list(first.tile_shape)),
+           ("fit: pairs sub-sampled", diagnostics.get("n_samples") or ("all" if "n_samples" in diagnostics else None)),
+           ("fit: seed", diagnostics.get("seed")),
+           ("fit: drift tolerance (px)", diagnostics.get("drift_tolerance_px"))]
+    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in run if v is not None)
+    header = ("<tr><th>slice</th><th>input mosaic grid</th><th>plane measured</th><th>search bound (px)</th>"
+              "<th>stitched from</th><th>blending</th><th>flat field</th><th>backends (measure / stitch)</th></tr>")
+    body = ""
+    for slice_id in ids:
+        pairs, meta = inputs.pairs.get(slice_id), stitched_meta.get(slice_id, {})
+        cells = [slice_id, None if pairs is None else pairs.source, None if pairs is None else pairs.z,
+                 None if pairs is None else pairs.stats.get("max_shift_px"), meta.get("source"),
+                 meta.get("blending"), meta.get("flatfield"),
+                 [None if pairs is None else pairs.stats.get("backend"), meta.get("backend")]]
+        body += "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>"
+    return f"<h2>Provenance</h2><table>{table}</table><table>{header}{body}</table>"
 
 
 def _img(name: str | None, alt: str, missing: str) -> str:
@@ -405,7 +471,7 @@ def _build(folder: Path, inputs: _Inputs, title: str) -> str:
     if pooled:
         histogram_png = plots.plot_residual_histogram(folder / "residual_histogram.png",
                                                       np.linalg.norm(residuals, axis=1), outliers, cutoff).name
-    rows, sections = [], []
+    rows, sections, stitched_meta, pixel_um = [], [], {}, None
     for slice_id in ids:
         pairs_file, quiver, thumbnail, problem = inputs.pairs.get(slice_id), None, None, None
         mine = (residuals[parts[slice_id]], outliers[parts[slice_id]]) if pairs_file else None
@@ -414,21 +480,26 @@ def _build(folder: Path, inputs: _Inputs, title: str) -> str:
                                                pair_lists[slice_id], *mine, A, pairs_file.grid,
                                                pairs_file.tile_shape[1:]).name
         if inputs.stitched:
-            thumbnail, problem = _thumbnail(folder, slice_id, inputs.stitched.get(slice_id), pairs_file, A)
+            thumbnail, problem, thumb = _thumbnail(folder, slice_id, inputs.stitched.get(slice_id), pairs_file, A)
+            if thumb is not None:
+                stitched_meta[slice_id] = thumb.metadata
+                pixel_um = pixel_um or thumb.pixel_um
         evidence = _evidence(slice_id, inputs, mine, problem)
         status, reasons = slice_status(evidence)
-        rows.append(_row(evidence, status, reasons, mine, inputs.compare.get(slice_id)))
+        rows.append((evidence, status, reasons, mine, inputs.compare.get(slice_id)))
         sections.append(_section_html(slice_id, status, reasons, quiver, thumbnail, bool(inputs.stitched)))
+    rows = [_row(*row, pixel_um) for row in rows]
     status_json = {str(r["id"]): {"status": r["status"], "reasons": r["reasons"]} for r in rows}
     (folder / "status.json").write_text(json.dumps(status_json, indent=2, sort_keys=True) + "\n")
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        + _summary_html(rows) + _rules_html(cutoff if pooled else None) + _model_html(inputs, model)
+        + _summary_html(rows) + _rules_html(cutoff if pooled else None) + _model_html(inputs, model, pixel_um)
         + "<h2>Plots</h2>"
         + _img(model_png, "per-slice model against pooled", "no per-slice fits in the motor model")
         + _img(histogram_png, "pair residual histogram", "no pairs given: no residual histogram")
-        + "<h2>Slices</h2>" + "".join(sections) + "</body></html>\n"
+        + "<h2>Slices</h2>" + "".join(sections) + _provenance_html(inputs, stitched_meta, ids)
+        + "</body></html>\n"
     )
 
 
@@ -454,26 +525,38 @@ def _evidence(slice_id: int, inputs: _Inputs, mine: tuple[np.ndarray, np.ndarray
     return SliceEvidence(**evidence)
 
 
-def _row(e: SliceEvidence, status: str, reasons: list[str], mine, compare: CompareFile | None) -> dict:
-    return {"id": e.slice_id, "status": status, "reasons": reasons, "rms": e.residual_rms_px, "drift": e.drift_px,
+def _row(e: SliceEvidence, status: str, reasons: list[str], mine, compare: CompareFile | None,
+         pixel_um: float | None) -> dict:
+    return {"id": e.slice_id, "status": status, "reasons": reasons, "rms": _length(e.residual_rms_px, pixel_um),
+            "drift": _length(e.drift_px, pixel_um),
             "pairs": None if e.n_usable is None else f"{e.n_usable} / {e.n_expected}",
             "outliers": None if mine is None else f"{int(mine[1].sum())} of {len(mine[1])}",
-            "compare": None if compare is None else [compare.rms_diff_px, compare.max_diff_px]}
+            "compare": _compare_cell(compare, e, pixel_um)}
+
+
+def _compare_cell(compare: CompareFile | None, e: SliceEvidence, pixel_um: float | None) -> str | None:
+    """Motor-vs-registration RMS / max, or ``n/a`` when no two tiles are connected by pairs (the
+    registration then only repeats the motor positions, and a ~0 difference would read as perfect)."""
+    if compare is None:
+        return None
+    if e.n_usable == 0 or (compare.n_connected_tiles is not None and compare.n_connected_tiles < 2):
+        return "n/a (no tiles connected by pairs)"
+    return _length([compare.rms_diff_px, compare.max_diff_px], pixel_um)
 
 
 def _thumbnail(folder: Path, slice_id: int, store: Path | None, pairs_file: PairsFile | None,
-               A: np.ndarray) -> tuple[str | None, str | None]:
-    """Draw a stitched slice's thumbnail with its tile seams: ``(png name, problem or None)``.
+               A: np.ndarray) -> tuple[str | None, str | None, Thumbnail | None]:
+    """Draw a stitched slice's thumbnail with its tile seams: ``(png name, problem or None, thumbnail)``.
 
     Seams follow the layout the store records (its transform, grid and tile shape), else the
     slice's pairs file placed with ``A``; a store stitched with another matrix than ``A`` is a problem.
     """
     if store is None:
-        return None, "no stitched slice"
+        return None, "no stitched slice", None
     try:
         thumb = read_thumbnail(store)
     except Exception as exc:  # any unreadable store is reported on the page, not raised
-        return None, f"stitched slice unreadable: {exc}"
+        return None, f"stitched slice unreadable: {exc}", None
     meta, problem, outlines = thumb.metadata, None, None
     try:
         if {"transform", "grid", "tile_shape"} <= set(meta):
@@ -491,7 +574,7 @@ def _thumbnail(folder: Path, slice_id: int, store: Path | None, pairs_file: Pair
         outlines = plots.tile_outlines(*pairs_file.grid, pairs_file.tile_shape[1:], A)
     path = plots.plot_thumbnail(folder / f"thumbnail_z{slice_id:02d}.png", slice_id, thumb.plane, thumb.extent_hw,
                                 outlines)
-    return path.name, problem
+    return path.name, problem, thumb
 
 
 def _layout_fits(nx: int, ny: int, tile_hw: tuple[int, ...], A: np.ndarray, extent_hw: tuple[float, float]) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -27,15 +28,17 @@ from typing import Literal
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 from tqdm.std import tqdm as std_tqdm
 
-from . import __version__, outputs, steps
+from . import __version__, logs, outputs, steps, summary
+from .backend import gpu_available
 from .errors import InputError
 from .flatfield import resolve_flatfield
 from .io import discover_slices, open_mosaic
+from .parallel import limited_threads, resolve_threads, threads_per_worker
 from .stitch import check_canvas
 
+logger = logging.getLogger(__name__)
 STATE_DIR = ".linumpy-motor"
 
 
@@ -56,7 +59,9 @@ class RunOptions(BaseModel):
     ngff_version: Literal["0.4", "0.5"] = "0.5"
     transform: Path | None = None
     workers: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)
     use_gpu: bool = False
+    z_chunk: int | None = Field(None, ge=1)
 
 
 def prefix(slice_id: int) -> str:
@@ -181,14 +186,16 @@ _STARTED = None
 """In a worker process: the pipe it reports each job's start on (see :func:`_init_worker`)."""
 
 
-def _init_worker(started) -> None:
+def _init_worker(started, log_config: logs.LogConfig) -> None:
     """Set up a worker: Ctrl-C is left to the main process (it stops the workers: one message, no
     tracebacks), progress bars lock with a thread lock (tqdm's default semaphore would leak when the
     worker is stopped), and each job's start is reported on the pipe ``started`` as ``(pid, label)``
     (one short message per write, so writes from several workers do not interleave)."""
     global _STARTED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth (see _run_parallel)
     std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
+    logs.init_worker(log_config)
     _STARTED = started
 
 
@@ -237,21 +244,27 @@ def _stop_workers(pool: ProcessPoolExecutor, todo: list) -> None:
         outputs.remove_temporaries(output.parent, [output.name], processes)
 
 
-def _run_parallel(todo: list, stamps: Stamps, workers: int, bar: tqdm) -> None:
+def _run_parallel(todo: list, workers: int, finished: Callable[[Path, str, int], None]) -> None:
+    """Run ``todo`` in worker processes; ``finished(output, key, count)`` as each job ends."""
     context = get_context("spawn")
     started, report = context.Pipe(duplex=False)  # no semaphore: nothing to leak when the run is stopped
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
-                               initargs=(report,))
+                               initargs=(report, logs.current()))
     try:
-        futures = {pool.submit(_call_in_worker, _job_label(output, kwargs), function, kwargs):
-                   (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
-        for future in as_completed(futures):
+        # submit() spawns the workers: they are born with Ctrl-C blocked and unblock it only once they
+        # ignore it, so a Ctrl-C during their start-up cannot print a traceback; here it arrives on unblocking
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            futures = {pool.submit(_call_in_worker, _job_label(output, kwargs), function, kwargs):
+                       (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for count, future in enumerate(as_completed(futures), start=1):
             try:
                 future.result()
             except BrokenProcessPool:
                 raise _lost_worker(pool, started, futures) from None
-            stamps.record(*futures[future][:2])
-            bar.update()
+            finished(*futures[future][:2], count)
     except BaseException:
         _stop_workers(pool, todo)
         raise
@@ -261,24 +274,60 @@ def _run_parallel(todo: list, stamps: Stamps, workers: int, bar: tqdm) -> None:
     pool.shutdown(wait=True)
 
 
+def _threads_per_job(options: RunOptions, n_jobs: int) -> int:
+    """Cores for each of the slices run at once: ``--threads`` (default: the cores given) shared by them."""
+    return threads_per_worker(options.threads, min(options.workers, n_jobs))
+
+
 def _run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, workers: int, label: str,
               progress: bool) -> int:
-    """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran."""
+    """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran.
+
+    Logs the step's start, each job's end and the step's end with timings. A job whose function
+    takes ``progress`` is given a :class:`~linumpy_motor.logs.Progress` (a bar when ``progress``
+    and the job runs in this process, else log lines).
+    """
     todo = [job for job in jobs if not stamps.done(job[0], job[1])]
     for output, *_ in todo:
         stamps.make_folder(output.parent)
-    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=label, unit="slice", disable=not progress) as bar:
-        if workers > 1 and len(todo) > 1:
-            for output, *_ in todo:
-                stamps.invalidate(output)
-            _run_parallel(todo, stamps, workers, bar)
-        else:
-            for output, key, function, kwargs in todo:
-                stamps.invalidate(output)
-                function(**kwargs)
-                stamps.record(output, key)
-                bar.update()
+    start = time.perf_counter()
+    resumed = f", {len(jobs) - len(todo)} done before" if len(todo) < len(jobs) else ""
+    logger.info("%s: %s to run%s", label, logs.plural(len(todo), "job"), resumed)
+    parallel = workers > 1 and len(todo) > 1
+    bars = progress and not parallel  # bars from several processes would overwrite each other
+    todo = [(output, key, function, _with_progress(function, kwargs, f"{label} {output.name}", bars))
+            for output, key, function, kwargs in todo]
+
+    def finished(output: Path, key: str, started: float, count: int) -> None:
+        stamps.record(output, key)
+        seconds = time.perf_counter() - started
+        timing = f"in {seconds:.1f} s" if not parallel else f"{seconds:.1f} s into the step"
+        logger.info("%s: %s done (%d/%d), %s", label, output.name, count, len(todo), timing)
+
+    if parallel:
+        for output, *_ in todo:
+            stamps.invalidate(output)
+        _run_parallel(todo, workers, lambda output, key, count: finished(output, key, start, count))
+    else:
+        for count, (output, key, function, kwargs) in enumerate(todo, start=1):
+            stamps.invalidate(output)
+            began = time.perf_counter()
+            function(**kwargs)
+            finished(output, key, began, count)
+    if todo:
+        logger.info("%s: finished in %.1f s", label, time.perf_counter() - start)
     return len(todo)
+
+
+PROGRESS_UNITS = {"measure_pairs": "tile row", "stitch_slice": "block"}
+"""The steps that report progress, and what they count."""
+
+
+def _with_progress(function: Callable, kwargs: dict, label: str, bars: bool) -> dict:
+    unit = PROGRESS_UNITS.get(function.__name__)
+    if unit is None:
+        return kwargs
+    return {**kwargs, "progress": logs.Progress(label, unit, bars=None if bars else False)}
 
 
 def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions(), *, progress: bool = True) -> dict:
@@ -293,12 +342,15 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
     options : RunOptions
         Run parameters.
     progress : bool
-        Show progress bars on stderr.
+        Show progress bars on stderr where the logging set-up allows them (a terminal, see
+        :mod:`linumpy_motor.logs`); otherwise progress is logged as lines. Every message is also
+        appended to ``OUTDIR/linumpy-motor.log``.
 
     Returns
     -------
     dict
-        Output paths and, per step, how many jobs ran (0 everywhere on a resumed, finished run).
+        Output paths, per step how many jobs ran (0 everywhere on a resumed, finished run), and
+        ``status``: each slice's QC status and reasons (``status.json`` of the report).
 
     Raises
     ------
@@ -328,15 +380,28 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
     for output in planned_outputs(paths):  # checked again under the lock; here so a refusal writes nothing
         outputs.check_replaceable(output)
     created = outputs.make_folders(outdir / STATE_DIR)
+    log_path = outdir / logs.LOG_FILE
+    new_log = not log_path.exists()
     stamps = None
     try:
         with FileLock(outdir / STATE_DIR / "lock", timeout=0):
             try:
                 stamps = Stamps(outdir, created)
-                return _run_locked(slices, paths, options, progress, stamps)
+                with logs.log_file(outdir):
+                    logger.info("linumpy-motor %s: %s from %s into %s", __version__,
+                                logs.plural(len(slices), "slice"), source, outdir)
+                    try:
+                        with limited_threads(resolve_threads(options.threads)):  # fit, compare, report run here
+                            return _run_locked(slices, paths, _usable_gpu(options), progress, stamps)
+                    except BaseException as exc:  # the terminal gets the error line from the entry point
+                        logs.to_file_only(logging.ERROR, f"run stopped: {type(exc).__name__}: {exc}")
+                        raise
             except BaseException:
-                if outdir / STATE_DIR in created and not (stamps and stamps.recorded):
-                    (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
+                if not (stamps and stamps.recorded):  # nothing finished: the log tells no more than the terminal
+                    if new_log:
+                        log_path.unlink(missing_ok=True)
+                    if outdir / STATE_DIR in created:
+                        (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
                 raise
     except Timeout:
         outputs.remove_created_folders(created)
@@ -377,6 +442,14 @@ def planned_outputs(paths: dict) -> list[Path]:
     return found
 
 
+def _usable_gpu(options: RunOptions) -> RunOptions:
+    """The options with ``use_gpu`` off, said once for the whole run, when no GPU is usable."""
+    if options.use_gpu and not gpu_available():
+        logger.warning("--use-gpu: CuPy or a CUDA device is not available; using the CPU")
+        return options.model_copy(update={"use_gpu": False})
+    return options
+
+
 def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions, progress: bool,
                 stamps: Stamps) -> dict:
     from .report import write_report
@@ -392,7 +465,8 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
         ran["measure"] = _run_jobs([
             (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, **measure), steps.measure_pairs,
-             dict(source=path, output=pairs[sid], slice_id=sid, use_gpu=options.use_gpu, **measure))
+             dict(source=path, output=pairs[sid], slice_id=sid, use_gpu=options.use_gpu,
+                  threads=_threads_per_job(options, len(slices)), **measure))
             for sid, path in slices
         ], stamps, options.workers, "measure", progress)
         fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance)
@@ -407,12 +481,13 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
     transform_digest = file_digest(transform)
     flatfield = options.flatfield
     flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
-    stitch = dict(blending=options.blending, ngff_version=options.ngff_version)
+    stitch = dict(blending=options.blending, ngff_version=options.ngff_version, z_chunk=options.z_chunk)
     ran["stitch"] = _run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
                                  flatfield=flatfield_id, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=steps.read_transform(transform),
-                            flatfield=flatfield, use_gpu=options.use_gpu, **stitch))
+                            flatfield=flatfield, use_gpu=options.use_gpu,
+                            threads=_threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, options.workers, "stitch", progress)
     result = {"outdir": str(outdir), "transform": str(transform), "stitched": [str(p) for p in stitched.values()]}
@@ -429,19 +504,22 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
             out_dir=report_dir, transform_file=transform, pairs_files=list(pairs.values()),
             compare_files=list(compare.values()), stitched=list(stitched.values())))], stamps, 1, "report", progress)
         result.update(pairs=[str(p) for p in pairs.values()], compare=[str(p) for p in compare.values()],
-                      report=str(report_dir / "report.html"))
+                      report=str(report_dir / "report.html"),
+                      status=json.loads((report_dir / "status.json").read_text()))
     result["ran"] = ran
     return result
 
 
 def describe(result: dict) -> Iterable[str]:
-    """Lines telling a user where the results are."""
+    """Lines telling a user where the results are, then every slice that is not ok and why."""
     yield f"results in {result['outdir']}:"
     yield f"  motor model   {result['transform']}"
-    yield f"  stitched      {Path(result['stitched'][0]).parent}/ ({len(result['stitched'])} slices)"
+    yield f"  stitched      {Path(result['stitched'][0]).parent}/ ({logs.plural(len(result['stitched']), 'slice')})"
     if "report" in result:
         yield f"  pairs         {Path(result['pairs'][0]).parent}/"
         yield f"  comparison    {Path(result['compare'][0]).parent}/"
         yield f"  QC report     {result['report']}"
     ran = ", ".join(f"{step} {count}" for step, count in result["ran"].items())
     yield f"jobs run (0 = resumed from a previous run): {ran}"
+    yield from summary.status_lines(result.get("status"))
+    yield from summary.model_warnings(result["transform"])

@@ -46,11 +46,12 @@ class PairsFile(BaseModel):
 
 
 class TransformFile(BaseModel):
-    """``motor_transform.json``: the pooled 2x2 motor matrix and its diagnostics."""
+    """``motor_transform.json``: the pooled 2x2 motor matrix and its diagnostics (none in a JSON
+    holding only ``transform``)."""
 
     model_config = ConfigDict(extra="allow")
     transform: tuple[tuple[FiniteFloat, FiniteFloat], tuple[FiniteFloat, FiniteFloat]]
-    diagnostics: dict
+    diagnostics: dict = {}
 
     @field_validator("transform")
     @classmethod
@@ -71,6 +72,8 @@ def load(path: str | Path, model: type[Model]) -> Model:
         text = path.read_text()
     except OSError as exc:
         raise InputError(path, exc.strerror or "cannot be read") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not a JSON text file (binary content)") from None
     try:
         return model.model_validate(json.loads(text))
     except json.JSONDecodeError as exc:

@@ -6,7 +6,8 @@ atomically (temporary sibling, then rename), so an interrupted step leaves nothi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,11 @@ from .fit import FitError, fit_pooled
 from .io import open_mosaic, slice_id_from_name
 from .outputs import write_json
 from .measure import measure_mosaic
+from .parallel import limited_threads, resolve_threads
 from .schemas import PairsFile, TransformFile, load
+from .summary import model_problems
+
+logger = logging.getLogger(__name__)
 
 
 def check_output(output: str | Path, *inputs: str | Path) -> None:
@@ -34,8 +39,11 @@ def check_output(output: str | Path, *inputs: str | Path) -> None:
 def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, slice_id: int | None = None,
                   z: int | None = None, max_shift_px: float | None = None, histogram_match: bool = False,
                   max_empty_fraction: float | None = None, use_gpu: bool = False,
-                  progress: bool = False) -> dict:
+                  progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> dict:
     """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
+
+    ``progress(rows done, rows)`` is called after each tile row. ``threads``: FFT workers (default:
+    the cores this process is given); BLAS stays on one thread.
 
     Returns
     -------
@@ -44,10 +52,11 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     """
     check_output(output, source)
     grid = open_mosaic(source)
-    measured, skipped, stats = measure_mosaic(
-        grid, overlap, z=z, max_shift_px=max_shift_px, histogram_match=histogram_match,
-        max_empty_fraction=max_empty_fraction, use_gpu=use_gpu, progress=progress,
-    )
+    with limited_threads(resolve_threads(threads)):
+        measured, skipped, stats = measure_mosaic(
+            grid, overlap, z=z, max_shift_px=max_shift_px, histogram_match=histogram_match,
+            max_empty_fraction=max_empty_fraction, use_gpu=use_gpu, progress=progress,
+        )
     content = PairsFile(
         version=__version__, slice_id=slice_id_from_name(grid.path) if slice_id is None else slice_id,
         source=grid.path.name, tile_shape=grid.tile_shape, grid=(grid.nx, grid.ny), overlap=overlap,
@@ -103,6 +112,8 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
                        backend=sorted({f.stats.get("backend", "numpy") for f in files}))
     content = {"transform": transform.tolist(), "diagnostics": diagnostics}
     write_json(output, content, "fit")
+    for problem in model_problems(diagnostics):  # a wrong --overlap: said on the terminal, not only in the report
+        logger.warning(problem)
     return content
 
 
@@ -123,15 +134,47 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     return content
 
 
+def load_transform(path: str | Path) -> TransformFile:
+    """A known motor model: our transform JSON, a JSON holding only ``transform``, or upstream's
+    ``.npy`` 2x2 matrix (what ``linum_estimate_transform.py`` writes, same convention: tile (i, j)
+    at ``A @ [i, j]``).
+
+    Raises
+    ------
+    InputError
+        Naming the file: unreadable, not a 2x2 finite invertible matrix, or invalid JSON.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        return load(path, TransformFile)
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable .npy matrix ({exc})") from None
+    if matrix.shape != (2, 2) or not np.issubdtype(matrix.dtype, np.number):
+        raise InputError(path, f"expected a 2x2 numeric matrix, got shape {list(matrix.shape)} of {matrix.dtype}")
+    try:
+        return TransformFile(transform=matrix.astype(float).tolist())
+    except ValueError as exc:  # a pydantic ValidationError: singular or not finite
+        raise InputError(path, f"invalid transform: {one_problem(exc)}") from None
+
+
+def one_problem(exc: ValueError) -> str:
+    """The first problem of a pydantic validation error, else the error's text."""
+    errors = getattr(exc, "errors", None)
+    return errors()[0]["msg"] if callable(errors) else str(exc)
+
+
 def read_transform(path: str | Path) -> np.ndarray:
-    """The 2x2 motor matrix of a validated transform JSON."""
-    return np.array(load(path, TransformFile).transform, dtype=float)
+    """The 2x2 motor matrix of a transform file (:func:`load_transform`)."""
+    return np.array(load_transform(path).transform, dtype=float)
 
 
 def copy_transform(source: str | Path, output: str | Path) -> dict:
-    """Validate a known motor model (``--transform``) and write it as this run's transform JSON."""
+    """Validate a known motor model (``--transform``: see :func:`load_transform`) and write it as this
+    run's transform JSON."""
     check_output(output, source)
-    content = load(source, TransformFile).model_dump(mode="json")
+    content = load_transform(source).model_dump(mode="json")
     content["diagnostics"] = {**content["diagnostics"], "given_transform": Path(source).name}
     write_json(output, content, "transform")
     return content

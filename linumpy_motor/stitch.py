@@ -2,26 +2,39 @@
 
 The output is produced block by block: a block is ``z_chunk`` planes by ``block_px x block_px``
 pixels of the canvas (exactly one shard of the output, or four chunks of an unsharded store), and
-uses only the tiles that touch it. Blocks run on a thread pool, strip by strip (a few block rows),
-down one block column of the strip after the other. Tiles are read ``READ_RUN`` tile rows per zarr
-call, flat-field corrected and resampled once, and kept from the first block of the strip that
-needs them to the last, so each tile is decoded about once per Z chunk. The strip height is chosen
-so that the tiles kept fit in ``TILE_CACHE_BYTES``: peak memory is a few blocks per worker plus
-that, whatever the slice size. With input chunks deeper than ``z_chunk`` (e.g. one chunk per whole
-tile), each Z chunk of the output decodes the tile chunks again: raise ``z_chunk`` (more memory per
-block) to decode less.
+uses only the tiles that touch it. Blocks run on a pool of ``threads`` threads.
+
+Decoding: a tile is decoded with all the planes of its input chunk (a *load*: ``R`` tiles of one
+tile column in one zarr call, ``R`` = 2 for tiles under ``READ_RUN_BYTES``, else 1; gain-multiplied
+and zero-padded) by the first block that needs it and kept until the last; every block then
+resamples just its own window of the tile. Blocks are ordered Z load by Z load, strip by strip (``k`` block rows, or block columns when that decodes
+less), one block across the strip after the other, and all the block's Z chunks in a row, so a
+load is alive over about three block columns of one strip. With one strip over the whole slice
+every input chunk is decoded exactly once, whatever its depth (one chunk per whole tile included);
+when that would hold more than ``cache_bytes`` the strips are cut shorter and the tiles straddling
+a strip boundary are decoded once per strip they meet (about ``1 + h / S`` decodes per chunk for
+strips ``S`` px high and tiles ``h`` px high). The summary reports the plan's ``decode_factor``.
+
+Peak memory, whatever the slice size (``T`` = one tile of one load as float32,
+``zl * (h + 2) * (w + 2) * 4`` bytes, ``zl`` the planes of the input chunk, ``b`` = ``block_px``,
+``zc`` = ``z_chunk``, ``W`` = ``threads``)::
+
+    peak ≈ max(cache_bytes, L1 * T) + W * (R * T + 6 * zc * (b + 2)**2 * 4) + interpreter
+
+where ``L1 ≤ R * (ceil(b / step_y) + 2) * (ceil(b / step_x) + 2 + W)`` is what a one-block strip
+needs (``step`` = the tile pitch in px): the tiles meeting the strip over the block being drawn,
+the next ``W`` ones and their neighbours. The second term is each thread's read buffer and its block
+accumulators, resampling temporaries and level-1 output. Nothing in it grows with the slice.
 
 Placement: the canvas pixel ``(Y, X)`` samples tile ``t`` at ``(Y, X) - p_t`` where ``p_t`` is the
-tile's top-left from :func:`geometry.affine_positions` (so the canvas starts at the smallest
-``A @ [i, j]``). The sample is a linear interpolation of the tile, carried out on ``w * tile / flat``
-and on ``w`` alike, and the output is ``sum(w * tile / flat) / sum(w)``: the weights taper to 0 over
-the sub-pixel border, and the division renormalises the interpolation there. The output is float32.
+tile's top-left (:func:`tile_positions`, so the canvas starts at the smallest ``A @ [i, j]``). The
+sample is a linear interpolation of the tile, carried out on ``w * tile / flat`` and on ``w``
+alike, and the output is ``sum(w * tile / flat) / sum(w)``: the weights taper to 0 over the
+sub-pixel border, and the division renormalises the interpolation there. The output is float32.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +42,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__, geometry, ngff, outputs, pyramid
 from .backend import get_backend, to_numpy
@@ -38,66 +50,90 @@ from .errors import InputError
 from .flatfield import resolve_flatfield
 from .io import MosaicGrid, open_mosaic, read_block
 from .outputs import atomic_output
+from .parallel import limited_threads, resolve_threads
 
-BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (all workers hold a few of these)
-TILE_CACHE_BYTES = 40 * 2**20  # resampled tiles kept alive between their first and last block
-READ_RUN = 2  # tile rows read with one call
-MAX_STRIP_BLOCKS = 8  # block rows per strip at most (see :func:`_block_order`)
-MAX_WORKERS = 8
+BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
+CACHE_BYTES = 512 * 2**20  # decoded tiles kept alive between their first and last block (see the module doc)
+READ_RUN_BYTES = 4 * 2**20  # tiles of a load smaller than this are read two tile rows per zarr call
 MAX_CANVAS_TO_TILES = 4.0  # a real layout's canvas is smaller than its tiles' total area
 
+Region = tuple[slice, slice, slice]
+LoadKey = tuple[int, int, int, int]  # (run, first plane, last plane + 1, strip)
+ProgressCallback = Callable[[int, int], None]
 
-class _TileStore:
-    """Runs of resampled tiles, each loaded for the first block that needs one of its tiles and dropped
-    after the last.
 
-    ``uses`` counts, for each key ``(run, z start, strip)``, the tile uses by blocks, each one a
-    :meth:`get` then a :meth:`release`. A run being loaded by one thread is waited for, not loaded
-    again, by another.
+class _LoadCache:
+    """Loads of tiles, each made by the first block that needs one of its tiles and dropped after the
+    last.
+
+    ``uses`` counts, for each :data:`LoadKey`, the tile uses by blocks, each one a :meth:`get` then a
+    :meth:`release`. A load being made by one thread is waited for, not made again, by another;
+    :meth:`fetch` lets threads that need the same new loads share them out instead of waiting.
     """
 
-    def __init__(self, load: Callable[[int, slice], list], uses: dict[tuple[int, int, int], int]) -> None:
+    def __init__(self, load: Callable[[int, int, int], list], uses: dict[LoadKey, int]) -> None:
         self.load = load
         self.remaining = dict(uses)
-        self.runs: dict[tuple[int, int, int], Future] = {}
+        self.loads: dict[LoadKey, Future] = {}
         self.lock = threading.Lock()
 
-    def get(self, run: int, zs: slice, strip: int) -> list:
-        """``load(run, zs)``, loaded once per strip while its blocks still need it."""
-        key = (run, zs.start, strip)
+    def _claim(self, key: LoadKey) -> Future | None:
+        """A new future for ``key`` that this thread must fill, or None when the load is already made
+        or under way."""
         with self.lock:
-            entry = self.runs.get(key)
-            owner = entry is None
-            if owner:
-                entry = self.runs[key] = Future()
-        if owner:
-            try:
-                entry.set_result(self.load(run, zs))
-            except BaseException as exc:
-                entry.set_exception(exc)
-                raise
+            if key in self.loads:
+                return None
+            entry = self.loads[key] = Future()
+            return entry
+
+    def _fill(self, key: LoadKey, entry: Future) -> None:
+        try:
+            entry.set_result(self.load(*key[:3]))
+        except BaseException as exc:
+            entry.set_exception(exc)
+            raise
+
+    def fetch(self, keys: list[LoadKey]) -> None:
+        """Make, one after the other, each of ``keys`` that no thread has started (without waiting for
+        those under way): two blocks needing the same new tiles decode them in parallel."""
+        for key in keys:
+            entry = self._claim(key)
+            if entry is not None:
+                self._fill(key, entry)
+
+    def get(self, key: LoadKey) -> list:
+        """The padded tiles of ``key``, loaded at most once while its blocks still need them."""
+        entry = self._claim(key)
+        if entry is not None:
+            self._fill(key, entry)
+        with self.lock:
+            entry = self.loads[key]
         return entry.result()
 
-    def release(self, run: int, zs: slice, strip: int) -> None:
-        """One block is done with one tile of ``run``; the strip's last use drops the run."""
-        key = (run, zs.start, strip)
+    def release(self, key: LoadKey) -> None:
+        """One block is done with one tile of ``key``; the last use drops the load."""
         with self.lock:
             self.remaining[key] -= 1
             if self.remaining[key] == 0:
-                self.runs.pop(key, None)
+                self.loads.pop(key, None)
+
+
+def tile_positions(grid: MosaicGrid, transform: np.ndarray) -> np.ndarray:
+    """Sub-pixel top-left canvas position ``(y, x)`` of every tile, row-major, shape ``(nx * ny, 2)``."""
+    return geometry.affine_positions(grid.nx, grid.ny, transform)
 
 
 class _Canvas:
-    """Everything a block needs: the tiles' integer origins and sub-pixel fractions, and the gains.
+    """Everything a block needs: the tiles' integer origins and sub-pixel fractions, the gains, the loads.
 
-    Tiles are read ``READ_RUN`` tile rows at a time (a run: one column of tiles, one zarr call), which
-    spares most of zarr's per-call cost; blocks going down a column use the run's tiles soon after.
+    Small tiles are read two tile rows at a time (a run: one column of tiles, one zarr call), which
+    spares most of zarr's per-call cost; tiles of ``READ_RUN_BYTES`` or more one at a time (a run of
+    two would be decoded again by each strip that needs only one of its tiles).
     """
 
-    def __init__(self, grid: MosaicGrid, transform: np.ndarray, weights: np.ndarray, flat: np.ndarray | None,
+    def __init__(self, grid: MosaicGrid, positions: np.ndarray, weights: np.ndarray, flat: np.ndarray | None,
                  overwrite: bool, xp) -> None:
         self.grid = grid
-        positions = geometry.affine_positions(grid.nx, grid.ny, transform)
         self.origins = np.floor(positions).astype(np.int64)
         self.fractions = positions - self.origins
         self.overwrite = overwrite
@@ -105,46 +141,62 @@ class _Canvas:
         gain = weights if flat is None else weights / flat
         self.gain = xp.asarray(gain.astype(np.float32))
         self.weights = xp.asarray(np.pad(weights, 1))
+        self.z_load = max(1, int(grid.array.chunks[0]))  # planes decoded together
+        _, h, w = grid.tile_shape
+        self.read_run = 2 if 4 * self.z_load * h * w < READ_RUN_BYTES else 1
         rows, cols = np.divmod(np.arange(grid.nx * grid.ny), grid.ny)
-        self.run_of = (rows // READ_RUN) * grid.ny + cols  # run index of each tile
+        self.run_of = (rows // self.read_run) * grid.ny + cols  # run index of each tile
         self.run_sizes = np.bincount(self.run_of)
         self.strip_px = 1
-        self.store = _TileStore(self._resampled_run, {})
+        self.vertical = False
+        self.cache = _LoadCache(self._load, {})
 
-    def run_uses(self, regions: list[tuple[slice, slice, slice]],
-                 strip_px: int) -> dict[tuple[int, int, int], list[int]]:
-        """Per ``(run, z start, strip)``: the blocks among ``regions`` using that run's tiles, in order.
+    def load_planes(self, zs: slice) -> tuple[int, int]:
+        """Planes ``[z0, z1)`` of the whole input chunks that hold ``zs``."""
+        zl, nz = self.z_load, self.grid.tile_shape[0]
+        return zs.start // zl * zl, min(-(-zs.stop // zl) * zl, nz)
 
-        Strips are ``strip_px`` canvas rows; a run is read once per strip that uses it.
-        """
-        uses: dict[tuple[int, int, int], list[int]] = {}
-        for k, (zs, ys, xs) in enumerate(regions):
-            for t in self.tiles_touching(ys, xs).tolist():
-                uses.setdefault((int(self.run_of[t]), zs.start, ys.start // strip_px), []).append(k)
+    def load_bytes(self, key: LoadKey) -> int:
+        """Bytes held by one load."""
+        _, h, w = self.grid.tile_shape
+        return int(self.run_sizes[key[0]]) * (key[2] - key[1]) * (h + 2) * (w + 2) * 4
+
+    def key(self, tile: int, region: Region) -> LoadKey:
+        """The load holding ``tile`` for ``region``."""
+        zs, ys, xs = region
+        along = xs if self.vertical else ys
+        return (int(self.run_of[tile]), *self.load_planes(zs), along.start // self.strip_px)
+
+    def uses(self, regions: list[Region]) -> dict[LoadKey, list[int]]:
+        """Per load: the blocks among ``regions`` using one of its tiles, in order (once per tile)."""
+        uses: dict[LoadKey, list[int]] = {}
+        for k, region in enumerate(regions):
+            for t in self.tiles_touching(region[1], region[2]).tolist():
+                uses.setdefault(self.key(t, region), []).append(k)
         return uses
 
-    def plan(self, regions: list[tuple[slice, slice, slice]], strip_px: int) -> None:
-        """Get ready to render each of ``regions`` once, strips of ``strip_px`` rows one after the other."""
-        self.strip_px = strip_px
-        uses = self.run_uses(regions, strip_px)
-        self.store = _TileStore(self._resampled_run, {key: len(blocks) for key, blocks in uses.items()})
+    def plan(self, regions: list[Region], strip_px: int, vertical: bool) -> None:
+        """Get ready to render each of ``regions`` once, in this order, in strips of ``strip_px``."""
+        self.strip_px, self.vertical = strip_px, vertical
+        self.cache = _LoadCache(self._load, {key: len(blocks) for key, blocks in self.uses(regions).items()})
 
-    def _resampled_run(self, run: int, zs: slice) -> list:
-        """The tiles of ``run``, planes ``zs``, each times its gain (weights / flat field), linearly
-        resampled at its sub-pixel offset onto its ``h + 1`` by ``w + 1`` footprint, with its
-        resampled weights."""
+    def _load(self, run: int, z0: int, z1: int) -> list:
+        """The tiles of ``run``, planes ``[z0, z1)``, each times its gain (weights / flat field) and padded
+        with one zero row and column on every side."""
+        xp = self.xp
         _, h, w = self.grid.tile_shape
         i0, j = divmod(run, self.grid.ny)
-        i0 *= READ_RUN
-        i1 = min(i0 + READ_RUN, self.grid.nx)
-        raw = self.xp.asarray(read_block(self.grid, zs, slice(i0 * h, i1 * h), slice(j * w, (j + 1) * w)))
-        gain = self.gain if self.gain.ndim == 2 else self.gain[zs]
+        i0 *= self.read_run
+        i1 = min(i0 + self.read_run, self.grid.nx)
+        raw = xp.asarray(read_block(self.grid, slice(z0, z1), slice(i0 * h, i1 * h), slice(j * w, (j + 1) * w)))
+        gain = self.gain if self.gain.ndim == 2 else self.gain[z0:z1]
         tiles = []
         for i in range(i0, i1):
-            padded = self.xp.zeros((raw.shape[0], h + 2, w + 2), dtype=self.xp.float32)
-            self.xp.multiply(raw[:, (i - i0) * h:(i - i0 + 1) * h], gain, out=padded[:, 1:-1, 1:-1])
-            fy, fx = self.fractions[i * self.grid.ny + j].tolist()
-            tiles.append((_lerp(padded, fy, fx), _lerp(self.weights, fy, fx)))
+            padded = xp.empty((z1 - z0, h + 2, w + 2), dtype=xp.float32)
+            padded[:, [0, -1], :] = 0
+            padded[:, :, [0, -1]] = 0
+            xp.multiply(raw[:, (i - i0) * h:(i - i0 + 1) * h], gain, out=padded[:, 1:-1, 1:-1])
+            tiles.append(padded)
         return tiles
 
     def tiles_touching(self, ys: slice, xs: slice) -> np.ndarray:
@@ -153,33 +205,38 @@ class _Canvas:
         oy, ox = self.origins[:, 0], self.origins[:, 1]
         return np.nonzero((oy < ys.stop) & (oy + h + 1 > ys.start) & (ox < xs.stop) & (ox + w + 1 > xs.start))[0]
 
-    def render(self, zs: slice, ys: slice, xs: slice) -> np.ndarray:
-        """The blended output over one region ``(z, y, x)`` of the canvas (one of :meth:`plan`'s), float32."""
+    def render(self, zs: slice, ys: slice, xs: slice):
+        """The blended output over one region ``(z, y, x)`` of the canvas (one of :meth:`plan`'s), float32,
+        as an array of the backend."""
         xp = self.xp
         _, h, w = self.grid.tile_shape
         num = xp.zeros((zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), dtype=xp.float32)
         den = xp.zeros(num.shape[1:], dtype=xp.float32)
-        for t in self.tiles_touching(ys, xs).tolist():
+        tiles = self.tiles_touching(ys, xs).tolist()
+        self.cache.fetch(list(dict.fromkeys(self.key(t, (zs, ys, xs)) for t in tiles)))
+        for t in tiles:
             oy, ox = self.origins[t].tolist()
+            fy, fx = self.fractions[t].tolist()
             r0, r1 = max(ys.start, oy), min(ys.stop, oy + h + 1)
             c0, c1 = max(xs.start, ox), min(xs.stop, ox + w + 1)
-            run = int(self.run_of[t])
-            strip = ys.start // self.strip_px
-            resampled, resampled_weights = self.store.get(run, zs, strip)[t // self.grid.ny % READ_RUN]
-            values = resampled[:, r0 - oy:r1 - oy, c0 - ox:c1 - ox]
-            weights = resampled_weights[r0 - oy:r1 - oy, c0 - ox:c1 - ox]
-            rows, cols = slice(r0 - ys.start, r1 - ys.start), slice(c0 - xs.start, c1 - xs.start)
+            key = self.key(t, (zs, ys, xs))
+            padded = self.cache.get(key)[t // self.grid.ny % self.read_run]
+            # footprint rows r0 - oy .. r1 - oy need padded rows r0 - oy .. r1 - oy + 1 (see _lerp)
+            rows, cols = slice(r0 - oy, r1 - oy + 1), slice(c0 - ox, c1 - ox + 1)
+            values = _lerp(padded[zs.start - key[1]:zs.stop - key[1], rows, cols], fy, fx)
+            weights = _lerp(self.weights[rows, cols], fy, fx)
+            self.cache.release(key)
+            out_rows, out_cols = slice(r0 - ys.start, r1 - ys.start), slice(c0 - xs.start, c1 - xs.start)
             if self.overwrite:
                 covered = weights > 0
-                num[:, rows, cols] = xp.where(covered, values, num[:, rows, cols])
-                den[rows, cols] = xp.where(covered, weights, den[rows, cols])
+                num[:, out_rows, out_cols] = xp.where(covered, values, num[:, out_rows, out_cols])
+                den[out_rows, out_cols] = xp.where(covered, weights, den[out_rows, out_cols])
             else:
-                num[:, rows, cols] += values
-                den[rows, cols] += weights
-            self.store.release(run, zs, strip)
+                num[:, out_rows, out_cols] += values
+                den[out_rows, out_cols] += weights
         den[den == 0] = 1  # uncovered: num is 0 there too
         num /= den
-        return to_numpy(num)
+        return num
 
 
 def _lerp(padded, fy: float, fx: float):
@@ -187,7 +244,9 @@ def _lerp(padded, fy: float, fx: float):
 
     ``padded[..., m, n]`` holds source row ``m - 1`` and column ``n - 1``; the result has one row and
     one column less and holds the samples for rows ``0 ..`` and columns ``0 ..``:
-    ``(1 - f) * a[m + 1] + f * a[m]``, computed in place as ``a[m + 1] + f * (a[m] - a[m + 1])``.
+    ``(1 - f) * a[m + 1] + f * a[m]``, computed as ``a[m + 1] + f * (a[m] - a[m + 1])``. Each output
+    sample depends only on its own 2x2 neighbourhood, so a window of the padded tile gives exactly
+    the matching window of the full result.
     """
     rows = padded[..., :-1, :] - padded[..., 1:, :]
     rows *= fy
@@ -237,51 +296,63 @@ def _check_transform(transform) -> np.ndarray:
 
 
 def default_z_chunk(grid: MosaicGrid, block_px: int) -> int:
-    """Planes per block: the input's Z chunk, capped so one block accumulator stays ~``BLOCK_BYTES``."""
+    """Planes per block: a block accumulator stays ~``BLOCK_BYTES``, and blocks never straddle an
+    input chunk in Z (a divisor of the input's Z chunk when it is deeper, else a whole number of them)."""
     budget = max(1, BLOCK_BYTES // (4 * block_px * block_px))
-    return int(min(grid.tile_shape[0], grid.array.chunks[0], budget))
+    nz, zl = grid.tile_shape[0], max(1, int(grid.array.chunks[0]))
+    if zl <= budget:
+        return int(min(nz, budget // zl * zl))
+    divisors = [d for d in range(budget, 0, -1) if zl % d == 0]
+    return int(divisors[0] if divisors[0] * 2 > budget else budget)
 
 
-def _workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, MAX_WORKERS))
+def _peak_load_bytes(canvas: _Canvas, order: list[Region], workers: int) -> tuple[int, int]:
+    """Most bytes of loads alive at once when ``order`` is rendered (each load from its first block to
+    its last, ``workers`` blocks ahead), and the bytes decoded in all."""
+    alive = np.zeros(len(order) + workers + 1, dtype=np.int64)
+    decoded = 0
+    for key, blocks in canvas.uses(order).items():
+        size = canvas.load_bytes(key)
+        alive[blocks[0]] += size
+        alive[blocks[-1] + workers] -= size
+        decoded += size
+    return int(np.cumsum(alive).max(initial=0)), decoded
 
 
-def _peak_live_tiles(canvas: _Canvas, regions: list[tuple[slice, slice, slice]], strip_px: int) -> int:
-    """Most tiles held at once when ``regions`` are rendered in order, each run of tiles from its
-    first block to its last in a strip."""
-    alive = np.zeros(len(regions) + 1, dtype=np.int64)
-    for (run, _, _), blocks in canvas.run_uses(regions, strip_px).items():
-        alive[blocks[0]] += canvas.run_sizes[run]
-        alive[blocks[-1] + 1] -= canvas.run_sizes[run]
-    return int(np.cumsum(alive).max(initial=0))
+def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int, int, int], cache_bytes: int,
+                 workers: int) -> tuple[list[Region], int, bool]:
+    """The order blocks are rendered in, the strip size in px and whether strips are block columns.
 
-
-def _block_order(canvas: _Canvas, shape: tuple[int, int, int],
-                 block: tuple[int, int, int]) -> tuple[list[tuple[slice, slice, slice]], int]:
-    """The order blocks are rendered in, and the strip height in px: Z chunk by Z chunk, then strip
-    by strip (``n`` block rows), down one block column of the strip after the other.
-
-    A tile is read once per strip it meets (the block columns of a strip reuse it), so tall strips
-    read less; ``n`` is the largest (at most ``MAX_STRIP_BLOCKS``) whose tiles alive at once fit in
-    ``TILE_CACHE_BYTES``, which bounds memory whatever the slice size.
+    Z load by Z load, strip by strip, one block across the strip after the other, all the Z chunks
+    of a block in a row. For each orientation the strip is the largest number of block rows (or
+    columns), up to the whole slice, whose loads alive at once fit in ``cache_bytes``; the
+    orientation decoding less wins. Every Z load has the same plan: the choice looks at the first.
     """
-    _, h, w = canvas.grid.tile_shape
-    tile_bytes = 4 * (block[0] + 1) * (h + 1) * (w + 1)
     regions = list(pyramid.iter_blocks(shape, block))
-    strip_blocks = MAX_STRIP_BLOCKS
-    while True:
-        strip = strip_blocks * block[1]
-        order = sorted(regions, key=lambda r: (r[0].start, r[1].start // strip, r[2].start, r[1].start))
-        first_chunk = [r for r in order if r[0].start == 0]
-        if strip_blocks == 1 or _peak_live_tiles(canvas, first_chunk, strip) * tile_bytes <= TILE_CACHE_BYTES:
-            return order, strip
-        strip_blocks //= 2
+    first_load = [r for r in regions if canvas.load_planes(r[0])[0] == 0]
+    best = None
+    for vertical in (False, True):
+        along, across = (2, 1) if vertical else (1, 2)
+        for strip_blocks in range(-(-shape[along] // block[along]), 0, -1):
+            strip = strip_blocks * block[along]
+            canvas.strip_px, canvas.vertical = strip, vertical
+
+            def rank(region: Region, along=along, across=across, strip=strip):
+                return (canvas.load_planes(region[0])[0], region[along].start // strip, region[across].start,
+                        region[along].start, region[0].start)
+
+            peak, decoded = _peak_load_bytes(canvas, sorted(first_load, key=rank), workers)
+            if peak <= cache_bytes:
+                break
+        if best is None or (decoded, peak) < best[0]:
+            best = ((decoded, peak), sorted(regions, key=rank), strip, vertical)
+    return best[1], best[2], best[3]
 
 
 def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], block: tuple[int, int, int], *,
-                   sharded: bool, workers: int, progress: bool, label: str) -> None:
-    """Render level 0 block by block on a thread pool, then the downsampled levels.
+                   sharded: bool, threads: int, cache_bytes: int, progress: ProgressCallback | None) -> dict:
+    """Render level 0 block by block on a thread pool, then the downsampled levels; return the plan's
+    ``decode_factor`` (input chunks decoded per chunk) and ``cache_peak_bytes``.
 
     Level 1 is downsampled from each rendered block while it is in memory; its chunks are the
     half-size blocks, unsharded (a level-1 shard would gather four blocks written concurrently).
@@ -290,30 +361,44 @@ def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], b
     chunks = (block[0], block[1] // 2, block[2] // 2)
     shards = block if sharded else None
     total = sum(len(list(pyramid.iter_blocks(s, block))) for s in shapes[:1] + shapes[2:])
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
     level0 = pyramid.create_level(group, "0", shapes[0], chunks, shards)
     level1 = pyramid.create_level(group, "1", shapes[1], chunks) if len(shapes) > 1 else None
 
-    def work(region: tuple[slice, slice, slice]) -> None:
+    def work(region: Region) -> None:
         out = canvas.render(*region)
-        level0[region] = out
+        level0[region] = to_numpy(out)
         if level1 is not None:
             z, y, x = region
-            level1[z, y.start // 2:(y.stop + 1) // 2, x.start // 2:(x.stop + 1) // 2] = pyramid.downsample_mean(out)
+            level1[z, y.start // 2:(y.stop + 1) // 2, x.start // 2:(x.stop + 1) // 2] = to_numpy(
+                pyramid.downsample_mean(out))
 
-    with (ThreadPoolExecutor(workers) as pool,
-          tqdm(total=total, disable=not progress, file=sys.stderr, unit="block", desc=label) as bar):
+    with ThreadPoolExecutor(threads) as pool:
         try:
-            order, strip_px = _block_order(canvas, shapes[0], block)
-            canvas.plan(order, strip_px)
+            order, strip_px, vertical = _block_order(canvas, shapes[0], block, cache_bytes, threads)
+            canvas.plan(order, strip_px, vertical)
+            peak, decoded = _peak_load_bytes(canvas, order, threads)
+            if progress is not None:
+                progress(0, total)
             futures: list[Future] = [pool.submit(work, region) for region in order]
             for future in futures:
                 future.result()
-                bar.update()
+                step()
             pyramid.write_levels(group, shapes, chunks=chunks, shards=shards, block=block, executor=pool,
-                                 on_block_done=bar.update, first=2)
+                                 on_block_done=step, first=2)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    _, h, w = canvas.grid.tile_shape
+    once = canvas.grid.nx * canvas.grid.ny * shapes[0][0] * (h + 2) * (w + 2) * 4
+    return {"decode_factor": round(decoded / once, 3), "cache_peak_bytes": peak}
 
 
 def stitch_slice(
@@ -327,9 +412,10 @@ def stitch_slice(
     z_chunk: int | None = None,
     block_px: int = 512,
     use_gpu: bool = False,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
     pyramid_top_px: int = 512,
-    workers: int | None = None,
+    threads: int | None = None,
+    cache_bytes: int = CACHE_BYTES,
 ) -> dict:
     """Stitch one slice's mosaic grid into an OME-Zarr image with a multiscale pyramid.
 
@@ -354,19 +440,28 @@ def stitch_slice(
     block_px : int
         Y and X size of a block (even, >= 32); output chunks are ``block_px // 2``.
     use_gpu : bool
-        Accumulate with CuPy when a CUDA device is usable (same code path), else NumPy.
-    progress : bool
-        Show a progress bar on stderr.
+        Resample, blend and downsample level 1 with CuPy when a CUDA device is usable (the decoded
+        tiles are then cached in GPU memory; same code path), else NumPy with a warning.
+    progress : callable, optional
+        Called as ``progress(blocks done, blocks)`` once before the first block and after each output
+        block (all levels), e.g. a :class:`~linumpy_motor.logs.Progress`.
     pyramid_top_px : int
         Halve Y and X until the smallest level fits in this many pixels.
-    workers : int, optional
-        Threads (default: the usable cores, at most ``MAX_WORKERS``).
+    threads : int, optional
+        Threads rendering blocks (default: the cores this process may use,
+        :func:`linumpy_motor.parallel.available_cores`); BLAS is held to one thread meanwhile
+        (:func:`linumpy_motor.parallel.limited_threads`).
+    cache_bytes : int
+        Decoded tiles held at once (see the module docstring: with enough of it each input chunk is
+        decoded once; peak memory is about this plus a few blocks per thread).
 
     Returns
     -------
     dict
         ``output``, ``shape`` (level 0, z/y/x), ``levels`` (shapes), ``seconds``, ``backend``,
-        ``blending``, ``flatfield``, ``ngff_version``, ``chunks``, ``dtype``.
+        ``blending``, ``flatfield``, ``ngff_version``, ``chunks``, ``dtype``, ``threads``,
+        ``decode_factor`` (input bytes decoded over the input, 1.0 = each chunk once; the flat-field
+        estimate's reads not counted) and ``cache_peak_bytes`` (planned decoded tiles held at once).
 
     Raises
     ------
@@ -393,15 +488,17 @@ def stitch_slice(
     if zc < 1:
         raise ValueError(f"z_chunk must be >= 1, got {zc}")
     zc = min(zc, nz)
+    threads = resolve_threads(threads)
     xp, _, backend = get_backend(use_gpu)
     shapes = pyramid.level_shapes(geometry.output_shape(grid.nx, grid.ny, grid.tile_shape, A), pyramid_top_px)
     block = (zc, block_px, block_px)
-    with atomic_output(output, "stitch") as tmp:
+    with atomic_output(output, "stitch") as tmp, limited_threads(threads):
         flat, flat_description = resolve_flatfield(grid, flatfield)
-        canvas = _Canvas(grid, A, weight_map((h, w), blending, overlap_px(A, (h, w))), flat, blending == "none", xp)
+        canvas = _Canvas(grid, tile_positions(grid, A), weight_map((h, w), blending, overlap_px(A, (h, w))), flat,
+                         blending == "none", xp)
         group = ngff.create_group(tmp, ngff_version)
-        _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", workers=workers or _workers(),
-                       progress=progress, label=output.name)
+        plan = _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", threads=threads,
+                              cache_bytes=cache_bytes, progress=progress)
         metadata = {
             "stage": "stitch", "version": __version__, "source": str(grid.path), "transform": A.tolist(),
             "canvas_origin": (geometry.grid_indices(grid.nx, grid.ny) @ A.T).min(axis=0).tolist(),
@@ -415,5 +512,5 @@ def stitch_slice(
         "output": str(output), "shape": list(shapes[0]), "levels": [list(s) for s in shapes],
         "seconds": round(time.perf_counter() - start, 3), "backend": backend, "blending": blending,
         "flatfield": flat_description, "ngff_version": ngff_version, "chunks": [zc, block_px // 2, block_px // 2],
-        "dtype": "float32",
+        "dtype": "float32", "threads": threads, **plan,
     }

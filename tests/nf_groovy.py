@@ -5,8 +5,11 @@
 - `NfProcess.render(...)`: the script (or stub) exactly as Nextflow would write `.command.sh`: the
   `def` lines are evaluated (ternaries, elvis, `!= null`, Groovy truth), the GString is interpolated
   (`${...}`, `$name.attr`, `\\$`, `\\\\`) and its indentation is stripped.
-- `config_params(...)`, `profile_params(...)`, `config_ext_args(...)`: the params and `ext.args` of
-  nextflow.config / conf/*.config.
+- `nf_functions(path)`: the top-level functions of a .nf file (and those it includes), callable.
+- `config_params(...)`, `profile_params(...)`, `profile_ext_args(...)`: the params and `ext.args` of
+  nextflow.config / conf/*.config; `config_tree(text)`: every setting of a config as nested dicts.
+- Expressions are evaluated by tests/nf_expr.py; in a task script, staged paths are escaped as
+  Nextflow escapes them (`escape_path`).
 
 Deliberately narrow: anything outside this small subset raises `NfSyntaxError`, so a change in the
 .nf code that these tests cannot follow fails loudly instead of passing silently.
@@ -19,11 +22,17 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nf_expr import (  # noqa: E402  (re-exported: the tests import them from here)
+    NfPath,
+    NfPathList,
+    NfSyntaxError,
+    evaluate,
+    gstr,
+    lookup,
+    parse_function,
+)
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-class NfSyntaxError(ValueError):
-    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,201 +160,6 @@ def named_blocks(text: str, name_pattern: str = r"[\w.]+|withName:\s*'[^']+'|wit
 # --------------------------------------------------------------------------------------------
 
 
-class NfPath(str):
-    """A staged input file: renders as its name; `.name` works as on a Nextflow path."""
-
-    @property
-    def name(self) -> str:
-        return Path(self).name
-
-
-class NfPathList(list):
-    """A `path` input given a list: renders space-separated, as Nextflow's BlankSeparatedList."""
-
-    def __str__(self) -> str:
-        return " ".join(str(p) for p in self)
-
-
-def gstr(value) -> str:
-    """How a Groovy GString renders a value."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, (dict, set)):
-        raise NfSyntaxError(f"cannot render {value!r} in a script")
-    if isinstance(value, list) and not isinstance(value, NfPathList):
-        return "[" + ", ".join(gstr(v) for v in value) + "]"
-    return str(value)
-
-
-def truthy(value) -> bool:
-    """Groovy truth."""
-    if value is None or value is False:
-        return False
-    if isinstance(value, (str, list, tuple, dict)):
-        return len(value) > 0
-    if isinstance(value, (int, float)):
-        return value != 0
-    return True
-
-
-_TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
-      | (?P<num>\d+(?:\.\d+)?)
-      | (?P<op>\?:|\?|:|!=|==|&&|\|\||!|\(|\))
-      | (?P<name>[A-Za-z_]\w*(?:\.(?!(?:toString|toBoolean)\(\))[A-Za-z_]\w*)*)
-      | (?P<call>\.(?:toString|toBoolean)\(\))
-    )""",
-    re.VERBOSE,
-)
-
-
-def _tokens(expr: str) -> list[tuple[str, str]]:
-    out, i = [], 0
-    while i < len(expr):
-        if expr[i:].strip() == "":
-            break
-        m = _TOKEN.match(expr, i)
-        if not m:
-            raise NfSyntaxError(f"unsupported Groovy expression: {expr!r}")
-        kind = m.lastgroup
-        out.append((kind, m.group(kind)))
-        i = m.end()
-    return out
-
-
-class _Evaluator:
-    """expr := or ('?' expr ':' expr)? ; or := and ('||' and)* ; and := elvis ('&&' elvis)* ;
-    elvis := cmp ('?:' cmp)* ; cmp := unary (('!='|'==') unary)? ; unary := '!' unary | atom"""
-
-    def __init__(self, tokens, env):
-        self.t, self.i, self.env = tokens, 0, env
-
-    def peek(self):
-        return self.t[self.i] if self.i < len(self.t) else (None, None)
-
-    def take(self, value=None):
-        tok = self.peek()
-        if tok[0] is None or (value is not None and tok[1] != value):
-            raise NfSyntaxError(f"expected {value!r}, got {tok[1]!r}")
-        self.i += 1
-        return tok
-
-    def expr(self):
-        cond = self.or_()
-        if self.peek() == ("op", "?"):
-            self.take("?")
-            a = self.expr()
-            self.take(":")
-            b = self.expr()
-            return a if truthy(cond) else b
-        return cond
-
-    def or_(self):
-        v = self.and_()
-        while self.peek() == ("op", "||"):
-            self.take()
-            w = self.and_()
-            v = truthy(v) or truthy(w)
-        return v
-
-    def and_(self):
-        v = self.elvis()
-        while self.peek() == ("op", "&&"):
-            self.take()
-            w = self.elvis()
-            v = truthy(v) and truthy(w)
-        return v
-
-    def elvis(self):
-        v = self.cmp()
-        while self.peek() == ("op", "?:"):
-            self.take()
-            w = self.cmp()
-            v = v if truthy(v) else w
-        return v
-
-    def cmp(self):
-        v = self.unary()
-        if self.peek() in (("op", "!="), ("op", "==")):
-            op = self.take()[1]
-            w = self.unary()
-            return (v != w) if op == "!=" else (v == w)
-        return v
-
-    def unary(self):
-        if self.peek() == ("op", "!"):
-            self.take()
-            return not truthy(self.unary())
-        return self.atom()
-
-    def atom(self):
-        value = self.primary()
-        while self.peek()[0] == "call":  # the two conversions Groovy code uses on CLI params
-            value = _convert(value, self.take()[1][1:-2])
-        return value
-
-    def primary(self):
-        kind, text = self.take()
-        if kind == "op" and text == "(":
-            v = self.expr()
-            self.take(")")
-            return v
-        if kind == "str":
-            body = text[1:-1]
-            return interpolate(body, self.env) if text[0] == '"' else unescape(body)
-        if kind == "num":
-            return float(text) if "." in text else int(text)
-        if kind == "name":
-            if text == "null":
-                return None
-            if text in ("true", "false"):
-                return text == "true"
-            return lookup(text, self.env)
-        raise NfSyntaxError(f"unexpected {text!r}")
-
-
-def _convert(value, method: str):
-    if method == "toString":
-        return gstr(value)
-    if not isinstance(value, str):
-        raise NfSyntaxError(f"toBoolean() of a {type(value).__name__}")
-    return value.strip().lower() in ("true", "y", "1")
-
-
-def evaluate(expr: str, env: dict):
-    ev = _Evaluator(_tokens(expr), env)
-    value = ev.expr()
-    if ev.i != len(ev.t):
-        raise NfSyntaxError(f"trailing tokens in {expr!r}")
-    return value
-
-
-def lookup(dotted: str, env: dict):
-    """`params.overlap`, `task.ext.args`, `meta.id`, `zarr`, `transform.name` ..."""
-    head, *rest = dotted.split(".")
-    if head not in env:
-        raise NfSyntaxError(f"unknown variable {head!r} (in {dotted!r})")
-    value = env[head]
-    for k, part in enumerate(rest):
-        if isinstance(value, dict):
-            if part not in value:
-                # Nextflow: a missing task.ext.* is null; a missing param is a bug in the pipeline
-                if head == "task" and rest[:1] == ["ext"] and k == 1:
-                    return None
-                raise NfSyntaxError(f"{dotted!r}: no {part!r}")
-            value = value[part]
-        elif isinstance(value, NfPath) and part == "name":
-            value = value.name
-        else:
-            raise NfSyntaxError(f"cannot read {part!r} of {dotted!r}")
-    return value
-
-
 _ESCAPES = {"\\": "\\", "$": "$", '"': '"', "'": "'", "n": "\n", "t": "\t"}
 
 
@@ -366,6 +180,28 @@ def unescape(text: str) -> str:
         out.append(c)
         i += 1
     return "".join(out)
+
+
+# Nextflow (Escape.path) backslash-escapes these characters of a staged path (TaskPath, or a list
+# of them) interpolated in a task script's GString; not '$'.
+_PATH_SPECIALS = set("'\" ()\\!&|<>`:;")
+
+
+def escape_path(value: str) -> str:
+    return "".join("\\" + c if c in _PATH_SPECIALS else c for c in value)
+
+
+def _gstr_in(value, env: dict) -> str:
+    """A value rendered in a GString; in a task script, staged paths are escaped as Nextflow does."""
+    if env.get(ESCAPE_PATHS):
+        if isinstance(value, NfPathList):
+            return " ".join(escape_path(str(v)) for v in value)
+        if isinstance(value, NfPath):
+            return escape_path(str(value))
+    return gstr(value)
+
+
+ESCAPE_PATHS = "__escape_paths__"  # set in the environment of a process's script and stub sections
 
 
 def interpolate(text: str, env: dict) -> str:
@@ -392,13 +228,13 @@ def interpolate(text: str, env: dict) -> str:
                         if depth == 0:
                             break
                     j += 1
-                out.append(gstr(evaluate(text[i + 2 : j], env)))
+                out.append(_gstr_in(evaluate(text[i + 2 : j], env), env))
                 i = j + 1
                 continue
             m = re.compile(r"\$([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)").match(text, i)
             if not m:
                 raise NfSyntaxError(f"bare '$' in a GString: {text[i:i + 20]!r} (escape it as \\$)")
-            out.append(gstr(lookup(m.group(1), env)))
+            out.append(_gstr_in(lookup(m.group(1), env), env))
             i = m.end()
             continue
         out.append(c)
@@ -434,6 +270,29 @@ class NfProcess:
     def output_patterns(self) -> list[str]:
         return re.findall(r"\bpath\(\s*'([^']+)'", self.sections.get("output", ""))
 
+    def outputs(self) -> list[dict]:
+        """The output declarations, parsed: [{'items': [(kind, argument source)], 'emit': name, 'topic': name}],
+        e.g. `tuple val(meta), path('*.json'), emit: pairs` -> items [('val', 'meta'), ('path', "'*.json'")]."""
+        result = []
+        for line in self.sections.get("output", "").splitlines():
+            if not line.strip():
+                continue
+            options = dict(re.findall(r"\b(emit|topic|optional):\s*(\w+)", line))
+            body = re.split(r",\s*\b(?:emit|topic|optional):", line)[0].strip()
+            body = re.sub(r"^tuple\s+", "", body)
+            items = [(m.group(1), m.group(2).strip())
+                     for m in re.finditer(r"\b(val|path|eval|env|stdout)\b(?:\(((?:[^()]|\([^()]*\))*)\))?", body)]
+            result.append({"items": items, "emit": options.get("emit"), "topic": options.get("topic")})
+        return result
+
+    def eval_outputs(self) -> list[str]:
+        """Commands of the `eval('...')` outputs (Nextflow runs them after the script, in the task folder)."""
+        return re.findall(r"\beval\(\s*'([^']+)'\s*\)", self.sections.get("output", ""))
+
+    def functions(self) -> dict:
+        """The functions this module includes (`include { a; b } from '../file'`)."""
+        return nf_functions(self.path)
+
     def directives(self) -> str:
         return self.sections.get("directives", "")
 
@@ -466,11 +325,32 @@ class NfProcess:
 
     def render(self, env: dict, section: str = "script") -> str:
         """The task script Nextflow would run, for the variables in env."""
-        env = dict(env)
+        env = {**self.functions(), **env, ESCAPE_PATHS: True}
         defs, body = self.script_parts(section)
         for name, expr in defs:
             env[name] = evaluate(expr, env)
         return strip_indent(interpolate(body, env))
+
+
+def nf_functions(path: str | Path) -> dict:
+    """{name: callable} of the top-level functions of a .nf file and of those it includes."""
+    path = Path(path)
+    text = strip_comments(path.read_text())
+    env: dict = {}
+    for names, source in re.findall(r"^include\s*\{([^}]*)\}\s*from\s*'([^']+)'", text, re.MULTILINE):
+        if source.startswith("plugin/"):
+            continue
+        target = (path.parent / source).with_suffix(".nf")
+        if not target.is_file():
+            target = path.parent / source / "main.nf"
+        included = nf_functions(target)
+        for name in (n.strip() for n in names.split(";")):
+            if name in included:
+                env[name] = included[name]
+    for m in re.finditer(r"^def\s+(\w+)\s*\(([^)]*)\)\s*\{", text, re.MULTILINE):
+        body, _ = block_after(text, m.end() - 1)
+        env[m.group(1)] = parse_function(m.group(1), m.group(2), body, env)
+    return env
 
 
 def nf_processes(path: str | Path) -> list[NfProcess]:
@@ -568,20 +448,131 @@ def profile_params(*names: str, config: str | Path = REPO / "nextflow.config") -
 
 
 def config_ext_args(text: str) -> dict[str, str]:
-    """{process name: ext.args} from the `withName: 'X' { ext.args = '...' }` blocks of a config text."""
+    """{process name: Groovy expression of its ext.args} from the `withName: 'X' { ext.args = ... }`
+    blocks of a config text: a string literal, or a closure's body (evaluated per task)."""
     text = strip_comments(text)
     out = {}
     for m in re.finditer(r"withName:\s*'(\w+)'\s*\{", text):
         content, _ = block_after(text, m.end() - 1)
-        a = re.search(r"ext\.args\s*=\s*('[^']*'|\"[^\"]*\")", content)
-        if a:
-            out[m.group(1)] = _literal(a.group(1))
+        a = re.search(r"ext\.args\s*=\s*", content)
+        if not a:
+            continue
+        start = a.end()
+        if content[start] == "{":
+            out[m.group(1)], _ = block_after(content, start)
+        else:
+            out[m.group(1)] = content[start:].splitlines()[0].strip()
     return out
+
+
+def top_level_configs(config: str | Path = REPO / "nextflow.config") -> list[Path]:
+    """nextflow.config and the files it includes with a literal `includeConfig '...'` at top level."""
+    config = Path(config)
+    text = _config_text(config)
+    nested = "".join(c for n, c in named_blocks(text) if n == "profiles")
+    top = text.replace(nested, "") if nested else text
+    return [config, *(config.parent / inc for inc in re.findall(r"^includeConfig\s+'([^']+)'", top, re.MULTILINE))]
 
 
 def profile_ext_args(*names: str, config: str | Path = REPO / "nextflow.config") -> dict[str, str]:
+    """{process name: ext.args expression} as Nextflow resolves them for `-profile a,b`."""
     table = profiles(config)
-    out = config_ext_args(Path(config).read_text())
+    out = {}
+    for path in top_level_configs(config):
+        out.update(config_ext_args(path.read_text()))
     for name in names:
         out.update(config_ext_args(table[name]))
     return out
+
+
+def ext_args_value(expr: str | None, env: dict):
+    """The value of an ext.args expression for a task's variables (params, task, meta)."""
+    return None if expr is None else evaluate(expr, env)
+
+
+# --------------------------------------------------------------------------------------------
+# Config files as a tree of settings
+# --------------------------------------------------------------------------------------------
+
+
+def _statement_end(text: str, start: int) -> int:
+    """End of the expression starting at text[start]: the end of its line, past balanced brackets."""
+    mask = _code_mask(text)
+    depth, k = 0, start
+    while k < len(text):
+        c = text[k]
+        if mask[k]:
+            if c in "([{":
+                depth += 1
+            elif c in ")]}":
+                depth -= 1
+            elif c == "\n" and depth == 0:
+                return k
+        k += 1
+    return k
+
+
+_BLOCK = re.compile(r"\s*(?:(withName|withLabel)\s*:\s*'([^']+)'|([\w.]+))\s*\{")
+_ASSIGN = re.compile(r"\s*([\w.]+)\s*=\s*")
+_INCLUDE = re.compile(r"\s*includeConfig\s+")
+_APPLY = re.compile(r"\s*(\w+)\s+('[^'\n]*')[ \t]*(?=\n|$)")
+
+
+def config_tree(text: str) -> dict:
+    """The settings of a config text as nested dicts: blocks and `a.b = ...` paths become keys,
+    selectors become 'withLabel:NAME' / 'withName:NAME', values are the Groovy expression source
+    (evaluate them with `evaluate`); `includeConfig` expressions are listed under '@include', and
+    calls like `id 'x'` under '@id'."""
+    text = strip_comments(text)
+    tree: dict = {}
+    i = 0
+    while i < len(text):
+        if not text[i:].strip():
+            break
+        if m := _BLOCK.match(text, i):
+            key = f"{m.group(1)}:{m.group(2)}" if m.group(1) else m.group(3)
+            content, end = block_after(text, m.end() - 1)
+            node = tree
+            for part in key.split(".") if not m.group(1) else [key]:
+                node = node.setdefault(part, {})
+            _merge(node, config_tree(content))
+            i = end
+        elif m := _INCLUDE.match(text, i):
+            end = _statement_end(text, m.end())
+            tree.setdefault("@include", []).append(text[m.end() : end].strip())
+            i = end
+        elif m := _APPLY.match(text, i):  # plugins { id 'nf-schema@2.7.3' }
+            tree.setdefault(f"@{m.group(1)}", []).append(_literal(m.group(2)))
+            i = m.end()
+        elif m := _ASSIGN.match(text, i):
+            end = _statement_end(text, m.end())
+            *parents, leaf = m.group(1).split(".")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = text[m.end() : end].strip()
+            i = end
+        else:
+            raise NfSyntaxError(f"unsupported config statement: {text[i:i + 40].strip()!r}")
+    return tree
+
+
+def _merge(into: dict, other: dict) -> None:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        elif key == "@include" and key in into:
+            into[key] = [*into[key], *value]
+        else:
+            into[key] = value
+
+
+def closure_body(expr: str) -> str:
+    """The body of a `{ ... }` closure expression (the expression itself when it is not a closure)."""
+    expr = expr.strip()
+    if expr.startswith("{"):
+        body, end = block_after(expr, 0)
+        if expr[end:].strip():
+            raise NfSyntaxError(f"code after a closure: {expr!r}")
+        return body
+    return expr

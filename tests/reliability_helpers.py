@@ -38,6 +38,12 @@ def env() -> dict:
     return {**os.environ, "PATH": path, "MPLBACKEND": "Agg", "PYTHONNOUSERSITE": "1"}
 
 
+def signals_as_new() -> None:
+    """``preexec_fn`` of a child that is sent Ctrl-C: SIGINT at its default, whatever this process
+    inherited (a shell's background job or a CI runner may start pytest with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def bin_command(script: str, *args) -> list[str]:
     """Command line of a ``bin/`` script run with this interpreter."""
     return [sys.executable, str(BIN / script), *map(str, args)]
@@ -232,3 +238,10 @@ def die_like_the_oom_killer(**kwargs) -> None:
 if __name__ == "__main__":
     _serve(Path(sys.argv[1]), int(sys.argv[2]))
 
+
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO) ")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-empty lines of ``stderr`` that are not progress or step log records (INFO, DEBUG)."""
+    return [line for line in stderr.splitlines() if line.strip() and not LOG_RECORD.match(line)]

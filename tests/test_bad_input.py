@@ -27,10 +27,11 @@ import zarr
 from filelock import FileLock
 
 from linumpy_motor import ngff, runner, steps
+from linumpy_motor.logs import LOG_FILE
 from linumpy_motor.runner import RunOptions
 from reliability_helpers import (
-    CLI, GRID, REPO, TILE, bin_command, json_of, output_files, read_level0, run, run_forked, temporaries, tree_digest,
-    write_small_dataset, write_store,
+    CLI, GRID, REPO, TILE, bin_command, error_lines, json_of, output_files, read_level0, run, run_forked, temporaries,
+    tree_digest, write_small_dataset, write_store,
 )
 
 pytestmark = pytest.mark.slow
@@ -89,10 +90,10 @@ def corrupt_one_chunk(store: Path) -> Path:
     return target
 
 
-def two_d_store(path: Path) -> Path:
-    """An NGFF 0.5 image whose level 0 is 2-D."""
+def four_d_store(path: Path) -> Path:
+    """An NGFF 0.5 image whose level 0 is 4-D (2-D and 3-D grids are accepted)."""
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    group.create_array("0", shape=(288, 640), chunks=TILE[1:], dtype="float32", fill_value=0)
+    group.create_array("0", shape=(2, 4, 288, 640), chunks=(1, *TILE), dtype="float32", fill_value=0)
     multiscale = ngff.multiscales([(1.0, 1.0, 1.0)], (None, None, None), "0.5")
     group.attrs.update(ngff.root_attributes(multiscale, "0.5"))
     return path
@@ -173,10 +174,10 @@ def run_multiscales_without_datasets(f: Path, c: Context) -> Invocation:
 
 
 @case
-def run_2d_array(f: Path, c: Context) -> Invocation:
+def run_4d_array(f: Path, c: Context) -> Invocation:
     (f / "data").mkdir()
-    store = two_d_store(f / "data" / "mosaic_grid_3d_z00.ome.zarr")
-    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("expected a 3-D (z, y, x) array",), f / "out")
+    store = four_d_store(f / "data" / "mosaic_grid_3d_z00.ome.zarr")
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("expected a 3-D (z, y, x) or 2-D (y, x) array",), f / "out")
 
 
 @case
@@ -310,6 +311,32 @@ def run_truncated_transform(f: Path, c: Context) -> Invocation:
 
 
 @case
+def run_binary_transform_json(f: Path, c: Context) -> Invocation:
+    given = f / "given.json"
+    np.save(f / "matrix.npy", np.eye(2))
+    given.write_bytes((f / "matrix.npy").read_bytes())  # upstream's .npy under a .json name
+    return Invocation(cli_run(c.dataset, f / "out", "--transform", given), RUN, given,
+                      ("not a JSON text file (binary content)",), f / "out")
+
+
+@case
+def run_npy_transform_not_2x2(f: Path, c: Context) -> Invocation:
+    given = f / "z00_transform_xy.npy"
+    np.save(given, np.eye(3))
+    return Invocation(cli_run(c.dataset, f / "out", "--transform", given), RUN, given,
+                      ("expected a 2x2 numeric matrix",), f / "out")
+
+
+@case
+def stitch_unreadable_npy_transform(f: Path, c: Context) -> Invocation:
+    given = f / "z00_transform_xy.npy"
+    given.write_text("[[1, 0], [0, 1]]")
+    store = c.dataset / "mosaic_grid_3d_z00.ome.zarr"
+    return Invocation(bin_command(STITCH, store, given, f / "s.ome.zarr"), STITCH, given,
+                      ("not a readable .npy matrix",), f / "s.ome.zarr")
+
+
+@case
 def run_transform_with_wrong_fields(f: Path, c: Context) -> Invocation:
     given = edited(c.transform, f / "given.json", lambda j: j.update(matrix=j.pop("transform")))
     return Invocation(cli_run(c.dataset, f / "out", "--transform", given), RUN, given,
@@ -412,10 +439,10 @@ def measure_folder_not_a_zarr_store(f: Path, c: Context) -> Invocation:
 
 
 @case
-def measure_2d_array(f: Path, c: Context) -> Invocation:
-    store = two_d_store(f / "x.ome.zarr")
+def measure_4d_array(f: Path, c: Context) -> Invocation:
+    store = four_d_store(f / "x.ome.zarr")
     return Invocation(bin_command(MEASURE, store, f / "p.json"), MEASURE, store,
-                      ("expected a 3-D (z, y, x) array",), f / "p.json")
+                      ("expected a 3-D (z, y, x) or 2-D (y, x) array",), f / "p.json")
 
 
 @case
@@ -673,8 +700,8 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(name, context, outco
         pytest.skip(inv.skip)
     result = outcomes.done[name, False]
     assert result.returncode == 2, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    lines = [line for line in result.stderr.split("\n") if line.strip()]
-    assert len(lines) == 1 and "\r" not in result.stderr, f"expected one stderr line, got:\n{result.stderr}"
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "\r" not in result.stderr, f"expected one error line, got:\n{result.stderr}"
     line = lines[0]
     assert line.startswith(inv.prog) and ": error: " in line, line
     assert "Traceback" not in result.stderr
@@ -685,7 +712,10 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(name, context, outco
     if inv.output is not None and not inv.leaves:
         assert not inv.output.exists(), f"{inv.output} was created: {sorted(map(str, inv.output.rglob('*')))}"
     if inv.leaves:
-        assert output_files(inv.output) == set(inv.leaves), "only the completed steps' outputs may stay"
+        left = output_files(inv.output)
+        assert left - {LOG_FILE} == set(inv.leaves), "only the completed steps' outputs (and the log) may stay"
+        log = (inv.output / LOG_FILE).read_text()
+        assert "INFO measure: " in log and re.search(r"ERROR run stopped: \w+: .*" + re.escape(inv.problems[0]), log)
     assert not temporaries(context.root / name), f"temporaries left: {temporaries(context.root / name)}"
 
 
@@ -694,7 +724,7 @@ def test_debug_shows_the_traceback_then_the_same_line(name, outcomes):
     quiet, debug = outcomes.done[name, False], outcomes.done[name, True]
     assert debug.returncode == 2, debug.stderr
     assert "Traceback (most recent call last)" in debug.stderr
-    assert quiet.stderr.strip() in debug.stderr.splitlines(), "the same error line, after the traceback"
+    assert error_lines(quiet.stderr)[0] in debug.stderr.splitlines(), "the same error line, after the traceback"
 
 
 def test_failed_commands_leave_their_inputs_untouched(context, outcomes):

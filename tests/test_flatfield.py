@@ -96,3 +96,16 @@ def test_resolve_options(tmp_path):
         flatfield.resolve_flatfield(grid, "flat.tif")
     with pytest.raises(InputError, match="cannot read"):
         flatfield.resolve_flatfield(grid, tmp_path / "missing.npy")
+
+
+def test_deep_chunks_read_fewer_tiles_and_still_recover_the_vignetting(tmp_path, monkeypatch):
+    """Whole-tile chunks of 9 planes: each read decodes the whole tile, so only 12 of 64 tiles are read."""
+    spec = synthetic.SyntheticSpec(nx=8, ny=8, tile_shape=(9, 64, 64), jitter_px=0.0, vignetting=0.3, seed=0)
+    grid = _write_slice(tmp_path, spec)
+    reads = []
+    real_read = flatfield.read_block
+    monkeypatch.setattr(flatfield, "read_block", lambda *args: reads.append(args[2]) or real_read(*args))
+    estimate = flatfield.estimate_flatfield(grid)
+    assert len(reads) == flatfield.DEEP_CHUNK_MIN_TILES
+    error = estimate - _normalised(synthetic.vignetting_field((64, 64), 0.3))
+    assert np.sqrt(np.mean(error**2)) < 0.02

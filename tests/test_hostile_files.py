@@ -25,7 +25,8 @@ from linumpy_motor.flatfield import load_flatfield
 from linumpy_motor.report import read_thumbnail, write_report
 from linumpy_motor.runner import RunOptions, Stamps
 from reliability_helpers import (
-    BIN, CLI, TILE, die_like_the_oom_killer, env, finish_quickly, temporaries, tree_digest, write_small_dataset,
+    BIN, CLI, TILE, die_like_the_oom_killer, env, error_lines, finish_quickly, signals_as_new, temporaries, tree_digest,
+    write_small_dataset,
 )
 
 
@@ -199,7 +200,7 @@ def test_a_full_disk_names_the_file_and_the_step(dataset, tmp_path, monkeypatch,
     out = tmp_path / "out"
     assert cli.main(["run", str(dataset), str(out), "--no-progress"]) == 2
     stitched = out / "stitched" / "slice_z00_stitch_3d.ome.zarr"
-    assert capsys.readouterr().err == f"linumpy-motor: error: {stitched}: stitch step: No space left on device\n"
+    assert error_lines(capsys.readouterr().err) == [f"linumpy-motor: error: {stitched}: stitch step: No space left on device"]
     assert (out / "motor_transform.json").is_file() and not temporaries(out)
 
 
@@ -244,7 +245,8 @@ def _alive(pid: int) -> bool:
 
 def _start_and_wait(dataset: Path, out: Path, pattern: str) -> subprocess.Popen:
     process = subprocess.Popen([CLI, "run", str(dataset), str(out), "--workers", "2"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True,
+                               preexec_fn=signals_as_new)
     deadline = time.monotonic() + 120
     while not list(out.glob(pattern)):
         assert process.poll() is None, f"the run ended before {pattern} appeared: {process.communicate()}"
@@ -264,7 +266,7 @@ def test_sigterm_to_the_main_process_stops_the_workers_and_writes_nothing_after(
     process.send_signal(signal.SIGTERM)  # the main process only, as `kill PID` or a scheduler may
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr
-    assert stderr == "linumpy-motor: terminated (rerun to resume)\n"
+    assert error_lines(stderr) == ["linumpy-motor: terminated (rerun to resume)"]
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -274,7 +276,7 @@ def test_sigterm_to_the_main_process_stops_the_workers_and_writes_nothing_after(
     assert tree_digest(out) == after, "something was written after the main process exited"
     assert not temporaries(out)
     rerun = subprocess.run([CLI, "run", str(dataset), str(out)], capture_output=True, text=True, env=env())
-    assert rerun.returncode == 0 and rerun.stderr == "", rerun.stderr
+    assert rerun.returncode == 0 and error_lines(rerun.stderr) == [], rerun.stderr
 
 
 @pytest.mark.slow
@@ -284,5 +286,5 @@ def test_ctrl_c_with_workers_prints_one_line(dataset, tmp_path):
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
-    assert stderr == "linumpy-motor: interrupted (rerun to resume)\n"
+    assert error_lines(stderr) == ["linumpy-motor: interrupted (rerun to resume)"]
     assert not temporaries(out)

@@ -166,11 +166,11 @@ def _bare_array(path: Path) -> None:
     zarr.create_array(str(path), shape=(2, 64, 64), chunks=(2, 32, 32), dtype="float32")
 
 
-def _two_dimensional(path: Path) -> None:
+def _one_dimensional(path: Path) -> None:  # 2-D (y, x) grids are accepted (upstream's AIPs)
     group = ngff.create_group(path, "0.5")
-    group.create_array("0", shape=(64, 64), chunks=(32, 32), dtype="float32")
-    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]
+    group.create_array("0", shape=(64,), chunks=(32,), dtype="float32")
+    axes = [{"name": "x", "type": "space"}]
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0]}]}]
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
 
 
@@ -204,7 +204,7 @@ BAD_STORES = [
     pytest.param(_group_without_multiscales, "multiscales", id="v3-group-without-multiscales"),
     pytest.param(_v2_group_without_multiscales, "multiscales", id="v2-group-without-multiscales"),
     pytest.param(_bare_array, "not a zarr store", id="bare-array"),
-    pytest.param(_two_dimensional, "3-D", id="2d-array"),
+    pytest.param(_one_dimensional, r"3-D \(z, y, x\) or 2-D \(y, x\)", id="1d-array"),
     pytest.param(_not_whole_tiles, "whole number of 32x32 tiles", id="not-whole-tiles"),
     pytest.param(_tile_attr_not_dividing, "whole number of 30x32 tiles", id="tile-attr-not-dividing"),
     pytest.param(_unsupported_dtype, "dtype", id="bool-dtype"),

@@ -1,17 +1,18 @@
-"""Static checks of the Nextflow pipeline (main.nf, modules/local, configs, schema, CI).
+"""Static checks of the Nextflow pipeline (main.nf, modules/local, configs, schemas, containers, CI).
 
-Nextflow cannot run here, so the .nf code is checked for what can go wrong without it:
-parse errors (reftrace), process conventions, the bin/ command-line contract, params vs
-schema, container tags vs the library version, and the facts of /work/shared/spec/nextflow.md.
+Nextflow cannot run here. The .nf files are parsed with reftrace (processes, directives, includes),
+the configs with tests/nf_groovy.py (`config_tree`), and their Groovy expressions are evaluated
+for given params and task values (tests/nf_expr.py); the schemas are applied with jsonschema as
+nf-schema applies them. The task scripts themselves are run in tests/test_pipeline_commands.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
+import csv
+import io
 import json
-import os
 import re
+import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -20,25 +21,30 @@ import jsonschema
 import pytest
 import yaml
 
+from linumpy_motor.entry import overlap_fraction
+from linumpy_motor.errors import InputError
+from linumpy_motor.io import slice_id_from_name
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nf_groovy import (  # noqa: E402
     REPO,
-    config_ext_args,
+    closure_body,
     config_params,
-    named_blocks,
+    config_tree,
+    evaluate,
+    nf_functions,
     nf_processes,
-    profile_ext_args,
     profile_params,
     profiles,
-    strip_comments,
 )
 
 reftrace = pytest.importorskip("reftrace")
 
 MODULES = sorted((REPO / "modules" / "local").glob("*/main.nf"))
-NF_FILES = [REPO / "main.nf", *MODULES]
+NF_FILES = [REPO / "main.nf", *MODULES, REPO / "modules" / "local" / "shell.nf"]
 CONFIGS = [REPO / "nextflow.config", *sorted((REPO / "conf").glob("*.config"))]
 EXPECTED_MODULES = {
+    "library": "LIBRARY_VERSION",
     "synthesise": "SYNTHESISE",
     "measure_pairs": "MEASURE_PAIRS",
     "fit_affine": "FIT_AFFINE",
@@ -47,12 +53,7 @@ EXPECTED_MODULES = {
     "report": "REPORT",
 }
 GPU_MODULES = {"MEASURE_PAIRS", "STITCH"}
-IMAGE = "ghcr.io/linum-uqam/linumpy-motor"
-
-
-def library_version() -> str:
-    text = (REPO / "linumpy_motor" / "__init__.py").read_text()
-    return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE).group(1)
+SLICE_IDS = json.loads((REPO / "tests" / "data" / "slice_ids.json").read_text())["names"]
 
 
 @lru_cache(maxsize=None)
@@ -70,8 +71,20 @@ def rt_process(module: Path):
     return proc
 
 
+@lru_cache(maxsize=None)
+def tree(path: Path) -> dict:
+    return config_tree(path.read_text())
+
+
 def ids(paths):
     return [str(p.relative_to(REPO)) for p in paths]
+
+
+def image_names() -> list[str]:
+    """What containers/build.sh builds: [CPU image, CUDA image]."""
+    done = subprocess.run([str(REPO / "containers" / "build.sh"), "--names"], capture_output=True, text=True,
+                          check=True)
+    return done.stdout.split()
 
 
 # ---------------------------------------------------------------------------------- parsing
@@ -92,15 +105,17 @@ def test_nf_file_parses(path):
 def test_config_parses(path):
     result = reftrace.ConfigFile.from_file(str(path))
     assert result.error is None, f"{path}: {result.error}"
+    tree(path)  # and every statement is one nf_groovy understands
 
 
 def test_main_includes_resolve():
     result = reftrace.parse_modules(str(REPO))
     assert not result.errors, result.errors
-    assert not result.unresolved_includes, [i.to_dict() for i in result.unresolved_includes]
+    unresolved = {inc for u in result.unresolved_includes for inc in u.to_dict()["includes"]}
+    assert unresolved <= {"plugin/nf-schema/main.nf"}, unresolved  # a Nextflow plugin, not a file
     (main,) = [m for m in result.results if Path(m.path).name == "main.nf" and Path(m.path).parent == REPO]
     included = {item.name for inc in main.includes for item in inc.items}
-    assert included == set(EXPECTED_MODULES.values())
+    assert included == {*EXPECTED_MODULES.values(), "validateParameters", "samplesheetToList"}
 
 
 # ------------------------------------------------------------------------- process conventions
@@ -115,38 +130,54 @@ def test_module_conventions(module):
     assert proc.labels, "label directive"
     assert len(proc.containers) == 1, "container directive"
     assert not proc.store_dirs, "storeDir skips tasks without a hash check: never for results"
-    for section in ("input", "output", "script", "stub"):
+    assert not proc.publish_dirs, "publishDir belongs in conf/modules.config"
+    for section in ("output", "script", "stub"):
         assert section in ours.sections, f"{section}: block"
-    assert "task.ext.args" in ours.script_text(), "the script takes extra arguments from task.ext.args"
-    assert "versions.yml" in ours.script_text() and "versions.yml" in ours.script_text("stub")
-    assert any(p == "versions.yml" for p in ours.output_patterns())
-    # every output is produced by the stub too (-stub-run); checked by running it in test_pipeline_commands
-    kinds = [k for k, _ in ours.inputs()]
-    if ours.name != "SYNTHESISE":
-        assert kinds[:2] == ["val", "path"], "first input: tuple val(meta), path(...)"
+    if ours.name != "LIBRARY_VERSION":
+        assert ("val", "library") in ours.inputs()
+        kinds = [k for k, _ in ours.inputs()]
+        if ours.name != "SYNTHESISE":
+            assert kinds[:2] == ["val", "path"], "first input: tuple val(meta), path(...)"
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.parent.name != "library"], ids=ids(MODULES[1:]))
+def test_versions_go_to_the_topic(module):
+    ours = process_of(module)
+    (versions,) = [o for o in ours.outputs() if o["topic"] == "versions"]
+    assert versions["emit"] == "versions"
+    kinds = [kind for kind, _ in versions["items"]]
+    assert kinds == ["val", "val", "eval"]
+    env = {"task": {"process": ours.name}}
+    values = [evaluate(arg, env) for _, arg in versions["items"]]
+    assert values == [ours.name, "linumpy-motor", "linum_motor_version.py"]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
-def test_container_pinned_to_library_version(module):
+def test_container_pinned_to_built_images(module):
     (container,) = rt_process(module).containers
-    version = library_version()
-    names = [container.true_name, container.false_name] if container.condition else [container.name]
-    for name in names:
-        assert re.fullmatch(rf"{re.escape(IMAGE)}:{re.escape(version)}(-cuda)?", name), name
+    cpu, cuda = image_names()
     if process_of(module).name in GPU_MODULES:
-        assert container.condition.strip() == "task.accelerator"
-        assert container.true_name == f"{IMAGE}:{version}-cuda"
-        assert container.false_name == f"{IMAGE}:{version}"
+        assert container.condition.strip() == "use_gpu"
+        assert (container.true_name, container.false_name) == (cuda, cpu)
     else:
-        assert container.name == f"{IMAGE}:{version}"
+        assert container.name == cpu
 
 
 def test_manifest_version_matches_library():
-    text = strip_comments((REPO / "nextflow.config").read_text())
-    (manifest,) = [c for n, c in named_blocks(text) if n == "manifest"]
-    assert re.search(rf"version\s*=\s*'{re.escape(library_version())}'", manifest)
-    m = re.search(r"nextflowVersion\s*=\s*'!?>=\s*(\d+)\.(\d+)", manifest)
-    assert m and (int(m.group(1)), int(m.group(2))) >= (24, 10)
+    import linumpy_motor  # noqa: PLC0415
+
+    manifest = tree(REPO / "nextflow.config")["manifest"]
+    assert evaluate(manifest["version"], {}) == linumpy_motor.__version__
+    minimum = re.fullmatch(r"!?>=\s*(\d+)\.(\d+)\.\d+", evaluate(manifest["nextflowVersion"], {}))
+    # topic channels and nf-schema 2.7 (which casts CLI strings under the strict syntax) need 25.10
+    assert minimum and (int(minimum.group(1)), int(minimum.group(2))) >= (25, 10)
+
+
+def test_nf_schema_plugin_is_pinned():
+    (plugin,) = tree(REPO / "nextflow.config")["plugins"]["@id"]
+    name, version = plugin.split("@")
+    assert name == "nf-schema" and tuple(int(v) for v in version.split(".")) >= (2, 7, 0)
+    assert evaluate(tree(REPO / "nextflow.config")["validation"]["failUnrecognisedParams"], {}) is True
 
 
 @pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
@@ -156,114 +187,81 @@ def test_gpu_label_and_accelerator(module):
     labels = {label.value for label in proc.labels}
     if ours.name in GPU_MODULES:
         assert "process_gpu" in labels
-        script = ours.script_text()
-        assert re.search(r"task\.accelerator\s*\?\s*'--use-gpu'\s*:\s*''", script), "--use-gpu only with an accelerator"
+        assert ("val", "use_gpu") in ours.inputs()
+        expr = re.search(r"accelerator\s*\{(.*)\}", ours.directives()).group(1)
+        assert evaluate(expr, {"use_gpu": True}) == 1 and evaluate(expr, {"use_gpu": False}) is None
     else:
-        assert "process_gpu" not in labels
-        assert "--use-gpu" not in ours.script_text()
+        assert "process_gpu" not in labels and not re.search(r"^\s*accelerator\b", ours.directives(), re.M)
+        assert ("val", "use_gpu") not in ours.inputs()
 
 
 def test_labels_are_defined_in_base_config():
-    base = (REPO / "conf" / "base.config").read_text()
-    defined = set(re.findall(r"withLabel:\s*'(\w+)'", base))
-    assert {"process_single", "process_low", "process_medium", "process_high", "process_gpu"} <= defined
+    process = tree(REPO / "conf" / "base.config")["process"]
+    defined = {k.split(":", 1)[1] for k in process if k.startswith("withLabel:")}
+    assert {"process_single", "process_low", "process_medium", "process_high"} <= defined
     used = {label.value for m in MODULES for label in rt_process(m).labels}
-    assert used <= defined
+    assert used - {"process_gpu"} <= defined  # process_gpu: settings only in conf/gpu.config
 
 
-def test_base_config_conventions():
-    base = strip_comments((REPO / "conf" / "base.config").read_text())
-    assert "errorStrategy = { task.exitStatus in ((130..145) + 104 + 175) ? 'retry' : 'finish' }" in base
-    assert re.search(r"maxRetries\s*=\s*\d+", base)
-    for directive in ("cpus", "memory", "time"):
-        assert re.search(rf"{directive}\s*=\s*\{{[^}}]*task\.attempt", base), f"{directive} scales with task.attempt"
-    gpu = re.search(r"withLabel:\s*'process_gpu'\s*\{([^}]*\{[^}]*\}[^}]*)\}", base).group(1)
-    assert "accelerator" in gpu
+def test_error_strategy_retries_what_the_scheduler_killed():
+    strategy = closure_body(tree(REPO / "conf" / "base.config")["process"]["errorStrategy"])
+    for status, expected in [(137, "retry"), (140, "retry"), (104, "retry"), (175, "retry"), (1, "finish"),
+                             (2, "finish"), (129, "finish")]:
+        assert evaluate(strategy, {"task": {"exitStatus": status}}) == expected, status
 
 
-def test_shell_and_cache_notes():
-    text = (REPO / "nextflow.config").read_text()
-    assert "process.shell = ['bash', '-C', '-e', '-u', '-o', 'pipefail']" in text
-    assert "cache = 'lenient'" in text, "document cache 'lenient' for NFS / Lustre"
+@pytest.mark.parametrize("config", ["base.config", "slurm.config", "test.config"])
+def test_resource_limits_cap_every_request(config):
+    """Without limits the local executor refuses a task asking for more than the machine has,
+    and SLURM gets twice the largest request on retry."""
+    limits = tree(REPO / "conf" / config)["process"]["resourceLimits"]
+    keys = set(re.findall(r"(\w+)\s*:", limits.replace("::", "")))
+    assert {"cpus", "memory", "time"} <= keys, limits
+
+
+def test_task_shell_is_strict():
+    shell = evaluate(tree(REPO / "nextflow.config")["process"]["shell"], {})
+    assert shell == ["bash", "-C", "-e", "-u", "-o", "pipefail"]
 
 
 def test_no_store_dir_anywhere():
-    for path in [*NF_FILES, *CONFIGS]:
-        assert "storeDir" not in strip_comments(path.read_text()), path
+    for module in MODULES:
+        assert not rt_process(module).store_dirs
+
+    def keys(node):
+        for key, value in node.items():
+            yield key
+            if isinstance(value, dict):
+                yield from keys(value)
+
+    for path in CONFIGS:
+        assert "storeDir" not in set(keys(tree(path))), path
 
 
-# ------------------------------------------------------------------------------- main.nf story
+# ------------------------------------------------------------------------- slice ids (one rule)
 
 
-def test_main_workflow_story():
-    text = strip_comments((REPO / "main.nf").read_text())
-    # every gather is sorted, so the command lines (and task hashes) are the same on -resume
-    collects = re.findall(r"\.collect\(([^)]*)\)", text)
-    assert collects and all("sort:" in c for c in collects), collects
-    for call in ("SYNTHESISE(", "MEASURE_PAIRS(", "FIT_AFFINE(", "STITCH(", "COMPARE(", "REPORT("):
-        assert call in text
-    assert "params.transform" in text
-    assert "channel.value(file(params.transform" in text
-    assert "FIT_AFFINE.out.transform" in text
+@pytest.mark.parametrize("name, expected", SLICE_IDS.items())
+def test_slice_id_rule_in_the_library(name, expected):
+    if expected is None:
+        with pytest.raises(InputError):
+            slice_id_from_name(name)
+    else:
+        assert slice_id_from_name(name) == expected
 
 
-# ---------------------------------------------------------------------------- bin/ contract
+@pytest.mark.parametrize("name, expected", SLICE_IDS.items())
+def test_slice_id_rule_in_main_nf(name, expected):
+    assert nf_functions(REPO / "main.nf")["sliceIdFromName"](name) == expected
 
 
-@lru_cache(maxsize=None)
-def bin_parser(script: str) -> argparse.ArgumentParser:
-    path = REPO / "bin" / script
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    spec = importlib.util.spec_from_file_location(f"nf_bin_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_parser()
-
-
-def option_strings(parser: argparse.ArgumentParser) -> set[str]:
-    return {s for action in parser._actions for s in action.option_strings}
-
-
-def flags_in(text: str) -> set[str]:
-    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
-
-
-@pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
-def test_bin_scripts_called_by_bare_name(module):
-    ours = process_of(module)
-    (script,) = ours.bin_scripts()
-    assert not re.search(r"(python3?\s+\S*linum_motor|bin/linum_motor)", ours.script_text()), (
-        "call bin/ scripts by bare name: only then are they part of the task hash"
-    )
-    path = REPO / "bin" / script
-    assert path.is_file(), f"bin/{script} is missing"
-    assert os.access(path, os.X_OK), f"bin/{script} is not executable"
-    assert path.read_text().startswith("#!"), f"bin/{script} has no shebang"
-
-
-@pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
-def test_script_flags_are_accepted(module):
-    ours = process_of(module)
-    (script,) = ours.bin_scripts()
-    if not (REPO / "bin" / script).is_file():
-        pytest.fail(f"bin/{script} is missing")
-    accepted = option_strings(bin_parser(script))
-    used = flags_in(ours.script_text())
-    assert used, "no flags found: parsing went wrong"
-    assert used <= accepted, f"bin/{script} does not accept {sorted(used - accepted)}"
-    if ours.name in GPU_MODULES:
-        assert "--use-gpu" in accepted
-
-
-def test_config_ext_args_flags_are_accepted():
-    scripts = {process_of(m).name: next(iter(process_of(m).bin_scripts())) for m in MODULES}
-    texts = [p.read_text() for p in CONFIGS]
-    for text in texts:
-        for name, args in config_ext_args(text).items():
-            assert name in scripts, f"withName: '{name}' names no process"
-            accepted = option_strings(bin_parser(scripts[name]))
-            assert flags_in(args) <= accepted, (name, args)
+def test_duplicate_ids_found():
+    duplicates = nf_functions(REPO / "main.nf")["duplicateIds"]
+    assert duplicates([3, 1, 3, 2, 1, 3]) == [1, 3]
+    assert duplicates([1, 2, 3]) == []
+    names = ["a_z07_v2.ome.zarr", "mosaic_grid_z07_3d.ome.zarr", "slice_z08.ome.zarr"]
+    ids_ = [nf_functions(REPO / "main.nf")["sliceIdFromName"](n) for n in names]
+    assert duplicates(ids_) == [7]
 
 
 # ------------------------------------------------------------------------------ params/schema
@@ -281,9 +279,10 @@ def schema_properties() -> dict:
     return props
 
 
-def validate(params: dict):
+def validate(params: dict, against=None):
     """As nf-schema does: null (unset) params are not validated."""
-    jsonschema.validate({k: v for k, v in params.items() if v is not None}, schema(), cls=jsonschema.Draft202012Validator)
+    instance = {k: v for k, v in params.items() if v is not None} if isinstance(params, dict) else params
+    jsonschema.validate(instance, against or schema(), cls=jsonschema.Draft202012Validator)
 
 
 EXPECTED_DEFAULTS = {
@@ -311,9 +310,10 @@ EXPECTED_DEFAULTS = {
 
 
 def test_schema_is_valid_2020_12():
-    s = schema()
-    assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    jsonschema.Draft202012Validator.check_schema(s)
+    for path in (REPO / "nextflow_schema.json", REPO / "assets" / "schema_input.json"):
+        s = json.loads(path.read_text())
+        assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        jsonschema.Draft202012Validator.check_schema(s)
 
 
 def test_default_params():
@@ -329,21 +329,21 @@ def test_schema_documents_every_param():
             assert props[name].get("default") == value, name
 
 
-@pytest.mark.parametrize("profile", [(), ("test",), ("test", "docker"), ("slurm", "gpu"), ("gpu",)])
+@pytest.mark.parametrize("profile", [(), ("test",), ("test", "docker"), ("slurm", "gpu"), ("gpu",), ("local",)])
 def test_profile_params_validate(profile):
     validate(profile_params(*profile))
 
 
-def test_test_profile_is_synthetic():
-    params = profile_params("test")
-    assert params["synthetic"] is True
-    assert "--slices" in profile_ext_args("test")["SYNTHESISE"]
-
-
 @pytest.mark.parametrize(
     "name, value",
-    [("overlap", 0.7), ("overlap", 0), ("blending", "foo"), ("ngff_version", "0.6"), ("flatfield", "flat.tif"),
-     ("seed", -1), ("z", 1.5), ("publish_dir_mode", "teleport"), ("gpu_cluster_options", "--gres=gpu:1 --mem=8G")],
+    [("overlap", 0.7), ("overlap", 0), ("overlap", 0.5), ("blending", "foo"), ("ngff_version", "0.6"),
+     ("ngff_version", 0.6),
+     ("flatfield", "flat.tif"), ("seed", -1), ("z", 1.5), ("publish_dir_mode", "teleport"),
+     ("publish_dir_mode", "move"), ("gpu_cluster_options", "--gres=gpu:1 --mem=8G"),
+     ("gpu_cluster_options", "-p gpu"),
+     # `--gpu_cluster_options '--gres=gpu:1'`: Nextflow takes '--gres=gpu:1' as the next option and
+     # gives the param `true` (a Boolean, or the string 'true' with the strict syntax)
+     ("gpu_cluster_options", True), ("gpu_cluster_options", "true")],
 )
 def test_schema_rejects_bad_values(name, value):
     params = profile_params()
@@ -353,11 +353,115 @@ def test_schema_rejects_bad_values(name, value):
 
 
 @pytest.mark.parametrize("name, value", [("flatfield", "none"), ("flatfield", "/data/flat.npy"), ("z", 3),
-                                         ("blending", "diffusion"), ("ngff_version", "0.4"), ("transform", "m.json")])
+                                         ("blending", "diffusion"), ("ngff_version", "0.4"), ("transform", "m.json"),
+                                         ("ngff_version", 0.4),  # `--ngff_version 0.4`: Nextflow casts it
+                                         ("gpu_cluster_options", "--gpus=1"), ("gpu_cluster_options", "gres=gpu:1"),
+                                         ("gpu_cluster_options", "--gres=gpu:a100:1 --account=lab"),
+                                         ("publish_dir_mode", "symlink"), ("overlap", 0.49)])
 def test_schema_accepts_good_values(name, value):
     params = profile_params()
     params[name] = value
     validate(params)
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-6, 0.1, 0.2, 0.4999, 0.5, 0.6])
+def test_overlap_bounds_match_the_scripts(value):
+    """The schema refuses exactly what the scripts' --overlap refuses (0 < overlap < 0.5)."""
+    try:
+        overlap_fraction(str(value))
+        scripts_accept = True
+    except Exception:  # argparse.ArgumentTypeError
+        scripts_accept = False
+    params = {**profile_params(), "overlap": value}
+    try:
+        validate(params)
+        schema_accepts = True
+    except jsonschema.ValidationError:
+        schema_accepts = False
+    assert schema_accepts == scripts_accept
+
+
+def normalize_cli(args: list[str]) -> dict:
+    """Nextflow's reading of `--name value` pipeline params (Launcher.normalizeArgs and isValue,
+    nextflow 26.04): a value that starts with '-' (and is not a number or holds no blank) is not
+    taken, and the param becomes 'true'; `--name=value` is kept whole."""
+    params, i = {}, 0
+    while i < len(args):
+        current = args[i]
+        i += 1
+        if re.match(r"^--[a-zA-Z\d]", current):
+            if "=" in current:
+                key, value = current[2:].split("=", 1)
+            else:
+                nxt = args[i] if i < len(args) else ""
+                is_value = bool(nxt) and (len(nxt) == 1 or not nxt.startswith("-") or " " in nxt
+                                          or re.fullmatch(r"-?\d+(\.\d+)?", nxt) is not None)
+                key, value = current[2:], nxt if is_value else "true"
+                i += is_value
+            params[key] = value
+    return params
+
+
+@pytest.mark.parametrize("argv, accepted", [
+    (["--gpu_cluster_options", "--gres=gpu:1"], False),   # the README's old example
+    (["--gpu_cluster_options=--gres=gpu:1"], True),       # the documented form
+    (["--gpu_cluster_options", "gres=gpu:1"], True),      # leading dashes left out: conf/gpu.config adds them
+])
+def test_gpu_cluster_options_from_the_command_line(argv, accepted):
+    params = {**profile_params("slurm", "gpu"), **normalize_cli(argv)}
+    if not accepted:
+        with pytest.raises(jsonschema.ValidationError):
+            validate(params)
+        return
+    validate(params)
+    cluster = closure_body(tree(REPO / "conf" / "gpu.config")["process"]["withLabel:process_gpu"]["clusterOptions"])
+    assert evaluate(cluster, {"params": params}) == "--gres=gpu:1"
+
+
+# ------------------------------------------------------------------------------- samplesheet
+
+
+def sheet_rows(text: str) -> list[dict]:
+    """A CSV samplesheet as nf-schema hands it to the validator: values stripped, empty cells left
+    out, and integers cast."""
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        item = {}
+        for key, value in row.items():
+            if key is None or value is None or not value.strip():
+                continue
+            value = value.strip()
+            item[key] = int(value) if re.fullmatch(r"-?\d+", value) else value
+        rows.append(item)
+    return rows
+
+
+def input_schema() -> dict:
+    return json.loads((REPO / "assets" / "schema_input.json").read_text())
+
+
+@pytest.mark.parametrize("text", ["slice_id,path\n7,a_z07.ome.zarr\n8,/data/b.ome.zarr\n",
+                                  "slice_id,path\n0, a.ome.zarr \n", "path,slice_id\nx.ome.zarr,3\n"])
+def test_samplesheet_schema_accepts(text):
+    validate(sheet_rows(text), input_schema())
+
+
+@pytest.mark.parametrize("text", ["slice_id\n7\n",                      # no path column
+                                  "id,path\n7,a.ome.zarr\n",             # no slice_id column
+                                  "slice_id,path\nseven,a.ome.zarr\n",   # not an integer
+                                  "slice_id,path\n-1,a.ome.zarr\n",      # negative
+                                  "slice_id,path\n1.5,a.ome.zarr\n",
+                                  "slice_id,path\n7,\n",                 # empty path
+                                  "slice_id,path\n"])                    # no slices
+def test_samplesheet_schema_rejects(text):
+    with pytest.raises(jsonschema.ValidationError):
+        validate(sheet_rows(text), input_schema())
+
+
+def test_samplesheet_columns_in_the_order_main_nf_reads_them():
+    """samplesheetToList gives each row's values in the schema's order: main.nf reads row[0] as the
+    slice id and row[1] as the path."""
+    assert list(input_schema()["items"]["properties"]) == ["slice_id", "path"]
 
 
 # -------------------------------------------------------------------------------- profiles
@@ -365,50 +469,151 @@ def test_schema_accepts_good_values(name, value):
 
 def test_profiles():
     table = profiles()
-    assert {"test", "slurm", "gpu", "docker", "singularity", "apptainer"} <= set(table)
-    assert "docker.enabled" in table["docker"] and "--gpus all" in table["docker"]
+    assert {"test", "slurm", "gpu", "docker", "singularity", "apptainer", "local"} <= set(table)
+    assert evaluate(config_tree(table["docker"])["docker"]["enabled"], {}) is True
     for engine in ("singularity", "apptainer"):
-        assert f"{engine}.enabled" in table[engine] and "'--nv'" in table[engine]
-    for engine in ("docker", "singularity", "apptainer"):
-        assert "withLabel: 'process_gpu'" in table[engine], "GPU pass-through only for GPU tasks"
-        assert re.search(r"containerOptions\s*=\s*\{\s*task\.accelerator\s*\?", table[engine])
-    assert "params.use_gpu = true" in table["gpu"]
+        assert evaluate(config_tree(table[engine])[engine]["enabled"], {}) is True
+    local = config_tree(table["local"])
+    for engine in ("docker", "singularity", "apptainer", "podman"):
+        assert evaluate(local[engine]["enabled"], {}) is False
+    assert evaluate(config_tree(table["gpu"])["params"]["use_gpu"], {}) is True
 
 
-def test_use_gpu_is_read_once():
-    """params.use_gpu sets the accelerator; everything else (script flag, -cuda image, GPU
-    pass-through, SLURM partition and --gres) follows task.accelerator, so they cannot disagree."""
-    readers = []
-    for path in [*NF_FILES, *CONFIGS]:
-        for line in strip_comments(path.read_text()).splitlines():
-            if "params.use_gpu" in line and not re.match(r"\s*params\.use_gpu\s*=", line):
-                readers.append((path.name, line.strip()))
-    assert readers == [("base.config", "accelerator = { params.use_gpu.toString().toBoolean() ? 1 : null }")]
+@pytest.mark.parametrize("use_gpu, included", [(False, False), ("false", False), (True, True), ("true", True)])
+def test_gpu_config_only_with_use_gpu(use_gpu, included):
+    """A CPU-only run sets no clusterOptions / containerOptions, so a site's own stay in force."""
+    (conditional,) = [e for e in tree(REPO / "nextflow.config")["@include"] if "params" in e]
+    target = evaluate(conditional, {"params": {"use_gpu": use_gpu}})
+    assert (target == "conf/gpu.config") == included
+    if not included:
+        assert target == "/dev/null"
+
+
+def setting_paths(node, prefix=()):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from setting_paths(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
+
+
+def test_cluster_and_container_options_only_in_gpu_config():
+    for path in CONFIGS:
+        found = [p for p in setting_paths(tree(path)) if p[-1] in ("clusterOptions", "containerOptions")]
+        if path.name == "gpu.config":
+            assert found and all(p[:2] == ("process", "withLabel:process_gpu") for p in found)
+        else:
+            assert not found, (path, found)
+    for name, text in profiles().items():
+        found = [p for p in setting_paths(config_tree(text)) if p[-1] in ("clusterOptions", "containerOptions")]
+        assert not found, (name, found)
+
+
+@pytest.mark.parametrize("engine, expected", [("docker", "--gpus all"), ("singularity", "--nv"),
+                                              ("apptainer", "--nv"), (None, "")])
+def test_gpu_pass_through(engine, expected):
+    options = closure_body(tree(REPO / "conf" / "gpu.config")["process"]["withLabel:process_gpu"]["containerOptions"])
+    assert evaluate(options, {"workflow": {"containerEngine": engine}}) == expected
 
 
 def test_slurm_profile():
-    slurm = profiles()["slurm"]
-    assert "executor = 'slurm'" in slurm
-    assert re.search(r"queueSize\s*=\s*\d+", slurm)
-    assert "submitRateLimit" in slurm
-    gpu = slurm[slurm.index("withLabel: 'process_gpu'") :]
-    assert re.search(r"queue\s*=\s*\{\s*task\.accelerator && params\.gpu_queue \? params\.gpu_queue : params\.queue", gpu)
-    assert re.search(r"clusterOptions\s*=\s*\{\s*task\.accelerator \? params\.gpu_cluster_options : ''", gpu)
+    slurm = tree(REPO / "conf" / "slurm.config")
+    assert evaluate(slurm["process"]["executor"], {}) == "slurm"
+    assert int(slurm["executor"]["queueSize"]) > 0 and slurm["executor"]["submitRateLimit"]
+    queue = closure_body(slurm["process"]["withLabel:process_gpu"]["queue"])
+    params = {"queue": "cpu", "gpu_queue": "gpu"}
+    assert evaluate(queue, {"task": {"accelerator": 1}, "params": params}) == "gpu"
+    assert evaluate(queue, {"task": {"accelerator": None}, "params": params}) == "cpu"
+    assert evaluate(queue, {"task": {"accelerator": 1}, "params": {**params, "gpu_queue": None}}) == "cpu"
     # the SLURM executor emits -p/--mem/-t itself; never repeat them in clusterOptions
-    assert not re.search(r"--mem|--time|--partition|(^|\s)-[pt]\s", EXPECTED_DEFAULTS["gpu_cluster_options"])
+    with pytest.raises(jsonschema.ValidationError):
+        validate({**profile_params("slurm", "gpu"), "gpu_cluster_options": "--gres=gpu:1 --time=1:00:00"})
+
+
+def test_lenient_cache_is_documented_for_shared_file_systems():
+    readme = (REPO / "README.md").read_text()
+    nextflow_section = readme[readme.index("## Nextflow"):]
+    nextflow_section = nextflow_section[: nextflow_section.index("\n## ", 1)]
+    assert re.search(r"process\.cache\s*=\s*'lenient'", nextflow_section)
+
+
+# ------------------------------------------------------------------------------ publishing
+
+
+@pytest.mark.parametrize("name, folder", [("SYNTHESISE", ""), ("MEASURE_PAIRS", "/pairs"), ("FIT_AFFINE", ""),
+                                          ("STITCH", "/stitched"), ("COMPARE", "/compare"), ("REPORT", "")])
+def test_publish_dirs(name, folder):
+    spec = tree(REPO / "conf" / "modules.config")["process"][f"withName:{name}"]["publishDir"]
+    path_expr = re.search(r"path:\s*\{(.*?)\}\s*,", spec).group(1)
+    params = {**profile_params(), "outdir": "/out", "publish_dir_mode": "symlink"}
+    assert evaluate(path_expr, {"params": params}) == f"/out{folder}"
+    mode_expr = re.search(r"mode:\s*([\w.]+)", spec).group(1)
+    assert evaluate(mode_expr, {"params": params}) == "symlink"
+
+
+# --------------------------------------------------------------------------- modules: meta.yml
+
+
+def declared_names(section: str) -> list[str]:
+    names = []
+    for line in section.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        emit = re.search(r"\bemit:\s*(\w+)", line)
+        names.append(emit.group(1) if emit else line)
+    return names
+
+
+@pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
+def test_meta_yml_describes_the_module(module):
+    meta = yaml.safe_load((module.parent / "meta.yml").read_text())
+    ours = process_of(module)
+    assert meta["name"] == ours.name.lower() and meta["description"]
+    documented_inputs = [next(iter(item)) for group in meta.get("input", []) for item in group]
+    assert documented_inputs == [name for _, name in ours.inputs()]
+    documented_outputs = list(meta["output"])
+    assert documented_outputs == declared_names(ours.sections["output"])
+    if ours.name != "LIBRARY_VERSION":
+        assert meta["topics"]["versions"]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
+def test_nf_test_per_module_with_stub_and_real_runs(module):
+    text = (module.parent / "tests" / "main.nf.test").read_text()
+    assert re.search(rf"nextflow_process\s*\{{.*?process\s+\"{process_of(module).name}\"", text, re.S)
+    names = re.findall(r"\btest\(\"([^\"]+)\"\)", text)
+    stub = [n for n in names if "stub" in n]
+    assert stub and len(names) > len(stub), names
+
+
+def test_nf_test_for_the_pipeline_and_the_slice_ids():
+    text = (REPO / "tests" / "main.nf.test").read_text()
+    assert re.search(r"nextflow_pipeline\s*\{", text)
+    functions = (REPO / "tests" / "main.functions.nf.test").read_text()
+    assert re.search(r"function\s+\"sliceIdFromName\"", functions)
 
 
 # --------------------------------------------------------------------------- containers / CI
 
 
-def test_containers():
-    cpu = (REPO / "containers" / "Dockerfile").read_text()
-    cuda = (REPO / "containers" / "Dockerfile.cuda").read_text()
-    readme = (REPO / "containers" / "README.md").read_text()
-    assert re.search(r"^FROM python:3\.11-slim", cpu, re.MULTILINE)
-    assert "pip install" in cpu and "/src" in cpu and "bin/" in cpu
-    assert re.search(r"^FROM nvidia/cuda:12\.", cuda, re.MULTILINE) and "[gpu]" in cuda
-    assert "docker://" in readme and "Dockerfile.cuda" in readme
+def test_build_script_builds_what_the_modules_pin(tmp_path):
+    import linumpy_motor  # noqa: PLC0415
+
+    cpu, cuda = image_names()
+    assert cpu == f"ghcr.io/linum-uqam/linumpy-motor:{linumpy_motor.__version__}" and cuda == f"{cpu}-cuda"
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/bash\necho \"$*\" >> \"$0.log\"\n")
+    fake.chmod(0o755)
+    subprocess.run([str(REPO / "containers" / "build.sh"), "--push"], env={"DOCKER": str(fake), "PATH": "/usr/bin:/bin"},
+                   check=True, capture_output=True)
+    calls = (tmp_path / "docker.log").read_text().splitlines()
+    assert calls == [f"build -f containers/Dockerfile -t {cpu} .", f"push {cpu}",
+                     f"build -f containers/Dockerfile.cuda -t {cuda} .", f"push {cuda}"]
+    for dockerfile in ("containers/Dockerfile", "containers/Dockerfile.cuda"):
+        assert (REPO / dockerfile).is_file()
+    bad = subprocess.run([str(REPO / "containers" / "build.sh"), "gpu"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument 'gpu'" in bad.stderr
 
 
 def load_workflow(name: str) -> dict:
@@ -417,19 +622,32 @@ def load_workflow(name: str) -> dict:
     return data
 
 
-def workflow_commands(data: dict) -> str:
-    return "\n".join(step.get("run", "") for job in data["jobs"].values() for step in job.get("steps", []))
+def workflow_runs(data: dict) -> list[str]:
+    return [step.get("run", "") for job in data["jobs"].values() for step in job.get("steps", [])]
 
 
 def test_nextflow_ci_workflow():
     data = load_workflow("nextflow.yml")
-    runs = workflow_commands(data)
+    runs = "\n".join(workflow_runs(data))
     uses = " ".join(s.get("uses", "") for job in data["jobs"].values() for s in job.get("steps", []))
-    assert "setup-java" in uses and "nextflow" in uses.lower()
-    assert "nextflow run . -profile test,docker" in runs
+    assert "setup-java" in uses and "setup-nextflow" in uses and "setup-nf-test" in uses
+    assert re.search(r"^nf-test test\b", runs, re.M)
     assert re.search(r"nextflow run \. -profile test,docker[^\n]*-resume", runs)
+    assert re.search(r"nextflow run \. -profile test,local\b", runs)
+    assert re.search(r"containers/build\.sh cpu", runs)
+
+
+def test_release_workflow_publishes_both_images_on_tags():
+    data = load_workflow("release.yml")
+    on = data.get("on", data.get(True))  # YAML 1.1 reads `on:` as True
+    assert on["push"]["tags"]
+    job = next(iter(data["jobs"].values()))
+    assert job["permissions"]["packages"] == "write"
+    runs = "\n".join(workflow_runs(data))
+    assert re.search(r"containers/build\.sh --push\b", runs)
 
 
 def test_ci_workflow():
-    runs = workflow_commands(load_workflow("ci.yml"))
-    assert "make test" in runs
+    runs = "\n".join(workflow_runs(load_workflow("ci.yml")))
+    assert re.search(r"^make test\b", runs, re.M)
+

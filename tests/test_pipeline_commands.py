@@ -1,13 +1,15 @@
 """Run the pipeline's own task scripts, in order, the way Nextflow would.
 
-Each process's `script:` block is read from modules/local/*/main.nf and rendered for the test
-profile's params (tests/nf_groovy.py evaluates the `def` lines and interpolates the GString,
+Each process's `script:` block is read from modules/local/*/main.nf and rendered for a profile's
+params (tests/nf_groovy.py evaluates the `def` lines, the module's functions and the `ext.args`
+closures of conf/modules.config, interpolates the GString with Nextflow's escaping of staged paths,
 then strips the indentation as Nextflow does). Each task runs in its own folder with its inputs
-staged as symlinks, under the pipeline's shell (`bash -C -e -u -o pipefail`); its declared
-outputs must appear. The flow mirrors main.nf:
+staged as symlinks, under the pipeline's shell (`bash -C -e -u -o pipefail`); its declared outputs
+must appear, and its `eval(...)` outputs are run after it, as Nextflow appends them. The flow
+mirrors main.nf:
 
-    SYNTHESISE -> MEASURE_PAIRS (per slice) -> FIT_AFFINE -> STITCH (per slice)
-               -> COMPARE (per slice) -> REPORT
+    LIBRARY_VERSION -> SYNTHESISE -> MEASURE_PAIRS (per slice) -> FIT_AFFINE -> STITCH (per slice)
+                    -> COMPARE (per slice) -> REPORT
 """
 
 from __future__ import annotations
@@ -15,20 +17,29 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nf_groovy import REPO, NfPath, NfPathList, nf_processes, profile_ext_args, profile_params  # noqa: E402
+from nf_groovy import (  # noqa: E402
+    REPO,
+    NfPath,
+    NfPathList,
+    ext_args_value,
+    nf_functions,
+    nf_processes,
+    profile_ext_args,
+    profile_params,
+)
 
 SHELL = ["bash", "-C", "-e", "-u", "-o", "pipefail"]  # process.shell in nextflow.config
 PROFILE = ("test",)
+MAIN = nf_functions(REPO / "main.nf")
 
 
 def process(name: str):
@@ -36,107 +47,123 @@ def process(name: str):
     return proc
 
 
-def library_version() -> str:
-    text = (REPO / "linumpy_motor" / "__init__.py").read_text()
-    return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE).group(1)
-
-
 def slice_meta(zarr: Path) -> dict:
-    """As main.nf: slice id = the last number in the store name; prefix slice_zNN."""
-    n = int(re.findall(r"\d+", zarr.name.replace(".ome.zarr", ""))[-1])
-    return {"id": n, "prefix": f"slice_z{n:02d}"}
+    """As main.nf: sliceMeta(checkedSliceId(zarr)), with main.nf's own functions."""
+    slice_id = MAIN["sliceIdFromName"](zarr.name)
+    assert slice_id is not None, zarr
+    return MAIN["sliceMeta"](slice_id)
 
 
-def task_env() -> dict:
+def task_env(extra_path: Path | None = None) -> dict:
     env = dict(os.environ)
     path = [str(REPO / "bin"), str(Path(sys.executable).parent)]
+    if extra_path:
+        path.insert(0, str(extra_path))
     env["PATH"] = os.pathsep.join([*path, env.get("PATH", "")])
     env["PYTHONNOUSERSITE"] = "1"  # env scope of nextflow.config
     env.setdefault("MPLBACKEND", "Agg")
     return env
 
 
+def library_version() -> str:
+    result = subprocess.run(["linum_motor_version.py"], env=task_env(), capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
 class Runner:
     """A minimal stand-in for Nextflow's local executor."""
 
-    def __init__(self, root: Path, profile=PROFILE, params=None, accelerator=None, section="script"):
+    def __init__(self, root: Path, profile=PROFILE, params=None, section="script", cpus=2, bin_dir=None):
         self.root = root
         self.params = {**profile_params(*profile), **(params or {})}
         self.ext_args = profile_ext_args(*profile)
-        self.accelerator = accelerator
         self.section = section
+        self.cpus = cpus
+        self.bin_dir = bin_dir  # stand-ins for bin/ scripts, found first on PATH
         self.count = 0
 
     def env(self, proc, meta, inputs: dict) -> dict:
-        declared = [name for kind, name in proc.inputs() if kind == "path"]
+        declared = [name for kind, name in proc.inputs() if name != "meta"]
         assert list(inputs) == declared, f"{proc.name}: inputs {list(inputs)} != declared {declared}"
-        env = {
-            "params": self.params,
-            "task": {"ext": {"args": self.ext_args.get(proc.name)}, "accelerator": self.accelerator,
-                     "process": proc.name, "attempt": 1},
-            "meta": meta,
-        }
+        kinds = dict((name, kind) for kind, name in proc.inputs())
+        env = {"params": self.params, "meta": meta}
         for name, value in inputs.items():
-            if isinstance(value, list):
+            if kinds[name] == "val":
+                env[name] = value
+            elif isinstance(value, list):
                 env[name] = NfPathList(NfPath(Path(v).name) for v in value)
             else:
                 env[name] = NfPath(Path(value).name)
+        ext_args = ext_args_value(self.ext_args.get(proc.name), env)
+        accelerator = 1 if env.get("use_gpu") else None  # the modules' `accelerator { use_gpu ? 1 : null }`
+        env["task"] = {"ext": {"args": ext_args}, "accelerator": accelerator, "process": proc.name,
+                       "attempt": 1, "cpus": self.cpus}
         return env
 
     def run(self, proc, meta, **inputs) -> dict[str, list[Path]]:
-        """Stage, render, run; returns {output pattern: matching paths}."""
+        """Stage, render, run; returns {output pattern: matching paths, 'eval': [eval outputs]}."""
         self.count += 1
         workdir = self.root / f"{self.count:02d}_{proc.name}_{meta['id']}"
         workdir.mkdir(parents=True)
         staged = set()
-        for value in inputs.values():
+        kinds = dict((name, kind) for kind, name in proc.inputs())
+        for name, value in inputs.items():
+            if kinds[name] != "path":
+                continue
             for src in value if isinstance(value, list) else [value]:
                 (workdir / Path(src).name).symlink_to(Path(src).resolve())
                 staged.add(Path(src).name)
         script = proc.render(self.env(proc, meta, inputs), self.section)
         (workdir / ".command.sh").write_text(script)
-        result = subprocess.run([*SHELL, ".command.sh"], cwd=workdir, env=task_env(),
+        result = subprocess.run([*SHELL, ".command.sh"], cwd=workdir, env=task_env(self.bin_dir),
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, (
             f"{proc.name} failed ({result.returncode})\n--- script\n{script}\n--- stdout\n{result.stdout}"
             f"\n--- stderr\n{result.stderr}"
         )
-        outputs = {}
+        outputs = {"stdout": result.stdout, "eval": []}
         for pattern in proc.output_patterns():
             found = sorted(Path(p) for p in glob.glob(str(workdir / pattern)) if Path(p).name not in staged)
             assert found, f"{proc.name}: no output matches {pattern!r} in {workdir}"
             outputs[pattern] = found
+        for command in proc.eval_outputs():
+            done = subprocess.run([*SHELL, "-c", command], cwd=workdir, env=task_env(self.bin_dir),
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, f"{proc.name}: eval({command!r}) failed: {done.stderr}"
+            outputs["eval"].append(done.stdout.strip())
         return outputs
 
 
-def run_pipeline(runner: Runner):
-    synth = runner.run(process("synthesise"), {"id": "synthetic"})
+def run_pipeline(runner: Runner, use_gpu: bool = False):
+    library = runner.run(process("library"), {"id": "linumpy-motor"})["stdout"].strip()
+    synth = runner.run(process("synthesise"), {"id": "synthetic"}, library=library)
     zarrs = synth["synthetic/*.ome.zarr"]
     slices = [(slice_meta(z), z) for z in zarrs]
 
     pairs = {}
     for meta, zarr in slices:
-        out = runner.run(process("measure_pairs"), meta, zarr=zarr)
+        out = runner.run(process("measure_pairs"), meta, zarr=zarr, use_gpu=use_gpu, library=library)
         (pairs[meta["id"]],) = out["*_pairs.json"]
     all_pairs = sorted(pairs.values(), key=lambda p: p.name)
 
-    fit = runner.run(process("fit_affine"), {"id": "motor"}, pairs=all_pairs)
+    fit = runner.run(process("fit_affine"), {"id": "motor"}, pairs=all_pairs, library=library)
     (transform,) = fit["motor_transform.json"]
 
     stitched, compared = {}, {}
     for meta, zarr in slices:
-        out = runner.run(process("stitch"), meta, zarr=zarr, transform=transform, flatfield=[])
+        out = runner.run(process("stitch"), meta, zarr=zarr, transform=transform, flatfield=[], use_gpu=use_gpu,
+                         library=library)
         (stitched[meta["id"]],) = out["*_stitch_3d.ome.zarr"]
-        out = runner.run(process("compare"), meta, pairs=pairs[meta["id"]], transform=transform)
+        out = runner.run(process("compare"), meta, pairs=pairs[meta["id"]], transform=transform, library=library)
         (compared[meta["id"]],) = out["*_compare.json"]
 
     report = runner.run(
         process("report"), {"id": "report"}, transform=transform, pairs=all_pairs,
         compare=sorted(compared.values(), key=lambda p: p.name),
-        stitched=sorted(stitched.values(), key=lambda p: p.name),
+        stitched=sorted(stitched.values(), key=lambda p: p.name), library=library,
     )
-    return {"synth": synth, "slices": slices, "pairs": pairs, "transform": transform,
-            "stitched": stitched, "compare": compared, "report": report}
+    return {"library": library, "synth": synth, "slices": slices, "pairs": pairs, "transform": transform,
+            "stitched": stitched, "compare": compared, "report": report, "fit": fit}
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -162,21 +189,19 @@ def test_pipeline_scripts_end_to_end(tmp_path):
         assert stitched.is_dir() and stitched.name == f"{meta['prefix']}_stitch_3d.ome.zarr"
         assert out["pairs"][meta["id"]].name == f"{meta['prefix']}_pairs.json"
         assert out["compare"][meta["id"]].name == f"{meta['prefix']}_compare.json"
+        assert json.loads(out["pairs"][meta["id"]].read_text())["slice_id"] == meta["id"]
         json.loads(out["compare"][meta["id"]].read_text())
     (report_dir,) = out["report"]["report"]
     assert (report_dir / "report.html").is_file()
 
     # --transform: main.nf skips MEASURE_PAIRS / FIT_AFFINE / COMPARE and REPORT gets [] for both
     again = runner.run(process("report"), {"id": "report"}, transform=out["transform"], pairs=[], compare=[],
-                       stitched=sorted(out["stitched"].values(), key=lambda p: p.name))
+                       stitched=sorted(out["stitched"].values(), key=lambda p: p.name), library=out["library"])
     assert (again["report"][0] / "report.html").is_file()
 
-    # versions.yml of every task: valid YAML, keyed by process, with the library version
-    for versions in sorted(tmp_path.glob("work/*/versions.yml")):
-        data = yaml.safe_load(versions.read_text())
-        ((name, tools),) = data.items()
-        assert versions.parent.name.split("_", 1)[1].startswith(name)
-        assert str(tools["linumpy-motor"]) == library_version(), versions.read_text()
+    # the versions topic: every task reports the library it ran with, the one LIBRARY_VERSION read
+    assert out["library"] == library_version()
+    assert out["fit"]["eval"] == [out["library"]] and out["report"]["eval"] == [out["library"]]
 
 
 # --------------------------------------------------------------- stubs and rendering (fast)
@@ -187,77 +212,234 @@ def test_stub_blocks_produce_every_declared_output(tmp_path):
     run_pipeline(Runner(tmp_path / "work", section="stub"))
 
 
-def render(name: str, *, params=None, accelerator=None, profile=PROFILE, **inputs) -> str:
-    runner = Runner(Path("/nonexistent"), profile=profile, params=params, accelerator=accelerator)
+DEFAULT_INPUTS = {
+    "library": {},
+    "synthesise": {"library": "0.1.0+abc"},
+    "measure_pairs": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "use_gpu": False, "library": "0.1.0+abc"},
+    "fit_affine": {"pairs": ["p/slice_z01_pairs.json", "p/slice_z02_pairs.json"], "library": "0.1.0+abc"},
+    "stitch": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "transform": "motor_transform.json", "flatfield": [],
+               "use_gpu": False, "library": "0.1.0+abc"},
+    "compare": {"pairs": "slice_z07_pairs.json", "transform": "motor_transform.json", "library": "0.1.0+abc"},
+    "report": {"transform": "motor_transform.json", "pairs": ["a_pairs.json"], "compare": ["a_compare.json"],
+               "stitched": ["a_stitch_3d.ome.zarr"], "library": "0.1.0+abc"},
+}
+
+
+def render(name: str, *, params=None, profile=PROFILE, cpus=2, **inputs) -> str:
+    runner = Runner(Path("/nonexistent"), profile=profile, params=params, cpus=cpus)
     proc = process(name)
     meta = {"id": 7, "prefix": "slice_z07"}
-    defaults = {
-        "synthesise": {},
-        "measure_pairs": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr"},
-        "fit_affine": {"pairs": ["p/slice_z01_pairs.json", "p/slice_z02_pairs.json"]},
-        "stitch": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "transform": "motor_transform.json", "flatfield": []},
-        "compare": {"pairs": "slice_z07_pairs.json", "transform": "motor_transform.json"},
-        "report": {"transform": "motor_transform.json", "pairs": ["a_pairs.json"], "compare": ["a_compare.json"],
-                   "stitched": ["a_stitch_3d.ome.zarr"]},
-    }[name]
-    return proc.render(runner.env(proc, meta, {**defaults, **inputs}))
+    return proc.render(runner.env(proc, meta, {**DEFAULT_INPUTS[name], **inputs}))
 
 
-def flat(script: str) -> str:
-    """The script on one line: bash line continuations joined, whitespace collapsed."""
-    return " ".join(script.replace("\\\n", " ").split())
+def command_words(script: str, program: str, cwd: Path | None = None) -> list[str]:
+    """The words bash passes to `program` when it runs a rendered script (quotes and escapes resolved
+    by bash itself): `program` is replaced by a shell function that prints its arguments as JSON."""
+    probe = f"{program}() {{ python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"; }}\n"
+    result = subprocess.run(["bash", "-c", probe + script], cwd=cwd, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 MODULE_NAMES = ["synthesise", "measure_pairs", "fit_affine", "stitch", "compare", "report"]
+PROGRAMS = {"synthesise": "linum_motor_synth.py", "measure_pairs": "linum_motor_measure_pairs.py",
+            "fit_affine": "linum_motor_fit_affine.py", "stitch": "linum_motor_stitch.py",
+            "compare": "linum_motor_compare.py", "report": "linum_motor_report.py"}
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)
 @pytest.mark.parametrize("profile", [(), ("test",), ("gpu",)])
 def test_no_unset_value_reaches_a_command_line(name, profile):
-    script = render(name, profile=profile)
-    assert not re.search(r"\bnull\b", script), script
-    assert "[]" not in script, script
+    words = command_words(render(name, profile=profile), PROGRAMS[name])
+    assert "null" not in words and "[]" not in words and "" not in words, words
 
 
 @pytest.mark.parametrize("name", ["measure_pairs", "stitch"])
-def test_use_gpu_only_with_an_accelerator(name):
-    assert "--use-gpu" not in render(name)
-    assert "--use-gpu" in render(name, accelerator=1)
+def test_use_gpu_input_drives_the_flag(name):
+    assert "--use-gpu" not in command_words(render(name, use_gpu=False), PROGRAMS[name])
+    assert "--use-gpu" in command_words(render(name, use_gpu=True), PROGRAMS[name])
 
 
 def test_optional_measure_flags():
-    plain = render("measure_pairs")
+    plain = command_words(render("measure_pairs"), "linum_motor_measure_pairs.py")
     for flag in ("--z", "--max-shift", "--histogram-match", "--max-empty-fraction"):
         assert flag not in plain
-    script = render("measure_pairs", params={"z": 3, "max_shift": 5.0, "histogram_match": True,
-                                             "max_empty_fraction": 0.5, "overlap": 0.25})
-    for piece in ("--z 3", "--max-shift 5.0", "--histogram-match", "--max-empty-fraction 0.5",
-                  "--overlap 0.25", "--slice-id 7", "mosaic_grid_3d_z07.ome.zarr slice_z07_pairs.json"):
-        assert piece in flat(script), piece
+    words = command_words(render("measure_pairs", params={"z": 3, "max_shift": 5.0, "histogram_match": True,
+                                                          "max_empty_fraction": 0.5, "overlap": 0.25}),
+                          "linum_motor_measure_pairs.py")
+    assert words[:2] == ["mosaic_grid_3d_z07.ome.zarr", "slice_z07_pairs.json"]
+    for pair in (["--z", "3"], ["--max-shift", "5.0"], ["--max-empty-fraction", "0.5"], ["--overlap", "0.25"],
+                 ["--slice-id", "7"]):
+        k = words.index(pair[0])
+        assert words[k : k + 2] == pair, words
+    assert "--histogram-match" in words
     # the strict syntax parser passes CLI params as strings: `--histogram_match false` stays off
-    assert "--histogram-match" not in render("measure_pairs", params={"histogram_match": "false"})
-    assert "--histogram-match" in render("measure_pairs", params={"histogram_match": "true"})
+    assert "--histogram-match" not in command_words(render("measure_pairs", params={"histogram_match": "false"}),
+                                                    "linum_motor_measure_pairs.py")
 
 
 def test_fit_and_stitch_arguments():
-    fit = flat(render("fit_affine", params={"n_samples": 500}))
-    assert "slice_z01_pairs.json slice_z02_pairs.json --out motor_transform.json" in fit
-    assert "--n-samples 500" in fit and "--seed 0" in fit and "--drift-tolerance 1.0" in fit
-    stitch = flat(render("stitch"))
-    assert "mosaic_grid_3d_z07.ome.zarr motor_transform.json slice_z07_stitch_3d.ome.zarr" in stitch
-    assert "--blending feather --flatfield estimate --ngff-version 0.5" in stitch
-    given = flat(render("stitch", params={"flatfield": "/data/flat.npy"}, flatfield="/data/flat.npy"))
-    assert "--flatfield flat.npy" in given  # the staged file, not the host path
+    fit = command_words(render("fit_affine", params={"n_samples": 500}), "linum_motor_fit_affine.py")
+    assert fit[:4] == ["slice_z01_pairs.json", "slice_z02_pairs.json", "--out", "motor_transform.json"]
+    assert {"--n-samples", "500", "--seed", "0", "--drift-tolerance", "1.0"} <= set(fit)
+    stitch = command_words(render("stitch"), "linum_motor_stitch.py")
+    assert stitch[:3] == ["mosaic_grid_3d_z07.ome.zarr", "motor_transform.json", "slice_z07_stitch_3d.ome.zarr"]
+    assert stitch[stitch.index("--flatfield") + 1] == "estimate" and stitch.count("--flatfield") == 1
+    given = command_words(render("stitch", params={"flatfield": "/data/flat.npy"}, flatfield="/data/flat.npy"),
+                          "linum_motor_stitch.py")
+    assert given[given.index("--flatfield") + 1] == "flat.npy"  # the staged file, not the host path
+    assert given.count("--flatfield") == 1
 
 
 def test_report_without_measurements():
     """--transform: no pairs, no comparisons; the report still runs on the stitched slices."""
-    script = flat(render("report", pairs=[], compare=[]))
-    assert "--pairs" not in script and "--compare" not in script
-    assert "--transform motor_transform.json" in script and "--stitched a_stitch_3d.ome.zarr" in script
+    words = command_words(render("report", pairs=[], compare=[]), "linum_motor_report.py")
+    assert "--pairs" not in words and "--compare" not in words
+    assert words[words.index("--transform") + 1] == "motor_transform.json"
+    assert words[words.index("--stitched") + 1] == "a_stitch_3d.ome.zarr"
 
 
-def test_ext_args_are_appended():
-    script = flat(render("synthesise"))
-    assert script.startswith("linum_motor_synth.py synthetic")
-    assert "--slices 2 --grid 3 4 --tile 4 64 64" in script
+def test_test_profile_ext_args_reach_synthesise():
+    words = command_words(render("synthesise"), "linum_motor_synth.py")
+    assert words[0] == "synthetic"
+    assert words[words.index("--slices") + 1] == "2" and words[words.index("--grid") + 1 : words.index("--grid") + 3] == ["3", "4"]
+    assert words[words.index("--seed") + 1] == "0"
+
+
+@pytest.mark.parametrize("hostile", ["$(touch PWNED) z02.ome.zarr", "${HOME} it's `id` z03.ome.zarr",
+                                     "a;b|c&d z04.ome.zarr"])
+def test_hostile_store_names_stay_one_argument(tmp_path, hostile):
+    """A store's name is data: bash gets it as one word, unchanged, and runs nothing in it."""
+    (tmp_path / "run").mkdir()
+    argv = command_words(render("measure_pairs", zarr=f"in/{hostile}"), "linum_motor_measure_pairs.py",
+                         cwd=tmp_path / "run")
+    assert argv[0] == hostile
+    assert not (tmp_path / "run" / "PWNED").exists()
+
+
+@pytest.mark.slow
+def test_measure_pairs_runs_on_a_store_with_a_hostile_name(tmp_path):
+    """The real script on a real store named like a command: it measures the store and runs nothing."""
+    data = tmp_path / "data"
+    subprocess.run(["linum_motor_synth.py", str(data), "--slices", "1", "--grid", "2", "2", "--tile", "2", "48", "48"],
+                   env=task_env(), check=True, capture_output=True)
+    (store,) = sorted(data.glob("*.ome.zarr"))
+    hostile = data / f"$(touch PWNED) it's {store.name}"
+    store.rename(hostile)
+    runner = Runner(tmp_path / "work")
+    meta = slice_meta(hostile)
+    out = runner.run(process("measure_pairs"), meta, zarr=hostile, use_gpu=False, library="x")
+    (pairs,) = out["*_pairs.json"]
+    assert json.loads(pairs.read_text())["pairs"], "pairs measured"
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_tasks_size_their_thread_pools_to_task_cpus(tmp_path):
+    """Every task exports its CPU count to the thread pools and puts CuPy's cache in its own folder."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for program in PROGRAMS.values():
+        (fake / program).write_text("#!/bin/bash\nenv > \"$PWD/.task_env\"\n")
+        (fake / program).chmod(0o755)
+    for name in MODULE_NAMES:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        (workdir / ".command.sh").write_text(render(name, cpus=3))
+        subprocess.run([*SHELL, ".command.sh"], cwd=workdir, env=task_env(fake), check=True, capture_output=True)
+        env = dict(line.split("=", 1) for line in (workdir / ".task_env").read_text().splitlines() if "=" in line)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                    "ZARR_THREADING__MAX_WORKERS"):
+            assert env[var] == "3", (name, var)
+        assert Path(env["CUPY_CACHE_DIR"]) == workdir.resolve() / ".cupy"
+
+
+# ------------------------------------------------------------------ resume: what is hashed
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_library_version_is_a_task_input(name):
+    """Nextflow hashes input values: the library fingerprint in them reruns tasks after a library change."""
+    assert ("val", "library") in process(name).inputs()
+
+
+@pytest.mark.parametrize("name", ["measure_pairs", "stitch"])
+def test_use_gpu_is_a_task_input(name):
+    assert ("val", "use_gpu") in process(name).inputs()
+
+
+def test_library_version_changes_with_the_library_source(tmp_path):
+    """linum_motor_version.py: '<version>+<hash>'; the hash follows the installed package's files."""
+    copy = tmp_path / "site"
+    shutil.copytree(REPO / "linumpy_motor", copy / "linumpy_motor", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**task_env(), "PYTHONPATH": str(copy)}
+
+    def version() -> str:
+        done = subprocess.run(["linum_motor_version.py"], env=env, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    first = version()
+    import linumpy_motor  # noqa: PLC0415
+
+    assert first.startswith(f"{linumpy_motor.__version__}+") and len(first.split("+")[1]) == 12
+    assert version() == first  # stable
+    (copy / "linumpy_motor" / "__pycache__").mkdir(exist_ok=True)
+    (copy / "linumpy_motor" / "__pycache__" / "x.pyc").write_bytes(b"compiled")
+    assert version() == first  # byte-code caches do not count
+    with (copy / "linumpy_motor" / "fit.py").open("a") as handle:
+        handle.write("\n# changed\n")
+    assert version() != first
+
+
+# --------------------------------------------------------------------------- bin/ contract
+
+
+def bin_parser(program: str):
+    """The argparse parser of a bin/ script (its build_parser())."""
+    import importlib.util  # noqa: PLC0415
+
+    path = REPO / "bin" / program
+    spec = importlib.util.spec_from_file_location(f"nf_bin_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+PARAM_SETS = [
+    {},
+    {"z": 3, "max_shift": 5.0, "histogram_match": True, "max_empty_fraction": 0.5, "n_samples": 100,
+     "flatfield": "none", "blending": "diffusion", "ngff_version": "0.4"},
+]
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+@pytest.mark.parametrize("params", PARAM_SETS)
+@pytest.mark.parametrize("use_gpu", [False, True])
+def test_rendered_commands_parse_with_the_scripts_own_parsers(name, params, use_gpu):
+    inputs = {"use_gpu": use_gpu} if name in ("measure_pairs", "stitch") else {}
+    if name == "stitch" and params.get("flatfield") == "none":
+        inputs["flatfield"] = []
+    words = command_words(render(name, params=params, **inputs), PROGRAMS[name])
+    bin_parser(PROGRAMS[name]).parse_args(words)  # exits (SystemExit) on an unknown or malformed option
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_bin_scripts_are_called_by_bare_name(name):
+    """Nextflow hashes a bin/ script only when its bare name is a word of the task script."""
+    script = render(name)
+    programs = [line.split()[0] for line in script.replace("\\\n", " ").splitlines()
+                if line.split() and line.split()[0].endswith(".py")]
+    assert programs == [PROGRAMS[name]]
+    path = REPO / "bin" / PROGRAMS[name]
+    assert os.access(path, os.X_OK) and path.read_text().startswith("#!")
+
+
+def test_library_version_says_when_the_package_is_missing(tmp_path):
+    """-profile local without the package installed: the first task stops with one clear line."""
+    env = {**task_env(), "PYTHONPATH": str(tmp_path)}
+    env["PATH"] = os.pathsep.join([str(REPO / "bin"), "/usr/bin", "/bin"])
+    done = subprocess.run(["/usr/bin/python3", str(REPO / "bin" / "linum_motor_version.py")], env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+    if done.returncode == 0:
+        pytest.skip("the system Python has linumpy_motor installed")
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert "linumpy_motor package is not importable" in line and "pip install" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from html import escape as html_escape
 import re
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 import zarr
 from PIL import Image
 
-from linumpy_motor import compare, fit, geometry, io, measure, ngff, synthetic
+import linumpy_motor
+from linumpy_motor import compare, fit, geometry, io, measure, ngff, plots, synthetic
 from linumpy_motor.errors import InputError
 from linumpy_motor.report import (
     MAX_OUTLIER_FRACTION,
@@ -220,15 +222,16 @@ def test_read_thumbnail_takes_the_smallest_level_and_central_plane(tmp_path, ver
     volume += np.arange(5, dtype=np.float32)[:, None, None] * 10  # plane z holds 10 z
     volume[:, :20, :30] += 1  # top-left quarter brighter by 1
     _write_pyramid(tmp_path / "s.ome.zarr", volume, version)
-    plane, extent, metadata = read_thumbnail(tmp_path / "s.ome.zarr")
+    plane, extent, metadata, pixel_um = read_thumbnail(tmp_path / "s.ome.zarr")
     assert plane.shape == (20, 30) and extent == (40, 60) and metadata == {}
+    assert pixel_um == 1000.0  # level 0's 1 millimeter
     assert np.allclose(plane[:10, :15], 21) and np.allclose(plane[10:, 15:], 20)
 
 
 def test_read_thumbnail_subsamples_a_single_large_level(tmp_path):
     volume = np.arange(3 * 40 * 60, dtype=np.float32).reshape(3, 40, 60)
     ngff.write_image(tmp_path / "s.ome.zarr", volume, chunks=(1, 16, 16))
-    plane, extent, _ = read_thumbnail(tmp_path / "s.ome.zarr", max_px=16)
+    plane, extent, *_ = read_thumbnail(tmp_path / "s.ome.zarr", max_px=16)
     assert plane.shape == (10, 15) and extent == (40, 60)
     assert np.array_equal(plane, volume[1, ::4, ::4])
 
@@ -389,3 +392,53 @@ def test_cli_truncated_transform_exits_2_and_leaves_nothing(run, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(truncated) in lines[0] and "JSON" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["motor_transform.json"]
+
+
+# --- what the page says beside the numbers ------------------------------------------------------
+
+def test_a_slice_without_pairs_shows_no_comparison_number(run, tmp_path):
+    from linumpy_motor import steps
+
+    transform = tmp_path / "motor_transform.json"
+    io.write_json(transform, {"transform": run["A"].tolist(), "diagnostics": run["diagnostics"]})
+    pairs = tmp_path / "slice_z07_pairs.json"
+    io.write_json(pairs, _pairs_file(7, Path("mosaic_grid_3d_z07.ome.zarr"), [], [], {}))
+    compared = steps.compare(pairs, transform, tmp_path / "slice_z07_compare.json")
+    assert compared["rms_diff_px"] < 1e-9  # no pairs: registration repeats the motor positions
+    page = write_report(tmp_path / "r", transform, [pairs], [tmp_path / "slice_z07_compare.json"]).read_text()
+    row = re.search(r'<tr id="slice-7".*?</tr>', page).group(0)
+    assert "FAILED" in row and "n/a (no tiles connected by pairs)" in row
+    assert not re.search(r"\de-\d", row)
+
+
+def test_provenance_physical_units_and_unrounded_scales(run):
+    page = run["html"]
+    provenance = page[page.index("<h2>Provenance</h2>"):]
+    for slice_id in (0, 1, 2):
+        source = json.loads(run["pairs_paths"][slice_id].read_text())["source"]
+        assert html_escape(source) in provenance
+    assert f"<th>linumpy-motor (report)</th><td>{linumpy_motor.__version__}</td>" in provenance
+    assert re.search(r"<th>report written</th><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</td>", provenance)
+    assert "<th>pixel size (level 0, x)</th><td>1000 µm</td>" in page  # scale 1 millimeter
+    rms = run["diagnostics"]["residual_rms_px"]
+    assert f"{rms:.3g} px ({rms * 1000:.3g} µm)" in page
+    for key in ("scale_y", "scale_x"):
+        assert re.search(rf"{key} \(step / nominal step\)</th><td>{run['diagnostics'][key]:.6f}</td>", page)
+
+
+def test_per_slice_panels_keep_a_minimum_range():
+    assert plots.at_least((1.502, 1.510), 0.1) == pytest.approx((1.456, 1.556))
+    assert plots.at_least((0.0, 3.0), 1.0) == (0.0, 3.0)
+
+
+def test_corner_marks_leave_the_middle_of_every_seam_free():
+    outline = plots.tile_outlines(1, 1, (100, 200), np.eye(2))  # (1, 5, 2) as (x, y)
+    marks = plots.corner_marks(outline, 0.1)
+    assert marks.shape == (8, 2, 2)
+    lengths = np.linalg.norm(marks[:, 1] - marks[:, 0], axis=1)
+    assert sorted(np.round(lengths, 6)) == [10.0] * 4 + [20.0] * 4  # 10 % of each side, at both ends
+    corners = outline[0, :4]
+    reach = np.linalg.norm(marks[:, :, None, :] - corners[None, None], axis=-1).min(axis=-1).max(axis=-1)
+    assert reach.max() == pytest.approx(20.0)  # every mark stays within 10 % of a side of its corner
+    midpoints = (corners + np.roll(corners, -1, axis=0)) / 2
+    assert np.linalg.norm(midpoints[:, None] - corners[None], axis=-1).min() >= 50.0  # so the seams' middles stay free

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from linumpy_motor import runner, synthetic
+from linumpy_motor import logs, runner, synthetic
 from linumpy_motor.errors import InputError
 from linumpy_motor.runner import RunOptions
 
@@ -30,7 +30,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def _files(outdir: Path) -> dict[str, int]:
     return {str(p.relative_to(outdir)): p.stat().st_mtime_ns for p in outdir.rglob("*")
-            if p.is_file() and p.name != "lock"}
+            if p.is_file() and p.name not in ("lock", logs.LOG_FILE)}  # the log records every run
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +110,18 @@ def test_cli_prints_where_the_results_are(dataset, first_run):
     assert f"results in {outdir}" in done.stdout
     assert "report.html" in done.stdout
     assert "measure 0" in done.stdout and "stitch 0" in done.stdout
+
+
+def test_a_library_run_keeps_its_log_file_and_leaves_the_callers_logging_alone(first_run, tmp_path):
+    import logging
+
+    outdir, _, _ = first_run
+    log = (outdir / logs.LOG_FILE).read_text()
+    for step in ("measure", "fit", "stitch", "compare", "report"):
+        assert f"INFO {step}: finished in " in log
+    root, package = logging.getLogger(), logging.getLogger(logs.PACKAGE_LOGGER)
+    before = (list(root.handlers), package.level)
+    with logs.log_file(tmp_path):
+        logging.getLogger("linumpy_motor.runner").info("written")
+    assert (list(root.handlers), package.level) == before
+    assert (tmp_path / logs.LOG_FILE).read_text().rstrip().endswith("INFO written")

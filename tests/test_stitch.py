@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -152,25 +153,58 @@ def test_sub_pixel_placement(tmp_path):
 
 def test_blocks_and_z_chunks_do_not_change_the_result(data, tmp_path):
     _, small = _stitch(data, tmp_path / "small.ome.zarr", block_px=32, z_chunk=2, blending="diffusion")
-    _, large = _stitch(data, tmp_path / "large.ome.zarr", block_px=512, blending="diffusion", workers=1)
+    _, large = _stitch(data, tmp_path / "large.ome.zarr", block_px=512, blending="diffusion", threads=1)
     assert small["0"].chunks == (2, 16, 16) and large["0"].chunks == (4, 256, 256)
     np.testing.assert_allclose(small["0"][:], large["0"][:], rtol=1e-5, atol=1e-6)
 
 
-def test_each_tile_is_read_once_per_z_chunk(data, tmp_path, monkeypatch):
-    """Blocks go down block columns and reuse loaded tiles: no tile of this 3-row grid is decoded twice."""
+def _count_reads(monkeypatch) -> list:
+    """Record ``(first plane, last plane + 1, tile row, tile column)`` of every tile the stitcher decodes."""
     reads = []
     real_read = stitch.read_block
 
     def counting_read(grid, z, rows, cols):
-        reads.extend((z.start, i, j) for i in range(rows.start // 96, rows.stop // 96)
+        reads.extend((z.start, z.stop, i, j) for i in range(rows.start // 96, rows.stop // 96)
                      for j in range(cols.start // 96, cols.stop // 96))
         return real_read(grid, z, rows, cols)
 
     monkeypatch.setattr(stitch, "read_block", counting_read)
-    stitch_slice(data["path"], tmp_path / "s.ome.zarr", data["A"], flatfield="none", block_px=64, z_chunk=2,
-                 workers=1)
-    assert sorted(reads) == sorted((z, i, j) for z in (0, 2) for i in range(3) for j in range(4))
+    return reads
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_each_whole_tile_chunk_is_decoded_once_whatever_the_z_chunk(data, tmp_path, monkeypatch, threads):
+    """Whole-tile input chunks (all 4 planes), output Z chunks of 1 plane: still one read per tile."""
+    reads = _count_reads(monkeypatch)
+    summary = stitch_slice(data["path"], tmp_path / "s.ome.zarr", data["A"], flatfield="none", block_px=64,
+                           z_chunk=1, threads=threads)
+    assert sorted(reads) == sorted((0, 4, i, j) for i in range(3) for j in range(4))
+    assert summary["decode_factor"] == 1.0 and summary["threads"] == threads
+
+
+def test_a_small_cache_cuts_strips_and_keeps_the_output(data, tmp_path, monkeypatch):
+    """A cache too small for the whole slice re-decodes tiles at strip boundaries, bit for bit the same."""
+    _, whole = _stitch(data, tmp_path / "whole.ome.zarr", flatfield="none", z_chunk=1)
+    reads = _count_reads(monkeypatch)
+    summary, strips = _stitch(data, tmp_path / "strips.ome.zarr", flatfield="none", z_chunk=1, cache_bytes=1)
+    assert summary["decode_factor"] == pytest.approx(len(reads) / 12, rel=1e-3)
+    assert len(reads) > 3 * 4 and set(reads) == {(0, 4, i, j) for i in range(3) for j in range(4)}
+    np.testing.assert_array_equal(whole["0"][:], strips["0"][:])
+
+
+@pytest.mark.parametrize("chunk_z, expected", [(4, 16), (64, 16), (100, 10), (97, 16), (1, 16), (3, 15)])
+def test_default_z_chunk_never_straddles_a_deep_input_chunk(chunk_z, expected):
+    grid = SimpleNamespace(tile_shape=(300, 256, 256), array=SimpleNamespace(chunks=(chunk_z, 256, 256)))
+    assert stitch.default_z_chunk(grid, 512) == expected  # 16 planes of 512 x 512 float32 = BLOCK_BYTES
+
+
+def test_progress_callback_counts_every_block(data, tmp_path):
+    calls = []
+    summary, group = _stitch(data, tmp_path / "s.ome.zarr", flatfield="none", pyramid_top_px=64,
+                             progress=lambda done, total: calls.append((done, total)))
+    total = sum(len(list(pyramid.iter_blocks(group[str(k)].shape, (4, 64, 64))))
+                for k in [0, *range(2, len(summary["levels"]))])
+    assert calls == [(k, total) for k in range(total + 1)]
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
@@ -335,8 +369,46 @@ def test_bin_runs_as_a_program(data, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
-def test_gpu_matches_cpu(data, tmp_path):
-    summary, gpu = _stitch(data, tmp_path / "gpu.ome.zarr", use_gpu=True)
+@pytest.mark.parametrize("blending, cache_bytes", [("feather", stitch.CACHE_BYTES), ("none", 1), ("diffusion", 1)])
+def test_gpu_matches_cpu(data, tmp_path, blending, cache_bytes):
+    """Resampling, blending and level 1 on CuPy, whole slice in one strip or cut into strips."""
+    options = dict(blending=blending, cache_bytes=cache_bytes, z_chunk=1, pyramid_top_px=64)
+    summary, gpu = _stitch(data, tmp_path / "gpu.ome.zarr", use_gpu=True, **options)
     assert summary["backend"] == "cupy"
-    _, cpu = _stitch(data, tmp_path / "cpu.ome.zarr")
-    np.testing.assert_allclose(gpu["0"][:], cpu["0"][:], rtol=1e-4, atol=1e-5)
+    _, cpu = _stitch(data, tmp_path / "cpu.ome.zarr", **options)
+    assert list(gpu.array_keys()) == list(cpu.array_keys())
+    for level in cpu.array_keys():
+        np.testing.assert_allclose(gpu[level][:], cpu[level][:], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(gpu_available(), reason="this machine has a usable GPU")
+def test_use_gpu_without_a_gpu_stitches_the_same_on_the_cpu(data, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="linumpy_motor.backend"):
+        summary, fallback = _stitch(data, tmp_path / "fallback.ome.zarr", use_gpu=True, blending="average")
+    assert summary["backend"] == "numpy" and "GPU requested" in caplog.text
+    _, cpu = _stitch(data, tmp_path / "cpu.ome.zarr", blending="average")
+    np.testing.assert_array_equal(fallback["0"][:], cpu["0"][:])
+
+
+@pytest.mark.parametrize("grid_size", [(6, 6), (24, 24)])
+def test_planned_tile_memory_stays_within_the_cache_whatever_the_slice(grid_size):
+    """The planner's decoded tiles alive at once stay under the budget from a small to a 16x larger
+    slice; the small slice fits as one strip (each chunk decoded once), the large one is cut."""
+    nx, ny = grid_size
+    tile = (16, 128, 128)  # one whole-tile chunk each: 1 MiB padded
+    grid = SimpleNamespace(nx=nx, ny=ny, tile_shape=tile, array=SimpleNamespace(chunks=tile))
+    A = geometry.ideal_transform(tile, 0.2)
+    canvas = stitch._Canvas(grid, stitch.tile_positions(grid, A), np.ones(tile[1:], np.float32), None, False, np)
+    shape = geometry.output_shape(nx, ny, tile, A)
+    budget = 40 * 2**20  # the 24x24 slice as one strip would hold 50 MiB, a one-block strip 33
+    order, strip, vertical = stitch._block_order(canvas, shape, (16, 256, 256), budget, 2)
+    canvas.plan(order, strip, vertical)
+    peak, decoded = stitch._peak_load_bytes(canvas, order, 2)
+    once = nx * ny * 16 * 130 * 130 * 4
+    assert peak <= budget
+    assert sorted(order, key=lambda r: (r[0].start, r[1].start, r[2].start)) == list(
+        pyramid.iter_blocks(shape, (16, 256, 256)))  # every block once
+    if nx == 6:
+        assert decoded == once
+    else:
+        assert once < decoded < 1.5 * once

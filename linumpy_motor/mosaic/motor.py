@@ -17,6 +17,7 @@ from ..compare import compare_positions
 from ..errors import InputError
 from ..fit import fit_pairs, fit_pooled
 from ..io import MosaicGrid, central_plane_index, open_mosaic, write_json
+from ..logs import Progress
 from ..measure import band_reader, measure_grid_pairs, measure_mosaic
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
     filter_sigma : float, keyword-only
         Gaussian low-pass of the whitened spectrum (px).
     progress : bool, keyword-only
-        Show a progress bar.
+        Show progress (a bar on a terminal, log lines elsewhere).
 
     Returns
     -------
@@ -125,7 +126,7 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
     measured, skipped, stats = measure_grid_pairs(
         band_reader(plane, h), (h, w), nx, ny, overlap_fraction, max_shift_px=max_shift_px,
         histogram_match=histogram_match, max_empty_fraction=max_empty_fraction, use_gpu=use_gpu,
-        filter_sigma=filter_sigma, progress=progress,
+        filter_sigma=filter_sigma, progress=Progress("measure", "tile row") if progress else None,
     )
     steps = tuple(stats["expected_step_px"])
     return {
@@ -202,7 +203,7 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
     max_shift_px : float or None, keyword-only
         Largest stage error searched.
     progress : bool, keyword-only
-        Show progress bars.
+        Show progress (bars on a terminal, log lines elsewhere).
 
     Returns
     -------
@@ -235,7 +236,8 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
     for sid, grid in sorted(grids.items()):
         pairs[sid], _, stats[sid] = measure_mosaic(
             grid, overlap_fraction, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
-            use_gpu=use_gpu, max_shift_px=max_shift_px, progress=progress,
+            use_gpu=use_gpu, max_shift_px=max_shift_px,
+            progress=Progress(f"measure slice {sid}", "tile row") if progress else None,
         )
     transform, diagnostics = fit_pooled(
         pairs, {sid: (g.nx, g.ny) for sid, g in grids.items()}, next(iter(shapes.values())), overlap_fraction,

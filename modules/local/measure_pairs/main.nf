@@ -1,50 +1,39 @@
+include { shellQuote; taskEnvironment } from '../shell'
+
 // Phase-correlate every pair of horizontal and vertical neighbour tiles of one slice.
 process MEASURE_PAIRS {
     tag "${meta.prefix}"
     label 'process_medium'
     label 'process_gpu'
-    container "${ task.accelerator ? 'ghcr.io/linum-uqam/linumpy-motor:0.1.0-cuda' : 'ghcr.io/linum-uqam/linumpy-motor:0.1.0' }"
-    publishDir "${params.outdir}/pairs", mode: params.publish_dir_mode, saveAs: { fn -> fn == 'versions.yml' ? null : fn }
+    accelerator { use_gpu ? 1 : null }
+    container "${ use_gpu ? 'ghcr.io/linum-uqam/linumpy-motor:0.1.0-cuda' : 'ghcr.io/linum-uqam/linumpy-motor:0.1.0' }"
 
     input:
     tuple val(meta), path(zarr)
+    val(use_gpu)   // an input, not only a directive: turning the GPU on changes the task hash
+    val(library)   // LIBRARY_VERSION: part of the task hash
 
     output:
     tuple val(meta), path('*_pairs.json'), emit: pairs
-    path('versions.yml'),                  emit: versions
+    tuple val("${task.process}"), val('linumpy-motor'), eval('linum_motor_version.py'), emit: versions, topic: versions
 
     script:
-    def args      = task.ext.args ?: ''
-    def prefix    = task.ext.prefix ?: meta.prefix
-    def gpu       = task.accelerator ? '--use-gpu' : ''
-    def z         = params.z != null ? "--z ${params.z}" : ''
-    def max_shift = params.max_shift != null ? "--max-shift ${params.max_shift}" : ''
-    def histogram = params.histogram_match.toString().toBoolean() ? '--histogram-match' : ''
-    def max_empty = params.max_empty_fraction != null ? "--max-empty-fraction ${params.max_empty_fraction}" : ''
+    def args = task.ext.args ?: ''
+    def prefix = task.ext.prefix ?: meta.prefix
+    def gpu  = use_gpu ? '--use-gpu' : ''
     """
+    ${taskEnvironment(task.cpus)}
     linum_motor_measure_pairs.py \\
-        ${zarr} \\
-        ${prefix}_pairs.json \\
+        ${shellQuote(zarr)} \\
+        ${shellQuote("${prefix}_pairs.json")} \\
         --slice-id ${meta.id} \\
-        --overlap ${params.overlap} \\
-        ${z} ${max_shift} ${histogram} ${max_empty} ${gpu} \\
-        ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        linumpy-motor: \$(python3 -c 'import linumpy_motor; print(linumpy_motor.__version__)')
-        python: \$(python3 --version | sed 's/.* //')
-    END_VERSIONS
+        --threads ${task.cpus} \\
+        ${gpu} ${args}
     """
 
     stub:
     def prefix = task.ext.prefix ?: meta.prefix
     """
-    echo '{}' > ${prefix}_pairs.json
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        linumpy-motor: stub
-    END_VERSIONS
+    echo '{}' > ${shellQuote("${prefix}_pairs.json")}
     """
 }

@@ -1,51 +1,42 @@
+include { shellQuote; taskEnvironment } from '../shell'
+
 // Stitch one slice: flat-field correction, tiles placed at A @ [i, j], blended overlaps.
 process STITCH {
     tag "${meta.prefix}"
     label 'process_high'
     label 'process_gpu'
-    container "${ task.accelerator ? 'ghcr.io/linum-uqam/linumpy-motor:0.1.0-cuda' : 'ghcr.io/linum-uqam/linumpy-motor:0.1.0' }"
-    publishDir "${params.outdir}/stitched", mode: params.publish_dir_mode, saveAs: { fn -> fn == 'versions.yml' ? null : fn }
+    accelerator { use_gpu ? 1 : null }
+    container "${ use_gpu ? 'ghcr.io/linum-uqam/linumpy-motor:0.1.0-cuda' : 'ghcr.io/linum-uqam/linumpy-motor:0.1.0' }"
 
     input:
     tuple val(meta), path(zarr)
     path(transform)
-    path(flatfield)   // a .npy flat field, or [] to use params.flatfield ('estimate' or 'none')
+    path(flatfield)   // a .npy flat field, or [] for ext.args' --flatfield ('estimate' or 'none')
+    val(use_gpu)      // an input, not only a directive: turning the GPU on changes the task hash
+    val(library)      // LIBRARY_VERSION: part of the task hash
 
     output:
     tuple val(meta), path('*_stitch_3d.ome.zarr'), emit: zarr
-    path('versions.yml'),                          emit: versions
+    tuple val("${task.process}"), val('linumpy-motor'), eval('linum_motor_version.py'), emit: versions, topic: versions
 
     script:
     def args          = task.ext.args ?: ''
     def prefix        = task.ext.prefix ?: meta.prefix
-    def gpu           = task.accelerator ? '--use-gpu' : ''
-    def flatfield_arg = flatfield ? "--flatfield ${flatfield}" : "--flatfield ${params.flatfield}"
+    def gpu           = use_gpu ? '--use-gpu' : ''
+    def flatfield_arg = flatfield ? "--flatfield ${shellQuote(flatfield)}" : ''
     """
+    ${taskEnvironment(task.cpus)}
     linum_motor_stitch.py \\
-        ${zarr} \\
-        ${transform} \\
-        ${prefix}_stitch_3d.ome.zarr \\
-        --blending ${params.blending} \\
-        ${flatfield_arg} \\
-        --ngff-version ${params.ngff_version} \\
-        ${gpu} \\
-        ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        linumpy-motor: \$(python3 -c 'import linumpy_motor; print(linumpy_motor.__version__)')
-        python: \$(python3 --version | sed 's/.* //')
-    END_VERSIONS
+        ${shellQuote(zarr)} \\
+        ${shellQuote(transform)} \\
+        ${shellQuote("${prefix}_stitch_3d.ome.zarr")} \\
+        --threads ${task.cpus} \\
+        ${args} ${flatfield_arg} ${gpu}
     """
 
     stub:
     def prefix = task.ext.prefix ?: meta.prefix
     """
-    mkdir -p ${prefix}_stitch_3d.ome.zarr
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        linumpy-motor: stub
-    END_VERSIONS
+    mkdir -p ${shellQuote("${prefix}_stitch_3d.ome.zarr")}
     """
 }

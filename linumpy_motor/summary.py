@@ -1,0 +1,77 @@
+"""The end of a run in a few lines: slices that are not ok, signs of a wrong ``--overlap`` in the
+pooled fit, and whether that makes the run fail (``--fail-on``)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+OVERLAP_WARNING_FRACTION = 0.05
+"""Warn when a fitted effective overlap differs from the nominal one by more than this fraction of a
+tile (half the default search bound of 10 %: beyond it the nominal overlap is probably wrong)."""
+POOR_FIT_SCALE_PX = 2.0
+"""Warn when the pooled fit's robust residual scale is above this (px): the pairs disagree with any one model."""
+POOR_NCC = 0.3
+"""Warn when the median NCC of the measured pairs (median over slices) is below this: the overlap
+windows compared do not show the same tissue."""
+OVERLAP_HINT = "check --overlap (the search covers only 10 % of a tile around the nominal step)"
+FAIL_ON = ("never", "failed", "check")
+"""``--fail-on`` choices: which slice statuses make the run's exit code non-zero."""
+FAILING = {"never": (), "failed": ("failed",), "check": ("failed", "check")}
+
+
+def not_ok(status: Mapping[str, Mapping] | None) -> list[tuple[int, str, list[str]]]:
+    """``(slice id, status, reasons)`` of every slice whose status is not ok, by slice id."""
+    entries = ((int(sid), entry["status"], list(entry.get("reasons", []))) for sid, entry in (status or {}).items())
+    return sorted(entry for entry in entries if entry[1] != "ok")
+
+
+def status_lines(status: Mapping[str, Mapping] | None) -> Iterator[str]:
+    """A count of slices per status, then one line per slice that is not ok with its reasons."""
+    if status is None:
+        return
+    counts = {name: sum(e["status"] == name for e in status.values()) for name in ("ok", "check", "failed")}
+    yield "QC: " + ", ".join(f"{count} {name}" for name, count in counts.items())
+    for slice_id, name, reasons in not_ok(status):
+        yield f"  slice {slice_id}: {name.upper()}: {'; '.join(reasons) or 'no reason given'}"
+
+
+def model_problems(diagnostics: Mapping) -> list[str]:
+    """Signs in a pooled fit's diagnostics that the nominal overlap is wrong: a fitted effective
+    overlap more than :data:`OVERLAP_WARNING_FRACTION` of a tile from it, a robust residual scale
+    above :data:`POOR_FIT_SCALE_PX`, or a median pair NCC below :data:`POOR_NCC`."""
+    problems = []
+    nominal = diagnostics.get("nominal_overlap_fraction")
+    for axis in ("x", "y"):
+        fitted = diagnostics.get(f"O{axis}_fraction")
+        if nominal is not None and fitted is not None and abs(fitted - nominal) > OVERLAP_WARNING_FRACTION:
+            problems.append(f"fitted overlap along {axis} is {fitted:.3f}, the nominal one {nominal:g}: {OVERLAP_HINT}")
+    scale = diagnostics.get("robust_scale_px")
+    if scale is not None and scale > POOR_FIT_SCALE_PX:
+        problems.append(f"the pooled model fits the pairs poorly (robust residual scale {scale:.2f} px > "
+                        f"{POOR_FIT_SCALE_PX:g} px): {OVERLAP_HINT}")
+    nccs = [entry["measurement"]["median_ncc"] for entry in (diagnostics.get("per_slice") or {}).values()
+            if isinstance(entry, Mapping) and (entry.get("measurement") or {}).get("median_ncc") is not None]
+    if nccs and statistics.median(nccs) < POOR_NCC:
+        problems.append(f"the tile overlaps correlate poorly (median NCC {statistics.median(nccs):.2f} < "
+                        f"{POOR_NCC:g}): {OVERLAP_HINT}")
+    return problems
+
+
+def model_warnings(transform_file: str | Path) -> Iterator[str]:
+    """``WARNING: ...`` lines for :func:`model_problems` of a transform JSON (none when unreadable)."""
+    try:
+        diagnostics = json.loads(Path(transform_file).read_text()).get("diagnostics") or {}
+    except (OSError, ValueError):
+        return
+    for problem in model_problems(diagnostics):
+        yield f"WARNING: {problem}"
+
+
+def exit_code(status: Mapping[str, Mapping] | None, fail_on: str, code: int) -> int:
+    """``code`` when a slice's status is one ``fail_on`` counts as failing, else 0."""
+    if fail_on not in FAIL_ON:
+        raise ValueError(f"--fail-on must be one of {FAIL_ON}, got {fail_on!r}")
+    return code if any(name in FAILING[fail_on] for _, name, _ in not_ok(status)) else 0

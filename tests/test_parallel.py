@@ -1,0 +1,75 @@
+"""Cores a task is given: cgroup quota and affinity, and the caps put on BLAS and FFT pools."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import scipy.fft
+from threadpoolctl import threadpool_info
+
+from linumpy_motor import parallel
+
+BIN = Path(__file__).resolve().parents[1] / "bin"
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_quota(tmp_path):
+    _write(tmp_path / "cpu.max", "150000 100000\n")
+    assert parallel.cgroup_cpu_quota(tmp_path) == 1.5
+
+
+def test_cgroup_v2_unlimited_and_v1_quota(tmp_path):
+    _write(tmp_path / "v2" / "cpu.max", "max 100000\n")
+    assert parallel.cgroup_cpu_quota(tmp_path / "v2") is None
+    _write(tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us", "300000\n")
+    _write(tmp_path / "v1" / "cpu" / "cpu.cfs_period_us", "100000\n")
+    assert parallel.cgroup_cpu_quota(tmp_path / "v1") == 3.0
+    _write(tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us", "-1\n")
+    assert parallel.cgroup_cpu_quota(tmp_path / "v1") is None
+    assert parallel.cgroup_cpu_quota(tmp_path / "nothing") is None
+
+
+def test_available_cores_is_the_affinity_capped_by_the_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    _write(tmp_path / "cpu.max", "250000 100000\n")
+    monkeypatch.setattr(parallel, "CGROUP_ROOT", tmp_path)
+    assert parallel.available_cores() == 3  # 2.5 CPUs of quota round up, below the 8 cores of affinity
+    _write(tmp_path / "cpu.max", "max 100000\n")
+    assert parallel.available_cores() == 8
+
+
+def test_threads_resolve_and_split_between_workers(monkeypatch):
+    monkeypatch.setattr(parallel, "available_cores", lambda: 6)
+    assert parallel.resolve_threads(None) == 6 and parallel.resolve_threads(2) == 2
+    assert parallel.threads_per_worker(None, 4) == 1 and parallel.threads_per_worker(None, 2) == 3
+    assert parallel.threads_per_worker(8, 3) == 2
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        parallel.resolve_threads(0)
+
+
+def test_limited_threads_sets_fft_workers_holds_blas_to_one_then_restores_them():
+    before = scipy.fft.get_workers()
+    with parallel.limited_threads(3):
+        assert scipy.fft.get_workers() == 3
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    assert scipy.fft.get_workers() == before
+
+
+@pytest.mark.parametrize("script, positionals", [("linum_motor_stitch.py", ["in.ome.zarr", "t.json", "out.ome.zarr"]),
+                                                  ("linum_motor_measure_pairs.py", ["in.ome.zarr", "pairs.json"])])
+def test_scripts_refuse_zero_threads_in_one_line(script, positionals, capsys):
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), BIN / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([*positionals, "--threads", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--threads: must be >= 1, got 0" in err

@@ -1,0 +1,45 @@
+"""report.html as a browser shows it: a headless Chromium screenshot (skipped without Chromium:
+``apt-get install -y chromium``)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from linumpy_motor import runner, synthetic
+from linumpy_motor.report import COLOURS
+
+BROWSER = next((name for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+WIDTH, HEIGHT = 1200, 6000
+TAB_BLUE = (31, 119, 180)  # matplotlib's first colour: drawn in every plot of the report
+
+
+def _count(rgb: np.ndarray, colour: tuple[int, int, int], tolerance: int = 6) -> int:
+    return int(np.all(np.abs(rgb - np.array(colour)) <= tolerance, axis=-1).sum())
+
+
+def _hex(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium: apt-get install -y chromium")
+def test_report_renders_with_its_status_colours_and_plots(tmp_path):
+    spec = synthetic.SyntheticSpec(nx=3, ny=4, tile_shape=(2, 96, 96), seed=3)
+    synthetic.write_dataset(tmp_path / "data", spec, n_slices=2, save_scenes=False)
+    result = runner.run(tmp_path / "data", tmp_path / "out", progress=False)
+    shot = tmp_path / "report.png"
+    subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--window-size={WIDTH},{HEIGHT}", f"--screenshot={shot}", f"file://{result['report']}"],
+                   check=True, capture_output=True, timeout=120)
+    with Image.open(shot) as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=int)
+    assert rgb.shape[:2] == (HEIGHT, WIDTH)
+    assert _count(rgb, _hex(COLOURS["ok"][0])) > 500  # the green OK cells and banner
+    assert _count(rgb, TAB_BLUE, tolerance=20) > 2000  # the PNG plots loaded (a broken image has no blue)
+    text_rows = np.flatnonzero((rgb.sum(axis=-1) < 200).sum(axis=1) > 3)
+    assert text_rows.size > 300  # text on many rows: the tables rendered
