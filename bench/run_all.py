@@ -380,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=WORK, help="scratch folder")
     parser.add_argument("--only", choices=("real",), default=None,
                         help="run only this section (real: the real-image benchmark, written to --real-out)")
-    parser.add_argument("--real-out", type=Path, default=BENCH / "results_real.md",
-                        help="results page of the real-image benchmark")
+    parser.add_argument("--real-out", type=Path, default=None,
+                        help="results page of the real-image benchmark (default: results_real.md beside --out)")
     parser.add_argument("--real-draws", type=int, default=None,
                         help="draws per real-image scenario (default 5; --quick 2)")
     parser.add_argument("--real-label", default=None, help="a line naming what the real-image results are")
@@ -431,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Install the peers if needed, run every section, write the results page and plot."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.real_out = args.real_out or args.out.parent / "results_real.md"
     os.environ.setdefault(START_ENV, str(time.time()))
     for variable in BLAS_THREAD_VARIABLES:  # before NumPy loads, here and in the re-run
         os.environ.setdefault(variable, "1")
