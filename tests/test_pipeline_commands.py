@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -284,7 +285,9 @@ def command_words(script: str, program: str, cwd: Path | None = None) -> list[st
     """The words bash passes to `program` when it runs a rendered script (quotes and escapes resolved
     by bash itself): `program` is replaced by a shell function that prints its arguments as JSON."""
     probe = f"{program}() {{ python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"; }}\n"
-    result = subprocess.run(["bash", "-c", probe + script], cwd=cwd, capture_output=True, text=True, check=True)
+    with tempfile.TemporaryDirectory() as scratch:  # what a script writes besides its program (tee) goes there
+        result = subprocess.run(["bash", "-c", probe + script], cwd=cwd or scratch, capture_output=True, text=True,
+                                check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
