@@ -6,8 +6,10 @@
  *            |                                +--> COMPARE (per slice, with the motor model)
  *            +--> STITCH (per slice, with the motor model)
  *   REPORT (once): motor model, pairs, comparisons, stitched slices
+ *   QC_CHECK (once, with --fail_on failed|check): fails the run when a slice's QC status counts as failing
  *
  * --transform motor_transform.json: stitch with that motor model (no MEASURE_PAIRS, FIT_AFFINE, COMPARE).
+ * --placement registered: STITCH also gets the slice's pairs (not with --transform).
  * Published to params.outdir (conf/modules.config): pairs/, motor_transform.json, stitched/, compare/, report/
  */
 
@@ -20,12 +22,16 @@ include { FIT_AFFINE      } from './modules/local/fit_affine/main'
 include { STITCH          } from './modules/local/stitch/main'
 include { COMPARE         } from './modules/local/compare/main'
 include { REPORT          } from './modules/local/report/main'
+include { QC_CHECK        } from './modules/local/qc_check/main'
 
 workflow {
 
     // 0. Every param against nextflow_schema.json: a misspelt or out-of-range param stops the run here
     validateParameters()
     def use_gpu = flag(params.use_gpu)
+    if (params.transform && params.placement == 'registered') {
+        error "--placement registered places each tile by its measured pairs: it cannot be used with --transform (no pairs are measured)"
+    }
 
     // 1. Slices: [meta, zarr], meta = [id: 7, prefix: 'slice_z07']. An input is checked before any task starts
     def synthetic = flag(params.synthetic)
@@ -46,6 +52,10 @@ workflow {
             .map { zarr -> [sliceMeta(checkedSliceId(zarr)), zarr] }
     }
 
+    // A .npy flat field is staged for MEASURE_PAIRS and STITCH; 'estimate' and 'none' go by ext.args
+    def flatfield = params.flatfield in ['estimate', 'none'] ? [] : file(params.flatfield, checkIfExists: true)
+    def registered = params.placement == 'registered'
+
     // 2. Motor model: measured on every slice and fitted once, or given with --transform
     def ch_transform = channel.empty()
     def ch_pairs     = []   // all slices' pairs, sorted by name (none with --transform)
@@ -59,7 +69,7 @@ workflow {
         }
     }
     else {
-        MEASURE_PAIRS(ch_slices, use_gpu, ch_library)
+        MEASURE_PAIRS(ch_slices, flatfield, use_gpu, ch_library)
         ch_pairs = MEASURE_PAIRS.out.pairs
             .map { _meta, json -> json }
             .collect(sort: { json -> json.name })   // sorted: the same command line on -resume
@@ -73,9 +83,12 @@ workflow {
             .collect(sort: { json -> json.name })
     }
 
-    // 3. Stitch every slice with the one motor model
-    def flatfield = params.flatfield in ['estimate', 'none'] ? [] : file(params.flatfield, checkIfExists: true)
-    STITCH(ch_slices, ch_transform, flatfield, use_gpu, ch_library)
+    // 3. Stitch every slice with the one motor model; registered placement: with the slice's own pairs,
+    //    joined by meta (the slice id)
+    def ch_stitch_in = registered
+        ? ch_slices.join(MEASURE_PAIRS.out.pairs, failOnMismatch: true, failOnDuplicate: true)
+        : ch_slices.map { meta, zarr -> [meta, zarr, []] }
+    STITCH(ch_stitch_in, ch_transform, flatfield, use_gpu, ch_library)
 
     // 4. Report
     REPORT(
@@ -86,7 +99,13 @@ workflow {
         ch_library
     )
 
-    // 5. The version of the library every process ran with
+    // 5. --fail_on failed|check: after the report is published, fail the run when a slice's QC status
+    //    counts as failing (the QC_CHECK task lists those slices and exits with code 3)
+    if (params.fail_on != 'never') {
+        QC_CHECK(REPORT.out.report.map { report -> [[id: 'report'], report] }, ch_library)
+    }
+
+    // 6. The version of the library every process ran with
     channel.topic('versions')
         .map { proc, tool, version -> "${proc.tokenize(':')[-1]}:\n  ${tool}: '${version}'" }
         .unique()

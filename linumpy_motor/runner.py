@@ -523,7 +523,7 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
             compare_files=list(compare.values()), stitched=list(stitched.values())))], stamps, 1, "report", progress)
         result.update(pairs=[str(p) for p in pairs.values()], compare=[str(p) for p in compare.values()],
                       report=str(report_dir / "report.html"),
-                      status=json.loads((report_dir / "status.json").read_text()))
+                      status=summary.read_status(report_dir))
     result["ran"] = ran
     return result
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from .errors import InputError
 
@@ -61,6 +61,17 @@ class TransformFile(BaseModel):
         if math.isclose(a * d - b * c, 0.0, abs_tol=1e-9):
             raise ValueError("transform is singular")
         return value
+
+
+class SliceStatus(BaseModel):
+    """One slice's QC verdict in the report's ``status.json``."""
+
+    status: Literal["ok", "check", "failed"]
+    reasons: list[str] = []
+
+
+class StatusFile(RootModel[dict[int, SliceStatus]]):
+    """The report's ``status.json``: slice id -> :class:`SliceStatus`."""
 
 
 Model = TypeVar("Model", bound=BaseModel)

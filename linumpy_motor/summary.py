@@ -70,6 +70,20 @@ def model_warnings(transform_file: str | Path) -> Iterator[str]:
         yield f"WARNING: {problem}"
 
 
+def read_status(report_dir: str | Path) -> dict[str, dict]:
+    """The slices' QC statuses of a report folder (its ``status.json``), as the report wrote them.
+
+    Raises
+    ------
+    InputError
+        No readable, valid ``status.json`` in the folder (named in the message).
+    """
+    from .schemas import StatusFile, load  # noqa: PLC0415  (pydantic only when a status is read)
+
+    entries = load(Path(report_dir) / "status.json", StatusFile).root
+    return {str(slice_id): entry.model_dump() for slice_id, entry in entries.items()}
+
+
 def exit_code(status: Mapping[str, Mapping] | None, fail_on: str, code: int) -> int:
     """``code`` when a slice's status is one ``fail_on`` counts as failing, else 0."""
     if fail_on not in FAIL_ON:

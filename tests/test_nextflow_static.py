@@ -51,6 +51,7 @@ EXPECTED_MODULES = {
     "stitch": "STITCH",
     "compare": "COMPARE",
     "report": "REPORT",
+    "qc_check": "QC_CHECK",
 }
 GPU_MODULES = {"MEASURE_PAIRS", "STITCH"}
 SLICE_IDS = json.loads((REPO / "tests" / "data" / "slice_ids.json").read_text())["names"]
@@ -293,15 +294,21 @@ EXPECTED_DEFAULTS = {
     "publish_dir_mode": "copy",
     "overlap": 0.2,
     "z": None,
+    "plane": "auto",
+    "background_test": True,
     "max_shift": None,
     "histogram_match": False,
     "max_empty_fraction": None,
     "n_samples": None,
     "seed": 0,
     "drift_tolerance": 1.0,
+    "backlash": "auto",
+    "placement": "model",
     "blending": "feather",
     "flatfield": "estimate",
     "ngff_version": "0.5",
+    "z_chunk": None,
+    "fail_on": "never",
     "use_gpu": False,
     "queue": None,
     "gpu_queue": None,
@@ -340,6 +347,8 @@ def test_profile_params_validate(profile):
      ("ngff_version", 0.6),
      ("flatfield", "flat.tif"), ("seed", -1), ("z", 1.5), ("publish_dir_mode", "teleport"),
      ("publish_dir_mode", "move"), ("gpu_cluster_options", "--gres=gpu:1 --mem=8G"),
+     ("plane", "best"), ("backlash", "yes"), ("placement", "pairs"), ("z_chunk", 0), ("z_chunk", 2.5),
+     ("background_test", "no"), ("fail_on", "always"),
      ("gpu_cluster_options", "-p gpu"),
      # `--gpu_cluster_options '--gres=gpu:1'`: Nextflow takes '--gres=gpu:1' as the next option and
      # gives the param `true` (a Boolean, or the string 'true' with the strict syntax)
@@ -357,7 +366,9 @@ def test_schema_rejects_bad_values(name, value):
                                          ("ngff_version", 0.4),  # `--ngff_version 0.4`: Nextflow casts it
                                          ("gpu_cluster_options", "--gpus=1"), ("gpu_cluster_options", "gres=gpu:1"),
                                          ("gpu_cluster_options", "--gres=gpu:a100:1 --account=lab"),
-                                         ("publish_dir_mode", "symlink"), ("overlap", 0.49)])
+                                         ("publish_dir_mode", "symlink"), ("overlap", 0.49),
+                                         ("plane", "mean"), ("backlash", "off"), ("placement", "registered"),
+                                         ("z_chunk", 1), ("background_test", False)])
 def test_schema_accepts_good_values(name, value):
     params = profile_params()
     params[name] = value

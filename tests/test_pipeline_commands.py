@@ -9,7 +9,7 @@ must appear, and its `eval(...)` outputs are run after it, as Nextflow appends t
 mirrors main.nf:
 
     LIBRARY_VERSION -> SYNTHESISE -> MEASURE_PAIRS (per slice) -> FIT_AFFINE -> STITCH (per slice)
-                    -> COMPARE (per slice) -> REPORT
+                    -> COMPARE (per slice) -> REPORT -> QC_CHECK (with params.fail_on failed|check)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,12 @@ class Runner:
         return outputs
 
 
-def run_pipeline(runner: Runner, use_gpu: bool = False):
+def run_pipeline(runner: Runner, use_gpu: bool = False, flatfield=()):
+    """The flow of main.nf. `flatfield`: the staged .npy when params.flatfield names one, as main.nf
+    gives it to MEASURE_PAIRS and STITCH; with params.placement 'registered' STITCH gets each slice's
+    pairs JSON (main.nf joins them by meta), else []."""
+    flatfield = list(flatfield) or []
+    registered = runner.params["placement"] == "registered"
     library = runner.run(process("library"), {"id": "linumpy-motor"})["stdout"].strip()
     synth = runner.run(process("synthesise"), {"id": "synthetic"}, library=library)
     zarrs = synth["synthetic/*.ome.zarr"]
@@ -142,7 +148,8 @@ def run_pipeline(runner: Runner, use_gpu: bool = False):
 
     pairs = {}
     for meta, zarr in slices:
-        out = runner.run(process("measure_pairs"), meta, zarr=zarr, use_gpu=use_gpu, library=library)
+        out = runner.run(process("measure_pairs"), meta, zarr=zarr, flatfield=flatfield, use_gpu=use_gpu,
+                         library=library)
         (pairs[meta["id"]],) = out["*_pairs.json"]
     all_pairs = sorted(pairs.values(), key=lambda p: p.name)
 
@@ -151,8 +158,8 @@ def run_pipeline(runner: Runner, use_gpu: bool = False):
 
     stitched, compared = {}, {}
     for meta, zarr in slices:
-        out = runner.run(process("stitch"), meta, zarr=zarr, transform=transform, flatfield=[], use_gpu=use_gpu,
-                         library=library)
+        out = runner.run(process("stitch"), meta, zarr=zarr, pairs=pairs[meta["id"]] if registered else [],
+                         transform=transform, flatfield=flatfield, use_gpu=use_gpu, library=library)
         (stitched[meta["id"]],) = out["*_stitch_3d.ome.zarr"]
         out = runner.run(process("compare"), meta, pairs=pairs[meta["id"]], transform=transform, library=library)
         (compared[meta["id"]],) = out["*_compare.json"]
@@ -162,7 +169,10 @@ def run_pipeline(runner: Runner, use_gpu: bool = False):
         compare=sorted(compared.values(), key=lambda p: p.name),
         stitched=sorted(stitched.values(), key=lambda p: p.name), library=library,
     )
-    return {"library": library, "synth": synth, "slices": slices, "pairs": pairs, "transform": transform,
+    qc = None
+    if runner.params["fail_on"] != "never":
+        qc = runner.run(process("qc_check"), {"id": "report"}, report=report["report"][0], library=library)
+    return {"qc": qc, "library": library, "synth": synth, "slices": slices, "pairs": pairs, "transform": transform,
             "stitched": stitched, "compare": compared, "report": report, "fit": fit}
 
 
@@ -204,24 +214,63 @@ def test_pipeline_scripts_end_to_end(tmp_path):
     assert out["fit"]["eval"] == [out["library"]] and out["report"]["eval"] == [out["library"]]
 
 
+def rms_from_truth(positions: np.ndarray, truth: np.ndarray) -> float:
+    """RMS distance of tile positions from the true ones, both taken about their mean (the canvas origin is free)."""
+    positions, truth = np.asarray(positions, float), np.asarray(truth, float)
+    return float(np.sqrt(np.mean(((positions - positions.mean(0)) - (truth - truth.mean(0))) ** 2)))
+
+
+@pytest.mark.slow
+def test_pipeline_scripts_with_registered_placement_and_a_flatfield_file(tmp_path):
+    """The newer options through every task: a .npy flat field measured and stitched with, the central
+    plane, no backlash term, Z chunks of 2, QC_CHECK, and registered placement, which puts the tiles at
+    their true (jittered) positions, as the motor model alone cannot."""
+    from linumpy_motor.steps import tile_positions  # noqa: PLC0415
+
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.ones((64, 64), dtype=np.float32))  # conf/test.config: 64 px tiles
+    params = {"placement": "registered", "flatfield": str(flat), "plane": "central", "background_test": False,
+              "backlash": "off", "z_chunk": 2, "fail_on": "check"}
+    out = run_pipeline(Runner(tmp_path / "work", params=params), flatfield=[flat])
+
+    (truth_path,) = out["synth"]["synthetic/truth.json"]
+    truth = json.loads(truth_path.read_text())
+    model = json.loads(out["transform"].read_text())
+    for meta, _ in out["slices"]:
+        stats = json.loads(out["pairs"][meta["id"]].read_text())["stats"]
+        assert stats["flatfield"] == "given" and stats["plane_mode"] == "central" and stats["z"] == 2
+        per_slice = model["diagnostics"]["per_slice"][str(meta["id"])]["fit"]["position_stage"]
+        assert per_slice["backlash"]["mode"] == "off"
+        store = out["stitched"][meta["id"]]
+        attrs = json.loads((store / "zarr.json").read_text())["attributes"]["linumpy_motor"]
+        assert json.loads((store / "0" / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"][0] == 2
+        true_positions = truth["slices"][str(meta["id"])]["positions"]
+        placed = rms_from_truth(attrs["positions"], true_positions)
+        model_only = rms_from_truth(tile_positions(out["transform"], tuple(truth["grid"])), true_positions)
+        assert placed < 0.1 and placed < model_only / 2, (placed, model_only)
+    assert out["qc"]["stdout"].splitlines()[0] == "QC: 2 ok, 0 check, 0 failed"  # QC_CHECK ran, nothing fails
+
+
 # --------------------------------------------------------------- stubs and rendering (fast)
 
 
 def test_stub_blocks_produce_every_declared_output(tmp_path):
     """`-stub-run`: every stub creates what its process declares, so the channels still flow."""
-    run_pipeline(Runner(tmp_path / "work", section="stub"))
+    run_pipeline(Runner(tmp_path / "work", section="stub", params={"fail_on": "check"}))  # QC_CHECK too
 
 
 DEFAULT_INPUTS = {
     "library": {},
     "synthesise": {"library": "0.1.0+abc"},
-    "measure_pairs": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "use_gpu": False, "library": "0.1.0+abc"},
+    "measure_pairs": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "flatfield": [], "use_gpu": False,
+                      "library": "0.1.0+abc"},
     "fit_affine": {"pairs": ["p/slice_z01_pairs.json", "p/slice_z02_pairs.json"], "library": "0.1.0+abc"},
-    "stitch": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "transform": "motor_transform.json", "flatfield": [],
-               "use_gpu": False, "library": "0.1.0+abc"},
+    "stitch": {"zarr": "in/mosaic_grid_3d_z07.ome.zarr", "pairs": [], "transform": "motor_transform.json",
+               "flatfield": [], "use_gpu": False, "library": "0.1.0+abc"},
     "compare": {"pairs": "slice_z07_pairs.json", "transform": "motor_transform.json", "library": "0.1.0+abc"},
     "report": {"transform": "motor_transform.json", "pairs": ["a_pairs.json"], "compare": ["a_compare.json"],
                "stitched": ["a_stitch_3d.ome.zarr"], "library": "0.1.0+abc"},
+    "qc_check": {"report": "report", "library": "0.1.0+abc"},
 }
 
 
@@ -236,14 +285,16 @@ def command_words(script: str, program: str, cwd: Path | None = None) -> list[st
     """The words bash passes to `program` when it runs a rendered script (quotes and escapes resolved
     by bash itself): `program` is replaced by a shell function that prints its arguments as JSON."""
     probe = f"{program}() {{ python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"; }}\n"
-    result = subprocess.run(["bash", "-c", probe + script], cwd=cwd, capture_output=True, text=True, check=True)
+    with tempfile.TemporaryDirectory() as scratch:  # what a script writes besides its program (tee) goes there
+        result = subprocess.run(["bash", "-c", probe + script], cwd=cwd or scratch, capture_output=True, text=True,
+                                check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-MODULE_NAMES = ["synthesise", "measure_pairs", "fit_affine", "stitch", "compare", "report"]
+MODULE_NAMES = ["synthesise", "measure_pairs", "fit_affine", "stitch", "compare", "report", "qc_check"]
 PROGRAMS = {"synthesise": "linum_motor_synth.py", "measure_pairs": "linum_motor_measure_pairs.py",
             "fit_affine": "linum_motor_fit_affine.py", "stitch": "linum_motor_stitch.py",
-            "compare": "linum_motor_compare.py", "report": "linum_motor_report.py"}
+            "compare": "linum_motor_compare.py", "report": "linum_motor_report.py", "qc_check": "linum_motor_qc.py"}
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)
@@ -290,6 +341,90 @@ def test_fit_and_stitch_arguments():
     assert given.count("--flatfield") == 1
 
 
+def option_values(words: list[str], option: str) -> list[str]:
+    """The value after each occurrence of `option` in a command line."""
+    return [words[k + 1] for k, word in enumerate(words) if word == option]
+
+
+def test_measure_plane_flatfield_and_background_test():
+    plain = command_words(render("measure_pairs"), "linum_motor_measure_pairs.py")
+    assert option_values(plain, "--plane") == ["auto"] and option_values(plain, "--flatfield") == ["estimate"]
+    assert "--no-background-test" not in plain
+    words = command_words(render("measure_pairs", params={"plane": "mean", "background_test": False,
+                                                          "flatfield": "none"}), "linum_motor_measure_pairs.py")
+    assert option_values(words, "--plane") == ["mean"] and option_values(words, "--flatfield") == ["none"]
+    assert "--no-background-test" in words
+    # a CLI param arrives as a string under the strict syntax: 'false' turns the test off, 'true' keeps it
+    for text, off in (("false", True), ("true", False)):
+        words = command_words(render("measure_pairs", params={"background_test": text}),
+                              "linum_motor_measure_pairs.py")
+        assert ("--no-background-test" in words) == off, text
+
+
+def test_a_flatfield_file_is_staged_for_measure_and_stitch():
+    """main.nf hands the one .npy to both processes: each names the staged file, once."""
+    for name in ("measure_pairs", "stitch"):
+        words = command_words(render(name, params={"flatfield": "/data/flat.npy"}, flatfield="/data/flat.npy"),
+                              PROGRAMS[name])
+        assert option_values(words, "--flatfield") == ["flat.npy"], (name, words)
+
+
+def test_backlash_reaches_the_fit():
+    assert option_values(command_words(render("fit_affine"), "linum_motor_fit_affine.py"), "--backlash") == ["auto"]
+    words = command_words(render("fit_affine", params={"backlash": "off"}), "linum_motor_fit_affine.py")
+    assert option_values(words, "--backlash") == ["off"]
+
+
+def test_stitch_placement_pairs_and_z_chunk():
+    plain = command_words(render("stitch"), "linum_motor_stitch.py")
+    assert option_values(plain, "--placement") == ["model"]
+    assert "--pairs" not in plain and "--z-chunk" not in plain
+    words = command_words(render("stitch", params={"placement": "registered", "z_chunk": 4},
+                                 pairs="pairs/slice_z07_pairs.json"), "linum_motor_stitch.py")
+    assert option_values(words, "--placement") == ["registered"]
+    assert option_values(words, "--pairs") == ["slice_z07_pairs.json"]  # the staged file
+    assert option_values(words, "--z-chunk") == ["4"]
+
+
+STATUS = {"1": {"status": "ok", "reasons": []}, "2": {"status": "check", "reasons": ["drifts 1.8 px"]},
+          "3": {"status": "failed", "reasons": ["too few usable pairs"]}}
+
+
+@pytest.mark.parametrize("fail_on, statuses, code", [
+    ("never", ("ok", "check", "failed"), 0),
+    ("failed", ("ok", "check"), 0),
+    ("failed", ("ok", "check", "failed"), 3),
+    ("check", ("ok",), 0),
+    ("check", ("ok", "check"), 3),
+])
+def test_qc_check_fails_its_task_only_when_fail_on_counts_a_slice(tmp_path, fail_on, statuses, code):
+    """QC_CHECK's rendered script, run for real on a report: exit code 3 (the task, so the run, fails)
+    exactly when a slice's status is one --fail_on counts; the slices that are not ok are listed."""
+    report = tmp_path / "report"
+    report.mkdir()
+    status = {sid: entry for sid, entry in STATUS.items() if entry["status"] in statuses}
+    (report / "status.json").write_text(json.dumps(status))
+    script = render("qc_check", params={"fail_on": fail_on})
+    assert option_values(command_words(script, "linum_motor_qc.py"), "--fail-on") == [fail_on]
+    done = subprocess.run([*SHELL, "-c", script], cwd=tmp_path, env=task_env(), capture_output=True, text=True)
+    assert done.returncode == code, done.stderr
+    listed = (tmp_path / "qc_status.txt").read_text().splitlines()
+    assert listed[0] == f"QC: {statuses.count('ok')} ok, {statuses.count('check')} check, {statuses.count('failed')} failed"
+    assert [line.split(":")[0].strip() for line in listed[1:]] == [f"slice {sid}" for sid in status if sid != "1"]
+
+
+@pytest.mark.parametrize("content, problem", [(None, "No such file"), ("{", "not valid JSON"),
+                                              ('{"1": {"status": "great"}}', "status")])
+def test_qc_script_refuses_a_bad_status_file(tmp_path, content, problem):
+    if content is not None:
+        (tmp_path / "status.json").write_text(content)
+    done = subprocess.run(["linum_motor_qc.py", str(tmp_path), "--fail-on", "check"], env=task_env(),
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert str(tmp_path / "status.json") in line and problem in line, line
+
+
 def test_report_without_measurements():
     """--transform: no pairs, no comparisons; the report still runs on the stitched slices."""
     words = command_words(render("report", pairs=[], compare=[]), "linum_motor_report.py")
@@ -327,7 +462,7 @@ def test_measure_pairs_runs_on_a_store_with_a_hostile_name(tmp_path):
     store.rename(hostile)
     runner = Runner(tmp_path / "work")
     meta = slice_meta(hostile)
-    out = runner.run(process("measure_pairs"), meta, zarr=hostile, use_gpu=False, library="x")
+    out = runner.run(process("measure_pairs"), meta, zarr=hostile, flatfield=[], use_gpu=False, library="x")
     (pairs,) = out["*_pairs.json"]
     assert json.loads(pairs.read_text())["pairs"], "pairs measured"
     assert not list(tmp_path.rglob("PWNED"))
@@ -407,6 +542,8 @@ PARAM_SETS = [
     {},
     {"z": 3, "max_shift": 5.0, "histogram_match": True, "max_empty_fraction": 0.5, "n_samples": 100,
      "flatfield": "none", "blending": "diffusion", "ngff_version": "0.4"},
+    {"plane": "central", "background_test": False, "backlash": "on", "placement": "registered", "z_chunk": 2,
+     "flatfield": "/data/flat.npy"},
 ]
 
 
@@ -415,10 +552,53 @@ PARAM_SETS = [
 @pytest.mark.parametrize("use_gpu", [False, True])
 def test_rendered_commands_parse_with_the_scripts_own_parsers(name, params, use_gpu):
     inputs = {"use_gpu": use_gpu} if name in ("measure_pairs", "stitch") else {}
-    if name == "stitch" and params.get("flatfield") == "none":
-        inputs["flatfield"] = []
+    if name in ("measure_pairs", "stitch") and params.get("flatfield", "estimate").endswith(".npy"):
+        inputs["flatfield"] = params["flatfield"]  # main.nf stages the file
+    if name == "stitch" and params.get("placement") == "registered":
+        inputs["pairs"] = "pairs/slice_z07_pairs.json"  # main.nf joins the slice's pairs
     words = command_words(render(name, params=params, **inputs), PROGRAMS[name])
     bin_parser(PROGRAMS[name]).parse_args(words)  # exits (SystemExit) on an unknown or malformed option
+
+
+SCRIPT_OPTIONS = [  # pipeline param, the bin/ scripts reading it, their option
+    ("plane", ["linum_motor_measure_pairs.py"], "--plane"),
+    ("flatfield", ["linum_motor_measure_pairs.py", "linum_motor_stitch.py"], "--flatfield"),
+    ("backlash", ["linum_motor_fit_affine.py"], "--backlash"),
+    ("placement", ["linum_motor_stitch.py"], "--placement"),
+    ("blending", ["linum_motor_stitch.py"], "--blending"),
+    ("ngff_version", ["linum_motor_stitch.py"], "--ngff-version"),
+    ("seed", ["linum_motor_fit_affine.py"], "--seed"),
+    ("drift_tolerance", ["linum_motor_fit_affine.py"], "--drift-tolerance"),
+    ("fail_on", ["linum_motor_qc.py"], "--fail-on"),
+]
+
+
+def script_action(program: str, option: str):
+    (action,) = [a for a in bin_parser(program)._actions if option in a.option_strings]
+    return action
+
+
+def schema_param(name: str) -> dict:
+    schema = json.loads((REPO / "nextflow_schema.json").read_text())
+    (found,) = [group["properties"][name] for group in schema["$defs"].values() if name in group["properties"]]
+    return found
+
+
+@pytest.mark.parametrize("param, programs, option", SCRIPT_OPTIONS)
+def test_schema_defaults_and_choices_are_the_scripts(param, programs, option):
+    """What the pipeline offers and leaves by default is what the scripts accept and default to."""
+    entry = schema_param(param)
+    for program in programs:
+        action = script_action(program, option)
+        assert entry["default"] == action.default, (program, option)
+        if action.choices is not None:
+            assert {v for v in entry["enum"] if isinstance(v, str)} == set(action.choices), (program, option)
+
+
+def test_background_test_default_is_the_scripts():
+    """params.background_test (on) is the negation of the script's --no-background-test (off)."""
+    action = script_action("linum_motor_measure_pairs.py", "--no-background-test")
+    assert schema_param("background_test")["default"] is (not action.default)
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)

@@ -1,6 +1,6 @@
 include { shellQuote; taskEnvironment } from '../shell'
 
-// Phase-correlate every pair of horizontal and vertical neighbour tiles of one slice.
+// Phase-correlate every pair of horizontal and vertical neighbour tiles of one slice (flat field divided out first).
 process MEASURE_PAIRS {
     tag "${meta.prefix}"
     label 'process_medium'
@@ -10,17 +10,19 @@ process MEASURE_PAIRS {
 
     input:
     tuple val(meta), path(zarr)
-    val(use_gpu)   // an input, not only a directive: turning the GPU on changes the task hash
-    val(library)   // LIBRARY_VERSION: part of the task hash
+    path(flatfield)   // a .npy flat field, or [] for ext.args' --flatfield ('estimate' or 'none')
+    val(use_gpu)      // an input, not only a directive: turning the GPU on changes the task hash
+    val(library)      // LIBRARY_VERSION: part of the task hash
 
     output:
     tuple val(meta), path('*_pairs.json'), emit: pairs
     tuple val("${task.process}"), val('linumpy-motor'), eval('linum_motor_version.py'), emit: versions, topic: versions
 
     script:
-    def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: meta.prefix
-    def gpu  = use_gpu ? '--use-gpu' : ''
+    def args          = task.ext.args ?: ''
+    def prefix        = task.ext.prefix ?: meta.prefix
+    def gpu           = use_gpu ? '--use-gpu' : ''
+    def flatfield_arg = flatfield ? "--flatfield ${shellQuote(flatfield)}" : ''
     """
     ${taskEnvironment(task.cpus)}
     linum_motor_measure_pairs.py \\
@@ -28,7 +30,7 @@ process MEASURE_PAIRS {
         ${shellQuote("${prefix}_pairs.json")} \\
         --slice-id ${meta.id} \\
         --threads ${task.cpus} \\
-        ${gpu} ${args}
+        ${gpu} ${args} ${flatfield_arg}
     """
 
     stub:

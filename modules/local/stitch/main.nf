@@ -1,6 +1,7 @@
 include { shellQuote; taskEnvironment } from '../shell'
 
-// Stitch one slice: flat-field correction, tiles placed at A @ [i, j], blended overlaps.
+// Stitch one slice: flat-field correction, tiles placed at A @ [i, j] (plus each tile's registered
+// residual with --placement registered and the slice's pairs), blended overlaps.
 process STITCH {
     tag "${meta.prefix}"
     label 'process_high'
@@ -9,7 +10,7 @@ process STITCH {
     container "${ use_gpu ? 'ghcr.io/linum-uqam/linumpy-motor:0.1.0-cuda' : 'ghcr.io/linum-uqam/linumpy-motor:0.1.0' }"
 
     input:
-    tuple val(meta), path(zarr)
+    tuple val(meta), path(zarr), path(pairs)   // pairs: the slice's pairs JSON for --placement registered, else []
     path(transform)
     path(flatfield)   // a .npy flat field, or [] for ext.args' --flatfield ('estimate' or 'none')
     val(use_gpu)      // an input, not only a directive: turning the GPU on changes the task hash
@@ -24,6 +25,7 @@ process STITCH {
     def prefix        = task.ext.prefix ?: meta.prefix
     def gpu           = use_gpu ? '--use-gpu' : ''
     def flatfield_arg = flatfield ? "--flatfield ${shellQuote(flatfield)}" : ''
+    def pairs_arg     = pairs ? "--pairs ${shellQuote(pairs)}" : ''
     """
     ${taskEnvironment(task.cpus)}
     linum_motor_stitch.py \\
@@ -31,7 +33,7 @@ process STITCH {
         ${shellQuote(transform)} \\
         ${shellQuote("${prefix}_stitch_3d.ome.zarr")} \\
         --threads ${task.cpus} \\
-        ${args} ${flatfield_arg} ${gpu}
+        ${args} ${flatfield_arg} ${pairs_arg} ${gpu}
     """
 
     stub:

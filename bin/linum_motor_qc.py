@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""List the slices of a QC report that are not ok; exit with a non-zero code when --fail-on counts them as failing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from linumpy_motor import summary
+from linumpy_motor.entry import EXIT_NOT_OK, make_parser, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line arguments."""
+    parser = make_parser("linum_motor_qc.py", __doc__)
+    parser.add_argument("report", help="report folder written by linum_motor_report.py (reads its status.json)")
+    parser.add_argument("--fail-on", choices=summary.FAIL_ON, default="never",
+                        help=f"exit with code {EXIT_NOT_OK} when a slice's QC status is 'failed' (failed) or "
+                             "anything but 'ok' (check); those slices are listed either way")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; 0 when no slice fails, 3 when one does, 2 on bad input."""
+    def action(args: argparse.Namespace) -> int:
+        status = summary.read_status(args.report)
+        print("\n".join(summary.status_lines(status)))
+        return summary.exit_code(status, args.fail_on, EXIT_NOT_OK)
+
+    return run_cli(build_parser(), action, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
