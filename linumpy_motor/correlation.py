@@ -11,6 +11,7 @@ Arrays may be NumPy or CuPy: the array module is passed in, one code path for bo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from types import ModuleType
 
 import numpy as np
@@ -81,7 +82,7 @@ def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, 
     the taper cannot pull the peak towards zero.
     """
     ny, nx = a.shape[1:]
-    taper = xp.asarray(np.outer(tukey(ny, taper_alpha)[0], tukey(nx, taper_alpha)[0]), dtype=xp.float32)
+    taper = xp.asarray(_taper(ny, nx, taper_alpha))
     taper_b = taper
     if b_offsets is not None:
         wy, wx = tukey(ny, taper_alpha, b_offsets[:, 0]), tukey(nx, taper_alpha, b_offsets[:, 1])
@@ -93,10 +94,29 @@ def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, 
     magnitude = xp.abs(product)
     product /= magnitude + 1e-12 * magnitude.max() + np.finfo(np.float32).tiny
     if filter_sigma > 0:
-        fy = xp.fft.fftfreq(ny)[:, None]
-        fx = (xp.fft.rfftfreq(nx) if real else xp.fft.fftfreq(nx))[None, :]
-        product *= xp.exp(-2 * (np.pi * filter_sigma) ** 2 * (fy**2 + fx**2)).astype(xp.float32)
+        product *= xp.asarray(_low_pass(ny, nx, filter_sigma, real))
     return product
+
+
+@lru_cache(maxsize=256)
+def _taper(ny: int, nx: int, alpha: float) -> np.ndarray:
+    """The 2-D Tukey taper of ``(ny, nx)`` windows (float32; cached: every batch of a shape shares it)."""
+    return np.outer(tukey(ny, alpha)[0], tukey(nx, alpha)[0]).astype(np.float32)
+
+
+@lru_cache(maxsize=256)
+def _low_pass(ny: int, nx: int, sigma: float, real: bool) -> np.ndarray:
+    """Gaussian low-pass of ``sigma`` px on the (half, when ``real``) spectrum of ``(ny, nx)`` windows."""
+    fy = np.fft.fftfreq(ny)[:, None]
+    fx = (np.fft.rfftfreq(nx) if real else np.fft.fftfreq(nx))[None, :]
+    return np.exp(-2 * (np.pi * sigma) ** 2 * (fy**2 + fx**2)).astype(np.float32)
+
+
+@lru_cache(maxsize=256)
+def _dft_kernel(size: int, upsample: int, region: int) -> np.ndarray:
+    """``(region, size)`` kernel of the local upsampled DFT around zero shift (complex64)."""
+    grid = np.arange(region, dtype=np.float64)[:, None] - np.fix(region / 2.0)
+    return np.exp(2j * np.pi * grid * np.fft.fftfreq(size, upsample)[None, :]).astype(np.complex64)
 
 
 def _peak_candidates(corr: np.ndarray, max_shift: tuple[int, int], count: int) -> np.ndarray:
@@ -134,9 +154,7 @@ def _upsampled_peaks(product, upsample: int, xp: ModuleType) -> np.ndarray:
     n, ny, nx = product.shape
     region = int(np.ceil(upsample * 1.5))
     centre = np.fix(region / 2.0)
-    grid = xp.arange(region, dtype=xp.float64)[:, None] - centre
-    ky = xp.exp(2j * np.pi * grid * xp.fft.fftfreq(ny, upsample)[None, :]).astype(xp.complex64)
-    kx = xp.exp(2j * np.pi * grid * xp.fft.fftfreq(nx, upsample)[None, :]).astype(xp.complex64)
+    ky, kx = xp.asarray(_dft_kernel(ny, upsample, region)), xp.asarray(_dft_kernel(nx, upsample, region))
     rows = _complex_matmul(product.astype(xp.complex64).reshape(n * ny, nx), kx.T).reshape(n, ny, region)
     columns = _complex_matmul(ky, xp.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(ny, n * region))
     upsampled = to_numpy(xp.abs(columns.reshape(region, n, region).transpose(1, 0, 2)))
@@ -181,17 +199,18 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     ``b``'s taper by the current estimate (:func:`_cross_power`), which leaves a bias of that
     fraction of the current error (the fixed point is unbiased); a residual beyond half a pixel
     moves the integer shift and the overlap cut. Pairs that moved less than ``REFINE_TOLERANCE``
-    stop; at most ``REFINE_PASSES`` passes. Pairs with the same integer shift have same-shaped
-    overlaps and are refined in one batch.
+    stop; at most ``REFINE_PASSES`` passes. Pairs whose integer shifts have the same magnitudes have
+    same-shaped overlaps and are refined in one batch.
     """
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
     active = np.ones(len(shifts), dtype=bool)
     for step in range(REFINE_PASSES):
         found = residual.copy()
-        for shift in {tuple(s) for s in integer[active].tolist()}:
-            members = np.flatnonzero(active & (integer == shift).all(axis=1))
-            pa, pb = overlap_views(a[members], b[members], shift)
+        for shape in {tuple(s) for s in np.abs(integer[active]).tolist()}:
+            members = np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
+            views = [overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
+            pa, pb = np.stack([va for va, _ in views]), np.stack([vb for _, vb in views])
             product = _cross_power(xp.asarray(pa, dtype=xp.float32), xp.asarray(pb, dtype=xp.float32), xp, fft,
                                    filter_sigma, taper_alpha=taper_alpha, b_offsets=residual[members])
             found[members] = _upsampled_peaks(product, upsample, xp)
