@@ -224,6 +224,29 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     return integer + residual
 
 
+def refine_shifts(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, *, xp: ModuleType = np,
+                  fft: ModuleType | None = None, filter_sigma: float = 1.0, upsample: int = 10,
+                  refine_taper: float = REFINE_TAPER) -> np.ndarray:
+    """Sub-pixel shifts ``(n, 2)`` of window pairs from their integer shifts (:func:`measure_shifts`).
+
+    The larger the batch, the fewer (and larger) the FFT batches: pairs are batched by the shape
+    of their overlap, which many pairs share.
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Window batches ``(n, H, W)`` (host arrays).
+    shifts : np.ndarray
+        ``(n, 2)`` integer shifts, as measured by :func:`measure_shifts` with ``subpixel=False``.
+    xp, fft, filter_sigma, upsample, refine_taper
+        As in :func:`measure_shifts`.
+    """
+    if len(a) == 0:
+        return np.zeros((0, 2))
+    return _refine_on_overlaps(a, b, np.asarray(shifts), xp, scipy.fft if fft is None else fft, filter_sigma,
+                               upsample, refine_taper)
+
+
 def measure_shifts(
     a: np.ndarray,
     b: np.ndarray,
@@ -256,7 +279,8 @@ def measure_shifts(
     refine_taper : float
         Tukey taper of the sub-pixel refinement (1: Hann).
     subpixel : bool
-        Refine the integer shifts (False: integer shifts only, for when only the quality is needed).
+        Refine the integer shifts (False: integer shifts only, for when only the quality is needed,
+        or to refine the pairs worth it later, all at once, with :func:`refine_shifts`).
 
     Returns
     -------
@@ -275,7 +299,7 @@ def measure_shifts(
         best.append(max((ncc_at(a[k], b[k], c), c) for c in unique))
     integer = np.array([shift for _, shift in best], dtype=int)
     peaks = corr[np.arange(len(integer)), integer[:, 0], integer[:, 1]]
-    refined = _refine_on_overlaps(a, b, integer, xp, fft, filter_sigma, upsample, refine_taper) if subpixel \
-        else integer.astype(float)
+    refined = refine_shifts(a, b, integer, xp=xp, fft=fft, filter_sigma=filter_sigma, upsample=upsample,
+                            refine_taper=refine_taper) if subpixel else integer.astype(float)
     return [PairShift(shift=(float(s[0]), float(s[1])), ncc=float(score), peak=float(peak))
             for s, (score, _), peak in zip(refined, best, peaks)]

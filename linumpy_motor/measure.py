@@ -11,7 +11,7 @@ from skimage.exposure import match_histograms
 from skimage.filters import threshold_otsu
 
 from .backend import get_backend
-from .correlation import measure_shifts
+from .correlation import measure_shifts, refine_shifts
 from .errors import InputError
 from .flatfield import flatfield_from_tiles, load_flatfield
 from .io import central_plane_index, read_block
@@ -123,12 +123,11 @@ def measure_grid_pairs(
             b = np.stack([match_histograms(wb, wa) if histogram_match else wb for wa, wb in windows])
             bound = _search_bound(limit, a.shape)
             null_samples.add(horizontal, i, a, b)
-            for j, result in enumerate(measure_shifts(a, b, bound, xp=xp, fft=fft, filter_sigma=filter_sigma)):
-                expected = (0, steps[1]) if horizontal else (steps[0], 0)
+            for j, result in enumerate(measure_shifts(a, b, bound, xp=xp, fft=fft, filter_sigma=filter_sigma,
+                                                      subpixel=False)):
                 pairs.append({
                     "tile": [i, j], "row_delta": 0 if horizontal else 1, "col_delta": 1 if horizontal else 0,
-                    "measured_dy": expected[0] + result.shift[0], "measured_dx": expected[1] + result.shift[1],
-                    "ncc": result.ncc, "peak": result.peak, "_a": a[j], "_b": b[j],
+                    "ncc": result.ncc, "peak": result.peak, "_shift": result.shift, "_a": a[j], "_b": b[j],
                 })
             samples.extend(x[::4, ::4].ravel() for x in (a, b))
         top = bottom
@@ -143,6 +142,7 @@ def measure_grid_pairs(
                 for kind, (a, b) in null_samples.windows().items()}
         measured, background = _split_background(measured, null)
         skipped += background
+    _refine_kept(measured, steps, xp=xp, fft=fft, filter_sigma=filter_sigma)
     nccs = np.array([p["ncc"] for p in measured]) if measured else np.array([np.nan])
     stats = {
         "n_pairs_total": len(pairs), "n_measured": len(measured),
@@ -158,11 +158,28 @@ def measure_grid_pairs(
     return measured, skipped, stats
 
 
+def _refine_kept(pairs: list[dict], steps: tuple[int, int], **options) -> None:
+    """Set the sub-pixel ``measured_dy``, ``measured_dx`` of the pairs kept, one batch per direction, and
+    drop their windows (only kept pairs are refined; batching a whole plane makes few, large FFT batches)."""
+    for horizontal in (True, False):
+        members = [p for p in pairs if bool(p["col_delta"]) == horizontal]
+        if not members:
+            continue
+        refined = refine_shifts(np.stack([p["_a"] for p in members]), np.stack([p["_b"] for p in members]),
+                                np.array([p["_shift"] for p in members], dtype=int), **options)
+        expected = (0, steps[1]) if horizontal else (steps[0], 0)
+        for pair, shift in zip(members, refined):
+            pair["measured_dy"], pair["measured_dx"] = expected[0] + float(shift[0]), expected[1] + float(shift[1])
+    for pair in pairs:
+        for key in ("_a", "_b", "_shift"):
+            del pair[key]
+
+
 def _split_empty(pairs: list[dict], threshold: float | None, max_empty_fraction: float | None):
     """Attach each pair's background fraction and split off those that are too empty."""
     measured, skipped = [], []
     for pair in pairs:
-        a, b = pair.pop("_a"), pair.pop("_b")
+        a, b = pair["_a"], pair["_b"]
         if threshold is None:
             empty = 1.0 - min(float(np.mean(a > 0)), float(np.mean(b > 0)))
             too_empty = empty > 0.9
