@@ -20,6 +20,7 @@ from .planes import VolumeReader, choose_plane
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
 BACKGROUND_MADS = 4.0
+PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once for flat field and pairs
 
 BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
@@ -282,13 +283,13 @@ def _plane_block(read: VolumeReader, z: int | None, rows: slice, cols: slice) ->
     return read(slice(z, z + 1), rows, cols)[0]
 
 
-def _estimated_flatfield(read: VolumeReader, tile_hw: tuple[int, int], nx: int, ny: int, z: int | None,
-                         label: str) -> np.ndarray | None:
-    """The slice's flat field on the measured plane (:func:`~linumpy_motor.flatfield.flatfield_from_tiles`)."""
+def _plane_rows(read: VolumeReader, z: int | None, tile_hw: tuple[int, int], nx: int, ny: int) -> list | None:
+    """Every tile row of the measured plane, read once, when the plane is at most ``PLANE_CACHE_BYTES``
+    (the flat-field estimate and the measurement then share one read); None for a larger plane."""
     h, w = tile_hw
-    return flatfield_from_tiles(
-        lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)),
-        nx, ny, tile_hw, label=label, log_level=logging.INFO)
+    if nx * h * ny * w * 4 > PLANE_CACHE_BYTES:
+        return None
+    return [_plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)) for i in range(nx)]
 
 
 def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,
@@ -333,6 +334,7 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
                                      max_shift_px=options.get("max_shift_px"))
     else:
         plane_info = {"plane_mode": "given"}
+    rows = None
     if isinstance(flatfield, np.ndarray):
         field, description = flatfield, "given"
         if field.ndim == 3:
@@ -340,13 +342,17 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     elif flatfield is None or str(flatfield) == "none":
         field, description = None, "none"
     elif str(flatfield) == "estimate":
-        field = _estimated_flatfield(read, (h, w), nx, ny, z, label)
+        rows = _plane_rows(read, z, (h, w), nx, ny)
+        field = flatfield_from_tiles(
+            (lambda i, j: rows[i][:, j * w:(j + 1) * w]) if rows is not None else
+            (lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))),
+            nx, ny, (h, w), label=label, log_level=logging.INFO)
         description = "estimate" if field is not None else "estimate (too few tissue tiles: none applied)"
     else:
         raise ValueError(f"flatfield must be 'estimate', 'none' or an array, got {flatfield!r}")
-    measured, skipped, stats = measure_grid_pairs(lambda i: _plane_block(read, z, slice(i * h, (i + 1) * h),
-                                                                         slice(None)), (h, w), nx, ny, overlap_fraction,
-                                                  flatfield=field, **options)
+    band = (lambda i: rows[i]) if rows is not None else \
+        (lambda i: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)))
+    measured, skipped, stats = measure_grid_pairs(band, (h, w), nx, ny, overlap_fraction, flatfield=field, **options)
     stats.update(z=z, flatfield=description, **plane_info)
     return measured, skipped, stats
 
