@@ -155,22 +155,40 @@ def _complex_matmul(a, b):
     return real + 1j * (a.real @ b.imag + a.imag @ b.real)
 
 
-def _upsampled_peaks(product, upsample: int, xp: ModuleType) -> np.ndarray:
+def _upsampled_peaks(product, upsample: int, xp: ModuleType, width: int) -> np.ndarray:
     """Sub-pixel peak (n, 2) within ±0.75 px of zero shift, by a local matrix-multiply DFT.
 
-    The same two DFT kernels serve every pair of the batch, so the work is two large matrix
-    products rather than many small ones.
+    ``product`` is the half spectrum (``rfft2``) of windows ``width`` px wide. The correlation of
+    real windows is real: each column ``kx`` of the hidden half equals the conjugate of its mirror,
+    so the half's columns ``0 < kx < width / 2`` count twice in the real part, and the Nyquist
+    column (even widths), the one without a mirror, is added with its own phase. The same DFT
+    kernels serve every pair of the batch, so the work is a few large matrix products.
     """
-    n, ny, nx = product.shape
+    n, ny, half = product.shape
     region = int(np.ceil(upsample * 1.5))
     centre = np.fix(region / 2.0)
-    ky, kx = xp.asarray(_dft_kernel(ny, upsample, region)), xp.asarray(_dft_kernel(nx, upsample, region))
-    rows = _complex_matmul(product.astype(xp.complex64).reshape(n * ny, nx), kx.T).reshape(n, ny, region)
-    columns = _complex_matmul(ky, xp.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(ny, n * region))
-    upsampled = to_numpy(xp.abs(columns.reshape(region, n, region).transpose(1, 0, 2)))
+    ky, kx = xp.asarray(_dft_kernel(ny, upsample, region)), xp.asarray(_half_kernel(width, upsample, region))
+    paired = half - 1 if width % 2 == 0 else half
+    rows = _complex_matmul(product[:, :, :paired].astype(xp.complex64).reshape(n * ny, paired), kx.T)
+    rows = xp.ascontiguousarray(rows.reshape(n, ny, region).transpose(1, 0, 2)).reshape(ny, n * region)
+    surface = (ky.real @ rows.real - ky.imag @ rows.imag).reshape(region, n, region)
+    if width % 2 == 0:
+        nyquist = product[:, :, paired].T  # (ny, n): its DFT along y is real
+        level = ky.real @ nyquist.real - ky.imag @ nyquist.imag
+        phase = xp.asarray(_dft_kernel(width, upsample, region)[:, paired])
+        surface = surface + level[:, :, None] * phase[None, None, :]
+    upsampled = to_numpy(xp.abs(surface).transpose(1, 0, 2))
     flat = np.argmax(upsampled.reshape(n, -1), axis=1)
     peak = np.stack(np.unravel_index(flat, (region, region)), axis=1)
     return (peak + _parabolic_offsets(upsampled, peak) - centre) / upsample
+
+
+@lru_cache(maxsize=256)
+def _half_kernel(size: int, upsample: int, region: int) -> np.ndarray:
+    """:func:`_dft_kernel` over the paired columns of a half spectrum, each ``0 < kx`` counted twice."""
+    paired = size // 2 if size % 2 == 0 else size // 2 + 1
+    weights = np.where(np.arange(paired) == 0, 1.0, 2.0)
+    return (_dft_kernel(size, upsample, region)[:, :paired] * weights).astype(np.complex64)
 
 
 def _parabolic_offsets(surface: np.ndarray, peak: np.ndarray) -> np.ndarray:
@@ -222,8 +240,8 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
             views = [overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
             pa, pb = np.stack([va for va, _ in views]), np.stack([vb for _, vb in views])
             product = _cross_power(xp.asarray(pa, dtype=xp.float32), xp.asarray(pb, dtype=xp.float32), xp, fft,
-                                   filter_sigma, taper_alpha=taper_alpha, b_offsets=residual[members])
-            found[members] = _upsampled_peaks(product, upsample, xp)
+                                   filter_sigma, real=True, taper_alpha=taper_alpha, b_offsets=residual[members])
+            found[members] = _upsampled_peaks(product, upsample, xp, pa.shape[-1])
         moved = np.abs(found - residual).max(axis=1)
         recentre = np.round(found).astype(int)
         integer += recentre
