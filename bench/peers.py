@@ -99,11 +99,16 @@ def _import_ashlar_reg() -> types.ModuleType:
 
 
 def _ashlar_reader(plane: np.ndarray, nx: int, ny: int, overlap: float):
-    """An in-memory ASHLAR reader: nominal stage grid positions, 1 µm pixels, one channel."""
+    """An in-memory ASHLAR reader: nominal stage grid positions, 1 µm pixels, one channel.
+
+    The nominal steps are rounded to whole pixels: ASHLAR 1.20 misplaces tiles when stage positions
+    fall between pixels (non-square 128x192 tiles at 20 % overlap, steps 102.4 x 153.6 px: its step
+    along X came out 0.46 px short; 125x190 tiles, whole-pixel steps: 0.1 px).
+    """
     reg = _import_ashlar_reg()
     tiles = tiles_of(plane, nx, ny)
     h, w = tiles.shape[1:]
-    steps = np.array([(1 - overlap) * h, (1 - overlap) * w])
+    steps = np.round(np.array([(1 - overlap) * h, (1 - overlap) * w]))
 
     class GridMetadata(reg.Metadata):
         _num_images = nx * ny

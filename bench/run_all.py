@@ -4,7 +4,8 @@
 The peers (m2stitch, ASHLAR) are installed from PyPI into their own virtual environment,
 ``bench/_work/peers-venv`` (with this package, editable), so their pins cannot touch the project's
 environment; the script then re-runs itself there, so all tools are timed in one process.
-``--quick`` is a one-to-two-minute smoke version; ``--no-peers`` skips the peer environment.
+``--quick`` is a smoke version (a few minutes); ``--no-peers`` skips the peer environment;
+``--only real`` runs just the real-image benchmark (``bench/bench_real.py``).
 """
 
 from __future__ import annotations
@@ -301,6 +302,7 @@ def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: f
         verdict_line(f"measure + fit ≥ {SPEED_TARGET:g}x faster than both peers at equal or better accuracy than "
                      "the best-tuned peer", both, f"{speed_text}; accuracy {accuracy_text}"),
         *(verdict_line(*v) for v in stitch_verdicts(*(stitch_rows or ([], [])))),
+        *(verdict_line(*v) for v in real_verdicts(sections["real"])),
         "",
         "## 1. Accuracy of the motor matrix (synthetic, known truth)",
         "",
@@ -358,6 +360,11 @@ def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: f
             *table(runner_rows, [("run", "run"), ("workers", "workers"), ("seconds", "wall time (s)"),
                                  ("max_abs_dA_px", "max abs ΔA (px)"), ("error", "error")])]),
         "",
+        "## 6. Real-image benchmark",
+        "",
+        f"Mosaics cut from photographs with real stage faults (bench/realmosaic.py, bench/bench_real.py): see "
+        f"[{args.real_out.name}]({os.path.relpath(args.real_out, args.out.parent)}) for every scenario, tool and plot.",
+        "",
         "![accuracy and speed](" + args.out.with_suffix(".png").name + ")",
         "",
     ]
@@ -371,13 +378,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="smoke version (about a minute or two)")
     parser.add_argument("--no-peers", action="store_true", help="do not install or run the peers")
     parser.add_argument("--workdir", type=Path, default=WORK, help="scratch folder")
+    parser.add_argument("--only", choices=("real",), default=None,
+                        help="run only this section (real: the real-image benchmark, written to --real-out)")
+    parser.add_argument("--real-out", type=Path, default=None,
+                        help="results page of the real-image benchmark (default: results_real.md beside --out)")
+    parser.add_argument("--real-draws", type=int, default=None,
+                        help="draws per real-image scenario (default 5; --quick 2)")
+    parser.add_argument("--real-label", default=None, help="a line naming what the real-image results are")
+    parser.add_argument("--real-scenario", action="append", default=None,
+                        help="run only this real-image scenario (repeatable; default: all)")
     return parser
+
+
+def run_real(args: argparse.Namespace, installed: dict) -> list[dict]:
+    """The real-image benchmark (bench/bench_real.py), written to ``args.real_out``; its scenario rows."""
+    import bench_real
+
+    start = time.time()
+    results, settings = bench_real.run(installed, args.workdir, quick=args.quick, draws=args.real_draws,
+                                       scenarios=args.real_scenario, log=log)
+    flags = " ".join([f for f, on in (("--quick", args.quick), ("--only real", args.only == "real")) if on]
+                     + [f"--real-scenario '{name}'" for name in args.real_scenario or []])
+    meta = {"command": f"python bench/run_all.py {flags}".strip() if flags else "make bench",
+            "date": f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", "seconds": time.time() - start,
+            "library": bench_real.library_under_test(), "machine": machine(), "versions": versions(installed),
+            "label": args.real_label}
+    rows = bench_real.write(results, settings, args.real_out, meta)
+    log(f"wrote {args.real_out}")
+    return rows
+
+
+def real_verdicts(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
+    """The real-image targets over all scenarios, as (label, ok, detail) lines."""
+    import bench_real
+
+    found = [(row["scenario"], bench_real.verdicts(row)) for row in rows]
+    labels = {"floor": f"real images: ours ≤ {bench_real.FLOOR_FACTOR:g}×floor + {bench_real.FLOOR_SLACK_PX:g} px",
+              "ashlar": "real images: ours ≤ the best ASHLAR setting",
+              "bias": f"real images: per-pair |bias| ≤ {bench_real.PAIR_BIAS_PX:g} px",
+              "sd": f"real images: per-pair sd ≤ {bench_real.PAIR_SD_PX:g} px"}
+    lines = []
+    for key, label in labels.items():
+        judged = [(name, v[key]) for name, v in found if v[key][0] is not None]
+        missed = [f"{name} ({detail})" for name, (ok, detail) in judged if not ok]
+        ok = None if not judged else not missed
+        lines.append((label, ok, f"met in {len(judged) - len(missed)}/{len(judged)} scenarios"
+                      + ("; missed: " + "; ".join(missed) if missed else "")))
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Install the peers if needed, run every section, write the results page and plot."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.real_out = args.real_out or args.out.parent / "results_real.md"
     os.environ.setdefault(START_ENV, str(time.time()))
     for variable in BLAS_THREAD_VARIABLES:  # before NumPy loads, here and in the re-run
         os.environ.setdefault(variable, "1")
@@ -401,17 +455,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     grids = ((6, 7, 1),) if args.quick else bench_speed.GRIDS
     pooled = (4,) if args.quick else bench_speed.POOLED
     sections: dict = {"n_slices": n_slices, "runner_slices": 2 if args.quick else bench_runner.N_SLICES}
-    log("1/5 accuracy")
+    if args.only == "real":
+        run_real(args, installed)
+        return 0
+    log("1/6 accuracy")
     sections["accuracy"] = bench_accuracy.run(installed, n_slices, scenarios, log=log)
-    log("2/5 speed")
+    log("2/6 speed")
     sections["speed"] = bench_speed.run(args.workdir / "speed", installed, grids=grids,
                                         pooled=pooled, log=log)
-    log("3/5 stitch")
+    log("3/6 stitch")
     sections["stitch"] = run_stitch(args.workdir / "stitch", args.quick)
-    log("4/5 GPU")
+    log("4/6 GPU")
     sections["gpu"] = bench_speed.gpu_rows(grids, log=log)
-    log("5/5 embedded runner")
+    log("5/6 embedded runner")
     sections["runner"] = bench_runner.run(args.workdir / "runner", n_slices=sections["runner_slices"], log=log)
+    log(f"6/6 real-image benchmark (-> {args.real_out})")
+    sections["real"] = run_real(args, installed)
     seconds = time.time() - float(os.environ[START_ENV])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(sections["accuracy"], sections["speed"], n_slices, args.out.with_suffix(".png"))
