@@ -11,6 +11,7 @@ Arrays may be NumPy or CuPy: the array module is passed in, one code path for bo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from types import ModuleType
 
 import numpy as np
@@ -81,7 +82,7 @@ def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, 
     the taper cannot pull the peak towards zero.
     """
     ny, nx = a.shape[1:]
-    taper = xp.asarray(np.outer(tukey(ny, taper_alpha)[0], tukey(nx, taper_alpha)[0]), dtype=xp.float32)
+    taper = xp.asarray(_taper(ny, nx, taper_alpha))
     taper_b = taper
     if b_offsets is not None:
         wy, wx = tukey(ny, taper_alpha, b_offsets[:, 0]), tukey(nx, taper_alpha, b_offsets[:, 1])
@@ -93,10 +94,29 @@ def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, 
     magnitude = xp.abs(product)
     product /= magnitude + 1e-12 * magnitude.max() + np.finfo(np.float32).tiny
     if filter_sigma > 0:
-        fy = xp.fft.fftfreq(ny)[:, None]
-        fx = (xp.fft.rfftfreq(nx) if real else xp.fft.fftfreq(nx))[None, :]
-        product *= xp.exp(-2 * (np.pi * filter_sigma) ** 2 * (fy**2 + fx**2)).astype(xp.float32)
+        product *= xp.asarray(_low_pass(ny, nx, filter_sigma, real))
     return product
+
+
+@lru_cache(maxsize=256)
+def _taper(ny: int, nx: int, alpha: float) -> np.ndarray:
+    """The 2-D Tukey taper of ``(ny, nx)`` windows (float32; cached: every batch of a shape shares it)."""
+    return np.outer(tukey(ny, alpha)[0], tukey(nx, alpha)[0]).astype(np.float32)
+
+
+@lru_cache(maxsize=256)
+def _low_pass(ny: int, nx: int, sigma: float, real: bool) -> np.ndarray:
+    """Gaussian low-pass of ``sigma`` px on the (half, when ``real``) spectrum of ``(ny, nx)`` windows."""
+    fy = np.fft.fftfreq(ny)[:, None]
+    fx = (np.fft.rfftfreq(nx) if real else np.fft.fftfreq(nx))[None, :]
+    return np.exp(-2 * (np.pi * sigma) ** 2 * (fy**2 + fx**2)).astype(np.float32)
+
+
+@lru_cache(maxsize=256)
+def _dft_kernel(size: int, upsample: int, region: int) -> np.ndarray:
+    """``(region, size)`` kernel of the local upsampled DFT around zero shift (complex64)."""
+    grid = np.arange(region, dtype=np.float64)[:, None] - np.fix(region / 2.0)
+    return np.exp(2j * np.pi * grid * np.fft.fftfreq(size, upsample)[None, :]).astype(np.complex64)
 
 
 def _peak_candidates(corr: np.ndarray, max_shift: tuple[int, int], count: int) -> np.ndarray:
@@ -105,17 +125,27 @@ def _peak_candidates(corr: np.ndarray, max_shift: tuple[int, int], count: int) -
     Returns signed integer shifts ``(n, count, 2)``; missing peaks repeat the best one.
     """
     n, ny, nx = corr.shape
-    sy = _signed(np.arange(ny), ny)[:, None]
-    sx = _signed(np.arange(nx), nx)[None, :]
-    allowed = (np.abs(sy) <= max_shift[0]) & (np.abs(sx) <= max_shift[1])
+    iy, ix = _search_index(ny, max_shift[0]), _search_index(nx, max_shift[1])
+    corr = corr[:, iy[:, None], ix[None, :]]  # the searched shifts and a 1 px margin: the filter's neighbours
+    sy, sx = _signed(iy, ny), _signed(ix, nx)
+    allowed = (np.abs(sy)[:, None] <= max_shift[0]) & (np.abs(sx)[None, :] <= max_shift[1])
     peaks = (corr == ndimage.maximum_filter(corr, size=(1, 3, 3), mode="wrap")) & allowed
     values = np.where(peaks, corr, -np.inf).reshape(n, -1)
     count = min(count, values.shape[1])
     top = np.argpartition(-values, count - 1, axis=1)[:, :count]
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(values, top, axis=1), axis=1), axis=1)
     top = np.where(np.isfinite(np.take_along_axis(values, top, axis=1)), top, top[:, :1])
-    rows, cols = np.unravel_index(top, (ny, nx))
-    return np.stack([_signed(rows, ny), _signed(cols, nx)], axis=-1)
+    rows, cols = np.unravel_index(top, corr.shape[1:])
+    return np.stack([sy[rows], sx[cols]], axis=-1)
+
+
+def _search_index(size: int, bound: int) -> np.ndarray:
+    """Indices of the shifts ``-bound - 1 .. bound + 1`` along an axis of a correlation surface (all
+    indices, in order, when that wraps round): finding the peaks only there is the same as on the
+    whole surface, for a fraction of the work in long overlap strips."""
+    if 2 * bound + 3 > size:
+        return np.arange(size)
+    return np.arange(-bound - 1, bound + 2) % size
 
 
 def _complex_matmul(a, b):
@@ -125,24 +155,40 @@ def _complex_matmul(a, b):
     return real + 1j * (a.real @ b.imag + a.imag @ b.real)
 
 
-def _upsampled_peaks(product, upsample: int, xp: ModuleType) -> np.ndarray:
+def _upsampled_peaks(product, upsample: int, xp: ModuleType, width: int) -> np.ndarray:
     """Sub-pixel peak (n, 2) within ±0.75 px of zero shift, by a local matrix-multiply DFT.
 
-    The same two DFT kernels serve every pair of the batch, so the work is two large matrix
-    products rather than many small ones.
+    ``product`` is the half spectrum (``rfft2``) of windows ``width`` px wide. The correlation of
+    real windows is real: each column ``kx`` of the hidden half equals the conjugate of its mirror,
+    so the half's columns ``0 < kx < width / 2`` count twice in the real part, and the Nyquist
+    column (even widths), the one without a mirror, is added with its own phase. The same DFT
+    kernels serve every pair of the batch, so the work is a few large matrix products.
     """
-    n, ny, nx = product.shape
+    n, ny, half = product.shape
     region = int(np.ceil(upsample * 1.5))
     centre = np.fix(region / 2.0)
-    grid = xp.arange(region, dtype=xp.float64)[:, None] - centre
-    ky = xp.exp(2j * np.pi * grid * xp.fft.fftfreq(ny, upsample)[None, :]).astype(xp.complex64)
-    kx = xp.exp(2j * np.pi * grid * xp.fft.fftfreq(nx, upsample)[None, :]).astype(xp.complex64)
-    rows = _complex_matmul(product.astype(xp.complex64).reshape(n * ny, nx), kx.T).reshape(n, ny, region)
-    columns = _complex_matmul(ky, xp.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(ny, n * region))
-    upsampled = to_numpy(xp.abs(columns.reshape(region, n, region).transpose(1, 0, 2)))
+    ky, kx = xp.asarray(_dft_kernel(ny, upsample, region)), xp.asarray(_half_kernel(width, upsample, region))
+    paired = half - 1 if width % 2 == 0 else half
+    rows = _complex_matmul(product[:, :, :paired].astype(xp.complex64).reshape(n * ny, paired), kx.T)
+    rows = xp.ascontiguousarray(rows.reshape(n, ny, region).transpose(1, 0, 2)).reshape(ny, n * region)
+    surface = (ky.real @ rows.real - ky.imag @ rows.imag).reshape(region, n, region)
+    if width % 2 == 0:
+        nyquist = product[:, :, paired].T  # (ny, n): its DFT along y is real
+        level = ky.real @ nyquist.real - ky.imag @ nyquist.imag
+        phase = xp.asarray(_dft_kernel(width, upsample, region)[:, paired])
+        surface = surface + level[:, :, None] * phase[None, None, :]
+    upsampled = to_numpy(xp.abs(surface).transpose(1, 0, 2))
     flat = np.argmax(upsampled.reshape(n, -1), axis=1)
     peak = np.stack(np.unravel_index(flat, (region, region)), axis=1)
     return (peak + _parabolic_offsets(upsampled, peak) - centre) / upsample
+
+
+@lru_cache(maxsize=256)
+def _half_kernel(size: int, upsample: int, region: int) -> np.ndarray:
+    """:func:`_dft_kernel` over the paired columns of a half spectrum, each ``0 < kx`` counted twice."""
+    paired = size // 2 if size % 2 == 0 else size // 2 + 1
+    weights = np.where(np.arange(paired) == 0, 1.0, 2.0)
+    return (_dft_kernel(size, upsample, region)[:, :paired] * weights).astype(np.complex64)
 
 
 def _parabolic_offsets(surface: np.ndarray, peak: np.ndarray) -> np.ndarray:
@@ -181,20 +227,21 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     ``b``'s taper by the current estimate (:func:`_cross_power`), which leaves a bias of that
     fraction of the current error (the fixed point is unbiased); a residual beyond half a pixel
     moves the integer shift and the overlap cut. Pairs that moved less than ``REFINE_TOLERANCE``
-    stop; at most ``REFINE_PASSES`` passes. Pairs with the same integer shift have same-shaped
-    overlaps and are refined in one batch.
+    stop; at most ``REFINE_PASSES`` passes. Pairs whose integer shifts have the same magnitudes have
+    same-shaped overlaps and are refined in one batch.
     """
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
     active = np.ones(len(shifts), dtype=bool)
     for step in range(REFINE_PASSES):
         found = residual.copy()
-        for shift in {tuple(s) for s in integer[active].tolist()}:
-            members = np.flatnonzero(active & (integer == shift).all(axis=1))
-            pa, pb = overlap_views(a[members], b[members], shift)
+        for shape in {tuple(s) for s in np.abs(integer[active]).tolist()}:
+            members = np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
+            views = [overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
+            pa, pb = np.stack([va for va, _ in views]), np.stack([vb for _, vb in views])
             product = _cross_power(xp.asarray(pa, dtype=xp.float32), xp.asarray(pb, dtype=xp.float32), xp, fft,
-                                   filter_sigma, taper_alpha=taper_alpha, b_offsets=residual[members])
-            found[members] = _upsampled_peaks(product, upsample, xp)
+                                   filter_sigma, real=True, taper_alpha=taper_alpha, b_offsets=residual[members])
+            found[members] = _upsampled_peaks(product, upsample, xp, pa.shape[-1])
         moved = np.abs(found - residual).max(axis=1)
         recentre = np.round(found).astype(int)
         integer += recentre
@@ -203,6 +250,29 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
         if not active.any():
             break
     return integer + residual
+
+
+def refine_shifts(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, *, xp: ModuleType = np,
+                  fft: ModuleType | None = None, filter_sigma: float = 1.0, upsample: int = 10,
+                  refine_taper: float = REFINE_TAPER) -> np.ndarray:
+    """Sub-pixel shifts ``(n, 2)`` of window pairs from their integer shifts (:func:`measure_shifts`).
+
+    The larger the batch, the fewer (and larger) the FFT batches: pairs are batched by the shape
+    of their overlap, which many pairs share.
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Window batches ``(n, H, W)`` (host arrays).
+    shifts : np.ndarray
+        ``(n, 2)`` integer shifts, as measured by :func:`measure_shifts` with ``subpixel=False``.
+    xp, fft, filter_sigma, upsample, refine_taper
+        As in :func:`measure_shifts`.
+    """
+    if len(a) == 0:
+        return np.zeros((0, 2))
+    return _refine_on_overlaps(a, b, np.asarray(shifts), xp, scipy.fft if fft is None else fft, filter_sigma,
+                               upsample, refine_taper)
 
 
 def measure_shifts(
@@ -237,7 +307,8 @@ def measure_shifts(
     refine_taper : float
         Tukey taper of the sub-pixel refinement (1: Hann).
     subpixel : bool
-        Refine the integer shifts (False: integer shifts only, for when only the quality is needed).
+        Refine the integer shifts (False: integer shifts only, for when only the quality is needed,
+        or to refine the pairs worth it later, all at once, with :func:`refine_shifts`).
 
     Returns
     -------
@@ -256,7 +327,7 @@ def measure_shifts(
         best.append(max((ncc_at(a[k], b[k], c), c) for c in unique))
     integer = np.array([shift for _, shift in best], dtype=int)
     peaks = corr[np.arange(len(integer)), integer[:, 0], integer[:, 1]]
-    refined = _refine_on_overlaps(a, b, integer, xp, fft, filter_sigma, upsample, refine_taper) if subpixel \
-        else integer.astype(float)
+    refined = refine_shifts(a, b, integer, xp=xp, fft=fft, filter_sigma=filter_sigma, upsample=upsample,
+                            refine_taper=refine_taper) if subpixel else integer.astype(float)
     return [PairShift(shift=(float(s[0]), float(s[1])), ncc=float(score), peak=float(peak))
             for s, (score, _), peak in zip(refined, best, peaks)]

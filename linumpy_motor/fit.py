@@ -35,6 +35,7 @@ from .geometry import grid_indices, registration_positions
 
 TUKEY_C = 4.685
 RAYLEIGH_MEDIAN = math.sqrt(2 * math.log(2))  # median of |N(0, I2)|
+L1_START_TOLERANCE = 1e-3  # px: the L1 start of the robust fit stops moving by less than this
 MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1) in the error model
 BACKLASH_MODES = ("auto", "on", "off")
 BACKLASH_P_VALUE = 1e-3  # the backlash term is kept when the F-test's p-value is below this
@@ -170,7 +171,9 @@ def robust_fit(
     A = _weighted_lstsq(X, Y, w)
     for _ in range(30):  # L1 start: robust to gross outliers, converges to a weighted median
         r = np.linalg.norm(Y - X @ A.T, axis=1)
-        A = _weighted_lstsq(X, Y, w / np.maximum(r, 1e-3))
+        A, previous = _weighted_lstsq(X, Y, w / np.maximum(r, 1e-3)), A
+        if np.max(np.abs(A - previous)) < L1_START_TOLERANCE:
+            break  # close enough to start the biweight, which converges to its own fixed point
     inliers = w > 0
     scale = scale_floor
     for _ in range(50):

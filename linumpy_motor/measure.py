@@ -11,7 +11,7 @@ from skimage.exposure import match_histograms
 from skimage.filters import threshold_otsu
 
 from .backend import get_backend
-from .correlation import measure_shifts
+from .correlation import measure_shifts, refine_shifts
 from .errors import InputError
 from .flatfield import flatfield_from_tiles, load_flatfield
 from .io import central_plane_index, read_block
@@ -20,6 +20,7 @@ from .planes import VolumeReader, choose_plane
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
 BACKGROUND_MADS = 4.0
+PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once for flat field and pairs
 
 BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
@@ -123,12 +124,11 @@ def measure_grid_pairs(
             b = np.stack([match_histograms(wb, wa) if histogram_match else wb for wa, wb in windows])
             bound = _search_bound(limit, a.shape)
             null_samples.add(horizontal, i, a, b)
-            for j, result in enumerate(measure_shifts(a, b, bound, xp=xp, fft=fft, filter_sigma=filter_sigma)):
-                expected = (0, steps[1]) if horizontal else (steps[0], 0)
+            for j, result in enumerate(measure_shifts(a, b, bound, xp=xp, fft=fft, filter_sigma=filter_sigma,
+                                                      subpixel=False)):
                 pairs.append({
                     "tile": [i, j], "row_delta": 0 if horizontal else 1, "col_delta": 1 if horizontal else 0,
-                    "measured_dy": expected[0] + result.shift[0], "measured_dx": expected[1] + result.shift[1],
-                    "ncc": result.ncc, "peak": result.peak, "_a": a[j], "_b": b[j],
+                    "ncc": result.ncc, "peak": result.peak, "_shift": result.shift, "_a": a[j], "_b": b[j],
                 })
             samples.extend(x[::4, ::4].ravel() for x in (a, b))
         top = bottom
@@ -143,6 +143,7 @@ def measure_grid_pairs(
                 for kind, (a, b) in null_samples.windows().items()}
         measured, background = _split_background(measured, null)
         skipped += background
+    _refine_kept(measured, steps, xp=xp, fft=fft, filter_sigma=filter_sigma)
     nccs = np.array([p["ncc"] for p in measured]) if measured else np.array([np.nan])
     stats = {
         "n_pairs_total": len(pairs), "n_measured": len(measured),
@@ -158,11 +159,28 @@ def measure_grid_pairs(
     return measured, skipped, stats
 
 
+def _refine_kept(pairs: list[dict], steps: tuple[int, int], **options) -> None:
+    """Set the sub-pixel ``measured_dy``, ``measured_dx`` of the pairs kept, one batch per direction, and
+    drop their windows (only kept pairs are refined; batching a whole plane makes few, large FFT batches)."""
+    for horizontal in (True, False):
+        members = [p for p in pairs if bool(p["col_delta"]) == horizontal]
+        if not members:
+            continue
+        refined = refine_shifts(np.stack([p["_a"] for p in members]), np.stack([p["_b"] for p in members]),
+                                np.array([p["_shift"] for p in members], dtype=int), **options)
+        expected = (0, steps[1]) if horizontal else (steps[0], 0)
+        for pair, shift in zip(members, refined):
+            pair["measured_dy"], pair["measured_dx"] = expected[0] + float(shift[0]), expected[1] + float(shift[1])
+    for pair in pairs:
+        for key in ("_a", "_b", "_shift"):
+            del pair[key]
+
+
 def _split_empty(pairs: list[dict], threshold: float | None, max_empty_fraction: float | None):
     """Attach each pair's background fraction and split off those that are too empty."""
     measured, skipped = [], []
     for pair in pairs:
-        a, b = pair.pop("_a"), pair.pop("_b")
+        a, b = pair["_a"], pair["_b"]
         if threshold is None:
             empty = 1.0 - min(float(np.mean(a > 0)), float(np.mean(b > 0)))
             too_empty = empty > 0.9
@@ -265,13 +283,13 @@ def _plane_block(read: VolumeReader, z: int | None, rows: slice, cols: slice) ->
     return read(slice(z, z + 1), rows, cols)[0]
 
 
-def _estimated_flatfield(read: VolumeReader, tile_hw: tuple[int, int], nx: int, ny: int, z: int | None,
-                         label: str) -> np.ndarray | None:
-    """The slice's flat field on the measured plane (:func:`~linumpy_motor.flatfield.flatfield_from_tiles`)."""
+def _plane_rows(read: VolumeReader, z: int | None, tile_hw: tuple[int, int], nx: int, ny: int) -> list | None:
+    """Every tile row of the measured plane, read once, when the plane is at most ``PLANE_CACHE_BYTES``
+    (the flat-field estimate and the measurement then share one read); None for a larger plane."""
     h, w = tile_hw
-    return flatfield_from_tiles(
-        lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w)),
-        nx, ny, tile_hw, label=label, log_level=logging.INFO)
+    if nx * h * ny * w * 4 > PLANE_CACHE_BYTES:
+        return None
+    return [_plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)) for i in range(nx)]
 
 
 def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,
@@ -316,6 +334,7 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
                                      max_shift_px=options.get("max_shift_px"))
     else:
         plane_info = {"plane_mode": "given"}
+    rows = None
     if isinstance(flatfield, np.ndarray):
         field, description = flatfield, "given"
         if field.ndim == 3:
@@ -323,13 +342,17 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     elif flatfield is None or str(flatfield) == "none":
         field, description = None, "none"
     elif str(flatfield) == "estimate":
-        field = _estimated_flatfield(read, (h, w), nx, ny, z, label)
+        rows = _plane_rows(read, z, (h, w), nx, ny)
+        field = flatfield_from_tiles(
+            (lambda i, j: rows[i][:, j * w:(j + 1) * w]) if rows is not None else
+            (lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))),
+            nx, ny, (h, w), label=label, log_level=logging.INFO)
         description = "estimate" if field is not None else "estimate (too few tissue tiles: none applied)"
     else:
         raise ValueError(f"flatfield must be 'estimate', 'none' or an array, got {flatfield!r}")
-    measured, skipped, stats = measure_grid_pairs(lambda i: _plane_block(read, z, slice(i * h, (i + 1) * h),
-                                                                         slice(None)), (h, w), nx, ny, overlap_fraction,
-                                                  flatfield=field, **options)
+    band = (lambda i: rows[i]) if rows is not None else \
+        (lambda i: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)))
+    measured, skipped, stats = measure_grid_pairs(band, (h, w), nx, ny, overlap_fraction, flatfield=field, **options)
     stats.update(z=z, flatfield=description, **plane_info)
     return measured, skipped, stats
 

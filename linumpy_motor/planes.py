@@ -95,9 +95,9 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
         a = np.stack([wa for wa, _ in windows], axis=1)  # (planes, pairs, H, W)
         b = np.stack([wb for _, wb in windows], axis=1)
         bound = tuple(int(min(limit, size // 2 - 1)) for size in a.shape[2:])
-        values = [[r.ncc for r in measure_shifts(pa, pb, bound, filter_sigma=filter_sigma, subpixel=False)]
-                  for pa, pb in zip(a, b)]
-        scores = np.concatenate([scores, np.array(values)], axis=1)
+        values = [r.ncc for r in measure_shifts(a.reshape(-1, *a.shape[2:]), b.reshape(-1, *b.shape[2:]), bound,
+                                                filter_sigma=filter_sigma, subpixel=False)]  # one batch
+        scores = np.concatenate([scores, np.reshape(values, a.shape[:2])], axis=1)
     better_half = np.sort(scores, axis=1)[:, scores.shape[1] // 2:]
     return {int(p): float(s) for p, s in zip(planes, better_half.mean(axis=1))}
 
