@@ -184,6 +184,27 @@ def _swap(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
+def check_output(output: str | Path, *inputs: str | Path) -> Path:
+    """Before any work: refuse an output with an empty name or a missing folder, one that is, holds or
+    lies in one of ``inputs``, or one this program may not replace (:func:`check_replaceable`).
+
+    Returns
+    -------
+    Path
+        ``output`` as a path.
+
+    Raises
+    ------
+    InputError
+    """
+    output = check_output_name(output)
+    if not output.parent.is_dir():
+        raise InputError(output, "cannot be written: its folder does not exist")
+    check_outside(output, *inputs)
+    check_replaceable(output)
+    return output
+
+
 @contextmanager
 def atomic_output(path: str | Path, stage: str = "output") -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write into; mark it and rename it to ``path`` on success.
@@ -194,10 +215,7 @@ def atomic_output(path: str | Path, stage: str = "output") -> Iterator[Path]:
     ``path`` and ``stage``. A folder is swapped in two renames (old one aside as ``.NAME.old-PID``),
     so a process killed between them leaves ``path`` absent, never half-written.
     """
-    path = check_output_name(path)
-    if not path.parent.is_dir():
-        raise InputError(path, "cannot be written: its folder does not exist")
-    check_replaceable(path)
+    path = check_output(path)
     tmp = temporary_name(path)
     remove_path(tmp)
     try:

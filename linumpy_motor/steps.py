@@ -12,28 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, geometry, outputs
+from . import __version__, geometry
 from .compare import compare_positions
 from .errors import InputError
 from .fit import FitError, fit_pooled
 from .io import open_mosaic, slice_id_from_name
-from .outputs import write_json
+from .outputs import check_output, write_json
 from .measure import backends_used, measure_mosaic
 from .parallel import limited_threads, resolve_threads
 from .schemas import PairsFile, TransformFile, load
 from .summary import model_problems
 
 logger = logging.getLogger(__name__)
-
-
-def check_output(output: str | Path, *inputs: str | Path) -> None:
-    """Before any work: refuse an output file whose folder does not exist, that is, holds or lies in
-    an input, or that this program may not replace (see :mod:`linumpy_motor.outputs`)."""
-    output = outputs.check_output_name(output)
-    if not output.parent.is_dir():
-        raise InputError(output, "cannot be written: its folder does not exist")
-    outputs.check_outside(output, *inputs)
-    outputs.check_replaceable(output)
 
 
 def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, slice_id: int | None = None,

@@ -257,18 +257,6 @@ def _lerp(padded, fy: float, fx: float):
     return out
 
 
-def check_output(source: Path, output: Path) -> None:
-    """Refuse an output that is, holds or lies inside the input store, or that this program may not
-    replace (:mod:`linumpy_motor.outputs`).
-
-    Raises
-    ------
-    InputError
-    """
-    outputs.check_outside(output, source)
-    outputs.check_replaceable(output)
-
-
 def _placed(grid: MosaicGrid, A: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
     """Each tile's top-left, unshifted: ``positions`` when given (checked), else ``A @ [i, j]``."""
     if positions is None:
@@ -496,7 +484,7 @@ def stitch_slice(
         raise ValueError(f"block_px must be an even number >= 32, got {block_px}")
     grid = source if isinstance(source, MosaicGrid) else open_mosaic(source)
     output = Path(output)
-    check_output(grid.path, output)
+    outputs.check_output(output, grid.path)
     A = _check_transform(transform)
     check_canvas(grid, A)
     nz, h, w = grid.tile_shape
