@@ -4,7 +4,7 @@ blended overlaps, written as an OME-Zarr with a multiscale pyramid (float32)."""
 
 import sys
 
-from linumpy_motor import steps
+from linumpy_motor import ngff, steps
 from linumpy_motor.blend import BLENDING_HELP, BLENDING_MODES
 from linumpy_motor.entry import add_threads_argument, make_parser, positive_int, run_cli
 from linumpy_motor.errors import InputError
@@ -26,7 +26,7 @@ def build_parser():
     parser.add_argument("--blending", default="feather", choices=BLENDING_MODES, help=BLENDING_HELP)
     parser.add_argument("--flatfield", default="estimate",
                         help="'estimate' (from the slice's tissue tiles), 'none', or a .npy flat field")
-    parser.add_argument("--ngff-version", default="0.5", choices=("0.4", "0.5"), help="output format")
+    parser.add_argument("--ngff-version", default="0.5", choices=ngff.NGFF_VERSIONS, help="output format")
     parser.add_argument("--z-chunk", type=int, help="Z planes per block and output chunk (default: automatic)")
     parser.add_argument("--use-gpu", action="store_true", help="resample and blend on a CUDA GPU (falls back to CPU)")
     parser.add_argument("--cache-mb", type=positive_int, default=CACHE_BYTES // 2**20,

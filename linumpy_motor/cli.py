@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import logs, runner, summary, synthetic
+from . import logs, ngff, runner, summary, synthetic
 from .blend import BLENDING_HELP, BLENDING_MODES
 from .entry import EXIT_NOT_OK, HelpFormatter, add_threads_argument, make_parser, overlap_fraction, run_cli
 from .fit import BACKLASH_MODES
@@ -33,7 +33,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the slice covered by tissue")
     parser.add_argument("--bad-tiles", type=int, default=0, help="tiles replaced by background or another tile")
     parser.add_argument("--dtype", default=defaults.dtype, choices=("float32", "uint8", "uint16", "complex64"))
-    parser.add_argument("--ngff-version", default="0.5", choices=("0.4", "0.5"))
+    parser.add_argument("--ngff-version", default="0.5", choices=ngff.NGFF_VERSIONS)
     parser.add_argument("--no-shards", action="store_true", help="write NGFF 0.5 without sharding")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
@@ -79,7 +79,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flatfield", default=defaults.flatfield,
                         help="'estimate' (from each slice's tissue tiles), 'none', or a .npy flat field; "
                              "applied before measuring and when stitching")
-    parser.add_argument("--ngff-version", default=defaults.ngff_version, choices=("0.4", "0.5"),
+    parser.add_argument("--ngff-version", default=defaults.ngff_version, choices=ngff.NGFF_VERSIONS,
                         help="stitched output format")
     parser.add_argument("--transform", help="known motor model: our transform JSON, a JSON holding only "
                         "'transform', or upstream's 2x2 .npy; skips measuring and fitting")

@@ -13,6 +13,7 @@ import numpy as np
 import zarr
 
 from .errors import InputError
+from .ngff import NGFF_VERSIONS
 from .outputs import atomic_output, write_json  # noqa: F401  (re-exported: the writers' one owner)
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class MosaicGrid:
     units: tuple[str | None, str | None, str | None]
 
 
-READ_NGFF_VERSIONS = ("0.4", "0.5")
+READ_NGFF_VERSIONS = NGFF_VERSIONS  # what this program reads is what it writes
 
 
 def multiscale_entry(attrs: dict, path: Path) -> tuple[dict, str]:

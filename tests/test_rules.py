@@ -4,6 +4,8 @@ what makes the runner redo a step. Each test fails if its rule is dropped, inver
 
 from __future__ import annotations
 
+import importlib
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +125,16 @@ def test_another_package_version_reruns_every_step(small_run, monkeypatch):
     monkeypatch.setattr(runner, "__version__", "999.0")
     result = runner.run(folder, out, RunOptions(), progress=False)
     assert result["ran"] == {"measure": 2, "fit": 1, "stitch": 2, "compare": 2, "report": 1}
+
+
+@pytest.mark.parametrize(("field", "vocabulary"), [
+    ("plane", "linumpy_motor.planes.PLANE_MODES"), ("backlash", "linumpy_motor.fit.BACKLASH_MODES"),
+    ("placement", "linumpy_motor.steps.PLACEMENTS"), ("blending", "linumpy_motor.blend.BLENDING_MODES"),
+    ("ngff_version", "linumpy_motor.ngff.NGFF_VERSIONS"),
+])
+def test_the_runner_options_take_the_library_vocabularies(field, vocabulary):
+    """The runner's typed options (which the CLI's choices and the Nextflow schema are checked against)
+    take exactly the values the library module that owns each option accepts."""
+    module, name = vocabulary.rsplit(".", 1)
+    owned = getattr(importlib.import_module(module), name)
+    assert set(typing.get_args(RunOptions.model_fields[field].annotation)) == set(owned)
