@@ -207,7 +207,8 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
     if isinstance(array, zarr.Array) and array.ndim == 2:
         array = PlaneAsVolume(array)
     if not isinstance(array, zarr.Array | PlaneAsVolume) or array.ndim != 3:
-        raise InputError(path, f"expected a 3-D (z, y, x) or 2-D (y, x) array, got shape {getattr(array, 'shape', None)}")
+        raise InputError(path, "expected a 3-D (z, y, x) or 2-D (y, x) array, "
+                               f"got shape {getattr(array, 'shape', None)}")
     if array.dtype.name not in SUPPORTED_DTYPES:
         raise InputError(path, f"unsupported dtype {array.dtype}")
     if array.dtype.kind == "c":

@@ -10,9 +10,9 @@ from __future__ import annotations
 import html
 import json
 import math
-from datetime import datetime, timezone
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -376,7 +376,7 @@ def _provenance_html(inputs: _Inputs, stitched_meta: Mapping[int, dict], ids: Se
     """Where every number came from: versions, date, parameters, and each slice's input files."""
     diagnostics = inputs.transform.diagnostics
     first = next(iter(inputs.pairs.values()), None)
-    run = [("report written", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
+    run = [("report written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
            ("linumpy-motor (report)", __version__),
            ("linumpy-motor (fit)", diagnostics.get("version")),
            ("motor model", str(inputs.source)),

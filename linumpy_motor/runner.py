@@ -101,7 +101,8 @@ def store_fingerprint(path: Path) -> str:
 
 def step_key(**inputs) -> str:
     """Hash of a step's inputs, parameters and the package version."""
-    return hashlib.sha256(json.dumps({"version": __version__, **inputs}, sort_keys=True, default=str).encode()).hexdigest()
+    text = json.dumps({"version": __version__, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Stamps:
@@ -334,7 +335,8 @@ def _with_progress(function: Callable, kwargs: dict, label: str, bars: bool) -> 
     return {**kwargs, "progress": logs.Progress(label, unit, bars=None if bars else False)}
 
 
-def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions(), *, progress: bool = True) -> dict:
+def run(source: str | Path, outdir: str | Path, options: RunOptions | None = None, *,
+        progress: bool = True) -> dict:
     """Run measure → fit → stitch → compare → report on a dataset, resuming finished steps.
 
     Parameters
@@ -343,8 +345,8 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
         Folder of ``*.ome.zarr`` slices or a ``slice_id,path`` CSV samplesheet.
     outdir : str or Path
         Output folder (created); must not be empty, be, hold or lie inside an input.
-    options : RunOptions
-        Run parameters.
+    options : RunOptions, optional
+        Run parameters (default: ``RunOptions()``).
     progress : bool
         Show progress bars on stderr where the logging set-up allows them (a terminal, see
         :mod:`linumpy_motor.logs`); otherwise progress is logged as lines. Every message is also
@@ -364,6 +366,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
         no output folder is created. Found while working: only completed steps' outputs stay, and
         only folders this run created (and left empty) are removed.
     """
+    options = RunOptions() if options is None else options
     outdir = outputs.check_output_name(outdir)
     source = Path(source)
     slices = discover_slices(source)
@@ -516,7 +519,8 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
             for sid, _ in slices
         ], stamps, 1, "compare", progress)
         key = step_key(step="report", transform=transform_digest,
-                       pairs=[file_digest(p) for p in pairs.values()], compare=[file_digest(p) for p in compare.values()],
+                       pairs=[file_digest(p) for p in pairs.values()],
+                       compare=[file_digest(p) for p in compare.values()],
                        stitched=[stamps.key_of(p) for p in stitched.values()])
         ran["report"] = _run_jobs([(report_dir, key, write_report, dict(
             out_dir=report_dir, transform_file=transform, pairs_files=list(pairs.values()),
