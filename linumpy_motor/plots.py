@@ -118,7 +118,7 @@ def plot_residual_histogram(path: Path, residuals: np.ndarray, outliers: np.ndar
     clipped = np.clip(residuals, floor, None)
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    ax.hist([clipped[~outliers], clipped[outliers]], bins=edges, stacked=True,
+    ax.hist([clipped[~outliers], clipped[outliers]], bins=edges.tolist(), stacked=True,
             color=[INLIER_COLOUR, OUTLIER_COLOUR],
             label=[f"inliers ({int((~outliers).sum())})", f"outliers ({int(outliers.sum())})"])
     ax.axvline(cutoff, color="k", ls="--", lw=1, label=f"Tukey cutoff {cutoff:.2f} px")
@@ -165,7 +165,7 @@ def plot_pair_residuals(path: Path, slice_id: int, pairs: Sequence[Mapping], res
     drawn = residuals * np.minimum(1.0, longest / np.maximum(lengths, 1e-12))[:, None]
     fig = Figure(figsize=(7, min(7 * (grid[0] * h) / max(grid[1] * w, 1) + 0.8, 12)), layout="constrained")
     ax = fig.subplots()
-    ax.add_collection(LineCollection(outlines, colors="0.75", linewidths=0.8))
+    ax.add_collection(LineCollection(list(outlines), colors="0.75", linewidths=0.8))
     arrows = [
         ax.quiver(centres[mask, 1], centres[mask, 0], drawn[mask, 1], drawn[mask, 0], angles="xy",
                   scale_units="xy", scale=scale, color=colour, width=0.005, label=label)
@@ -209,7 +209,7 @@ def plot_thumbnail(path: Path, slice_id: int, plane: np.ndarray, extent_hw: Sequ
     ax.imshow(np.nan_to_num(plane), cmap="gray", vmin=low, vmax=max(high, low + 1e-12),
               extent=(0, width, height, 0), interpolation="antialiased")
     if outlines is not None:  # corner ticks only: the seams between them stay visible
-        ax.add_collection(LineCollection(corner_marks(outlines), colors="yellow", linewidths=0.8, alpha=0.8))
+        ax.add_collection(LineCollection(list(corner_marks(outlines)), colors="yellow", linewidths=0.8, alpha=0.8))
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_title(f"Slice {slice_id}: stitched, central plane" + (", tile corners" if outlines is not None else ""),
