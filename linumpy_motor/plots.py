@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -34,7 +35,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def tile_outlines(nx: int, ny: int, tile_hw: Sequence[int], transform: np.ndarray,
-                  positions: Sequence | None = None) -> np.ndarray:
+                  positions: npt.ArrayLike | None = None) -> np.ndarray:
     """Closed outlines ``(nx * ny, 5, 2)`` of every tile as (x, y) = (col, row) canvas pixels.
 
     Tiles sit at ``A @ [i, j]``, or at ``positions`` (``(nx * ny, 2)``, as the stitcher placed them).

@@ -358,6 +358,7 @@ def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int,
                 break
         if best is None or (decoded, peak) < best[0]:
             best = ((decoded, peak), sorted(regions, key=rank), strip, vertical)
+    assert best is not None  # the loop over both orientations always sets it
     return best[1], best[2], best[3]
 
 
