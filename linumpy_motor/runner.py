@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,7 +82,8 @@ def file_digest(path: Path) -> str:
 def store_fingerprint(path: Path) -> str:
     """Identity of an input store: every file's relative path, size and modification time, links
     followed (a level linked from elsewhere counts by its target's files, and by where it points)."""
-    entries, seen = [], set()
+    entries: list[tuple[str, str, str | int, int]] = []  # (path, kind, link target or size, mtime)
+    seen = set()
     for root, folders, files in os.walk(path, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:  # a link cycle
@@ -187,7 +189,7 @@ def _check_outdir(outdir: Path, inputs: list[Path]) -> None:
         raise InputError(outdir, "output folder cannot be written")
 
 
-_STARTED = None
+_STARTED: Connection | None = None
 """In a worker process: the pipe it reports each job's start on (see :func:`_init_worker`)."""
 
 
@@ -205,6 +207,8 @@ def _init_worker(started, log_config: logs.LogConfig) -> None:
 
 
 def _call_in_worker(label: str, function: Callable, kwargs: dict):
+    if _STARTED is None:
+        raise RuntimeError("_call_in_worker runs only in a worker set up by _init_worker")
     _STARTED.send((os.getpid(), label))
     return function(**kwargs)
 
@@ -221,6 +225,7 @@ def _lost_worker(pool: ProcessPoolExecutor, started, futures: dict) -> InputErro
     while started.poll():
         pid, label = started.recv()
         labels[pid] = label
+    dead: list[tuple[str, int | None]] = []
     deadline = time.monotonic() + 2  # a killed process's pipes close a moment before it can be reaped
     while True:
         codes = {pid: process.exitcode for pid, process in processes.items()}
@@ -469,7 +474,10 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
     fingerprints = {slice_id: store_fingerprint(path) for slice_id, path in slices}
     ran: dict[str, int] = {}
     outdir, transform, stitched = paths["outdir"], paths["transform"], paths["stitched"]
-    pairs, compare, report_dir = paths.get("pairs"), paths.get("compare"), paths.get("report")
+    # pairs, compare and report exist only when the run measures (no --transform given)
+    pairs: dict[int, Path] = paths.get("pairs", {})
+    compare: dict[int, Path] = paths.get("compare", {})
+    report_dir: Path | None = paths.get("report")
     flatfield = options.flatfield
     flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
     if options.transform is None:
@@ -511,8 +519,10 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
                             threads=_threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, options.workers, "stitch", progress)
-    result = {"outdir": str(outdir), "transform": str(transform), "stitched": [str(p) for p in stitched.values()]}
+    result: dict[str, Any] = {"outdir": str(outdir), "transform": str(transform),
+                              "stitched": [str(p) for p in stitched.values()]}
     if options.transform is None:
+        assert report_dir is not None  # output_paths names a report folder whenever the run measures
         ran["compare"] = _run_jobs([
             (compare[sid], step_key(step="compare", pairs=file_digest(pairs[sid]), transform=transform_digest),
              steps.compare, dict(pairs_file=pairs[sid], transform_file=transform, output=compare[sid]))
