@@ -32,9 +32,8 @@ from scipy import sparse, stats
 from scipy.sparse.csgraph import connected_components
 
 from .geometry import grid_indices, registration_positions
+from .robust import outlier_cutoff, robust_scale
 
-TUKEY_C = 4.685
-RAYLEIGH_MEDIAN = math.sqrt(2 * math.log(2))  # median of |N(0, I2)|
 L1_START_TOLERANCE = 1e-3  # px: the L1 start of the robust fit stops moving by less than this
 MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1) in the error model
 BACKLASH_MODES = ("auto", "on", "off")
@@ -178,8 +177,8 @@ def robust_fit(
     scale = scale_floor
     for _ in range(50):
         u = standardised_residuals(X, Y, A, w)
-        scale = max(float(np.median(u[w > 0])) / RAYLEIGH_MEDIAN, scale_floor)
-        u = u / (TUKEY_C * scale)
+        scale = max(robust_scale(u[w > 0]), scale_floor)
+        u = u / outlier_cutoff(scale)
         inliers = (u < 1) & (w > 0)
         _check_enough(X, inliers.astype(float), min_pairs, label)
         A_next = _weighted_lstsq(X, Y, w**2 * np.where(inliers, (1 - u**2) ** 2, 0.0))

@@ -10,6 +10,8 @@ import numpy.typing as npt
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
+from .robust import outlier_cutoff, robust_scale
+
 
 def grid_indices(nx: int, ny: int) -> np.ndarray:
     """Tile indices ``(nx * ny, 2)`` in row-major order."""
@@ -98,7 +100,7 @@ def registration_positions(
     (normal equations: a sparse weighted graph Laplacian plus ``prior_weight`` on the diagonal)
     (as MIST and ASHLAR place tiles); the weak prior anchors the solution and places tiles that
     no usable pair reaches. Pairs that disagree with a first solve by more than a robust cutoff
-    (Tukey's 4.685 x MAD scale, at least 1 px) are dropped and the solve is repeated, so a wrong
+    (:func:`~linumpy_motor.robust.outlier_cutoff`, the fit's rule, at least 1 px) are dropped and the solve is repeated, so a wrong
     pair that passed the prior check does not bend the grid.
 
     Parameters
@@ -127,7 +129,7 @@ def registration_positions(
     t1, t2, d, _ = system
     if len(t1):
         residuals = np.linalg.norm(positions[t2] - positions[t1] - d, axis=1)
-        keep = residuals <= max(1.0, 4.685 * 1.4826 * float(np.median(residuals)))
+        keep = residuals <= max(1.0, outlier_cutoff(robust_scale(residuals)))
         system = tuple(part[keep] for part in system)
         positions = _solve_positions(system, prior, prior_weight)
     connected = np.zeros(nx * ny, dtype=bool)

@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict
 
 from . import __version__, outputs, plots
 from .errors import InputError
-from .fit import RAYLEIGH_MEDIAN, TUKEY_C, describe_transform, model_precision, pair_arrays, parity_steps
+from .fit import describe_transform, model_precision, pair_arrays, parity_steps
 from .io import as_float, dataset_paths, level0_scale, multiscale_entry, slice_id_from_name
+from .robust import outlier_cutoff, robust_scale
 from .schemas import FiniteFloat, PairsFile, TransformFile, load
 
 MIN_MEASURED_FRACTION = 0.5
@@ -172,7 +173,7 @@ def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray, scale_px: fl
         ``(n, 2)`` measured displacement minus ``A @ [row_delta, col_delta]`` (dy, dx), px.
     outliers : np.ndarray of bool
         Residual length times the pair's precision (the fit's standardised residual) at or beyond
-        ``TUKEY_C * scale`` (weight 0 in the fit), or no usable NCC.
+        :func:`~linumpy_motor.robust.outlier_cutoff` of the scale (weight 0 in the fit), or no usable NCC.
     cutoff : float
         The cutoff, px.
     """
@@ -184,8 +185,8 @@ def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray, scale_px: fl
     lengths = w * np.linalg.norm(residuals, axis=1)  # standardised, as the fit's Tukey stage
     if scale_px is None:
         usable = lengths[w > 0]
-        scale_px = float(np.median(usable)) / RAYLEIGH_MEDIAN if usable.size else 0.0
-    cutoff = TUKEY_C * max(float(scale_px), SCALE_FLOOR_PX)
+        scale_px = robust_scale(usable) if usable.size else 0.0
+    cutoff = outlier_cutoff(max(float(scale_px), SCALE_FLOOR_PX))
     return residuals, (lengths >= cutoff) | (w <= 0), cutoff
 
 

@@ -17,7 +17,7 @@ import zarr
 from PIL import Image
 
 import linumpy_motor
-from linumpy_motor import compare, fit, geometry, io, measure, ngff, plots, synthetic
+from linumpy_motor import compare, fit, geometry, io, measure, ngff, plots, robust, synthetic
 from linumpy_motor.errors import InputError
 from linumpy_motor.report import (
     MAX_OUTLIER_FRACTION,
@@ -197,9 +197,9 @@ def test_pair_residuals_recover_planted_errors():
     assert residuals[7, 1] == pytest.approx(6.0, abs=1.0) and abs(residuals[7, 0]) < 1.0
     assert set(np.flatnonzero(outliers)) == {7, 11}
     # recomputed scale: median of 0.2-px Gaussian 2-D residual lengths / Rayleigh median ≈ 0.2
-    assert cutoff == pytest.approx(fit.TUKEY_C * 0.2, rel=0.3)
+    assert cutoff == pytest.approx(robust.TUKEY_C * 0.2, rel=0.3)
     _, _, given = pair_residuals(pairs, A, scale_px=0.5)
-    assert given == pytest.approx(fit.TUKEY_C * 0.5)
+    assert given == pytest.approx(robust.TUKEY_C * 0.5)
 
 
 def test_outlier_pairs_are_the_ones_touching_bad_tiles(run):
