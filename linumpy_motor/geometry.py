@@ -100,8 +100,8 @@ def registration_positions(
     (normal equations: a sparse weighted graph Laplacian plus ``prior_weight`` on the diagonal)
     (as MIST and ASHLAR place tiles); the weak prior anchors the solution and places tiles that
     no usable pair reaches. Pairs that disagree with a first solve by more than a robust cutoff
-    (:func:`~linumpy_motor.robust.outlier_cutoff`, the fit's rule, at least 1 px) are dropped and the solve is repeated, so a wrong
-    pair that passed the prior check does not bend the grid.
+    (:func:`~linumpy_motor.robust.outlier_cutoff`, the fit's rule, at least 1 px) are dropped and the
+    solve is repeated, so a wrong pair that passed the prior check does not bend the grid.
 
     Parameters
     ----------
