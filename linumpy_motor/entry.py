@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from . import __version__, logs
-from .errors import InputError, Terminated
-from .fit import FitError
+from .errors import FitError, InputError, Terminated
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_OK = 3

@@ -1,4 +1,5 @@
-"""The exception types entry points report in one line: bad input, and a termination request."""
+"""The exception types entry points report in one line: bad input, a model that cannot be fitted,
+and a termination request."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ class InputError(ValueError):
     def __reduce__(self):
         """Pickle with both arguments, so an error raised in a worker process reaches the parent intact."""
         return type(self), (self.path, self.problem)
+
+
+class FitError(ValueError):
+    """Too few usable pairs to fit the motor model."""
 
 
 class Terminated(KeyboardInterrupt):

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import sparse, stats
 from scipy.sparse.csgraph import connected_components
 
+from .errors import FitError
 from .geometry import grid_indices, registration_positions
 from .robust import outlier_cutoff, robust_scale
 
@@ -39,10 +40,6 @@ MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1)
 BACKLASH_MODES = ("auto", "on", "off")
 BACKLASH_P_VALUE = 1e-3  # the backlash term is kept when the F-test's p-value is below this
 BACKLASH_SCALE_FLOOR_PX = 1e-3  # residual scale floor of the F-test (noise-free data)
-
-
-class FitError(ValueError):
-    """Too few usable pairs to fit the motor model."""
 
 
 def pair_arrays(pairs: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

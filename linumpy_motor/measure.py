@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +158,12 @@ def measure_grid_pairs(
         "expected_step_px": list(steps),
     }
     return measured, skipped, stats
+
+
+def backends_used(stats: Iterable[Mapping]) -> list[str]:
+    """The array backends that measured a set of slices (their stats' ``backend``), sorted: the
+    pooled fit's ``diagnostics["backend"]``, whoever runs it."""
+    return sorted({s.get("backend", "numpy") for s in stats})
 
 
 def _refine_kept(pairs: list[dict], steps: tuple[int, int], **options) -> None:

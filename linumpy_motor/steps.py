@@ -17,7 +17,7 @@ from .compare import compare_positions
 from .errors import InputError
 from .fit import FitError, fit_pooled
 from .io import open_mosaic, slice_id_from_name
-from .measure import measure_mosaic
+from .measure import backends_used, measure_mosaic
 from .outputs import write_json
 from .parallel import limited_threads, resolve_threads
 from .schemas import PairsFile, TransformFile, load
@@ -119,7 +119,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
     for f in files:
         diagnostics["per_slice"][str(f.slice_id)]["measurement"] = f.stats
     diagnostics.update(version=__version__, tile_shape=list(files[0].tile_shape),
-                       backend=sorted({f.stats.get("backend", "numpy") for f in files}))
+                       backend=backends_used(f.stats for f in files))
     content = {"transform": transform.tolist(), "backlash": diagnostics["backlash_px"], "diagnostics": diagnostics}
     write_json(output, content, "fit")
     for problem in model_problems(diagnostics):  # a wrong --overlap: said on the terminal, not only in the report

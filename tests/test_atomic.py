@@ -136,3 +136,21 @@ def test_a_second_run_is_refused_while_another_process_holds_the_folder(tmp_path
     assert refused.returncode == 2
     assert refused.stderr == f"linumpy-motor: error: {out}: another linumpy-motor run is writing to this folder\n"
     assert tree_digest(out) == before, "a refused run must not touch the folder (not even others' temporaries)"
+
+
+def test_a_json_write_interrupted_halfway_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    target = tmp_path / "motor_transform.json"
+    outputs.write_json(target, {"transform": [[1, 0], [0, 1]]}, "fit")
+    before = target.read_bytes()
+    real_write_text = Path.write_text
+
+    def half_then_killed(self: Path, text: str, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)  # the bytes reach the disk...
+        raise KeyboardInterrupt  # ...and the process is stopped before the rest
+
+    monkeypatch.setattr(Path, "write_text", half_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write_json(target, {"transform": [[2, 0], [0, 2]]}, "fit")
+    monkeypatch.undo()
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["motor_transform.json"]

@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..fit import fit_pairs, fit_pooled
 from ..io import MosaicGrid, as_float, open_mosaic, write_json
 from ..logs import Progress
-from ..measure import measure_mosaic, measure_volume
+from ..measure import backends_used, measure_mosaic, measure_volume
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
     )
     for sid in grids:
         diagnostics["per_slice"][str(sid)]["measurement"] = stats[sid]
-    diagnostics["backend"] = stats[min(grids)]["backend"]
+    diagnostics["backend"] = backends_used(stats.values())
     return transform, diagnostics
 
 
