@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -20,11 +20,16 @@ demo: install
 	@echo ""
 	@echo "Demo results are in $(DEMO)/output (QC report: $(DEMO)/output/report/report.html)"
 
-test: install
+# Lint and type checks first (configured in pyproject.toml), then the test suite.
+test: install lint
 	PATH="$(CURDIR)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/run_all.py --out bench/results.md
 
 clean:
-	rm -rf $(DEMO) bench/_work .pytest_cache .hypothesis
+	rm -rf $(DEMO) bench/_work .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
-
 import peers
+
 from linumpy_motor import synthetic
 from linumpy_motor.fit import fit_pooled
 from linumpy_motor.geometry import grid_indices

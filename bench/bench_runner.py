@@ -54,7 +54,8 @@ def transform_error(outdir: Path, truth: dict) -> float | None:
     return float(np.abs(A - np.asarray(truth["transform"])).max())
 
 
-def run(workdir: Path, *, n_slices: int = N_SLICES, log: Callable[[str], None] = print) -> tuple[list[dict], str | None]:
+def run(workdir: Path, *, n_slices: int = N_SLICES,
+        log: Callable[[str], None] = print) -> tuple[list[dict], str | None]:
     """Time the three runs.
 
     Returns

@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
 import peers
+
 from linumpy_motor import ngff, synthetic
 from linumpy_motor.backend import gpu_available
 from linumpy_motor.measure import band_reader, measure_grid_pairs

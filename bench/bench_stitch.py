@@ -161,10 +161,11 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
     Row keys: ``grid``, ``input_mb``, ``output_mb`` (level 0), ``cores``, ``copy_s``, ``stitch_s``
     (flat-field estimate, feather, level 0 and pyramid), ``copy_mb_s`` and ``stitch_mb_s`` (input
     MB/s), ``stitch_vs_copy`` (copy_s / stitch_s), ``cpu_s_copy`` and ``cpu_s_stitch`` (CPU seconds
-    of all the process's threads: less sensitive than wall time to other jobs), ``decode_factor`` (input chunks decoded per chunk by
-    the stitch proper, see :func:`stitch_slice`), ``stitch_peak_mb`` (peak resident memory),
-    ``stitch_extra_mb`` (that peak over the resident memory after imports), ``copy_peak_mb``; with a
-    CUDA device also ``gpu_s`` and ``gpu_vs_copy`` (the same stitch with ``use_gpu=True``).
+    of all the process's threads: less sensitive than wall time to other jobs), ``decode_factor``
+    (input chunks decoded per chunk by the stitch proper, see :func:`stitch_slice`),
+    ``stitch_peak_mb`` (peak resident memory), ``stitch_extra_mb`` (that peak over the resident
+    memory after imports), ``copy_peak_mb``; with a CUDA device also ``gpu_s`` and ``gpu_vs_copy``
+    (the same stitch with ``use_gpu=True``).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

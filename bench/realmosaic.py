@@ -271,7 +271,8 @@ def _tissue_mask(spec: RealSpec, shape: tuple[int, int], rng: np.random.Generato
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
     centre = [rng.uniform(0.3, 0.7) * s for s in shape]
     phi = np.arctan2(rows - centre[0], cols - centre[1])
-    harmonics = 1 + 0.15 * np.sin(2 * phi + rng.uniform(0, 2 * np.pi)) + 0.08 * np.sin(3 * phi + rng.uniform(0, 2 * np.pi))
+    harmonics = (1 + 0.15 * np.sin(2 * phi + rng.uniform(0, 2 * np.pi))
+                 + 0.08 * np.sin(3 * phi + rng.uniform(0, 2 * np.pi)))
     r0 = math.sqrt(spec.tissue_fraction * shape[0] * shape[1] / math.pi)
     blob = np.hypot(rows - centre[0], cols - centre[1]) <= r0 * harmonics
     return ndimage.gaussian_filter(blob.astype(float), 3.0)

@@ -125,7 +125,8 @@ def accuracy_verdict(accuracy: list[dict]) -> tuple[bool | None, str]:
         ours = next(r for r in rows if r["tool"] == bench_accuracy.OURS)["max_abs_dA_px"]
         peer_rows = [r for r in rows if r["tool"] not in (bench_accuracy.OURS, bench_accuracy.FLOOR,
                                                           bench_accuracy.PAIR_FLOOR)
-                     and r["max_abs_dA_px"] is not None and r["slices_ok"].split("/")[0] == r["slices_ok"].split("/")[1]]
+                     and r["max_abs_dA_px"] is not None
+                     and r["slices_ok"].split("/")[0] == r["slices_ok"].split("/")[1]]
         if not peer_rows:
             wins += 1
             continue
@@ -222,10 +223,9 @@ def plot(accuracy: list[dict], speed: list[dict], n_slices: int, path: Path) -> 
     import matplotlib
 
     matplotlib.use("Agg")
+    import bench_accuracy
     import matplotlib.pyplot as plt
     import numpy as np
-
-    import bench_accuracy
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
     scenarios = list(dict.fromkeys(r["scenario"] for r in accuracy))
@@ -327,10 +327,12 @@ def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: f
         "",
         "Same in-memory central planes (160 px tiles, 20 % overlap) for every tool: the best of at least *calls* "
         f"calls, more until {bench_speed.MIN_TOTAL_S:g} s are spent (the same rule for every tool), the tools "
-        "taking turns so that bursts of other jobs hit them alike, after a warm-up call of each tool. Peers run at their defaults (m2stitch ncc_threshold 0.5, ASHLAR filter_sigma "
+        "taking turns so that bursts of other jobs hit them alike, after a warm-up call of each tool. "
+        "Peers run at their defaults (m2stitch ncc_threshold 0.5, ASHLAR filter_sigma "
         "0, which costs no more than the tuned settings). A peer solves slices one at a time, so its N-slice "
         "time is its one-slice time × N; ours pools N slices in one fit "
-        f"(runs of more than {bench_speed.DISTINCT} slices cycle {bench_speed.DISTINCT} distinct ones; ratio = peer time / our "
+        f"(runs of more than {bench_speed.DISTINCT} slices cycle {bench_speed.DISTINCT} distinct ones; "
+        "ratio = peer time / our "
         "in-memory time). *ours from zarr*: the same slices as sharded NGFF 0.5 stores "
         "(8 planes, one tile per chunk) through `pool_pairs_and_fit_global_affine` (open, read the central "
         "plane, measure, fit).",

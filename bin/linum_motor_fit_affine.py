@@ -25,9 +25,10 @@ def fit(args) -> None:
     content = steps.fit_affine(args.pairs, args.out, n_samples=args.n_samples, seed=args.seed,
                                drift_tolerance_px=args.drift_tolerance, backlash=args.backlash)
     d = content["diagnostics"]
+    backlash = "({:.2f}, {:.2f}) px".format(*content["backlash"]) if any(content["backlash"]) else "none"
     print(f"theta {d['theta_deg']:.3f} deg, phi {d['phi_deg']:.3f} deg, {d['n_inliers']} inliers / "
           f"{d['n_outliers']} outliers, residual RMS {d['residual_rms_px']:.3f} px; backlash "
-          f"{'(%.2f, %.2f) px' % tuple(content['backlash']) if any(content['backlash']) else 'none'}; drifting slices: "
+          f"{backlash}; drifting slices: "
           f"{d['drifting_slices'] or 'none'} -> {args.out}", file=sys.stderr)
 
 

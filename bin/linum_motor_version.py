@@ -34,6 +34,8 @@ def build_parser():
 
 def show(_args) -> None:
     spec = importlib.util.find_spec("linumpy_motor")
+    if spec is None or spec.submodule_search_locations is None:
+        raise RuntimeError("linumpy_motor is not importable as a package")
     (package_dir,) = spec.submodule_search_locations
     print(f"{__version__}+{source_hash(Path(package_dir))}")
 

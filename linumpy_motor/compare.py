@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+import numpy.typing as npt
 
 OFFSET_FLAG_PX = 2.0
 SCALE_FLAG = 0.005
@@ -18,7 +17,7 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     return float((dx * (y - y.mean())).sum() / denominator) if denominator > 0 else 1.0
 
 
-def compare_positions(motor_positions: Sequence, reg_positions: Sequence) -> dict:
+def compare_positions(motor_positions: npt.ArrayLike, reg_positions: npt.ArrayLike) -> dict:
     """Statistics of ``reg - motor`` with flags for offset, scaling and outlying tiles.
 
     Parameters

@@ -20,7 +20,6 @@ from scipy import ndimage
 
 from .backend import to_numpy
 
-
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
 REFINE_TOLERANCE = 0.002  # px
@@ -233,7 +232,7 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
     active = np.ones(len(shifts), dtype=bool)
-    for step in range(REFINE_PASSES):
+    for _ in range(REFINE_PASSES):
         found = residual.copy()
         for shape in {tuple(s) for s in np.abs(integer[active]).tolist()}:
             members = np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))

@@ -58,7 +58,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or "default" in text:
             return text
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or ""
 
 
 def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],

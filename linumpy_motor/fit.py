@@ -279,6 +279,12 @@ def backlash_test(X: np.ndarray, Y: np.ndarray, n_groups: int, precision: np.nda
             "rss_with_px2": rss1, "rss_without_px2": rss0, "dof": dof}
 
 
+def _grid_pair(grid: Sequence[int]) -> tuple[int, int]:
+    """``(nx, ny)`` as a tuple (grids read from JSON are lists)."""
+    nx, ny = grid
+    return nx, ny
+
+
 def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[int, int]]],
                         M0: np.ndarray, backlash: str = "auto") -> tuple[np.ndarray, np.ndarray, dict]:
     """Second stage: fit A (and the backlash b) to the tile positions solved from each slice's inlier pairs.
@@ -477,7 +483,7 @@ def fit_pooled(
         empty = [s for s in order if not pairs_by_slice[s]]
         raise FitError(f"{exc}; slices with no usable pair: {empty or 'none'}") from None
     kept = [[p for (s, p), keep in zip(fitted, inliers) if keep and s == slice_id] for slice_id in order]
-    A, b, stage = refine_on_positions(list(zip(kept, [tuple(grids[s]) for s in order])), M, backlash)
+    A, b, stage = refine_on_positions(list(zip(kept, [_grid_pair(grids[s]) for s in order])), M, backlash)
     M = np.column_stack([A, b])[:, :X.shape[1]]
     diagnostics = _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, model)
     per_slice = {}
@@ -485,7 +491,7 @@ def fit_pooled(
         entry: dict = {"n_pairs": len(pairs_by_slice[slice_id])}
         try:
             A_s, diag_s = fit_pairs(pairs_by_slice[slice_id], tile_shape, overlap_fraction, min_pairs=min_pairs,
-                                    grid=tuple(grids[slice_id]), backlash=backlash)
+                                    grid=_grid_pair(grids[slice_id]), backlash=backlash)
         except FitError as exc:
             entry.update(transform=None, fit=None, fit_error=str(exc), drift_px=None, drift_flag=True)
         else:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
@@ -17,7 +18,7 @@ def grid_indices(nx: int, ny: int) -> np.ndarray:
     return np.array([(i, j) for i in range(nx) for j in range(ny)], dtype=float).reshape(-1, 2)
 
 
-def model_positions(nx: int, ny: int, transform: np.ndarray, backlash: Sequence[float] | None = None) -> np.ndarray:
+def model_positions(nx: int, ny: int, transform: np.ndarray, backlash: npt.ArrayLike | None = None) -> np.ndarray:
     """Top-left positions ``A @ [i, j] + (i mod 2) b`` of the motor model (b: serpentine backlash), unshifted."""
     index = grid_indices(nx, ny)
     positions = index @ np.asarray(transform, dtype=float).T
@@ -26,7 +27,7 @@ def model_positions(nx: int, ny: int, transform: np.ndarray, backlash: Sequence[
     return positions
 
 
-def affine_positions(nx: int, ny: int, transform: np.ndarray, backlash: Sequence[float] | None = None) -> np.ndarray:
+def affine_positions(nx: int, ny: int, transform: np.ndarray, backlash: npt.ArrayLike | None = None) -> np.ndarray:
     """Sub-pixel top-left positions of the motor model, shifted so the mosaic starts at (0, 0)."""
     positions = model_positions(nx, ny, transform, backlash)
     return positions - positions.min(axis=0)
@@ -99,8 +100,8 @@ def registration_positions(
     (normal equations: a sparse weighted graph Laplacian plus ``prior_weight`` on the diagonal)
     (as MIST and ASHLAR place tiles); the weak prior anchors the solution and places tiles that
     no usable pair reaches. Pairs that disagree with a first solve by more than a robust cutoff
-    (:func:`~linumpy_motor.robust.outlier_cutoff`, the fit's rule, at least 1 px) are dropped and the solve is repeated, so a wrong
-    pair that passed the prior check does not bend the grid.
+    (:func:`~linumpy_motor.robust.outlier_cutoff`, the fit's rule, at least 1 px) are dropped and the
+    solve is repeated, so a wrong pair that passed the prior check does not bend the grid.
 
     Parameters
     ----------

@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import zarr
 
 from .errors import InputError
@@ -109,7 +110,8 @@ def level0_scale(entry: dict, path: Path) -> tuple[float, float, float]:
             scale = transform.get("scale")
             if not (isinstance(scale, list) and len(scale) >= 2 and all(_is_number(s) and s > 0 for s in scale)):
                 raise InputError(path, f"malformed level-0 scale {scale!r} (expected a list of positive numbers)")
-            return tuple(float(s) for s in ([1.0] + scale)[-3:])
+            z, y, x = (float(s) for s in ([1.0] + scale)[-3:])
+            return (z, y, x)
     return (1.0, 1.0, 1.0)
 
 
@@ -119,13 +121,15 @@ def _axis_units(entry: dict, path: Path) -> tuple[str | None, str | None, str | 
         return (None, None, None)
     if not isinstance(axes, list) or len(axes) < 2 or not all(isinstance(a, dict) for a in axes):
         raise InputError(path, f"malformed axes {axes!r} (expected a list of objects, NGFF 0.4 or 0.5)")
-    units = tuple(axis.get("unit") for axis in ([{}] + axes)[-3:])
+    padded: list[dict] = [{}] + axes
+    units = tuple(axis.get("unit") for axis in padded[-3:])
     if not all(unit is None or isinstance(unit, str) for unit in units):
         raise InputError(path, f"malformed axis units {list(units)!r}")
-    return units
+    unit_z, unit_y, unit_x = units
+    return (unit_z, unit_y, unit_x)
 
 
-def _tile_hw(attrs: dict, array: zarr.Array, path: Path) -> tuple[int, int]:
+def _tile_hw(attrs: dict, array: zarr.Array | PlaneAsVolume, path: Path) -> tuple[int, int]:
     """Tile height and width: the ``tile_shape`` attribute (upstream's NGFF 0.4 stores), else the chunks."""
     ome = attrs.get("ome")
     raw = attrs.get("tile_shape", ome.get("tile_shape") if isinstance(ome, dict) else None)
@@ -200,15 +204,17 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
     entry, version = multiscale_entry(attrs, path)
     level0 = dataset_paths(entry, path)[0]
     try:
-        array = group[level0]
+        opened = group[level0]
     except KeyError:
         raise InputError(path, f"level 0 array '{level0}' is missing") from None
     except Exception as exc:  # e.g. its zarr.json / .zarray is truncated
         raise InputError(path, f"level 0 array '{level0}' cannot be opened ({type(exc).__name__})") from None
-    if isinstance(array, zarr.Array) and array.ndim == 2:
-        array = PlaneAsVolume(array)
+    array: zarr.Array | zarr.Group | PlaneAsVolume = opened
+    if isinstance(opened, zarr.Array) and opened.ndim == 2:
+        array = PlaneAsVolume(opened)
     if not isinstance(array, zarr.Array | PlaneAsVolume) or array.ndim != 3:
-        raise InputError(path, f"expected a 3-D (z, y, x) or 2-D (y, x) array, got shape {getattr(array, 'shape', None)}")
+        raise InputError(path, "expected a 3-D (z, y, x) or 2-D (y, x) array, "
+                               f"got shape {getattr(array, 'shape', None)}")
     if array.dtype.name not in SUPPORTED_DTYPES:
         raise InputError(path, f"unsupported dtype {array.dtype}")
     if array.dtype.kind == "c":
@@ -223,7 +229,7 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
     )
 
 
-def as_float(block: np.ndarray) -> np.ndarray:
+def as_float(block: npt.ArrayLike) -> np.ndarray:
     """Magnitude of complex data, float32 for everything."""
     if np.iscomplexobj(block):
         block = np.abs(block)

@@ -131,7 +131,8 @@ def measure_grid_pairs(
                     "ncc": result.ncc, "peak": result.peak, "_shift": result.shift, "_a": a[j], "_b": b[j],
                 })
             samples.extend(x[::4, ::4].ravel() for x in (a, b))
-        top = bottom
+        if bottom is not None:  # else this was the last tile row
+            top = bottom
         if progress is not None:
             progress(i + 1, nx)
     threshold = float(threshold_otsu(np.concatenate(samples))) if max_empty_fraction is not None and samples else None
@@ -187,7 +188,7 @@ def _split_empty(pairs: list[dict], threshold: float | None, max_empty_fraction:
     measured, skipped = [], []
     for pair in pairs:
         a, b = pair["_a"], pair["_b"]
-        if threshold is None:
+        if threshold is None or max_empty_fraction is None:  # no threshold without a max fraction
             empty = 1.0 - min(float(np.mean(a > 0)), float(np.mean(b > 0)))
             too_empty = empty > 0.9
         else:
@@ -237,7 +238,7 @@ class _NullSampler:
 
 def _search_bound(limit: float, shape: tuple[int, ...]) -> tuple[int, int]:
     """Largest |shift| searched along Y and X in windows of ``shape`` (``(n, H, W)``)."""
-    return tuple(int(min(limit, size // 2 - 1)) for size in shape[1:])
+    return int(min(limit, shape[1] // 2 - 1)), int(min(limit, shape[2] // 2 - 1))
 
 
 def background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], **options) -> float:
@@ -371,7 +372,8 @@ def measure_mosaic(grid, overlap_fraction: float, *, z: int | None = None, plane
     depth, and the flat-field estimate a subset of tiles on a few planes. ``flatfield`` may also
     be the path of a ``.npy`` flat field. ``options`` are passed to :func:`measure_grid_pairs`.
     """
+    field: str | np.ndarray | None = None if flatfield is None else str(flatfield)
     if flatfield is not None and str(flatfield) not in ("estimate", "none"):
-        flatfield = load_flatfield(flatfield, grid.tile_shape)
+        field = load_flatfield(flatfield, grid.tile_shape)
     return measure_volume(lambda zs, rows, cols: read_block(grid, zs, rows, cols), grid.tile_shape, grid.nx, grid.ny,
-                          overlap_fraction, z=z, plane=plane, flatfield=flatfield, label=str(grid.path), **options)
+                          overlap_fraction, z=z, plane=plane, flatfield=field, label=str(grid.path), **options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -33,7 +34,7 @@ def multiscales(
     """
     axes = []
     for axis, unit in zip(AXES, units, strict=True):
-        entry = {"name": axis, "type": "space"}
+        entry: dict[str, Any] = {"name": axis, "type": "space"}
         if unit:
             entry["unit"] = unit
         axes.append(entry)

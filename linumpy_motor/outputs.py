@@ -146,11 +146,11 @@ def remove_path(path: Path) -> None:
 def remove_temporaries(folder: Path, names: Iterable[str], pids: Iterable[int] | None = None) -> list[Path]:
     """Remove ``.NAME.tmp-PID`` / ``.NAME.old-PID`` entries of ``folder`` for the given output names
     (and, if given, only those of the given processes); return what was removed."""
-    names, pids = set(names), None if pids is None else {str(p) for p in pids}
+    wanted, pid_texts = set(names), None if pids is None else {str(p) for p in pids}
     removed = []
     for entry in folder.iterdir() if folder.is_dir() else ():
         match = TEMPORARY.match(entry.name)
-        if match and match["name"] in names and (pids is None or match["pid"] in pids):
+        if match and match["name"] in wanted and (pid_texts is None or match["pid"] in pid_texts):
             remove_path(entry)
             removed.append(entry)
     return removed

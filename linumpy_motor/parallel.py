@@ -26,8 +26,8 @@ def cgroup_cpu_quota(root: Path | None = None) -> float | None:
     default ``CGROUP_ROOT``), None when unlimited."""
     root = CGROUP_ROOT if root is None else root
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
+        quota_text, period_text = (root / "cpu.max").read_text().split()[:2]
+        return None if quota_text == "max" else int(quota_text) / int(period_text)
     except (OSError, ValueError):
         pass
     try:

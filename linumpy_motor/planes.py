@@ -85,7 +85,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     steps = (int(round((1 - overlap_fraction) * h)), int(round((1 - overlap_fraction) * w)))
     planes = np.unique(np.linspace(0, nz - 1, min(nz, SCORE_PLANES)).round().astype(int))
     limit = default_max_shift(tile_hw) if max_shift_px is None else float(max_shift_px)
-    ncc = {horizontal: [] for horizontal in (True, False)}
+    ncc: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {horizontal: [] for horizontal in (True, False)}
     for pair in _sample_pairs(nx, ny, SCORE_PAIRS):
         ncc[pair[2]].append(_pair_windows(read, planes, pair, tile_hw, steps, flatfield))
     scores = np.zeros((len(planes), 0))
@@ -94,7 +94,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
             continue
         a = np.stack([wa for wa, _ in windows], axis=1)  # (planes, pairs, H, W)
         b = np.stack([wb for _, wb in windows], axis=1)
-        bound = tuple(int(min(limit, size // 2 - 1)) for size in a.shape[2:])
+        bound = (int(min(limit, a.shape[2] // 2 - 1)), int(min(limit, a.shape[3] // 2 - 1)))
         values = [r.ncc for r in measure_shifts(a.reshape(-1, *a.shape[2:]), b.reshape(-1, *b.shape[2:]), bound,
                                                 filter_sigma=filter_sigma, subpixel=False)]  # one batch
         scores = np.concatenate([scores, np.reshape(values, a.shape[:2])], axis=1)
@@ -130,5 +130,5 @@ def choose_plane(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     if mode == "central" or nz == 1 or nx * ny < 2:
         return central_plane_index(nz), {"plane_mode": mode}
     scores = plane_scores(read, nz, tile_hw, nx, ny, overlap_fraction, **options)
-    best = max(scores, key=scores.get)
+    best = max(scores, key=lambda plane: scores[plane])
     return best, {"plane_mode": mode, "plane_scores": {str(p): round(s, 4) for p, s in scores.items()}}

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -34,7 +35,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def tile_outlines(nx: int, ny: int, tile_hw: Sequence[int], transform: np.ndarray,
-                  positions: Sequence | None = None) -> np.ndarray:
+                  positions: npt.ArrayLike | None = None) -> np.ndarray:
     """Closed outlines ``(nx * ny, 5, 2)`` of every tile as (x, y) = (col, row) canvas pixels.
 
     Tiles sit at ``A @ [i, j]``, or at ``positions`` (``(nx * ny, 2)``, as the stitcher placed them).
@@ -118,7 +119,7 @@ def plot_residual_histogram(path: Path, residuals: np.ndarray, outliers: np.ndar
     clipped = np.clip(residuals, floor, None)
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    ax.hist([clipped[~outliers], clipped[outliers]], bins=edges, stacked=True,
+    ax.hist([clipped[~outliers], clipped[outliers]], bins=edges.tolist(), stacked=True,
             color=[INLIER_COLOUR, OUTLIER_COLOUR],
             label=[f"inliers ({int((~outliers).sum())})", f"outliers ({int(outliers.sum())})"])
     ax.axvline(cutoff, color="k", ls="--", lw=1, label=f"Tukey cutoff {cutoff:.2f} px")
@@ -165,7 +166,7 @@ def plot_pair_residuals(path: Path, slice_id: int, pairs: Sequence[Mapping], res
     drawn = residuals * np.minimum(1.0, longest / np.maximum(lengths, 1e-12))[:, None]
     fig = Figure(figsize=(7, min(7 * (grid[0] * h) / max(grid[1] * w, 1) + 0.8, 12)), layout="constrained")
     ax = fig.subplots()
-    ax.add_collection(LineCollection(outlines, colors="0.75", linewidths=0.8))
+    ax.add_collection(LineCollection(list(outlines), colors="0.75", linewidths=0.8))
     arrows = [
         ax.quiver(centres[mask, 1], centres[mask, 0], drawn[mask, 1], drawn[mask, 0], angles="xy",
                   scale_units="xy", scale=scale, color=colour, width=0.005, label=label)
@@ -209,7 +210,7 @@ def plot_thumbnail(path: Path, slice_id: int, plane: np.ndarray, extent_hw: Sequ
     ax.imshow(np.nan_to_num(plane), cmap="gray", vmin=low, vmax=max(high, low + 1e-12),
               extent=(0, width, height, 0), interpolation="antialiased")
     if outlines is not None:  # corner ticks only: the seams between them stay visible
-        ax.add_collection(LineCollection(corner_marks(outlines), colors="yellow", linewidths=0.8, alpha=0.8))
+        ax.add_collection(LineCollection(list(corner_marks(outlines)), colors="yellow", linewidths=0.8, alpha=0.8))
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_title(f"Slice {slice_id}: stitched, central plane" + (", tile corners" if outlines is not None else ""),

@@ -10,9 +10,9 @@ from __future__ import annotations
 import html
 import json
 import math
-from datetime import datetime, timezone
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -225,10 +225,11 @@ def read_thumbnail(path: str | Path, max_px: int = THUMBNAIL_PX) -> Thumbnail:
     attrs = group.attrs.asdict()
     entry, _ = multiscale_entry(attrs, path)
     try:
-        levels = [group[name] for name in dataset_paths(entry, path)]
+        found = [group[name] for name in dataset_paths(entry, path)]
     except KeyError as exc:
         raise InputError(path, f"incomplete multiscale image (KeyError: {exc})") from None
-    if any(not isinstance(level, zarr.Array) or level.ndim != 3 for level in levels):
+    levels = [level for level in found if isinstance(level, zarr.Array) and level.ndim == 3]
+    if len(levels) != len(found):
         raise InputError(path, "expected 3-D (z, y, x) levels")
     smallest = min(levels, key=lambda level: math.prod(level.shape))
     nz, height, width = smallest.shape
@@ -243,7 +244,7 @@ def read_thumbnail(path: str | Path, max_px: int = THUMBNAIL_PX) -> Thumbnail:
     return Thumbnail(plane, extent, metadata if isinstance(metadata, dict) else {}, pixel_um)
 
 
-def _index(items: Iterable[tuple[int, object]], what: str) -> dict:
+def _index(items: Iterable[tuple[int, tuple[Path, object]]], what: str) -> dict:
     indexed: dict = {}
     for slice_id, (path, value) in items:
         if slice_id in indexed:
@@ -282,6 +283,11 @@ def _length(value_px, pixel_um: float | None) -> str | None:
         return None
     if isinstance(value_px, list | tuple):
         return " / ".join(_length(v, pixel_um) or "—" for v in value_px)
+    return _px_length(value_px, pixel_um)
+
+
+def _px_length(value_px: float, pixel_um: float | None) -> str:
+    """One length in px, with its physical size when the pixel size is known (see :func:`_length`)."""
     text = f"{value_px:.3g} px"
     return text if pixel_um is None else f"{text} ({value_px * pixel_um:.3g} µm)"
 
@@ -352,7 +358,7 @@ def _model_value(key: str, value, pixel_um: float | None) -> str:
     if isinstance(value, float) and key in MODEL_FORMATS:
         return html.escape(format(value, MODEL_FORMATS[key]))
     if isinstance(value, int | float) and not isinstance(value, bool) and key in MODEL_LENGTHS_PX:
-        return html.escape(_length(float(value), pixel_um))
+        return html.escape(_px_length(float(value), pixel_um))
     return _e(value)
 
 
@@ -364,7 +370,7 @@ def _model_html(inputs: _Inputs, model: Mapping, pixel_um: float | None) -> str:
              _model_value(key, model.get(key), pixel_um)) for key, label in MODEL_ROWS if key in model]
     rows.append(("pair measurement backend", _e(backends or None)))
     steps = [("step down the rows", np.hypot(*A[:, 0])), ("step along the columns", np.hypot(*A[:, 1]))]
-    rows += [(label, html.escape(_length(float(value), pixel_um))) for label, value in steps]
+    rows += [(label, html.escape(_px_length(float(value), pixel_um))) for label, value in steps]
     rows.append(("pixel size (level 0, x)", "unknown (no length unit in the stitched slices)" if pixel_um is None
                  else f"{pixel_um:.4g} µm"))
     table = "".join(f"<tr><th>{html.escape(label)}</th><td>{value}</td></tr>" for label, value in rows)
@@ -377,7 +383,7 @@ def _provenance_html(inputs: _Inputs, stitched_meta: Mapping[int, dict], ids: Se
     """Where every number came from: versions, date, parameters, and each slice's input files."""
     diagnostics = inputs.transform.diagnostics
     first = next(iter(inputs.pairs.values()), None)
-    run = [("report written", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
+    run = [("report written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
            ("linumpy-motor (report)", __version__),
            ("linumpy-motor (fit)", diagnostics.get("version")),
            ("motor model", str(inputs.source)),
@@ -487,7 +493,7 @@ def _build(folder: Path, inputs: _Inputs, title: str) -> str:
     for slice_id in ids:
         pairs_file, quiver, thumbnail, problem = inputs.pairs.get(slice_id), None, None, None
         mine = (residuals[parts[slice_id]], outliers[parts[slice_id]]) if pairs_file else None
-        if mine is not None and len(mine[1]):
+        if pairs_file is not None and mine is not None and len(mine[1]):
             quiver = plots.plot_pair_residuals(folder / f"residuals_z{slice_id:02d}.png", slice_id,
                                                pair_lists[slice_id], *mine, A, pairs_file.grid,
                                                pairs_file.tile_shape[1:]).name
@@ -500,13 +506,13 @@ def _build(folder: Path, inputs: _Inputs, title: str) -> str:
         status, reasons = slice_status(evidence)
         rows.append((evidence, status, reasons, mine, inputs.compare.get(slice_id)))
         sections.append(_section_html(slice_id, status, reasons, quiver, thumbnail, bool(inputs.stitched)))
-    rows = [_row(*row, pixel_um) for row in rows]
-    status_json = {str(r["id"]): {"status": r["status"], "reasons": r["reasons"]} for r in rows}
+    summary = [_row(*row, pixel_um) for row in rows]
+    status_json = {str(r["id"]): {"status": r["status"], "reasons": r["reasons"]} for r in summary}
     (folder / "status.json").write_text(json.dumps(status_json, indent=2, sort_keys=True) + "\n")
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        + _summary_html(rows) + _rules_html(cutoff if pooled else None) + _model_html(inputs, model, pixel_um)
+        + _summary_html(summary) + _rules_html(cutoff if pooled else None) + _model_html(inputs, model, pixel_um)
         + "<h2>Plots</h2>"
         + _img(model_png, "per-slice model against pooled", "no per-slice fits in the motor model")
         + _img(histogram_png, "pair residual histogram", "no pairs given: no residual histogram")

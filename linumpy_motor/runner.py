@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,7 +82,8 @@ def file_digest(path: Path) -> str:
 def store_fingerprint(path: Path) -> str:
     """Identity of an input store: every file's relative path, size and modification time, links
     followed (a level linked from elsewhere counts by its target's files, and by where it points)."""
-    entries, seen = [], set()
+    entries: list[tuple[str, str, str | int, int]] = []  # (path, kind, link target or size, mtime)
+    seen = set()
     for root, folders, files in os.walk(path, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:  # a link cycle
@@ -101,7 +103,8 @@ def store_fingerprint(path: Path) -> str:
 
 def step_key(**inputs) -> str:
     """Hash of a step's inputs, parameters and the package version."""
-    return hashlib.sha256(json.dumps({"version": __version__, **inputs}, sort_keys=True, default=str).encode()).hexdigest()
+    text = json.dumps({"version": __version__, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Stamps:
@@ -186,7 +189,7 @@ def _check_outdir(outdir: Path, inputs: list[Path]) -> None:
         raise InputError(outdir, "output folder cannot be written")
 
 
-_STARTED = None
+_STARTED: Connection | None = None
 """In a worker process: the pipe it reports each job's start on (see :func:`_init_worker`)."""
 
 
@@ -204,6 +207,8 @@ def _init_worker(started, log_config: logs.LogConfig) -> None:
 
 
 def _call_in_worker(label: str, function: Callable, kwargs: dict):
+    if _STARTED is None:
+        raise RuntimeError("_call_in_worker runs only in a worker set up by _init_worker")
     _STARTED.send((os.getpid(), label))
     return function(**kwargs)
 
@@ -220,6 +225,7 @@ def _lost_worker(pool: ProcessPoolExecutor, started, futures: dict) -> InputErro
     while started.poll():
         pid, label = started.recv()
         labels[pid] = label
+    dead: list[tuple[str, int | None]] = []
     deadline = time.monotonic() + 2  # a killed process's pipes close a moment before it can be reaped
     while True:
         codes = {pid: process.exitcode for pid, process in processes.items()}
@@ -334,7 +340,8 @@ def _with_progress(function: Callable, kwargs: dict, label: str, bars: bool) -> 
     return {**kwargs, "progress": logs.Progress(label, unit, bars=None if bars else False)}
 
 
-def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions(), *, progress: bool = True) -> dict:
+def run(source: str | Path, outdir: str | Path, options: RunOptions | None = None, *,
+        progress: bool = True) -> dict:
     """Run measure → fit → stitch → compare → report on a dataset, resuming finished steps.
 
     Parameters
@@ -343,8 +350,8 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
         Folder of ``*.ome.zarr`` slices or a ``slice_id,path`` CSV samplesheet.
     outdir : str or Path
         Output folder (created); must not be empty, be, hold or lie inside an input.
-    options : RunOptions
-        Run parameters.
+    options : RunOptions, optional
+        Run parameters (default: ``RunOptions()``).
     progress : bool
         Show progress bars on stderr where the logging set-up allows them (a terminal, see
         :mod:`linumpy_motor.logs`); otherwise progress is logged as lines. Every message is also
@@ -364,6 +371,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions = RunOptions
         no output folder is created. Found while working: only completed steps' outputs stay, and
         only folders this run created (and left empty) are removed.
     """
+    options = RunOptions() if options is None else options
     outdir = outputs.check_output_name(outdir)
     source = Path(source)
     slices = discover_slices(source)
@@ -466,7 +474,10 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
     fingerprints = {slice_id: store_fingerprint(path) for slice_id, path in slices}
     ran: dict[str, int] = {}
     outdir, transform, stitched = paths["outdir"], paths["transform"], paths["stitched"]
-    pairs, compare, report_dir = paths.get("pairs"), paths.get("compare"), paths.get("report")
+    # pairs, compare and report exist only when the run measures (no --transform given)
+    pairs: dict[int, Path] = paths.get("pairs", {})
+    compare: dict[int, Path] = paths.get("compare", {})
+    report_dir: Path | None = paths.get("report")
     flatfield = options.flatfield
     flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
     if options.transform is None:
@@ -508,15 +519,18 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
                             threads=_threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, options.workers, "stitch", progress)
-    result = {"outdir": str(outdir), "transform": str(transform), "stitched": [str(p) for p in stitched.values()]}
+    result: dict[str, Any] = {"outdir": str(outdir), "transform": str(transform),
+                              "stitched": [str(p) for p in stitched.values()]}
     if options.transform is None:
+        assert report_dir is not None  # output_paths names a report folder whenever the run measures
         ran["compare"] = _run_jobs([
             (compare[sid], step_key(step="compare", pairs=file_digest(pairs[sid]), transform=transform_digest),
              steps.compare, dict(pairs_file=pairs[sid], transform_file=transform, output=compare[sid]))
             for sid, _ in slices
         ], stamps, 1, "compare", progress)
         key = step_key(step="report", transform=transform_digest,
-                       pairs=[file_digest(p) for p in pairs.values()], compare=[file_digest(p) for p in compare.values()],
+                       pairs=[file_digest(p) for p in pairs.values()],
+                       compare=[file_digest(p) for p in compare.values()],
                        stitched=[stamps.key_of(p) for p in stitched.values()])
         ran["report"] = _run_jobs([(report_dir, key, write_report, dict(
             out_dir=report_dir, transform_file=transform, pairs_files=list(pairs.values()),

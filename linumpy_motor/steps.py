@@ -17,8 +17,8 @@ from .compare import compare_positions
 from .errors import InputError
 from .fit import FitError, fit_pooled
 from .io import open_mosaic, slice_id_from_name
-from .outputs import check_output, write_json
 from .measure import backends_used, measure_mosaic
+from .outputs import check_output, write_json
 from .parallel import limited_threads, resolve_threads
 from .schemas import PairsFile, TransformFile, load
 from .summary import model_problems

@@ -7,13 +7,14 @@ uses only the tiles that touch it. Blocks run on a pool of ``threads`` threads.
 Decoding: a tile is decoded with all the planes of its input chunk (a *load*: ``R`` tiles of one
 tile column in one zarr call, ``R`` = 2 for tiles under ``READ_RUN_BYTES``, else 1; gain-multiplied
 and zero-padded) by the first block that needs it and kept until the last; every block then
-resamples just its own window of the tile. Blocks are ordered Z load by Z load, strip by strip (``k`` block rows, or block columns when that decodes
-less), one block across the strip after the other, and all the block's Z chunks in a row, so a
-load is alive over about three block columns of one strip. With one strip over the whole slice
-every input chunk is decoded exactly once, whatever its depth (one chunk per whole tile included);
-when that would hold more than ``cache_bytes`` the strips are cut shorter and the tiles straddling
-a strip boundary are decoded once per strip they meet (about ``1 + h / S`` decodes per chunk for
-strips ``S`` px high and tiles ``h`` px high). The summary reports the plan's ``decode_factor``.
+resamples just its own window of the tile. Blocks are ordered Z load by Z load, strip by strip
+(``k`` block rows, or block columns when that decodes less), one block across the strip after the
+other, and all the block's Z chunks in a row, so a load is alive over about three block columns of
+one strip. With one strip over the whole slice every input chunk is decoded exactly once, whatever
+its depth (one chunk per whole tile included); when that would hold more than ``cache_bytes`` the
+strips are cut shorter and the tiles straddling a strip boundary are decoded once per strip they
+meet (about ``1 + h / S`` decodes per chunk for strips ``S`` px high and tiles ``h`` px high). The
+summary reports the plan's ``decode_factor``.
 
 Peak memory, whatever the slice size (``T`` = one tile of one load as float32,
 ``zl * (h + 2) * (w + 2) * 4`` bytes, ``zl`` the planes of the input chunk, ``b`` = ``block_px``,
@@ -345,6 +346,7 @@ def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int,
                 break
         if best is None or (decoded, peak) < best[0]:
             best = ((decoded, peak), sorted(regions, key=rank), strip, vertical)
+    assert best is not None  # the loop over both orientations always sets it
     return best[1], best[2], best[3]
 
 

@@ -300,7 +300,8 @@ class Closure:
     env: dict
 
     def __call__(self, *args):
-        return _eval(self.body, {**self.env, **dict(zip(self.params, args, strict=False))})  # Groovy: missing args are null
+        # Groovy: missing args are null
+        return _eval(self.body, {**self.env, **dict(zip(self.params, args, strict=False))})
 
 
 def _unescape_single(text: str) -> str:

@@ -265,7 +265,8 @@ class NfProcess:
     # ---- declarations
     def inputs(self) -> list[tuple[str, str]]:
         """[('val', 'meta'), ('path', 'zarr'), ...] in declaration order."""
-        return [(m.group(1), m.group(2)) for m in re.finditer(r"\b(val|path)\(\s*(\w+)", self.sections.get("input", ""))]
+        found = re.finditer(r"\b(val|path)\(\s*(\w+)", self.sections.get("input", ""))
+        return [(m.group(1), m.group(2)) for m in found]
 
     def output_patterns(self) -> list[str]:
         return re.findall(r"\bpath\(\s*'([^']+)'", self.sections.get("output", ""))

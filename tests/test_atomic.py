@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import CLI, env, read_level0, run, tree_digest, write_small_dataset
 
 from linumpy_motor import ngff, outputs
 from linumpy_motor.errors import InputError
-from reliability_helpers import CLI, env, read_level0, run, tree_digest, write_small_dataset
 
 
 def store(path: Path, value: float) -> Path:

@@ -25,14 +25,27 @@ import numpy as np
 import pytest
 import zarr
 from filelock import FileLock
+from reliability_helpers import (
+    CLI,
+    GRID,
+    REPO,
+    TILE,
+    bin_command,
+    error_lines,
+    json_of,
+    output_files,
+    read_level0,
+    run,
+    run_forked,
+    temporaries,
+    tree_digest,
+    write_small_dataset,
+    write_store,
+)
 
 from linumpy_motor import ngff, runner, steps
 from linumpy_motor.logs import LOG_FILE
 from linumpy_motor.runner import RunOptions
-from reliability_helpers import (
-    CLI, GRID, REPO, TILE, bin_command, error_lines, json_of, output_files, read_level0, run, run_forked, temporaries,
-    tree_digest, write_small_dataset, write_store,
-)
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +190,8 @@ def run_multiscales_without_datasets(f: Path, c: Context) -> Invocation:
 def run_4d_array(f: Path, c: Context) -> Invocation:
     (f / "data").mkdir()
     store = four_d_store(f / "data" / "mosaic_grid_3d_z00.ome.zarr")
-    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("expected a 3-D (z, y, x) or 2-D (y, x) array",), f / "out")
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("expected a 3-D (z, y, x) or 2-D (y, x) array",),
+                      f / "out")
 
 
 @case

@@ -65,7 +65,7 @@ def constant_tiles(tmp_path_factory):
     return folder
 
 
-def _stitch(folder, mode, transform=np.diag([STEP, STEP])):
+def _stitch(folder, mode, transform=((STEP, 0.0), (0.0, STEP))):
     out = folder / f"{mode}.ome.zarr"
     stitch_slice(folder / "grid.ome.zarr", out, np.asarray(transform, float), blending=mode, flatfield="none",
                  block_px=64)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from reliability_helpers import assert_same_outputs, read_levels, stores, temporaries, tree_digest, write_small_dataset
 
 from linumpy_motor import runner, steps
 from linumpy_motor.runner import RunOptions
-from reliability_helpers import assert_same_outputs, read_levels, stores, temporaries, tree_digest, write_small_dataset
 
 pytestmark = pytest.mark.slow
 

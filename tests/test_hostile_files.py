@@ -18,16 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import (
+    BIN,
+    CLI,
+    TILE,
+    die_like_the_oom_killer,
+    env,
+    error_lines,
+    finish_quickly,
+    signals_as_new,
+    temporaries,
+    tree_digest,
+    write_small_dataset,
+)
 
 from linumpy_motor import cli, io, ngff, outputs, runner, steps
 from linumpy_motor.errors import InputError
 from linumpy_motor.flatfield import load_flatfield
 from linumpy_motor.report import read_thumbnail, write_report
 from linumpy_motor.runner import RunOptions, Stamps
-from reliability_helpers import (
-    BIN, CLI, TILE, die_like_the_oom_killer, env, error_lines, finish_quickly, signals_as_new, temporaries, tree_digest,
-    write_small_dataset,
-)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +209,8 @@ def test_a_full_disk_names_the_file_and_the_step(dataset, tmp_path, monkeypatch,
     out = tmp_path / "out"
     assert cli.main(["run", str(dataset), str(out), "--no-progress"]) == 2
     stitched = out / "stitched" / "slice_z00_stitch_3d.ome.zarr"
-    assert error_lines(capsys.readouterr().err) == [f"linumpy-motor: error: {stitched}: stitch step: No space left on device"]
+    expected = f"linumpy-motor: error: {stitched}: stitch step: No space left on device"
+    assert error_lines(capsys.readouterr().err) == [expected]
     assert (out / "motor_transform.json").is_file() and not temporaries(out)
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import true_pair_displacement
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from ome_zarr_models.v04.image import Image as ImageV04
 from ome_zarr_models.v05.image import Image as ImageV05
 
-from conftest import true_pair_displacement
 from linumpy_motor import steps, synthetic
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import open_mosaic

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import zarr
 
-from linumpy_motor import io, measure, ngff, outputs, planes
+from linumpy_motor import measure, ngff, outputs, planes
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import discover_slices, open_mosaic, read_block
-from linumpy_motor.outputs import atomic_output, write_json
 from linumpy_motor.measure import measure_mosaic
 from linumpy_motor.mosaic import motor
+from linumpy_motor.outputs import atomic_output, write_json
 from linumpy_motor.synthetic import SyntheticSpec
 
 # non-square tiles and grid, so that a swap of rows and columns cannot pass

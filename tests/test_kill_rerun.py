@@ -21,12 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import (
+    CLI,
+    assert_same_outputs,
+    env,
+    error_lines,
+    read_levels,
+    run,
+    signals_as_new,
+    temporaries,
+    write_small_dataset,
+)
 
 from linumpy_motor import runner
 from linumpy_motor.runner import RunOptions
-from reliability_helpers import (
-    CLI, assert_same_outputs, env, error_lines, read_levels, run, signals_as_new, temporaries, write_small_dataset,
-)
 
 pytestmark = pytest.mark.slow
 

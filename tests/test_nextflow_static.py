@@ -14,7 +14,7 @@ import json
 import re
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -57,14 +57,14 @@ GPU_MODULES = {"MEASURE_PAIRS", "STITCH"}
 SLICE_IDS = json.loads((REPO / "tests" / "data" / "slice_ids.json").read_text())["names"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def process_of(module: Path):
     procs = nf_processes(module)
     assert len(procs) == 1, f"{module}: one process per module file"
     return procs[0]
 
 
-@lru_cache(maxsize=None)
+@cache
 def rt_process(module: Path):
     mod = reftrace.Module.from_file(str(module))
     assert isinstance(mod, reftrace.Module), mod
@@ -72,7 +72,7 @@ def rt_process(module: Path):
     return proc
 
 
-@lru_cache(maxsize=None)
+@cache
 def tree(path: Path) -> dict:
     return config_tree(path.read_text())
 
@@ -616,7 +616,8 @@ def test_build_script_builds_what_the_modules_pin(tmp_path):
     fake = tmp_path / "docker"
     fake.write_text("#!/bin/bash\necho \"$*\" >> \"$0.log\"\n")
     fake.chmod(0o755)
-    subprocess.run([str(REPO / "containers" / "build.sh"), "--push"], env={"DOCKER": str(fake), "PATH": "/usr/bin:/bin"},
+    subprocess.run([str(REPO / "containers" / "build.sh"), "--push"],
+                   env={"DOCKER": str(fake), "PATH": "/usr/bin:/bin"},
                    check=True, capture_output=True)
     calls = (tmp_path / "docker.log").read_text().splitlines()
     assert calls == [f"build -f containers/Dockerfile -t {cpu} .", f"push {cpu}",

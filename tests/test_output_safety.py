@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import BIN, GRID, TILE, temporaries, tree_digest, write_small_dataset
 
 from linumpy_motor import outputs, runner, steps, synthetic
 from linumpy_motor.errors import InputError
 from linumpy_motor.report import write_report
 from linumpy_motor.runner import RunOptions
-from reliability_helpers import BIN, GRID, TILE, temporaries, tree_digest, write_small_dataset
 
 SMALL = synthetic.SyntheticSpec(nx=GRID[0], ny=GRID[1], tile_shape=TILE, seed=1)
 

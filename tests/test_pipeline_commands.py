@@ -409,7 +409,8 @@ def test_qc_check_fails_its_task_only_when_fail_on_counts_a_slice(tmp_path, fail
     done = subprocess.run([*SHELL, "-c", script], cwd=tmp_path, env=task_env(), capture_output=True, text=True)
     assert done.returncode == code, done.stderr
     listed = (tmp_path / "qc_status.txt").read_text().splitlines()
-    assert listed[0] == f"QC: {statuses.count('ok')} ok, {statuses.count('check')} check, {statuses.count('failed')} failed"
+    counts = {word: statuses.count(word) for word in ("ok", "check", "failed")}
+    assert listed[0] == f"QC: {counts['ok']} ok, {counts['check']} check, {counts['failed']} failed"
     assert [line.split(":")[0].strip() for line in listed[1:]] == [f"slice {sid}" for sid in status if sid != "1"]
 
 
@@ -436,7 +437,8 @@ def test_report_without_measurements():
 def test_test_profile_ext_args_reach_synthesise():
     words = command_words(render("synthesise"), "linum_motor_synth.py")
     assert words[0] == "synthetic"
-    assert words[words.index("--slices") + 1] == "2" and words[words.index("--grid") + 1 : words.index("--grid") + 3] == ["3", "4"]
+    grid = words.index("--grid")
+    assert words[words.index("--slices") + 1] == "2" and words[grid + 1 : grid + 3] == ["3", "4"]
     assert words[words.index("--seed") + 1] == "0"
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from html import escape as html_escape
 import re
 import subprocess
 import sys
 from dataclasses import replace
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +208,8 @@ def test_outlier_pairs_are_the_ones_touching_bad_tiles(run):
     pairs = run["pairs"][2]
     _, outliers, _ = pair_residuals(pairs, run["A"], run["diagnostics"]["robust_scale_px"],
                                     error_model=run["diagnostics"]["pair_error_model"])
-    touching = np.array([tuple(p["tile"]) in bad or (p["tile"][0] + p["row_delta"], p["tile"][1] + p["col_delta"]) in bad
+    touching = np.array([tuple(p["tile"]) in bad
+                         or (p["tile"][0] + p["row_delta"], p["tile"][1] + p["col_delta"]) in bad
                          for p in pairs])
     assert outliers.sum() >= 3
     assert not (outliers & ~touching).any()
