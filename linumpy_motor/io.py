@@ -54,9 +54,6 @@ class MosaicGrid:
     units: tuple[str | None, str | None, str | None]
 
 
-READ_NGFF_VERSIONS = NGFF_VERSIONS  # what this program reads is what it writes
-
-
 def multiscale_entry(attrs: dict, path: Path) -> tuple[dict, str]:
     """The first ``multiscales`` entry of an image's root attributes (NGFF 0.4 or 0.5) and its version.
 
@@ -76,7 +73,7 @@ def multiscale_entry(attrs: dict, path: Path) -> tuple[dict, str]:
         raise InputError(path, "not an OME-Zarr image (no 'multiscales' metadata)")
     if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
         raise InputError(path, "malformed 'multiscales' metadata (expected a non-empty list of objects)")
-    if str(version) not in READ_NGFF_VERSIONS:
+    if str(version) not in NGFF_VERSIONS:  # what this program reads is what it writes
         raise InputError(path, f"unsupported NGFF version {version!r} (this program reads 0.4 and 0.5)")
     return entries[0], str(version)
 

@@ -56,10 +56,15 @@ def root_attributes(multiscale: dict, version: str, extra: dict | None = None) -
     return {"ome": {"version": "0.5", "multiscales": [multiscale]}, **extra}
 
 
-def create_group(path: str | Path, version: str) -> zarr.Group:
-    """Create an empty zarr group for an NGFF image (v2 for 0.4, v3 for 0.5)."""
+def check_version(version: str) -> None:
+    """Refuse an NGFF version this program cannot write (``ValueError``)."""
     if version not in NGFF_VERSIONS:
         raise ValueError(f"unsupported NGFF version {version!r}; use one of {NGFF_VERSIONS}")
+
+
+def create_group(path: str | Path, version: str) -> zarr.Group:
+    """Create an empty zarr group for an NGFF image (v2 for 0.4, v3 for 0.5)."""
+    check_version(version)
     return zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
 
 

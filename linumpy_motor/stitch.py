@@ -28,8 +28,8 @@ the next ``W`` ones and their neighbours. The second term is each thread's read 
 accumulators, resampling temporaries and level-1 output. Nothing in it grows with the slice.
 
 Placement: the canvas pixel ``(Y, X)`` samples tile ``t`` at ``(Y, X) - p_t`` where ``p_t`` is the
-tile's top-left (:func:`tile_positions`, so the canvas starts at the smallest ``A @ [i, j]``). The
-sample is a linear interpolation of the tile, carried out on ``w * tile / flat`` and on ``w``
+tile's top-left (the model's ``A @ [i, j]`` or given positions, shifted so the canvas starts at the
+smallest). The sample is a linear interpolation of the tile, carried out on ``w * tile / flat`` and on ``w``
 alike, and the output is ``sum(w * tile / flat) / sum(w)``: the weights taper to 0 over the
 sub-pixel border, and the division renormalises the interpolation there. The output is float32.
 """
@@ -117,11 +117,6 @@ class _LoadCache:
             self.remaining[key] -= 1
             if self.remaining[key] == 0:
                 self.loads.pop(key, None)
-
-
-def tile_positions(grid: MosaicGrid, transform: np.ndarray) -> np.ndarray:
-    """Sub-pixel top-left canvas position ``(y, x)`` of every tile, row-major, shape ``(nx * ny, 2)``."""
-    return geometry.affine_positions(grid.nx, grid.ny, transform)
 
 
 class _Canvas:
@@ -480,8 +475,7 @@ def stitch_slice(
     start = time.perf_counter()
     if blending not in BLENDING_MODES:
         raise ValueError(f"unknown blending mode {blending!r}; use one of {BLENDING_MODES}")
-    if ngff_version not in ngff.NGFF_VERSIONS:
-        raise ValueError(f"unsupported NGFF version {ngff_version!r}; use one of {ngff.NGFF_VERSIONS}")
+    ngff.check_version(ngff_version)
     if block_px < 32 or block_px % 2:
         raise ValueError(f"block_px must be an even number >= 32, got {block_px}")
     grid = source if isinstance(source, MosaicGrid) else open_mosaic(source)

@@ -421,7 +421,8 @@ def test_planned_tile_memory_stays_within_the_cache_whatever_the_slice(grid_size
     tile = (16, 128, 128)  # one whole-tile chunk each: 1 MiB padded
     grid = SimpleNamespace(nx=nx, ny=ny, tile_shape=tile, array=SimpleNamespace(chunks=tile))
     A = geometry.ideal_transform(tile, 0.2)
-    canvas = stitch._Canvas(grid, stitch.tile_positions(grid, A), np.ones(tile[1:], np.float32), None, False, np)
+    positions = geometry.affine_positions(nx, ny, A)
+    canvas = stitch._Canvas(grid, positions, np.ones(tile[1:], np.float32), None, False, np)
     shape = geometry.output_shape(nx, ny, tile, A)
     budget = 40 * 2**20  # the 24x24 slice as one strip would hold 50 MiB, a one-block strip 33
     order, strip, vertical = stitch._block_order(canvas, shape, (16, 256, 256), budget, 2)
