@@ -35,7 +35,7 @@ from . import __version__, logs, outputs, steps, summary
 from .backend import gpu_available
 from .errors import InputError
 from .flatfield import resolve_flatfield
-from .io import discover_slices, open_mosaic
+from .io import MosaicGrid, discover_slices, open_mosaic
 from .parallel import limited_threads, resolve_threads, threads_per_worker
 from .stitch import check_canvas
 
@@ -407,7 +407,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
                                 logs.plural(len(slices), "slice"), source, outdir)
                     try:
                         with limited_threads(resolve_threads(options.threads)):  # fit, compare, report run here
-                            return _run_locked(slices, paths, _usable_gpu(options), progress, stamps)
+                            return _run_locked(slices, grids, paths, _usable_gpu(options), progress, stamps)
                     except BaseException as exc:  # the terminal gets the error line from the entry point
                         logs.to_file_only(logging.ERROR, f"run stopped: {type(exc).__name__}: {exc}")
                         raise
@@ -465,8 +465,8 @@ def _usable_gpu(options: RunOptions) -> RunOptions:
     return options
 
 
-def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions, progress: bool,
-                stamps: Stamps) -> dict:
+def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], paths: dict, options: RunOptions,
+                progress: bool, stamps: Stamps) -> dict:
     from .report import write_report
     from .stitch import stitch_slice
 
@@ -504,18 +504,18 @@ def _run_locked(slices: list[tuple[int, Path]], paths: dict, options: RunOptions
     transform_digest = file_digest(transform)
     stitch = dict(blending=options.blending, ngff_version=options.ngff_version, z_chunk=options.z_chunk)
     registered = options.placement == "registered"
+    A = steps.read_transform(transform)
 
-    def positions(sid: int, path: Path):
-        grid = open_mosaic(path)
-        return steps.tile_positions(transform, (grid.nx, grid.ny), placement=options.placement,
+    def positions(sid: int):
+        return steps.tile_positions(transform, (grids[sid].nx, grids[sid].ny), placement=options.placement,
                                     pairs_file=pairs[sid] if registered else None)
 
     ran["stitch"] = _run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
                                  flatfield=flatfield_id, placement=options.placement,
                                  pairs=file_digest(pairs[sid]) if registered else None, **stitch),
-         stitch_slice, dict(source=path, output=stitched[sid], transform=steps.read_transform(transform),
-                            positions=positions(sid, path), flatfield=flatfield, use_gpu=options.use_gpu,
+         stitch_slice, dict(source=path, output=stitched[sid], transform=A,
+                            positions=positions(sid), flatfield=flatfield, use_gpu=options.use_gpu,
                             threads=_threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, options.workers, "stitch", progress)
