@@ -118,7 +118,7 @@ def flag(value) {
 }
 
 // The slice id in a store name: the number after 'z', else the last number (the library's rule,
-// linumpy_motor.io.slice_id_from_name; both are checked against tests/data/slice_ids.json).
+// linumpy_motor.io.dataset.slice_id_from_name; both are checked against tests/data/slice_ids.json).
 // null when the name holds no number.
 def sliceIdFromName(name) {
     def stem = name.toString().replaceFirst(/\.ome\.zarr$/, '')

@@ -16,8 +16,8 @@ import numpy as np
 import peers
 
 from linumpy_motor import synthetic
-from linumpy_motor.fit import fit_pooled
-from linumpy_motor.geometry import grid_indices
+from linumpy_motor.register.fit import fit_pooled
+from linumpy_motor.register.geometry import grid_indices
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Both build levels 1.. of one stitched slice from its level 0 (2x2 mean in Y and 
 shards, same number of threads), each in a fresh process whose time and peak resident memory
 (``VmHWM``) are reported:
 
-- ``hand``: :func:`linumpy_motor.pyramid.write_levels` (what the stitcher runs; level 1 is, in the
+- ``hand``: :func:`linumpy_motor.stitch.pyramid.write_levels` (what the stitcher runs; level 1 is, in the
   stitcher itself, made from each block while it is still in memory, so there it costs no read);
 - ``dask``: ``da.from_zarr`` → ``da.coarsen(np.mean, ..., trim_excess=False)`` per level (odd edges
   padded the same way) → ``to_zarr`` into the same array layout, on dask's threaded scheduler.
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from linumpy_motor import pyramid
 from linumpy_motor.parallel import available_cores
+from linumpy_motor.stitch import pyramid
 
 WORKDIR = Path(__file__).resolve().parent / "_work" / "dask"
 

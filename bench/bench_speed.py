@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import peers
 
-from linumpy_motor import ngff, synthetic
+from linumpy_motor import synthetic
 from linumpy_motor.backend import gpu_available
-from linumpy_motor.measure import band_reader, measure_grid_pairs
+from linumpy_motor.io import ngff
 from linumpy_motor.mosaic.motor import pool_pairs_and_fit_global_affine
 from linumpy_motor.parallel import available_cores, limited_threads
+from linumpy_motor.register.measure import band_reader, measure_grid_pairs
 
 SPEC = synthetic.SyntheticSpec(tile_shape=(1, 160, 160), seed=11)
 GRIDS = ((6, 7, 3), (12, 14, 2), (24, 28, 1))

@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from linumpy_motor import ngff, synthetic
+from linumpy_motor import synthetic
 from linumpy_motor.backend import gpu_available
+from linumpy_motor.io import ngff
 from linumpy_motor.parallel import available_cores
-from linumpy_motor.stitch import stitch_slice
+from linumpy_motor.stitch.assemble import stitch_slice
 
 SIZES = ((6, 6), (8, 8), (25, 25))  # 0.6, 1.1 and 10.5 GB of input
 SCALING_SIZE = (8, 8)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from linumpy_motor.fit import fit_pooled
-from linumpy_motor.geometry import grid_indices
-from linumpy_motor.measure import band_reader, measure_grid_pairs
+from linumpy_motor.register.fit import fit_pooled
+from linumpy_motor.register.geometry import grid_indices
+from linumpy_motor.register.measure import band_reader, measure_grid_pairs
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 
 import sys
 
-from linumpy_motor import steps
-from linumpy_motor.entry import make_parser, run_cli
+from linumpy_motor.pipeline import steps
+from linumpy_motor.pipeline.entry import make_parser, run_cli
 
 
 def build_parser():

@@ -3,9 +3,9 @@
 
 import sys
 
-from linumpy_motor import steps
-from linumpy_motor.entry import make_parser, run_cli
-from linumpy_motor.fit import BACKLASH_MODES
+from linumpy_motor.pipeline import steps
+from linumpy_motor.pipeline.entry import make_parser, run_cli
+from linumpy_motor.register.fit import BACKLASH_MODES
 
 
 def build_parser():

@@ -3,10 +3,10 @@
 
 import sys
 
-from linumpy_motor import steps
-from linumpy_motor.entry import add_threads_argument, make_parser, overlap_fraction, run_cli
-from linumpy_motor.logs import Progress
-from linumpy_motor.planes import PLANE_MODES
+from linumpy_motor.pipeline import steps
+from linumpy_motor.pipeline.entry import add_threads_argument, make_parser, overlap_fraction, run_cli
+from linumpy_motor.pipeline.logs import Progress
+from linumpy_motor.register.planes import PLANE_MODES
 
 
 def build_parser():

@@ -7,8 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from linumpy_motor import summary
-from linumpy_motor.entry import EXIT_NOT_OK, make_parser, run_cli
+from linumpy_motor.pipeline.entry import EXIT_NOT_OK, make_parser, run_cli
+from linumpy_motor.qc import summary
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from linumpy_motor.entry import make_parser, run_cli
-from linumpy_motor.report import write_report
+from linumpy_motor.pipeline.entry import make_parser, run_cli
+from linumpy_motor.qc.report import write_report
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,13 +4,14 @@ blended overlaps, written as an OME-Zarr with a multiscale pyramid (float32)."""
 
 import sys
 
-from linumpy_motor import ngff, steps
-from linumpy_motor.blend import BLENDING_HELP, BLENDING_MODES
-from linumpy_motor.entry import add_threads_argument, make_parser, positive_int, run_cli
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import open_mosaic
-from linumpy_motor.logs import Progress
-from linumpy_motor.stitch import CACHE_BYTES, stitch_slice
+from linumpy_motor.io import ngff
+from linumpy_motor.io.grid import open_mosaic
+from linumpy_motor.pipeline import steps
+from linumpy_motor.pipeline.entry import add_threads_argument, make_parser, positive_int, run_cli
+from linumpy_motor.pipeline.logs import Progress
+from linumpy_motor.stitch.assemble import CACHE_BYTES, stitch_slice
+from linumpy_motor.stitch.blend import BLENDING_HELP, BLENDING_MODES
 
 
 def build_parser():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 try:
     from linumpy_motor import __version__
-    from linumpy_motor.entry import make_parser, run_cli
+    from linumpy_motor.pipeline.entry import make_parser, run_cli
 except ImportError as exc:  # the first task of a run: say what is missing, once, in one line
     sys.exit(f"linum_motor_version.py: the linumpy_motor package is not importable by {sys.executable} ({exc}); "
              "install it in this environment (pip install .) or run with a container profile")

@@ -8,6 +8,8 @@ from types import ModuleType
 import numpy as np
 import scipy.fft
 
+__all__ = ["get_backend", "gpu_available", "to_numpy"]
+
 logger = logging.getLogger(__name__)
 
 

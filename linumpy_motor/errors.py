@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["FitError", "InputError", "Terminated"]
+
 
 class InputError(ValueError):
     """Bad input: a file, store or parameter the stage cannot use.
@@ -33,4 +35,4 @@ class FitError(ValueError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's time limit, ``kill``), raised in the main thread as Ctrl-C raises
-    ``KeyboardInterrupt``, so the same clean-up runs (see :func:`linumpy_motor.entry.run_cli`)."""
+    ``KeyboardInterrupt``, so the same clean-up runs (see :func:`linumpy_motor.pipeline.entry.run_cli`)."""

@@ -18,6 +18,9 @@ from pathlib import Path
 import scipy.fft
 from threadpoolctl import threadpool_limits
 
+__all__ = ["CGROUP_ROOT", "available_cores", "cgroup_cpu_quota", "limited_threads", "resolve_threads",
+    "threads_per_worker"]
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 

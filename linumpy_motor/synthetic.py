@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from . import ngff, outputs
+from linumpy_motor.io import ngff, outputs
+
+__all__ = ["BAD_TILE_KINDS", "SyntheticSpec", "make_scene", "make_slice", "true_transform", "vignetting_field",
+    "write_dataset"]
 
 BAD_TILE_KINDS = ("background", "swap")
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linumpy_motor.io import open_mosaic
-from linumpy_motor.measure import measure_mosaic
+from linumpy_motor.io.grid import open_mosaic
+from linumpy_motor.register.measure import measure_mosaic
 from linumpy_motor.synthetic import SyntheticSpec, write_dataset
 
 DEFAULT_TILE = (3, 160, 160)

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from linumpy_motor import ngff, synthetic
-from linumpy_motor.io import multiscale_entry
+from linumpy_motor import synthetic
+from linumpy_motor.io import ngff
+from linumpy_motor.io.grid import multiscale_entry
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "bin"
@@ -171,7 +172,7 @@ def run_forked(commands: list[list[str]], workdir: Path, parallel: int = 2, time
 def _entry_point(command: list[str], scripts: dict):
     """The ``main`` function a command runs and its arguments."""
     if command[0] == CLI:
-        from linumpy_motor.cli import main
+        from linumpy_motor.pipeline.cli import main
         return main, command[1:]
     assert command[0] == sys.executable and command[1].endswith(".py"), command
     if command[1] not in scripts:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from reliability_helpers import CLI, env, read_level0, run, tree_digest, write_small_dataset
 
-from linumpy_motor import ngff, outputs
 from linumpy_motor.errors import InputError
+from linumpy_motor.io import ngff, outputs
 
 
 def store(path: Path, value: float) -> Path:

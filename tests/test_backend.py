@@ -11,8 +11,8 @@ import scipy.fft
 
 from linumpy_motor import backend
 from linumpy_motor.backend import get_backend, gpu_available, to_numpy
-from linumpy_motor.correlation import measure_shifts
 from linumpy_motor.mosaic import motor
+from linumpy_motor.register.correlation import measure_shifts
 from linumpy_motor.synthetic import SyntheticSpec, make_slice
 
 GPU_SKIP = pytest.mark.skipif(not gpu_available(), reason="no GPU: CuPy is not installed or sees no CUDA device")

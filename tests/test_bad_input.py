@@ -43,9 +43,10 @@ from reliability_helpers import (
     write_store,
 )
 
-from linumpy_motor import ngff, runner, steps
-from linumpy_motor.logs import LOG_FILE
-from linumpy_motor.runner import RunOptions
+from linumpy_motor.io import ngff
+from linumpy_motor.pipeline import runner, steps
+from linumpy_motor.pipeline.logs import LOG_FILE
+from linumpy_motor.pipeline.runner import RunOptions
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import zarr
 
-from linumpy_motor import blend, ngff, synthetic
-from linumpy_motor.stitch import stitch_slice
+from linumpy_motor import synthetic
+from linumpy_motor.io import ngff
+from linumpy_motor.stitch import blend
+from linumpy_motor.stitch.assemble import stitch_slice
 
 TILE = 64
 STEP = 48  # 16 px overlap

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from linumpy_motor.correlation import PairShift, measure_shifts, ncc_at
+from linumpy_motor.register.correlation import PairShift, measure_shifts, ncc_at
 
 SCENE = 256
 ORIGIN = 60

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import grid_positions, pairs_from_positions
 
-from linumpy_motor import fit
-from linumpy_motor.fit import FitError, describe_transform, fit_pairs, fit_pooled, robust_fit, subsample
 from linumpy_motor.mosaic import motor
+from linumpy_motor.register import fit
+from linumpy_motor.register.fit import FitError, describe_transform, fit_pairs, fit_pooled, robust_fit, subsample
 from linumpy_motor.synthetic import SyntheticSpec, true_transform
 
 TILE = (3, 160, 160)
@@ -164,7 +164,7 @@ def test_a_slice_without_pairs_does_not_stop_the_pooled_fit():
 
 def test_position_stage_reaches_the_jitter_floor():
     """With tile jitter, fitting solved positions beats fitting pair displacements (which telescope)."""
-    from linumpy_motor.geometry import grid_indices
+    from linumpy_motor.register.geometry import grid_indices
 
     errors_two_stage, errors_pairs, errors_floor = [], [], []
     for seed in range(8):
@@ -200,7 +200,7 @@ def test_position_stage_reaches_the_jitter_floor():
 def _stage_pairs(rng, backlash=(0.0, 0.0), jitter=0.3, noise=0.03, n_slices=3):
     """Pairs of ``n_slices`` slices of tiles at ``A_TRUE @ [i, j] + (i mod 2) backlash + jitter``,
     and the least-squares A of the true positions with (``floor_b``) and without (``floor``) the term."""
-    from linumpy_motor.geometry import grid_indices
+    from linumpy_motor.register.geometry import grid_indices
 
     index = grid_indices(NX, NY)
     pairs, blocks = {}, []

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linumpy_motor import flatfield, io, ngff, synthetic
+from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
+from linumpy_motor.io import ngff
+from linumpy_motor.io.grid import open_mosaic
+from linumpy_motor.register import flatfield
 
 
 def _write_slice(folder, spec):
     synthetic.write_dataset(folder, spec, n_slices=1, save_scenes=False)
-    return io.open_mosaic(folder / "mosaic_grid_3d_z00.ome.zarr")
+    return open_mosaic(folder / "mosaic_grid_3d_z00.ome.zarr")
 
 
 def _normalised(field):
@@ -56,7 +59,7 @@ def test_too_few_tissue_tiles_gives_no_estimate(tmp_path, caplog):
     volume = rng.normal(0, 0.01, (2, 3 * 32, 3 * 32)).clip(0).astype(np.float32)
     volume[:, :32, :32] += 1.0  # a single tissue tile
     ngff.write_image(tmp_path / "g.ome.zarr", volume, chunks=(2, 32, 32))
-    grid = io.open_mosaic(tmp_path / "g.ome.zarr")
+    grid = open_mosaic(tmp_path / "g.ome.zarr")
     assert flatfield.estimate_flatfield(grid) is None
     assert "tissue tiles" in caplog.text
     field, description = flatfield.resolve_flatfield(grid, "estimate")
@@ -89,7 +92,7 @@ def test_bad_known_flatfield(tmp_path, content, message):
 def test_resolve_options(tmp_path):
     volume = np.ones((2, 64, 64), dtype=np.float32)
     ngff.write_image(tmp_path / "g.ome.zarr", volume, chunks=(2, 32, 32))
-    grid = io.open_mosaic(tmp_path / "g.ome.zarr")
+    grid = open_mosaic(tmp_path / "g.ome.zarr")
     assert flatfield.resolve_flatfield(grid, "none") == (None, "none")
     assert flatfield.resolve_flatfield(grid, None) == (None, "none")
     with pytest.raises(InputError, match="estimate"):

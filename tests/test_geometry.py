@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import grid_positions, pairs_from_positions
 
-from linumpy_motor import outputs
-from linumpy_motor.geometry import affine_positions, registration_positions
+from linumpy_motor.io import outputs
 from linumpy_motor.mosaic import motor
+from linumpy_motor.register.geometry import affine_positions, registration_positions
 
 
 def test_motor_positions_of_an_ideal_grid():
@@ -167,7 +167,7 @@ def test_compare_writes_json_atomically(tmp_path, monkeypatch):
 
 
 def test_model_positions_carry_the_backlash_of_odd_rows():
-    from linumpy_motor.geometry import model_positions
+    from linumpy_motor.register.geometry import model_positions
 
     A = np.array([[100.0, 2.0], [-1.0, 120.0]])
     plain = model_positions(3, 2, A)
@@ -176,7 +176,7 @@ def test_model_positions_carry_the_backlash_of_odd_rows():
 
 
 def test_registered_placement_follows_a_bumped_tile_and_keeps_the_model_elsewhere():
-    from linumpy_motor.geometry import model_positions, registered_positions
+    from linumpy_motor.register.geometry import model_positions, registered_positions
 
     A = np.array([[100.0, 2.0], [-1.0, 120.0]])
     model = model_positions(4, 5, A)

@@ -32,11 +32,15 @@ from reliability_helpers import (
     write_small_dataset,
 )
 
-from linumpy_motor import cli, io, ngff, outputs, runner, steps
 from linumpy_motor.errors import InputError
-from linumpy_motor.flatfield import load_flatfield
-from linumpy_motor.report import read_thumbnail, write_report
-from linumpy_motor.runner import RunOptions, Stamps
+from linumpy_motor.io import ngff, outputs
+from linumpy_motor.io.dataset import discover_slices
+from linumpy_motor.io.grid import open_mosaic
+from linumpy_motor.pipeline import cli, runner, steps
+from linumpy_motor.pipeline.runner import RunOptions, Stamps
+from linumpy_motor.qc.report import write_report
+from linumpy_motor.qc.thumbnail import read_thumbnail
+from linumpy_motor.register.flatfield import load_flatfield
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +111,7 @@ def test_malformed_metadata_is_an_input_error_naming_the_store(dataset, tmp_path
     edit, problem = METADATA[name]
     store = hostile_store(dataset, tmp_path, edit)
     with pytest.raises(InputError) as info:
-        io.open_mosaic(store)
+        open_mosaic(store)
     assert info.value.path == store and problem in info.value.problem
 
 
@@ -181,7 +185,7 @@ def test_a_stitched_slice_claiming_a_huge_grid_is_reported_not_drawn(finished, t
 def test_a_samplesheet_with_a_byte_order_mark_and_spaces_after_commas_is_read(dataset, tmp_path):
     sheet = tmp_path / "sheet.csv"
     sheet.write_bytes("\ufeffslice_id, path\n3, {}\n".format(dataset / "mosaic_grid_3d_z01.ome.zarr").encode())
-    assert io.discover_slices(sheet) == [(3, dataset / "mosaic_grid_3d_z01.ome.zarr")]
+    assert discover_slices(sheet) == [(3, dataset / "mosaic_grid_3d_z01.ome.zarr")]
 
 
 @pytest.mark.parametrize("rows, problem", [
@@ -193,7 +197,7 @@ def test_bad_samplesheet_rows_are_refused(dataset, tmp_path, rows, problem):
     sheet = tmp_path / "sheet.csv"
     sheet.write_text("slice_id,path\n" + rows.format(d=dataset) + "\n")
     with pytest.raises(InputError, match=problem) as info:
-        io.discover_slices(sheet)
+        discover_slices(sheet)
     assert info.value.path == sheet
     if "line 3" in problem:
         assert "is already listed as slice 0" in info.value.problem

@@ -16,10 +16,11 @@ from ome_zarr.reader import Reader
 from ome_zarr_models.v04.image import Image as ImageV04
 from ome_zarr_models.v05.image import Image as ImageV05
 
-from linumpy_motor import steps, synthetic
+from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import open_mosaic
-from linumpy_motor.stitch import stitch_slice
+from linumpy_motor.io.grid import open_mosaic
+from linumpy_motor.pipeline import steps
+from linumpy_motor.stitch.assemble import stitch_slice
 
 SPEC = synthetic.SyntheticSpec(nx=3, ny=4, tile_shape=(4, 96, 96), seed=6)
 SCALE_MM = (0.2, 0.003, 0.003)

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import zarr
 
-from linumpy_motor import measure, ngff, outputs, planes
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import discover_slices, open_mosaic, read_block
-from linumpy_motor.measure import measure_mosaic
+from linumpy_motor.io import ngff, outputs
+from linumpy_motor.io.dataset import discover_slices
+from linumpy_motor.io.grid import open_mosaic, read_block
+from linumpy_motor.io.outputs import atomic_output, write_json
 from linumpy_motor.mosaic import motor
-from linumpy_motor.outputs import atomic_output, write_json
+from linumpy_motor.register import measure, planes
+from linumpy_motor.register.measure import measure_mosaic
 from linumpy_motor.synthetic import SyntheticSpec
 
 # non-square tiles and grid, so that a swap of rows and columns cannot pass

@@ -33,8 +33,8 @@ from reliability_helpers import (
     write_small_dataset,
 )
 
-from linumpy_motor import runner
-from linumpy_motor.runner import RunOptions
+from linumpy_motor.pipeline import runner
+from linumpy_motor.pipeline.runner import RunOptions
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import zarr
 
-from linumpy_motor import cli, logs, runner, summary, synthetic
-from linumpy_motor.entry import EXIT_NOT_OK
+from linumpy_motor import synthetic
+from linumpy_motor.pipeline import cli, logs, runner
+from linumpy_motor.pipeline.entry import EXIT_NOT_OK
+from linumpy_motor.qc import summary
 
 CLI = str(Path(sys.executable).parent / "linumpy-motor")
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|DEBUG) ", re.MULTILINE)

@@ -21,9 +21,9 @@ import jsonschema
 import pytest
 import yaml
 
-from linumpy_motor.entry import overlap_fraction
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import slice_id_from_name
+from linumpy_motor.io.dataset import slice_id_from_name
+from linumpy_motor.pipeline.entry import overlap_fraction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nf_groovy import (  # noqa: E402

@@ -1,4 +1,4 @@
-"""Never delete or overwrite what this program did not write (the rule of ``linumpy_motor.outputs``).
+"""Never delete or overwrite what this program did not write (the rule of ``linumpy_motor.io.outputs``).
 
 Each test here reproduces a way an earlier version lost a user's data: the report step replacing
 whatever folder ``--out`` named, the runner replacing ``OUTDIR/report`` or working in the current
@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 from reliability_helpers import BIN, GRID, TILE, temporaries, tree_digest, write_small_dataset
 
-from linumpy_motor import outputs, runner, steps, synthetic
+from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
-from linumpy_motor.report import write_report
-from linumpy_motor.runner import RunOptions
+from linumpy_motor.io import outputs
+from linumpy_motor.pipeline import runner, steps
+from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.qc.report import write_report
 
 SMALL = synthetic.SyntheticSpec(nx=GRID[0], ny=GRID[1], tile_shape=TILE, seed=1)
 

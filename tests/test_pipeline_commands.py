@@ -225,7 +225,7 @@ def test_pipeline_scripts_with_registered_placement_and_a_flatfield_file(tmp_pat
     """The newer options through every task: a .npy flat field measured and stitched with, the central
     plane, no backlash term, Z chunks of 2, QC_CHECK, and registered placement, which puts the tiles at
     their true (jittered) positions, as the motor model alone cannot."""
-    from linumpy_motor.steps import tile_positions  # noqa: PLC0415
+    from linumpy_motor.pipeline.steps import tile_positions  # noqa: PLC0415
 
     flat = tmp_path / "flat.npy"
     np.save(flat, np.ones((64, 64), dtype=np.float32))  # conf/test.config: 64 px tiles

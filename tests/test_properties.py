@@ -9,9 +9,9 @@ from conftest import grid_positions, pairs_from_positions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linumpy_motor.fit import describe_transform, fit_pairs
-from linumpy_motor.geometry import affine_positions, output_shape
 from linumpy_motor.mosaic import motor
+from linumpy_motor.register.fit import describe_transform, fit_pairs
+from linumpy_motor.register.geometry import affine_positions, output_shape
 from linumpy_motor.synthetic import SyntheticSpec, true_transform
 
 PROFILE = settings(max_examples=60, deadline=None)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linumpy_motor.fit import fit_pooled
 from linumpy_motor.mosaic import motor
+from linumpy_motor.register.fit import fit_pooled
 
 _spec = importlib.util.spec_from_file_location("realmosaic",
                                                Path(__file__).resolve().parents[1] / "bench" / "realmosaic.py")

@@ -106,7 +106,7 @@ def test_deeper_planes_are_dimmer_and_blurrier():
 
 
 def test_upstream_style_store_opens_with_the_tile_grid(tmp_path):
-    from linumpy_motor.io import open_mosaic
+    from linumpy_motor.io.grid import open_mosaic
 
     volume = rm.make_draw(SMALL, seed=3, n_slices=1).slices[0].volume
     path = rm.write_ome_zarr(tmp_path / "mosaic_grid_3d_z03.ome.zarr", volume, SMALL.tile_hw, tiles_per_shard=2)

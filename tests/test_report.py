@@ -17,18 +17,24 @@ import zarr
 from PIL import Image
 
 import linumpy_motor
-from linumpy_motor import compare, fit, geometry, io, measure, ngff, plots, robust, synthetic
+from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
-from linumpy_motor.report import (
+from linumpy_motor.io import ngff
+from linumpy_motor.io.dataset import discover_slices, slice_id_from_name
+from linumpy_motor.io.grid import open_mosaic
+from linumpy_motor.io.outputs import write_json
+from linumpy_motor.qc import compare, plots
+from linumpy_motor.qc.report import write_report
+from linumpy_motor.qc.status import (
     MAX_OUTLIER_FRACTION,
     MAX_RESIDUAL_RMS_PX,
     MIN_MEASURED_FRACTION,
     SliceEvidence,
     pair_residuals,
-    read_thumbnail,
     slice_status,
-    write_report,
 )
+from linumpy_motor.qc.thumbnail import read_thumbnail
+from linumpy_motor.register import fit, geometry, measure, robust
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bin" / "linum_motor_report.py"
@@ -97,8 +103,8 @@ def run(tmp_path_factory) -> dict:
     truth |= synthetic.write_dataset(root / "bad", bad, n_slices=1, first_slice=2, save_scenes=False)["slices"]
     pairs, files, volumes = {}, {}, {}
     for folder in ("clean", "bad"):
-        for slice_id, path in io.discover_slices(root / folder):
-            grid = io.open_mosaic(path)
+        for slice_id, path in discover_slices(root / folder):
+            grid = open_mosaic(path)
             # the bad tiles' pairs reach the fit (the background test would skip them at measurement)
             measured, skipped, stats = measure.measure_mosaic(grid, 0.2, background_test=folder == "clean")
             pairs[slice_id], volumes[slice_id] = measured, np.asarray(grid.array[:])
@@ -111,11 +117,11 @@ def run(tmp_path_factory) -> dict:
         files[slice_id] = _pairs_file(slice_id, files[0]["source"], pairs[slice_id], [], files[0]["stats"])
     A, diagnostics = fit.fit_pooled(pairs, {s: GRID for s in pairs}, TILE, 0.2,
                                     drift_tolerance_px=DRIFT_TOLERANCE_PX)
-    io.write_json(root / "motor_transform.json", {"transform": A.tolist(), "diagnostics": diagnostics})
+    write_json(root / "motor_transform.json", {"transform": A.tolist(), "diagnostics": diagnostics})
     pairs_paths = []
     for slice_id, content in sorted(files.items()):
         pairs_paths.append(root / f"slice_z{slice_id:02d}_pairs.json")
-        io.write_json(pairs_paths[-1], content)
+        write_json(pairs_paths[-1], content)
     compare_paths = []
     for slice_id in (0, 4):
         motor = geometry.affine_positions(*GRID, A)
@@ -123,7 +129,7 @@ def run(tmp_path_factory) -> dict:
         if slice_id == 4:
             registration[5] += (BUMP_PX, 0.0)
         compare_paths.append(root / f"slice_z{slice_id:02d}_compare.json")
-        io.write_json(compare_paths[-1], compare.compare_positions(motor, registration))
+        write_json(compare_paths[-1], compare.compare_positions(motor, registration))
     stitched = {s: root / f"slice_z{s:02d}_stitch_3d.ome.zarr" for s in (0, 1, 2, 4)}
     _write_pyramid(stitched[0], _stitch(volumes[0], A),  # with the layout metadata the stitcher records
                    extra={"linumpy_motor": {"transform": A.tolist(), "grid": list(GRID), "tile_shape": list(TILE)}})
@@ -254,7 +260,6 @@ def test_read_thumbnail_missing_or_broken_store(tmp_path):
 
 
 def test_slice_id_from_name():
-    slice_id_from_name = io.slice_id_from_name
     assert slice_id_from_name("slice_z07_stitch_3d.ome.zarr") == 7
     assert slice_id_from_name("out/slice_z12_compare.json") == 12
     assert slice_id_from_name("mosaic_grid_3d_z03.ome.zarr") == 3
@@ -312,7 +317,7 @@ def test_every_referenced_png_exists_and_has_content(run):
 def test_no_leftovers_and_rewrite_replaces_the_folder(run, tmp_path):
     assert not list(run["root"].glob(".report*"))
     transform = tmp_path / "t.json"
-    io.write_json(transform, {"transform": run["A"].tolist(), "diagnostics": {}})
+    write_json(transform, {"transform": run["A"].tolist(), "diagnostics": {}})
     out = tmp_path / "report"
     write_report(out, transform, [], stitched=[run["root"] / "slice_z00_stitch_3d.ome.zarr"])
     assert (out / "thumbnail_z00.png").exists()
@@ -323,7 +328,7 @@ def test_no_leftovers_and_rewrite_replaces_the_folder(run, tmp_path):
 
 def test_report_without_pairs_marks_every_slice_unchecked(run, tmp_path):
     transform = tmp_path / "t.json"
-    io.write_json(transform, {"transform": run["A"].tolist(), "diagnostics": {}})
+    write_json(transform, {"transform": run["A"].tolist(), "diagnostics": {}})
     page = write_report(tmp_path / "r", transform, [], stitched=[run["root"] / "slice_z01_stitch_3d.ome.zarr"])
     status = json.loads((page.parent / "status.json").read_text())
     assert list(status) == ["1"] and status["1"]["status"] == "check"
@@ -339,7 +344,7 @@ def test_stitched_with_another_model_is_flagged_and_seams_come_from_the_store(ru
     ngff.write_image(store, np.random.default_rng(0).random((3, 220, 280), dtype=np.float32), chunks=(1, 64, 64),
                      extra_attrs={"linumpy_motor": layout})
     transform = tmp_path / "t.json"
-    io.write_json(transform, {"transform": run["A"].tolist(), "diagnostics": {}})
+    write_json(transform, {"transform": run["A"].tolist(), "diagnostics": {}})
     page = write_report(tmp_path / "r", transform, [], stitched=[store])
     status = json.loads((page.parent / "status.json").read_text())["6"]
     assert any("another motor model" in r for r in status["reasons"])
@@ -349,7 +354,7 @@ def test_stitched_with_another_model_is_flagged_and_seams_come_from_the_store(ru
 def test_text_from_files_is_escaped(tmp_path):
     transform = tmp_path / "t.json"
     error = "<script>alert(1)</script>"
-    io.write_json(transform, {"transform": [[64.0, 0.0], [0.0, 64.0]],
+    write_json(transform, {"transform": [[64.0, 0.0], [0.0, 64.0]],
                               "diagnostics": {"per_slice": {"3": {"fit": None, "fit_error": error}}}})
     page = write_report(tmp_path / "r", transform, []).read_text()
     assert 'id="slice-3" data-status="failed"' in page
@@ -358,9 +363,9 @@ def test_text_from_files_is_escaped(tmp_path):
 
 def test_slice_with_every_pair_skipped_fails(tmp_path):
     transform, pairs = tmp_path / "t.json", tmp_path / "slice_z05_pairs.json"
-    io.write_json(transform, {"transform": [[64.0, 0.0], [0.0, 64.0]], "diagnostics": {}})
+    write_json(transform, {"transform": [[64.0, 0.0], [0.0, 64.0]], "diagnostics": {}})
     skipped = [{"tile": [0, j], "row_delta": 0, "col_delta": 1, "reason": "empty overlap"} for j in range(3)]
-    io.write_json(pairs, _pairs_file(5, tmp_path / "s.ome.zarr", [], skipped, {}))
+    write_json(pairs, _pairs_file(5, tmp_path / "s.ome.zarr", [], skipped, {}))
     page = write_report(tmp_path / "r", transform, [pairs])
     status = json.loads((page.parent / "status.json").read_text())["5"]
     assert status["status"] == "failed" and "0 of the grid's 17" in status["reasons"][0]
@@ -401,12 +406,12 @@ def test_cli_truncated_transform_exits_2_and_leaves_nothing(run, tmp_path):
 # --- what the page says beside the numbers ------------------------------------------------------
 
 def test_a_slice_without_pairs_shows_no_comparison_number(run, tmp_path):
-    from linumpy_motor import steps
+    from linumpy_motor.pipeline import steps
 
     transform = tmp_path / "motor_transform.json"
-    io.write_json(transform, {"transform": run["A"].tolist(), "diagnostics": run["diagnostics"]})
+    write_json(transform, {"transform": run["A"].tolist(), "diagnostics": run["diagnostics"]})
     pairs = tmp_path / "slice_z07_pairs.json"
-    io.write_json(pairs, _pairs_file(7, Path("mosaic_grid_3d_z07.ome.zarr"), [], [], {}))
+    write_json(pairs, _pairs_file(7, Path("mosaic_grid_3d_z07.ome.zarr"), [], [], {}))
     compared = steps.compare(pairs, transform, tmp_path / "slice_z07_compare.json")
     assert compared["rms_diff_px"] < 1e-9  # no pairs: registration repeats the motor positions
     page = write_report(tmp_path / "r", transform, [pairs], [tmp_path / "slice_z07_compare.json"]).read_text()

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from linumpy_motor import runner, synthetic
-from linumpy_motor.report import COLOURS
+from linumpy_motor import synthetic
+from linumpy_motor.pipeline import runner
+from linumpy_motor.qc.html import COLOURS
 
 BROWSER = next((name for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
 WIDTH, HEIGHT = 1200, 6000

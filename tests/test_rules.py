@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from skimage import data
 
-from linumpy_motor import runner, synthetic
-from linumpy_motor.fit import error_model, pair_arrays
-from linumpy_motor.measure import measure_grid_pairs
-from linumpy_motor.runner import RunOptions
+from linumpy_motor import synthetic
+from linumpy_motor.pipeline import runner
+from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.register.fit import error_model, pair_arrays
+from linumpy_motor.register.measure import measure_grid_pairs
 
 TILE = 64
 OVERLAP = 0.25
@@ -128,9 +129,9 @@ def test_another_package_version_reruns_every_step(small_run, monkeypatch):
 
 
 @pytest.mark.parametrize(("field", "vocabulary"), [
-    ("plane", "linumpy_motor.planes.PLANE_MODES"), ("backlash", "linumpy_motor.fit.BACKLASH_MODES"),
-    ("placement", "linumpy_motor.steps.PLACEMENTS"), ("blending", "linumpy_motor.blend.BLENDING_MODES"),
-    ("ngff_version", "linumpy_motor.ngff.NGFF_VERSIONS"),
+    ("plane", "linumpy_motor.register.planes.PLANE_MODES"), ("backlash", "linumpy_motor.register.fit.BACKLASH_MODES"),
+    ("placement", "linumpy_motor.pipeline.steps.PLACEMENTS"), ("blending", "linumpy_motor.stitch.blend.BLENDING_MODES"),
+    ("ngff_version", "linumpy_motor.io.ngff.NGFF_VERSIONS"),
 ])
 def test_the_runner_options_take_the_library_vocabularies(field, vocabulary):
     """The runner's typed options (which the CLI's choices and the Nextflow schema are checked against)

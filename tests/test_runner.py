@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from linumpy_motor import logs, runner, synthetic
+from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
-from linumpy_motor.runner import RunOptions
+from linumpy_motor.pipeline import logs, runner
+from linumpy_motor.pipeline.runner import RunOptions
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +116,7 @@ def test_cli_prints_where_the_results_are(dataset, first_run):
 def test_registered_placement_restitches_at_the_model_plus_registered_residuals(dataset, first_run):
     import zarr
 
-    from linumpy_motor import steps
+    from linumpy_motor.pipeline import steps
 
     outdir, _, _ = first_run
     result = runner.run(dataset, outdir, RunOptions(placement="registered"), progress=False)
@@ -149,6 +150,6 @@ def test_a_library_run_keeps_its_log_file_and_leaves_the_callers_logging_alone(f
     root, package = logging.getLogger(), logging.getLogger(logs.PACKAGE_LOGGER)
     before = (list(root.handlers), package.level)
     with logs.log_file(tmp_path):
-        logging.getLogger("linumpy_motor.runner").info("written")
+        logging.getLogger("linumpy_motor.pipeline.runner").info("written")
     assert (list(root.handlers), package.level) == before
     assert (tmp_path / logs.LOG_FILE).read_text().rstrip().endswith("INFO written")

@@ -16,10 +16,13 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from scipy import ndimage
 
-from linumpy_motor import geometry, ngff, pyramid, stitch, synthetic
+from linumpy_motor import synthetic
 from linumpy_motor.backend import gpu_available
 from linumpy_motor.errors import InputError
-from linumpy_motor.stitch import stitch_slice
+from linumpy_motor.io import ngff
+from linumpy_motor.register import geometry
+from linumpy_motor.stitch import assemble, pyramid
+from linumpy_motor.stitch.assemble import stitch_slice
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bin" / "linum_motor_stitch.py"
 SPEC = synthetic.SyntheticSpec(nx=3, ny=4, tile_shape=(4, 96, 96), jitter_px=0.0, seed=0)
@@ -181,14 +184,14 @@ def test_blocks_and_z_chunks_do_not_change_the_result(data, tmp_path):
 def _count_reads(monkeypatch) -> list:
     """Record ``(first plane, last plane + 1, tile row, tile column)`` of every tile the stitcher decodes."""
     reads = []
-    real_read = stitch.read_block
+    real_read = assemble.read_block
 
     def counting_read(grid, z, rows, cols):
         reads.extend((z.start, z.stop, i, j) for i in range(rows.start // 96, rows.stop // 96)
                      for j in range(cols.start // 96, cols.stop // 96))
         return real_read(grid, z, rows, cols)
 
-    monkeypatch.setattr(stitch, "read_block", counting_read)
+    monkeypatch.setattr(assemble, "read_block", counting_read)
     return reads
 
 
@@ -215,7 +218,7 @@ def test_a_small_cache_cuts_strips_and_keeps_the_output(data, tmp_path, monkeypa
 @pytest.mark.parametrize("chunk_z, expected", [(4, 16), (64, 16), (100, 10), (97, 16), (1, 16), (3, 15)])
 def test_default_z_chunk_never_straddles_a_deep_input_chunk(chunk_z, expected):
     grid = SimpleNamespace(tile_shape=(300, 256, 256), array=SimpleNamespace(chunks=(chunk_z, 256, 256)))
-    assert stitch.default_z_chunk(grid, 512) == expected  # 16 planes of 512 x 512 float32 = BLOCK_BYTES
+    assert assemble.default_z_chunk(grid, 512) == expected  # 16 planes of 512 x 512 float32 = BLOCK_BYTES
 
 
 def test_progress_callback_counts_every_block(data, tmp_path):
@@ -392,7 +395,7 @@ def test_bin_runs_as_a_program(data, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
-@pytest.mark.parametrize("blending, cache_bytes", [("feather", stitch.CACHE_BYTES), ("none", 1), ("diffusion", 1)])
+@pytest.mark.parametrize("blending, cache_bytes", [("feather", assemble.CACHE_BYTES), ("none", 1), ("diffusion", 1)])
 def test_gpu_matches_cpu(data, tmp_path, blending, cache_bytes):
     """Resampling, blending and level 1 on CuPy, whole slice in one strip or cut into strips."""
     options = dict(blending=blending, cache_bytes=cache_bytes, z_chunk=1, pyramid_top_px=64)
@@ -422,12 +425,12 @@ def test_planned_tile_memory_stays_within_the_cache_whatever_the_slice(grid_size
     grid = SimpleNamespace(nx=nx, ny=ny, tile_shape=tile, array=SimpleNamespace(chunks=tile))
     A = geometry.ideal_transform(tile, 0.2)
     positions = geometry.affine_positions(nx, ny, A)
-    canvas = stitch._Canvas(grid, positions, np.ones(tile[1:], np.float32), None, False, np)
+    canvas = assemble._Canvas(grid, positions, np.ones(tile[1:], np.float32), None, False, np)
     shape = geometry.output_shape(nx, ny, tile, A)
     budget = 40 * 2**20  # the 24x24 slice as one strip would hold 50 MiB, a one-block strip 33
-    order, strip, vertical = stitch._block_order(canvas, shape, (16, 256, 256), budget, 2)
+    order, strip, vertical = assemble._block_order(canvas, shape, (16, 256, 256), budget, 2)
     canvas.plan(order, strip, vertical)
-    peak, decoded = stitch._peak_load_bytes(canvas, order, 2)
+    peak, decoded = assemble._peak_load_bytes(canvas, order, 2)
     once = nx * ny * 16 * 130 * 130 * 4
     assert peak <= budget
     assert sorted(order, key=lambda r: (r[0].start, r[1].start, r[2].start)) == list(

@@ -9,9 +9,9 @@ import pytest
 from conftest import DEFAULT_TILE, true_pair_displacement
 from scipy import ndimage
 
-from linumpy_motor.correlation import ncc_at
-from linumpy_motor.io import open_mosaic
+from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.mosaic import motor
+from linumpy_motor.register.correlation import ncc_at
 from linumpy_motor.synthetic import SyntheticSpec, true_transform, vignetting_field
 
 

@@ -1,1 +1,3 @@
 """Mosaic sub-package, mirroring ``linumpy.mosaic``."""
+
+__all__ = ["motor"]

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import geometry
-from ..compare import compare_positions
-from ..errors import InputError
-from ..fit import fit_pairs, fit_pooled
-from ..io import MosaicGrid, as_float, open_mosaic, write_json
-from ..logs import Progress
-from ..measure import backends_used, measure_mosaic, measure_volume
+from linumpy_motor.errors import InputError
+from linumpy_motor.io.grid import MosaicGrid, as_float, open_mosaic
+from linumpy_motor.io.outputs import write_json
+from linumpy_motor.pipeline.logs import Progress
+from linumpy_motor.qc.compare import compare_positions
+from linumpy_motor.register import geometry
+from linumpy_motor.register.fit import fit_pairs, fit_pooled
+from linumpy_motor.register.measure import backends_used, measure_mosaic, measure_volume
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
         Plane to measure (default: chosen by ``plane``).
     plane : {"auto", "central", "mean"}, keyword-only
         When ``z`` is None: the plane whose overlaps correlate best (``auto``), the central
-        plane, or the mean over all planes (:func:`linumpy_motor.planes.choose_plane`).
+        plane, or the mean over all planes (:func:`linumpy_motor.register.planes.choose_plane`).
     flatfield : "estimate", "none" or np.ndarray, keyword-only
         Divide tiles by the slice's flat field (estimated from its tissue tiles on the measured
         plane, or the ``(h, w)`` array given) before measuring: this removes the vignetting bias.
@@ -206,7 +207,7 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
         ``z`` is the same plane in every slice.
     backlash : {"auto", "on", "off"}, keyword-only
         The serpentine backlash term of the model: kept when significant, always, or never
-        (:func:`linumpy_motor.fit.fit_pooled`); ``diagnostics['backlash']`` reports it.
+        (:func:`linumpy_motor.register.fit.fit_pooled`); ``diagnostics['backlash']`` reports it.
     progress : bool, keyword-only
         Show progress (bars on a terminal, log lines elsewhere).
 

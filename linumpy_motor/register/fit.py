@@ -31,9 +31,14 @@ import numpy as np
 from scipy import sparse, stats
 from scipy.sparse.csgraph import connected_components
 
-from .errors import FitError
-from .geometry import grid_indices, registration_positions
-from .robust import outlier_cutoff, robust_scale
+from linumpy_motor.errors import FitError
+from linumpy_motor.register.geometry import grid_indices, registration_positions
+from linumpy_motor.register.robust import SCALE_FLOOR_PX, outlier_cutoff, robust_scale
+
+__all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "L1_START_TOLERANCE", "MIN_INFO",
+    "backlash_identifiable", "backlash_test", "describe_transform", "drift_px", "error_model", "fit_pairs",
+    "fit_pooled", "infer_grid", "model_precision", "pair_arrays", "parity_steps", "refine_on_positions", "robust_fit",
+    "standardised_residuals", "subsample"]
 
 L1_START_TOLERANCE = 1e-3  # px: the L1 start of the robust fit stops moving by less than this
 MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1) in the error model
@@ -124,7 +129,7 @@ def robust_fit(
     w: np.ndarray,
     *,
     min_pairs: int = 3,
-    scale_floor: float = 1e-6,
+    scale_floor: float = SCALE_FLOOR_PX,
     label: str = "",
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Fit ``Y ≈ X @ A.T`` robustly.

@@ -7,7 +7,7 @@ runs), so a killed run is simply rerun. Bad input found before any work leaves n
 a run that fails later keeps only the outputs of the steps it completed (and removes the folders
 it created, when they are left empty). Outputs an earlier run made in the same folder that this run
 does not make are removed, so none looks current. What may be replaced or removed at all is
-decided by :mod:`linumpy_motor.outputs`.
+decided by :mod:`linumpy_motor.io.outputs`.
 """
 
 from __future__ import annotations
@@ -31,13 +31,20 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.std import tqdm as std_tqdm
 
-from . import __version__, logs, outputs, steps, summary
-from .backend import gpu_available
-from .errors import InputError
-from .flatfield import resolve_flatfield
-from .io import MosaicGrid, discover_slices, open_mosaic
-from .parallel import limited_threads, resolve_threads, threads_per_worker
-from .stitch import check_canvas
+from linumpy_motor import __version__
+from linumpy_motor.backend import gpu_available
+from linumpy_motor.errors import InputError
+from linumpy_motor.io import outputs
+from linumpy_motor.io.dataset import discover_slices
+from linumpy_motor.io.grid import MosaicGrid, open_mosaic
+from linumpy_motor.parallel import limited_threads, resolve_threads, threads_per_worker
+from linumpy_motor.pipeline import logs, steps
+from linumpy_motor.qc import summary
+from linumpy_motor.register.flatfield import resolve_flatfield
+from linumpy_motor.stitch.assemble import check_canvas
+
+__all__ = ["PROGRESS_UNITS", "RunOptions", "STATE_DIR", "Stamps", "describe", "file_digest", "output_paths",
+    "planned_outputs", "prefix", "run", "step_key", "store_fingerprint"]
 
 logger = logging.getLogger(__name__)
 STATE_DIR = ".linumpy-motor"
@@ -294,7 +301,7 @@ def _run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, work
     """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran.
 
     Logs the step's start, each job's end and the step's end with timings. A job whose function
-    takes ``progress`` is given a :class:`~linumpy_motor.logs.Progress` (a bar when ``progress``
+    takes ``progress`` is given a :class:`~linumpy_motor.pipeline.logs.Progress` (a bar when ``progress``
     and the job runs in this process, else log lines).
     """
     todo = [job for job in jobs if not stamps.done(job[0], job[1])]
@@ -354,7 +361,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
         Run parameters (default: ``RunOptions()``).
     progress : bool
         Show progress bars on stderr where the logging set-up allows them (a terminal, see
-        :mod:`linumpy_motor.logs`); otherwise progress is logged as lines. Every message is also
+        :mod:`linumpy_motor.pipeline.logs`); otherwise progress is logged as lines. Every message is also
         appended to ``OUTDIR/linumpy-motor.log``.
 
     Returns
@@ -467,8 +474,8 @@ def _usable_gpu(options: RunOptions) -> RunOptions:
 
 def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], paths: dict, options: RunOptions,
                 progress: bool, stamps: Stamps) -> dict:
-    from .report import write_report
-    from .stitch import stitch_slice
+    from linumpy_motor.qc.report import write_report
+    from linumpy_motor.stitch.assemble import stitch_slice
 
     _clean(stamps, planned_outputs(paths))
     fingerprints = {slice_id: store_fingerprint(path) for slice_id, path in slices}

@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 from numpy.polynomial import legendre
 
-from .errors import InputError
-from .io import MosaicGrid, central_plane_index, read_block
+from linumpy_motor.errors import InputError
+from linumpy_motor.io.grid import MosaicGrid, central_plane_index, read_block
+
+__all__ = ["DEEP_CHUNK_MIN_TILES", "FLATFIELD_MODES", "MAX_TILES", "READ_THREADS", "estimate_flatfield",
+    "fit_smooth_field", "flatfield_from_tiles", "load_flatfield", "npy_shape", "resolve_flatfield"]
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,9 @@ import statistics
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+__all__ = ["FAILING", "FAIL_ON", "OVERLAP_HINT", "OVERLAP_WARNING_FRACTION", "POOR_FIT_SCALE_PX", "POOR_NCC",
+    "exit_code", "model_problems", "model_warnings", "not_ok", "read_status", "status_lines"]
+
 OVERLAP_WARNING_FRACTION = 0.05
 """Warn when a fitted effective overlap differs from the nominal one by more than this fraction of a
 tile (half the default search bound of 10 %: beyond it the nominal overlap is probably wrong)."""
@@ -78,7 +81,7 @@ def read_status(report_dir: str | Path) -> dict[str, dict]:
     InputError
         No readable, valid ``status.json`` in the folder (named in the message).
     """
-    from .schemas import StatusFile, load  # noqa: PLC0415  (pydantic only when a status is read)
+    from linumpy_motor.io.schemas import StatusFile, load  # noqa: PLC0415  (pydantic only when a status is read)
 
     entries = load(Path(report_dir) / "status.json", StatusFile).root
     return {str(slice_id): entry.model_dump() for slice_id, entry in entries.items()}

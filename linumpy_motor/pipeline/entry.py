@@ -11,8 +11,13 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from . import __version__, logs
-from .errors import FitError, InputError, Terminated
+from linumpy_motor import __version__
+from linumpy_motor.errors import FitError, InputError, Terminated
+from linumpy_motor.pipeline import logs
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter",
+    "OneLineErrorParser", "add_threads_argument", "make_parser", "one_line", "overlap_fraction", "positive_int",
+    "run_cli"]
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_OK = 3

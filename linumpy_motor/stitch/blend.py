@@ -31,6 +31,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
+__all__ = ["BLENDING_HELP", "BLENDING_MODES", "DIFFUSION_GRID_PX", "MIN_WEIGHT", "overlap_px", "weight_map"]
+
 BLENDING_MODES = ("none", "average", "feather", "diffusion")
 BLENDING_HELP = ("how overlaps are combined: 'none' (the last tile wins), 'average' (plain mean), 'feather' "
                  "(weights fall linearly to each tile's edge), 'diffusion' (harmonic weights over the overlap, "

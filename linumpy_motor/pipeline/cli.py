@@ -5,13 +5,25 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import logs, ngff, runner, summary, synthetic
-from .blend import BLENDING_HELP, BLENDING_MODES
-from .entry import EXIT_NOT_OK, HelpFormatter, add_threads_argument, make_parser, overlap_fraction, run_cli
-from .fit import BACKLASH_MODES
-from .planes import PLANE_MODES
-from .runner import RunOptions
-from .steps import PLACEMENTS
+from linumpy_motor import synthetic
+from linumpy_motor.io import ngff
+from linumpy_motor.pipeline import logs, runner
+from linumpy_motor.pipeline.entry import (
+    EXIT_NOT_OK,
+    HelpFormatter,
+    add_threads_argument,
+    make_parser,
+    overlap_fraction,
+    run_cli,
+)
+from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.pipeline.steps import PLACEMENTS
+from linumpy_motor.qc import summary
+from linumpy_motor.register.fit import BACKLASH_MODES
+from linumpy_motor.register.planes import PLANE_MODES
+from linumpy_motor.stitch.blend import BLENDING_HELP, BLENDING_MODES
+
+__all__ = ["add_run_arguments", "add_synth_arguments", "build_parser", "main", "run", "synth"]
 
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:

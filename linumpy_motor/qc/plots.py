@@ -11,7 +11,11 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .geometry import affine_positions, grid_indices
+from linumpy_motor.register.geometry import affine_positions, grid_indices
+
+__all__ = ["DPI", "INLIER_COLOUR", "MIN_SPAN", "MODEL_PANELS", "OUTLIER_COLOUR", "SEAM_MARK_FRACTION", "at_least",
+    "corner_marks", "plot_model_per_slice", "plot_pair_residuals", "plot_residual_histogram", "plot_thumbnail",
+    "tile_outlines"]
 
 DPI = 90
 INLIER_COLOUR = "tab:blue"

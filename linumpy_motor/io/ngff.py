@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+__all__ = ["AXES", "NGFF_VERSIONS", "check_version", "create_group", "create_level", "multiscales", "root_attributes",
+    "write_image"]
+
 AXES = ("z", "y", "x")
 NGFF_VERSIONS = ("0.4", "0.5")
 

@@ -18,7 +18,10 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
-from .backend import to_numpy
+from linumpy_motor.backend import to_numpy
+
+__all__ = ["PairShift", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "measure_shifts", "ncc_at",
+    "overlap_views", "refine_shifts", "tukey"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6

@@ -44,14 +44,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, geometry, ngff, outputs, pyramid
-from .backend import get_backend, to_numpy
-from .blend import BLENDING_MODES, overlap_px, weight_map
-from .errors import InputError
-from .flatfield import resolve_flatfield
-from .io import MosaicGrid, open_mosaic, read_block
-from .outputs import atomic_output
-from .parallel import limited_threads, resolve_threads
+from linumpy_motor import __version__
+from linumpy_motor.backend import get_backend, to_numpy
+from linumpy_motor.errors import InputError
+from linumpy_motor.io import ngff, outputs
+from linumpy_motor.io.grid import MosaicGrid, open_mosaic, read_block
+from linumpy_motor.io.outputs import atomic_output
+from linumpy_motor.parallel import limited_threads, resolve_threads
+from linumpy_motor.register import geometry
+from linumpy_motor.register.flatfield import resolve_flatfield
+from linumpy_motor.stitch import pyramid
+from linumpy_motor.stitch.blend import BLENDING_MODES, overlap_px, weight_map
+
+__all__ = ["BLOCK_BYTES", "CACHE_BYTES", "LoadKey", "MAX_CANVAS_TO_TILES", "ProgressCallback", "READ_RUN_BYTES",
+    "Region", "check_canvas", "default_z_chunk", "stitch_slice"]
 
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
 CACHE_BYTES = 512 * 2**20  # decoded tiles kept alive between their first and last block (see the module doc)
@@ -425,7 +431,7 @@ def stitch_slice(
     transform : np.ndarray
         The 2x2 motor matrix A; tile ``(i, j)`` goes to ``A @ [i, j]``.
     blending : {"none", "average", "feather", "diffusion"}
-        How overlaps are combined (see :mod:`linumpy_motor.blend`).
+        How overlaps are combined (see :mod:`linumpy_motor.stitch.blend`).
     flatfield : str, Path or None
         ``"estimate"`` (from the slice's tissue tiles), ``"none"``, or a ``.npy`` flat field
         ``(h, w)`` or ``(Z, h, w)``.
@@ -441,7 +447,7 @@ def stitch_slice(
         tiles are then cached in GPU memory; same code path), else NumPy with a warning.
     progress : callable, optional
         Called as ``progress(blocks done, blocks)`` once before the first block and after each output
-        block (all levels), e.g. a :class:`~linumpy_motor.logs.Progress`.
+        block (all levels), e.g. a :class:`~linumpy_motor.pipeline.logs.Progress`.
     pyramid_top_px : int
         Halve Y and X until the smallest level fits in this many pixels.
     threads : int, optional
@@ -454,7 +460,7 @@ def stitch_slice(
     positions : np.ndarray, optional
         ``(nx * ny, 2)`` top-left of each tile (row-major, any origin) overriding ``A @ [i, j]``:
         the model with its backlash term, or with each tile's registered residual
-        (:func:`linumpy_motor.steps.tile_positions`). ``transform`` still sizes the overlaps.
+        (:func:`linumpy_motor.pipeline.steps.tile_positions`). ``transform`` still sizes the overlaps.
 
     Returns
     -------

@@ -21,6 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+__all__ = ["DATE_FORMAT", "FILE_LEVEL", "FORMAT", "LEVELS", "LINE_INTERVAL_S", "LINE_STEP", "LOG_FILE", "LogConfig",
+    "MIN_LINE_GAP_S", "PACKAGE_LOGGER", "Progress", "add_arguments", "configured", "current", "init_worker",
+    "log_file", "plural", "setup", "to_file_only"]
+
 PACKAGE_LOGGER = "linumpy_motor"
 LEVELS = ("debug", "info", "warning", "error")
 LINE_INTERVAL_S = 10.0
@@ -48,7 +52,7 @@ class LogConfig:
     level : int
         Level of the package's loggers.
     debug : bool
-        Other libraries' debug lines too (and tracebacks, see :mod:`linumpy_motor.entry`).
+        Other libraries' debug lines too (and tracebacks, see :mod:`linumpy_motor.pipeline.entry`).
     bars : bool
         Progress as bars (stderr is a terminal and bars were not turned off), else as lines.
     stream : bool

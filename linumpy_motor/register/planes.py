@@ -13,8 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .correlation import measure_shifts
-from .io import central_plane_index
+from linumpy_motor.io.grid import central_plane_index
+from linumpy_motor.register.correlation import measure_shifts
+
+__all__ = ["PLANE_MODES", "SCORE_PAIRS", "SCORE_PLANES", "VolumeReader", "choose_plane", "plane_scores"]
 
 PLANE_MODES = ("auto", "central", "mean")
 SCORE_PAIRS = 8  # neighbour pairs measured per candidate plane
@@ -70,7 +72,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     flatfield : np.ndarray or None
         ``(h, w)`` flat field to divide tiles by.
     filter_sigma : float
-        As in :func:`~linumpy_motor.correlation.measure_shifts`.
+        As in :func:`~linumpy_motor.register.correlation.measure_shifts`.
     max_shift_px : float or None
         Largest stage error searched (default: 10 % of the tile).
 
@@ -79,7 +81,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     dict
         Plane index to score (higher is better).
     """
-    from .measure import default_max_shift
+    from linumpy_motor.register.measure import default_max_shift
 
     h, w = tile_hw
     steps = (int(round((1 - overlap_fraction) * h)), int(round((1 - overlap_fraction) * w)))

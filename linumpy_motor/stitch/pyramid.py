@@ -9,7 +9,9 @@ from concurrent.futures import Executor
 import numpy as np
 import zarr
 
-from . import ngff
+from linumpy_motor.io import ngff
+
+__all__ = ["create_level", "downsample_mean", "iter_blocks", "level_scales", "level_shapes", "write_levels"]
 
 
 def level_shapes(shape: Sequence[int], top_px: int = 512) -> list[tuple[int, int, int]]:

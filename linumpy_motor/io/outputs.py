@@ -28,8 +28,13 @@ from pathlib import Path
 
 import zarr
 
-from . import __version__
-from .errors import InputError
+from linumpy_motor import __version__
+from linumpy_motor.errors import InputError
+
+__all__ = ["MARKER_FILE", "MARKER_KEY", "MAX_MARKED_JSON_BYTES", "TEMPORARY", "WRITE_ERRNOS", "ZARR_METADATA",
+    "aside_name", "atomic_output", "check_output", "check_output_name", "check_outside", "check_replaceable",
+    "is_ours", "make_folders", "marker", "remove_created_folders", "remove_path", "remove_temporaries",
+    "temporary_name", "write_json"]
 
 MARKER_KEY = "linumpy_motor"
 MARKER_FILE = ".linumpy-motor.json"

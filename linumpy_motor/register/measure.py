@@ -10,12 +10,16 @@ import numpy as np
 from skimage.exposure import match_histograms
 from skimage.filters import threshold_otsu
 
-from .backend import get_backend
-from .correlation import measure_shifts, refine_shifts
-from .errors import InputError
-from .flatfield import flatfield_from_tiles, load_flatfield
-from .io import central_plane_index, read_block
-from .planes import VolumeReader, choose_plane
+from linumpy_motor.backend import get_backend
+from linumpy_motor.errors import InputError
+from linumpy_motor.io.grid import central_plane_index, read_block
+from linumpy_motor.register.correlation import measure_shifts, refine_shifts
+from linumpy_motor.register.flatfield import flatfield_from_tiles, load_flatfield
+from linumpy_motor.register.planes import VolumeReader, choose_plane
+
+__all__ = ["BACKGROUND_MADS", "BandReader", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "backends_used",
+    "background_threshold", "band_reader", "default_max_shift", "measure_grid_pairs", "measure_mosaic",
+    "measure_volume"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
@@ -87,7 +91,7 @@ def measure_grid_pairs(
         Skip pairs whose correlation peak is no better than that of windows that do not overlap
         at all (:func:`background_threshold`): agarose and empty overlaps, whatever their level.
     progress : callable, optional
-        Called as ``progress(rows done, nx)`` after each tile row (e.g. a :class:`~linumpy_motor.logs.Progress`).
+        Called as ``progress(rows done, nx)`` after each tile row (e.g. :class:`~linumpy_motor.pipeline.logs.Progress`).
 
     Returns
     -------
@@ -256,7 +260,7 @@ def background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], *
     bound : (int, int)
         The search bound the real pairs were measured with.
     options
-        Passed to :func:`~linumpy_motor.correlation.measure_shifts`.
+        Passed to :func:`~linumpy_motor.register.correlation.measure_shifts`.
     """
     peak = np.array([r.peak for r in measure_shifts(a, b, bound, subpixel=False, **options)])
     median = float(np.median(peak))
@@ -278,7 +282,7 @@ def _split_background(pairs: list[dict], thresholds: dict[str, float]) -> tuple[
 
 def band_reader(plane_source, tile_h: int) -> BandReader:
     """A :data:`BandReader` over a 2-D array-like (NumPy, zarr or dask): row ``i`` read on demand."""
-    from .io import as_float
+    from linumpy_motor.io.grid import as_float
 
     return lambda i: as_float(plane_source[i * tile_h:(i + 1) * tile_h, :])
 
@@ -317,7 +321,7 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     z : int or None
         Plane to measure; None: chosen by ``plane``.
     plane : {"auto", "central", "mean"}
-        How the plane is chosen when ``z`` is None (:func:`~linumpy_motor.planes.choose_plane`).
+        How the plane is chosen when ``z`` is None (:func:`~linumpy_motor.register.planes.choose_plane`).
     flatfield : "estimate", "none", None or np.ndarray
         ``estimate``: the slice's flat field (the stitcher's estimator) on the measured plane; an
         array ``(h, w)`` or ``(Z, h, w)``: that flat field; none: no correction.
@@ -366,7 +370,7 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
 
 def measure_mosaic(grid, overlap_fraction: float, *, z: int | None = None, plane: str = "auto",
                    flatfield: str | Path | None = "estimate", **options) -> tuple[list, list, dict]:
-    """Measure the pairs of an opened :class:`~linumpy_motor.io.MosaicGrid` (see :func:`measure_volume`).
+    """Measure the pairs of an opened :class:`~linumpy_motor.io.grid.MosaicGrid` (see :func:`measure_volume`).
 
     The measured plane is read one tile row at a time; choosing it reads a few tiles through the
     depth, and the flat-field estimate a subset of tiles on a few planes. ``flatfield`` may also

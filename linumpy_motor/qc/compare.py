@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["OFFSET_FLAG_PX", "OUTLIER_FLAG_PX", "SCALE_FLAG", "compare_positions"]
+
 OFFSET_FLAG_PX = 2.0
 SCALE_FLAG = 0.005
 OUTLIER_FLAG_PX = 5.0

@@ -10,7 +10,10 @@ import numpy.typing as npt
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
-from .robust import outlier_cutoff, robust_scale
+from linumpy_motor.register.robust import outlier_cutoff, robust_scale
+
+__all__ = ["affine_positions", "extent_shape", "grid_indices", "ideal_transform", "model_positions", "output_shape",
+    "registered_positions", "registration_positions", "shift_tile"]
 
 
 def grid_indices(nx: int, ny: int) -> np.ndarray:
@@ -100,7 +103,7 @@ def registration_positions(
     (normal equations: a sparse weighted graph Laplacian plus ``prior_weight`` on the diagonal)
     (as MIST and ASHLAR place tiles); the weak prior anchors the solution and places tiles that
     no usable pair reaches. Pairs that disagree with a first solve by more than a robust cutoff
-    (:func:`~linumpy_motor.robust.outlier_cutoff`, the fit's rule, at least 1 px) are dropped and the
+    (:func:`~linumpy_motor.register.robust.outlier_cutoff`, the fit's rule, at least 1 px) are dropped and the
     solve is repeated, so a wrong pair that passed the prior check does not bend the grid.
 
     Parameters

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
-from .errors import InputError
+from linumpy_motor.errors import InputError
+
+__all__ = ["CompareFile", "FiniteFloat", "Pair", "PairsFile", "STATUSES", "SliceStatus", "Status", "StatusFile",
+    "TransformFile", "load"]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -42,7 +45,7 @@ class PairsFile(BaseModel):
     skipped: list[dict]
     stats: dict
     linumpy_motor: dict | None = None
-    """This program's output marker (see :mod:`linumpy_motor.outputs`)."""
+    """This program's output marker (see :mod:`linumpy_motor.io.outputs`)."""
 
 
 class TransformFile(BaseModel):
@@ -63,10 +66,27 @@ class TransformFile(BaseModel):
         return value
 
 
+class CompareFile(BaseModel):
+    """A slice's ``*_compare.json`` (:func:`linumpy_motor.qc.compare.compare_positions` output)."""
+
+    model_config = ConfigDict(extra="allow")
+    slice_id: int | None = None
+    source: str | None = None
+    n_connected_tiles: int | None = None
+    rms_diff_px: FiniteFloat | None = None
+    max_diff_px: FiniteFloat | None = None
+    flags: dict[str, bool] = {}
+
+
+Status = Literal["ok", "check", "failed"]
+"""A slice's QC verdict, from best to worst."""
+STATUSES: tuple[Status, ...] = get_args(Status)
+
+
 class SliceStatus(BaseModel):
     """One slice's QC verdict in the report's ``status.json``."""
 
-    status: Literal["ok", "check", "failed"]
+    status: Status
     reasons: list[str] = []
 
 

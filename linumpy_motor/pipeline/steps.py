@@ -12,16 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, geometry
-from .compare import compare_positions
-from .errors import InputError
-from .fit import FitError, fit_pooled
-from .io import open_mosaic, slice_id_from_name
-from .measure import backends_used, measure_mosaic
-from .outputs import check_output, write_json
-from .parallel import limited_threads, resolve_threads
-from .schemas import PairsFile, TransformFile, load
-from .summary import model_problems
+from linumpy_motor import __version__
+from linumpy_motor.errors import InputError
+from linumpy_motor.io.dataset import slice_id_from_name
+from linumpy_motor.io.grid import open_mosaic
+from linumpy_motor.io.outputs import check_output, write_json
+from linumpy_motor.io.schemas import PairsFile, TransformFile, load
+from linumpy_motor.parallel import limited_threads, resolve_threads
+from linumpy_motor.qc.compare import compare_positions
+from linumpy_motor.qc.summary import model_problems
+from linumpy_motor.register import geometry
+from linumpy_motor.register.fit import FitError, fit_pooled
+from linumpy_motor.register.measure import backends_used, measure_mosaic
+
+__all__ = ["PLACEMENTS", "compare", "copy_transform", "fit_affine", "load_pairs_files", "load_transform",
+    "measure_pairs", "one_problem", "read_model", "read_transform", "tile_positions"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +39,14 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
 
     ``z``, ``plane``, ``flatfield`` and ``background_test``: see
-    :func:`linumpy_motor.measure.measure_volume` and :func:`linumpy_motor.measure.measure_grid_pairs`.
+    :func:`linumpy_motor.register.measure.measure_volume` and :func:`linumpy_motor.register.measure.measure_grid_pairs`.
     ``progress(rows done, rows)`` is called after each tile row. ``threads``: FFT workers (default:
     the cores this process is given); BLAS stays on one thread.
 
     Returns
     -------
     dict
-        The content written (see :class:`~linumpy_motor.schemas.PairsFile`).
+        The content written (see :class:`~linumpy_motor.io.schemas.PairsFile`).
     """
     check_output(output, source)
     grid = open_mosaic(source)
@@ -84,7 +89,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
     """Pool the slices' pairs, fit one motor matrix and write ``motor_transform.json``.
 
     ``backlash`` (``auto``, ``on``, ``off``): the serpentine backlash term
-    (:func:`linumpy_motor.fit.fit_pooled`); the file's ``backlash`` holds it (0, 0 when left out).
+    (:func:`linumpy_motor.register.fit.fit_pooled`); the file's ``backlash`` holds it (0, 0 when left out).
 
     Raises
     ------

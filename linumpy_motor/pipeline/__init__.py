@@ -1,0 +1,17 @@
+"""The pipeline: steps over files, the embedded runner, command lines and what a run prints.
+
+Modules
+-------
+steps
+    Each pipeline step as a function over files: what ``bin/`` scripts and the runner call.
+runner
+    The whole stage on one machine, with resume (``linumpy-motor run``).
+cli
+    The ``linumpy-motor`` command.
+entry
+    What every command line shares: version flag, logging, one-line errors for bad input.
+logs
+    Logging set-up and progress: a bar on a terminal, timestamped lines in a batch log.
+"""
+
+__all__ = ["cli", "entry", "logs", "runner", "steps"]

@@ -1,0 +1,16 @@
+"""Quality control: can each slice's stitch be trusted, and the report that shows why.
+
+Modules
+-------
+status
+    The evidence about a slice and the rules that judge it ok, check or failed.
+compare
+    Motor-model positions against registration positions.
+report
+    The QC report folder (:func:`report.write_report`), built from :mod:`.inputs`, :mod:`.thumbnail`,
+    :mod:`.plots` and :mod:`.html`.
+summary
+    The end of a run in a few lines, and the exit code it implies.
+"""
+
+__all__ = ["compare", "html", "inputs", "plots", "report", "status", "summary", "thumbnail"]

@@ -1,0 +1,13 @@
+"""Stitching a slice: tile placement, blending, the multiscale pyramid (the flat field: :mod:`..register.flatfield`).
+
+Modules
+-------
+assemble
+    Stitch one slice into an OME-Zarr pyramid, block by block (:func:`assemble.stitch_slice`).
+blend
+    Per-tile blending weight maps and the blending modes.
+pyramid
+    Multiscale levels, each the previous one 2x2-mean downsampled.
+"""
+
+__all__ = ["assemble", "blend", "pyramid"]
