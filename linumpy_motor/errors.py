@@ -3,9 +3,10 @@ and a termination request."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
-__all__ = ["FitError", "InputError", "Terminated"]
+__all__ = ["FitError", "InputError", "Terminated", "check_choice"]
 
 
 class InputError(ValueError):
@@ -36,3 +37,19 @@ class FitError(ValueError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's time limit, ``kill``), raised in the main thread as Ctrl-C raises
     ``KeyboardInterrupt``, so the same clean-up runs (see :func:`linumpy_motor.pipeline.entry.run_cli`)."""
+
+
+def check_choice(what: str, value: object, choices: Collection) -> None:
+    """Refuse a parameter outside its vocabulary with an :class:`InputError` that lists the choices.
+
+    Parameters
+    ----------
+    what : str
+        What the parameter is, e.g. ``"blending mode"``.
+    value : object
+        The value given.
+    choices : collection
+        The vocabulary (its one owner, e.g. :data:`linumpy_motor.stitch.blend.BLENDING_MODES`).
+    """
+    if value not in choices:
+        raise InputError(None, f"unknown {what} {value!r}; use one of {tuple(choices)}")

@@ -18,6 +18,8 @@ from pathlib import Path
 import scipy.fft
 from threadpoolctl import threadpool_limits
 
+from linumpy_motor.errors import InputError
+
 __all__ = ["CGROUP_ROOT", "available_cores", "cgroup_cpu_quota", "limited_threads", "resolve_threads",
     "threads_per_worker"]
 
@@ -55,7 +57,7 @@ def resolve_threads(threads: int | None) -> int:
     if threads is None:
         return available_cores()
     if int(threads) < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise InputError(None, f"threads must be >= 1, got {threads}")
     return int(threads)
 
 

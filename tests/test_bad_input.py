@@ -238,15 +238,15 @@ def run_tile_shapes_differ(f: Path, c: Context) -> Invocation:
 
 
 @case
-def run_overlap_half(f: Path, c: Context) -> Invocation:
-    return Invocation(cli_run(c.dataset, f / "out", "--overlap", "0.5"), RUN, None,
-                      ("overlap must be in (0, 0.5)",), f / "out")
+def run_overlap_over_half(f: Path, c: Context) -> Invocation:
+    return Invocation(cli_run(c.dataset, f / "out", "--overlap", "0.51"), RUN, None,
+                      ("overlap must be in (0, 0.5], got 0.51",), f / "out")
 
 
 @case
 def run_overlap_zero(f: Path, c: Context) -> Invocation:
     return Invocation(cli_run(c.dataset, f / "out", "--overlap", "0"), RUN, None,
-                      ("overlap must be in (0, 0.5)",), f / "out")
+                      ("overlap must be in (0, 0.5]",), f / "out")
 
 
 @case
@@ -485,7 +485,7 @@ def measure_corrupt_shard(f: Path, c: Context) -> Invocation:
 def measure_overlap_out_of_range(f: Path, c: Context) -> Invocation:
     store = c.dataset / "mosaic_grid_3d_z00.ome.zarr"
     return Invocation(bin_command(MEASURE, store, f / "p.json", "--overlap", "0.7"), MEASURE, None,
-                      ("overlap must be in (0, 0.5)",), f / "p.json")
+                      ("overlap must be in (0, 0.5]",), f / "p.json")
 
 
 @case
@@ -644,7 +644,7 @@ def report_out_is_a_user_folder(f: Path, c: Context) -> Invocation:
 @case
 def synth_overlap_out_of_range(f: Path, c: Context) -> Invocation:
     return Invocation(bin_command(SYNTH, f / "s", "--overlap", "0.6"), SYNTH, None,
-                      ("overlap must be in (0, 0.5)",), f / "s")
+                      ("overlap must be in (0, 0.5]",), f / "s")
 
 
 @case

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from linumpy_motor.errors import check_choice
+
 __all__ = ["AXES", "NGFF_VERSIONS", "check_version", "create_group", "create_level", "multiscales", "root_attributes",
     "write_image"]
 
@@ -60,9 +62,8 @@ def root_attributes(multiscale: dict, version: str, extra: dict | None = None) -
 
 
 def check_version(version: str) -> None:
-    """Refuse an NGFF version this program cannot write (``ValueError``)."""
-    if version not in NGFF_VERSIONS:
-        raise ValueError(f"unsupported NGFF version {version!r}; use one of {NGFF_VERSIONS}")
+    """Refuse an NGFF version this program cannot write (:class:`~linumpy_motor.errors.InputError`)."""
+    check_choice("NGFF version", version, NGFF_VERSIONS)
 
 
 def create_group(path: str | Path, version: str) -> zarr.Group:

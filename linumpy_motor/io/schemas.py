@@ -7,14 +7,27 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from linumpy_motor.errors import InputError
 
-__all__ = ["CompareFile", "FiniteFloat", "Pair", "PairsFile", "STATUSES", "SliceStatus", "Status", "StatusFile",
-    "TransformFile", "load"]
+__all__ = ["MAX_OVERLAP", "STATUSES", "CompareFile", "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus",
+           "Status", "StatusFile", "TransformFile", "check_overlap", "first_problem", "load", "validate"]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+MAX_OVERLAP = 0.5
+"""Largest nominal overlap, a fraction of the tile: beyond it a tile would overlap its neighbour's neighbour."""
+
+
+def check_overlap(value: float) -> float:
+    """The nominal overlap fraction if it lies in (0, :data:`MAX_OVERLAP`], else :class:`InputError`."""
+    if not 0 < value <= MAX_OVERLAP:  # NaN fails too
+        raise InputError(None, f"overlap must be in (0, {MAX_OVERLAP}], got {value}")
+    return value
+
+
+Overlap = Annotated[float, AfterValidator(check_overlap)]
+"""A nominal overlap fraction, the one rule for every option, file and script that takes one."""
 
 
 class Pair(BaseModel):
@@ -39,7 +52,7 @@ class PairsFile(BaseModel):
     source: str
     tile_shape: tuple[int, int, int]
     grid: tuple[int, int]
-    overlap: float = Field(gt=0, le=0.5)
+    overlap: Overlap
     z: int | None  # None: the mean over all planes was measured
     pairs: list[Pair]
     skipped: list[dict]
@@ -107,10 +120,22 @@ def load(path: str | Path, model: type[Model]) -> Model:
     except UnicodeDecodeError:
         raise InputError(path, "not a JSON text file (binary content)") from None
     try:
-        return model.model_validate(json.loads(text))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(path, f"not valid JSON (truncated?): {exc.msg} (line {exc.lineno})") from None
+    return validate(data, model, path)
+
+
+def validate(data: object, model: type[Model], path: str | Path) -> Model:
+    """Validate data read from ``path``; a problem is an :class:`InputError` naming the file and the first problem."""
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "file"
-        raise InputError(path, f"invalid {model.__name__}: {where}: {first['msg']}") from None
+        raise InputError(path, f"invalid {model.__name__}: {first_problem(exc)}") from None
+
+
+def first_problem(exc: ValidationError) -> str:
+    """The first problem of a validation error, in one line: ``where: what`` (``what`` at the top level)."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]

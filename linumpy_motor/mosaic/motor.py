@@ -232,7 +232,7 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
         raise InputError(None, f"slice id(s) {repeated} appear more than once")
     grids: dict[int, MosaicGrid] = {int(sid): open_mosaic(path) for sid, path in volumes}
     if not grids:
-        raise ValueError("no volumes given")
+        raise InputError(None, "no volumes given")
     shapes = {sid: g.tile_shape for sid, g in grids.items()}
     if len(set(shapes.values())) > 1:
         first = next(iter(grids.values()))

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from linumpy_motor import __version__
 from linumpy_motor.errors import FitError, InputError, Terminated
+from linumpy_motor.io.schemas import check_overlap, first_problem
 from linumpy_motor.pipeline import logs
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter",
@@ -73,8 +74,9 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
     Returns
     -------
     int
-        0 on success (or the code ``action`` returns, e.g. ``EXIT_NOT_OK``), 2 on bad input
-        (``InputError``, ``ValueError``, a failed validation), 130 when interrupted (Ctrl-C), 143 when
+        0 on success (or the code ``action`` returns, e.g. ``EXIT_NOT_OK``), 2 on bad input (``InputError``,
+        ``FitError``, a failed validation, a file that cannot be read or written; any other error is a bug
+        and keeps its traceback), 130 when interrupted (Ctrl-C), 143 when
         terminated (SIGTERM to this process, as a scheduler's time limit sends): either way the work in
         progress is cleaned up and a rerun resumes.
     """
@@ -89,7 +91,7 @@ def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Name
     previous = _terminate_like_ctrl_c()
     try:
         code = action(args)
-    except (InputError, FitError, ValidationError, ValueError, OSError) as exc:
+    except (InputError, FitError, ValidationError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
         print(f"{parser.prog}: error: {one_line(exc)}", file=sys.stderr)
@@ -122,9 +124,7 @@ def _terminate_like_ctrl_c():
 def one_line(exc: BaseException) -> str:
     """A one-line description of an error (the first problem of a pydantic validation error)."""
     if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return f"{where}: {first['msg']}" if where else first["msg"]
+        return first_problem(exc)
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
     text = str(exc).strip()
@@ -132,8 +132,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def overlap_fraction(text: str) -> float:
-    """argparse type: an overlap fraction in (0, 0.5)."""
-    value = float(text)
-    if not 0 < value < 0.5:
-        raise argparse.ArgumentTypeError(f"overlap must be in (0, 0.5), got {value}")
-    return value
+    """argparse type: an overlap fraction, checked by :func:`linumpy_motor.io.schemas.check_overlap`."""
+    try:
+        return check_overlap(float(text))
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from None

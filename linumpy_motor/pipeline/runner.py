@@ -37,6 +37,7 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs
 from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic
+from linumpy_motor.io.schemas import Overlap
 from linumpy_motor.parallel import limited_threads, resolve_threads, threads_per_worker
 from linumpy_motor.pipeline import logs, steps
 from linumpy_motor.qc import summary
@@ -54,7 +55,7 @@ class RunOptions(BaseModel):
     """Parameters of a run (the same names and defaults as the Nextflow params)."""
 
     model_config = ConfigDict(extra="forbid")
-    overlap: float = Field(0.2, gt=0, lt=0.5)
+    overlap: Overlap = 0.2
     z: int | None = Field(None, ge=0)
     plane: Literal["auto", "central", "mean"] = "auto"
     background_test: bool = True

@@ -17,7 +17,7 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io.dataset import slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import check_output, write_json
-from linumpy_motor.io.schemas import PairsFile, TransformFile, load
+from linumpy_motor.io.schemas import PairsFile, TransformFile, load, validate
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
@@ -26,7 +26,7 @@ from linumpy_motor.register.fit import FitError, fit_pooled
 from linumpy_motor.register.measure import backends_used, measure_mosaic
 
 __all__ = ["PLACEMENTS", "compare", "copy_transform", "fit_affine", "load_pairs_files", "load_transform",
-    "measure_pairs", "one_problem", "read_model", "read_transform", "tile_positions"]
+    "measure_pairs", "read_model", "read_transform", "tile_positions"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,16 +158,7 @@ def load_transform(path: str | Path) -> TransformFile:
         raise InputError(path, f"not a readable .npy matrix ({exc})") from None
     if matrix.shape != (2, 2) or not np.issubdtype(matrix.dtype, np.number):
         raise InputError(path, f"expected a 2x2 numeric matrix, got shape {list(matrix.shape)} of {matrix.dtype}")
-    try:
-        return TransformFile(transform=matrix.astype(float).tolist())
-    except ValueError as exc:  # a pydantic ValidationError: singular or not finite
-        raise InputError(path, f"invalid transform: {one_problem(exc)}") from None
-
-
-def one_problem(exc: ValueError) -> str:
-    """The first problem of a pydantic validation error, else the error's text."""
-    errors = getattr(exc, "errors", None)
-    return errors()[0]["msg"] if callable(errors) else str(exc)
+    return validate({"transform": matrix.astype(float).tolist()}, TransformFile, path)
 
 
 def read_transform(path: str | Path) -> np.ndarray:

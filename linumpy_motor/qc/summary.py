@@ -8,6 +8,8 @@ import statistics
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from linumpy_motor.errors import check_choice
+
 __all__ = ["FAILING", "FAIL_ON", "OVERLAP_HINT", "OVERLAP_WARNING_FRACTION", "POOR_FIT_SCALE_PX", "POOR_NCC",
     "exit_code", "model_problems", "model_warnings", "not_ok", "read_status", "status_lines"]
 
@@ -89,6 +91,5 @@ def read_status(report_dir: str | Path) -> dict[str, dict]:
 
 def exit_code(status: Mapping[str, Mapping] | None, fail_on: str, code: int) -> int:
     """``code`` when a slice's status is one ``fail_on`` counts as failing, else 0."""
-    if fail_on not in FAIL_ON:
-        raise ValueError(f"--fail-on must be one of {FAIL_ON}, got {fail_on!r}")
+    check_choice("fail-on value", fail_on, FAIL_ON)
     return code if any(name in FAILING[fail_on] for _, name, _ in not_ok(status)) else 0

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import sparse, stats
 from scipy.sparse.csgraph import connected_components
 
-from linumpy_motor.errors import FitError
+from linumpy_motor.errors import FitError, check_choice
 from linumpy_motor.register.geometry import grid_indices, registration_positions
 from linumpy_motor.register.robust import SCALE_FLOOR_PX, outlier_cutoff, robust_scale
 
@@ -381,8 +381,7 @@ def fit_pairs(pairs: Sequence[Mapping], tile_shape: Sequence[int], overlap_fract
         and max over inlier pairs (px), the robust scale, ``position_stage`` (or None) and
         ``backlash`` (``vector_px``, ``detected`` and the model-selection test).
     """
-    if backlash not in BACKLASH_MODES:
-        raise ValueError(f"unknown backlash mode {backlash!r}; use one of {BACKLASH_MODES}")
+    check_choice("backlash mode", backlash, BACKLASH_MODES)
     X, Y, M, inliers, scale, model = _pair_stage(pairs, backlash, min_pairs, label)
     grid = grid or infer_grid(pairs)
     stage = None
@@ -479,8 +478,7 @@ def fit_pooled(
     """
     order = sorted(pairs_by_slice)
     pooled = [(slice_id, p) for slice_id in order for p in pairs_by_slice[slice_id]]
-    if backlash not in BACKLASH_MODES:
-        raise ValueError(f"unknown backlash mode {backlash!r}; use one of {BACKLASH_MODES}")
+    check_choice("backlash mode", backlash, BACKLASH_MODES)
     fitted = subsample(pooled, n_samples, seed)
     try:
         X, Y, M, inliers, scale, model = _pair_stage([p for _, p in fitted], backlash, min_pairs, "pooled: ")

@@ -13,6 +13,7 @@ from skimage.filters import threshold_otsu
 from linumpy_motor.backend import get_backend
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import central_plane_index, read_block
+from linumpy_motor.io.schemas import check_overlap
 from linumpy_motor.register.correlation import measure_shifts, refine_shifts
 from linumpy_motor.register.flatfield import flatfield_from_tiles, load_flatfield
 from linumpy_motor.register.planes import VolumeReader, choose_plane
@@ -72,7 +73,7 @@ def measure_grid_pairs(
     nx, ny : int
         Number of tile rows and columns.
     overlap_fraction : float
-        Expected overlap between neighbours, in (0, 0.5].
+        Expected overlap between neighbours, in (0, 0.5] (:func:`~linumpy_motor.io.schemas.check_overlap`).
     max_shift_px : float or None
         Largest departure from the expected position searched (default: 10 % of the tile).
     histogram_match : bool
@@ -103,8 +104,7 @@ def measure_grid_pairs(
     stats : dict
         Counts, NCC summary, the backend that ran and the search bound used.
     """
-    if not 0 < overlap_fraction <= 0.5:
-        raise ValueError(f"overlap_fraction must be in (0, 0.5], got {overlap_fraction}")
+    check_overlap(overlap_fraction)
     h, w = tile_hw
     steps = (int(round((1 - overlap_fraction) * h)), int(round((1 - overlap_fraction) * w)))
     limit = default_max_shift(tile_hw) if max_shift_px is None else float(max_shift_px)
@@ -360,7 +360,7 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
             nx, ny, (h, w), label=label, log_level=logging.INFO)
         description = "estimate" if field is not None else "estimate (too few tissue tiles: none applied)"
     else:
-        raise ValueError(f"flatfield must be 'estimate', 'none' or an array, got {flatfield!r}")
+        raise InputError(None, f"flatfield must be 'estimate', 'none' or an array, got {flatfield!r}")
     band = (lambda i: rows[i]) if rows is not None else \
         (lambda i: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)))
     measured, skipped, stats = measure_grid_pairs(band, (h, w), nx, ny, overlap_fraction, flatfield=field, **options)

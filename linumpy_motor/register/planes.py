@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from linumpy_motor.errors import check_choice
 from linumpy_motor.io.grid import central_plane_index
 from linumpy_motor.register.correlation import measure_shifts
 
@@ -125,8 +126,7 @@ def choose_plane(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     info : dict
         ``plane_mode`` and, for ``auto``, ``plane_scores``.
     """
-    if mode not in PLANE_MODES:
-        raise ValueError(f"unknown plane mode {mode!r}; use one of {PLANE_MODES}")
+    check_choice("plane mode", mode, PLANE_MODES)
     if mode == "mean":
         return None, {"plane_mode": mode}
     if mode == "central" or nz == 1 or nx * ny < 2:

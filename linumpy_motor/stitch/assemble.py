@@ -46,7 +46,7 @@ import numpy as np
 
 from linumpy_motor import __version__
 from linumpy_motor.backend import get_backend, to_numpy
-from linumpy_motor.errors import InputError
+from linumpy_motor.errors import InputError, check_choice
 from linumpy_motor.io import ngff, outputs
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic, read_block
 from linumpy_motor.io.outputs import atomic_output
@@ -475,15 +475,14 @@ def stitch_slice(
     InputError
         Unreadable or corrupt input, a bad transform or flat field, or an output that would
         overwrite the input.
-    ValueError
+    InputError
         An unknown blending mode or NGFF version, or a bad ``block_px`` / ``z_chunk``.
     """
     start = time.perf_counter()
-    if blending not in BLENDING_MODES:
-        raise ValueError(f"unknown blending mode {blending!r}; use one of {BLENDING_MODES}")
+    check_choice("blending mode", blending, BLENDING_MODES)
     ngff.check_version(ngff_version)
     if block_px < 32 or block_px % 2:
-        raise ValueError(f"block_px must be an even number >= 32, got {block_px}")
+        raise InputError(None, f"block_px must be an even number >= 32, got {block_px}")
     grid = source if isinstance(source, MosaicGrid) else open_mosaic(source)
     output = Path(output)
     outputs.check_output(output, grid.path)
@@ -492,7 +491,7 @@ def stitch_slice(
     nz, h, w = grid.tile_shape
     zc = int(z_chunk) if z_chunk is not None else default_z_chunk(grid, block_px)
     if zc < 1:
-        raise ValueError(f"z_chunk must be >= 1, got {zc}")
+        raise InputError(None, f"z_chunk must be >= 1, got {zc}")
     zc = min(zc, nz)
     threads = resolve_threads(threads)
     xp, _, backend = get_backend(use_gpu)

@@ -31,6 +31,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
+from linumpy_motor.errors import InputError, check_choice
+
 __all__ = ["BLENDING_HELP", "BLENDING_MODES", "DIFFUSION_GRID_PX", "MIN_WEIGHT", "overlap_px", "weight_map"]
 
 BLENDING_MODES = ("none", "average", "feather", "diffusion")
@@ -112,16 +114,15 @@ def weight_map(tile_hw: tuple[int, int], mode: str, overlap: tuple[float, float]
         ``(h, w)`` float32 weights, positive everywhere (at least ``MIN_WEIGHT`` times the maximum),
         maximum 1.
     """
+    check_choice("blending mode", mode, BLENDING_MODES)
     h, w = tile_hw
     if mode in ("none", "average"):
         return np.ones((h, w), dtype=np.float32)
-    if mode == "feather":
-        weights = _feather(h, w)
-    elif mode == "diffusion":
+    if mode == "diffusion":
         if overlap is None:
-            raise ValueError("diffusion blending needs the overlap in px")
+            raise InputError(None, "diffusion blending needs the overlap in px")
         weights = _diffusion(h, w, overlap)
     else:
-        raise ValueError(f"unknown blending mode {mode!r}; use one of {BLENDING_MODES}")
+        weights = _feather(h, w)
     weights = weights / weights.max()
     return np.maximum(weights, MIN_WEIGHT).astype(np.float32)
