@@ -63,7 +63,7 @@ class RunOptions(BaseModel):
     histogram_match: bool = False
     max_empty_fraction: float | None = Field(None, ge=0, le=1)
     n_samples: int | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     drift_tolerance: float = Field(1.0, gt=0)
     backlash: Literal["auto", "on", "off"] = "auto"
     placement: Literal["model", "registered"] = "model"
