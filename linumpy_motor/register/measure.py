@@ -19,7 +19,8 @@ from linumpy_motor.register.flatfield import flatfield_from_tiles, load_flatfiel
 from linumpy_motor.register.planes import VolumeReader, choose_plane
 
 __all__ = ["BACKGROUND_MADS", "BandReader", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "backends_used",
-    "background_threshold", "band_reader", "default_max_shift", "measure_grid_pairs", "measure_mosaic",
+    "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "background_threshold", "band_reader",
+    "default_max_shift", "measure_grid_pairs", "measure_mosaic",
     "measure_volume"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
@@ -31,9 +32,18 @@ BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
 
 
+MAX_SHIFT_FRACTION = 0.1
+"""Largest stage error searched by default, a fraction of the tile size ..."""
+MAX_SHIFT_MIN_PX = 5.0
+"""... and at least this many pixels."""
+MAX_SHIFT_DEFAULT_TEXT = f"{100 * MAX_SHIFT_FRACTION:g} % of the tile size, at least {MAX_SHIFT_MIN_PX:g} px"
+"""The default search bound in words, for help texts and hints."""
+
+
 def default_max_shift(tile_hw: tuple[int, int]) -> float:
-    """Largest stage error searched by default: 10 % of the tile size (at least 5 px)."""
-    return max(0.1 * max(tile_hw), 5.0)
+    """Largest stage error searched by default: :data:`MAX_SHIFT_FRACTION` of the tile size, at least
+    :data:`MAX_SHIFT_MIN_PX`."""
+    return max(MAX_SHIFT_FRACTION * max(tile_hw), MAX_SHIFT_MIN_PX)
 
 
 def _pair_windows(top, bottom, j: int, tile_hw, steps, horizontal: bool):
