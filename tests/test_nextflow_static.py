@@ -669,7 +669,8 @@ def module_of(name: str) -> Path:
 
 def publish_dir(name: str, params: dict) -> dict:
     """A process's publishDir of conf/modules.config, evaluated: {'path': folder, 'mode': mode}."""
-    spec = evaluate(tree(REPO / "conf" / "modules.config")["process"][f"withName:{name}"]["publishDir"], {"params": params})
+    source = tree(REPO / "conf" / "modules.config")["process"][f"withName:{name}"]["publishDir"]
+    spec = evaluate(source, {"params": params})
     return {"path": spec["path"](), "mode": spec["mode"]}
 
 
