@@ -283,7 +283,7 @@ class NfProcess:
             options = dict(re.findall(r"\b(emit|topic|optional):\s*(\w+)", line))
             body = re.split(r",\s*\b(?:emit|topic|optional):", line)[0].strip()
             body = re.sub(r"^tuple\s+", "", body)
-            items = [(m.group(1), m.group(2).strip())
+            items = [(m.group(1), (m.group(2) or "").strip())
                      for m in re.finditer(r"\b(val|path|eval|env|stdout)\b(?:\(((?:[^()]|\([^()]*\))*)\))?", body)]
             result.append({"items": items, "emit": options.get("emit"), "topic": options.get("topic")})
         return result
@@ -298,6 +298,25 @@ class NfProcess:
 
     def directives(self) -> str:
         return self.sections.get("directives", "")
+
+    def directive_map(self) -> dict[str, list[str]]:
+        """The directives, parsed: {name: [argument source, ...]} in declaration order
+        (`label 'a'` twice gives ['\'a\'', ...]; `accelerator { use_gpu ? 1 : null }` gives the closure)."""
+        text = self.directives()
+        mask = _code_mask(text)
+        found: dict[str, list[str]] = {}
+        i = 0
+        while i < len(text):
+            if text[i].isspace():
+                i += 1
+                continue
+            m = re.compile(r"(\w+)[ \t]+").match(text, i)
+            if not m or not mask[i]:
+                raise NfSyntaxError(f"{self.name}: unsupported directive {text[i:i + 40].strip()!r}")
+            end = _statement_end(text, m.end())
+            found.setdefault(m.group(1), []).append(text[m.end() : end].strip())
+            i = end
+        return found
 
     # ---- script
     def script_parts(self, section: str = "script") -> tuple[list[tuple[str, str]], str]:
