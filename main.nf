@@ -8,9 +8,11 @@
  *   REPORT (once): motor model, pairs, comparisons, stitched slices
  *   QC_CHECK (once, with --fail_on failed|check): fails the run when a slice's QC status counts as failing
  *
- * --transform motor_transform.json: stitch with that motor model (no MEASURE_PAIRS, FIT_AFFINE, COMPARE).
+ * --transform FILE (a transform JSON or upstream's 2x2 .npy): stitch with that motor model (no MEASURE_PAIRS,
+ * FIT_AFFINE, COMPARE, REPORT, QC_CHECK: as the embedded runner, the report needs measured pairs).
  * --placement registered: STITCH also gets the slice's pairs (not with --transform).
- * Published to params.outdir (conf/modules.config): pairs/, motor_transform.json, stitched/, compare/, report/
+ * Published to params.outdir (conf/modules.config): the embedded runner's layout
+ * (linumpy_motor.pipeline.runner.output_paths): pairs/, motor_transform.json, stitched/, compare/, report/
  */
 
 include { validateParameters; samplesheetToList } from 'plugin/nf-schema'
@@ -29,8 +31,9 @@ workflow {
     // 0. Every param against nextflow_schema.json: a misspelt or out-of-range param stops the run here
     validateParameters()
     def use_gpu = flag(params.use_gpu)
-    if (params.transform && params.placement == 'registered') {
-        error "--placement registered places each tile by its measured pairs: it cannot be used with --transform (no pairs are measured)"
+    def refused = placementProblem(params.transform, params.placement)
+    if (refused) {
+        error refused
     }
 
     // 1. Slices: [meta, zarr], meta = [id: 7, prefix: 'slice_z07']. An input is checked before any task starts
@@ -52,20 +55,21 @@ workflow {
             .map { zarr -> [sliceMeta(checkedSliceId(zarr)), zarr] }
     }
 
-    // A .npy flat field is staged for MEASURE_PAIRS and STITCH; 'estimate' and 'none' go by ext.args
-    def flatfield = params.flatfield in ['estimate', 'none'] ? [] : file(params.flatfield, checkIfExists: true)
+    // A .npy flat field is staged for MEASURE_PAIRS and STITCH; a mode ('estimate', 'none') goes by ext.args
+    def flatfield = params.flatfield in flatfieldModes() ? [] : file(params.flatfield, checkIfExists: true)
     def registered = params.placement == 'registered'
 
     // 2. Motor model: measured on every slice and fitted once, or given with --transform
     def ch_transform = channel.empty()
-    def ch_pairs     = []   // all slices' pairs, sorted by name (none with --transform)
-    def ch_compare   = []
+    def ch_pairs     = channel.empty()   // all slices' pairs, sorted by name (none with --transform)
+    def ch_compare   = channel.empty()
     if (params.transform) {
         def given = file(params.transform, checkIfExists: true)
+        def published = givenTransformName(given)
         ch_transform = channel.value(given)
-        if (given != file("${params.outdir}/motor_transform.json")) {
+        if (given != file("${params.outdir}/${published}")) {
             // published like FIT_AFFINE's: the results folder says which model stitched it
-            ch_transform.collectFile(name: 'motor_transform.json', storeDir: params.outdir)
+            ch_transform.collectFile(name: published, storeDir: params.outdir)
         }
     }
     else {
@@ -90,19 +94,22 @@ workflow {
         : ch_slices.map { meta, zarr -> [meta, zarr, []] }
     STITCH(ch_stitch_in, ch_transform, flatfield, use_gpu, ch_library)
 
-    // 4. Report
-    REPORT(
-        ch_transform.map { json -> [[id: 'report'], json] },
-        ch_pairs,
-        ch_compare,
-        STITCH.out.zarr.map { _meta, zarr -> zarr }.collect(sort: { zarr -> zarr.name }),
-        ch_library
-    )
+    // 4. Report, when the motor model was measured (as the embedded runner: the report and the QC status
+    //    need the pairs and the comparisons)
+    if (!params.transform) {
+        REPORT(
+            ch_transform.map { json -> [[id: 'report'], json] },
+            ch_pairs,
+            ch_compare,
+            STITCH.out.zarr.map { _meta, zarr -> zarr }.collect(sort: { zarr -> zarr.name }),
+            ch_library
+        )
 
-    // 5. --fail_on failed|check: after the report is published, fail the run when a slice's QC status
-    //    counts as failing (the QC_CHECK task lists those slices and exits with code 3)
-    if (params.fail_on != 'never') {
-        QC_CHECK(REPORT.out.report.map { report -> [[id: 'report'], report] }, ch_library)
+        // 5. --fail_on failed|check: after the report is published, fail the run when a slice's QC status
+        //    counts as failing (the QC_CHECK task lists those slices and exits with code 3)
+        if (params.fail_on != 'never') {
+            QC_CHECK(REPORT.out.report.map { report -> [[id: 'report'], report] }, ch_library)
+        }
     }
 
     // 6. The version of the library every process ran with
@@ -134,8 +141,26 @@ def checkedSliceId(zarr) {
     return id
 }
 
+// meta of a slice; prefix: the embedded runner's output name prefix (linumpy_motor.pipeline.runner.prefix)
 def sliceMeta(id) {
     return [id: id, prefix: "slice_z${id.toString().padLeft(2, '0')}"]
+}
+
+// The flatfield param's modes (linumpy_motor.register.flatfield.FLATFIELD_MODES); any other value is a .npy file
+def flatfieldModes() {
+    return ['estimate', 'none']
+}
+
+// The name a given --transform is published under in outdir: the runner's motor_transform.json
+// (linumpy_motor.pipeline.runner.output_paths); upstream's .npy matrix keeps its format
+def givenTransformName(transform) {
+    return transform.toString().endsWith('.npy') ? 'motor_transform.npy' : 'motor_transform.json'
+}
+
+// --placement registered with --transform, refused in the embedded runner's words
+// (linumpy_motor.pipeline.runner.run); null when the two go together
+def placementProblem(transform, placement) {
+    return transform && placement == 'registered' ? "${transform}: placement 'registered' needs measured pairs; it cannot be used with a given transform" : null
 }
 
 // The ids listed more than once, sorted
@@ -143,25 +168,43 @@ def duplicateIds(ids) {
     return ids.findAll { id -> ids.count(id) > 1 }.unique().sort()
 }
 
+// Slice ids given to more than one store, in linumpy_motor.io.dataset's words; null when none
+def repeatedIdsProblem(ids) {
+    def repeated = duplicateIds(ids)
+    return repeated ? "slice id(s) ${repeated} appear more than once" : null
+}
+
+// The first samplesheet entry whose store an earlier entry lists, in linumpy_motor.io.dataset's words;
+// null when none. entries: [[line, slice id, store, its real path], ...] in the samplesheet's order: stores
+// are compared by real path, so a link to a store or another spelling of its path is the same store.
+def repeatedStoreProblem(entries) {
+    def again = entries.find { entry -> entries.find { other -> other[3] == entry[3] } != entry }
+    def first = again ? entries.find { other -> other[3] == again[3] } : null
+    return again ? "line ${again[0]}: ${again[2]} is already listed as slice ${first[1]}" : null
+}
+
 // --input: a folder of *.ome.zarr stores, or a CSV samplesheet slice_id,path (checked by
 // assets/schema_input.json; relative paths are taken from the CSV's folder, as the embedded runner does).
-// Returns [[meta, zarr], ...] sorted by slice id; stops the run on a missing store or a repeated id.
+// Returns [[meta, zarr], ...] sorted by slice id; stops the run on a missing store, a store listed twice
+// or a repeated id.
 def slicesFromInput(input) {
     def slices = []
     if (input.toString().endsWith('.csv')) {
         def sheet = file(input, checkIfExists: true)
-        slices = samplesheetToList(sheet, "${projectDir}/assets/schema_input.json").collect { row ->
+        def rows = samplesheetToList(sheet, "${projectDir}/assets/schema_input.json")
+        def entries = (0..<rows.size()).collect { index ->
+            def row = rows[index]
             def zarr = row[1].toString().contains('://') ? file(row[1]) : sheet.parent.resolve(row[1].toString()).normalize()
             if (!zarr.exists()) {
                 error "${sheet}: slice ${row[0]}: no such store '${row[1]}'"
             }
-            [row[0] as Integer, zarr]
+            [index + 2, row[0] as Integer, zarr, zarr.toRealPath()]   // line: after the header line
         }
-        def stores = slices.collect { slice -> slice[1].toString() }
-        def repeated = duplicateIds(stores)
-        if (repeated) {
-            error "${sheet}: store(s) ${repeated} listed under more than one slice id"
+        def listedTwice = repeatedStoreProblem(entries)
+        if (listedTwice) {
+            error "${sheet}: ${listedTwice}"
         }
+        slices = entries.collect { entry -> [entry[1], entry[2]] }
     }
     else {
         def stores = files("${input}/*.ome.zarr", type: 'dir')
@@ -170,9 +213,9 @@ def slicesFromInput(input) {
         }
         slices = stores.collect { zarr -> [checkedSliceId(zarr), zarr] }
     }
-    def repeated = duplicateIds(slices.collect { slice -> slice[0] })
+    def repeated = repeatedIdsProblem(slices.collect { slice -> slice[0] })
     if (repeated) {
-        error "${input}: slice id(s) ${repeated} appear more than once"
+        error "${input}: ${repeated}"
     }
     return slices.sort { slice -> slice[0] }.collect { slice -> [sliceMeta(slice[0]), slice[1]] }
 }

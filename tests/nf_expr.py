@@ -345,6 +345,8 @@ def _list_method(value: list, name: str, args: list):
         return [args[0](v) for v in value]
     if name == "findAll":
         return [v for v in value if truthy(args[0](v))]
+    if name == "find":
+        return next((v for v in value if truthy(args[0](v))), None)
     if name == "unique":
         return list(dict.fromkeys(value))
     if name == "sort":

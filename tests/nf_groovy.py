@@ -8,6 +8,8 @@
 - `nf_functions(path)`: the top-level functions of a .nf file (and those it includes), callable.
 - `config_params(...)`, `profile_params(...)`, `profile_ext_args(...)`: the params and `ext.args` of
   nextflow.config / conf/*.config; `config_tree(text)`: every setting of a config as nested dicts.
+- `nf_test_spec(path)`: what an nf-test file declares (its kind, settings such as `script` and
+  `process`, and its tests with their own settings such as `options "-stub"`).
 - Expressions are evaluated by tests/nf_expr.py; in a task script, staged paths are escaped as
   Nextflow escapes them (`escape_path`).
 
@@ -281,7 +283,7 @@ class NfProcess:
             options = dict(re.findall(r"\b(emit|topic|optional):\s*(\w+)", line))
             body = re.split(r",\s*\b(?:emit|topic|optional):", line)[0].strip()
             body = re.sub(r"^tuple\s+", "", body)
-            items = [(m.group(1), m.group(2).strip())
+            items = [(m.group(1), (m.group(2) or "").strip())
                      for m in re.finditer(r"\b(val|path|eval|env|stdout)\b(?:\(((?:[^()]|\([^()]*\))*)\))?", body)]
             result.append({"items": items, "emit": options.get("emit"), "topic": options.get("topic")})
         return result
@@ -296,6 +298,25 @@ class NfProcess:
 
     def directives(self) -> str:
         return self.sections.get("directives", "")
+
+    def directive_map(self) -> dict[str, list[str]]:
+        """The directives, parsed: {name: [argument source, ...]} in declaration order
+        (`label 'a'` twice gives ['\'a\'', ...]; `accelerator { use_gpu ? 1 : null }` gives the closure)."""
+        text = self.directives()
+        mask = _code_mask(text)
+        found: dict[str, list[str]] = {}
+        i = 0
+        while i < len(text):
+            if text[i].isspace():
+                i += 1
+                continue
+            m = re.compile(r"(\w+)[ \t]+").match(text, i)
+            if not m or not mask[i]:
+                raise NfSyntaxError(f"{self.name}: unsupported directive {text[i:i + 40].strip()!r}")
+            end = _statement_end(text, m.end())
+            found.setdefault(m.group(1), []).append(text[m.end() : end].strip())
+            i = end
+        return found
 
     # ---- script
     def script_parts(self, section: str = "script") -> tuple[list[tuple[str, str]], str]:
@@ -577,3 +598,70 @@ def closure_body(expr: str) -> str:
             raise NfSyntaxError(f"code after a closure: {expr!r}")
         return body
     return expr
+
+
+# --------------------------------------------------------------------------------------------
+# nf-test files (a Groovy DSL)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NfTestCase:
+    """One `test("name") { ... }` of an nf-test file: its name (a GString's source when it interpolates)
+    and the settings written directly in its block (`options "-stub"`)."""
+
+    name: str
+    settings: dict[str, str]
+
+
+@dataclass
+class NfTestSpec:
+    """An nf-test file: `kind` (nextflow_process, nextflow_pipeline, nextflow_function, nextflow_workflow),
+    the settings of its top level (`name`, `script`, `process`, `function`, `config`, `profile`) and its tests
+    (wherever they are declared: a loop over a table declares one per row)."""
+
+    path: Path
+    kind: str
+    settings: dict[str, str]
+    tests: list[NfTestCase]
+
+    def target(self) -> Path:
+        """The .nf file the `script` setting names, resolved from the nf-test file's folder."""
+        return (self.path.parent / self.settings["script"]).resolve()
+
+
+_NF_TEST_KINDS = r"nextflow_(?:process|pipeline|function|workflow)"
+_SETTING = re.compile(r"[ \t]*(\w+)[ \t]+('[^'\n]*'|\"[^\"\n]*\")[ \t]*$", re.MULTILINE)
+_TEST = re.compile(r"\btest\(\s*('[^'\n]*'|\"[^\"\n]*\")\s*\)\s*\{")
+
+
+def _settings_at_top(block: str) -> dict[str, str]:
+    """`word 'literal'` statements of a block's own level (not of the blocks nested in it)."""
+    mask = _code_mask(block)
+    depth, depths = 0, []
+    for k, c in enumerate(block):
+        depths.append(depth)
+        if mask[k] and c == "{":
+            depth += 1
+        elif mask[k] and c == "}":
+            depth -= 1
+    return {m.group(1): m.group(2)[1:-1] for m in _SETTING.finditer(block)
+            if mask[m.start(1)] and depths[m.start(1)] == 0}
+
+
+def nf_test_spec(path: str | Path) -> NfTestSpec:
+    """The declarations of an nf-test file (see :class:`NfTestSpec`)."""
+    path = Path(path)
+    text = strip_comments(path.read_text())
+    found = named_blocks(text, _NF_TEST_KINDS)
+    if len(found) != 1:
+        raise NfSyntaxError(f"{path}: expected one {_NF_TEST_KINDS} block, found {len(found)}")
+    kind, body = found[0]
+    mask = _code_mask(body)
+    tests = []
+    for m in _TEST.finditer(body):
+        if not mask[m.start()]:
+            continue
+        block, _ = block_after(body, m.end() - 1)
+        tests.append(NfTestCase(m.group(1)[1:-1], _settings_at_top(block)))
+    return NfTestSpec(path, kind, _settings_at_top(body), tests)

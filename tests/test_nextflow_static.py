@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
 from functools import cache
@@ -22,18 +24,27 @@ import pytest
 import yaml
 
 from linumpy_motor.errors import InputError
-from linumpy_motor.io.dataset import slice_id_from_name
+from linumpy_motor.io.dataset import discover_slices, slice_id_from_name
+from linumpy_motor.pipeline import runner
+from linumpy_motor.pipeline.cli import build_parser
 from linumpy_motor.pipeline.entry import overlap_fraction
+from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.qc.summary import FAIL_ON
+from linumpy_motor.register.flatfield import FLATFIELD_MODES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nf_expr import parse  # noqa: E402
 from nf_groovy import (  # noqa: E402
     REPO,
     closure_body,
     config_params,
     config_tree,
     evaluate,
+    ext_args_value,
     nf_functions,
     nf_processes,
+    nf_test_spec,
+    profile_ext_args,
     profile_params,
     profiles,
 )
@@ -70,6 +81,12 @@ def rt_process(module: Path):
     assert isinstance(mod, reftrace.Module), mod
     (proc,) = mod.processes
     return proc
+
+
+@cache
+def main_functions() -> dict:
+    """main.nf's functions, callable (tests/nf_expr.py)."""
+    return nf_functions(REPO / "main.nf")
 
 
 @cache
@@ -186,13 +203,15 @@ def test_gpu_label_and_accelerator(module):
     proc = rt_process(module)
     ours = process_of(module)
     labels = {label.value for label in proc.labels}
+    directives = ours.directive_map()
     if ours.name in GPU_MODULES:
         assert "process_gpu" in labels
         assert ("val", "use_gpu") in ours.inputs()
-        expr = re.search(r"accelerator\s*\{(.*)\}", ours.directives()).group(1)
+        (accelerator,) = directives["accelerator"]
+        expr = closure_body(accelerator)
         assert evaluate(expr, {"use_gpu": True}) == 1 and evaluate(expr, {"use_gpu": False}) is None
     else:
-        assert "process_gpu" not in labels and not re.search(r"^\s*accelerator\b", ours.directives(), re.M)
+        assert "process_gpu" not in labels and "accelerator" not in directives
         assert ("val", "use_gpu") not in ours.inputs()
 
 
@@ -215,9 +234,8 @@ def test_error_strategy_retries_what_the_scheduler_killed():
 def test_resource_limits_cap_every_request(config):
     """Without limits the local executor refuses a task asking for more than the machine has,
     and SLURM gets twice the largest request on retry."""
-    limits = tree(REPO / "conf" / config)["process"]["resourceLimits"]
-    keys = set(re.findall(r"(\w+)\s*:", limits.replace("::", "")))
-    assert {"cpus", "memory", "time"} <= keys, limits
+    limits = parse(tree(REPO / "conf" / config)["process"]["resourceLimits"])
+    assert limits[0] == "map" and {"cpus", "memory", "time"} <= {key for key, _ in limits[1]}, limits
 
 
 def test_task_shell_is_strict():
@@ -265,6 +283,47 @@ def test_duplicate_ids_found():
     assert duplicates(ids_) == [7]
 
 
+def test_repeated_ids_refused_in_the_library_s_words():
+    folder = REPO / "tests" / "data" / "duplicate_ids"
+    with pytest.raises(InputError) as caught:
+        discover_slices(folder)
+    ids_ = [main_functions()["sliceIdFromName"](p.name) for p in sorted(folder.glob("*.ome.zarr"))]
+    assert main_functions()["repeatedIdsProblem"](ids_) == caught.value.problem
+    assert main_functions()["repeatedIdsProblem"]([1, 2, 3]) is None
+
+
+def test_a_store_listed_twice_is_found_by_its_real_path(tmp_path):
+    """A samplesheet listing one store twice, once through a link: main.nf compares the stores' real
+    paths, as linumpy_motor.io.dataset does, and words the refusal the same way."""
+    (tmp_path / "a_z01.ome.zarr").mkdir()
+    (tmp_path / "b_z02.ome.zarr").mkdir()
+    (tmp_path / "link.ome.zarr").symlink_to(tmp_path / "a_z01.ome.zarr")
+    text = "slice_id,path\n1,a_z01.ome.zarr\n2,b_z02.ome.zarr\n3,link.ome.zarr\n"
+    sheet = tmp_path / "slices.csv"
+    sheet.write_text(text)
+    with pytest.raises(InputError) as caught:
+        discover_slices(sheet)
+    # as slicesFromInput makes them from samplesheetToList's rows: [line, slice id, store, its real path]
+    rows = [[row["slice_id"], row["path"]] for row in sheet_rows(text)]
+    entries = [[index + 2, slice_id, str(tmp_path / path), os.path.realpath(tmp_path / path)]
+               for index, (slice_id, path) in enumerate(rows)]
+    problem = main_functions()["repeatedStoreProblem"]
+    assert problem(entries) == caught.value.problem
+    assert problem(entries[:2]) is None
+    assert problem([[*entry[:3], entry[2]] for entry in entries]) is None  # what comparing the paths as given missed
+
+
+def test_placement_with_a_transform_refused_in_the_runner_s_words(synthetic_dataset_small, tmp_path):
+    transform = REPO / "tests" / "data" / "motor_transform.json"
+    with pytest.raises(InputError) as caught:
+        runner.run(synthetic_dataset_small.root, tmp_path / "out", RunOptions(placement="registered",
+                                                                              transform=transform))
+    assert not (tmp_path / "out").exists()
+    problem = main_functions()["placementProblem"]
+    assert problem(str(transform), "registered") == str(caught.value)
+    assert problem(str(transform), "model") is None and problem(None, "registered") is None
+
+
 # ------------------------------------------------------------------------------ params/schema
 
 
@@ -286,34 +345,30 @@ def validate(params: dict, against=None):
     jsonschema.validate(instance, against or schema(), cls=jsonschema.Draft202012Validator)
 
 
-EXPECTED_DEFAULTS = {
+# Params only the Nextflow stage has (where its input comes from, how it publishes, the cluster). Every other
+# param is an option of the embedded runner and takes its default from there (RunOptions; fail_on from the
+# `linumpy-motor run` command line).
+NEXTFLOW_ONLY_DEFAULTS = {
     "input": None,
     "outdir": "results",
     "synthetic": False,
-    "transform": None,
     "publish_dir_mode": "copy",
-    "overlap": 0.2,
-    "z": None,
-    "plane": "auto",
-    "background_test": True,
-    "max_shift": None,
-    "histogram_match": False,
-    "max_empty_fraction": None,
-    "n_samples": None,
-    "seed": 0,
-    "drift_tolerance": 1.0,
-    "backlash": "auto",
-    "placement": "model",
-    "blending": "feather",
-    "flatfield": "estimate",
-    "ngff_version": "0.5",
-    "z_chunk": None,
-    "fail_on": "never",
-    "use_gpu": False,
     "queue": None,
     "gpu_queue": None,
     "gpu_cluster_options": "--gres=gpu:1",
 }
+RUNNER_ONLY = {"workers", "threads"}  # Nextflow runs a task per slice and gives it task.cpus threads
+SHARED = sorted(set(RunOptions.model_fields) - RUNNER_ONLY)
+
+
+def run_command_defaults() -> dict:
+    """The defaults of `linumpy-motor run`'s options, as its parser gives them."""
+    return vars(build_parser().parse_args(["run", "in", "out"]))
+
+
+def expected_defaults() -> dict:
+    shared = {name: getattr(RunOptions(), name) for name in SHARED}
+    return {**NEXTFLOW_ONLY_DEFAULTS, **shared, "fail_on": run_command_defaults()["fail_on"]}
 
 
 def test_schema_is_valid_2020_12():
@@ -324,7 +379,66 @@ def test_schema_is_valid_2020_12():
 
 
 def test_default_params():
-    assert config_params() == EXPECTED_DEFAULTS
+    assert config_params() == expected_defaults()
+
+
+def owner_property(name: str) -> dict:
+    """The JSON schema of a RunOptions field (the value branch of an optional one) and its default."""
+    prop = RunOptions.model_json_schema()["properties"][name]
+    (value,) = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+    return {**value, "default": prop.get("default")}
+
+
+def limits(prop: dict) -> dict:
+    """The numeric bounds of a JSON schema, an integer's exclusive bounds as the inclusive ones they mean
+    (`gt=0` on an int and `minimum: 1` allow the same values)."""
+    found = {key: prop[key] for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum") if key in prop}
+    if prop.get("type") == "integer":
+        if "exclusiveMinimum" in found:
+            found["minimum"] = found.pop("exclusiveMinimum") + 1
+        if "exclusiveMaximum" in found:
+            found["maximum"] = found.pop("exclusiveMaximum") - 1
+    return found
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_schema_matches_the_run_options(name):
+    """Each param the runner also has: the same type, default, choices and bounds as RunOptions, its one owner."""
+    ours, owner = schema_properties()[name], owner_property(name)
+    types = ours["type"] if isinstance(ours["type"], list) else [ours["type"]]
+    assert owner["type"] in types, (name, types, owner["type"])
+    assert ours.get("default") == owner["default"], name
+    # choices: `--ngff_version 0.4` arrives as a number, so the schema lists the numbers too
+    assert {str(choice) for choice in ours.get("enum", [])} == set(owner.get("enum", [])), name
+    if name != "overlap":  # a validator's bound (check_overlap): test_overlap_bounds_match_the_scripts
+        assert limits(ours) == limits(owner), name
+
+
+def test_fail_on_matches_the_run_command():
+    ours = schema_properties()["fail_on"]
+    assert ours["enum"] == list(FAIL_ON)
+    assert ours["default"] == run_command_defaults()["fail_on"]
+
+
+def test_flatfield_modes_are_the_library_s():
+    """main.nf and the schema know the library's flat-field modes (FLATFIELD_MODES); any other value is a
+    .npy file."""
+    assert main_functions()["flatfieldModes"]() == list(FLATFIELD_MODES)
+    (modes,) = [branch["enum"] for branch in schema_properties()["flatfield"]["anyOf"] if "enum" in branch]
+    assert modes == list(FLATFIELD_MODES)
+
+
+@pytest.mark.parametrize("process", ["MEASURE_PAIRS", "STITCH"])
+@pytest.mark.parametrize("value", [*FLATFIELD_MODES, "/data/flat.npy"])
+def test_flatfield_reaches_the_script(process, value):
+    """A mode goes to the script by ext.args; a file is staged by main.nf (the module adds --flatfield FILE)."""
+    params = {**profile_params(), "flatfield": value}
+    validate(params)
+    args = shlex.split(ext_args_value(profile_ext_args()[process], {"params": params}))
+    given = args[args.index("--flatfield") + 1] if "--flatfield" in args else None
+    staged = value not in main_functions()["flatfieldModes"]()
+    assert staged == (value not in FLATFIELD_MODES)
+    assert given == (None if staged else value)
 
 
 def test_schema_documents_every_param():
@@ -348,7 +462,8 @@ def test_profile_params_validate(profile):
      ("flatfield", "flat.tif"), ("seed", -1), ("z", 1.5), ("publish_dir_mode", "teleport"),
      ("publish_dir_mode", "move"), ("gpu_cluster_options", "--gres=gpu:1 --mem=8G"),
      ("plane", "best"), ("backlash", "yes"), ("placement", "pairs"), ("z_chunk", 0), ("z_chunk", 2.5),
-     ("background_test", "no"), ("fail_on", "always"),
+     ("background_test", "no"), ("fail_on", "always"), ("drift_tolerance", 0), ("transform", "m.txt"),
+     ("transform", "m.npy.gz"), ("flatfield", "estimated"), ("flatfield", "Estimate"),
      ("gpu_cluster_options", "-p gpu"),
      # `--gpu_cluster_options '--gres=gpu:1'`: Nextflow takes '--gres=gpu:1' as the next option and
      # gives the param `true` (a Boolean, or the string 'true' with the strict syntax)
@@ -368,7 +483,8 @@ def test_schema_rejects_bad_values(name, value):
                                          ("gpu_cluster_options", "--gres=gpu:a100:1 --account=lab"),
                                          ("publish_dir_mode", "symlink"), ("overlap", 0.49), ("overlap", 0.5),
                                          ("plane", "mean"), ("backlash", "off"), ("placement", "registered"),
-                                         ("z_chunk", 1), ("background_test", False)])
+                                         ("z_chunk", 1), ("background_test", False), ("transform", "/data/A.npy"),
+                                         ("drift_tolerance", 0.25)])
 def test_schema_accepts_good_values(name, value):
     params = profile_params()
     params[name] = value
@@ -541,39 +657,65 @@ def test_slurm_profile():
         validate({**profile_params("slurm", "gpu"), "gpu_cluster_options": "--gres=gpu:1 --time=1:00:00"})
 
 
-def test_lenient_cache_is_documented_for_shared_file_systems():
-    readme = (REPO / "README.md").read_text()
-    nextflow_section = readme[readme.index("## Nextflow"):]
-    nextflow_section = nextflow_section[: nextflow_section.index("\n## ", 1)]
-    assert re.search(r"process\.cache\s*=\s*'lenient'", nextflow_section)
-
-
 # ------------------------------------------------------------------------------ publishing
 
 
-@pytest.mark.parametrize("name, folder", [("SYNTHESISE", ""), ("MEASURE_PAIRS", "/pairs"), ("FIT_AFFINE", ""),
-                                          ("STITCH", "/stitched"), ("COMPARE", "/compare"), ("REPORT", "")])
-def test_publish_dirs(name, folder):
-    spec = tree(REPO / "conf" / "modules.config")["process"][f"withName:{name}"]["publishDir"]
-    path_expr = re.search(r"path:\s*\{(.*?)\}\s*,", spec).group(1)
+PUBLISHED = ["MEASURE_PAIRS", "FIT_AFFINE", "STITCH", "COMPARE", "REPORT"]  # the runner's outputs
+LAYOUT_IDS = [0, 7, 12, 123]
+
+
+def module_of(name: str) -> Path:
+    (module,) = [m for m in MODULES if EXPECTED_MODULES[m.parent.name] == name]
+    return module
+
+
+def publish_dir(name: str, params: dict) -> dict:
+    """A process's publishDir of conf/modules.config, evaluated: {'path': folder, 'mode': mode}."""
+    source = tree(REPO / "conf" / "modules.config")["process"][f"withName:{name}"]["publishDir"]
+    spec = evaluate(source, {"params": params})
+    return {"path": spec["path"](), "mode": spec["mode"]}
+
+
+def published(name: str, meta: dict, params: dict, workdir: Path) -> set[str]:
+    """Where a task's outputs are published: its stub run (what `-stub` runs) in workdir, its declared
+    outputs found there, under its publishDir."""
+    proc = process_of(module_of(name))
+    workdir.mkdir(parents=True)
+    stub = proc.render({"meta": meta, "task": {"ext": {}, "process": name, "cpus": 1}}, "stub")
+    subprocess.run(["bash", "-e", "-u", "-c", stub], cwd=workdir, check=True)
+    folder = publish_dir(name, params)["path"]
+    return {f"{folder}/{found.name}" for pattern in proc.output_patterns() for found in workdir.glob(pattern)}
+
+
+def test_published_layout_is_the_runner_s(tmp_path):
+    """The per-slice names (main.nf's sliceMeta prefix), the modules' outputs and conf/modules.config's
+    folders give the embedded runner's layout (runner.output_paths), slice by slice."""
+    params = {**profile_params(), "outdir": "/out"}
+    found = set()
+    for slice_id in LAYOUT_IDS:
+        meta = main_functions()["sliceMeta"](slice_id)
+        assert meta == {"id": slice_id, "prefix": runner.prefix(slice_id)}
+        for name in ("MEASURE_PAIRS", "STITCH", "COMPARE"):
+            found |= published(name, meta, params, tmp_path / f"{name}_{slice_id}")
+    found |= published("FIT_AFFINE", {"id": "motor"}, params, tmp_path / "FIT_AFFINE")
+    found |= published("REPORT", {"id": "report"}, params, tmp_path / "REPORT")
+    expected = runner.output_paths(Path("/out"), LAYOUT_IDS, measured=True)
+    assert found == {str(path) for path in runner.planned_outputs(expected)}
+
+
+def test_a_given_transform_is_published_as_the_runner_s():
+    name = main_functions()["givenTransformName"]
+    assert name("/data/model.json") == runner.output_paths(Path("/out"), [1], measured=False)["transform"].name
+    assert name("/data/A.npy").endswith(".npy")  # the raw matrix is not a transform JSON
+
+
+@pytest.mark.parametrize("name", [*PUBLISHED, "SYNTHESISE"])
+def test_publish_mode_is_the_param(name):
     params = {**profile_params(), "outdir": "/out", "publish_dir_mode": "symlink"}
-    assert evaluate(path_expr, {"params": params}) == f"/out{folder}"
-    mode_expr = re.search(r"mode:\s*([\w.]+)", spec).group(1)
-    assert evaluate(mode_expr, {"params": params}) == "symlink"
+    assert publish_dir(name, params)["mode"] == "symlink"
 
 
 # --------------------------------------------------------------------------- modules: meta.yml
-
-
-def declared_names(section: str) -> list[str]:
-    names = []
-    for line in section.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        emit = re.search(r"\bemit:\s*(\w+)", line)
-        names.append(emit.group(1) if emit else line)
-    return names
 
 
 @pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
@@ -584,25 +726,29 @@ def test_meta_yml_describes_the_module(module):
     documented_inputs = [next(iter(item)) for group in meta.get("input", []) for item in group]
     assert documented_inputs == [name for _, name in ours.inputs()]
     documented_outputs = list(meta["output"])
-    assert documented_outputs == declared_names(ours.sections["output"])
+    assert documented_outputs == [output["emit"] for output in ours.outputs()]
     if ours.name != "LIBRARY_VERSION":
         assert meta["topics"]["versions"]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
 def test_nf_test_per_module_with_stub_and_real_runs(module):
-    text = (module.parent / "tests" / "main.nf.test").read_text()
-    assert re.search(rf"nextflow_process\s*\{{.*?process\s+\"{process_of(module).name}\"", text, re.S)
-    names = re.findall(r"\btest\(\"([^\"]+)\"\)", text)
-    stub = [n for n in names if "stub" in n]
-    assert stub and len(names) > len(stub), names
+    spec = nf_test_spec(module.parent / "tests" / "main.nf.test")
+    assert spec.kind == "nextflow_process" and spec.target() == module.resolve()
+    assert spec.settings["process"] == process_of(module).name
+    if "config" in spec.settings:
+        assert (spec.path.parent / spec.settings["config"]).is_file()
+    stubs = [case for case in spec.tests if case.settings.get("options") == "-stub"]
+    assert stubs and len(spec.tests) > len(stubs), [case.name for case in spec.tests]
 
 
 def test_nf_test_for_the_pipeline_and_the_slice_ids():
-    text = (REPO / "tests" / "main.nf.test").read_text()
-    assert re.search(r"nextflow_pipeline\s*\{", text)
-    functions = (REPO / "tests" / "main.functions.nf.test").read_text()
-    assert re.search(r"function\s+\"sliceIdFromName\"", functions)
+    pipeline = nf_test_spec(REPO / "tests" / "main.nf.test")
+    assert pipeline.kind == "nextflow_pipeline" and pipeline.target() == (REPO / "main.nf").resolve()
+    assert pipeline.settings["profile"] in profiles() and pipeline.tests
+    functions = nf_test_spec(REPO / "tests" / "main.functions.nf.test")
+    assert functions.kind == "nextflow_function" and functions.target() == (REPO / "main.nf").resolve()
+    assert functions.settings["function"] in main_functions() and functions.tests
 
 
 # --------------------------------------------------------------------------- containers / CI
@@ -634,19 +780,32 @@ def load_workflow(name: str) -> dict:
     return data
 
 
-def workflow_runs(data: dict) -> list[str]:
-    return [step.get("run", "") for job in data["jobs"].values() for step in job.get("steps", [])]
+def workflow_commands(data: dict) -> list[list[str]]:
+    """The commands of a workflow's `run:` steps, one argv per line."""
+    runs = [step.get("run", "") for job in data["jobs"].values() for step in job.get("steps", [])]
+    return [shlex.split(line) for run in runs for line in run.splitlines() if line.strip()]
+
+
+def workflow_actions(data: dict) -> set[str]:
+    """The actions a workflow uses, without owner and version (`actions/setup-java@v4` -> setup-java)."""
+    return {step["uses"].split("@")[0].split("/")[-1] for job in data["jobs"].values()
+            for step in job.get("steps", []) if "uses" in step}
+
+
+def nextflow_runs(commands: list[list[str]]) -> list[tuple[str, bool]]:
+    """(profiles, with -resume) of each `nextflow run .` command."""
+    return [(argv[argv.index("-profile") + 1], "-resume" in argv) for argv in commands
+            if argv[:3] == ["nextflow", "run", "."] and "-profile" in argv]
 
 
 def test_nextflow_ci_workflow():
     data = load_workflow("nextflow.yml")
-    runs = "\n".join(workflow_runs(data))
-    uses = " ".join(s.get("uses", "") for job in data["jobs"].values() for s in job.get("steps", []))
-    assert "setup-java" in uses and "setup-nextflow" in uses and "setup-nf-test" in uses
-    assert re.search(r"^nf-test test\b", runs, re.M)
-    assert re.search(r"nextflow run \. -profile test,docker[^\n]*-resume", runs)
-    assert re.search(r"nextflow run \. -profile test,local\b", runs)
-    assert re.search(r"containers/build\.sh cpu", runs)
+    commands = workflow_commands(data)
+    assert {"setup-java", "setup-nextflow", "setup-nf-test"} <= workflow_actions(data)
+    assert any(argv[:2] == ["nf-test", "test"] for argv in commands)
+    runs = nextflow_runs(commands)
+    assert ("test,docker", True) in runs and ("test,local", False) in runs
+    assert ["containers/build.sh", "cpu"] in commands
 
 
 def test_release_workflow_publishes_both_images_on_tags():
@@ -655,11 +814,8 @@ def test_release_workflow_publishes_both_images_on_tags():
     assert on["push"]["tags"]
     job = next(iter(data["jobs"].values()))
     assert job["permissions"]["packages"] == "write"
-    runs = "\n".join(workflow_runs(data))
-    assert re.search(r"containers/build\.sh --push\b", runs)
+    assert ["containers/build.sh", "--push"] in workflow_commands(data)
 
 
 def test_ci_workflow():
-    runs = "\n".join(workflow_runs(load_workflow("ci.yml")))
-    assert re.search(r"^make test\b", runs, re.M)
-
+    assert any(argv[:2] == ["make", "test"] for argv in workflow_commands(load_workflow("ci.yml")))
