@@ -28,7 +28,7 @@ from linumpy_motor.io.dataset import discover_slices, slice_id_from_name
 from linumpy_motor.pipeline import runner
 from linumpy_motor.pipeline.cli import build_parser
 from linumpy_motor.pipeline.entry import overlap_fraction
-from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.qc.summary import FAIL_ON
 from linumpy_motor.register.flatfield import FLATFIELD_MODES
 
