@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from linumpy_motor.io.schemas import Status
 from linumpy_motor.register.fit import model_precision, pair_arrays, parity_steps
 from linumpy_motor.register.robust import SCALE_FLOOR_PX, outlier_cutoff, robust_scale
 
@@ -61,7 +62,7 @@ class SliceEvidence:
     stitched_problem: str | None = None
 
 
-def slice_status(evidence: SliceEvidence) -> tuple[str, list[str]]:
+def slice_status(evidence: SliceEvidence) -> tuple[Status, list[str]]:
     """Whether a slice's stitch can be trusted: ``("ok" | "check" | "failed", reasons)``.
 
     Failed: fewer than :data:`MIN_MEASURED_FRACTION` of the grid's pairs usable, or the slice's own

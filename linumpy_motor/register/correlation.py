@@ -20,12 +20,14 @@ from scipy import ndimage
 
 from linumpy_motor.backend import to_numpy
 
-__all__ = ["PairShift", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "measure_shifts", "ncc_at",
-    "overlap_views", "refine_shifts", "tukey"]
+__all__ = ["FILTER_SIGMA", "PairShift", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE",
+    "measure_shifts", "ncc_at", "overlap_views", "refine_shifts", "tukey"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
 REFINE_TOLERANCE = 0.002  # px
+FILTER_SIGMA = 1.0  # px: default Gaussian low-pass of the whitened spectrum
+UPSAMPLE = 10  # default upsampling of the sub-pixel refinement
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,7 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
 
 
 def refine_shifts(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, *, xp: ModuleType = np,
-                  fft: ModuleType | None = None, filter_sigma: float = 1.0, upsample: int = 10,
+                  fft: ModuleType | None = None, filter_sigma: float = FILTER_SIGMA, upsample: int = UPSAMPLE,
                   refine_taper: float = REFINE_TAPER) -> np.ndarray:
     """Sub-pixel shifts ``(n, 2)`` of window pairs from their integer shifts (:func:`measure_shifts`).
 
@@ -284,9 +286,9 @@ def measure_shifts(
     *,
     xp: ModuleType = np,
     fft: ModuleType | None = None,
-    filter_sigma: float = 1.0,
+    filter_sigma: float = FILTER_SIGMA,
     n_candidates: int = 3,
-    upsample: int = 10,
+    upsample: int = UPSAMPLE,
     refine_taper: float = REFINE_TAPER,
     subpixel: bool = True,
 ) -> list[PairShift]:
