@@ -21,13 +21,23 @@ from scipy import ndimage
 from linumpy_motor.backend import to_numpy
 
 __all__ = ["FILTER_SIGMA", "PairShift", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE",
-    "measure_shifts", "ncc_at", "overlap_views", "refine_shifts", "tukey"]
+    "default_max_shift", "measure_shifts", "ncc_at", "overlap_views", "refine_shifts", "search_bound", "tukey"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
 REFINE_TOLERANCE = 0.002  # px
 FILTER_SIGMA = 1.0  # px: default Gaussian low-pass of the whitened spectrum
 UPSAMPLE = 10  # default upsampling of the sub-pixel refinement
+
+
+def default_max_shift(tile_hw: tuple[int, int]) -> float:
+    """Largest stage error searched by default: 10 % of the tile size (at least 5 px)."""
+    return max(0.1 * max(tile_hw), 5.0)
+
+
+def search_bound(limit: float, window_hw: tuple[int, ...]) -> tuple[int, int]:
+    """Largest |shift| searched along Y and X in windows of ``window_hw``: ``limit``, kept below half a window."""
+    return int(min(limit, window_hw[0] // 2 - 1)), int(min(limit, window_hw[1] // 2 - 1))
 
 
 @dataclass(frozen=True)

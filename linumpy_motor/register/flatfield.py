@@ -22,7 +22,7 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import MosaicGrid, central_plane_index, read_block
 
 __all__ = ["BIN_PX", "DEEP_CHUNK_MIN_TILES", "DEFAULT_FLATFIELD", "DEGREE", "ESTIMATE_FAILED", "FLATFIELD_MODES",
-    "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "TISSUE_LEVEL", "choose_flatfield", "estimate_flatfield",
+    "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "SEED", "TISSUE_LEVEL", "choose_flatfield", "estimate_flatfield",
     "fit_smooth_field", "flatfield_file", "flatfield_from_tiles", "load_flatfield", "npy_shape", "resolve_flatfield"]
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ BIN_PX = 4  # default binning of each tile before the median
 DEGREE = 2  # default total degree of the fitted Legendre polynomial
 TISSUE_LEVEL = 0.1  # default tissue level, a fraction of the 95th percentile
 MIN_TISSUE_TILES = 3  # default fewest tissue tiles an estimate is made from
+SEED = 0  # default seed of the subset of tiles read
 
 
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
@@ -106,7 +107,7 @@ def estimate_flatfield(
     degree: int = DEGREE,
     tissue_level: float = TISSUE_LEVEL,
     min_tissue_tiles: int = MIN_TISSUE_TILES,
-    seed: int = 0,
+    seed: int = SEED,
 ) -> np.ndarray | None:
     """Estimate the multiplicative flat field shared by a slice's tiles.
 
@@ -162,7 +163,7 @@ def flatfield_from_tiles(
     degree: int = DEGREE,
     tissue_level: float = TISSUE_LEVEL,
     min_tissue_tiles: int = MIN_TISSUE_TILES,
-    seed: int = 0,
+    seed: int = SEED,
     label: str = "slice",
     log_level: int = logging.WARNING,
 ) -> np.ndarray | None:

@@ -14,7 +14,13 @@ from linumpy_motor.backend import get_backend
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import central_plane_index, read_block
 from linumpy_motor.io.schemas import check_overlap
-from linumpy_motor.register.correlation import FILTER_SIGMA, measure_shifts, refine_shifts
+from linumpy_motor.register.correlation import (
+    FILTER_SIGMA,
+    default_max_shift,
+    measure_shifts,
+    refine_shifts,
+    search_bound,
+)
 from linumpy_motor.register.flatfield import (
     DEFAULT_FLATFIELD,
     choose_flatfield,
@@ -26,7 +32,7 @@ from linumpy_motor.register.geometry import integer_step, n_neighbour_pairs, pai
 from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_plane
 
 __all__ = ["BACKGROUND_MADS", "BandReader", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "backends_used",
-    "background_threshold", "band_reader", "default_max_shift", "measure_grid_pairs", "measure_mosaic",
+    "background_threshold", "band_reader", "measure_grid_pairs", "measure_mosaic",
     "measure_volume"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
@@ -36,11 +42,6 @@ PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once
 
 BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
-
-
-def default_max_shift(tile_hw: tuple[int, int]) -> float:
-    """Largest stage error searched by default: 10 % of the tile size (at least 5 px)."""
-    return max(0.1 * max(tile_hw), 5.0)
 
 
 def _pair_windows(top, bottom, j: int, tile_hw, steps, horizontal: bool):
@@ -132,7 +133,7 @@ def measure_grid_pairs(
             windows = [_pair_windows(top, bottom, j, tile_hw, steps, horizontal) for j in columns]
             a = np.stack([wa for wa, _ in windows])
             b = np.stack([match_histograms(wb, wa) if histogram_match else wb for wa, wb in windows])
-            bound = _search_bound(limit, a.shape)
+            bound = search_bound(limit, a.shape[1:])
             null_samples.add(horizontal, i, a, b)
             for j, result in enumerate(measure_shifts(a, b, bound, xp=xp, fft=fft, filter_sigma=filter_sigma,
                                                       subpixel=False)):
@@ -149,7 +150,7 @@ def measure_grid_pairs(
     measured, skipped = _split_empty(pairs, threshold, max_empty_fraction)
     null = {}
     if background_test:
-        null = {kind: background_threshold(a, b, _search_bound(limit, a.shape), xp=xp, fft=fft,
+        null = {kind: background_threshold(a, b, search_bound(limit, a.shape[1:]), xp=xp, fft=fft,
                                            filter_sigma=filter_sigma)
                 for kind, (a, b) in null_samples.windows().items()}
         measured, background = _split_background(measured, null)
@@ -245,11 +246,6 @@ class _NullSampler:
                 b = np.stack([wb for _, wb in kept])
                 out["horizontal" if horizontal else "vertical"] = (a, np.roll(b, len(kept) // 2, axis=0))
         return out
-
-
-def _search_bound(limit: float, shape: tuple[int, ...]) -> tuple[int, int]:
-    """Largest |shift| searched along Y and X in windows of ``shape`` (``(n, H, W)``)."""
-    return int(min(limit, shape[1] // 2 - 1)), int(min(limit, shape[2] // 2 - 1))
 
 
 def background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], **options) -> float:

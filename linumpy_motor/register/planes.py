@@ -15,7 +15,7 @@ import numpy as np
 
 from linumpy_motor.errors import check_choice
 from linumpy_motor.io.grid import central_plane_index
-from linumpy_motor.register.correlation import FILTER_SIGMA, measure_shifts
+from linumpy_motor.register.correlation import FILTER_SIGMA, default_max_shift, measure_shifts, search_bound
 from linumpy_motor.register.geometry import integer_step, neighbour_pairs
 
 __all__ = ["DEFAULT_PLANE", "PLANE_MODES", "SCORE_PAIRS", "SCORE_PLANES", "VolumeReader", "choose_plane",
@@ -84,8 +84,6 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     dict
         Plane index to score (higher is better).
     """
-    from linumpy_motor.register.measure import default_max_shift
-
     steps = integer_step(tile_hw, overlap_fraction)
     planes = np.unique(np.linspace(0, nz - 1, min(nz, SCORE_PLANES)).round().astype(int))
     limit = default_max_shift(tile_hw) if max_shift_px is None else float(max_shift_px)
@@ -98,7 +96,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
             continue
         a = np.stack([wa for wa, _ in windows], axis=1)  # (planes, pairs, H, W)
         b = np.stack([wb for _, wb in windows], axis=1)
-        bound = (int(min(limit, a.shape[2] // 2 - 1)), int(min(limit, a.shape[3] // 2 - 1)))
+        bound = search_bound(limit, a.shape[2:])
         values = [r.ncc for r in measure_shifts(a.reshape(-1, *a.shape[2:]), b.reshape(-1, *b.shape[2:]), bound,
                                                 filter_sigma=filter_sigma, subpixel=False)]  # one batch
         scores = np.concatenate([scores, np.reshape(values, a.shape[:2])], axis=1)

@@ -408,7 +408,7 @@ def stitch_slice(
     block_px: int = 512,
     use_gpu: bool = False,
     progress: ProgressCallback | None = None,
-    pyramid_top_px: int = 512,
+    pyramid_top_px: int = pyramid.TOP_PX,
     threads: int | None = None,
     cache_bytes: int = CACHE_BYTES,
     positions: np.ndarray | None = None,
