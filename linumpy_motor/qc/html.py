@@ -22,8 +22,9 @@ MODEL_FORMATS = {"theta_deg": ".4f", "phi_deg": ".4f", "perpendicular_deviation_
 """Fixed decimals for model values a general format would round (a scale of 0.99996 is not 1)."""
 MODEL_LENGTHS_PX = ("residual_rms_px", "residual_max_px", "robust_scale_px", "drift_tolerance_px")
 """Model values in px, shown in µm beside them too."""
-COLOURS: dict[Status, tuple[str, str]] = {"ok": ("#c8e6c9", "#1b5e20"), "check": ("#ffe0b2", "#e65100"),
-                                          "failed": ("#ffcdd2", "#b71c1c")}
+COLOURS: dict[Status, tuple[str, str]] = dict(zip(
+    STATUSES, (("#c8e6c9", "#1b5e20"), ("#ffe0b2", "#e65100"), ("#ffcdd2", "#b71c1c")), strict=True))
+"""Background and text colour of each status, best to worst: green, orange, red."""
 MODEL_ROWS = (
     ("theta_deg", "θ, scan-to-stage rotation (deg)"), ("phi_deg", "φ, angle between motor axes (deg)"),
     ("perpendicular_deviation_deg", "φ − 90° (deg)"), ("Ox_fraction", "Ox, effective overlap along x"),
