@@ -43,16 +43,17 @@ from linumpy_motor.register.geometry import (
 )
 from linumpy_motor.register.robust import SCALE_FLOOR_PX, outlier_cutoff, robust_scale
 
-__all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "DEFAULT_BACKLASH", "L1_START_TOLERANCE",
-    "MIN_INFO", "MIN_PAIRS", "backlash_identifiable", "backlash_test", "describe_transform", "drift_px", "error_model",
-    "fit_pairs", "fit_pooled", "infer_grid", "model_precision", "pair_arrays", "parity_steps", "refine_on_positions",
-    "robust_fit", "standardised_residuals", "subsample"]
+__all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "DEFAULT_BACKLASH", "DRIFT_TOLERANCE_PX",
+    "L1_START_TOLERANCE", "MIN_INFO", "MIN_PAIRS", "backlash_identifiable", "backlash_test", "describe_transform",
+    "drift_px", "error_model", "fit_pairs", "fit_pooled", "infer_grid", "model_precision", "pair_arrays",
+    "parity_steps", "refine_on_positions", "robust_fit", "standardised_residuals", "subsample"]
 
 L1_START_TOLERANCE = 1e-3  # px: the L1 start of the robust fit stops moving by less than this
 MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1) in the error model
 BACKLASH_MODES = ("auto", "on", "off")
 DEFAULT_BACKLASH = "auto"  # the library's default backlash mode
 MIN_PAIRS = 3  # usable pairs needed along each direction, by default
+DRIFT_TOLERANCE_PX = 1.0  # default drift (px) beyond which a slice's own model is flagged
 BACKLASH_P_VALUE = 1e-3  # the backlash term is kept when the F-test's p-value is below this
 BACKLASH_SCALE_FLOOR_PX = 1e-3  # residual scale floor of the F-test (noise-free data)
 
@@ -444,7 +445,7 @@ def fit_pooled(
     *,
     n_samples: int | None = None,
     seed: int = 0,
-    drift_tolerance_px: float = 1.0,
+    drift_tolerance_px: float = DRIFT_TOLERANCE_PX,
     min_pairs: int = MIN_PAIRS,
     backlash: str = DEFAULT_BACKLASH,
 ) -> tuple[np.ndarray, dict]:

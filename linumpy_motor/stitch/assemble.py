@@ -55,11 +55,12 @@ from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.register import geometry
 from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, resolve_flatfield
 from linumpy_motor.stitch import pyramid
-from linumpy_motor.stitch.blend import BLENDING_MODES, overlap_px, weight_map
+from linumpy_motor.stitch.blend import BLENDING_MODES, DEFAULT_BLENDING, overlap_px, weight_map
 
-__all__ = ["BLOCK_BYTES", "CACHE_BYTES", "LoadKey", "MAX_CANVAS_TO_TILES", "ProgressCallback", "READ_RUN_BYTES",
-    "Region", "check_canvas", "default_z_chunk", "stitch_slice"]
+__all__ = ["BLOCK_BYTES", "BLOCK_PX", "CACHE_BYTES", "LoadKey", "MAX_CANVAS_TO_TILES", "ProgressCallback",
+    "READ_RUN_BYTES", "Region", "check_canvas", "default_z_chunk", "stitch_slice"]
 
+BLOCK_PX = 512  # default Y and X size of a block (one output shard)
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
 CACHE_BYTES = 512 * 2**20  # decoded tiles kept alive between their first and last block (see the module doc)
 READ_RUN_BYTES = 4 * 2**20  # tiles of a load smaller than this are read two tile rows per zarr call
@@ -401,11 +402,11 @@ def stitch_slice(
     output: str | Path,
     transform: np.ndarray,
     *,
-    blending: str = "feather",
+    blending: str = DEFAULT_BLENDING,
     flatfield: str | Path | None = DEFAULT_FLATFIELD,
     ngff_version: str = "0.5",
     z_chunk: int | None = None,
-    block_px: int = 512,
+    block_px: int = BLOCK_PX,
     use_gpu: bool = False,
     progress: ProgressCallback | None = None,
     pyramid_top_px: int = pyramid.TOP_PX,

@@ -34,9 +34,11 @@ from scipy.sparse.linalg import spsolve
 from linumpy_motor.errors import InputError, check_choice
 from linumpy_motor.register.geometry import effective_overlap_px
 
-__all__ = ["BLENDING_HELP", "BLENDING_MODES", "DIFFUSION_GRID_PX", "MIN_WEIGHT", "overlap_px", "weight_map"]
+__all__ = ["BLENDING_HELP", "BLENDING_MODES", "DEFAULT_BLENDING", "DIFFUSION_GRID_PX", "MIN_WEIGHT", "overlap_px",
+    "weight_map"]
 
 BLENDING_MODES = ("none", "average", "feather", "diffusion")
+DEFAULT_BLENDING = "feather"  # the library's default blending mode
 BLENDING_HELP = ("how overlaps are combined: 'none' (the last tile wins), 'average' (plain mean), 'feather' "
                  "(weights fall linearly to each tile's edge), 'diffusion' (harmonic weights over the overlap, "
                  "as upstream)")
