@@ -21,7 +21,7 @@ from scipy import ndimage
 from linumpy_motor.backend import to_numpy
 
 __all__ = ["FILTER_SIGMA", "PairShift", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE",
-    "default_max_shift", "measure_shifts", "ncc_at", "overlap_views", "refine_shifts", "search_bound", "tukey"]
+    "measure_shifts", "ncc_at", "overlap_views", "refine_shifts", "search_bound", "search_limit", "tukey"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
@@ -30,9 +30,9 @@ FILTER_SIGMA = 1.0  # px: default Gaussian low-pass of the whitened spectrum
 UPSAMPLE = 10  # default upsampling of the sub-pixel refinement
 
 
-def default_max_shift(tile_hw: tuple[int, int]) -> float:
-    """Largest stage error searched by default: 10 % of the tile size (at least 5 px)."""
-    return max(0.1 * max(tile_hw), 5.0)
+def search_limit(tile_hw: tuple[int, int], max_shift_px: float | None = None) -> float:
+    """Largest stage error searched: ``max_shift_px``, by default 10 % of the tile size (at least 5 px)."""
+    return max(0.1 * max(tile_hw), 5.0) if max_shift_px is None else float(max_shift_px)
 
 
 def search_bound(limit: float, window_hw: tuple[int, ...]) -> tuple[int, int]:

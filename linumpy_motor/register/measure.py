@@ -16,10 +16,10 @@ from linumpy_motor.io.grid import central_plane_index, read_block
 from linumpy_motor.io.schemas import check_overlap
 from linumpy_motor.register.correlation import (
     FILTER_SIGMA,
-    default_max_shift,
     measure_shifts,
     refine_shifts,
     search_bound,
+    search_limit,
 )
 from linumpy_motor.register.flatfield import (
     DEFAULT_FLATFIELD,
@@ -114,7 +114,7 @@ def measure_grid_pairs(
     """
     check_overlap(overlap_fraction)
     steps = integer_step(tile_hw, overlap_fraction)
-    limit = default_max_shift(tile_hw) if max_shift_px is None else float(max_shift_px)
+    limit = search_limit(tile_hw, max_shift_px)
     xp, fft, backend = get_backend(use_gpu)
     if flatfield is not None:
         band = _flat_corrected(band, np.asarray(flatfield, dtype=np.float32), ny)

@@ -15,7 +15,7 @@ import numpy as np
 
 from linumpy_motor.errors import check_choice
 from linumpy_motor.io.grid import central_plane_index
-from linumpy_motor.register.correlation import FILTER_SIGMA, default_max_shift, measure_shifts, search_bound
+from linumpy_motor.register.correlation import FILTER_SIGMA, measure_shifts, search_bound, search_limit
 from linumpy_motor.register.geometry import integer_step, neighbour_pairs
 
 __all__ = ["DEFAULT_PLANE", "PLANE_MODES", "SCORE_PAIRS", "SCORE_PLANES", "VolumeReader", "choose_plane",
@@ -86,7 +86,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     """
     steps = integer_step(tile_hw, overlap_fraction)
     planes = np.unique(np.linspace(0, nz - 1, min(nz, SCORE_PLANES)).round().astype(int))
-    limit = default_max_shift(tile_hw) if max_shift_px is None else float(max_shift_px)
+    limit = search_limit(tile_hw, max_shift_px)
     ncc: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {horizontal: [] for horizontal in (True, False)}
     for pair in _sample_pairs(nx, ny, SCORE_PAIRS):
         ncc[pair[2]].append(_pair_windows(read, planes, pair, tile_hw, steps, flatfield))
