@@ -3,21 +3,15 @@
 
 import sys
 
-from linumpy_motor.pipeline import steps
+from linumpy_motor.pipeline import options, steps
 from linumpy_motor.pipeline.entry import make_parser, run_cli
-from linumpy_motor.register.fit import BACKLASH_MODES
 
 
 def build_parser():
     parser = make_parser("linum_motor_fit_affine.py", __doc__)
     parser.add_argument("pairs", nargs="+", help="pairs JSON of each slice")
     parser.add_argument("--out", required=True, help="motor transform JSON to write")
-    parser.add_argument("--n-samples", type=int, help="fit a reproducible random subset of this many pairs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset")
-    parser.add_argument("--drift-tolerance", type=float, default=1.0,
-                        help="flag a slice whose own model moves a tile more than this (px) from the pooled one")
-    parser.add_argument("--backlash", default="auto", choices=BACKLASH_MODES,
-                        help="serpentine backlash term of the model: when the data need it (auto), always, never")
+    options.add_options(parser, options.FIT)
     return parser
 
 

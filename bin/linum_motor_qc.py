@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from linumpy_motor.pipeline import options
 from linumpy_motor.pipeline.entry import EXIT_NOT_OK, make_parser, run_cli
 from linumpy_motor.qc import summary
 
@@ -15,9 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line arguments."""
     parser = make_parser("linum_motor_qc.py", __doc__)
     parser.add_argument("report", help="report folder written by linum_motor_report.py (reads its status.json)")
-    parser.add_argument("--fail-on", choices=summary.FAIL_ON, default="never",
-                        help=f"exit with code {EXIT_NOT_OK} when a slice's QC status is 'failed' (failed) or "
-                             "anything but 'ok' (check); those slices are listed either way")
+    options.add_fail_on(parser, EXIT_NOT_OK)
     return parser
 
 

@@ -5,13 +5,11 @@ blended overlaps, written as an OME-Zarr with a multiscale pyramid (float32)."""
 import sys
 
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import ngff
 from linumpy_motor.io.grid import open_mosaic
-from linumpy_motor.pipeline import steps
-from linumpy_motor.pipeline.entry import add_threads_argument, make_parser, positive_int, run_cli
+from linumpy_motor.pipeline import options, steps
+from linumpy_motor.pipeline.entry import make_parser, positive_int, run_cli
 from linumpy_motor.pipeline.logs import Progress
 from linumpy_motor.stitch.assemble import CACHE_BYTES, stitch_slice
-from linumpy_motor.stitch.blend import BLENDING_HELP, BLENDING_MODES
 
 
 def build_parser():
@@ -20,20 +18,11 @@ def build_parser():
     parser.add_argument("transform_json", help="motor_transform.json from linum_motor_fit_affine.py, a JSON "
                         "holding only 'transform', or upstream's 2x2 .npy (linum_estimate_transform.py)")
     parser.add_argument("out_zarr", help="stitched slice to write (*.ome.zarr)")
-    parser.add_argument("--placement", default="model", choices=steps.PLACEMENTS,
-                        help="tiles at the model's positions (with its backlash term), or at the model plus each "
-                             "tile's registered residual (needs --pairs)")
+    options.add_options(parser, options.STITCH)
     parser.add_argument("--pairs", help="the slice's pairs JSON (for --placement registered)")
-    parser.add_argument("--blending", default="feather", choices=BLENDING_MODES, help=BLENDING_HELP)
-    parser.add_argument("--flatfield", default="estimate",
-                        help="'estimate' (from the slice's tissue tiles), 'none', or a .npy flat field")
-    parser.add_argument("--ngff-version", default="0.5", choices=ngff.NGFF_VERSIONS, help="output format")
-    parser.add_argument("--z-chunk", type=int, help="Z planes per block and output chunk (default: automatic)")
-    parser.add_argument("--use-gpu", action="store_true", help="resample and blend on a CUDA GPU (falls back to CPU)")
     parser.add_argument("--cache-mb", type=positive_int, default=CACHE_BYTES // 2**20,
                         help="decoded tiles held at once, MB: with enough, each input chunk is decoded once "
                              "(peak memory is about this plus a few blocks per thread)")
-    add_threads_argument(parser)
     return parser
 
 

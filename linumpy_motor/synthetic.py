@@ -18,8 +18,13 @@ from scipy import ndimage
 
 from linumpy_motor.io import ngff, outputs
 
-__all__ = ["BAD_TILE_KINDS", "SyntheticSpec", "make_scene", "make_slice", "true_transform", "vignetting_field",
-    "write_dataset"]
+__all__ = ["DTYPES", "N_SLICES", "BAD_TILE_KINDS", "SyntheticSpec", "make_scene", "make_slice", "true_transform",
+           "vignetting_field", "write_dataset"]
+
+N_SLICES = 3
+"""Slices of a synthetic dataset by default."""
+DTYPES = ("float32", "uint8", "uint16", "complex64")
+"""Sample types ``linumpy-motor synth`` offers."""
 
 BAD_TILE_KINDS = ("background", "swap")
 
@@ -175,7 +180,7 @@ def write_dataset(
     out_dir: str | Path,
     spec: SyntheticSpec = SyntheticSpec(),
     *,
-    n_slices: int = 3,
+    n_slices: int = N_SLICES,
     ngff_version: str = "0.5",
     sharded: bool = True,
     tile_shape_attr: bool | None = None,

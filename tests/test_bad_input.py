@@ -46,7 +46,7 @@ from reliability_helpers import (
 from linumpy_motor.io import ngff
 from linumpy_motor.pipeline import runner, steps
 from linumpy_motor.pipeline.logs import LOG_FILE
-from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.pipeline.options import RunOptions
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 from reliability_helpers import assert_same_outputs, read_levels, stores, temporaries, tree_digest, write_small_dataset
 
 from linumpy_motor.pipeline import runner, steps
-from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.pipeline.options import RunOptions
 
 pytestmark = pytest.mark.slow
 

@@ -37,7 +37,8 @@ from linumpy_motor.io import ngff, outputs
 from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.pipeline import cli, runner, steps
-from linumpy_motor.pipeline.runner import RunOptions, Stamps
+from linumpy_motor.pipeline.options import RunOptions
+from linumpy_motor.pipeline.runner import Stamps
 from linumpy_motor.qc.report import write_report
 from linumpy_motor.qc.thumbnail import read_thumbnail
 from linumpy_motor.register.flatfield import load_flatfield

@@ -34,7 +34,7 @@ from reliability_helpers import (
 )
 
 from linumpy_motor.pipeline import runner
-from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.pipeline.options import RunOptions
 
 pytestmark = pytest.mark.slow
 

@@ -125,6 +125,15 @@ def test_compute_registration_refinements_returns_the_reference_keys(small_slice
     assert result["stats"]["backend"] == "numpy"
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_volume_in_memory_with_nan_is_refused_as_a_store_is(small_slice, value):
+    """One read rule for stores and arrays: a NaN would spoil every pair of its batch."""
+    volume = small_slice[0].copy()
+    volume[1, 5, 7] = value
+    with pytest.raises(InputError, match="data contains NaN or Inf"):
+        motor.compute_registration_refinements(volume, SMALL.tile_shape, 3, 4, 0.2)
+
+
 def test_a_single_plane_is_accepted(small_slice):
     volume, _ = small_slice
     from_volume = motor.compute_registration_refinements(volume, SMALL.tile_shape, 3, 4, 0.2, z=1)

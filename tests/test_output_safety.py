@@ -22,7 +22,7 @@ from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs
 from linumpy_motor.pipeline import runner, steps
-from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.qc.report import write_report
 
 SMALL = synthetic.SyntheticSpec(nx=GRID[0], ny=GRID[1], tile_shape=TILE, seed=1)

@@ -598,9 +598,10 @@ def test_schema_defaults_and_choices_are_the_scripts(param, programs, option):
 
 
 def test_background_test_default_is_the_scripts():
-    """params.background_test (on) is the negation of the script's --no-background-test (off)."""
+    """params.background_test (on) is what the script's --no-background-test turns off."""
     action = script_action("linum_motor_measure_pairs.py", "--no-background-test")
-    assert schema_param("background_test")["default"] is (not action.default)
+    assert action.dest == "background_test" and action.const is False
+    assert schema_param("background_test")["default"] is action.default is True
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)

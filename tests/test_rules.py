@@ -14,7 +14,7 @@ from skimage import data
 
 from linumpy_motor import synthetic
 from linumpy_motor.pipeline import runner
-from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.register.fit import error_model, pair_arrays
 from linumpy_motor.register.measure import measure_grid_pairs
 

@@ -16,7 +16,7 @@ from filelock import FileLock
 from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
 from linumpy_motor.pipeline import logs, runner
-from linumpy_motor.pipeline.runner import RunOptions
+from linumpy_motor.pipeline.options import RunOptions
 
 pytestmark = pytest.mark.slow
 

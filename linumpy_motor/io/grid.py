@@ -14,8 +14,8 @@ import zarr
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.ngff import NGFF_VERSIONS
 
-__all__ = ["MosaicGrid", "PlaneAsVolume", "SUPPORTED_DTYPES", "as_float", "central_plane_index", "dataset_paths",
-    "level0_scale", "multiscale_entry", "open_mosaic", "read_block"]
+__all__ = ["SUPPORTED_DTYPES", "MosaicGrid", "PlaneAsVolume", "as_float", "central_plane_index", "dataset_paths",
+           "finite_float", "level0_scale", "multiscale_entry", "open_mosaic", "read_block"]
 
 logger = logging.getLogger(__name__)
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64", "complex64", "complex128")
@@ -233,15 +233,30 @@ def as_float(block: npt.ArrayLike) -> np.ndarray:
     return np.asarray(block, dtype=np.float32)
 
 
+def finite_float(block: npt.ArrayLike, source: str | Path | None) -> np.ndarray:
+    """A block as float32 (:func:`as_float`), refused when it holds NaN or Inf.
+
+    Every read of tile data goes through it: one NaN pixel would turn every pair of its batch into
+    garbage (the phase correlation's whitening normalises by the batch-wide maximum).
+
+    Raises
+    ------
+    InputError
+        Naming ``source`` (a store, or None for an array given in memory).
+    """
+    block = as_float(block)
+    if not np.isfinite(block).all():
+        raise InputError(source, "data contains NaN or Inf")
+    return block
+
+
 def read_block(grid: MosaicGrid, z, rows: slice, cols: slice) -> np.ndarray:
     """Read ``array[z, rows, cols]`` as float32, with a clear error for corrupt or non-finite data."""
     try:
-        block = as_float(grid.array[z, rows, cols])
+        block = grid.array[z, rows, cols]
     except Exception as exc:
         raise InputError(grid.path, f"cannot read data ({type(exc).__name__}: {exc})") from None
-    if not np.isfinite(block).all():
-        raise InputError(grid.path, "data contains NaN or Inf")
-    return block
+    return finite_float(block, grid.path)
 
 
 def central_plane_index(nz: int) -> int:

@@ -169,7 +169,9 @@ def validate(data: object, model: type[Model], path: str | Path) -> Model:
 
 
 def first_problem(exc: ValidationError) -> str:
-    """The first problem of a validation error, in one line: ``where: what`` (``what`` at the top level)."""
+    """The first problem of a validation error, in one line: ``where: what`` (``what`` at the top level;
+    a check of ours that raised ``ValueError`` is quoted without pydantic's "Value error, " prefix)."""
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {first['msg']}" if where else first["msg"]
+    what = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {what}" if where else what

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from linumpy_motor.errors import InputError
-from linumpy_motor.io.grid import MosaicGrid, as_float, open_mosaic
+from linumpy_motor.io.grid import MosaicGrid, finite_float, open_mosaic
 from linumpy_motor.io.outputs import write_json
 from linumpy_motor.pipeline.logs import Progress
 from linumpy_motor.qc.compare import compare_positions
@@ -127,9 +127,9 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
         ``skipped``: pairs left out and why; ``stats``.
     """
     if getattr(volume, "ndim", 3) == 3:
-        read, shape = (lambda zs, rows, cols: as_float(volume[zs, rows, cols])), tuple(tile_shape)
+        read, shape = (lambda zs, rows, cols: finite_float(volume[zs, rows, cols], None)), tuple(tile_shape)
     else:
-        read, shape = (lambda zs, rows, cols: as_float(volume[rows, cols])[None]), (1, *tile_shape[-2:])
+        read, shape = (lambda zs, rows, cols: finite_float(volume[rows, cols], None)[None]), (1, *tile_shape[-2:])
     measured, skipped, stats = measure_volume(
         read, shape, nx, ny, overlap_fraction, z=z if shape[0] > 1 else None, plane=plane, flatfield=flatfield,
         max_shift_px=max_shift_px, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,

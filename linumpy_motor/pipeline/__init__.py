@@ -2,6 +2,8 @@
 
 Modules
 -------
+options
+    :class:`options.RunOptions`, the one owner of every option's name, default, bounds and help.
 steps
     Each pipeline step as a function over files: what ``bin/`` scripts and the runner call.
 runner
@@ -14,4 +16,4 @@ logs
     Logging set-up and progress: a bar on a terminal, timestamped lines in a batch log.
 """
 
-__all__ = ["cli", "entry", "logs", "runner", "steps"]
+__all__ = ["cli", "entry", "logs", "options", "runner", "steps"]

@@ -8,20 +8,9 @@ from collections.abc import Sequence
 from linumpy_motor import synthetic
 from linumpy_motor.io import ngff
 from linumpy_motor.pipeline import logs, runner
-from linumpy_motor.pipeline.entry import (
-    EXIT_NOT_OK,
-    HelpFormatter,
-    add_threads_argument,
-    make_parser,
-    overlap_fraction,
-    run_cli,
-)
-from linumpy_motor.pipeline.runner import RunOptions
-from linumpy_motor.pipeline.steps import PLACEMENTS
+from linumpy_motor.pipeline.entry import EXIT_NOT_OK, HelpFormatter, make_parser, overlap_fraction, run_cli
+from linumpy_motor.pipeline.options import RunOptions, add_fail_on, add_options, from_arguments
 from linumpy_motor.qc import summary
-from linumpy_motor.register.fit import BACKLASH_MODES
-from linumpy_motor.register.planes import PLANE_MODES
-from linumpy_motor.stitch.blend import BLENDING_HELP, BLENDING_MODES
 
 __all__ = ["add_run_arguments", "add_synth_arguments", "build_parser", "main", "run", "synth"]
 
@@ -30,7 +19,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``linumpy-motor synth`` (shared with ``bin/linum_motor_synth.py``)."""
     defaults = synthetic.SyntheticSpec()
     parser.add_argument("outdir", help="folder to write the slices and truth.json into")
-    parser.add_argument("--slices", type=int, default=3, help="number of slices")
+    parser.add_argument("--slices", type=int, default=synthetic.N_SLICES, help="number of slices")
     parser.add_argument("--grid", type=int, nargs=2, metavar=("NX", "NY"), default=(defaults.nx, defaults.ny),
                         help="tile rows and columns")
     parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "H", "W"), default=defaults.tile_shape,
@@ -43,11 +32,12 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", type=float, default=defaults.noise, help="noise, fraction of the tissue signal")
     parser.add_argument("--tissue-fraction", type=float, default=defaults.tissue_fraction,
                         help="fraction of the slice covered by tissue")
-    parser.add_argument("--bad-tiles", type=int, default=0, help="tiles replaced by background or another tile")
-    parser.add_argument("--dtype", default=defaults.dtype, choices=("float32", "uint8", "uint16", "complex64"))
-    parser.add_argument("--ngff-version", default="0.5", choices=ngff.NGFF_VERSIONS)
+    parser.add_argument("--bad-tiles", type=int, default=defaults.bad_tiles,
+                        help="tiles replaced by background or another tile")
+    parser.add_argument("--dtype", default=defaults.dtype, choices=synthetic.DTYPES)
+    parser.add_argument("--ngff-version", default=RunOptions().ngff_version, choices=ngff.NGFF_VERSIONS)
     parser.add_argument("--no-shards", action="store_true", help="write NGFF 0.5 without sharding")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
 
 
 def synth(args: argparse.Namespace) -> None:
@@ -63,62 +53,18 @@ def synth(args: argparse.Namespace) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``linumpy-motor run`` (names and defaults as the Nextflow params)."""
-    defaults = RunOptions()
+    """Options of ``linumpy-motor run``: every :class:`~linumpy_motor.pipeline.options.RunOptions` field."""
     parser.add_argument("input", help="folder of *.ome.zarr slices, or a CSV samplesheet 'slice_id,path'")
     parser.add_argument("outdir", help="output folder (pairs/, motor_transform.json, stitched/, compare/, report/)")
-    parser.add_argument("--overlap", type=overlap_fraction, default=defaults.overlap, help="nominal tile overlap")
-    parser.add_argument("--z", type=int, help="Z plane measured (default: chosen by --plane)")
-    parser.add_argument("--plane", default=defaults.plane, choices=PLANE_MODES,
-                        help="without --z: the plane whose overlaps correlate best (auto), the central plane, "
-                             "or the mean over planes")
-    parser.add_argument("--no-background-test", action="store_true",
-                        help="keep pairs whose correlation is no better than that of non-overlapping windows")
-    parser.add_argument("--max-shift", type=float, help="largest stage error searched, px (default: 10%% of a tile)")
-    parser.add_argument("--histogram-match", action="store_true", help="match overlap histograms before correlating")
-    parser.add_argument("--max-empty-fraction", type=float,
-                        help="skip pairs whose overlap is more than this fraction background (Otsu)")
-    parser.add_argument("--n-samples", type=int, help="fit a reproducible random subset of this many pooled pairs")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of that subset")
-    parser.add_argument("--drift-tolerance", type=float, default=defaults.drift_tolerance,
-                        help="flag slices whose own model moves a tile more than this (px) from the pooled one")
-    parser.add_argument("--backlash", default=defaults.backlash, choices=BACKLASH_MODES,
-                        help="serpentine backlash term of the model: when the data need it (auto), always, never")
-    parser.add_argument("--placement", default=defaults.placement, choices=PLACEMENTS,
-                        help="stitch tiles at the model's positions, or at the model plus each tile's registered "
-                             "residual")
-    parser.add_argument("--blending", default=defaults.blending, choices=BLENDING_MODES, help=BLENDING_HELP)
-    parser.add_argument("--flatfield", default=defaults.flatfield,
-                        help="'estimate' (from each slice's tissue tiles), 'none', or a .npy flat field; "
-                             "applied before measuring and when stitching")
-    parser.add_argument("--ngff-version", default=defaults.ngff_version, choices=ngff.NGFF_VERSIONS,
-                        help="stitched output format")
-    parser.add_argument("--transform", help="known motor model: our transform JSON, a JSON holding only "
-                        "'transform', or upstream's 2x2 .npy; skips measuring and fitting")
-    parser.add_argument("--z-chunk", type=int, help="Z planes per stitched block and output chunk "
-                        "(default: the input's Z chunk, capped at ~16 MiB per block)")
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="slices processed in parallel")
-    parser.add_argument("--use-gpu", action="store_true", help="use a CUDA GPU (CuPy) when one is usable")
-    add_threads_argument(parser)
+    add_options(parser, RunOptions.model_fields)
     parser.add_argument("--no-progress", action="store_true",
                         help="progress as log lines, never bars (bars are shown only when stderr is a terminal)")
-    parser.add_argument("--fail-on", choices=summary.FAIL_ON, default="never",
-                        help=f"exit with code {EXIT_NOT_OK} when a slice's QC status is 'failed' (failed) or "
-                             "anything but 'ok' (check); the summary lists those slices either way")
+    add_fail_on(parser, EXIT_NOT_OK)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the whole stage on one machine and say where the results are."""
-    options = RunOptions(
-        overlap=args.overlap, z=args.z, plane=args.plane, background_test=not args.no_background_test,
-        max_shift=args.max_shift, histogram_match=args.histogram_match,
-        max_empty_fraction=args.max_empty_fraction, n_samples=args.n_samples, seed=args.seed,
-        drift_tolerance=args.drift_tolerance, backlash=args.backlash, placement=args.placement,
-        blending=args.blending, flatfield=args.flatfield,
-        ngff_version=args.ngff_version, transform=args.transform, workers=args.workers, use_gpu=args.use_gpu,
-        z_chunk=args.z_chunk, threads=args.threads,
-    )
-    result = runner.run(args.input, args.outdir, options, progress=not args.no_progress)
+    result = runner.run(args.input, args.outdir, from_arguments(args), progress=not args.no_progress)
     print("\n".join(runner.describe(result)))
     return summary.exit_code(result.get("status"), args.fail_on, EXIT_NOT_OK)
 

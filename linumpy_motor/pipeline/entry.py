@@ -17,7 +17,7 @@ from linumpy_motor.io.schemas import check_overlap, first_problem
 from linumpy_motor.pipeline import logs
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter",
-    "OneLineErrorParser", "add_threads_argument", "make_parser", "one_line", "overlap_fraction", "positive_int",
+    "OneLineErrorParser", "make_parser", "one_line", "overlap_fraction", "positive_int",
     "run_cli"]
 
 EXIT_BAD_INPUT = 2
@@ -48,13 +48,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """``--threads N``: the cores a command may use (default: those this process is given)."""
-    parser.add_argument("--threads", type=positive_int,
-                        help="cores to use (default: the cores this process may run on, per CPU affinity "
-                             "and cgroup quota; Nextflow passes task.cpus)")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -25,10 +25,9 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.std import tqdm as std_tqdm
 
 from linumpy_motor import __version__
@@ -37,44 +36,18 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs
 from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic
-from linumpy_motor.io.schemas import Overlap
 from linumpy_motor.parallel import limited_threads, resolve_threads, threads_per_worker
 from linumpy_motor.pipeline import logs, steps
+from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.qc import summary
 from linumpy_motor.register.flatfield import FLATFIELD_MODES, resolve_flatfield
 from linumpy_motor.stitch.assemble import check_canvas
 
-__all__ = ["PROGRESS_UNITS", "RunOptions", "STATE_DIR", "Stamps", "describe", "file_digest", "output_paths",
+__all__ = ["PROGRESS_UNITS", "STATE_DIR", "Stamps", "describe", "file_digest", "output_paths",
     "planned_outputs", "prefix", "run", "step_key", "store_fingerprint"]
 
 logger = logging.getLogger(__name__)
 STATE_DIR = ".linumpy-motor"
-
-
-class RunOptions(BaseModel):
-    """Parameters of a run (the same names and defaults as the Nextflow params)."""
-
-    model_config = ConfigDict(extra="forbid")
-    overlap: Overlap = 0.2
-    z: int | None = Field(None, ge=0)
-    plane: Literal["auto", "central", "mean"] = "auto"
-    background_test: bool = True
-    max_shift: float | None = Field(None, gt=0)
-    histogram_match: bool = False
-    max_empty_fraction: float | None = Field(None, ge=0, le=1)
-    n_samples: int | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0)
-    drift_tolerance: float = Field(1.0, gt=0)
-    backlash: Literal["auto", "on", "off"] = "auto"
-    placement: Literal["model", "registered"] = "model"
-    blending: Literal["none", "average", "feather", "diffusion"] = "feather"
-    flatfield: str = "estimate"
-    ngff_version: Literal["0.4", "0.5"] = "0.5"
-    transform: Path | None = None
-    workers: int = Field(1, ge=1)
-    threads: int | None = Field(None, ge=1)
-    use_gpu: bool = False
-    z_chunk: int | None = Field(None, ge=1)
 
 
 def prefix(slice_id: int) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from linumpy_motor import __version__
-from linumpy_motor.errors import InputError
+from linumpy_motor.errors import InputError, check_choice
 from linumpy_motor.io.dataset import slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import check_output, write_json
@@ -200,8 +200,7 @@ def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placeme
     InputError
         An unknown placement, a missing pairs file, or one of another grid.
     """
-    if placement not in PLACEMENTS:
-        raise InputError(None, f"unknown placement {placement!r}; use one of {PLACEMENTS}")
+    check_choice("placement", placement, PLACEMENTS)
     transform, backlash = read_model(transform_file)
     nx, ny = grid
     model = geometry.model_positions(nx, ny, transform, backlash)

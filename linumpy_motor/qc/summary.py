@@ -9,21 +9,23 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from linumpy_motor.errors import check_choice
+from linumpy_motor.io.schemas import STATUSES
+from linumpy_motor.register.measure import MAX_SHIFT_DEFAULT_TEXT, MAX_SHIFT_FRACTION
 
 __all__ = ["FAILING", "FAIL_ON", "OVERLAP_HINT", "OVERLAP_WARNING_FRACTION", "POOR_FIT_SCALE_PX", "POOR_NCC",
     "exit_code", "model_problems", "model_warnings", "not_ok", "read_status", "status_lines"]
 
-OVERLAP_WARNING_FRACTION = 0.05
+OVERLAP_WARNING_FRACTION = MAX_SHIFT_FRACTION / 2
 """Warn when a fitted effective overlap differs from the nominal one by more than this fraction of a
-tile (half the default search bound of 10 %: beyond it the nominal overlap is probably wrong)."""
+tile (half the default search bound: beyond it the nominal overlap is probably wrong)."""
 POOR_FIT_SCALE_PX = 2.0
 """Warn when the pooled fit's robust residual scale is above this (px): the pairs disagree with any one model."""
 POOR_NCC = 0.3
 """Warn when the median NCC of the measured pairs (median over slices) is below this: the overlap
 windows compared do not show the same tissue."""
-OVERLAP_HINT = "check --overlap (the search covers only 10 % of a tile around the nominal step)"
+OVERLAP_HINT = f"check --overlap (the search covers only {MAX_SHIFT_DEFAULT_TEXT} around the nominal step)"
 FAIL_ON = ("never", "failed", "check")
-"""``--fail-on`` choices: which slice statuses make the run's exit code non-zero."""
+"""``--fail-on`` choices: which slice statuses make the run's exit code non-zero (the first is the default)."""
 FAILING = {"never": (), "failed": ("failed",), "check": ("failed", "check")}
 
 
@@ -37,7 +39,7 @@ def status_lines(status: Mapping[str, Mapping] | None) -> Iterator[str]:
     """A count of slices per status, then one line per slice that is not ok with its reasons."""
     if status is None:
         return
-    counts = {name: sum(e["status"] == name for e in status.values()) for name in ("ok", "check", "failed")}
+    counts = {name: sum(e["status"] == name for e in status.values()) for name in STATUSES}
     yield "QC: " + ", ".join(f"{count} {name}" for name, count in counts.items())
     for slice_id, name, reasons in not_ok(status):
         yield f"  slice {slice_id}: {name.upper()}: {'; '.join(reasons) or 'no reason given'}"
