@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from linumpy_motor.register import correlation
 from linumpy_motor.register.correlation import PairShift, measure_shifts, ncc_at
 
 SCENE = 256
@@ -148,3 +149,12 @@ def test_no_bias_for_larger_shifts_across_the_narrow_axis():
         (result,) = measure_shifts(a[None], b[None], (15, 15))
         errors.append(result.shift[1] - 4.2)
     assert abs(np.mean(errors)) < 0.015
+
+
+def test_search_limit_and_bound():
+    """10 % of the tile by default (at least 5 px), and never half a window or more: a shift of half the
+    window is the same phase as minus that shift."""
+    assert correlation.search_limit((160, 96)) == 16.0 and correlation.search_limit((30, 20)) == 5.0
+    assert correlation.search_limit((160, 96), 3) == 3.0
+    assert correlation.search_bound(16.0, (20, 64)) == (9, 16)
+    assert correlation.search_bound(2.5, (20, 64)) == (2, 2)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import runpy
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +14,9 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.register import flatfield
+from linumpy_motor.register.measure import measure_mosaic, measure_volume
+
+BIN = Path(__file__).resolve().parents[1] / "bin"
 
 
 def _write_slice(folder, spec):
@@ -64,6 +71,8 @@ def test_too_few_tissue_tiles_gives_no_estimate(tmp_path, caplog):
     assert "tissue tiles" in caplog.text
     field, description = flatfield.resolve_flatfield(grid, "estimate")
     assert field is None and "none applied" in description
+    stats = measure_mosaic(grid, 0.2, z=0, background_test=False)[2]
+    assert stats["flatfield"] == description and not stats["flatfield_applied"]  # measure says it as stitch does
 
 
 def test_load_known_flatfield(tmp_path):
@@ -112,3 +121,47 @@ def test_deep_chunks_read_fewer_tiles_and_still_recover_the_vignetting(tmp_path,
     assert len(reads) == flatfield.DEEP_CHUNK_MIN_TILES
     error = estimate - _normalised(synthetic.vignetting_field((64, 64), 0.3))
     assert np.sqrt(np.mean(error**2)) < 0.02
+
+
+def test_measure_and_stitch_refuse_a_misspelt_mode_with_the_same_line(tmp_path, capsys):
+    """``--flatfield estimat``: measuring tried to read it as a file; now both steps give the one message."""
+    store = tmp_path / "mosaic_grid_3d_z00.ome.zarr"
+    ngff.write_image(store, np.ones((2, 64, 64), dtype=np.float32), chunks=(2, 32, 32))
+    (tmp_path / "t.json").write_text(json.dumps({"transform": [[28.0, 0.0], [0.0, 28.0]]}))
+    outputs = {"linum_motor_measure_pairs.py": [tmp_path / "p.json"],
+               "linum_motor_stitch.py": [tmp_path / "t.json", tmp_path / "s.ome.zarr"]}
+    said = []
+    for script, args in outputs.items():
+        main = runpy.run_path(str(BIN / script), run_name="tested")["main"]
+        assert main([str(store), *map(str, args), "--flatfield", "estimat"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"{script}: error: "), err
+        said.append(err.removeprefix(f"{script}: error: "))
+        assert not args[-1].exists()
+    assert said[0] == said[1] == "estimat: flat field must be one of ('estimate', 'none') or a .npy file\n"
+
+
+@pytest.mark.parametrize("mode", ["Estimate", "flat.tif", "estimate "])
+def test_the_library_refuses_a_misspelt_mode_before_reading(mode):
+    def read(zs, rows, cols):
+        raise AssertionError("nothing may be read for a misspelt mode")
+
+    with pytest.raises(InputError) as measured:
+        measure_volume(read, (3, 32, 32), 2, 2, 0.2, flatfield=mode)
+    with pytest.raises(InputError) as chosen:
+        flatfield.choose_flatfield(mode, (3, 32, 32), read)
+    assert str(measured.value) == str(chosen.value) and "must be one of ('estimate', 'none')" in str(chosen.value)
+
+
+def test_choose_flatfield_reads_each_kind_of_option(tmp_path):
+    field = synthetic.vignetting_field((32, 40), 0.3)
+    np.save(tmp_path / "flat.npy", field)
+    estimated = np.full((32, 40), 2.0, dtype=np.float32)
+    assert flatfield.choose_flatfield("none", (2, 32, 40), lambda: estimated) == (None, "none")
+    assert flatfield.choose_flatfield(None, (2, 32, 40), lambda: estimated) == (None, "none")
+    assert flatfield.choose_flatfield("estimate", (2, 32, 40), lambda: estimated) == (estimated, "estimate")
+    assert flatfield.choose_flatfield("estimate", (2, 32, 40), lambda: None) == (None, flatfield.ESTIMATE_FAILED)
+    assert flatfield.choose_flatfield(field, (2, 32, 40), lambda: estimated) == (field, "given")
+    loaded, description = flatfield.choose_flatfield(str(tmp_path / "flat.npy"), (2, 32, 40), lambda: estimated)
+    np.testing.assert_allclose(loaded, field / field.mean(), rtol=1e-6)
+    assert description == str((tmp_path / "flat.npy").resolve())

@@ -10,6 +10,7 @@ from conftest import grid_positions, pairs_from_positions
 
 from linumpy_motor.io import outputs
 from linumpy_motor.mosaic import motor
+from linumpy_motor.register import geometry
 from linumpy_motor.register.geometry import affine_positions, registration_positions
 
 
@@ -191,3 +192,50 @@ def test_registered_placement_follows_a_bumped_tile_and_keeps_the_model_elsewher
     np.testing.assert_allclose(lone, model)
     clipped = registered_positions(pairs_from_positions(true, 4, 5), 4, 5, model, max_refinement_px=1.0)
     assert np.abs(clipped - model).max() <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize(("nx", "ny"), [(1, 1), (1, 5), (4, 1), (3, 4), (6, 7)])
+def test_neighbour_pairs_are_every_adjacent_tile_pair_once(nx, ny):
+    """Against brute force: every two tiles one step apart along a row or a column, counted once."""
+    tiles = [(i, j) for i in range(nx) for j in range(ny)]
+    truth = {(a, b) for a in tiles for b in tiles if (b[0] - a[0], b[1] - a[1]) in ((0, 1), (1, 0))}
+    pairs = geometry.neighbour_pairs(nx, ny)
+    found = [((i, j), (i, j + 1) if horizontal else (i + 1, j)) for i, j, horizontal in pairs]
+    assert len(found) == len(set(found)) and set(found) == truth
+    assert [p[2] for p in pairs] == sorted((p[2] for p in pairs), reverse=True)  # horizontal ones first
+    assert geometry.n_neighbour_pairs(nx, ny) == len(truth)
+    for horizontal in (True, False):
+        assert geometry.n_neighbour_pairs(nx, ny, horizontal) == sum(
+            (b[0] == a[0]) == horizontal for a, b in truth)
+        assert geometry.neighbour_pairs(nx, ny, horizontal) == [p for p in pairs if p[2] == horizontal]
+
+
+def test_pair_tiles_are_row_major_indices_of_both_tiles():
+    pairs = [{"tile": [2, 3], "row_delta": 0, "col_delta": 1}, {"tile": (1, 0), "row_delta": 1, "col_delta": 0}]
+    t1, t2 = geometry.pair_tiles(pairs, ny=5)
+    assert t1.tolist() == [2 * 5 + 3, 5] and t2.tolist() == [2 * 5 + 4, 2 * 5]
+
+
+@pytest.mark.parametrize("A", [[[128, -5], [3, 128]], [[127.6, -3.3], [1.2, 128.4]], [[-90, 2], [1, -95]],
+                               [[0.5, 130], [128, 0.2]]])
+@pytest.mark.parametrize(("nx", "ny"), [(1, 1), (2, 5), (6, 7)])
+def test_the_span_from_the_corners_is_the_span_over_every_tile(A, nx, ny):
+    """The canvas check and the thumbnail's layout check see the same extent as the stitcher's canvas."""
+    A = np.asarray(A, dtype=float)
+    every_tile = geometry.span(geometry.model_positions(nx, ny, A), (160, 150))
+    np.testing.assert_array_equal(geometry.model_span(nx, ny, (160, 150), A), every_tile)
+    nz, height, width = geometry.output_shape(nx, ny, (3, 160, 150), A)
+    assert (height, width) == tuple(int(np.ceil(v - 1e-9)) for v in every_tile)
+
+
+@pytest.mark.parametrize(("overlap", "rotation"), [(0.2, 0.0), (0.15, 3.0), (0.35, -7.5)])
+def test_steps_and_overlap_of_an_ideal_grid(overlap, rotation):
+    """A rotated regular grid keeps its nominal steps, so its effective overlap is the nominal one."""
+    tile = (4, 160, 96)
+    A = geometry.ideal_transform(tile, overlap, scale_factor=1.0, rotation_deg=rotation)
+    np.testing.assert_allclose(geometry.step_lengths(A), ((1 - overlap) * 160, (1 - overlap) * 96), rtol=1e-12)
+    np.testing.assert_allclose(geometry.effective_overlap(A, tile), (overlap, overlap), rtol=1e-9)
+    np.testing.assert_allclose(geometry.effective_overlap_px(A, tile), (overlap * 160, overlap * 96), rtol=1e-9)
+    assert geometry.integer_step(tile, overlap) == (round((1 - overlap) * 160), round((1 - overlap) * 96))
+    scaled = geometry.ideal_transform(tile, overlap, scale_factor=1.05)
+    np.testing.assert_allclose(geometry.step_lengths(scaled), np.multiply(geometry.nominal_step(tile, overlap), 1.05))

@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import ngff, outputs
+from linumpy_motor.io import ngff, outputs, schemas
 from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.io.grid import open_mosaic, read_block
 from linumpy_motor.io.outputs import atomic_output, write_json
@@ -358,3 +358,37 @@ def test_atomic_output_replaces_a_store_only_when_complete(tmp_path):
         (tmp / "new").write_text("new")
     assert sorted(p.name for p in store.iterdir()) == [outputs.MARKER_FILE, "new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]
+
+
+@pytest.mark.parametrize(("determinant", "singular"), [(0.0, True), (1e-9, True), (-1e-9, True), (1.5e-9, False),
+                                                      (-2e-9, False)])
+def test_every_reader_of_a_transform_draws_the_singular_line_at_the_same_determinant(tmp_path, determinant,
+                                                                                    singular):
+    """A JSON file, an upstream .npy and a matrix passed in are one rule: singular when |det| <= 1e-9."""
+    from linumpy_motor.pipeline.steps import load_transform  # noqa: PLC0415
+
+    A = [[determinant, 0.0], [0.0, 1.0]]
+    (tmp_path / "t.json").write_text(json.dumps({"transform": A}))
+    np.save(tmp_path / "t.npy", np.array(A))
+    readers = [lambda: schemas.load(tmp_path / "t.json", schemas.TransformFile),
+               lambda: load_transform(tmp_path / "t.npy"), lambda: schemas.check_transform(A)]
+    assert schemas.is_singular(A) is singular
+    for read in readers:
+        if singular:
+            with pytest.raises(InputError, match="singular"):
+                read()
+        else:
+            read()
+
+
+@pytest.mark.parametrize(("matrix", "problem"), [
+    (np.eye(3), "expected a 2x2 numeric matrix, got shape [3, 3]"),
+    ([[1, 0], [0]], "expected a 2x2 numeric matrix"),
+    (np.array([["a", "b"], ["c", "d"]]), "expected a 2x2 numeric matrix"),
+    ([[np.nan, 0], [0, 1]], "not finite"),
+    ([[np.inf, 0], [0, 1]], "not finite"),
+])
+def test_check_transform_names_the_problem(tmp_path, matrix, problem):
+    with pytest.raises(InputError) as info:
+        schemas.check_transform(matrix, tmp_path / "t.npy")
+    assert info.value.path == tmp_path / "t.npy" and problem in info.value.problem

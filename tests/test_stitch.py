@@ -304,6 +304,13 @@ def _leftovers(folder: Path, name: str) -> list[Path]:
     return [p for p in folder.iterdir() if name in p.name]
 
 
+def test_a_transform_singular_by_the_file_rule_is_refused(data, tmp_path):
+    """|det| = 1e-9 is singular for a transform file, so the stitcher refuses it too (it used det < 1e-9)."""
+    with pytest.raises(InputError, match="singular"):
+        stitch_slice(data["path"], tmp_path / "s.ome.zarr", [[1e-9, 0.0], [0.0, 1.0]], flatfield="none")
+    assert _leftovers(tmp_path, "s.ome.zarr") == []
+
+
 def test_refuses_to_overwrite_the_input(data, tmp_path):
     for out in (data["path"], data["path"] / "stitched.ome.zarr", data["path"].parent):
         with pytest.raises(InputError, match="the input"):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar, get_args
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from linumpy_motor.errors import InputError
 
-__all__ = ["MAX_OVERLAP", "STATUSES", "CompareFile", "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus",
-           "Status", "StatusFile", "TransformFile", "check_overlap", "first_problem", "load", "validate"]
+__all__ = ["MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "CompareFile", "FiniteFloat", "Overlap", "Pair", "PairsFile",
+           "SliceStatus", "Status", "StatusFile", "TransformFile", "check_overlap", "check_transform", "first_problem",
+           "is_singular", "load", "validate"]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_OVERLAP = 0.5
@@ -28,6 +29,40 @@ def check_overlap(value: float) -> float:
 
 Overlap = Annotated[float, AfterValidator(check_overlap)]
 """A nominal overlap fraction, the one rule for every option, file and script that takes one."""
+
+MIN_DETERMINANT = 1e-9
+"""A motor matrix whose determinant is at most this in magnitude (px² per tile step²) is singular."""
+
+
+def is_singular(transform: object) -> bool:
+    """Whether a 2x2 motor matrix ``[[a, b], [c, d]]`` is singular: ``|a d - b c| <= MIN_DETERMINANT``."""
+    (a, b), (c, d) = np.asarray(transform, dtype=float).tolist()
+    return bool(abs(a * d - b * c) <= MIN_DETERMINANT)
+
+
+def check_transform(transform: object, path: str | Path | None = None) -> np.ndarray:
+    """The motor matrix A as a float array if it is 2x2, real, finite and not :func:`is_singular`.
+
+    The one validity rule of a motor matrix, whether read from a file (:class:`TransformFile`) or passed in.
+
+    Raises
+    ------
+    InputError
+        Naming ``path`` (None: a parameter): not a 2x2 numeric matrix, or not finite and invertible.
+    """
+    try:
+        matrix = np.asarray(transform)
+    except ValueError:  # a ragged nested sequence
+        raise InputError(path, "expected a 2x2 numeric matrix") from None
+    if matrix.shape != (2, 2) or not (np.issubdtype(matrix.dtype, np.integer)
+                                      or np.issubdtype(matrix.dtype, np.floating)):
+        raise InputError(path, f"expected a 2x2 numeric matrix, got shape {list(matrix.shape)} of {matrix.dtype}")
+    A = matrix.astype(float)
+    problem = "not finite" if not np.isfinite(A).all() else "singular" if is_singular(A) else None
+    if problem is not None:
+        raise InputError(path, f"transform is {problem}: a motor matrix must be a finite, invertible 2x2 matrix, "
+                               f"got {A.tolist()}")
+    return A
 
 
 class Pair(BaseModel):
@@ -73,8 +108,7 @@ class TransformFile(BaseModel):
     @field_validator("transform")
     @classmethod
     def _invertible(cls, value):
-        (a, b), (c, d) = value
-        if math.isclose(a * d - b * c, 0.0, abs_tol=1e-9):
+        if is_singular(value):
             raise ValueError("transform is singular")
         return value
 

@@ -55,8 +55,7 @@ def compute_motor_positions(nx, ny, tile_shape, overlap_fraction, scale_factor=1
     """
     transform = geometry.ideal_transform(tile_shape, overlap_fraction, scale_factor, rotation_deg)
     positions = geometry.affine_positions(nx, ny, transform)
-    step_y = int(round((1 - overlap_fraction) * tile_shape[-2] * scale_factor))
-    step_x = int(round((1 - overlap_fraction) * tile_shape[-1] * scale_factor))
+    step_y, step_x = geometry.integer_step(tile_shape, overlap_fraction, scale_factor)
     return [tuple(int(v) for v in p) for p in np.rint(positions)], step_y, step_x
 
 

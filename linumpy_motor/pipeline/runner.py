@@ -40,7 +40,7 @@ from linumpy_motor.parallel import limited_threads, resolve_threads, threads_per
 from linumpy_motor.pipeline import logs, steps
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.qc import summary
-from linumpy_motor.register.flatfield import resolve_flatfield
+from linumpy_motor.register.flatfield import FLATFIELD_MODES, resolve_flatfield
 from linumpy_motor.stitch.assemble import check_canvas
 
 __all__ = ["PROGRESS_UNITS", "STATE_DIR", "Stamps", "describe", "file_digest", "output_paths",
@@ -368,7 +368,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
                                                 "with a given transform")
         _check_given_transform(options.transform, grids.values())
         inputs.append(options.transform)
-    if options.flatfield not in ("estimate", "none"):
+    if options.flatfield not in FLATFIELD_MODES:
         resolve_flatfield(first, options.flatfield)
         inputs.append(Path(options.flatfield))
     _check_outdir(outdir, inputs)
@@ -460,7 +460,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
     compare: dict[int, Path] = paths.get("compare", {})
     report_dir: Path | None = paths.get("report")
     flatfield = options.flatfield
-    flatfield_id = flatfield if flatfield in ("estimate", "none") else file_digest(Path(flatfield))
+    flatfield_id = flatfield if flatfield in FLATFIELD_MODES else file_digest(Path(flatfield))
     if options.transform is None:
         measure = dict(overlap=options.overlap, z=options.z, plane=options.plane,
                        background_test=options.background_test, max_shift_px=options.max_shift,

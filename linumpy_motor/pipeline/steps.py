@@ -17,7 +17,7 @@ from linumpy_motor.errors import InputError, check_choice
 from linumpy_motor.io.dataset import slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import check_output, write_json
-from linumpy_motor.io.schemas import PairsFile, TransformFile, load, validate
+from linumpy_motor.io.schemas import PairsFile, TransformFile, check_transform, load, validate
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
@@ -156,9 +156,7 @@ def load_transform(path: str | Path) -> TransformFile:
         matrix = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(path, f"not a readable .npy matrix ({exc})") from None
-    if matrix.shape != (2, 2) or not np.issubdtype(matrix.dtype, np.number):
-        raise InputError(path, f"expected a 2x2 numeric matrix, got shape {list(matrix.shape)} of {matrix.dtype}")
-    return validate({"transform": matrix.astype(float).tolist()}, TransformFile, path)
+    return validate({"transform": check_transform(matrix, path).tolist()}, TransformFile, path)
 
 
 def read_transform(path: str | Path) -> np.ndarray:

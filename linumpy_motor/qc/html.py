@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 import numpy as np
 
 from linumpy_motor import __version__
-from linumpy_motor.io.schemas import STATUSES, CompareFile
+from linumpy_motor.io.schemas import STATUSES, CompareFile, Status
 from linumpy_motor.qc.inputs import ReportInputs
 from linumpy_motor.qc.status import MAX_OUTLIER_FRACTION, MAX_RESIDUAL_RMS_PX, MIN_MEASURED_FRACTION, SliceEvidence
+from linumpy_motor.register.geometry import step_lengths
 
 __all__ = ["COLOURS", "MODEL_FORMATS", "MODEL_LENGTHS_PX", "MODEL_ROWS", "STYLE", "compare_cell", "page",
     "section_html", "summary_row"]
@@ -21,7 +22,9 @@ MODEL_FORMATS = {"theta_deg": ".4f", "phi_deg": ".4f", "perpendicular_deviation_
 """Fixed decimals for model values a general format would round (a scale of 0.99996 is not 1)."""
 MODEL_LENGTHS_PX = ("residual_rms_px", "residual_max_px", "robust_scale_px", "drift_tolerance_px")
 """Model values in px, shown in µm beside them too."""
-COLOURS = {"ok": ("#c8e6c9", "#1b5e20"), "check": ("#ffe0b2", "#e65100"), "failed": ("#ffcdd2", "#b71c1c")}
+COLOURS: dict[Status, tuple[str, str]] = dict(zip(
+    STATUSES, (("#c8e6c9", "#1b5e20"), ("#ffe0b2", "#e65100"), ("#ffcdd2", "#b71c1c")), strict=True))
+"""Background and text colour of each status, best to worst: green, orange, red."""
 MODEL_ROWS = (
     ("theta_deg", "θ, scan-to-stage rotation (deg)"), ("phi_deg", "φ, angle between motor axes (deg)"),
     ("perpendicular_deviation_deg", "φ − 90° (deg)"), ("Ox_fraction", "Ox, effective overlap along x"),
@@ -118,7 +121,7 @@ def _model_html(inputs: ReportInputs, model: Mapping, pixel_um: float | None) ->
     rows = [(label.replace(" (px)", "") if key in MODEL_LENGTHS_PX else label,
              _model_value(key, model.get(key), pixel_um)) for key, label in MODEL_ROWS if key in model]
     rows.append(("pair measurement backend", _e(backends or None)))
-    steps = [("step down the rows", np.hypot(*A[:, 0])), ("step along the columns", np.hypot(*A[:, 1]))]
+    steps = zip(("step down the rows", "step along the columns"), step_lengths(A), strict=True)
     rows += [(label, html.escape(_px_length(float(value), pixel_um))) for label, value in steps]
     rows.append(("pixel size (level 0, x)", "unknown (no length unit in the stitched slices)" if pixel_um is None
                  else f"{pixel_um:.4g} µm"))
@@ -162,7 +165,7 @@ def _img(name: str | None, alt: str, missing: str) -> str:
     return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
 
 
-def section_html(slice_id: int, status: str, reasons: list[str], quiver: str | None, thumbnail: str | None,
+def section_html(slice_id: int, status: Status, reasons: list[str], quiver: str | None, thumbnail: str | None,
                   stitched_given: bool) -> str:
     background, colour = COLOURS[status]
     return (
@@ -177,7 +180,7 @@ def section_html(slice_id: int, status: str, reasons: list[str], quiver: str | N
     )
 
 
-def summary_row(e: SliceEvidence, status: str, reasons: list[str], mine, compare: CompareFile | None,
+def summary_row(e: SliceEvidence, status: Status, reasons: list[str], mine, compare: CompareFile | None,
          pixel_um: float | None) -> dict:
     return {"id": e.slice_id, "status": status, "reasons": reasons, "rms": _length(e.residual_rms_px, pixel_um),
             "drift": _length(e.drift_px, pixel_um),

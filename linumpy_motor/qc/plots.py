@@ -11,7 +11,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from linumpy_motor.register.geometry import affine_positions, grid_indices
+from linumpy_motor.register.geometry import affine_positions, model_positions, step_lengths
 
 __all__ = ["DPI", "INLIER_COLOUR", "MIN_SPAN", "MODEL_PANELS", "OUTLIER_COLOUR", "SEAM_MARK_FRACTION", "at_least",
     "corner_marks", "plot_model_per_slice", "plot_pair_residuals", "plot_residual_histogram", "plot_thumbnail",
@@ -156,7 +156,7 @@ def plot_pair_residuals(path: Path, slice_id: int, pairs: Sequence[Mapping], res
     A = np.asarray(transform, dtype=float)
     h, w = tile_hw
     outlines = tile_outlines(grid[0], grid[1], tile_hw, A)
-    shift = (grid_indices(grid[0], grid[1]) @ A.T).min(axis=0)  # as affine_positions shifts the canvas
+    shift = model_positions(grid[0], grid[1], A).min(axis=0)  # as affine_positions shifts the canvas
     midpoints = np.array([[p["tile"][0] + p["row_delta"] / 2, p["tile"][1] + p["col_delta"] / 2] for p in pairs],
                          dtype=float).reshape(-1, 2)
     centres = midpoints @ A.T - shift + (h / 2, w / 2)
@@ -164,7 +164,7 @@ def plot_pair_residuals(path: Path, slice_id: int, pairs: Sequence[Mapping], res
     lengths = np.linalg.norm(residuals, axis=1)
     inlier_lengths = lengths[~outliers]
     reference = max(float(np.percentile(inlier_lengths, 90)) if inlier_lengths.size else 1.0, 0.05)
-    step = min(np.hypot(*A[:, 0]), np.hypot(*A[:, 1]))
+    step = min(step_lengths(A))
     scale = reference / (0.3 * step)  # px of residual per canvas px: the reference is 30 % of a step
     longest = 1.5 * reference  # arrows are drawn at most this long; longer ones are labelled
     drawn = residuals * np.minimum(1.0, longest / np.maximum(lengths, 1e-12))[:, None]

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from linumpy_motor.io.schemas import STATUSES, Status
 from linumpy_motor.register.fit import model_precision, pair_arrays, parity_steps
 from linumpy_motor.register.robust import SCALE_FLOOR_PX, outlier_cutoff, robust_scale
 
-__all__ = ["MAX_OUTLIER_FRACTION", "MAX_RESIDUAL_RMS_PX", "MIN_MEASURED_FRACTION", "SliceEvidence", "pair_residuals",
-           "slice_status"]
+__all__ = ["CHECK", "FAILED", "MAX_OUTLIER_FRACTION", "MAX_RESIDUAL_RMS_PX", "MIN_MEASURED_FRACTION", "OK",
+           "SliceEvidence", "pair_residuals", "slice_status"]
 
+OK, CHECK, FAILED = STATUSES
+"""The verdicts (:data:`~linumpy_motor.io.schemas.Status`), best to worst."""
 MIN_MEASURED_FRACTION = 0.5
 """Failed below this fraction of the grid's neighbour pairs measured with a usable NCC."""
 MAX_RESIDUAL_RMS_PX = 2.0
@@ -61,7 +64,7 @@ class SliceEvidence:
     stitched_problem: str | None = None
 
 
-def slice_status(evidence: SliceEvidence) -> tuple[str, list[str]]:
+def slice_status(evidence: SliceEvidence) -> tuple[Status, list[str]]:
     """Whether a slice's stitch can be trusted: ``("ok" | "check" | "failed", reasons)``.
 
     Failed: fewer than :data:`MIN_MEASURED_FRACTION` of the grid's pairs usable, or the slice's own
@@ -93,7 +96,7 @@ def slice_status(evidence: SliceEvidence) -> tuple[str, list[str]]:
         check.append("motor vs registration: " + ", ".join(e.compare_flags))
     if e.stitched_problem:
         check.append(e.stitched_problem)
-    return ("failed" if failed else "check" if check else "ok"), failed + check
+    return (FAILED if failed else CHECK if check else OK), failed + check
 
 
 def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray, scale_px: float | None = None,

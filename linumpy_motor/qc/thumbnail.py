@@ -13,6 +13,7 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import as_float, dataset_paths, level0_scale, multiscale_entry
 from linumpy_motor.io.schemas import PairsFile
 from linumpy_motor.qc import plots
+from linumpy_motor.register.geometry import model_span
 
 __all__ = ["THUMBNAIL_PX", "Thumbnail", "draw_thumbnail", "read_thumbnail"]
 
@@ -116,6 +117,5 @@ def _layout_fits(nx: int, ny: int, tile_hw: tuple[int, ...], A: np.ndarray, exte
     corners, before any per-tile array is made: metadata may claim any grid)."""
     if nx < 1 or ny < 1 or len(tile_hw) != 2 or min(tile_hw) < 1 or not np.isfinite(A).all():
         return False
-    corners = np.array([[0, 0], [0, ny - 1], [nx - 1, 0], [nx - 1, ny - 1]], dtype=float) @ A.T
-    span = np.ptp(corners, axis=0) + tile_hw
+    span = model_span(nx, ny, tile_hw, A)
     return bool(np.all(np.abs(span - np.asarray(extent_hw)) <= np.maximum(4.0, 0.05 * np.asarray(extent_hw))))

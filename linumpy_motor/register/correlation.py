@@ -20,12 +20,34 @@ from scipy import ndimage
 
 from linumpy_motor.backend import to_numpy
 
-__all__ = ["PairShift", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "measure_shifts", "ncc_at",
-    "overlap_views", "refine_shifts", "tukey"]
+__all__ = ["FILTER_SIGMA", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "PairShift",
+    "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts", "ncc_at", "overlap_views",
+    "refine_shifts", "search_bound", "search_limit", "tukey"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
 REFINE_TOLERANCE = 0.002  # px
+FILTER_SIGMA = 1.0  # px: default Gaussian low-pass of the whitened spectrum
+UPSAMPLE = 10  # default upsampling of the sub-pixel refinement
+MAX_SHIFT_FRACTION = 0.1
+"""Largest stage error searched by default, a fraction of the tile size ..."""
+MAX_SHIFT_MIN_PX = 5.0
+"""... and at least this many pixels."""
+MAX_SHIFT_DEFAULT_TEXT = f"{100 * MAX_SHIFT_FRACTION:g} % of the tile size, at least {MAX_SHIFT_MIN_PX:g} px"
+"""The default search bound in words, for help texts and hints."""
+
+
+def search_limit(tile_hw: tuple[int, int], max_shift_px: float | None = None) -> float:
+    """Largest stage error searched: ``max_shift_px``, by default :data:`MAX_SHIFT_FRACTION` of the tile size,
+    at least :data:`MAX_SHIFT_MIN_PX`."""
+    if max_shift_px is None:
+        return max(MAX_SHIFT_FRACTION * max(tile_hw), MAX_SHIFT_MIN_PX)
+    return float(max_shift_px)
+
+
+def search_bound(limit: float, window_hw: tuple[int, ...]) -> tuple[int, int]:
+    """Largest |shift| searched along Y and X in windows of ``window_hw``: ``limit``, kept below half a window."""
+    return int(min(limit, window_hw[0] // 2 - 1)), int(min(limit, window_hw[1] // 2 - 1))
 
 
 @dataclass(frozen=True)
@@ -255,7 +277,7 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
 
 
 def refine_shifts(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, *, xp: ModuleType = np,
-                  fft: ModuleType | None = None, filter_sigma: float = 1.0, upsample: int = 10,
+                  fft: ModuleType | None = None, filter_sigma: float = FILTER_SIGMA, upsample: int = UPSAMPLE,
                   refine_taper: float = REFINE_TAPER) -> np.ndarray:
     """Sub-pixel shifts ``(n, 2)`` of window pairs from their integer shifts (:func:`measure_shifts`).
 
@@ -284,9 +306,9 @@ def measure_shifts(
     *,
     xp: ModuleType = np,
     fft: ModuleType | None = None,
-    filter_sigma: float = 1.0,
+    filter_sigma: float = FILTER_SIGMA,
     n_candidates: int = 3,
-    upsample: int = 10,
+    upsample: int = UPSAMPLE,
     refine_taper: float = REFINE_TAPER,
     subpixel: bool = True,
 ) -> list[PairShift]:

@@ -32,17 +32,28 @@ from scipy import sparse, stats
 from scipy.sparse.csgraph import connected_components
 
 from linumpy_motor.errors import FitError, check_choice
-from linumpy_motor.register.geometry import grid_indices, registration_positions
+from linumpy_motor.register.geometry import (
+    effective_overlap,
+    grid_corners,
+    grid_indices,
+    nominal_step,
+    pair_tiles,
+    registration_positions,
+    step_lengths,
+)
 from linumpy_motor.register.robust import SCALE_FLOOR_PX, outlier_cutoff, robust_scale
 
-__all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "L1_START_TOLERANCE", "MIN_INFO",
-    "backlash_identifiable", "backlash_test", "describe_transform", "drift_px", "error_model", "fit_pairs",
-    "fit_pooled", "infer_grid", "model_precision", "pair_arrays", "parity_steps", "refine_on_positions", "robust_fit",
-    "standardised_residuals", "subsample"]
+__all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "DEFAULT_BACKLASH", "DRIFT_TOLERANCE_PX",
+    "L1_START_TOLERANCE", "MIN_INFO", "MIN_PAIRS", "backlash_identifiable", "backlash_test", "describe_transform",
+    "drift_px", "error_model", "fit_pairs", "fit_pooled", "infer_grid", "model_precision", "pair_arrays",
+    "parity_steps", "refine_on_positions", "robust_fit", "standardised_residuals", "subsample"]
 
 L1_START_TOLERANCE = 1e-3  # px: the L1 start of the robust fit stops moving by less than this
 MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1) in the error model
 BACKLASH_MODES = ("auto", "on", "off")
+DEFAULT_BACKLASH = "auto"  # the library's default backlash mode
+MIN_PAIRS = 3  # usable pairs needed along each direction, by default
+DRIFT_TOLERANCE_PX = 1.0  # default drift (px) beyond which a slice's own model is flagged
 BACKLASH_P_VALUE = 1e-3  # the backlash term is kept when the F-test's p-value is below this
 BACKLASH_SCALE_FLOOR_PX = 1e-3  # residual scale floor of the F-test (noise-free data)
 
@@ -128,7 +139,7 @@ def robust_fit(
     Y: np.ndarray,
     w: np.ndarray,
     *,
-    min_pairs: int = 3,
+    min_pairs: int = MIN_PAIRS,
     scale_floor: float = SCALE_FLOOR_PX,
     label: str = "",
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -194,17 +205,19 @@ def robust_fit(
 def describe_transform(A: np.ndarray, tile_shape: Sequence[int], overlap_fraction: float) -> dict:
     """θ, φ, overlaps and scales of a motor matrix, in the upstream conventions (design.md)."""
     (a, b), (c, d) = np.asarray(A, dtype=float)
-    tile_h, tile_w = tile_shape[-2], tile_shape[-1]
+    step_y, step_x = step_lengths(A)
+    nominal_y, nominal_x = nominal_step(tile_shape, overlap_fraction)
+    overlap_y, overlap_x = effective_overlap(A, tile_shape)
     theta = math.atan2(-b, d)
     phi = math.atan2(a, c) + theta
     return {
         "theta_deg": math.degrees(theta),
         "phi_deg": math.degrees(phi),
         "perpendicular_deviation_deg": math.degrees(phi) - 90.0,
-        "Ox_fraction": 1 - math.hypot(b, d) / tile_w,
-        "Oy_fraction": 1 - math.hypot(a, c) / tile_h,
-        "scale_y": math.hypot(a, c) / ((1 - overlap_fraction) * tile_h),
-        "scale_x": math.hypot(b, d) / ((1 - overlap_fraction) * tile_w),
+        "Ox_fraction": overlap_x,
+        "Oy_fraction": overlap_y,
+        "scale_y": step_y / nominal_y,
+        "scale_x": step_x / nominal_x,
         "nominal_overlap_fraction": overlap_fraction,
     }
 
@@ -226,8 +239,7 @@ def _solved_positions(pairs: Sequence[Mapping], grid: tuple[int, int],
     index = grid_indices(nx, ny)
     design = np.column_stack([index, index[:, 0] % 2])
     positions, _ = registration_positions(pairs, nx, ny, design[:, :M0.shape[1]] @ M0.T, max_deviation_px=np.inf)
-    t1 = np.array([p["tile"][0] * ny + p["tile"][1] for p in pairs], dtype=int)
-    t2 = np.array([(p["tile"][0] + p["row_delta"]) * ny + p["tile"][1] + p["col_delta"] for p in pairs], dtype=int)
+    t1, t2 = pair_tiles(pairs, ny)
     info = np.zeros(nx * ny)
     ncc2 = pair_arrays(pairs)[2] ** 2
     np.add.at(info, t1, ncc2)
@@ -291,7 +303,7 @@ def _grid_pair(grid: Sequence[int]) -> tuple[int, int]:
 
 
 def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[int, int]]],
-                        M0: np.ndarray, backlash: str = "auto") -> tuple[np.ndarray, np.ndarray, dict]:
+                        M0: np.ndarray, backlash: str = DEFAULT_BACKLASH) -> tuple[np.ndarray, np.ndarray, dict]:
     """Second stage: fit A (and the backlash b) to the tile positions solved from each slice's inlier pairs.
 
     Parameters
@@ -364,8 +376,8 @@ def _pair_stage(pairs: Sequence[Mapping], backlash: str, min_pairs: int, label: 
 
 
 def fit_pairs(pairs: Sequence[Mapping], tile_shape: Sequence[int], overlap_fraction: float, *,
-              min_pairs: int = 3, label: str = "", grid: tuple[int, int] | None = None,
-              backlash: str = "auto") -> tuple[np.ndarray, dict]:
+              min_pairs: int = MIN_PAIRS, label: str = "", grid: tuple[int, int] | None = None,
+              backlash: str = DEFAULT_BACKLASH) -> tuple[np.ndarray, dict]:
     """Fit the motor matrix to one list of pairs and describe the fit.
 
     Pairs that carry their ``tile`` (as measured here) get the position stage and the backlash
@@ -412,7 +424,7 @@ def _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, m
 
 def drift_px(A_slice: np.ndarray, A_pooled: np.ndarray, nx: int, ny: int) -> float:
     """Largest tile-position disagreement (px) between two models over an nx x ny grid, centred."""
-    corners = np.array([[i, j] for i in (0, nx - 1) for j in (0, ny - 1)], dtype=float)
+    corners = grid_corners(nx, ny)
     corners -= corners.mean(axis=0)
     return float(np.linalg.norm(corners @ (np.asarray(A_slice) - np.asarray(A_pooled)).T, axis=1).max())
 
@@ -433,9 +445,9 @@ def fit_pooled(
     *,
     n_samples: int | None = None,
     seed: int = 0,
-    drift_tolerance_px: float = 1.0,
-    min_pairs: int = 3,
-    backlash: str = "auto",
+    drift_tolerance_px: float = DRIFT_TOLERANCE_PX,
+    min_pairs: int = MIN_PAIRS,
+    backlash: str = DEFAULT_BACKLASH,
 ) -> tuple[np.ndarray, dict]:
     """Fit one motor matrix to the pairs of all slices, and each slice's own beside it.
 

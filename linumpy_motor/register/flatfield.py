@@ -21,15 +21,24 @@ from numpy.polynomial import legendre
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import MosaicGrid, central_plane_index, read_block
 
-__all__ = ["DEEP_CHUNK_MIN_TILES", "FLATFIELD_MODES", "MAX_TILES", "READ_THREADS", "estimate_flatfield",
-    "fit_smooth_field", "flatfield_from_tiles", "load_flatfield", "npy_shape", "resolve_flatfield"]
+__all__ = ["BIN_PX", "DEEP_CHUNK_MIN_TILES", "DEFAULT_FLATFIELD", "DEGREE", "ESTIMATE_FAILED", "FLATFIELD_MODES",
+    "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "SEED", "TISSUE_LEVEL", "choose_flatfield", "estimate_flatfield",
+    "fit_smooth_field", "flatfield_file", "flatfield_from_tiles", "load_flatfield", "npy_shape", "resolve_flatfield"]
 
 logger = logging.getLogger(__name__)
 
 FLATFIELD_MODES = ("estimate", "none")
+DEFAULT_FLATFIELD = "estimate"  # the library's default flat-field option
+ESTIMATE_FAILED = "estimate (too few tissue tiles: none applied)"
+"""How a slice is described when the estimate was asked for but too few tissue tiles allowed one."""
 READ_THREADS = 4  # tiles read at once (one tile, n_planes planes each)
 MAX_TILES = 64  # tiles read at most when a read decodes only the planes it uses
 DEEP_CHUNK_MIN_TILES = 12  # ... and at least this many when each read decodes a whole deep chunk
+BIN_PX = 4  # default binning of each tile before the median
+DEGREE = 2  # default total degree of the fitted Legendre polynomial
+TISSUE_LEVEL = 0.1  # default tissue level, a fraction of the 95th percentile
+MIN_TISSUE_TILES = 3  # default fewest tissue tiles an estimate is made from
+SEED = 0  # default seed of the subset of tiles read
 
 
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
@@ -53,7 +62,7 @@ def _legendre_design(shape: tuple[int, int], full_shape: tuple[int, int], factor
 
 
 def fit_smooth_field(image: np.ndarray, weights: np.ndarray, full_shape: tuple[int, int], factor: int,
-                     degree: int = 2) -> np.ndarray:
+                     degree: int = DEGREE) -> np.ndarray:
     """Weighted least-squares Legendre fit of a binned image, evaluated on the full tile grid.
 
     Parameters
@@ -94,11 +103,11 @@ def estimate_flatfield(
     n_planes: int = 3,
     z: int | None = None,
     max_tiles: int | None = None,
-    bin_px: int = 4,
-    degree: int = 2,
-    tissue_level: float = 0.1,
-    min_tissue_tiles: int = 3,
-    seed: int = 0,
+    bin_px: int = BIN_PX,
+    degree: int = DEGREE,
+    tissue_level: float = TISSUE_LEVEL,
+    min_tissue_tiles: int = MIN_TISSUE_TILES,
+    seed: int = SEED,
 ) -> np.ndarray | None:
     """Estimate the multiplicative flat field shared by a slice's tiles.
 
@@ -150,11 +159,11 @@ def flatfield_from_tiles(
     tile_hw: tuple[int, int],
     *,
     max_tiles: int = MAX_TILES,
-    bin_px: int = 4,
-    degree: int = 2,
-    tissue_level: float = 0.1,
-    min_tissue_tiles: int = 3,
-    seed: int = 0,
+    bin_px: int = BIN_PX,
+    degree: int = DEGREE,
+    tissue_level: float = TISSUE_LEVEL,
+    min_tissue_tiles: int = MIN_TISSUE_TILES,
+    seed: int = SEED,
     label: str = "slice",
     log_level: int = logging.WARNING,
 ) -> np.ndarray | None:
@@ -268,8 +277,55 @@ def npy_shape(path: Path) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
+def flatfield_file(flatfield: str | Path | None) -> Path | None:
+    """The ``.npy`` file a flat-field option names, or None for a mode (``"estimate"``, ``"none"`` or None).
+
+    Raises
+    ------
+    InputError
+        Neither a mode nor a ``.npy`` file (a misspelt mode, say): the one message every step gives.
+    """
+    if flatfield is None or str(flatfield) in FLATFIELD_MODES:
+        return None
+    if not str(flatfield).endswith(".npy"):
+        raise InputError(flatfield, f"flat field must be one of {FLATFIELD_MODES} or a .npy file")
+    return Path(flatfield)
+
+
+def choose_flatfield(flatfield: str | Path | np.ndarray | None, tile_shape: tuple[int, int, int],
+                     estimate: Callable[[], np.ndarray | None]) -> tuple[np.ndarray | None, str]:
+    """The flat field a flat-field option asks for, and its description (the outputs' ``flatfield``).
+
+    Parameters
+    ----------
+    flatfield : str, Path, np.ndarray or None
+        ``"estimate"``: ``estimate()``, described ``"estimate"`` (or :data:`ESTIMATE_FAILED` when it
+        gives None); ``"none"`` or None: no correction; an array: that flat field (``"given"``); the
+        path of a ``.npy`` flat field: loaded (:func:`load_flatfield`), described by its absolute path.
+    tile_shape : (int, int, int)
+        ``(Z, h, w)`` of the slice's tiles.
+    estimate : callable
+        Estimates the slice's flat field (None when too few tissue tiles); called only for ``"estimate"``.
+
+    Raises
+    ------
+    InputError
+        A misspelt mode (:func:`flatfield_file`) or a bad ``.npy`` flat field.
+    """
+    if isinstance(flatfield, np.ndarray):
+        return flatfield, "given"
+    path = flatfield_file(flatfield)
+    if path is not None:
+        return load_flatfield(path, tile_shape), str(path.resolve())
+    if flatfield is None or str(flatfield) == "none":
+        return None, "none"
+    field = estimate()
+    return field, "estimate" if field is not None else ESTIMATE_FAILED
+
+
 def resolve_flatfield(grid: MosaicGrid, flatfield: str | Path | None) -> tuple[np.ndarray | None, str]:
-    """Turn the ``flatfield`` option into an array (or None) and a description for the metadata.
+    """Turn the ``flatfield`` option into an array (or None) and a description for the metadata
+    (:func:`choose_flatfield`, estimating with :func:`estimate_flatfield`).
 
     Parameters
     ----------
@@ -278,11 +334,4 @@ def resolve_flatfield(grid: MosaicGrid, flatfield: str | Path | None) -> tuple[n
     flatfield : str or Path or None
         ``"estimate"``, ``"none"`` (or None), or the path of a ``.npy`` flat field.
     """
-    if flatfield is None or str(flatfield) == "none":
-        return None, "none"
-    if str(flatfield) == "estimate":
-        field = estimate_flatfield(grid)
-        return field, "estimate" if field is not None else "estimate (too few tissue tiles: none applied)"
-    if not str(flatfield).endswith(".npy"):
-        raise InputError(flatfield, f"flat field must be one of {FLATFIELD_MODES} or a .npy file")
-    return load_flatfield(flatfield, grid.tile_shape), str(Path(flatfield).resolve())
+    return choose_flatfield(flatfield, grid.tile_shape, lambda: estimate_flatfield(grid))

@@ -12,8 +12,10 @@ from scipy.sparse.linalg import spsolve
 
 from linumpy_motor.register.robust import outlier_cutoff, robust_scale
 
-__all__ = ["affine_positions", "extent_shape", "grid_indices", "ideal_transform", "model_positions", "output_shape",
-    "registered_positions", "registration_positions", "shift_tile"]
+__all__ = ["affine_positions", "effective_overlap", "effective_overlap_px", "extent_shape", "grid_corners",
+    "grid_indices", "ideal_transform", "integer_step", "model_positions", "model_span", "n_neighbour_pairs",
+    "neighbour_pairs", "nominal_step", "output_shape", "pair_columns", "pair_tiles", "registered_positions",
+    "registration_positions", "shift_tile", "span", "step_lengths"]
 
 
 def grid_indices(nx: int, ny: int) -> np.ndarray:
@@ -36,12 +38,31 @@ def affine_positions(nx: int, ny: int, transform: np.ndarray, backlash: npt.Arra
     return positions - positions.min(axis=0)
 
 
+def grid_corners(nx: int, ny: int) -> np.ndarray:
+    """Indices ``(4, 2)`` of the grid's corner tiles: (0, 0), (0, ny - 1), (nx - 1, 0), (nx - 1, ny - 1)."""
+    return np.array([[i, j] for i in (0, nx - 1) for j in (0, ny - 1)], dtype=float)
+
+
+def span(positions: npt.ArrayLike, tile_hw: Sequence[float]) -> np.ndarray:
+    """Height and width (px, float) of the bounding box over tiles of ``tile_hw`` at top-lefts ``positions``."""
+    positions = np.asarray(positions, dtype=float).reshape(-1, 2)
+    return (positions - positions.min(axis=0)).max(axis=0) + np.asarray(tile_hw, dtype=float)
+
+
+def model_span(nx: int, ny: int, tile_hw: Sequence[float], transform: np.ndarray) -> np.ndarray:
+    """:func:`span` of the motor model's tiles, from the grid's four corners alone.
+
+    ``A @ [i, j]`` is linear, so its extremes over the grid lie at the corners: a claimed grid of any size
+    is checked without a per-tile array.
+    """
+    return span(grid_corners(nx, ny) @ np.asarray(transform, dtype=float).T, tile_hw)
+
+
 def extent_shape(positions: np.ndarray, tile_shape: Sequence[int]) -> tuple[int, int, int]:
     """``(nz, height, width)`` of the bounding box over every tile's corners, tiles at ``positions``."""
     nz, h, w = tile_shape
-    positions = np.asarray(positions, dtype=float)
-    extent = (positions - positions.min(axis=0)).max(axis=0) + (h, w)
-    return int(nz), int(math.ceil(extent[0] - 1e-9)), int(math.ceil(extent[1] - 1e-9))
+    height, width = span(positions, (h, w))
+    return int(nz), int(math.ceil(height - 1e-9)), int(math.ceil(width - 1e-9))
 
 
 def output_shape(nx: int, ny: int, tile_shape: Sequence[int], transform: np.ndarray) -> tuple[int, int, int]:
@@ -49,26 +70,82 @@ def output_shape(nx: int, ny: int, tile_shape: Sequence[int], transform: np.ndar
     return extent_shape(model_positions(nx, ny, transform), tile_shape)
 
 
+def nominal_step(tile_hw: Sequence[int], overlap_fraction: float, scale_factor: float = 1.0) -> tuple[float, float]:
+    """Pitch ``(step_y, step_x)`` in px of a regular grid: ``(1 - overlap) * tile size * scale_factor``."""
+    h, w = tile_hw[-2], tile_hw[-1]
+    return (1 - overlap_fraction) * h * scale_factor, (1 - overlap_fraction) * w * scale_factor
+
+
+def integer_step(tile_hw: Sequence[int], overlap_fraction: float, scale_factor: float = 1.0) -> tuple[int, int]:
+    """:func:`nominal_step` rounded to whole px (where the expected overlaps of a pair are cut)."""
+    step_y, step_x = nominal_step(tile_hw, overlap_fraction, scale_factor)
+    return int(round(step_y)), int(round(step_x))
+
+
+def step_lengths(transform: np.ndarray) -> tuple[float, float]:
+    """Lengths (px) of the motor matrix's steps down the rows and along the columns (A's column norms)."""
+    A = np.asarray(transform, dtype=float)
+    return math.hypot(A[0, 0], A[1, 0]), math.hypot(A[0, 1], A[1, 1])
+
+
+def effective_overlap_px(transform: np.ndarray, tile_hw: Sequence[int]) -> tuple[float, float]:
+    """Overlap ``(rows, cols)`` in px between neighbouring tiles under ``transform``: tile size less step length."""
+    step_y, step_x = step_lengths(transform)
+    return tile_hw[-2] - step_y, tile_hw[-1] - step_x
+
+
+def effective_overlap(transform: np.ndarray, tile_hw: Sequence[int]) -> tuple[float, float]:
+    """:func:`effective_overlap_px` as fractions ``(Oy, Ox)`` of the tile: ``1 - step length / tile size``."""
+    step_y, step_x = step_lengths(transform)
+    return 1 - step_y / tile_hw[-2], 1 - step_x / tile_hw[-1]
+
+
 def ideal_transform(tile_shape: Sequence[int], overlap_fraction: float, scale_factor: float = 1.0,
                     rotation_deg: float = 0.0) -> np.ndarray:
     """Motor matrix of a regular grid, optionally scaled and rotated by ``rotation_deg``."""
-    step_y = (1 - overlap_fraction) * tile_shape[-2] * scale_factor
-    step_x = (1 - overlap_fraction) * tile_shape[-1] * scale_factor
+    step_y, step_x = nominal_step(tile_shape, overlap_fraction, scale_factor)
     angle = math.radians(rotation_deg)
     rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     return rotation @ np.diag([step_y, step_x])
+
+
+def pair_columns(i: int, nx: int, ny: int, horizontal: bool) -> range:
+    """Columns ``j`` of the neighbour pairs starting on tile row ``i``: ``(i, j)`` with ``(i, j + 1)`` when
+    ``horizontal``, else with ``(i + 1, j)``."""
+    if not 0 <= i < nx:
+        return range(0)
+    if horizontal:
+        return range(max(ny - 1, 0))
+    return range(ny if i + 1 < nx else 0)
+
+
+def neighbour_pairs(nx: int, ny: int, horizontal: bool | None = None) -> list[tuple[int, int, bool]]:
+    """``(i, j, horizontal)`` of the neighbour pairs of an ``nx x ny`` grid (of one direction, or of both:
+    horizontal ones first), row-major within a direction."""
+    directions = (True, False) if horizontal is None else (horizontal,)
+    return [(i, j, h) for h in directions for i in range(nx) for j in pair_columns(i, nx, ny, h)]
+
+
+def n_neighbour_pairs(nx: int, ny: int, horizontal: bool | None = None) -> int:
+    """How many :func:`neighbour_pairs` the grid has: ``nx (ny - 1)`` horizontal and ``(nx - 1) ny`` vertical."""
+    directions = (True, False) if horizontal is None else (horizontal,)
+    return sum(len(pair_columns(i, nx, ny, h)) for h in directions for i in range(nx))
+
+
+def pair_tiles(pairs: Sequence[Mapping], ny: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major indices of each pair's tile and of its neighbour ``tile + (row_delta, col_delta)``."""
+    tile = np.array([p["tile"] for p in pairs], dtype=int).reshape(-1, 2)
+    step = np.array([[p["row_delta"], p["col_delta"]] for p in pairs], dtype=int).reshape(-1, 2)
+    return tile[:, 0] * ny + tile[:, 1], (tile[:, 0] + step[:, 0]) * ny + tile[:, 1] + step[:, 1]
 
 
 def _pair_system(pairs: Sequence[Mapping], ny: int, prior: np.ndarray, max_deviation_px: float):
     """Tile indices ``t1``, ``t2``, displacements ``d`` and weights of the pairs usable for the solve."""
     if not pairs:
         return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0)
-    tile = np.array([p["tile"] for p in pairs], dtype=int).reshape(-1, 2)
-    step = np.array([[p["row_delta"], p["col_delta"]] for p in pairs], dtype=int)
     d = np.array([[p["measured_dy"], p["measured_dx"]] for p in pairs], dtype=float)
     weight = np.array([max(float(p.get("ncc", 1.0)), 0.0) for p in pairs])
-    t1 = tile[:, 0] * ny + tile[:, 1]
-    t2 = (tile[:, 0] + step[:, 0]) * ny + tile[:, 1] + step[:, 1]
+    t1, t2 = pair_tiles(pairs, ny)
     keep = (weight > 0) & (np.linalg.norm(d - (prior[t2] - prior[t1]), axis=1) <= max_deviation_px)
     return t1[keep], t2[keep], d[keep], weight[keep]
 

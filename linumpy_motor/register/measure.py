@@ -14,14 +14,29 @@ from linumpy_motor.backend import get_backend
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import central_plane_index, read_block
 from linumpy_motor.io.schemas import check_overlap
-from linumpy_motor.register.correlation import measure_shifts, refine_shifts
-from linumpy_motor.register.flatfield import flatfield_from_tiles, load_flatfield
-from linumpy_motor.register.planes import VolumeReader, choose_plane
+from linumpy_motor.register.correlation import (  # MAX_SHIFT_*: re-exported for the options' help texts
+    FILTER_SIGMA,
+    MAX_SHIFT_DEFAULT_TEXT,
+    MAX_SHIFT_FRACTION,
+    MAX_SHIFT_MIN_PX,
+    measure_shifts,
+    refine_shifts,
+    search_bound,
+    search_limit,
+)
+from linumpy_motor.register.flatfield import (
+    DEFAULT_FLATFIELD,
+    choose_flatfield,
+    flatfield_file,
+    flatfield_from_tiles,
+    load_flatfield,
+)
+from linumpy_motor.register.geometry import integer_step, n_neighbour_pairs, pair_columns
+from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_plane
 
-__all__ = ["BACKGROUND_MADS", "BandReader", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "backends_used",
-    "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "background_threshold", "band_reader",
-    "default_max_shift", "measure_grid_pairs", "measure_mosaic",
-    "measure_volume"]
+__all__ = ["BACKGROUND_MADS", "BandReader", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX",
+    "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "backends_used", "background_threshold", "band_reader",
+    "measure_grid_pairs", "measure_mosaic", "measure_volume"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
@@ -30,20 +45,6 @@ PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once
 
 BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
-
-
-MAX_SHIFT_FRACTION = 0.1
-"""Largest stage error searched by default, a fraction of the tile size ..."""
-MAX_SHIFT_MIN_PX = 5.0
-"""... and at least this many pixels."""
-MAX_SHIFT_DEFAULT_TEXT = f"{100 * MAX_SHIFT_FRACTION:g} % of the tile size, at least {MAX_SHIFT_MIN_PX:g} px"
-"""The default search bound in words, for help texts and hints."""
-
-
-def default_max_shift(tile_hw: tuple[int, int]) -> float:
-    """Largest stage error searched by default: :data:`MAX_SHIFT_FRACTION` of the tile size, at least
-    :data:`MAX_SHIFT_MIN_PX`."""
-    return max(MAX_SHIFT_FRACTION * max(tile_hw), MAX_SHIFT_MIN_PX)
 
 
 def _pair_windows(top, bottom, j: int, tile_hw, steps, horizontal: bool):
@@ -66,7 +67,7 @@ def measure_grid_pairs(
     histogram_match: bool = False,
     max_empty_fraction: float | None = None,
     use_gpu: bool = False,
-    filter_sigma: float = 1.0,
+    filter_sigma: float = FILTER_SIGMA,
     flatfield: np.ndarray | None = None,
     background_test: bool = True,
     progress: Callable[[int, int], None] | None = None,
@@ -115,9 +116,8 @@ def measure_grid_pairs(
         Counts, NCC summary, the backend that ran and the search bound used.
     """
     check_overlap(overlap_fraction)
-    h, w = tile_hw
-    steps = (int(round((1 - overlap_fraction) * h)), int(round((1 - overlap_fraction) * w)))
-    limit = default_max_shift(tile_hw) if max_shift_px is None else float(max_shift_px)
+    steps = integer_step(tile_hw, overlap_fraction)
+    limit = search_limit(tile_hw, max_shift_px)
     xp, fft, backend = get_backend(use_gpu)
     if flatfield is not None:
         band = _flat_corrected(band, np.asarray(flatfield, dtype=np.float32), ny)
@@ -130,13 +130,13 @@ def measure_grid_pairs(
     for i in range(nx):
         bottom = band(i + 1) if i + 1 < nx else None
         for horizontal in (True, False):
-            count = ny - 1 if horizontal else (ny if bottom is not None else 0)
-            if count <= 0:
+            columns = pair_columns(i, nx, ny, horizontal)
+            if not columns:
                 continue
-            windows = [_pair_windows(top, bottom, j, tile_hw, steps, horizontal) for j in range(count)]
+            windows = [_pair_windows(top, bottom, j, tile_hw, steps, horizontal) for j in columns]
             a = np.stack([wa for wa, _ in windows])
             b = np.stack([match_histograms(wb, wa) if histogram_match else wb for wa, wb in windows])
-            bound = _search_bound(limit, a.shape)
+            bound = search_bound(limit, a.shape[1:])
             null_samples.add(horizontal, i, a, b)
             for j, result in enumerate(measure_shifts(a, b, bound, xp=xp, fft=fft, filter_sigma=filter_sigma,
                                                       subpixel=False)):
@@ -153,7 +153,7 @@ def measure_grid_pairs(
     measured, skipped = _split_empty(pairs, threshold, max_empty_fraction)
     null = {}
     if background_test:
-        null = {kind: background_threshold(a, b, _search_bound(limit, a.shape), xp=xp, fft=fft,
+        null = {kind: background_threshold(a, b, search_bound(limit, a.shape[1:]), xp=xp, fft=fft,
                                            filter_sigma=filter_sigma)
                 for kind, (a, b) in null_samples.windows().items()}
         measured, background = _split_background(measured, null)
@@ -227,7 +227,8 @@ class _NullSampler:
     """Keeps the windows of about ``NULL_PAIRS`` pairs per direction, spread over the grid."""
 
     def __init__(self, nx: int, ny: int) -> None:
-        self.stride = {True: max(1, nx * (ny - 1) // NULL_PAIRS), False: max(1, (nx - 1) * ny // NULL_PAIRS)}
+        self.stride = {horizontal: max(1, n_neighbour_pairs(nx, ny, horizontal) // NULL_PAIRS)
+                       for horizontal in (True, False)}
         self.count = {True: 0, False: 0}
         self.kept: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {True: [], False: []}
 
@@ -248,11 +249,6 @@ class _NullSampler:
                 b = np.stack([wb for _, wb in kept])
                 out["horizontal" if horizontal else "vertical"] = (a, np.roll(b, len(kept) // 2, axis=0))
         return out
-
-
-def _search_bound(limit: float, shape: tuple[int, ...]) -> tuple[int, int]:
-    """Largest |shift| searched along Y and X in windows of ``shape`` (``(n, H, W)``)."""
-    return int(min(limit, shape[1] // 2 - 1)), int(min(limit, shape[2] // 2 - 1))
 
 
 def background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], **options) -> float:
@@ -314,8 +310,9 @@ def _plane_rows(read: VolumeReader, z: int | None, tile_hw: tuple[int, int], nx:
 
 
 def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,
-                   *, z: int | None = None, plane: str = "auto", flatfield: str | np.ndarray | None = "estimate",
-                   label: str = "slice", **options) -> tuple[list, list, dict]:
+                   *, z: int | None = None, plane: str = DEFAULT_PLANE,
+                   flatfield: str | Path | np.ndarray | None = DEFAULT_FLATFIELD, label: str = "slice",
+                   **options) -> tuple[list, list, dict]:
     """Measure the pairs of a mosaic-grid volume on a chosen plane, tiles flat-field corrected first.
 
     Parameters
@@ -332,9 +329,10 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
         Plane to measure; None: chosen by ``plane``.
     plane : {"auto", "central", "mean"}
         How the plane is chosen when ``z`` is None (:func:`~linumpy_motor.register.planes.choose_plane`).
-    flatfield : "estimate", "none", None or np.ndarray
+    flatfield : "estimate", "none", None, np.ndarray, str or Path
         ``estimate``: the slice's flat field (the stitcher's estimator) on the measured plane; an
-        array ``(h, w)`` or ``(Z, h, w)``: that flat field; none: no correction.
+        array ``(h, w)`` or ``(Z, h, w)``, or the path of one in a ``.npy`` file: that flat field; none:
+        no correction (:func:`~linumpy_motor.register.flatfield.choose_flatfield`).
     label : str
         Names the slice in errors and warnings.
     options
@@ -349,28 +347,27 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     nz, h, w = tile_shape
     if z is not None and not 0 <= z < nz:
         raise InputError(label, f"plane z={z} is outside the volume's {nz} planes")
+    if not isinstance(flatfield, np.ndarray):
+        flatfield_file(flatfield)  # a misspelt mode is refused before any reading
     if z is None:
         z, plane_info = choose_plane(read, nz, (h, w), nx, ny, overlap_fraction, plane,
-                                     filter_sigma=options.get("filter_sigma", 1.0),
+                                     filter_sigma=options.get("filter_sigma", FILTER_SIGMA),
                                      max_shift_px=options.get("max_shift_px"))
     else:
         plane_info = {"plane_mode": "given"}
-    rows = None
-    if isinstance(flatfield, np.ndarray):
-        field, description = flatfield, "given"
-        if field.ndim == 3:
-            field = field[central_plane_index(nz) if z is None else z]
-    elif flatfield is None or str(flatfield) == "none":
-        field, description = None, "none"
-    elif str(flatfield) == "estimate":
+    rows: list | None = None
+
+    def estimate() -> np.ndarray | None:
+        nonlocal rows
         rows = _plane_rows(read, z, (h, w), nx, ny)
-        field = flatfield_from_tiles(
+        return flatfield_from_tiles(
             (lambda i, j: rows[i][:, j * w:(j + 1) * w]) if rows is not None else
             (lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))),
             nx, ny, (h, w), label=label, log_level=logging.INFO)
-        description = "estimate" if field is not None else "estimate (too few tissue tiles: none applied)"
-    else:
-        raise InputError(None, f"flatfield must be 'estimate', 'none' or an array, got {flatfield!r}")
+
+    field, description = choose_flatfield(flatfield, tile_shape, estimate)
+    if field is not None and field.ndim == 3:
+        field = field[central_plane_index(nz) if z is None else z]
     band = (lambda i: rows[i]) if rows is not None else \
         (lambda i: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)))
     measured, skipped, stats = measure_grid_pairs(band, (h, w), nx, ny, overlap_fraction, flatfield=field, **options)
@@ -378,16 +375,16 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     return measured, skipped, stats
 
 
-def measure_mosaic(grid, overlap_fraction: float, *, z: int | None = None, plane: str = "auto",
-                   flatfield: str | Path | None = "estimate", **options) -> tuple[list, list, dict]:
+def measure_mosaic(grid, overlap_fraction: float, *, z: int | None = None, plane: str = DEFAULT_PLANE,
+                   flatfield: str | Path | None = DEFAULT_FLATFIELD, **options) -> tuple[list, list, dict]:
     """Measure the pairs of an opened :class:`~linumpy_motor.io.grid.MosaicGrid` (see :func:`measure_volume`).
 
     The measured plane is read one tile row at a time; choosing it reads a few tiles through the
     depth, and the flat-field estimate a subset of tiles on a few planes. ``flatfield`` may also
-    be the path of a ``.npy`` flat field. ``options`` are passed to :func:`measure_grid_pairs`.
+    be the path of a ``.npy`` flat field, measured as a given array (the pairs record ``"given"``).
+    ``options`` are passed to :func:`measure_grid_pairs`.
     """
-    field: str | np.ndarray | None = None if flatfield is None else str(flatfield)
-    if flatfield is not None and str(flatfield) not in ("estimate", "none"):
-        field = load_flatfield(flatfield, grid.tile_shape)
+    path = flatfield_file(flatfield)
+    field = flatfield if path is None else load_flatfield(path, grid.tile_shape)
     return measure_volume(lambda zs, rows, cols: read_block(grid, zs, rows, cols), grid.tile_shape, grid.nx, grid.ny,
                           overlap_fraction, z=z, plane=plane, flatfield=field, label=str(grid.path), **options)

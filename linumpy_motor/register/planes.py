@@ -15,11 +15,14 @@ import numpy as np
 
 from linumpy_motor.errors import check_choice
 from linumpy_motor.io.grid import central_plane_index
-from linumpy_motor.register.correlation import measure_shifts
+from linumpy_motor.register.correlation import FILTER_SIGMA, measure_shifts, search_bound, search_limit
+from linumpy_motor.register.geometry import integer_step, neighbour_pairs
 
-__all__ = ["PLANE_MODES", "SCORE_PAIRS", "SCORE_PLANES", "VolumeReader", "choose_plane", "plane_scores"]
+__all__ = ["DEFAULT_PLANE", "PLANE_MODES", "SCORE_PAIRS", "SCORE_PLANES", "VolumeReader", "choose_plane",
+    "plane_scores"]
 
 PLANE_MODES = ("auto", "central", "mean")
+DEFAULT_PLANE = "auto"  # the library's default plane mode
 SCORE_PAIRS = 8  # neighbour pairs measured per candidate plane
 SCORE_PLANES = 12  # candidate planes at most, spread over the depth
 
@@ -29,8 +32,7 @@ VolumeReader = Callable[[slice, slice, slice], np.ndarray]
 
 def _sample_pairs(nx: int, ny: int, count: int) -> list[tuple[int, int, bool]]:
     """Up to ``count`` neighbour pairs ``(i, j, horizontal)`` spread evenly over the grid."""
-    pairs = [(i, j, True) for i in range(nx) for j in range(ny - 1)]
-    pairs += [(i, j, False) for i in range(nx - 1) for j in range(ny)]
+    pairs = neighbour_pairs(nx, ny)
     if len(pairs) <= count:
         return pairs
     return [pairs[k] for k in np.linspace(0, len(pairs) - 1, count).round().astype(int)]
@@ -54,7 +56,7 @@ def _pair_windows(read: VolumeReader, planes: np.ndarray, pair: tuple[int, int, 
 
 
 def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int, ny: int, overlap_fraction: float,
-                 *, flatfield: np.ndarray | None = None, filter_sigma: float = 1.0,
+                 *, flatfield: np.ndarray | None = None, filter_sigma: float = FILTER_SIGMA,
                  max_shift_px: float | None = None) -> dict[int, float]:
     """Score of each candidate plane: mean NCC of the better half of the sampled pairs.
 
@@ -82,12 +84,9 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     dict
         Plane index to score (higher is better).
     """
-    from linumpy_motor.register.measure import default_max_shift
-
-    h, w = tile_hw
-    steps = (int(round((1 - overlap_fraction) * h)), int(round((1 - overlap_fraction) * w)))
+    steps = integer_step(tile_hw, overlap_fraction)
     planes = np.unique(np.linspace(0, nz - 1, min(nz, SCORE_PLANES)).round().astype(int))
-    limit = default_max_shift(tile_hw) if max_shift_px is None else float(max_shift_px)
+    limit = search_limit(tile_hw, max_shift_px)
     ncc: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {horizontal: [] for horizontal in (True, False)}
     for pair in _sample_pairs(nx, ny, SCORE_PAIRS):
         ncc[pair[2]].append(_pair_windows(read, planes, pair, tile_hw, steps, flatfield))
@@ -97,7 +96,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
             continue
         a = np.stack([wa for wa, _ in windows], axis=1)  # (planes, pairs, H, W)
         b = np.stack([wb for _, wb in windows], axis=1)
-        bound = (int(min(limit, a.shape[2] // 2 - 1)), int(min(limit, a.shape[3] // 2 - 1)))
+        bound = search_bound(limit, a.shape[2:])
         values = [r.ncc for r in measure_shifts(a.reshape(-1, *a.shape[2:]), b.reshape(-1, *b.shape[2:]), bound,
                                                 filter_sigma=filter_sigma, subpixel=False)]  # one batch
         scores = np.concatenate([scores, np.reshape(values, a.shape[:2])], axis=1)
@@ -106,7 +105,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
 
 
 def choose_plane(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int, ny: int, overlap_fraction: float,
-                 mode: str = "auto", **options) -> tuple[int | None, dict]:
+                 mode: str = DEFAULT_PLANE, **options) -> tuple[int | None, dict]:
     """The plane to measure for a plane ``mode``, and how it was chosen.
 
     Parameters

@@ -50,15 +50,17 @@ from linumpy_motor.errors import InputError, check_choice
 from linumpy_motor.io import ngff, outputs
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic, read_block
 from linumpy_motor.io.outputs import atomic_output
+from linumpy_motor.io.schemas import check_transform
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.register import geometry
-from linumpy_motor.register.flatfield import resolve_flatfield
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, resolve_flatfield
 from linumpy_motor.stitch import pyramid
-from linumpy_motor.stitch.blend import BLENDING_MODES, overlap_px, weight_map
+from linumpy_motor.stitch.blend import BLENDING_MODES, DEFAULT_BLENDING, overlap_px, weight_map
 
-__all__ = ["BLOCK_BYTES", "CACHE_BYTES", "LoadKey", "MAX_CANVAS_TO_TILES", "ProgressCallback", "READ_RUN_BYTES",
-    "Region", "check_canvas", "default_z_chunk", "stitch_slice"]
+__all__ = ["BLOCK_BYTES", "BLOCK_PX", "CACHE_BYTES", "LoadKey", "MAX_CANVAS_TO_TILES", "ProgressCallback",
+    "READ_RUN_BYTES", "Region", "check_canvas", "default_z_chunk", "stitch_slice"]
 
+BLOCK_PX = 512  # default Y and X size of a block (one output shard)
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
 CACHE_BYTES = 512 * 2**20  # decoded tiles kept alive between their first and last block (see the module doc)
 READ_RUN_BYTES = 4 * 2**20  # tiles of a load smaller than this are read two tile rows per zarr call
@@ -279,21 +281,13 @@ def check_canvas(grid: MosaicGrid, A: np.ndarray) -> None:
         The canvas is over ``MAX_CANVAS_TO_TILES`` times the tiles' total area (no file named:
         callers that read the transform from a file name it).
     """
-    corners = np.array([[0, 0], [0, grid.ny - 1], [grid.nx - 1, 0], [grid.nx - 1, grid.ny - 1]], float) @ A.T
     _, h, w = grid.tile_shape
-    height, width = np.ptp(corners, axis=0) + (h, w)
+    height, width = geometry.model_span(grid.nx, grid.ny, (h, w), A)
     ratio = float(height * width) / (grid.nx * grid.ny * h * w)
     if ratio > MAX_CANVAS_TO_TILES:
         raise InputError(None, f"transform {A.tolist()} spreads the {grid.nx}x{grid.ny} tiles over a "
                                f"{height:.0f}x{width:.0f} px canvas, {ratio:.3g} times their area (is it this "
                                f"acquisition's motor matrix, in px per tile step?)")
-
-
-def _check_transform(transform) -> np.ndarray:
-    A = np.asarray(transform, dtype=float)
-    if A.shape != (2, 2) or not np.isfinite(A).all() or abs(np.linalg.det(A)) < 1e-9:
-        raise InputError(None, f"transform must be a finite, invertible 2x2 matrix, got {A.tolist()}")
-    return A
 
 
 def default_z_chunk(grid: MosaicGrid, block_px: int) -> int:
@@ -408,14 +402,14 @@ def stitch_slice(
     output: str | Path,
     transform: np.ndarray,
     *,
-    blending: str = "feather",
-    flatfield: str | Path | None = "estimate",
+    blending: str = DEFAULT_BLENDING,
+    flatfield: str | Path | None = DEFAULT_FLATFIELD,
     ngff_version: str = "0.5",
     z_chunk: int | None = None,
-    block_px: int = 512,
+    block_px: int = BLOCK_PX,
     use_gpu: bool = False,
     progress: ProgressCallback | None = None,
-    pyramid_top_px: int = 512,
+    pyramid_top_px: int = pyramid.TOP_PX,
     threads: int | None = None,
     cache_bytes: int = CACHE_BYTES,
     positions: np.ndarray | None = None,
@@ -486,7 +480,7 @@ def stitch_slice(
     grid = source if isinstance(source, MosaicGrid) else open_mosaic(source)
     output = Path(output)
     outputs.check_output(output, grid.path)
-    A = _check_transform(transform)
+    A = check_transform(transform)
     check_canvas(grid, A)
     nz, h, w = grid.tile_shape
     zc = int(z_chunk) if z_chunk is not None else default_z_chunk(grid, block_px)
@@ -503,7 +497,7 @@ def stitch_slice(
         canvas = _Canvas(grid, placed - placed.min(axis=0), weight_map((h, w), blending, overlap_px(A, (h, w))),
                          flat, blending == "none", xp)
         group = ngff.create_group(tmp, ngff_version)
-        plan = _write_pyramid(group, canvas, shapes, block, sharded=ngff_version == "0.5", threads=threads,
+        plan = _write_pyramid(group, canvas, shapes, block, sharded=group.metadata.zarr_format == 3, threads=threads,
                               cache_bytes=cache_bytes, progress=progress)
         metadata = {
             "stage": "stitch", "version": __version__, "source": str(grid.path), "transform": A.tolist(),

@@ -32,10 +32,13 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
 from linumpy_motor.errors import InputError, check_choice
+from linumpy_motor.register.geometry import effective_overlap_px
 
-__all__ = ["BLENDING_HELP", "BLENDING_MODES", "DIFFUSION_GRID_PX", "MIN_WEIGHT", "overlap_px", "weight_map"]
+__all__ = ["BLENDING_HELP", "BLENDING_MODES", "DEFAULT_BLENDING", "DIFFUSION_GRID_PX", "MIN_WEIGHT", "overlap_px",
+    "weight_map"]
 
 BLENDING_MODES = ("none", "average", "feather", "diffusion")
+DEFAULT_BLENDING = "feather"  # the library's default blending mode
 BLENDING_HELP = ("how overlaps are combined: 'none' (the last tile wins), 'average' (plain mean), 'feather' "
                  "(weights fall linearly to each tile's edge), 'diffusion' (harmonic weights over the overlap, "
                  "as upstream)")
@@ -44,11 +47,11 @@ MIN_WEIGHT = 1e-3
 
 
 def overlap_px(transform: np.ndarray, tile_hw: tuple[int, int]) -> tuple[float, float]:
-    """Overlap (rows, cols) in px between neighbouring tiles under the motor matrix ``transform``."""
-    A = np.asarray(transform, dtype=float)
+    """Overlap (rows, cols) in px between neighbouring tiles under the motor matrix ``transform``
+    (:func:`~linumpy_motor.register.geometry.effective_overlap_px`), kept within [1, half the tile]."""
     h, w = tile_hw
-    return (float(np.clip(h - math.hypot(A[0, 0], A[1, 0]), 1.0, h / 2)),
-            float(np.clip(w - math.hypot(A[0, 1], A[1, 1]), 1.0, w / 2)))
+    rows, cols = effective_overlap_px(transform, tile_hw)
+    return float(np.clip(rows, 1.0, h / 2)), float(np.clip(cols, 1.0, w / 2))
 
 
 def _feather(h: int, w: int) -> np.ndarray:

@@ -11,10 +11,12 @@ import zarr
 
 from linumpy_motor.io import ngff
 
-__all__ = ["create_level", "downsample_mean", "iter_blocks", "level_scales", "level_shapes", "write_levels"]
+TOP_PX = 512  # by default the smallest level fits in this many pixels a side
+
+__all__ = ["TOP_PX", "create_level", "downsample_mean", "iter_blocks", "level_scales", "level_shapes", "write_levels"]
 
 
-def level_shapes(shape: Sequence[int], top_px: int = 512) -> list[tuple[int, int, int]]:
+def level_shapes(shape: Sequence[int], top_px: int = TOP_PX) -> list[tuple[int, int, int]]:
     """Shapes of the pyramid levels: halve Y and X (rounding up) until both fit in ``top_px``.
 
     Parameters
