@@ -5,6 +5,7 @@ blended overlaps, written as an OME-Zarr with a multiscale pyramid (float32)."""
 import sys
 
 from linumpy_motor.errors import InputError
+from linumpy_motor.io import schemas
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.pipeline import options, steps
 from linumpy_motor.pipeline.entry import make_parser, positive_int, run_cli
@@ -27,7 +28,7 @@ def build_parser():
 
 
 def stitch(args) -> None:
-    transform = steps.read_transform(args.transform_json)
+    transform = schemas.read_transform(args.transform_json)
     grid = open_mosaic(args.slice_zarr)
     positions = steps.tile_positions(args.transform_json, (grid.nx, grid.ny), placement=args.placement,
                                      pairs_file=args.pairs)

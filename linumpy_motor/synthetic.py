@@ -181,7 +181,7 @@ def write_dataset(
     spec: SyntheticSpec = SyntheticSpec(),
     *,
     n_slices: int = N_SLICES,
-    ngff_version: str = "0.5",
+    ngff_version: str = ngff.DEFAULT_NGFF_VERSION,
     sharded: bool = True,
     tile_shape_attr: bool | None = None,
     first_slice: int = 0,

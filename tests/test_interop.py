@@ -18,6 +18,7 @@ from ome_zarr_models.v05.image import Image as ImageV05
 
 from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
+from linumpy_motor.io import schemas
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.pipeline import steps
 from linumpy_motor.stitch.assemble import stitch_slice
@@ -106,7 +107,7 @@ def test_upstream_npy_transform_and_a_bare_json_are_accepted(tmp_path):
     np.save(tmp_path / "z05_transform_xy.npy", A)
     (tmp_path / "bare.json").write_text(json.dumps({"transform": A.tolist()}))
     for source in (tmp_path / "z05_transform_xy.npy", tmp_path / "bare.json"):
-        assert np.array_equal(steps.read_transform(source), A)
+        assert np.array_equal(schemas.read_transform(source), A)
         content = steps.copy_transform(source, tmp_path / "motor_transform.json")
         assert content["transform"] == A.tolist() and content["diagnostics"]["given_transform"] == source.name
 
@@ -123,7 +124,7 @@ def test_a_bad_transform_file_is_named_in_the_error(tmp_path, name, write, probl
     path = tmp_path / name
     write(path)
     with pytest.raises(InputError) as error:
-        steps.read_transform(path)
+        schemas.read_transform(path)
     assert str(error.value).startswith(str(path)) and problem in str(error.value)
 
 

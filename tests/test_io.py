@@ -365,13 +365,12 @@ def test_atomic_output_replaces_a_store_only_when_complete(tmp_path):
 def test_every_reader_of_a_transform_draws_the_singular_line_at_the_same_determinant(tmp_path, determinant,
                                                                                     singular):
     """A JSON file, an upstream .npy and a matrix passed in are one rule: singular when |det| <= 1e-9."""
-    from linumpy_motor.pipeline.steps import load_transform  # noqa: PLC0415
 
     A = [[determinant, 0.0], [0.0, 1.0]]
     (tmp_path / "t.json").write_text(json.dumps({"transform": A}))
     np.save(tmp_path / "t.npy", np.array(A))
     readers = [lambda: schemas.load(tmp_path / "t.json", schemas.TransformFile),
-               lambda: load_transform(tmp_path / "t.npy"), lambda: schemas.check_transform(A)]
+               lambda: schemas.load_transform(tmp_path / "t.npy"), lambda: schemas.check_transform(A)]
     assert schemas.is_singular(A) is singular
     for read in readers:
         if singular:

@@ -372,6 +372,16 @@ def test_slice_with_every_pair_skipped_fails(tmp_path):
     assert not list(page.parent.glob("*.png")) and "no pairs for this slice" in page.read_text()
 
 
+def test_an_upstream_npy_motor_model_is_read_as_every_step_reads_it(tmp_path):
+    """The report reads a transform with the one reader (io.schemas.load_transform), .npy included."""
+    transform, pairs = tmp_path / "t.npy", tmp_path / "slice_z05_pairs.json"
+    np.save(transform, np.array([[64.0, 0.5], [-0.5, 64.0]]))
+    skipped = [{"tile": [0, j], "row_delta": 0, "col_delta": 1, "reason": "empty overlap"} for j in range(3)]
+    write_json(pairs, _pairs_file(5, tmp_path / "s.ome.zarr", [], skipped, {}))
+    page = write_report(tmp_path / "r", transform, [pairs]).read_text()
+    assert "<td>64.0000</td><td>0.5000</td>" in page and "<td>-0.5000</td><td>64.0000</td>" in page
+
+
 def test_two_pairs_files_for_one_slice_is_an_error(run, tmp_path):
     with pytest.raises(InputError, match="more than one pairs file"):
         write_report(tmp_path / "r", run["root"] / "motor_transform.json", [run["pairs_paths"][0]] * 2)

@@ -175,3 +175,34 @@ def first_problem(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in first["loc"])
     what = first["msg"].removeprefix("Value error, ")
     return f"{where}: {what}" if where else what
+
+
+def load_transform(path: str | Path) -> TransformFile:
+    """A known motor model: our transform JSON, a JSON holding only ``transform``, or upstream's
+    ``.npy`` 2x2 matrix (what ``linum_estimate_transform.py`` writes, same convention: tile (i, j)
+    at ``A @ [i, j]``).
+
+    Raises
+    ------
+    InputError
+        Naming the file: unreadable, not a 2x2 finite invertible matrix, or invalid JSON.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        return load(path, TransformFile)
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable .npy matrix ({exc})") from None
+    return validate({"transform": check_transform(matrix, path).tolist()}, TransformFile, path)
+
+
+def read_transform(path: str | Path) -> np.ndarray:
+    """The 2x2 motor matrix of a transform file (:func:`load_transform`)."""
+    return read_model(path)[0]
+
+
+def read_model(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 2x2 motor matrix and the backlash vector (zero when none) of a transform file (:func:`load_transform`)."""
+    content = load_transform(path)
+    return np.array(content.transform, dtype=float), np.array(content.backlash, dtype=float)

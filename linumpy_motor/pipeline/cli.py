@@ -35,7 +35,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bad-tiles", type=int, default=defaults.bad_tiles,
                         help="tiles replaced by background or another tile")
     parser.add_argument("--dtype", default=defaults.dtype, choices=synthetic.DTYPES)
-    parser.add_argument("--ngff-version", default=RunOptions().ngff_version, choices=ngff.NGFF_VERSIONS)
+    parser.add_argument("--ngff-version", default=ngff.DEFAULT_NGFF_VERSION, choices=ngff.NGFF_VERSIONS)
     parser.add_argument("--no-shards", action="store_true", help="write NGFF 0.5 without sharding")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
 

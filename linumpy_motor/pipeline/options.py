@@ -15,10 +15,14 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from linumpy_motor.io.ngff import DEFAULT_NGFF_VERSION
 from linumpy_motor.io.schemas import Overlap, first_problem
 from linumpy_motor.qc.summary import FAIL_ON
-from linumpy_motor.register.measure import MAX_SHIFT_DEFAULT_TEXT
-from linumpy_motor.stitch.blend import BLENDING_HELP
+from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT
+from linumpy_motor.register.fit import DEFAULT_BACKLASH, DRIFT_TOLERANCE_PX
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
+from linumpy_motor.register.planes import DEFAULT_PLANE
+from linumpy_motor.stitch.blend import BLENDING_HELP, DEFAULT_BLENDING
 
 __all__ = ["FIT", "HELP", "MEASURE", "STITCH", "RunOptions", "add_fail_on", "add_options", "from_arguments"]
 
@@ -29,19 +33,19 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     overlap: Overlap = 0.2
     z: int | None = Field(None, ge=0)
-    plane: Literal["auto", "central", "mean"] = "auto"
+    plane: Literal["auto", "central", "mean"] = DEFAULT_PLANE
     background_test: bool = True
     max_shift: float | None = Field(None, gt=0)
     histogram_match: bool = False
     max_empty_fraction: float | None = Field(None, ge=0, le=1)
     n_samples: int | None = Field(None, gt=0)
     seed: int = Field(0, ge=0)
-    drift_tolerance: float = Field(1.0, gt=0)
-    backlash: Literal["auto", "on", "off"] = "auto"
+    drift_tolerance: float = Field(DRIFT_TOLERANCE_PX, gt=0)
+    backlash: Literal["auto", "on", "off"] = DEFAULT_BACKLASH
     placement: Literal["model", "registered"] = "model"
-    blending: Literal["none", "average", "feather", "diffusion"] = "feather"
-    flatfield: str = "estimate"
-    ngff_version: Literal["0.4", "0.5"] = "0.5"
+    blending: Literal["none", "average", "feather", "diffusion"] = DEFAULT_BLENDING
+    flatfield: str = DEFAULT_FLATFIELD
+    ngff_version: Literal["0.4", "0.5"] = DEFAULT_NGFF_VERSION
     transform: Path | None = None
     workers: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)

@@ -33,7 +33,7 @@ from tqdm.std import tqdm as std_tqdm
 from linumpy_motor import __version__
 from linumpy_motor.backend import gpu_available
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import outputs
+from linumpy_motor.io import outputs, schemas
 from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic
 from linumpy_motor.parallel import limited_threads, resolve_threads, threads_per_worker
@@ -409,7 +409,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
 
 def _check_given_transform(path: Path, grids) -> None:
     """Before any work: the ``--transform`` file is valid and its canvas fits every slice's tiles."""
-    A = steps.read_transform(path)
+    A = schemas.read_transform(path)
     for grid in grids:
         try:
             check_canvas(grid, A)
@@ -485,7 +485,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
     transform_digest = file_digest(transform)
     stitch = dict(blending=options.blending, ngff_version=options.ngff_version, z_chunk=options.z_chunk)
     registered = options.placement == "registered"
-    A = steps.read_transform(transform)
+    A = schemas.read_transform(transform)
 
     def positions(sid: int):
         return steps.tile_positions(transform, (grids[sid].nx, grids[sid].ny), placement=options.placement,

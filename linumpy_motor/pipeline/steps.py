@@ -14,10 +14,11 @@ import numpy as np
 
 from linumpy_motor import __version__
 from linumpy_motor.errors import InputError, check_choice
+from linumpy_motor.io import schemas
 from linumpy_motor.io.dataset import slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import check_output, write_json
-from linumpy_motor.io.schemas import PairsFile, TransformFile, check_transform, load, validate
+from linumpy_motor.io.schemas import PairsFile, load
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
@@ -25,8 +26,8 @@ from linumpy_motor.register import geometry
 from linumpy_motor.register.fit import FitError, fit_pooled
 from linumpy_motor.register.measure import backends_used, measure_mosaic
 
-__all__ = ["PLACEMENTS", "compare", "copy_transform", "fit_affine", "load_pairs_files", "load_transform",
-    "measure_pairs", "read_model", "read_transform", "tile_positions"]
+__all__ = ["PLACEMENTS", "compare", "copy_transform", "fit_affine", "load_pairs_files",
+    "measure_pairs", "tile_positions"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     """Compare the motor model's tile positions with registration positions from the slice's pairs."""
     check_output(output, pairs_file, transform_file)
     pairs = load(pairs_file, PairsFile)
-    transform, backlash = read_model(transform_file)
+    transform, backlash = schemas.read_model(transform_file)
     nx, ny = pairs.grid
     motor = geometry.affine_positions(nx, ny, transform, backlash)
     registered, connected = geometry.registration_positions([p.model_dump() for p in pairs.pairs], nx, ny, motor)
@@ -139,38 +140,8 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     return content
 
 
-def load_transform(path: str | Path) -> TransformFile:
-    """A known motor model: our transform JSON, a JSON holding only ``transform``, or upstream's
-    ``.npy`` 2x2 matrix (what ``linum_estimate_transform.py`` writes, same convention: tile (i, j)
-    at ``A @ [i, j]``).
-
-    Raises
-    ------
-    InputError
-        Naming the file: unreadable, not a 2x2 finite invertible matrix, or invalid JSON.
-    """
-    path = Path(path)
-    if path.suffix.lower() != ".npy":
-        return load(path, TransformFile)
-    try:
-        matrix = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable .npy matrix ({exc})") from None
-    return validate({"transform": check_transform(matrix, path).tolist()}, TransformFile, path)
-
-
-def read_transform(path: str | Path) -> np.ndarray:
-    """The 2x2 motor matrix of a transform file (:func:`load_transform`)."""
-    return read_model(path)[0]
-
-
-def read_model(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The 2x2 motor matrix and the backlash vector (zero when none) of a transform file (:func:`load_transform`)."""
-    content = load_transform(path)
-    return np.array(content.transform, dtype=float), np.array(content.backlash, dtype=float)
-
-
 PLACEMENTS = ("model", "registered")
+"""Where the stitcher puts tiles: at the model's positions, or the model plus each tile's registered residual."""
 
 
 def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placement: str = "model",
@@ -201,7 +172,7 @@ def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placeme
         An unknown placement, a missing pairs file, or one of another grid.
     """
     check_choice("placement", placement, PLACEMENTS)
-    transform, backlash = read_model(transform_file)
+    transform, backlash = schemas.read_model(transform_file)
     nx, ny = grid
     model = geometry.model_positions(nx, ny, transform, backlash)
     if placement == "model":
@@ -215,10 +186,10 @@ def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placeme
 
 
 def copy_transform(source: str | Path, output: str | Path) -> dict:
-    """Validate a known motor model (``--transform``: see :func:`load_transform`) and write it as this
-    run's transform JSON."""
+    """Validate a known motor model (``--transform``: see :func:`~linumpy_motor.io.schemas.load_transform`)
+    and write it as this run's transform JSON."""
     check_output(output, source)
-    content = load_transform(source).model_dump(mode="json")
+    content = schemas.load_transform(source).model_dump(mode="json")
     content["diagnostics"] = {**content["diagnostics"], "given_transform": Path(source).name}
     write_json(output, content, "transform")
     return content

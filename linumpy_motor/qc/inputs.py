@@ -8,7 +8,7 @@ from pathlib import Path
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.dataset import slice_id_from_name
-from linumpy_motor.io.schemas import CompareFile, PairsFile, TransformFile, load
+from linumpy_motor.io.schemas import CompareFile, PairsFile, TransformFile, load, load_transform
 
 __all__ = ["ReportInputs", "load_inputs"]
 
@@ -24,7 +24,7 @@ class ReportInputs:
 
 def load_inputs(transform_file, pairs_files, compare_files, stitched) -> ReportInputs:
     transform_file = Path(transform_file)
-    transform = load(transform_file, TransformFile)
+    transform = load_transform(transform_file)
     pairs = _index(((f.slice_id, (p, f)) for p in map(Path, pairs_files) for f in [load(p, PairsFile)]),
                    "pairs file")
     compare = _index((((c.slice_id if c.slice_id is not None else slice_id_from_name(p)), (p, c))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from linumpy_motor.errors import check_choice
 from linumpy_motor.io.schemas import STATUSES
-from linumpy_motor.register.measure import MAX_SHIFT_DEFAULT_TEXT, MAX_SHIFT_FRACTION
+from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT, MAX_SHIFT_FRACTION
 
 __all__ = ["FAILING", "FAIL_ON", "OVERLAP_HINT", "OVERLAP_WARNING_FRACTION", "POOR_FIT_SCALE_PX", "POOR_NCC",
     "exit_code", "model_problems", "model_warnings", "not_ok", "read_status", "status_lines"]

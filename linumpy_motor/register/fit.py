@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 import numpy as np
 from scipy import sparse, stats
@@ -51,7 +52,7 @@ __all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "DEF
 L1_START_TOLERANCE = 1e-3  # px: the L1 start of the robust fit stops moving by less than this
 MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1) in the error model
 BACKLASH_MODES = ("auto", "on", "off")
-DEFAULT_BACKLASH = "auto"  # the library's default backlash mode
+DEFAULT_BACKLASH: Final = "auto"  # the library's default backlash mode
 MIN_PAIRS = 3  # usable pairs needed along each direction, by default
 DRIFT_TOLERANCE_PX = 1.0  # default drift (px) beyond which a slice's own model is flagged
 BACKLASH_P_VALUE = 1e-3  # the backlash term is kept when the F-test's p-value is below this

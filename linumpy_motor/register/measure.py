@@ -14,11 +14,8 @@ from linumpy_motor.backend import get_backend
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import central_plane_index, read_block
 from linumpy_motor.io.schemas import check_overlap
-from linumpy_motor.register.correlation import (  # MAX_SHIFT_*: re-exported for the options' help texts
+from linumpy_motor.register.correlation import (
     FILTER_SIGMA,
-    MAX_SHIFT_DEFAULT_TEXT,
-    MAX_SHIFT_FRACTION,
-    MAX_SHIFT_MIN_PX,
     measure_shifts,
     refine_shifts,
     search_bound,
@@ -34,9 +31,8 @@ from linumpy_motor.register.flatfield import (
 from linumpy_motor.register.geometry import integer_step, n_neighbour_pairs, pair_columns
 from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_plane
 
-__all__ = ["BACKGROUND_MADS", "BandReader", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX",
-    "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "backends_used", "background_threshold", "band_reader",
-    "measure_grid_pairs", "measure_mosaic", "measure_volume"]
+__all__ = ["BACKGROUND_MADS", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader", "backends_used",
+           "background_threshold", "band_reader", "measure_grid_pairs", "measure_mosaic", "measure_volume"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made

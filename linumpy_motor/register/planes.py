@@ -10,6 +10,7 @@ correlates best wins.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 import numpy as np
 
@@ -22,7 +23,7 @@ __all__ = ["DEFAULT_PLANE", "PLANE_MODES", "SCORE_PAIRS", "SCORE_PLANES", "Volum
     "plane_scores"]
 
 PLANE_MODES = ("auto", "central", "mean")
-DEFAULT_PLANE = "auto"  # the library's default plane mode
+DEFAULT_PLANE: Final = "auto"  # the library's default plane mode
 SCORE_PAIRS = 8  # neighbour pairs measured per candidate plane
 SCORE_PLANES = 12  # candidate planes at most, spread over the depth
 

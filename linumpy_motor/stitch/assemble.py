@@ -404,7 +404,7 @@ def stitch_slice(
     *,
     blending: str = DEFAULT_BLENDING,
     flatfield: str | Path | None = DEFAULT_FLATFIELD,
-    ngff_version: str = "0.5",
+    ngff_version: str = ngff.DEFAULT_NGFF_VERSION,
     z_chunk: int | None = None,
     block_px: int = BLOCK_PX,
     use_gpu: bool = False,

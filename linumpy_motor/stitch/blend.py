@@ -26,6 +26,7 @@ diffusion
 from __future__ import annotations
 
 import math
+from typing import Final
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -38,7 +39,7 @@ __all__ = ["BLENDING_HELP", "BLENDING_MODES", "DEFAULT_BLENDING", "DIFFUSION_GRI
     "weight_map"]
 
 BLENDING_MODES = ("none", "average", "feather", "diffusion")
-DEFAULT_BLENDING = "feather"  # the library's default blending mode
+DEFAULT_BLENDING: Final = "feather"  # the library's default blending mode
 BLENDING_HELP = ("how overlaps are combined: 'none' (the last tile wins), 'average' (plain mean), 'feather' "
                  "(weights fall linearly to each tile's edge), 'diffusion' (harmonic weights over the overlap, "
                  "as upstream)")
