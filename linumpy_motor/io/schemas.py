@@ -137,6 +137,10 @@ class SliceStatus(BaseModel):
     reasons: list[str] = []
 
 
+STATUS_FILE = "status.json"
+"""Name of the :class:`StatusFile` in a report folder."""
+
+
 class StatusFile(RootModel[dict[int, SliceStatus]]):
     """The report's ``status.json``: slice id -> :class:`SliceStatus`."""
 

@@ -448,7 +448,7 @@ def _usable_gpu(options: RunOptions) -> RunOptions:
 
 def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], paths: dict, options: RunOptions,
                 progress: bool, stamps: Stamps) -> dict:
-    from linumpy_motor.qc.report import write_report
+    from linumpy_motor.qc.report import REPORT_PAGE, write_report
     from linumpy_motor.stitch.assemble import stitch_slice
 
     _clean(stamps, planned_outputs(paths))
@@ -517,7 +517,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
             out_dir=report_dir, transform_file=transform, pairs_files=list(pairs.values()),
             compare_files=list(compare.values()), stitched=list(stitched.values())))], stamps, 1, "report", progress)
         result.update(pairs=[str(p) for p in pairs.values()], compare=[str(p) for p in compare.values()],
-                      report=str(report_dir / "report.html"),
+                      report=str(report_dir / REPORT_PAGE),
                       status=summary.read_status(report_dir))
     result["ran"] = ran
     return result

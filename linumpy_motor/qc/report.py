@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from linumpy_motor.io import outputs
+from linumpy_motor.io.schemas import STATUS_FILE
 from linumpy_motor.qc import plots
 from linumpy_motor.qc.html import page, section_html, summary_row
 from linumpy_motor.qc.inputs import ReportInputs, load_inputs
@@ -22,7 +23,10 @@ from linumpy_motor.qc.thumbnail import draw_thumbnail
 from linumpy_motor.register.fit import describe_transform
 from linumpy_motor.register.geometry import n_neighbour_pairs
 
-__all__ = ["write_report"]
+__all__ = ["REPORT_PAGE", "write_report"]
+
+REPORT_PAGE = "report.html"
+"""Name of the report's page in its folder."""
 
 def write_report(
     out_dir: str | Path,
@@ -74,11 +78,11 @@ def write_report(
         with outputs.atomic_output(out_dir, "report") as tmp:
             tmp.mkdir()
             page = _build(tmp, inputs, title)
-            (tmp / "report.html").write_text(page, encoding="utf-8")
+            (tmp / REPORT_PAGE).write_text(page, encoding="utf-8")
     except BaseException:
         outputs.remove_created_folders(created)
         raise
-    return out_dir / "report.html"
+    return out_dir / REPORT_PAGE
 
 
 def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
@@ -119,7 +123,7 @@ def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
         sections.append(section_html(slice_id, status, reasons, quiver, thumbnail, bool(inputs.stitched)))
     summary = [summary_row(*row, pixel_um) for row in rows]
     status_json = {str(r["id"]): {"status": r["status"], "reasons": r["reasons"]} for r in summary}
-    (folder / "status.json").write_text(json.dumps(status_json, indent=2, sort_keys=True) + "\n")
+    (folder / STATUS_FILE).write_text(json.dumps(status_json, indent=2, sort_keys=True) + "\n")
     return page(title, inputs, model, summary, sections, stitched_meta, ids, pixel_um=pixel_um,
                 cutoff=cutoff if pooled else None, model_png=model_png, histogram_png=histogram_png)
 

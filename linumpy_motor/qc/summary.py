@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from linumpy_motor.errors import check_choice
-from linumpy_motor.io.schemas import STATUSES
+from linumpy_motor.io.schemas import STATUS_FILE, STATUSES, StatusFile, load
 from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT, MAX_SHIFT_FRACTION
 
 __all__ = ["FAILING", "FAIL_ON", "OVERLAP_HINT", "OVERLAP_WARNING_FRACTION", "POOR_FIT_SCALE_PX", "POOR_NCC",
@@ -85,9 +85,8 @@ def read_status(report_dir: str | Path) -> dict[str, dict]:
     InputError
         No readable, valid ``status.json`` in the folder (named in the message).
     """
-    from linumpy_motor.io.schemas import StatusFile, load  # noqa: PLC0415  (pydantic only when a status is read)
 
-    entries = load(Path(report_dir) / "status.json", StatusFile).root
+    entries = load(Path(report_dir) / STATUS_FILE, StatusFile).root
     return {str(slice_id): entry.model_dump() for slice_id, entry in entries.items()}
 
 
