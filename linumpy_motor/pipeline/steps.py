@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from linumpy_motor import __version__
-from linumpy_motor.errors import InputError, check_choice
+from linumpy_motor.errors import FitError, InputError, check_choice
 from linumpy_motor.io import schemas
 from linumpy_motor.io.dataset import slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
@@ -23,11 +23,10 @@ from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
 from linumpy_motor.register import geometry
-from linumpy_motor.register.fit import FitError, fit_pooled
+from linumpy_motor.register.fit import fit_pooled
 from linumpy_motor.register.measure import backends_used, measure_mosaic
 
-__all__ = ["PLACEMENTS", "compare", "copy_transform", "fit_affine", "load_pairs_files",
-    "measure_pairs", "tile_positions"]
+__all__ = ["PLACEMENTS", "compare", "copy_transform", "fit_affine", "measure_pairs", "tile_positions"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     return content
 
 
-def load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
+def _load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
     """Load pairs files and check they belong to one acquisition (tile shape, overlap, unique ids)."""
     if not paths:
         raise InputError(None, "no pairs files given")
@@ -99,7 +98,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
         (the error names the pairs file of the first slice without any pair).
     """
     check_output(output, *pairs_files)
-    files = load_pairs_files(pairs_files)
+    files = _load_pairs_files(pairs_files)
     pairs = {f.slice_id: [p.model_dump() for p in f.pairs] for f in files}
     try:
         transform, diagnostics = fit_pooled(

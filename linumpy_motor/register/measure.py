@@ -32,7 +32,7 @@ from linumpy_motor.register.geometry import integer_step, n_neighbour_pairs, pai
 from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_plane
 
 __all__ = ["BACKGROUND_MADS", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader", "backends_used",
-           "background_threshold", "band_reader", "measure_grid_pairs", "measure_mosaic", "measure_volume"]
+           "band_reader", "measure_grid_pairs", "measure_mosaic", "measure_volume"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
@@ -97,7 +97,7 @@ def measure_grid_pairs(
         copies of an overlap carry opposite vignetting ramps, which biases the shift along the step.
     background_test : bool
         Skip pairs whose correlation peak is no better than that of windows that do not overlap
-        at all (:func:`background_threshold`): agarose and empty overlaps, whatever their level.
+        at all (:func:`_background_threshold`): agarose and empty overlaps, whatever their level.
     progress : callable, optional
         Called as ``progress(rows done, nx)`` after each tile row (e.g. :class:`~linumpy_motor.pipeline.logs.Progress`).
 
@@ -149,7 +149,7 @@ def measure_grid_pairs(
     measured, skipped = _split_empty(pairs, threshold, max_empty_fraction)
     null = {}
     if background_test:
-        null = {kind: background_threshold(a, b, search_bound(limit, a.shape[1:]), xp=xp, fft=fft,
+        null = {kind: _background_threshold(a, b, search_bound(limit, a.shape[1:]), xp=xp, fft=fft,
                                            filter_sigma=filter_sigma)
                 for kind, (a, b) in null_samples.windows().items()}
         measured, background = _split_background(measured, null)
@@ -247,7 +247,7 @@ class _NullSampler:
         return out
 
 
-def background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], **options) -> float:
+def _background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], **options) -> float:
     """Correlation peak above which a pair is more than chance: windows that do not overlap, measured as pairs.
 
     The whitened correlation peak of two unrelated windows is what noise, agarose and repeated
