@@ -18,8 +18,18 @@ from linumpy_motor.io.outputs import write_json
 from linumpy_motor.pipeline.logs import Progress
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.register import geometry
-from linumpy_motor.register.fit import fit_pairs, fit_pooled
+from linumpy_motor.register.correlation import FILTER_SIGMA
+from linumpy_motor.register.fit import (
+    DEFAULT_BACKLASH,
+    DEFAULT_SEED,
+    DRIFT_TOLERANCE_PX,
+    MIN_PAIRS,
+    fit_pairs,
+    fit_pooled,
+)
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
 from linumpy_motor.register.measure import backends_used, measure_mosaic, measure_volume
+from linumpy_motor.register.planes import DEFAULT_PLANE
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +86,8 @@ def _clamped_residuals(pairs: list[dict], steps: tuple[int, int], limit: float, 
 
 def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fraction, max_refinement_px=10.0, *,
                                      histogram_match=False, max_empty_fraction=None, use_gpu=False,
-                                     z=None, plane="auto", flatfield="estimate", background_test=True,
-                                     max_shift_px=None, filter_sigma=1.0, progress=False):
+                                     z=None, plane=DEFAULT_PLANE, flatfield=DEFAULT_FLATFIELD, background_test=True,
+                                     max_shift_px=None, filter_sigma=FILTER_SIGMA, progress=False):
     """Correlate neighboring tiles within a slice to measure displacement errors.
 
     Parameters
@@ -146,7 +156,7 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
     }
 
 
-def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs=3):
+def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs=MIN_PAIRS):
     """Estimate a 2x2 affine displacement model from neighbor tile correlations.
 
     Robust weighted least squares (NCC weights, L1 start, Tukey biweight) on the absolute
@@ -180,9 +190,10 @@ def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs
 
 
 def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_match=False, max_empty_fraction=None,
-                                     n_samples=None, seed=0, use_gpu=False, drift_tolerance_px=1.0,
-                                     max_shift_px=None, z=None, plane="auto", flatfield="estimate",
-                                     background_test=True, backlash="auto", progress=False):
+                                     n_samples=None, seed=DEFAULT_SEED, use_gpu=False,
+                                     drift_tolerance_px=DRIFT_TOLERANCE_PX, max_shift_px=None, z=None,
+                                     plane=DEFAULT_PLANE, flatfield=DEFAULT_FLATFIELD, background_test=True,
+                                     backlash=DEFAULT_BACKLASH, progress=False):
     """Pool neighbor-tile pair measurements across many mosaic grids and fit one affine.
 
     Parameters

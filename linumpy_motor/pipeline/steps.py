@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -23,17 +24,21 @@ from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
 from linumpy_motor.register import geometry
-from linumpy_motor.register.fit import fit_pooled
+from linumpy_motor.register.fit import DEFAULT_BACKLASH, DEFAULT_SEED, DRIFT_TOLERANCE_PX, BacklashMode, fit_pooled
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
 from linumpy_motor.register.measure import backends_used, measure_mosaic
+from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
 
-__all__ = ["PLACEMENTS", "compare", "copy_transform", "fit_affine", "measure_pairs", "tile_positions"]
+__all__ = ["DEFAULT_PLACEMENT", "PLACEMENTS", "Placement", "compare", "copy_transform", "fit_affine", "measure_pairs",
+           "tile_positions"]
 
 logger = logging.getLogger(__name__)
 
 
 def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, slice_id: int | None = None,
-                  z: int | None = None, plane: str = "auto", flatfield: str | Path | None = "estimate",
-                  background_test: bool = True, max_shift_px: float | None = None, histogram_match: bool = False,
+                  z: int | None = None, plane: PlaneMode = DEFAULT_PLANE,
+                  flatfield: str | Path | None = DEFAULT_FLATFIELD, background_test: bool = True,
+                  max_shift_px: float | None = None, histogram_match: bool = False,
                   max_empty_fraction: float | None = None, use_gpu: bool = False,
                   progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> dict:
     """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
@@ -85,7 +90,8 @@ def _load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
 
 
 def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_samples: int | None = None,
-               seed: int = 0, drift_tolerance_px: float = 1.0, backlash: str = "auto") -> dict:
+               seed: int = DEFAULT_SEED, drift_tolerance_px: float = DRIFT_TOLERANCE_PX,
+               backlash: BacklashMode = DEFAULT_BACKLASH) -> dict:
     """Pool the slices' pairs, fit one motor matrix and write ``motor_transform.json``.
 
     ``backlash`` (``auto``, ``on``, ``off``): the serpentine backlash term
@@ -139,11 +145,13 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     return content
 
 
-PLACEMENTS = ("model", "registered")
+Placement = Literal["model", "registered"]
 """Where the stitcher puts tiles: at the model's positions, or the model plus each tile's registered residual."""
+PLACEMENTS: tuple[Placement, ...] = get_args(Placement)
+DEFAULT_PLACEMENT: Placement = "model"
 
 
-def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placement: str = "model",
+def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placement: Placement = DEFAULT_PLACEMENT,
                    pairs_file: str | Path | None = None) -> np.ndarray:
     """Where the stitcher puts each tile of a slice.
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Literal, get_args
 
 import numpy as np
 from scipy import sparse, stats
@@ -44,16 +44,20 @@ from linumpy_motor.register.geometry import (
 )
 from linumpy_motor.register.robust import SCALE_FLOOR_PX, outlier_cutoff, robust_scale
 
-__all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "DEFAULT_BACKLASH", "DRIFT_TOLERANCE_PX",
-           "L1_START_TOLERANCE", "MIN_INFO", "MIN_PAIRS", "describe_transform", "drift_px", "error_model",
-           "fit_pairs", "fit_pooled", "model_precision", "pair_arrays", "parity_steps", "robust_fit", "subsample"]
+__all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "DEFAULT_BACKLASH", "DEFAULT_SEED",
+           "DRIFT_TOLERANCE_PX", "L1_START_TOLERANCE", "MIN_INFO", "MIN_PAIRS", "BacklashMode", "describe_transform",
+           "drift_px", "error_model", "fit_pairs", "fit_pooled", "model_precision", "pair_arrays", "parity_steps",
+           "robust_fit", "subsample"]
 
 L1_START_TOLERANCE = 1e-3  # px: the L1 start of the robust fit stops moving by less than this
 MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1) in the error model
-BACKLASH_MODES = ("auto", "on", "off")
-DEFAULT_BACKLASH: Final = "auto"  # the library's default backlash mode
+BacklashMode = Literal["auto", "on", "off"]
+"""Whether the model has a backlash term: when the data need it, always, never."""
+BACKLASH_MODES: tuple[BacklashMode, ...] = get_args(BacklashMode)
+DEFAULT_BACKLASH: BacklashMode = "auto"  # the library's default backlash mode
 MIN_PAIRS = 3  # usable pairs needed along each direction, by default
 DRIFT_TOLERANCE_PX = 1.0  # default drift (px) beyond which a slice's own model is flagged
+DEFAULT_SEED = 0  # seed of the reproducible sub-sample of pooled pairs
 BACKLASH_P_VALUE = 1e-3  # the backlash term is kept when the F-test's p-value is below this
 BACKLASH_SCALE_FLOOR_PX = 1e-3  # residual scale floor of the F-test (noise-free data)
 
@@ -444,7 +448,7 @@ def fit_pooled(
     overlap_fraction: float,
     *,
     n_samples: int | None = None,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     drift_tolerance_px: float = DRIFT_TOLERANCE_PX,
     min_pairs: int = MIN_PAIRS,
     backlash: str = DEFAULT_BACKLASH,
