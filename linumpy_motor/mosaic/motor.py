@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from linumpy_motor.errors import InputError
+from linumpy_motor.io.dataset import check_consistent, check_unique_ids
 from linumpy_motor.io.grid import MosaicGrid, finite_float, open_mosaic
 from linumpy_motor.io.outputs import write_json
 from linumpy_motor.pipeline.logs import Progress
@@ -236,18 +237,11 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
     ValueError
         Too few usable pairs (the message names the slices without any).
     """
-    ids = [int(sid) for sid, _ in volumes]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        raise InputError(None, f"slice id(s) {repeated} appear more than once")
+    check_unique_ids([int(sid) for sid, _ in volumes], None)
     grids: dict[int, MosaicGrid] = {int(sid): open_mosaic(path) for sid, path in volumes}
     if not grids:
         raise InputError(None, "no volumes given")
-    shapes = {sid: g.tile_shape for sid, g in grids.items()}
-    if len(set(shapes.values())) > 1:
-        first = next(iter(grids.values()))
-        odd = next(g for g in grids.values() if g.tile_shape != first.tile_shape)
-        raise InputError(odd.path, f"tile shape {odd.tile_shape} differs from {first.tile_shape} of {first.path}")
+    check_consistent("tile shape", ((g.path, g.tile_shape) for g in grids.values()))
     pairs, stats = {}, {}
     for sid, grid in sorted(grids.items()):
         pairs[sid], _, stats[sid] = measure_mosaic(
@@ -257,7 +251,7 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
             progress=Progress(f"measure slice {sid}", "tile row") if progress else None,
         )
     transform, diagnostics = fit_pooled(
-        pairs, {sid: (g.nx, g.ny) for sid, g in grids.items()}, next(iter(shapes.values())), overlap_fraction,
+        pairs, {sid: (g.nx, g.ny) for sid, g in grids.items()}, next(iter(grids.values())).tile_shape, overlap_fraction,
         n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px, backlash=backlash,
     )
     for sid in grids:

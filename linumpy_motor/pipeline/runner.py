@@ -34,7 +34,7 @@ from linumpy_motor import __version__
 from linumpy_motor.backend import gpu_available
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs, schemas
-from linumpy_motor.io.dataset import discover_slices
+from linumpy_motor.io.dataset import check_consistent, discover_slices
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic
 from linumpy_motor.parallel import limited_threads, resolve_threads, threads_per_worker
 from linumpy_motor.pipeline import logs, steps
@@ -357,10 +357,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
     source = Path(source)
     slices = discover_slices(source)
     grids = {slice_id: open_mosaic(path) for slice_id, path in slices}
-    first = grids[slices[0][0]]
-    for grid in grids.values():
-        if grid.tile_shape != first.tile_shape:
-            raise InputError(grid.path, f"tile shape {grid.tile_shape} differs from {first.tile_shape} of {first.path}")
+    check_consistent("tile shape", ((grid.path, grid.tile_shape) for grid in grids.values()))
     inputs = [source, *(path for _, path in slices)]
     if options.transform is not None:
         if options.placement == "registered":
@@ -369,7 +366,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
         _check_given_transform(options.transform, grids.values())
         inputs.append(options.transform)
     if options.flatfield not in FLATFIELD_MODES:
-        resolve_flatfield(first, options.flatfield)
+        resolve_flatfield(grids[slices[0][0]], options.flatfield)
         inputs.append(Path(options.flatfield))
     _check_outdir(outdir, inputs)
     paths = output_paths(outdir, [slice_id for slice_id, _ in slices], measured=options.transform is None)

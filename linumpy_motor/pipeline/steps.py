@@ -16,7 +16,7 @@ import numpy as np
 from linumpy_motor import __version__
 from linumpy_motor.errors import FitError, InputError, check_choice
 from linumpy_motor.io import schemas
-from linumpy_motor.io.dataset import slice_id_from_name
+from linumpy_motor.io.dataset import check_consistent, slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import check_output, write_json
 from linumpy_motor.io.schemas import PairsFile, load
@@ -75,14 +75,10 @@ def _load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
     if not paths:
         raise InputError(None, "no pairs files given")
     files = [load(path, PairsFile) for path in paths]
-    first, first_path = files[0], Path(paths[0])
+    check_consistent("tile shape", ((path, list(content.tile_shape)) for path, content in zip(paths, files)))
+    check_consistent("overlap", ((path, content.overlap) for path, content in zip(paths, files)))
     seen: dict[int, Path] = {}
     for content, path in zip(files, map(Path, paths)):
-        if content.tile_shape != first.tile_shape:
-            raise InputError(path, f"tile shape {list(content.tile_shape)} differs from "
-                                   f"{list(first.tile_shape)} in {first_path}")
-        if content.overlap != first.overlap:
-            raise InputError(path, f"overlap {content.overlap} differs from {first.overlap} in {first_path}")
         if content.slice_id in seen:
             raise InputError(path, f"slice id {content.slice_id} also in {seen[content.slice_id]}")
         seen[content.slice_id] = path
