@@ -85,7 +85,8 @@ def _clamped_residuals(pairs: list[dict], steps: tuple[int, int], limit: float, 
     return residuals
 
 
-def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fraction, max_refinement_px=10.0, *,
+def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fraction,
+                                     max_refinement_px=geometry.MAX_REFINEMENT_PX, *,
                                      histogram_match=False, max_empty_fraction=None, use_gpu=False,
                                      z=None, plane=DEFAULT_PLANE, flatfield=DEFAULT_FLATFIELD, background_test=True,
                                      max_shift_px=None, filter_sigma=FILTER_SIGMA, progress=False):
@@ -108,7 +109,8 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
         Match the second overlap's histogram to the first before correlating.
     max_empty_fraction : float or None, keyword-only
         Skip pairs whose overlap is more than this fraction background (Otsu threshold).
-        ``None``: skip pairs whose overlap is less than 10 % non-zero.
+        ``None``: skip pairs one of whose overlaps is more than
+        :data:`~linumpy_motor.register.measure.MAX_EMPTY_DEFAULT` zero.
     use_gpu : bool, keyword-only
         Run the FFT work with CuPy when a CUDA device is usable (else the CPU, with a warning);
         ``stats['backend']`` says which ran.
@@ -123,7 +125,7 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
     background_test : bool, keyword-only
         Skip pairs whose NCC is no better than that of non-overlapping windows (agarose).
     max_shift_px : float or None, keyword-only
-        Largest stage error searched (default: 10 % of the tile).
+        Largest stage error searched (default: :func:`~linumpy_motor.register.correlation.search_limit`).
     filter_sigma : float, keyword-only
         Gaussian low-pass of the whitened spectrum (px).
     progress : bool, keyword-only

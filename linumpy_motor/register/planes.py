@@ -80,7 +80,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     filter_sigma : float
         As in :func:`~linumpy_motor.register.correlation.measure_shifts`.
     max_shift_px : float or None
-        Largest stage error searched (default: 10 % of the tile).
+        Largest stage error searched (default: :func:`~linumpy_motor.register.correlation.search_limit`).
 
     Returns
     -------
