@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; 0 when no slice fails, 3 when one does, 2 on bad input."""
+    """Run the command; 0 when no slice fails, EXIT_NOT_OK when one does, EXIT_BAD_INPUT on bad input."""
     def action(args: argparse.Namespace) -> int:
         status = summary.read_status(args.report)
         print("\n".join(summary.status_lines(status)))

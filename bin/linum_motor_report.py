@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from linumpy_motor.pipeline.entry import make_parser, run_cli
+from linumpy_motor.qc import report
 from linumpy_motor.qc.report import write_report
 
 
@@ -20,12 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stitched", nargs="*", default=[], help="stitched slices (*.ome.zarr)")
     parser.add_argument("--out", required=True,
                         help="report folder (an existing one is replaced only when this program wrote it)")
-    parser.add_argument("--title", default="linumpy-motor QC report", help="page title")
+    parser.add_argument("--title", default=report.DEFAULT_TITLE, help="page title")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; 0 on success, 2 on bad input."""
+    """Run the command; 0 on success, EXIT_BAD_INPUT on bad input."""
     def action(args: argparse.Namespace) -> None:
         page = write_report(args.out, args.transform, args.pairs, args.compare, args.stitched, title=args.title)
         print(page)

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from linumpy_motor.io import ngff, outputs
+from linumpy_motor.io.schemas import DEFAULT_OVERLAP
 
 __all__ = ["DTYPES", "N_SLICES", "BAD_TILE_KINDS", "SyntheticSpec", "make_slice", "true_transform",
            "vignetting_field", "write_dataset"]
@@ -36,7 +37,7 @@ class SyntheticSpec:
     nx: int = 6
     ny: int = 7
     tile_shape: tuple[int, int, int] = (8, 160, 160)
-    overlap: float = 0.2
+    overlap: float = DEFAULT_OVERLAP
     theta_deg: float = 1.5
     perpendicular_deviation_deg: float = 0.8
     scale: float = 1.0

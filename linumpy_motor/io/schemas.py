@@ -11,11 +11,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, Va
 
 from linumpy_motor.errors import InputError
 
-__all__ = ["MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "STATUS_FILE", "CompareFile", "FiniteFloat", "Overlap", "Pair",
-           "PairsFile", "SliceStatus", "Status", "StatusFile", "TransformFile", "check_overlap", "check_transform",
-           "first_problem", "is_singular", "load", "load_transform", "read_model", "read_transform", "validate"]
+__all__ = ["DEFAULT_OVERLAP", "MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "STATUS_FILE", "CompareFile",
+           "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus", "Status", "StatusFile", "TransformFile",
+           "check_overlap", "check_transform", "first_problem", "is_singular", "load", "load_transform", "read_model",
+           "read_transform", "validate"]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+DEFAULT_OVERLAP = 0.2
+"""The nominal overlap assumed when none is given (the overlap is not stored in the files)."""
 MAX_OVERLAP = 0.5
 """Largest nominal overlap, a fraction of the tile: beyond it a tile would overlap its neighbour's neighbour."""
 

@@ -16,6 +16,7 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io.dataset import check_consistent, check_unique_ids
 from linumpy_motor.io.grid import MosaicGrid, finite_float, open_mosaic
 from linumpy_motor.io.outputs import write_json
+from linumpy_motor.io.schemas import check_transform
 from linumpy_motor.pipeline.logs import Progress
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.register import geometry
@@ -186,7 +187,7 @@ def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs
 
     Raises
     ------
-    ValueError
+    FitError
         Too few usable pairs (there is no silent identity fallback).
     """
     return fit_pairs(pairs, tile_shape, overlap_fraction, min_pairs=min_pairs)
@@ -236,7 +237,7 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
     ------
     InputError
         A path is not a usable mosaic grid, or tile shapes differ between slices.
-    ValueError
+    FitError
         Too few usable pairs (the message names the slices without any).
     """
     check_unique_ids([int(sid) for sid, _ in volumes], None)
@@ -279,8 +280,13 @@ def compute_affine_positions(nx, ny, transform, *, subpixel=False):
     positions : list of (int, int)
         Top-left of each tile, row-major, shifted so the mosaic starts at (0, 0)
         (floats when ``subpixel``).
+
+    Raises
+    ------
+    InputError
+        ``transform`` is not a finite, invertible 2x2 matrix.
     """
-    positions = geometry.affine_positions(nx, ny, transform)
+    positions = geometry.affine_positions(nx, ny, check_transform(transform))
     if subpixel:
         return [(float(r), float(c)) for r, c in positions]
     return [(int(r), int(c)) for r, c in np.rint(positions)]
@@ -296,7 +302,7 @@ def compute_affine_output_shape(nx, ny, tile_shape, transform):
     tuple of int
         (nz, output_height, output_width).
     """
-    return geometry.output_shape(nx, ny, tile_shape, transform)
+    return geometry.output_shape(nx, ny, tile_shape, check_transform(transform))
 
 
 def apply_blend_shift_refinement(tile, refinements_for_tile):

@@ -16,13 +16,14 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from linumpy_motor.io.ngff import DEFAULT_NGFF_VERSION, NgffVersion
-from linumpy_motor.io.schemas import Overlap, first_problem
+from linumpy_motor.io.schemas import DEFAULT_OVERLAP, Overlap, first_problem
 from linumpy_motor.pipeline.steps import DEFAULT_PLACEMENT, Placement
 from linumpy_motor.qc.summary import FAIL_ON
 from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT
 from linumpy_motor.register.fit import DEFAULT_BACKLASH, DRIFT_TOLERANCE_PX, BacklashMode
 from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
 from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
+from linumpy_motor.stitch.assemble import BLOCK_BYTES
 from linumpy_motor.stitch.blend import BLENDING_HELP, DEFAULT_BLENDING, BlendingMode
 
 __all__ = ["FIT", "HELP", "MEASURE", "STITCH", "RunOptions", "add_fail_on", "add_options", "from_arguments"]
@@ -32,7 +33,7 @@ class RunOptions(BaseModel):
     """Parameters of a run (the same names and defaults as the Nextflow params)."""
 
     model_config = ConfigDict(extra="forbid")
-    overlap: Overlap = 0.2
+    overlap: Overlap = DEFAULT_OVERLAP
     z: int | None = Field(None, ge=0)
     plane: PlaneMode = DEFAULT_PLANE
     background_test: bool = True
@@ -79,7 +80,8 @@ HELP = {
     "threads": "cores to use (default: the cores this process may run on, per CPU affinity and cgroup quota; "
                "Nextflow passes task.cpus)",
     "use_gpu": "use a CUDA GPU (CuPy) when one is usable, else the CPU",
-    "z_chunk": "Z planes per stitched block and output chunk (default: the input's Z chunk, capped at ~16 MiB "
+    "z_chunk": "Z planes per stitched block and output chunk (default: the input's Z chunk, capped at "
+               f"{BLOCK_BYTES // 2**20} MiB "
                "per block)",
 }
 """One help text per option of :class:`RunOptions` (a boolean's text says what its flag does)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from linumpy_motor.errors import InputError
+
 __all__ = ["OFFSET_FLAG_PX", "OUTLIER_FLAG_PX", "SCALE_FLAG", "compare_positions"]
 
 OFFSET_FLAG_PX = 2.0
@@ -37,7 +39,7 @@ def compare_positions(motor_positions: npt.ArrayLike, reg_positions: npt.ArrayLi
     motor = np.asarray(motor_positions, dtype=float).reshape(-1, 2)
     reg = np.asarray(reg_positions, dtype=float).reshape(-1, 2)
     if motor.shape != reg.shape:
-        raise ValueError(f"position lists differ in length: {len(motor)} motor vs {len(reg)} registration")
+        raise InputError(None, f"position lists differ in length: {len(motor)} motor vs {len(reg)} registration")
     diff = reg - motor
     distance = np.linalg.norm(diff, axis=1)
     scale = [_slope(motor[:, k], reg[:, k]) for k in range(2)]

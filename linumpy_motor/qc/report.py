@@ -23,10 +23,12 @@ from linumpy_motor.qc.thumbnail import draw_thumbnail
 from linumpy_motor.register.fit import describe_transform
 from linumpy_motor.register.geometry import n_neighbour_pairs
 
-__all__ = ["REPORT_PAGE", "write_report"]
+__all__ = ["DEFAULT_TITLE", "REPORT_PAGE", "write_report"]
 
 REPORT_PAGE = "report.html"
 """Name of the report's page in its folder."""
+DEFAULT_TITLE = "linumpy-motor QC report"
+"""The page's title when none is given."""
 
 def write_report(
     out_dir: str | Path,
@@ -35,7 +37,7 @@ def write_report(
     compare_files: Sequence[str | Path] = (),
     stitched: Sequence[str | Path] = (),
     *,
-    title: str = "linumpy-motor QC report",
+    title: str = DEFAULT_TITLE,
 ) -> Path:
     """Write the QC report folder: ``report.html``, ``status.json`` and the PNGs it shows.
 

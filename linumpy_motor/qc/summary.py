@@ -10,6 +10,7 @@ from pathlib import Path
 
 from linumpy_motor.errors import check_choice
 from linumpy_motor.io.schemas import STATUS_FILE, STATUSES, StatusFile, load
+from linumpy_motor.qc.status import CHECK, FAILED, OK
 from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT, MAX_SHIFT_FRACTION
 
 __all__ = ["FAILING", "FAIL_ON", "OVERLAP_HINT", "OVERLAP_WARNING_FRACTION", "POOR_FIT_SCALE_PX", "POOR_NCC",
@@ -26,13 +27,14 @@ windows compared do not show the same tissue."""
 OVERLAP_HINT = f"check --overlap (the search covers only {MAX_SHIFT_DEFAULT_TEXT} around the nominal step)"
 FAIL_ON = ("never", "failed", "check")
 """``--fail-on`` choices: which slice statuses make the run's exit code non-zero (the first is the default)."""
-FAILING = {"never": (), "failed": ("failed",), "check": ("failed", "check")}
+FAILING = {"never": (), "failed": (FAILED,), "check": (FAILED, CHECK)}
+"""The statuses each ``--fail-on`` choice counts as failing."""
 
 
 def _not_ok(status: Mapping[str, Mapping] | None) -> list[tuple[int, str, list[str]]]:
     """``(slice id, status, reasons)`` of every slice whose status is not ok, by slice id."""
     entries = ((int(sid), entry["status"], list(entry.get("reasons", []))) for sid, entry in (status or {}).items())
-    return sorted(entry for entry in entries if entry[1] != "ok")
+    return sorted(entry for entry in entries if entry[1] != OK)
 
 
 def status_lines(status: Mapping[str, Mapping] | None) -> Iterator[str]:

@@ -57,11 +57,12 @@ from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, resolve_flatfiel
 from linumpy_motor.stitch import pyramid
 from linumpy_motor.stitch.blend import BLENDING_MODES, DEFAULT_BLENDING, overlap_px, weight_map
 
-__all__ = ["BLOCK_BYTES", "BLOCK_PX", "CACHE_BYTES", "LoadKey", "MAX_CANVAS_TO_TILES", "ProgressCallback",
-    "READ_RUN_BYTES", "Region", "check_canvas", "default_z_chunk", "stitch_slice"]
+__all__ = ["BLOCK_BYTES", "BLOCK_PX", "CACHE_BYTES", "MAX_CANVAS_TO_TILES", "MIN_BLOCK_PX", "READ_RUN_BYTES",
+           "LoadKey", "ProgressCallback", "Region", "check_canvas", "default_z_chunk", "stitch_slice"]
 
 BLOCK_PX = 512  # default Y and X size of a block (one output shard)
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
+MIN_BLOCK_PX = 32  # smallest block side: output chunks are half a block
 CACHE_BYTES = 512 * 2**20  # decoded tiles kept alive between their first and last block (see the module doc)
 READ_RUN_BYTES = 4 * 2**20  # tiles of a load smaller than this are read two tile rows per zarr call
 MAX_CANVAS_TO_TILES = 4.0  # a real layout's canvas is smaller than its tiles' total area
@@ -435,7 +436,7 @@ def stitch_slice(
     z_chunk : int, optional
         Z planes per block and per output chunk (default: :func:`default_z_chunk`).
     block_px : int
-        Y and X size of a block (even, >= 32); output chunks are ``block_px // 2``.
+        Y and X size of a block (even, at least :data:`MIN_BLOCK_PX`); output chunks are ``block_px // 2``.
     use_gpu : bool
         Resample, blend and downsample level 1 with CuPy when a CUDA device is usable (the decoded
         tiles are then cached in GPU memory; same code path), else NumPy with a warning.
@@ -475,8 +476,8 @@ def stitch_slice(
     start = time.perf_counter()
     check_choice("blending mode", blending, BLENDING_MODES)
     ngff.check_version(ngff_version)
-    if block_px < 32 or block_px % 2:
-        raise InputError(None, f"block_px must be an even number >= 32, got {block_px}")
+    if block_px < MIN_BLOCK_PX or block_px % 2:
+        raise InputError(None, f"block_px must be an even number >= {MIN_BLOCK_PX}, got {block_px}")
     grid = source if isinstance(source, MosaicGrid) else open_mosaic(source)
     output = Path(output)
     outputs.check_output(output, grid.path)
