@@ -18,6 +18,7 @@ from linumpy_motor.io.grid import open_mosaic, read_block
 from linumpy_motor.io.outputs import atomic_output, write_json
 from linumpy_motor.mosaic import motor
 from linumpy_motor.register import measure, planes
+from linumpy_motor.register.flatfield import flatfield_file
 from linumpy_motor.register.measure import measure_mosaic
 from linumpy_motor.synthetic import SyntheticSpec
 
@@ -400,3 +401,13 @@ def test_inputs_that_disagree_are_refused_naming_the_odd_one():
     check_unique_ids([1, 2, 3], "sheet.csv")
     with pytest.raises(InputError, match=r"sheet.csv: slice id\(s\) \[2\] appear more than once"):
         check_unique_ids([1, 2, 3, 2], "sheet.csv")
+
+
+def test_a_npy_file_is_known_by_its_suffix_in_any_case(tmp_path):
+    A = np.array([[64.0, 1.0], [-1.0, 64.0]])
+    np.save(tmp_path / "t.npy", A)
+    (tmp_path / "t.npy").rename(tmp_path / "T.NPY")
+    assert np.array_equal(schemas.read_transform(tmp_path / "T.NPY"), A)
+    assert flatfield_file(tmp_path / "FLAT.NPY") == tmp_path / "FLAT.NPY"
+    with pytest.raises(InputError, match="flat field must be one of"):
+        flatfield_file(tmp_path / "flat.tif")

@@ -13,8 +13,8 @@ from linumpy_motor.errors import InputError
 
 __all__ = ["DEFAULT_OVERLAP", "MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "STATUS_FILE", "CompareFile",
            "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus", "Status", "StatusFile", "TransformFile",
-           "check_overlap", "check_transform", "first_problem", "is_singular", "load", "load_transform", "read_model",
-           "read_transform", "validate"]
+           "check_overlap", "check_transform", "first_problem", "is_npy", "is_singular", "load", "load_transform",
+           "read_model", "read_transform", "validate"]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 DEFAULT_OVERLAP = 0.2
@@ -183,6 +183,11 @@ def first_problem(exc: ValidationError) -> str:
     return f"{where}: {what}" if where else what
 
 
+def is_npy(path: str | Path) -> bool:
+    """Whether a path names a NumPy ``.npy`` file (by its suffix, in any case: ``A.NPY`` too)."""
+    return Path(path).suffix.lower() == ".npy"
+
+
 def load_transform(path: str | Path) -> TransformFile:
     """A known motor model: our transform JSON, a JSON holding only ``transform``, or upstream's
     ``.npy`` 2x2 matrix (what ``linum_estimate_transform.py`` writes, same convention: tile (i, j)
@@ -194,7 +199,7 @@ def load_transform(path: str | Path) -> TransformFile:
         Naming the file: unreadable, not a 2x2 finite invertible matrix, or invalid JSON.
     """
     path = Path(path)
-    if path.suffix.lower() != ".npy":
+    if not is_npy(path):
         return load(path, TransformFile)
     try:
         matrix = np.load(path, allow_pickle=False)

@@ -20,6 +20,7 @@ from numpy.polynomial import legendre
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import MosaicGrid, central_plane_index, read_block
+from linumpy_motor.io.schemas import is_npy
 
 __all__ = ["BIN_PX", "DEEP_CHUNK_MIN_TILES", "DEFAULT_FLATFIELD", "DEGREE", "ESTIMATE_FAILED", "FLATFIELD_MODES",
            "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "SEED", "TISSUE_LEVEL", "choose_flatfield",
@@ -287,7 +288,7 @@ def flatfield_file(flatfield: str | Path | None) -> Path | None:
     """
     if flatfield is None or str(flatfield) in FLATFIELD_MODES:
         return None
-    if not str(flatfield).endswith(".npy"):
+    if not is_npy(flatfield):
         raise InputError(flatfield, f"flat field must be one of {FLATFIELD_MODES} or a .npy file")
     return Path(flatfield)
 
