@@ -20,16 +20,20 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED
            "overlap_fraction", "positive_int", "run_cli"]
 
 EXIT_BAD_INPUT = 2
+"""Bad input, reported in one line (also argparse's usage errors)."""
 EXIT_NOT_OK = 3
+"""The run finished but a slice's QC status counts as failing (``--fail-on``)."""
 EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT, as a shell reports it)."""
 EXIT_TERMINATED = 143
+"""SIGTERM, as a scheduler's time limit sends (128 + SIGTERM)."""
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr (exit code 2), like every other error."""
+    """An argument parser whose usage errors are one line on stderr (:data:`EXIT_BAD_INPUT`), like every other error."""
 
     def error(self, message: str):
-        """Print ``prog: error: message`` and exit with code 2."""
+        """Print ``prog: error: message`` and exit with :data:`EXIT_BAD_INPUT`."""
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -61,16 +65,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
             argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, run ``action`` and turn bad input into one line on stderr and exit code 2.
+    """Parse ``argv``, run ``action`` and turn bad input into one line on stderr and :data:`EXIT_BAD_INPUT`.
 
     Returns
     -------
     int
-        0 on success (or the code ``action`` returns, e.g. ``EXIT_NOT_OK``), 2 on bad input (``InputError``,
-        ``FitError``, a failed validation, a file that cannot be read or written; any other error is a bug
-        and keeps its traceback), 130 when interrupted (Ctrl-C), 143 when
-        terminated (SIGTERM to this process, as a scheduler's time limit sends): either way the work in
-        progress is cleaned up and a rerun resumes.
+        0 on success (or the code ``action`` returns, e.g. :data:`EXIT_NOT_OK`); :data:`EXIT_BAD_INPUT` on
+        bad input (``InputError``, ``FitError``, a failed validation, a file that cannot be read or
+        written; any other error is a bug and keeps its traceback); :data:`EXIT_INTERRUPTED` when
+        interrupted (Ctrl-C), :data:`EXIT_TERMINATED` when terminated (SIGTERM to this process): either way
+        the work in progress is cleaned up and a rerun resumes.
     """
     args = parser.parse_args(argv)
     bars = False if getattr(args, "no_progress", False) else None
