@@ -746,6 +746,31 @@ def test_slurm_profile():
         validate({**profile_params("slurm", "gpu"), "gpu_cluster_options": "--gres=gpu:1 --time=1:00:00"})
 
 
+SYNTH_SIZE = {"slices", "grid", "tile"}  # the dataset's size: what the test profile shrinks
+
+
+def synth_arguments(profile: tuple[str, ...], params: dict) -> dict:
+    """SYNTHESISE's ext.args for a profile, as linum_motor_synth.py reads them."""
+    parser = argparse.ArgumentParser()
+    add_synth_arguments(parser)
+    args = ext_args_value(profile_ext_args(*profile)["SYNTHESISE"], {"params": params})
+    return vars(parser.parse_args(["synthetic", *shlex.split(args)]))
+
+
+@pytest.mark.parametrize("changed", [{}, {"overlap": 0.3, "seed": 7, "ngff_version": "0.4"}])
+def test_test_profile_synthesises_with_the_params_as_the_default(changed):
+    """conf/test.config repeats SYNTHESISE's ext.args to shrink the dataset (--slices, --grid, --tile are
+    no params): the params reach the script as without the profile, and the size is smaller."""
+    params = {**profile_params("test"), **changed}
+    default, test = synth_arguments((), params), synth_arguments(("test",), params)
+    assert {key: value for key, value in test.items() if key not in SYNTH_SIZE} == \
+        {key: value for key, value in default.items() if key not in SYNTH_SIZE}
+    assert (default["overlap"], default["seed"], default["ngff_version"]) == \
+        (params["overlap"], params["seed"], params["ngff_version"])
+    pixels = [args["slices"] * args["grid"][0] * args["grid"][1] * np.prod(args["tile"]) for args in (test, default)]
+    assert pixels[0] < pixels[1]
+
+
 # ------------------------------------------------------------------------------ publishing
 
 
