@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from linumpy_motor.io import ngff, outputs
 
-__all__ = ["DTYPES", "N_SLICES", "BAD_TILE_KINDS", "SyntheticSpec", "make_scene", "make_slice", "true_transform",
+__all__ = ["DTYPES", "N_SLICES", "BAD_TILE_KINDS", "SyntheticSpec", "make_slice", "true_transform",
            "vignetting_field", "write_dataset"]
 
 N_SLICES = 3
@@ -70,7 +70,7 @@ def _normalised(field_: np.ndarray) -> np.ndarray:
     return field_ / max(float(field_.max()), 1e-12)
 
 
-def make_scene(shape: tuple[int, int, int], spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
+def _make_scene(shape: tuple[int, int, int], spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
     """A clean OCT-like scene ``(Z, H, W)``: tissue blob, structure, speckle, depth attenuation."""
     nz, height, width = shape
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -141,7 +141,7 @@ def make_slice(spec: SyntheticSpec, seed: int) -> tuple[np.ndarray, dict, np.nda
     margin = 8
     lo = positions.min(axis=0) - margin
     hi = positions.max(axis=0) + (h, w) + margin
-    scene = make_scene((nz, int(math.ceil(hi[0] - lo[0])), int(math.ceil(hi[1] - lo[1]))), spec, rng)
+    scene = _make_scene((nz, int(math.ceil(hi[0] - lo[0])), int(math.ceil(hi[1] - lo[1]))), spec, rng)
     filtered = [ndimage.spline_filter(plane, order=3) for plane in scene]
     vignette = vignetting_field((h, w), spec.vignetting)
     signal = float(scene[nz // 2][scene[nz // 2] > 0.05].mean()) if (scene[nz // 2] > 0.05).any() else 1.0

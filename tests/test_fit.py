@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import grid_positions, pairs_from_positions
 
+from linumpy_motor.errors import FitError
 from linumpy_motor.mosaic import motor
 from linumpy_motor.register import fit
-from linumpy_motor.register.fit import FitError, describe_transform, fit_pairs, fit_pooled, robust_fit, subsample
+from linumpy_motor.register.fit import describe_transform, fit_pairs, fit_pooled, robust_fit, subsample
 from linumpy_motor.synthetic import SyntheticSpec, true_transform
 
 TILE = (3, 160, 160)

@@ -13,7 +13,7 @@ import zarr
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff, outputs, schemas
-from linumpy_motor.io.dataset import discover_slices
+from linumpy_motor.io.dataset import check_consistent, check_unique_ids, discover_slices
 from linumpy_motor.io.grid import open_mosaic, read_block
 from linumpy_motor.io.outputs import atomic_output, write_json
 from linumpy_motor.mosaic import motor
@@ -391,3 +391,12 @@ def test_check_transform_names_the_problem(tmp_path, matrix, problem):
     with pytest.raises(InputError) as info:
         schemas.check_transform(matrix, tmp_path / "t.npy")
     assert info.value.path == tmp_path / "t.npy" and problem in info.value.problem
+
+
+def test_inputs_that_disagree_are_refused_naming_the_odd_one():
+    check_consistent("tile shape", [("a", (4, 64, 64)), ("b", (4, 64, 64))])
+    with pytest.raises(InputError, match=r"^c: tile shape \(4, 32, 64\) differs from \(4, 64, 64\) of a$"):
+        check_consistent("tile shape", [("a", (4, 64, 64)), ("b", (4, 64, 64)), ("c", (4, 32, 64))])
+    check_unique_ids([1, 2, 3], "sheet.csv")
+    with pytest.raises(InputError, match=r"sheet.csv: slice id\(s\) \[2\] appear more than once"):
+        check_unique_ids([1, 2, 3, 2], "sheet.csv")

@@ -74,3 +74,19 @@ def test_every_package_lists_its_modules(path):
     package = importlib.import_module(_module_name(path))
     modules = sorted(p.stem for p in path.parent.glob("*.py") if p.name != "__init__.py")
     assert sorted(package.__all__) == modules
+
+
+SCRIPTS = sorted((PACKAGE.parent / "bin").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES + SCRIPTS, ids=lambda p: p.name if p.parent.name == "bin" else _module_name(p))
+def test_modules_and_scripts_use_only_declared_public_names(path):
+    """What one module takes from another is in that module's __all__ (or is a sub-module of a package)."""
+    undeclared = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("linumpy_motor"):
+            source = importlib.import_module(node.module)
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" not in MODULES and alias.name not in getattr(source, "__all__", ()):
+                    undeclared.append(f"{node.module}.{alias.name}")
+    assert not undeclared, f"{path.name} imports names its sources do not declare public: {undeclared}"

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linumpy_motor.errors import InputError
+from linumpy_motor.errors import FitError, InputError
 from linumpy_motor.io import ngff
 from linumpy_motor.mosaic import motor
-from linumpy_motor.register.fit import FitError
 from linumpy_motor.synthetic import SyntheticSpec, make_slice, true_transform
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "linumpy_mosaic_motor_api.txt"  # a copy of shared/spec's

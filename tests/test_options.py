@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from linumpy_motor.pipeline import cli, options, steps
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.register import fit, measure
+from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT
 from linumpy_motor.stitch import assemble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,3 +125,4 @@ def test_the_readme_states_the_models_defaults():
         assert flag in documented, f"README's option table lacks {flag}"
         if field.default is not None and not isinstance(field.default, bool):
             assert documented[flag] == str(field.default), flag
+    assert documented["--max-shift"] == MAX_SHIFT_DEFAULT_TEXT

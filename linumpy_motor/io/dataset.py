@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from linumpy_motor.errors import InputError
 
-__all__ = ["discover_slices", "slice_id_from_name"]
+__all__ = ["check_consistent", "check_unique_ids", "discover_slices", "slice_id_from_name"]
 
 
 def slice_id_from_name(path: str | Path) -> int:
@@ -42,11 +43,33 @@ def discover_slices(source: str | Path) -> list[tuple[int, Path]]:
         entries = [(slice_id_from_name(p), p) for p in sorted(source.glob("*.ome.zarr"))]
         if not entries:
             raise InputError(source, "no *.ome.zarr slices in this folder")
-    ids = [i for i, _ in entries]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise InputError(source, f"slice id(s) {duplicates} appear more than once")
+    check_unique_ids([i for i, _ in entries], source)
     return sorted(entries)
+
+
+def check_unique_ids(ids: Sequence[int], source: str | Path | None) -> None:
+    """Refuse slice ids given more than once (``source``: the listing that gives them, None for a parameter)."""
+    repeated = sorted({i for i in ids if list(ids).count(i) > 1})
+    if repeated:
+        raise InputError(source, f"slice id(s) {repeated} appear more than once")
+
+
+def check_consistent(what: str, values: Iterable[tuple[str | Path, object]]) -> None:
+    """Refuse inputs of one acquisition that disagree: the first whose ``what`` differs from the first input's.
+
+    Parameters
+    ----------
+    what : str
+        What is compared, e.g. ``"tile shape"``.
+    values : iterable of (path, value)
+        Each input and its value.
+    """
+    first: tuple[str | Path, object] | None = None
+    for path, value in values:
+        if first is None:
+            first = (path, value)
+        elif value != first[1]:
+            raise InputError(path, f"{what} {value} differs from {first[1]} of {first[0]}")
 
 
 def _read_samplesheet(path: Path) -> list[tuple[int, Path]]:

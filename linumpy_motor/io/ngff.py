@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Literal, get_args
 
 import numpy as np
 import zarr
 
 from linumpy_motor.errors import check_choice
 
-__all__ = ["AXES", "DEFAULT_NGFF_VERSION", "NGFF_VERSIONS", "check_version", "create_group", "create_level",
-           "multiscales", "root_attributes", "write_image"]
+__all__ = ["AXES", "DEFAULT_NGFF_VERSION", "NGFF_VERSIONS", "NgffVersion", "check_version", "create_group",
+           "create_level", "multiscales", "root_attributes", "write_image"]
 
 AXES = ("z", "y", "x")
-NGFF_VERSIONS = ("0.4", "0.5")
+NgffVersion = Literal["0.4", "0.5"]
 """The NGFF versions this program reads and writes: 0.4 (zarr v2), 0.5 (zarr v3)."""
-DEFAULT_NGFF_VERSION: Final = "0.5"
+NGFF_VERSIONS: tuple[NgffVersion, ...] = get_args(NgffVersion)
+DEFAULT_NGFF_VERSION: NgffVersion = "0.5"
 """The version written when none is asked for."""
 
 

@@ -32,9 +32,9 @@ from linumpy_motor import __version__
 from linumpy_motor.errors import InputError
 
 __all__ = ["MARKER_FILE", "MARKER_KEY", "MAX_MARKED_JSON_BYTES", "TEMPORARY", "WRITE_ERRNOS", "ZARR_METADATA",
-    "aside_name", "atomic_output", "check_output", "check_output_name", "check_outside", "check_replaceable",
-    "is_ours", "make_folders", "marker", "remove_created_folders", "remove_path", "remove_temporaries",
-    "temporary_name", "write_json"]
+           "atomic_output", "check_output", "check_output_name", "check_outside", "check_replaceable", "is_ours",
+           "make_folders", "marker", "remove_created_folders", "remove_path", "remove_temporaries", "temporary_name",
+           "write_json"]
 
 MARKER_KEY = "linumpy_motor"
 MARKER_FILE = ".linumpy-motor.json"
@@ -135,7 +135,7 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def aside_name(path: Path) -> Path:
+def _aside_name(path: Path) -> Path:
     """Where this process sets an existing folder ``path`` aside while swapping in its replacement."""
     return path.with_name(f".{path.name}.old-{os.getpid()}")
 
@@ -177,7 +177,7 @@ def _mark(tmp: Path, stage: str) -> None:
 def _swap(tmp: Path, path: Path) -> None:
     """Rename ``tmp`` to ``path``; an existing folder is set aside, then removed once the new one is in."""
     if path.is_dir() and not path.is_symlink() and tmp.is_dir():
-        old = aside_name(path)
+        old = _aside_name(path)
         path.rename(old)
         try:
             tmp.rename(path)

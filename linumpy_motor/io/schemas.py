@@ -11,9 +11,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, Va
 
 from linumpy_motor.errors import InputError
 
-__all__ = ["MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "CompareFile", "FiniteFloat", "Overlap", "Pair", "PairsFile",
-           "SliceStatus", "Status", "StatusFile", "TransformFile", "check_overlap", "check_transform", "first_problem",
-           "is_singular", "load", "validate"]
+__all__ = ["MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "STATUS_FILE", "CompareFile", "FiniteFloat", "Overlap", "Pair",
+           "PairsFile", "SliceStatus", "Status", "StatusFile", "TransformFile", "check_overlap", "check_transform",
+           "first_problem", "is_singular", "load", "load_transform", "read_model", "read_transform", "validate"]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_OVERLAP = 0.5
@@ -107,9 +107,8 @@ class TransformFile(BaseModel):
 
     @field_validator("transform")
     @classmethod
-    def _invertible(cls, value):
-        if is_singular(value):
-            raise ValueError("transform is singular")
+    def _valid(cls, value):
+        check_transform(value)  # an InputError is a ValueError: pydantic reports its text
         return value
 
 

@@ -13,13 +13,24 @@ from pathlib import Path
 import numpy as np
 
 from linumpy_motor.errors import InputError
+from linumpy_motor.io.dataset import check_consistent, check_unique_ids
 from linumpy_motor.io.grid import MosaicGrid, finite_float, open_mosaic
 from linumpy_motor.io.outputs import write_json
 from linumpy_motor.pipeline.logs import Progress
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.register import geometry
-from linumpy_motor.register.fit import fit_pairs, fit_pooled
+from linumpy_motor.register.correlation import FILTER_SIGMA
+from linumpy_motor.register.fit import (
+    DEFAULT_BACKLASH,
+    DEFAULT_SEED,
+    DRIFT_TOLERANCE_PX,
+    MIN_PAIRS,
+    fit_pairs,
+    fit_pooled,
+)
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
 from linumpy_motor.register.measure import backends_used, measure_mosaic, measure_volume
+from linumpy_motor.register.planes import DEFAULT_PLANE
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +85,11 @@ def _clamped_residuals(pairs: list[dict], steps: tuple[int, int], limit: float, 
     return residuals
 
 
-def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fraction, max_refinement_px=10.0, *,
+def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fraction,
+                                     max_refinement_px=geometry.MAX_REFINEMENT_PX, *,
                                      histogram_match=False, max_empty_fraction=None, use_gpu=False,
-                                     z=None, plane="auto", flatfield="estimate", background_test=True,
-                                     max_shift_px=None, filter_sigma=1.0, progress=False):
+                                     z=None, plane=DEFAULT_PLANE, flatfield=DEFAULT_FLATFIELD, background_test=True,
+                                     max_shift_px=None, filter_sigma=FILTER_SIGMA, progress=False):
     """Correlate neighboring tiles within a slice to measure displacement errors.
 
     Parameters
@@ -97,7 +109,8 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
         Match the second overlap's histogram to the first before correlating.
     max_empty_fraction : float or None, keyword-only
         Skip pairs whose overlap is more than this fraction background (Otsu threshold).
-        ``None``: skip pairs whose overlap is less than 10 % non-zero.
+        ``None``: skip pairs one of whose overlaps is more than
+        :data:`~linumpy_motor.register.measure.MAX_EMPTY_DEFAULT` zero.
     use_gpu : bool, keyword-only
         Run the FFT work with CuPy when a CUDA device is usable (else the CPU, with a warning);
         ``stats['backend']`` says which ran.
@@ -112,7 +125,7 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
     background_test : bool, keyword-only
         Skip pairs whose NCC is no better than that of non-overlapping windows (agarose).
     max_shift_px : float or None, keyword-only
-        Largest stage error searched (default: 10 % of the tile).
+        Largest stage error searched (default: :func:`~linumpy_motor.register.correlation.search_limit`).
     filter_sigma : float, keyword-only
         Gaussian low-pass of the whitened spectrum (px).
     progress : bool, keyword-only
@@ -146,7 +159,7 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
     }
 
 
-def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs=3):
+def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs=MIN_PAIRS):
     """Estimate a 2x2 affine displacement model from neighbor tile correlations.
 
     Robust weighted least squares (NCC weights, L1 start, Tukey biweight) on the absolute
@@ -180,9 +193,10 @@ def estimate_affine_from_pairs(pairs, tile_shape, overlap_fraction, *, min_pairs
 
 
 def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_match=False, max_empty_fraction=None,
-                                     n_samples=None, seed=0, use_gpu=False, drift_tolerance_px=1.0,
-                                     max_shift_px=None, z=None, plane="auto", flatfield="estimate",
-                                     background_test=True, backlash="auto", progress=False):
+                                     n_samples=None, seed=DEFAULT_SEED, use_gpu=False,
+                                     drift_tolerance_px=DRIFT_TOLERANCE_PX, max_shift_px=None, z=None,
+                                     plane=DEFAULT_PLANE, flatfield=DEFAULT_FLATFIELD, background_test=True,
+                                     backlash=DEFAULT_BACKLASH, progress=False):
     """Pool neighbor-tile pair measurements across many mosaic grids and fit one affine.
 
     Parameters
@@ -225,18 +239,11 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
     ValueError
         Too few usable pairs (the message names the slices without any).
     """
-    ids = [int(sid) for sid, _ in volumes]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        raise InputError(None, f"slice id(s) {repeated} appear more than once")
+    check_unique_ids([int(sid) for sid, _ in volumes], None)
     grids: dict[int, MosaicGrid] = {int(sid): open_mosaic(path) for sid, path in volumes}
     if not grids:
         raise InputError(None, "no volumes given")
-    shapes = {sid: g.tile_shape for sid, g in grids.items()}
-    if len(set(shapes.values())) > 1:
-        first = next(iter(grids.values()))
-        odd = next(g for g in grids.values() if g.tile_shape != first.tile_shape)
-        raise InputError(odd.path, f"tile shape {odd.tile_shape} differs from {first.tile_shape} of {first.path}")
+    check_consistent("tile shape", ((g.path, g.tile_shape) for g in grids.values()))
     pairs, stats = {}, {}
     for sid, grid in sorted(grids.items()):
         pairs[sid], _, stats[sid] = measure_mosaic(
@@ -246,7 +253,7 @@ def pool_pairs_and_fit_global_affine(volumes, overlap_fraction, *, histogram_mat
             progress=Progress(f"measure slice {sid}", "tile row") if progress else None,
         )
     transform, diagnostics = fit_pooled(
-        pairs, {sid: (g.nx, g.ny) for sid, g in grids.items()}, next(iter(shapes.values())), overlap_fraction,
+        pairs, {sid: (g.nx, g.ny) for sid, g in grids.items()}, next(iter(grids.values())).tile_shape, overlap_fraction,
         n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px, backlash=backlash,
     )
     for sid in grids:

@@ -16,9 +16,8 @@ from linumpy_motor.errors import FitError, InputError, Terminated
 from linumpy_motor.io.schemas import check_overlap, first_problem
 from linumpy_motor.pipeline import logs
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter",
-    "OneLineErrorParser", "make_parser", "one_line", "overlap_fraction", "positive_int",
-    "run_cli"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter", "make_parser",
+           "overlap_fraction", "positive_int", "run_cli"]
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_OK = 3
@@ -26,7 +25,7 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
+class _OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line on stderr (exit code 2), like every other error."""
 
     def error(self, message: str):
@@ -36,7 +35,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An argument parser with ``--version`` and the logging options, reporting usage errors in one line."""
-    parser = OneLineErrorParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    parser = _OneLineErrorParser(prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{prog} (linumpy-motor) {__version__}")
     logs.add_arguments(parser)
     return parser
@@ -87,7 +86,7 @@ def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Name
     except (InputError, FitError, ValidationError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{parser.prog}: error: {one_line(exc)}", file=sys.stderr)
+        print(f"{parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as exc:
         if args.debug:
@@ -114,7 +113,7 @@ def _terminate_like_ctrl_c():
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException) -> str:
     """A one-line description of an error (the first problem of a pydantic validation error)."""
     if isinstance(exc, ValidationError):
         return first_problem(exc)

@@ -15,14 +15,15 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from linumpy_motor.io.ngff import DEFAULT_NGFF_VERSION
+from linumpy_motor.io.ngff import DEFAULT_NGFF_VERSION, NgffVersion
 from linumpy_motor.io.schemas import Overlap, first_problem
+from linumpy_motor.pipeline.steps import DEFAULT_PLACEMENT, Placement
 from linumpy_motor.qc.summary import FAIL_ON
 from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT
-from linumpy_motor.register.fit import DEFAULT_BACKLASH, DRIFT_TOLERANCE_PX
+from linumpy_motor.register.fit import DEFAULT_BACKLASH, DRIFT_TOLERANCE_PX, BacklashMode
 from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
-from linumpy_motor.register.planes import DEFAULT_PLANE
-from linumpy_motor.stitch.blend import BLENDING_HELP, DEFAULT_BLENDING
+from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
+from linumpy_motor.stitch.blend import BLENDING_HELP, DEFAULT_BLENDING, BlendingMode
 
 __all__ = ["FIT", "HELP", "MEASURE", "STITCH", "RunOptions", "add_fail_on", "add_options", "from_arguments"]
 
@@ -33,7 +34,7 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     overlap: Overlap = 0.2
     z: int | None = Field(None, ge=0)
-    plane: Literal["auto", "central", "mean"] = DEFAULT_PLANE
+    plane: PlaneMode = DEFAULT_PLANE
     background_test: bool = True
     max_shift: float | None = Field(None, gt=0)
     histogram_match: bool = False
@@ -41,11 +42,11 @@ class RunOptions(BaseModel):
     n_samples: int | None = Field(None, gt=0)
     seed: int = Field(0, ge=0)
     drift_tolerance: float = Field(DRIFT_TOLERANCE_PX, gt=0)
-    backlash: Literal["auto", "on", "off"] = DEFAULT_BACKLASH
-    placement: Literal["model", "registered"] = "model"
-    blending: Literal["none", "average", "feather", "diffusion"] = DEFAULT_BLENDING
+    backlash: BacklashMode = DEFAULT_BACKLASH
+    placement: Placement = DEFAULT_PLACEMENT
+    blending: BlendingMode = DEFAULT_BLENDING
     flatfield: str = DEFAULT_FLATFIELD
-    ngff_version: Literal["0.4", "0.5"] = DEFAULT_NGFF_VERSION
+    ngff_version: NgffVersion = DEFAULT_NGFF_VERSION
     transform: Path | None = None
     workers: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)

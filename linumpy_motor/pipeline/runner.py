@@ -34,7 +34,7 @@ from linumpy_motor import __version__
 from linumpy_motor.backend import gpu_available
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs, schemas
-from linumpy_motor.io.dataset import discover_slices
+from linumpy_motor.io.dataset import check_consistent, discover_slices
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic
 from linumpy_motor.parallel import limited_threads, resolve_threads, threads_per_worker
 from linumpy_motor.pipeline import logs, steps
@@ -43,8 +43,8 @@ from linumpy_motor.qc import summary
 from linumpy_motor.register.flatfield import FLATFIELD_MODES, resolve_flatfield
 from linumpy_motor.stitch.assemble import check_canvas
 
-__all__ = ["PROGRESS_UNITS", "STATE_DIR", "Stamps", "describe", "file_digest", "output_paths",
-    "planned_outputs", "prefix", "run", "step_key", "store_fingerprint"]
+__all__ = ["PROGRESS_UNITS", "STATE_DIR", "Stamps", "describe", "output_paths", "planned_outputs", "prefix", "run",
+           "store_fingerprint"]
 
 logger = logging.getLogger(__name__)
 STATE_DIR = ".linumpy-motor"
@@ -55,7 +55,7 @@ def prefix(slice_id: int) -> str:
     return f"slice_z{slice_id:02d}"
 
 
-def file_digest(path: Path) -> str:
+def _file_digest(path: Path) -> str:
     """SHA-256 of a file's content."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -82,7 +82,7 @@ def store_fingerprint(path: Path) -> str:
     return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
 
 
-def step_key(**inputs) -> str:
+def _step_key(**inputs) -> str:
     """Hash of a step's inputs, parameters and the package version."""
     text = json.dumps({"version": __version__, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -357,10 +357,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
     source = Path(source)
     slices = discover_slices(source)
     grids = {slice_id: open_mosaic(path) for slice_id, path in slices}
-    first = grids[slices[0][0]]
-    for grid in grids.values():
-        if grid.tile_shape != first.tile_shape:
-            raise InputError(grid.path, f"tile shape {grid.tile_shape} differs from {first.tile_shape} of {first.path}")
+    check_consistent("tile shape", ((grid.path, grid.tile_shape) for grid in grids.values()))
     inputs = [source, *(path for _, path in slices)]
     if options.transform is not None:
         if options.placement == "registered":
@@ -369,7 +366,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
         _check_given_transform(options.transform, grids.values())
         inputs.append(options.transform)
     if options.flatfield not in FLATFIELD_MODES:
-        resolve_flatfield(first, options.flatfield)
+        resolve_flatfield(grids[slices[0][0]], options.flatfield)
         inputs.append(Path(options.flatfield))
     _check_outdir(outdir, inputs)
     paths = output_paths(outdir, [slice_id for slice_id, _ in slices], measured=options.transform is None)
@@ -460,13 +457,13 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
     compare: dict[int, Path] = paths.get("compare", {})
     report_dir: Path | None = paths.get("report")
     flatfield = options.flatfield
-    flatfield_id = flatfield if flatfield in FLATFIELD_MODES else file_digest(Path(flatfield))
+    flatfield_id = flatfield if flatfield in FLATFIELD_MODES else _file_digest(Path(flatfield))
     if options.transform is None:
         measure = dict(overlap=options.overlap, z=options.z, plane=options.plane,
                        background_test=options.background_test, max_shift_px=options.max_shift,
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
         ran["measure"] = _run_jobs([
-            (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
+            (pairs[sid], _step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
                                   **measure), steps.measure_pairs,
              dict(source=path, output=pairs[sid], slice_id=sid, flatfield=flatfield, use_gpu=options.use_gpu,
                   threads=_threads_per_job(options, len(slices)), **measure))
@@ -474,15 +471,15 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
         ], stamps, options.workers, "measure", progress)
         fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance,
                    backlash=options.backlash)
-        key = step_key(step="fit", pairs=[file_digest(pairs[sid]) for sid, _ in slices], **fit)
+        key = _step_key(step="fit", pairs=[_file_digest(pairs[sid]) for sid, _ in slices], **fit)
         ran["fit"] = _run_jobs([(transform, key, steps.fit_affine,
                                  dict(pairs_files=[pairs[sid] for sid, _ in slices], output=transform, **fit))],
                                stamps, 1, "fit", progress)
     else:
-        key = step_key(step="given transform", digest=file_digest(options.transform))
+        key = _step_key(step="given transform", digest=_file_digest(options.transform))
         ran["fit"] = _run_jobs([(transform, key, steps.copy_transform,
                                  dict(source=options.transform, output=transform))], stamps, 1, "transform", progress)
-    transform_digest = file_digest(transform)
+    transform_digest = _file_digest(transform)
     stitch = dict(blending=options.blending, ngff_version=options.ngff_version, z_chunk=options.z_chunk)
     registered = options.placement == "registered"
     A = schemas.read_transform(transform)
@@ -492,9 +489,9 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
                                     pairs_file=pairs[sid] if registered else None)
 
     ran["stitch"] = _run_jobs([
-        (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
+        (stitched[sid], _step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
                                  flatfield=flatfield_id, placement=options.placement,
-                                 pairs=file_digest(pairs[sid]) if registered else None, **stitch),
+                                 pairs=_file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=A,
                             positions=positions(sid), flatfield=flatfield, use_gpu=options.use_gpu,
                             threads=_threads_per_job(options, len(slices)), **stitch))
@@ -505,13 +502,13 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
     if options.transform is None:
         assert report_dir is not None  # output_paths names a report folder whenever the run measures
         ran["compare"] = _run_jobs([
-            (compare[sid], step_key(step="compare", pairs=file_digest(pairs[sid]), transform=transform_digest),
+            (compare[sid], _step_key(step="compare", pairs=_file_digest(pairs[sid]), transform=transform_digest),
              steps.compare, dict(pairs_file=pairs[sid], transform_file=transform, output=compare[sid]))
             for sid, _ in slices
         ], stamps, 1, "compare", progress)
-        key = step_key(step="report", transform=transform_digest,
-                       pairs=[file_digest(p) for p in pairs.values()],
-                       compare=[file_digest(p) for p in compare.values()],
+        key = _step_key(step="report", transform=transform_digest,
+                       pairs=[_file_digest(p) for p in pairs.values()],
+                       compare=[_file_digest(p) for p in compare.values()],
                        stitched=[stamps.key_of(p) for p in stitched.values()])
         ran["report"] = _run_jobs([(report_dir, key, write_report, dict(
             out_dir=report_dir, transform_file=transform, pairs_files=list(pairs.values()),

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from linumpy_motor import __version__
-from linumpy_motor.errors import InputError, check_choice
+from linumpy_motor.errors import FitError, InputError, check_choice
 from linumpy_motor.io import schemas
-from linumpy_motor.io.dataset import slice_id_from_name
+from linumpy_motor.io.dataset import check_consistent, slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import check_output, write_json
 from linumpy_motor.io.schemas import PairsFile, load
@@ -23,18 +24,21 @@ from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
 from linumpy_motor.register import geometry
-from linumpy_motor.register.fit import FitError, fit_pooled
+from linumpy_motor.register.fit import DEFAULT_BACKLASH, DEFAULT_SEED, DRIFT_TOLERANCE_PX, BacklashMode, fit_pooled
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
 from linumpy_motor.register.measure import backends_used, measure_mosaic
+from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
 
-__all__ = ["PLACEMENTS", "compare", "copy_transform", "fit_affine", "load_pairs_files",
-    "measure_pairs", "tile_positions"]
+__all__ = ["DEFAULT_PLACEMENT", "PLACEMENTS", "Placement", "compare", "copy_transform", "fit_affine", "measure_pairs",
+           "tile_positions"]
 
 logger = logging.getLogger(__name__)
 
 
 def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, slice_id: int | None = None,
-                  z: int | None = None, plane: str = "auto", flatfield: str | Path | None = "estimate",
-                  background_test: bool = True, max_shift_px: float | None = None, histogram_match: bool = False,
+                  z: int | None = None, plane: PlaneMode = DEFAULT_PLANE,
+                  flatfield: str | Path | None = DEFAULT_FLATFIELD, background_test: bool = True,
+                  max_shift_px: float | None = None, histogram_match: bool = False,
                   max_empty_fraction: float | None = None, use_gpu: bool = False,
                   progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> dict:
     """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
@@ -66,19 +70,15 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     return content
 
 
-def load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
+def _load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
     """Load pairs files and check they belong to one acquisition (tile shape, overlap, unique ids)."""
     if not paths:
         raise InputError(None, "no pairs files given")
     files = [load(path, PairsFile) for path in paths]
-    first, first_path = files[0], Path(paths[0])
+    check_consistent("tile shape", ((path, list(content.tile_shape)) for path, content in zip(paths, files)))
+    check_consistent("overlap", ((path, content.overlap) for path, content in zip(paths, files)))
     seen: dict[int, Path] = {}
     for content, path in zip(files, map(Path, paths)):
-        if content.tile_shape != first.tile_shape:
-            raise InputError(path, f"tile shape {list(content.tile_shape)} differs from "
-                                   f"{list(first.tile_shape)} in {first_path}")
-        if content.overlap != first.overlap:
-            raise InputError(path, f"overlap {content.overlap} differs from {first.overlap} in {first_path}")
         if content.slice_id in seen:
             raise InputError(path, f"slice id {content.slice_id} also in {seen[content.slice_id]}")
         seen[content.slice_id] = path
@@ -86,7 +86,8 @@ def load_pairs_files(paths: Sequence[str | Path]) -> list[PairsFile]:
 
 
 def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_samples: int | None = None,
-               seed: int = 0, drift_tolerance_px: float = 1.0, backlash: str = "auto") -> dict:
+               seed: int = DEFAULT_SEED, drift_tolerance_px: float = DRIFT_TOLERANCE_PX,
+               backlash: BacklashMode = DEFAULT_BACKLASH) -> dict:
     """Pool the slices' pairs, fit one motor matrix and write ``motor_transform.json``.
 
     ``backlash`` (``auto``, ``on``, ``off``): the serpentine backlash term
@@ -99,7 +100,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
         (the error names the pairs file of the first slice without any pair).
     """
     check_output(output, *pairs_files)
-    files = load_pairs_files(pairs_files)
+    files = _load_pairs_files(pairs_files)
     pairs = {f.slice_id: [p.model_dump() for p in f.pairs] for f in files}
     try:
         transform, diagnostics = fit_pooled(
@@ -140,11 +141,13 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     return content
 
 
-PLACEMENTS = ("model", "registered")
+Placement = Literal["model", "registered"]
 """Where the stitcher puts tiles: at the model's positions, or the model plus each tile's registered residual."""
+PLACEMENTS: tuple[Placement, ...] = get_args(Placement)
+DEFAULT_PLACEMENT: Placement = "model"
 
 
-def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placement: str = "model",
+def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placement: Placement = DEFAULT_PLACEMENT,
                    pairs_file: str | Path | None = None) -> np.ndarray:
     """Where the stitcher puts each tile of a slice.
 

@@ -14,8 +14,8 @@ from linumpy_motor.qc.inputs import ReportInputs
 from linumpy_motor.qc.status import MAX_OUTLIER_FRACTION, MAX_RESIDUAL_RMS_PX, MIN_MEASURED_FRACTION, SliceEvidence
 from linumpy_motor.register.geometry import step_lengths
 
-__all__ = ["COLOURS", "MODEL_FORMATS", "MODEL_LENGTHS_PX", "MODEL_ROWS", "STYLE", "compare_cell", "page",
-    "section_html", "summary_row"]
+__all__ = ["COLOURS", "MODEL_FORMATS", "MODEL_LENGTHS_PX", "MODEL_ROWS", "STYLE", "page", "section_html",
+           "summary_row"]
 
 MODEL_FORMATS = {"theta_deg": ".4f", "phi_deg": ".4f", "perpendicular_deviation_deg": ".4f", "Ox_fraction": ".4f",
                  "Oy_fraction": ".4f", "scale_y": ".6f", "scale_x": ".6f"}
@@ -186,10 +186,10 @@ def summary_row(e: SliceEvidence, status: Status, reasons: list[str], mine, comp
             "drift": _length(e.drift_px, pixel_um),
             "pairs": None if e.n_usable is None else f"{e.n_usable} / {e.n_expected}",
             "outliers": None if mine is None else f"{int(mine[1].sum())} of {len(mine[1])}",
-            "compare": compare_cell(compare, e, pixel_um)}
+            "compare": _compare_cell(compare, e, pixel_um)}
 
 
-def compare_cell(compare: CompareFile | None, e: SliceEvidence, pixel_um: float | None) -> str | None:
+def _compare_cell(compare: CompareFile | None, e: SliceEvidence, pixel_um: float | None) -> str | None:
     """Motor-vs-registration RMS / max, or ``n/a`` when no two tiles are connected by pairs (the
     registration then only repeats the motor positions, and a ~0 difference would read as perfect)."""
     if compare is None:

@@ -13,7 +13,7 @@ from linumpy_motor.io.schemas import STATUS_FILE, STATUSES, StatusFile, load
 from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT, MAX_SHIFT_FRACTION
 
 __all__ = ["FAILING", "FAIL_ON", "OVERLAP_HINT", "OVERLAP_WARNING_FRACTION", "POOR_FIT_SCALE_PX", "POOR_NCC",
-    "exit_code", "model_problems", "model_warnings", "not_ok", "read_status", "status_lines"]
+           "exit_code", "model_problems", "model_warnings", "read_status", "status_lines"]
 
 OVERLAP_WARNING_FRACTION = MAX_SHIFT_FRACTION / 2
 """Warn when a fitted effective overlap differs from the nominal one by more than this fraction of a
@@ -29,7 +29,7 @@ FAIL_ON = ("never", "failed", "check")
 FAILING = {"never": (), "failed": ("failed",), "check": ("failed", "check")}
 
 
-def not_ok(status: Mapping[str, Mapping] | None) -> list[tuple[int, str, list[str]]]:
+def _not_ok(status: Mapping[str, Mapping] | None) -> list[tuple[int, str, list[str]]]:
     """``(slice id, status, reasons)`` of every slice whose status is not ok, by slice id."""
     entries = ((int(sid), entry["status"], list(entry.get("reasons", []))) for sid, entry in (status or {}).items())
     return sorted(entry for entry in entries if entry[1] != "ok")
@@ -41,7 +41,7 @@ def status_lines(status: Mapping[str, Mapping] | None) -> Iterator[str]:
         return
     counts = {name: sum(e["status"] == name for e in status.values()) for name in STATUSES}
     yield "QC: " + ", ".join(f"{count} {name}" for name, count in counts.items())
-    for slice_id, name, reasons in not_ok(status):
+    for slice_id, name, reasons in _not_ok(status):
         yield f"  slice {slice_id}: {name.upper()}: {'; '.join(reasons) or 'no reason given'}"
 
 
@@ -93,4 +93,4 @@ def read_status(report_dir: str | Path) -> dict[str, dict]:
 def exit_code(status: Mapping[str, Mapping] | None, fail_on: str, code: int) -> int:
     """``code`` when a slice's status is one ``fail_on`` counts as failing, else 0."""
     check_choice("fail-on value", fail_on, FAIL_ON)
-    return code if any(name in FAILING[fail_on] for _, name, _ in not_ok(status)) else 0
+    return code if any(name in FAILING[fail_on] for _, name, _ in _not_ok(status)) else 0

@@ -21,8 +21,8 @@ from scipy import ndimage
 from linumpy_motor.backend import to_numpy
 
 __all__ = ["FILTER_SIGMA", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "PairShift",
-    "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts", "ncc_at", "overlap_views",
-    "refine_shifts", "search_bound", "search_limit", "tukey"]
+           "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts", "ncc_at",
+           "refine_shifts", "search_bound", "search_limit"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
@@ -72,7 +72,7 @@ def ncc_at(a: np.ndarray, b: np.ndarray, shift: tuple[int, int], min_fraction: f
     ny, nx = a.shape
     if (ny - abs(sy)) * (nx - abs(sx)) < min_fraction * ny * nx:
         return -1.0
-    pa, pb = overlap_views(a, b, shift)
+    pa, pb = _overlap_views(a, b, shift)
     pa = pa - pa.mean()
     pb = pb - pb.mean()
     denominator = float(np.sqrt((pa * pa).sum() * (pb * pb).sum()))
@@ -83,7 +83,7 @@ def _signed(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(index > size // 2, index - size, index)
 
 
-def tukey(size: int, alpha: float, offset: np.ndarray | float = 0.0) -> np.ndarray:
+def _tukey(size: int, alpha: float, offset: np.ndarray | float = 0.0) -> np.ndarray:
     """Tukey window over ``size`` samples (cosine edges over ``alpha`` of each side; 1: Hann, 0: none),
     evaluated ``offset`` samples further on (one row per offset; the window is 0 outside its support).
 
@@ -109,7 +109,7 @@ def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, 
     taper = xp.asarray(_taper(ny, nx, taper_alpha))
     taper_b = taper
     if b_offsets is not None:
-        wy, wx = tukey(ny, taper_alpha, b_offsets[:, 0]), tukey(nx, taper_alpha, b_offsets[:, 1])
+        wy, wx = _tukey(ny, taper_alpha, b_offsets[:, 0]), _tukey(nx, taper_alpha, b_offsets[:, 1])
         taper_b = xp.asarray(wy[:, :, None] * wx[:, None, :], dtype=xp.float32)
     a = (a - a.mean(axis=(1, 2), keepdims=True)) * taper
     b = (b - b.mean(axis=(1, 2), keepdims=True)) * taper_b
@@ -125,7 +125,7 @@ def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, 
 @lru_cache(maxsize=256)
 def _taper(ny: int, nx: int, alpha: float) -> np.ndarray:
     """The 2-D Tukey taper of ``(ny, nx)`` windows (float32; cached: every batch of a shape shares it)."""
-    return np.outer(tukey(ny, alpha)[0], tukey(nx, alpha)[0]).astype(np.float32)
+    return np.outer(_tukey(ny, alpha)[0], _tukey(nx, alpha)[0]).astype(np.float32)
 
 
 @lru_cache(maxsize=256)
@@ -233,7 +233,7 @@ def _parabolic_offsets(surface: np.ndarray, peak: np.ndarray) -> np.ndarray:
     return offsets
 
 
-def overlap_views(a: np.ndarray, b: np.ndarray, shift: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _overlap_views(a: np.ndarray, b: np.ndarray, shift: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The parts of ``a[..., x]`` and ``b[..., x - shift]`` that overlap (last two axes)."""
     sy, sx = shift
     ny, nx = a.shape[-2:]
@@ -261,7 +261,7 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
         found = residual.copy()
         for shape in {tuple(s) for s in np.abs(integer[active]).tolist()}:
             members = np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
-            views = [overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
+            views = [_overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
             pa, pb = np.stack([va for va, _ in views]), np.stack([vb for _, vb in views])
             product = _cross_power(xp.asarray(pa, dtype=xp.float32), xp.asarray(pb, dtype=xp.float32), xp, fft,
                                    filter_sigma, real=True, taper_alpha=taper_alpha, b_offsets=residual[members])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Literal, get_args
 
 import numpy as np
 from scipy import sparse, stats
@@ -44,17 +44,20 @@ from linumpy_motor.register.geometry import (
 )
 from linumpy_motor.register.robust import SCALE_FLOOR_PX, outlier_cutoff, robust_scale
 
-__all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "DEFAULT_BACKLASH", "DRIFT_TOLERANCE_PX",
-    "L1_START_TOLERANCE", "MIN_INFO", "MIN_PAIRS", "backlash_identifiable", "backlash_test", "describe_transform",
-    "drift_px", "error_model", "fit_pairs", "fit_pooled", "infer_grid", "model_precision", "pair_arrays",
-    "parity_steps", "refine_on_positions", "robust_fit", "standardised_residuals", "subsample"]
+__all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "DEFAULT_BACKLASH", "DEFAULT_SEED",
+           "DRIFT_TOLERANCE_PX", "L1_START_TOLERANCE", "MIN_INFO", "MIN_PAIRS", "BacklashMode", "describe_transform",
+           "drift_px", "error_model", "fit_pairs", "fit_pooled", "model_precision", "pair_arrays", "parity_steps",
+           "robust_fit", "subsample"]
 
 L1_START_TOLERANCE = 1e-3  # px: the L1 start of the robust fit stops moving by less than this
 MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1) in the error model
-BACKLASH_MODES = ("auto", "on", "off")
-DEFAULT_BACKLASH: Final = "auto"  # the library's default backlash mode
+BacklashMode = Literal["auto", "on", "off"]
+"""Whether the model has a backlash term: when the data need it, always, never."""
+BACKLASH_MODES: tuple[BacklashMode, ...] = get_args(BacklashMode)
+DEFAULT_BACKLASH: BacklashMode = "auto"  # the library's default backlash mode
 MIN_PAIRS = 3  # usable pairs needed along each direction, by default
 DRIFT_TOLERANCE_PX = 1.0  # default drift (px) beyond which a slice's own model is flagged
+DEFAULT_SEED = 0  # seed of the reproducible sub-sample of pooled pairs
 BACKLASH_P_VALUE = 1e-3  # the backlash term is kept when the F-test's p-value is below this
 BACKLASH_SCALE_FLOOR_PX = 1e-3  # residual scale floor of the F-test (noise-free data)
 
@@ -108,7 +111,7 @@ def parity_steps(pairs: Sequence[Mapping]) -> np.ndarray:
                      for p in pairs], dtype=float)
 
 
-def backlash_identifiable(X: np.ndarray, parity: np.ndarray, w: np.ndarray) -> bool:
+def _backlash_identifiable(X: np.ndarray, parity: np.ndarray, w: np.ndarray) -> bool:
     """True when usable vertical pairs start on both even and odd rows (``parity`` of both signs)."""
     usable = (w > 0) & (X[:, 0] != 0)
     return bool(np.any(usable & (parity > 0)) and np.any(usable & (parity < 0)))
@@ -130,7 +133,7 @@ def _check_enough(X: np.ndarray, w: np.ndarray, min_pairs: int, label: str) -> N
         )
 
 
-def standardised_residuals(X: np.ndarray, Y: np.ndarray, A: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _standardised_residuals(X: np.ndarray, Y: np.ndarray, A: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Residual lengths ``|Y - X @ A.T|`` in units of the expected error: times the precision ``w``."""
     return w * np.linalg.norm(Y - X @ A.T, axis=1)
 
@@ -190,7 +193,7 @@ def robust_fit(
     inliers = w > 0
     scale = scale_floor
     for _ in range(50):
-        u = standardised_residuals(X, Y, A, w)
+        u = _standardised_residuals(X, Y, A, w)
         scale = max(robust_scale(u[w > 0]), scale_floor)
         u = u / outlier_cutoff(scale)
         inliers = (u < 1) & (w > 0)
@@ -223,7 +226,7 @@ def describe_transform(A: np.ndarray, tile_shape: Sequence[int], overlap_fractio
     }
 
 
-def infer_grid(pairs: Sequence[Mapping]) -> tuple[int, int] | None:
+def _infer_grid(pairs: Sequence[Mapping]) -> tuple[int, int] | None:
     """Grid size ``(nx, ny)`` spanned by pairs that carry their ``tile``; None when they don't."""
     if not pairs or any("tile" not in p for p in pairs):
         return None
@@ -264,7 +267,7 @@ def _centred(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, weight: np.ndarra
     return X, Y
 
 
-def backlash_test(X: np.ndarray, Y: np.ndarray, n_groups: int, precision: np.ndarray | None = None) -> dict:
+def _backlash_test(X: np.ndarray, Y: np.ndarray, n_groups: int, precision: np.ndarray | None = None) -> dict:
     """F-test of the backlash column: do the positions need ``b``, beyond ``A`` and the group offsets?
 
     Parameters
@@ -303,7 +306,7 @@ def _grid_pair(grid: Sequence[int]) -> tuple[int, int]:
     return nx, ny
 
 
-def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[int, int]]],
+def _refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[int, int]]],
                         M0: np.ndarray, backlash: str = DEFAULT_BACKLASH) -> tuple[np.ndarray, np.ndarray, dict]:
     """Second stage: fit A (and the backlash b) to the tile positions solved from each slice's inlier pairs.
 
@@ -314,7 +317,7 @@ def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[i
     M0 : np.ndarray
         The pair-stage model, 2x2 (A) or 2x3 ([A | b]): anchors each slice's solve.
     backlash : {"auto", "on", "off"}
-        Keep b when the F-test finds it (:func:`backlash_test`), always (when the grid has 3 rows
+        Keep b when the F-test finds it (:func:`_backlash_test`), always (when the grid has 3 rows
         or more), or never.
 
     Returns
@@ -343,7 +346,7 @@ def refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[i
     M, inliers, _ = robust_fit(Xc[:, :columns], Yc, precision, min_pairs=0)
     report: dict = {"mode": backlash, "identifiable": identifiable, "detected": False}
     if identifiable:
-        report.update(backlash_test(Xc[inliers], Yc[inliers], n_groups, precision[inliers]))
+        report.update(_backlash_test(Xc[inliers], Yc[inliers], n_groups, precision[inliers]))
         report["detected"] = bool(backlash == "on" or report["p_value"] < BACKLASH_P_VALUE)
         if not report["detected"]:
             M, inliers, _ = robust_fit(Xc[:, :2], Yc, precision, min_pairs=0)
@@ -367,7 +370,7 @@ def _pair_stage(pairs: Sequence[Mapping], backlash: str, min_pairs: int, label: 
     """
     X, Y, w = pair_arrays(pairs)
     parity = parity_steps(pairs)
-    if backlash != "off" and backlash_identifiable(X, parity, w):
+    if backlash != "off" and _backlash_identifiable(X, parity, w):
         X = np.column_stack([X, parity])
     M, inliers, _ = robust_fit(X, Y, (w > 0).astype(float), min_pairs=min_pairs, label=label)
     model = error_model((Y - X @ M.T)[inliers], w[inliers] ** 2)
@@ -396,10 +399,10 @@ def fit_pairs(pairs: Sequence[Mapping], tile_shape: Sequence[int], overlap_fract
     """
     check_choice("backlash mode", backlash, BACKLASH_MODES)
     X, Y, M, inliers, scale, model = _pair_stage(pairs, backlash, min_pairs, label)
-    grid = grid or infer_grid(pairs)
+    grid = grid or _infer_grid(pairs)
     stage = None
     if grid is not None:
-        A, b, stage = refine_on_positions([([p for p, keep in zip(pairs, inliers) if keep], grid)], M, backlash)
+        A, b, stage = _refine_on_positions([([p for p, keep in zip(pairs, inliers) if keep], grid)], M, backlash)
         M = np.column_stack([A, b])[:, :X.shape[1]]
     return M[:, :2], _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, model)
 
@@ -445,7 +448,7 @@ def fit_pooled(
     overlap_fraction: float,
     *,
     n_samples: int | None = None,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     drift_tolerance_px: float = DRIFT_TOLERANCE_PX,
     min_pairs: int = MIN_PAIRS,
     backlash: str = DEFAULT_BACKLASH,
@@ -499,7 +502,7 @@ def fit_pooled(
         empty = [s for s in order if not pairs_by_slice[s]]
         raise FitError(f"{exc}; slices with no usable pair: {empty or 'none'}") from None
     kept = [[p for (s, p), keep in zip(fitted, inliers) if keep and s == slice_id] for slice_id in order]
-    A, b, stage = refine_on_positions(list(zip(kept, [_grid_pair(grids[s]) for s in order])), M, backlash)
+    A, b, stage = _refine_on_positions(list(zip(kept, [_grid_pair(grids[s]) for s in order])), M, backlash)
     M = np.column_stack([A, b])[:, :X.shape[1]]
     diagnostics = _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, model)
     per_slice = {}

@@ -22,8 +22,8 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import MosaicGrid, central_plane_index, read_block
 
 __all__ = ["BIN_PX", "DEEP_CHUNK_MIN_TILES", "DEFAULT_FLATFIELD", "DEGREE", "ESTIMATE_FAILED", "FLATFIELD_MODES",
-    "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "SEED", "TISSUE_LEVEL", "choose_flatfield", "estimate_flatfield",
-    "fit_smooth_field", "flatfield_file", "flatfield_from_tiles", "load_flatfield", "npy_shape", "resolve_flatfield"]
+           "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "SEED", "TISSUE_LEVEL", "choose_flatfield",
+           "estimate_flatfield", "flatfield_file", "flatfield_from_tiles", "load_flatfield", "resolve_flatfield"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _legendre_design(shape: tuple[int, int], full_shape: tuple[int, int], factor
     return np.stack(terms, axis=1)
 
 
-def fit_smooth_field(image: np.ndarray, weights: np.ndarray, full_shape: tuple[int, int], factor: int,
+def _fit_smooth_field(image: np.ndarray, weights: np.ndarray, full_shape: tuple[int, int], factor: int,
                      degree: int = DEGREE) -> np.ndarray:
     """Weighted least-squares Legendre fit of a binned image, evaluated on the full tile grid.
 
@@ -220,7 +220,7 @@ def flatfield_from_tiles(
     profile = np.full(normalised.shape[1:], np.nan)
     enough = counts >= min_tissue_tiles
     profile[enough] = np.nanmedian(normalised[:, enough], axis=0)
-    field = fit_smooth_field(profile, counts.astype(float) * enough, (h, w), factor, degree)
+    field = _fit_smooth_field(profile, counts.astype(float) * enough, (h, w), factor, degree)
     field = np.clip(field, 0.05 * field.mean(), None)
     return (field / field.mean()).astype(np.float32)
 
@@ -241,7 +241,7 @@ def load_flatfield(path: str | Path, tile_shape: tuple[int, int, int]) -> np.nda
         Unreadable file, wrong shape, non-finite or non-positive values.
     """
     path = Path(path)
-    shape = npy_shape(path)
+    shape = _npy_shape(path)
     if len(shape) not in (2, 3) or shape != tuple(tile_shape[-len(shape):]):
         raise InputError(path, f"flat field shape {shape} does not match tiles {tuple(tile_shape)}")
     try:
@@ -254,7 +254,7 @@ def load_flatfield(path: str | Path, tile_shape: tuple[int, int, int]) -> np.nda
     return field / field.mean()
 
 
-def npy_shape(path: Path) -> tuple[int, ...]:
+def _npy_shape(path: Path) -> tuple[int, ...]:
     """The array shape a ``.npy`` file declares, read from its header only (nothing is allocated).
 
     Raises

@@ -12,10 +12,15 @@ from scipy.sparse.linalg import spsolve
 
 from linumpy_motor.register.robust import outlier_cutoff, robust_scale
 
-__all__ = ["affine_positions", "effective_overlap", "effective_overlap_px", "extent_shape", "grid_corners",
-    "grid_indices", "ideal_transform", "integer_step", "model_positions", "model_span", "n_neighbour_pairs",
-    "neighbour_pairs", "nominal_step", "output_shape", "pair_columns", "pair_tiles", "registered_positions",
-    "registration_positions", "shift_tile", "span", "step_lengths"]
+__all__ = ["MAX_DEVIATION_PX", "MAX_REFINEMENT_PX", "affine_positions", "effective_overlap", "effective_overlap_px",
+           "extent_shape", "grid_corners", "grid_indices", "ideal_transform", "integer_step", "model_positions",
+           "model_span", "n_neighbour_pairs", "neighbour_pairs", "nominal_step", "output_shape", "pair_columns",
+           "pair_tiles", "registered_positions", "registration_positions", "shift_tile", "span", "step_lengths"]
+
+MAX_DEVIATION_PX = 10.0
+"""Pairs whose displacement differs from the prior's by more than this (px) are left out of the registration solve."""
+MAX_REFINEMENT_PX = 10.0
+"""Largest registered correction of a tile, per axis (px): upstream's default."""
 
 
 def grid_indices(nx: int, ny: int) -> np.ndarray:
@@ -171,7 +176,7 @@ def registration_positions(
     ny: int,
     prior: np.ndarray,
     *,
-    max_deviation_px: float = 10.0,
+    max_deviation_px: float = MAX_DEVIATION_PX,
     prior_weight: float = 1e-3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tile positions from a global least-squares solve over measured pair displacements.
@@ -218,7 +223,7 @@ def registration_positions(
 
 
 def registered_positions(pairs: Sequence[Mapping], nx: int, ny: int, model: np.ndarray, *,
-                         max_refinement_px: float = 10.0) -> np.ndarray:
+                         max_refinement_px: float = MAX_REFINEMENT_PX) -> np.ndarray:
     """The motor model's positions plus each tile's registered residual (placement ``registered``).
 
     The residual of a tile is its position in the global solve over the measured pairs

@@ -30,13 +30,16 @@ from linumpy_motor.register.flatfield import (
 )
 from linumpy_motor.register.geometry import integer_step, n_neighbour_pairs, pair_columns
 from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_plane
+from linumpy_motor.register.robust import MAD_TO_SD
 
-__all__ = ["BACKGROUND_MADS", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader", "backends_used",
-           "background_threshold", "band_reader", "measure_grid_pairs", "measure_mosaic", "measure_volume"]
+__all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader",
+           "backends_used", "band_reader", "measure_grid_pairs", "measure_mosaic", "measure_volume"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
 BACKGROUND_MADS = 4.0
+MAX_EMPTY_DEFAULT = 0.9
+"""Without ``max_empty_fraction``: a pair is skipped when one of its overlaps is more than this fraction zero."""
 PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once for flat field and pairs
 
 BandReader = Callable[[int], np.ndarray]
@@ -82,12 +85,13 @@ def measure_grid_pairs(
     overlap_fraction : float
         Expected overlap between neighbours, in (0, 0.5] (:func:`~linumpy_motor.io.schemas.check_overlap`).
     max_shift_px : float or None
-        Largest departure from the expected position searched (default: 10 % of the tile).
+        Largest departure from the expected position searched (default:
+        :func:`~linumpy_motor.register.correlation.search_limit`).
     histogram_match : bool
         Match the second window's histogram to the first before correlating.
     max_empty_fraction : float or None
         Skip pairs whose overlap is more than this fraction background (Otsu threshold over the
-        overlaps of the plane). ``None``: skip pairs whose overlap is less than 10 % non-zero.
+        overlaps of the plane). ``None``: skip pairs one of whose overlaps is more than :data:`MAX_EMPTY_DEFAULT` zero.
     use_gpu : bool
         Run the FFT work with CuPy when a CUDA device is available.
     filter_sigma : float
@@ -97,7 +101,7 @@ def measure_grid_pairs(
         copies of an overlap carry opposite vignetting ramps, which biases the shift along the step.
     background_test : bool
         Skip pairs whose correlation peak is no better than that of windows that do not overlap
-        at all (:func:`background_threshold`): agarose and empty overlaps, whatever their level.
+        at all (:func:`_background_threshold`): agarose and empty overlaps, whatever their level.
     progress : callable, optional
         Called as ``progress(rows done, nx)`` after each tile row (e.g. :class:`~linumpy_motor.pipeline.logs.Progress`).
 
@@ -149,7 +153,7 @@ def measure_grid_pairs(
     measured, skipped = _split_empty(pairs, threshold, max_empty_fraction)
     null = {}
     if background_test:
-        null = {kind: background_threshold(a, b, search_bound(limit, a.shape[1:]), xp=xp, fft=fft,
+        null = {kind: _background_threshold(a, b, search_bound(limit, a.shape[1:]), xp=xp, fft=fft,
                                            filter_sigma=filter_sigma)
                 for kind, (a, b) in null_samples.windows().items()}
         measured, background = _split_background(measured, null)
@@ -200,7 +204,7 @@ def _split_empty(pairs: list[dict], threshold: float | None, max_empty_fraction:
         a, b = pair["_a"], pair["_b"]
         if threshold is None or max_empty_fraction is None:  # no threshold without a max fraction
             empty = 1.0 - min(float(np.mean(a > 0)), float(np.mean(b > 0)))
-            too_empty = empty > 0.9
+            too_empty = empty > MAX_EMPTY_DEFAULT
         else:
             empty = max(float(np.mean(a <= threshold)), float(np.mean(b <= threshold)))
             too_empty = empty > max_empty_fraction
@@ -247,7 +251,7 @@ class _NullSampler:
         return out
 
 
-def background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], **options) -> float:
+def _background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], **options) -> float:
     """Correlation peak above which a pair is more than chance: windows that do not overlap, measured as pairs.
 
     The whitened correlation peak of two unrelated windows is what noise, agarose and repeated
@@ -266,7 +270,7 @@ def background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], *
     """
     peak = np.array([r.peak for r in measure_shifts(a, b, bound, subpixel=False, **options)])
     median = float(np.median(peak))
-    return median + BACKGROUND_MADS * 1.4826 * float(np.median(np.abs(peak - median)))
+    return median + BACKGROUND_MADS * MAD_TO_SD * float(np.median(np.abs(peak - median)))
 
 
 def _split_background(pairs: list[dict], thresholds: dict[str, float]) -> tuple[list[dict], list[dict]]:

@@ -10,7 +10,7 @@ correlates best wins.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -19,11 +19,13 @@ from linumpy_motor.io.grid import central_plane_index
 from linumpy_motor.register.correlation import FILTER_SIGMA, measure_shifts, search_bound, search_limit
 from linumpy_motor.register.geometry import integer_step, neighbour_pairs
 
-__all__ = ["DEFAULT_PLANE", "PLANE_MODES", "SCORE_PAIRS", "SCORE_PLANES", "VolumeReader", "choose_plane",
-    "plane_scores"]
+__all__ = ["DEFAULT_PLANE", "PLANE_MODES", "SCORE_PAIRS", "SCORE_PLANES", "PlaneMode", "VolumeReader", "choose_plane",
+           "plane_scores"]
 
-PLANE_MODES = ("auto", "central", "mean")
-DEFAULT_PLANE: Final = "auto"  # the library's default plane mode
+PlaneMode = Literal["auto", "central", "mean"]
+"""How the measured plane is chosen without an explicit z."""
+PLANE_MODES: tuple[PlaneMode, ...] = get_args(PlaneMode)
+DEFAULT_PLANE: PlaneMode = "auto"  # the library's default plane mode
 SCORE_PAIRS = 8  # neighbour pairs measured per candidate plane
 SCORE_PLANES = 12  # candidate planes at most, spread over the depth
 
@@ -78,7 +80,7 @@ def plane_scores(read: VolumeReader, nz: int, tile_hw: tuple[int, int], nx: int,
     filter_sigma : float
         As in :func:`~linumpy_motor.register.correlation.measure_shifts`.
     max_shift_px : float or None
-        Largest stage error searched (default: 10 % of the tile).
+        Largest stage error searched (default: :func:`~linumpy_motor.register.correlation.search_limit`).
 
     Returns
     -------

@@ -12,12 +12,14 @@ import math
 
 import numpy as np
 
-__all__ = ["RAYLEIGH_MEDIAN", "SCALE_FLOOR_PX", "TUKEY_C", "outlier_cutoff", "robust_scale"]
+__all__ = ["MAD_TO_SD", "RAYLEIGH_MEDIAN", "SCALE_FLOOR_PX", "TUKEY_C", "outlier_cutoff", "robust_scale"]
 
 TUKEY_C = 4.685
 """Tukey's biweight constant: 95 % efficiency under Gaussian noise."""
 RAYLEIGH_MEDIAN = math.sqrt(2 * math.log(2))
 """Median of the length of a 2-D standard normal vector."""
+MAD_TO_SD = 1.4826
+"""Standard deviation of a normal sample over its median absolute deviation (1-D values only)."""
 SCALE_FLOOR_PX = 1e-6
 """Smallest robust scale (px): exact data (zero residuals) still gets a finite cutoff."""
 

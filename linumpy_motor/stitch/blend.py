@@ -26,7 +26,7 @@ diffusion
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Literal, get_args
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -35,11 +35,13 @@ from scipy.sparse.linalg import spsolve
 from linumpy_motor.errors import InputError, check_choice
 from linumpy_motor.register.geometry import effective_overlap_px
 
-__all__ = ["BLENDING_HELP", "BLENDING_MODES", "DEFAULT_BLENDING", "DIFFUSION_GRID_PX", "MIN_WEIGHT", "overlap_px",
-    "weight_map"]
+__all__ = ["BLENDING_HELP", "BLENDING_MODES", "DEFAULT_BLENDING", "DIFFUSION_GRID_PX", "MIN_WEIGHT", "BlendingMode",
+           "overlap_px", "weight_map"]
 
-BLENDING_MODES = ("none", "average", "feather", "diffusion")
-DEFAULT_BLENDING: Final = "feather"  # the library's default blending mode
+BlendingMode = Literal["none", "average", "feather", "diffusion"]
+"""How overlapping tiles are combined (see :data:`BLENDING_HELP`)."""
+BLENDING_MODES: tuple[BlendingMode, ...] = get_args(BlendingMode)
+DEFAULT_BLENDING: BlendingMode = "feather"  # the library's default blending mode
 BLENDING_HELP = ("how overlaps are combined: 'none' (the last tile wins), 'average' (plain mean), 'feather' "
                  "(weights fall linearly to each tile's edge), 'diffusion' (harmonic weights over the overlap, "
                  "as upstream)")
