@@ -6,7 +6,7 @@
  *            |                                +--> COMPARE (per slice, with the motor model)
  *            +--> STITCH (per slice, with the motor model)
  *   REPORT (once): motor model, pairs, comparisons, stitched slices
- *   QC_CHECK (once, with --fail_on failed|check): fails the run when a slice's QC status counts as failing
+ *   QC_CHECK (once, when --fail_on can fail the run): fails the run when a slice's QC status counts as failing
  *
  * --transform FILE (a transform JSON or upstream's 2x2 .npy): stitch with that motor model (no MEASURE_PAIRS,
  * FIT_AFFINE, COMPARE, REPORT, QC_CHECK: as the embedded runner, the report needs measured pairs).
@@ -55,7 +55,7 @@ workflow {
             .map { zarr -> [sliceMeta(checkedSliceId(zarr)), zarr] }
     }
 
-    // A .npy flat field is staged for MEASURE_PAIRS and STITCH; a mode ('estimate', 'none') goes by ext.args
+    // A .npy flat field is staged for MEASURE_PAIRS and STITCH; a mode (flatfieldModes()) goes by ext.args
     def flatfield = params.flatfield in flatfieldModes() ? [] : file(params.flatfield, checkIfExists: true)
     def registered = params.placement == 'registered'
 
@@ -105,9 +105,9 @@ workflow {
             ch_library
         )
 
-        // 5. --fail_on failed|check: after the report is published, fail the run when a slice's QC status
-        //    counts as failing (the QC_CHECK task lists those slices and exits with code 3)
-        if (params.fail_on != 'never') {
+        // 5. When --fail_on can fail the run: after the report is published, the QC_CHECK task lists the slices
+        //    that are not ok and fails (linum_motor_qc.py's exit code) when one counts as failing
+        if (qcCheckNeeded(params.fail_on)) {
             QC_CHECK(REPORT.out.report.map { report -> [[id: 'report'], report] }, ch_library)
         }
     }
@@ -133,12 +133,22 @@ def sliceIdFromName(name) {
     return numbers ? numbers[-1].toInteger() : null
 }
 
+// A store whose name holds no slice id, refused in linumpy_motor.io.dataset's words; null when it has one
+def sliceIdProblem(zarr) {
+    return sliceIdFromName(zarr.name) == null ? "${zarr}: no slice number in the name" : null
+}
+
 def checkedSliceId(zarr) {
-    def id = sliceIdFromName(zarr.name)
-    if (id == null) {
-        error "${zarr}: no slice number in the name"
+    def problem = sliceIdProblem(zarr)
+    if (problem) {
+        error problem
     }
-    return id
+    return sliceIdFromName(zarr.name)
+}
+
+// A folder without slices, refused in linumpy_motor.io.dataset's words; null when it has some
+def noSlicesProblem(folder, stores) {
+    return stores ? null : "${folder}: no *.ome.zarr slices in this folder"
 }
 
 // meta of a slice; prefix: the embedded runner's output name prefix (linumpy_motor.pipeline.runner.prefix)
@@ -152,9 +162,16 @@ def flatfieldModes() {
 }
 
 // The name a given --transform is published under in outdir: the runner's motor_transform.json
-// (linumpy_motor.pipeline.runner.output_paths); upstream's .npy matrix keeps its format
+// (linumpy_motor.pipeline.runner.output_paths); upstream's .npy matrix keeps its format (the suffix in any
+// case, as linumpy_motor.io.schemas.load_transform reads it)
 def givenTransformName(transform) {
-    return transform.toString().endsWith('.npy') ? 'motor_transform.npy' : 'motor_transform.json'
+    return transform.toString().toLowerCase().endsWith('.npy') ? 'motor_transform.npy' : 'motor_transform.json'
+}
+
+// Whether a --fail_on choice can fail the run (as linumpy_motor.qc.summary.exit_code counts statuses):
+// QC_CHECK runs only then
+def qcCheckNeeded(failOn) {
+    return failOn != 'never'
 }
 
 // --placement registered with --transform, refused in the embedded runner's words
@@ -208,8 +225,9 @@ def slicesFromInput(input) {
     }
     else {
         def stores = files("${input}/*.ome.zarr", type: 'dir')
-        if (!stores) {
-            error "${input}: no *.ome.zarr slices in this folder"
+        def empty = noSlicesProblem(input, stores)
+        if (empty) {
+            error empty
         }
         slices = stores.collect { zarr -> [checkedSliceId(zarr), zarr] }
     }

@@ -319,6 +319,8 @@ def _string_method(value: str, name: str, args: list):
         return re.fullmatch(r"-?\d+", value.strip()) is not None
     if name == "trim":
         return value.strip()
+    if name == "toLowerCase":
+        return value.lower()
     if name == "padLeft":
         return value.rjust(args[0], args[1] if len(args) > 1 else " ")
     if name == "replace":
@@ -492,6 +494,22 @@ def _eval(node, env: dict):  # noqa: C901, PLR0911, PLR0912 (one branch per node
 def evaluate(expr: str, env: dict):
     """The value of a Groovy expression for the variables (and functions) in env."""
     return _eval(parse(expr), env)
+
+
+def names_read(expr: str) -> set[str]:
+    """The variables and properties an expression reads, dotted (`process.exitStatus == 3` ->
+    {'process', 'process.exitStatus'})."""
+    found: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, tuple) and node and node[0] in ("name", "prop"):
+            found.add(_dotted(node))
+        for child in node if isinstance(node, (tuple, list)) else ():
+            if isinstance(child, (tuple, list)):
+                walk(child)
+
+    walk(parse(expr))
+    return found
 
 
 def lookup(dotted: str, env: dict):

@@ -607,11 +607,13 @@ def closure_body(expr: str) -> str:
 
 @dataclass
 class NfTestCase:
-    """One `test("name") { ... }` of an nf-test file: its name (a GString's source when it interpolates)
-    and the settings written directly in its block (`options "-stub"`)."""
+    """One `test("name") { ... }` of an nf-test file: its name (a GString's source when it interpolates),
+    the settings written directly in its block (`options "-stub"`) and the expressions of the `assert`
+    statements of its `then` block (one line each)."""
 
     name: str
     settings: dict[str, str]
+    assertions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -663,5 +665,7 @@ def nf_test_spec(path: str | Path) -> NfTestSpec:
         if not mask[m.start()]:
             continue
         block, _ = block_after(body, m.end() - 1)
-        tests.append(NfTestCase(m.group(1)[1:-1], _settings_at_top(block)))
+        then = "".join(content for name, content in named_blocks(block, r"when|then|setup|cleanup") if name == "then")
+        assertions = re.findall(r"^\s*assert\s+(.+?)\s*$", then, re.MULTILINE)
+        tests.append(NfTestCase(m.group(1)[1:-1], _settings_at_top(block), assertions))
     return NfTestSpec(path, kind, _settings_at_top(body), tests)

@@ -8,6 +8,7 @@ nf-schema applies them. The task scripts themselves are run in tests/test_pipeli
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -20,22 +21,26 @@ from functools import cache
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.dataset import discover_slices, slice_id_from_name
+from linumpy_motor.io.schemas import STATUSES, load_transform
 from linumpy_motor.pipeline import runner
-from linumpy_motor.pipeline.cli import build_parser
-from linumpy_motor.pipeline.entry import overlap_fraction
-from linumpy_motor.pipeline.options import RunOptions
-from linumpy_motor.qc.summary import FAIL_ON
+from linumpy_motor.pipeline.cli import add_synth_arguments, build_parser
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_NOT_OK, EXIT_TERMINATED, overlap_fraction
+from linumpy_motor.pipeline.options import HELP, RunOptions
+from linumpy_motor.qc.summary import FAIL_ON, exit_code
 from linumpy_motor.register.flatfield import FLATFIELD_MODES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nf_expr import parse  # noqa: E402
+from nf_expr import names_read, parse  # noqa: E402
 from nf_groovy import (  # noqa: E402
     REPO,
+    NfPath,
+    NfPathList,
     closure_body,
     config_params,
     config_tree,
@@ -230,6 +235,30 @@ def test_error_strategy_retries_what_the_scheduler_killed():
         assert evaluate(strategy, {"task": {"exitStatus": status}}) == expected, status
 
 
+@pytest.mark.parametrize("status, expected", [(EXIT_NOT_OK, "finish"), (EXIT_BAD_INPUT, "finish"),
+                                              (EXIT_TERMINATED, "retry")])
+def test_error_strategy_for_the_scripts_exit_codes(status, expected):
+    """A task the scripts refused (bad input) or whose QC check failed fails the same way again: never
+    retried; one terminated by the scheduler (SIGTERM at its time limit) is."""
+    strategy = closure_body(tree(REPO / "conf" / "base.config")["process"]["errorStrategy"])
+    assert evaluate(strategy, {"task": {"exitStatus": status}}) == expected
+
+
+def test_qc_check_nf_test_expects_the_script_s_not_ok_exit_code():
+    """The QC_CHECK nf-test's assertions on the task's exit status hold for linum_motor_qc.py's not-ok code
+    (pipeline.entry.EXIT_NOT_OK), and for no other."""
+    spec = nf_test_spec(module_of("QC_CHECK").parent / "tests" / "main.nf.test")
+    cases = [case for case in spec.tests if any("process.exitStatus" in names_read(a) for a in case.assertions)]
+    assert cases, "a QC_CHECK nf-test checks the exit status"
+    for case in cases:
+        def holds(status: int, case=case) -> bool:
+            task = {"process": {"failed": status != 0, "success": status == 0, "exitStatus": status}}
+            return all(evaluate(assertion, task) for assertion in case.assertions)
+
+        assert holds(EXIT_NOT_OK), case.name
+        assert not any(holds(status) for status in (0, 1, EXIT_BAD_INPUT, EXIT_TERMINATED)), case.name
+
+
 @pytest.mark.parametrize("config", ["base.config", "slurm.config", "test.config"])
 def test_resource_limits_cap_every_request(config):
     """Without limits the local executor refuses a task asking for more than the machine has,
@@ -272,6 +301,26 @@ def test_slice_id_rule_in_the_library(name, expected):
 @pytest.mark.parametrize("name, expected", SLICE_IDS.items())
 def test_slice_id_rule_in_main_nf(name, expected):
     assert nf_functions(REPO / "main.nf")["sliceIdFromName"](name) == expected
+
+
+@pytest.mark.parametrize("name, expected", SLICE_IDS.items())
+def test_a_name_without_slice_id_refused_in_the_library_s_words(name, expected):
+    store = NfPath(f"/data/run 1/{name}")
+    if expected is None:
+        with pytest.raises(InputError) as caught:
+            slice_id_from_name(store)
+        assert main_functions()["sliceIdProblem"](store) == str(caught.value)
+    else:
+        assert main_functions()["sliceIdProblem"](store) is None
+
+
+def test_a_folder_without_slices_refused_in_the_library_s_words(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a slice")
+    with pytest.raises(InputError) as caught:
+        discover_slices(tmp_path)
+    problem = main_functions()["noSlicesProblem"]
+    assert problem(str(tmp_path), []) == str(caught.value)
+    assert problem(str(tmp_path), [NfPath(str(tmp_path / "a_z01.ome.zarr"))]) is None
 
 
 def test_duplicate_ids_found():
@@ -414,10 +463,44 @@ def test_schema_matches_the_run_options(name):
         assert limits(ours) == limits(owner), name
 
 
+def run_command_help() -> dict[str, str]:
+    """The help text of each argument of `linumpy-motor run`, by its dest, as its --help shows it."""
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return {action.dest: action.help.replace("%%", "%") for action in commands.choices["run"]._actions
+            if action.help and action.help != argparse.SUPPRESS}
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_schema_describes_a_run_option_in_its_help_text(name):
+    """One help text per option (pipeline.options.HELP): what only the pipeline adds goes to help_text."""
+    description = schema_properties()[name]["description"]
+    assert description == HELP[name], f"nextflow_schema.json: {name}.description must be {HELP[name]!r}"
+    assert run_command_help()[name] == HELP[name]
+
+
+@pytest.mark.parametrize("name", sorted(set(run_command_help()) & set(NEXTFLOW_ONLY_DEFAULTS) | {"fail_on"}))
+def test_schema_describes_a_run_argument_in_its_help_text(name):
+    """A param that is an argument of `linumpy-motor run` but no RunOptions field (the input, the output
+    folder, --fail-on): described in that argument's help text."""
+    expected = run_command_help()[name]
+    assert schema_properties()[name]["description"] == expected, \
+        f"nextflow_schema.json: {name}.description must be {expected!r}"
+
+
 def test_fail_on_matches_the_run_command():
     ours = schema_properties()["fail_on"]
     assert ours["enum"] == list(FAIL_ON)
     assert ours["default"] == run_command_defaults()["fail_on"]
+
+
+@pytest.mark.parametrize("fail_on", FAIL_ON)
+def test_qc_check_runs_when_fail_on_can_fail_the_run(fail_on):
+    """main.nf runs QC_CHECK for a --fail_on choice exactly when some slice status would make
+    linum_motor_qc.py exit non-zero with it (qc.summary.exit_code); the default never does."""
+    can_fail = any(exit_code({"1": {"status": status}}, fail_on, EXIT_NOT_OK) for status in STATUSES)
+    assert main_functions()["qcCheckNeeded"](fail_on) == can_fail
+    if fail_on == run_command_defaults()["fail_on"]:
+        assert not can_fail
 
 
 def test_flatfield_modes_are_the_library_s():
@@ -429,14 +512,15 @@ def test_flatfield_modes_are_the_library_s():
 
 
 @pytest.mark.parametrize("process", ["MEASURE_PAIRS", "STITCH"])
-@pytest.mark.parametrize("value", [*FLATFIELD_MODES, "/data/flat.npy"])
+@pytest.mark.parametrize("value", [*FLATFIELD_MODES, "/data/flat.npy", "/data/run 1/flat field.NPY"])
 def test_flatfield_reaches_the_script(process, value):
     """A mode goes to the script by ext.args; a file is staged by main.nf (the module adds --flatfield FILE)."""
     params = {**profile_params(), "flatfield": value}
     validate(params)
-    args = shlex.split(ext_args_value(profile_ext_args()[process], {"params": params}))
-    given = args[args.index("--flatfield") + 1] if "--flatfield" in args else None
     staged = value not in main_functions()["flatfieldModes"]()
+    flatfield = NfPath(Path(value).name) if staged else NfPathList()  # the module's input, as main.nf gives it
+    args = shlex.split(ext_args_value(profile_ext_args()[process], {"params": params, "flatfield": flatfield}))
+    given = args[args.index("--flatfield") + 1] if "--flatfield" in args else None
     assert staged == (value not in FLATFIELD_MODES)
     assert given == (None if staged else value)
 
@@ -463,7 +547,8 @@ def test_profile_params_validate(profile):
      ("publish_dir_mode", "move"), ("gpu_cluster_options", "--gres=gpu:1 --mem=8G"),
      ("plane", "best"), ("backlash", "yes"), ("placement", "pairs"), ("z_chunk", 0), ("z_chunk", 2.5),
      ("background_test", "no"), ("fail_on", "always"), ("drift_tolerance", 0), ("transform", "m.txt"),
-     ("transform", "m.npy.gz"), ("flatfield", "estimated"), ("flatfield", "Estimate"),
+     ("transform", "m.npy.gz"), ("flatfield", "estimated"), ("flatfield", "Estimate"), ("flatfield", "flat.npy.gz"),
+     ("flatfield", "/data/flat.tif"), ("transform", "/data/run 1/model.txt"),
      ("gpu_cluster_options", "-p gpu"),
      # `--gpu_cluster_options '--gres=gpu:1'`: Nextflow takes '--gres=gpu:1' as the next option and
      # gives the param `true` (a Boolean, or the string 'true' with the strict syntax)
@@ -484,7 +569,11 @@ def test_schema_rejects_bad_values(name, value):
                                          ("publish_dir_mode", "symlink"), ("overlap", 0.49), ("overlap", 0.5),
                                          ("plane", "mean"), ("backlash", "off"), ("placement", "registered"),
                                          ("z_chunk", 1), ("background_test", False), ("transform", "/data/A.npy"),
-                                         ("drift_tolerance", 0.25)])
+                                         ("drift_tolerance", 0.25),
+                                         # paths with blanks (the modules quote them) and the .npy suffix in any case
+                                         ("flatfield", "/data/run 1/flat field.npy"), ("flatfield", "/data/FLAT.NPY"),
+                                         ("transform", "/data/run 1/motor transform.json"),
+                                         ("transform", "/data/run 1/A.NPY")])
 def test_schema_accepts_good_values(name, value):
     params = profile_params()
     params[name] = value
@@ -657,6 +746,31 @@ def test_slurm_profile():
         validate({**profile_params("slurm", "gpu"), "gpu_cluster_options": "--gres=gpu:1 --time=1:00:00"})
 
 
+SYNTH_SIZE = {"slices", "grid", "tile"}  # the dataset's size: what the test profile shrinks
+
+
+def synth_arguments(profile: tuple[str, ...], params: dict) -> dict:
+    """SYNTHESISE's ext.args for a profile, as linum_motor_synth.py reads them."""
+    parser = argparse.ArgumentParser()
+    add_synth_arguments(parser)
+    args = ext_args_value(profile_ext_args(*profile)["SYNTHESISE"], {"params": params})
+    return vars(parser.parse_args(["synthetic", *shlex.split(args)]))
+
+
+@pytest.mark.parametrize("changed", [{}, {"overlap": 0.3, "seed": 7, "ngff_version": "0.4"}])
+def test_test_profile_synthesises_with_the_params_as_the_default(changed):
+    """conf/test.config repeats SYNTHESISE's ext.args to shrink the dataset (--slices, --grid, --tile are
+    no params): the params reach the script as without the profile, and the size is smaller."""
+    params = {**profile_params("test"), **changed}
+    default, test = synth_arguments((), params), synth_arguments(("test",), params)
+    assert {key: value for key, value in test.items() if key not in SYNTH_SIZE} == \
+        {key: value for key, value in default.items() if key not in SYNTH_SIZE}
+    assert (default["overlap"], default["seed"], default["ngff_version"]) == \
+        (params["overlap"], params["seed"], params["ngff_version"])
+    pixels = [args["slices"] * args["grid"][0] * args["grid"][1] * np.prod(args["tile"]) for args in (test, default)]
+    assert pixels[0] < pixels[1]
+
+
 # ------------------------------------------------------------------------------ publishing
 
 
@@ -707,6 +821,20 @@ def test_a_given_transform_is_published_as_the_runner_s():
     name = main_functions()["givenTransformName"]
     assert name("/data/model.json") == runner.output_paths(Path("/out"), [1], measured=False)["transform"].name
     assert name("/data/A.npy").endswith(".npy")  # the raw matrix is not a transform JSON
+
+
+@pytest.mark.parametrize("file_name", ["A.npy", "A.NPY", "motor A.Npy"])
+def test_a_npy_transform_the_library_reads_is_accepted_and_kept_a_npy(tmp_path, file_name):
+    """Upstream's matrix in a folder with a blank, the suffix in any case: the library reads it as a .npy,
+    the schema accepts it and main.nf publishes it as a .npy."""
+    path = tmp_path / "run 1" / file_name
+    path.parent.mkdir()
+    matrix = np.array([[60.0, 1.0], [-1.0, 60.0]])
+    with path.open("wb") as handle:  # np.save would add '.npy' to a name ending in '.NPY'
+        np.save(handle, matrix)
+    assert np.array_equal(load_transform(path).transform, matrix)
+    validate({**profile_params(), "transform": str(path)})
+    assert main_functions()["givenTransformName"](str(path)) == "motor_transform.npy"
 
 
 @pytest.mark.parametrize("name", [*PUBLISHED, "SYNTHESISE"])

@@ -10,7 +10,7 @@ process MEASURE_PAIRS {
 
     input:
     tuple val(meta), path(zarr)
-    path(flatfield)   // a .npy flat field, or [] for ext.args' --flatfield ('estimate' or 'none')
+    path(flatfield)   // a .npy flat field, or [] for a mode (conf/modules.config's ext.args passes it)
     val(use_gpu)      // an input, not only a directive: turning the GPU on changes the task hash
     val(library)      // LIBRARY_VERSION: part of the task hash
 

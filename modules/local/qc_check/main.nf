@@ -1,7 +1,7 @@
 include { shellQuote; taskEnvironment } from '../shell'
 
-// After the report is published: list the slices that are not ok and fail the run (exit code 3)
-// when ext.args' --fail-on counts one as failing. A failed task publishes nothing, so this is its
+// After the report is published: list the slices that are not ok and fail the run (linum_motor_qc.py's
+// exit code) when ext.args' --fail-on counts one as failing. A failed task publishes nothing, so this is its
 // own last task rather than a REPORT option: the report is published either way.
 process QC_CHECK {
     tag "${meta.id}"

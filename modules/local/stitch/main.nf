@@ -12,7 +12,7 @@ process STITCH {
     input:
     tuple val(meta), path(zarr), path(pairs)   // pairs: the slice's pairs JSON for --placement registered, else []
     path(transform)
-    path(flatfield)   // a .npy flat field, or [] for ext.args' --flatfield ('estimate' or 'none')
+    path(flatfield)   // a .npy flat field, or [] for a mode (conf/modules.config's ext.args passes it)
     val(use_gpu)      // an input, not only a directive: turning the GPU on changes the task hash
     val(library)      // LIBRARY_VERSION: part of the task hash
 
