@@ -60,7 +60,8 @@ HELP = {
     "z": "Z plane measured (default: chosen by --plane)",
     "plane": "without --z: the plane whose overlaps correlate best (auto), the central plane, or the mean over "
              "planes",
-    "background_test": "keep pairs whose correlation is no better than that of non-overlapping windows",
+    "background_test": "drop pairs that correlate no better than non-overlapping windows (agarose, empty overlaps); "
+                       "--no-background-test keeps them",
     "max_shift": f"largest stage error searched, px (default: {MAX_SHIFT_DEFAULT_TEXT})",
     "histogram_match": "match the overlaps' histograms before correlating",
     "max_empty_fraction": "skip pairs whose overlap is more than this fraction background (Otsu)",
