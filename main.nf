@@ -200,13 +200,18 @@ def repeatedStoreProblem(entries) {
     return again ? "line ${again[0]}: ${again[2]} is already listed as slice ${first[1]}" : null
 }
 
+// Whether --input names a samplesheet rather than a folder (linumpy_motor.io.dataset.is_samplesheet)
+def isSamplesheet(input) {
+    return input.toString().toLowerCase().endsWith('.csv')
+}
+
 // --input: a folder of *.ome.zarr stores, or a CSV samplesheet slice_id,path (checked by
 // assets/schema_input.json; relative paths are taken from the CSV's folder, as the embedded runner does).
 // Returns [[meta, zarr], ...] sorted by slice id; stops the run on a missing store, a store listed twice
 // or a repeated id.
 def slicesFromInput(input) {
     def slices = []
-    if (input.toString().endsWith('.csv')) {
+    if (isSamplesheet(input)) {
         def sheet = file(input, checkIfExists: true)
         def rows = samplesheetToList(sheet, "${projectDir}/assets/schema_input.json")
         def entries = (0..<rows.size()).collect { index ->

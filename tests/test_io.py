@@ -411,3 +411,9 @@ def test_a_npy_file_is_known_by_its_suffix_in_any_case(tmp_path):
     assert flatfield_file(tmp_path / "FLAT.NPY") == tmp_path / "FLAT.NPY"
     with pytest.raises(InputError, match="flat field must be one of"):
         flatfield_file(tmp_path / "flat.tif")
+
+
+def test_a_file_that_is_no_csv_is_refused_as_input(tmp_path):
+    (tmp_path / "slices.tsv").write_text("slice_id\tpath\n")
+    with pytest.raises(InputError, match="slices.tsv: neither a folder of slices nor a .csv samplesheet"):
+        discover_slices(tmp_path / "slices.tsv")

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from linumpy_motor.errors import InputError
-from linumpy_motor.io.dataset import discover_slices, slice_id_from_name
+from linumpy_motor.io.dataset import discover_slices, is_samplesheet, slice_id_from_name
 from linumpy_motor.io.schemas import STATUSES, load_transform
 from linumpy_motor.pipeline import runner
 from linumpy_motor.pipeline.cli import add_synth_arguments, build_parser
@@ -815,6 +815,12 @@ def test_published_layout_is_the_runner_s(tmp_path):
     found |= published("REPORT", {"id": "report"}, params, tmp_path / "REPORT")
     expected = runner.output_paths(Path("/out"), LAYOUT_IDS, measured=True)
     assert found == {str(path) for path in runner.planned_outputs(expected)}
+
+
+@pytest.mark.parametrize("name", ["sheet.csv", "/data/run 1/Slices.CSV", "/data/slices", "/data/slices.ome.zarr",
+                                  "/data/sheet.tsv", "sheet.csv.bak"])
+def test_an_input_is_a_samplesheet_for_nextflow_as_for_the_library(name):
+    assert main_functions()["isSamplesheet"](name) == is_samplesheet(name)
 
 
 def test_a_given_transform_is_published_as_the_runner_s():

@@ -170,7 +170,7 @@ def run_pipeline(runner: Runner, use_gpu: bool = False, flatfield=()):
         stitched=sorted(stitched.values(), key=lambda p: p.name), library=library,
     )
     qc = None
-    if runner.params["fail_on"] != "never":
+    if MAIN["qcCheckNeeded"](runner.params["fail_on"]):
         qc = runner.run(process("qc_check"), {"id": "report"}, report=report["report"][0], library=library)
     return {"qc": qc, "library": library, "synth": synth, "slices": slices, "pairs": pairs, "transform": transform,
             "stitched": stitched, "compare": compared, "report": report, "fit": fit}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from linumpy_motor.errors import InputError
 
-__all__ = ["check_consistent", "check_unique_ids", "discover_slices", "slice_id_from_name"]
+__all__ = ["check_consistent", "check_unique_ids", "discover_slices", "is_samplesheet", "slice_id_from_name"]
 
 
 def slice_id_from_name(path: str | Path) -> int:
@@ -35,8 +35,10 @@ def discover_slices(source: str | Path) -> list[tuple[int, Path]]:
     source = Path(source)
     if not source.exists():
         raise InputError(source, "no such file or directory")
-    if source.is_file():
+    if is_samplesheet(source):
         entries = _read_samplesheet(source)
+    elif source.is_file():
+        raise InputError(source, "neither a folder of slices nor a .csv samplesheet")
     else:
         if source.name.endswith(".ome.zarr"):
             raise InputError(source, "is a single slice; give the folder that holds the slices")
@@ -45,6 +47,12 @@ def discover_slices(source: str | Path) -> list[tuple[int, Path]]:
             raise InputError(source, "no *.ome.zarr slices in this folder")
     check_unique_ids([i for i, _ in entries], source)
     return sorted(entries)
+
+
+def is_samplesheet(path: str | Path) -> bool:
+    """Whether an input names a ``slice_id,path`` samplesheet rather than a folder of slices: a ``.csv``
+    name (in any case), as main.nf's ``isSamplesheet`` decides before anything is read."""
+    return Path(path).suffix.lower() == ".csv"
 
 
 def check_unique_ids(ids: Sequence[int], source: str | Path | None) -> None:
