@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff, outputs
-from linumpy_motor.io.schemas import DEFAULT_OVERLAP
+from linumpy_motor.io.schemas import DEFAULT_OVERLAP, check_overlap
 
 __all__ = ["DTYPES", "N_SLICES", "BAD_TILE_KINDS", "SyntheticSpec", "make_slice", "true_transform",
            "vignetting_field", "write_dataset"]
@@ -51,6 +52,28 @@ class SyntheticSpec:
     bad_tiles: int = 0
     seed: int = 0
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse a spec no acquisition could have, in one line (:class:`~linumpy_motor.errors.InputError`)."""
+        if min(self.nx, self.ny, *self.tile_shape) < 1:
+            raise InputError(None, f"grid {[self.nx, self.ny]} and tile shape {list(self.tile_shape)} must be >= 1")
+        check_overlap(self.overlap)
+        angles = {"theta": self.theta_deg, "phi deviation": self.perpendicular_deviation_deg}
+        amounts = {"scale": self.scale, "jitter": self.jitter_px, "noise": self.noise, "vignetting": self.vignetting,
+                   "depth decay": self.depth_decay, "tissue fraction": self.tissue_fraction,
+                   "speckle sigma": self.speckle_sigma}
+        for name, value in {**angles, **amounts}.items():
+            if not math.isfinite(value):
+                raise InputError(None, f"{name} must be a finite number, got {value}")
+        for name, value in amounts.items():
+            if value < 0:
+                raise InputError(None, f"{name} must be >= 0, got {value}")
+        if self.scale <= 0 or self.tissue_fraction > 1:
+            raise InputError(None, f"scale must be > 0 and tissue fraction <= 1, got {self.scale}, "
+                                   f"{self.tissue_fraction}")
+        if not 0 <= self.bad_tiles <= self.nx * self.ny or self.seed < 0:
+            raise InputError(None, f"bad tiles must be in [0, {self.nx * self.ny}] and the seed >= 0, got "
+                                   f"{self.bad_tiles}, {self.seed}")
 
 
 def true_transform(spec: SyntheticSpec) -> np.ndarray:
@@ -215,6 +238,8 @@ def write_dataset(
         The content of ``truth.json``.
     """
     out_dir = outputs.check_output_name(out_dir)
+    if n_slices < 1:
+        raise InputError(None, f"the number of slices must be >= 1, got {n_slices}")
     ids = range(first_slice, first_slice + n_slices)
     names = {slice_id: f"mosaic_grid_3d_z{slice_id:02d}.ome.zarr" for slice_id in ids}
     for target in [*names.values(), "truth.json", *(["truth_scenes"] if save_scenes else [])]:

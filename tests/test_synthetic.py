@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.mosaic import motor
+from linumpy_motor.pipeline.cli import main
 from linumpy_motor.register.correlation import ncc_at
 from linumpy_motor.synthetic import SyntheticSpec, true_transform, vignetting_field
 
@@ -158,3 +159,16 @@ def test_a_slice_with_another_motor_model_is_flagged_as_drifting(synthetic_datas
     assert expected > 5
     assert drift[9] == pytest.approx(expected, abs=0.5)
     assert all(drift[s] < 0.5 for s in synthetic_dataset_v05.slice_ids)
+
+
+@pytest.mark.parametrize("arguments, problem", [
+    (["--grid", "0", "3"], "grid [0, 3] and tile shape"), (["--tile", "0", "16", "16"], "must be >= 1"),
+    (["--jitter", "nan"], "jitter must be a finite number"), (["--theta", "inf"], "theta must be a finite number"),
+    (["--noise", "-1"], "noise must be >= 0"), (["--bad-tiles", "100"], "bad tiles must be in [0, 9]"),
+    (["--seed", "-5"], "the seed >= 0"), (["--slices", "0"], "the number of slices must be >= 1"),
+])
+def test_synth_refuses_an_impossible_acquisition_in_one_line(tmp_path, capsys, arguments, problem):
+    assert main(["synth", str(tmp_path / "out"), "--grid", "3", "3", "--tile", "2", "32", "32", *arguments]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and problem in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
