@@ -103,7 +103,7 @@ def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fractio
     nx, ny : int
         Number of tile rows and columns.
     overlap_fraction : float
-        Expected overlap fraction, in (0, 0.5].
+        Expected overlap fraction (checked by :func:`~linumpy_motor.io.schemas.check_overlap`).
     max_refinement_px : float
         Residuals kept for blend refinement are clamped to this; ``pairs`` are not.
     histogram_match : bool, keyword-only
@@ -321,7 +321,8 @@ def apply_blend_shift_refinement(tile, refinements_for_tile):
     Returns
     -------
     np.ndarray
-        The shifted tile, or the same tile when the shift is below 0.05 px or there is none.
+        The shifted tile, or the same tile when the shift is below
+        :func:`~linumpy_motor.register.geometry.shift_tile`'s ``min_shift_px`` or there is none.
     """
     if not refinements_for_tile:
         return tile

@@ -83,7 +83,7 @@ def measure_grid_pairs(
     nx, ny : int
         Number of tile rows and columns.
     overlap_fraction : float
-        Expected overlap between neighbours, in (0, 0.5] (:func:`~linumpy_motor.io.schemas.check_overlap`).
+        Expected overlap between neighbours (checked by :func:`~linumpy_motor.io.schemas.check_overlap`).
     max_shift_px : float or None
         Largest departure from the expected position searched (default:
         :func:`~linumpy_motor.register.correlation.search_limit`).
