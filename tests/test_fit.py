@@ -154,6 +154,14 @@ def test_pooled_too_few_pairs_names_the_empty_slices():
         fit_pooled({4: few, 11: [], 12: []}, {4: (2, 2), 11: (6, 7), 12: (6, 7)}, TILE, 0.2)
 
 
+def test_pooled_too_few_pairs_names_the_slices_whose_pairs_all_failed():
+    """A slice with pairs, none usable (NCC <= 0), has no usable pair either."""
+    few = pairs_from_positions(grid_positions(A_TRUE, 2, 2), 2, 2)
+    failed = [{**pair, "ncc": 0.0} for pair in pairs_from_positions(grid_positions(A_TRUE, 2, 2), 2, 2)]
+    with pytest.raises(FitError, match=r"slices with no usable pair: \[7\]"):
+        fit_pooled({4: few, 7: failed}, {4: (2, 2), 7: (2, 2)}, TILE, 0.2)
+
+
 def test_a_slice_without_pairs_does_not_stop_the_pooled_fit():
     rng = np.random.default_rng(5)
     A, diagnostics = fit_pooled({1: noisy_pairs(A_TRUE, rng), 2: []}, {1: (NX, NY), 2: (NX, NY)}, TILE, 0.2)

@@ -239,3 +239,8 @@ def test_steps_and_overlap_of_an_ideal_grid(overlap, rotation):
     assert geometry.integer_step(tile, overlap) == (round((1 - overlap) * 160), round((1 - overlap) * 96))
     scaled = geometry.ideal_transform(tile, overlap, scale_factor=1.05)
     np.testing.assert_allclose(geometry.step_lengths(scaled), np.multiply(geometry.nominal_step(tile, overlap), 1.05))
+
+
+def test_a_pair_weighs_its_ncc_clipped_to_one_in_every_solve():
+    """One weight rule: an NCC above 1 (a hand-edited file) counts as 1, none or <= 0 leaves the pair out."""
+    assert geometry.pair_weights([{"ncc": 50.0}, {"ncc": 0.4}, {"ncc": -0.2}, {}]).tolist() == [1.0, 0.4, 0.0, 1.0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -417,3 +418,29 @@ def test_a_file_that_is_no_csv_is_refused_as_input(tmp_path):
     (tmp_path / "slices.tsv").write_text("slice_id\tpath\n")
     with pytest.raises(InputError, match="slices.tsv: neither a folder of slices nor a .csv samplesheet"):
         discover_slices(tmp_path / "slices.tsv")
+
+
+def _pairs_content(**changes) -> dict:
+    pair = {"tile": [0, 0], "row_delta": 0, "col_delta": 1, "measured_dy": 0.0, "measured_dx": 48.0}
+    content = {"version": "x", "slice_id": 1, "source": "s.ome.zarr", "tile_shape": [2, 64, 64], "grid": [2, 3],
+               "overlap": 0.2, "z": None, "pairs": [pair], "skipped": [], "stats": {}}
+    return {**content, **changes}
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"tile_shape": [2, 0, 64]}, "tile_shape.1: Input should be greater than 0"),
+    ({"grid": [0, 3]}, "grid.0: Input should be greater than 0"),
+    ({"pairs": [{"tile": [1, 2], "row_delta": 0, "col_delta": 1, "measured_dy": 0, "measured_dx": 48}]},
+     "pairs.0: tile [1, 2] and its neighbour are not both in the grid [2, 3]"),
+    ({"pairs": [{"tile": [2, 0], "row_delta": 0, "col_delta": 1, "measured_dy": 0, "measured_dx": 48}]},
+     "pairs.0: tile [2, 0] and its neighbour are not both in the grid [2, 3]"),
+    ({"pairs": [{"tile": [0, 1], "row_delta": 0, "col_delta": -1, "measured_dy": 0, "measured_dx": -48}]},
+     "pairs.0: step [0, -1] is not to a right or lower neighbour"),
+])
+def test_a_pairs_file_whose_pairs_leave_the_grid_is_refused(tmp_path, changes, problem):
+    """A pair off the grid would index another tile (the last column's right neighbour is the next row's first)."""
+    path = tmp_path / "slice_z01_pairs.json"
+    path.write_text(json.dumps(_pairs_content(**changes)))
+    with pytest.raises(InputError, match=re.escape(f"{path}: invalid PairsFile: {problem}")):
+        schemas.load(path, schemas.PairsFile)
+    schemas.validate(_pairs_content(), schemas.PairsFile, path)

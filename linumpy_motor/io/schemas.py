@@ -7,7 +7,17 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar, get_args
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    RootModel,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from linumpy_motor.errors import InputError
 
@@ -81,6 +91,10 @@ class Pair(BaseModel):
     empty_fraction: FiniteFloat = 0.0
 
 
+NEIGHBOUR_STEPS = ((0, 1), (1, 0))
+"""The (row, column) steps from a tile to the neighbours it is paired with: right and down."""
+
+
 class PairsFile(BaseModel):
     """``<slice>_pairs.json``: the pairs measured in one slice and how they were measured."""
 
@@ -88,8 +102,8 @@ class PairsFile(BaseModel):
     version: str
     slice_id: int
     source: str
-    tile_shape: tuple[int, int, int]
-    grid: tuple[int, int]
+    tile_shape: tuple[PositiveInt, PositiveInt, PositiveInt]
+    grid: tuple[PositiveInt, PositiveInt]
     overlap: Overlap
     z: int | None  # None: the mean over all planes was measured
     pairs: list[Pair]
@@ -97,6 +111,18 @@ class PairsFile(BaseModel):
     stats: dict
     linumpy_motor: dict | None = None
     """This program's output marker (see :mod:`linumpy_motor.io.outputs`)."""
+
+    @model_validator(mode="after")
+    def _pairs_in_grid(self) -> PairsFile:
+        """Every pair joins a tile of the grid to its right or lower neighbour, also in the grid."""
+        nx, ny = self.grid
+        for index, pair in enumerate(self.pairs):
+            (i, j), step = pair.tile, (pair.row_delta, pair.col_delta)
+            if step not in NEIGHBOUR_STEPS:
+                raise ValueError(f"pairs.{index}: step {list(step)} is not to a right or lower neighbour")
+            if not (0 <= i < nx and 0 <= j < ny and i + step[0] < nx and j + step[1] < ny):
+                raise ValueError(f"pairs.{index}: tile {[i, j]} and its neighbour are not both in the grid {[nx, ny]}")
+        return self
 
 
 class TransformFile(BaseModel):

@@ -21,7 +21,7 @@ from linumpy_motor.qc.inputs import ReportInputs, load_inputs
 from linumpy_motor.qc.status import SliceEvidence, pair_residuals, slice_status
 from linumpy_motor.qc.thumbnail import draw_thumbnail
 from linumpy_motor.register.fit import describe_transform
-from linumpy_motor.register.geometry import n_neighbour_pairs
+from linumpy_motor.register.geometry import n_neighbour_pairs, pair_weights
 
 __all__ = ["DEFAULT_TITLE", "REPORT_PAGE", "write_report"]
 
@@ -145,7 +145,7 @@ def _evidence(slice_id: int, inputs: ReportInputs, mine: tuple[np.ndarray, np.nd
     if mine is not None:
         nx, ny = inputs.pairs[slice_id].grid
         lengths, out = np.linalg.norm(mine[0], axis=1), mine[1]
-        evidence.update(n_usable=sum(p.ncc > 0 for p in inputs.pairs[slice_id].pairs),
+        evidence.update(n_usable=int((pair_weights([p.model_dump() for p in inputs.pairs[slice_id].pairs]) > 0).sum()),
                         n_expected=n_neighbour_pairs(nx, ny),
                         outlier_fraction=float(out.mean()) if len(out) else None,
                         residual_rms_px=float(np.sqrt(np.mean(lengths[~out] ** 2))) if (~out).any() else None)

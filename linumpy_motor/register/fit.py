@@ -39,6 +39,7 @@ from linumpy_motor.register.geometry import (
     grid_indices,
     nominal_step,
     pair_tiles,
+    pair_weights,
     registration_positions,
     step_lengths,
 )
@@ -65,12 +66,11 @@ BACKLASH_SCALE_FLOOR_PX = 1e-3  # residual scale floor of the F-test (noise-free
 def pair_arrays(pairs: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Design matrix ``(n, 2)``, displacements ``(n, 2)`` and NCC weights ``(n,)`` of a pair list.
 
-    The weight is the pair's NCC clipped to [0, 1] (1 when a pair carries no NCC); 0 excludes a pair.
+    The weight is :func:`~linumpy_motor.register.geometry.pair_weights`; 0 excludes a pair.
     """
     X = np.array([[p["row_delta"], p["col_delta"]] for p in pairs], dtype=float).reshape(-1, 2)
     Y = np.array([[p["measured_dy"], p["measured_dx"]] for p in pairs], dtype=float).reshape(-1, 2)
-    w = np.array([min(max(float(p.get("ncc", 1.0)), 0.0), 1.0) for p in pairs], dtype=float)
-    return X, Y, w
+    return X, Y, pair_weights(pairs)
 
 
 def error_model(residuals: np.ndarray, info: np.ndarray) -> dict:
@@ -499,7 +499,7 @@ def fit_pooled(
     try:
         X, Y, M, inliers, scale, model = _pair_stage([p for _, p in fitted], backlash, min_pairs, "pooled: ")
     except FitError as exc:
-        empty = [s for s in order if not pairs_by_slice[s]]
+        empty = [s for s in order if not (pair_weights(pairs_by_slice[s]) > 0).any()]
         raise FitError(f"{exc}; slices with no usable pair: {empty or 'none'}") from None
     kept = [[p for (s, p), keep in zip(fitted, inliers) if keep and s == slice_id] for slice_id in order]
     A, b, stage = _refine_on_positions(list(zip(kept, [_grid_pair(grids[s]) for s in order])), M, backlash)

@@ -15,7 +15,8 @@ from linumpy_motor.register.robust import outlier_cutoff, robust_scale
 __all__ = ["MAX_DEVIATION_PX", "MAX_REFINEMENT_PX", "affine_positions", "effective_overlap", "effective_overlap_px",
            "extent_shape", "grid_corners", "grid_indices", "ideal_transform", "integer_step", "model_positions",
            "model_span", "n_neighbour_pairs", "neighbour_pairs", "nominal_step", "output_shape", "pair_columns",
-           "pair_tiles", "registered_positions", "registration_positions", "shift_tile", "span", "step_lengths"]
+           "pair_tiles", "pair_weights", "registered_positions", "registration_positions", "shift_tile", "span",
+           "step_lengths"]
 
 MAX_DEVIATION_PX = 10.0
 """Pairs whose displacement differs from the prior's by more than this (px) are left out of the registration solve."""
@@ -137,6 +138,15 @@ def n_neighbour_pairs(nx: int, ny: int, horizontal: bool | None = None) -> int:
     return sum(len(pair_columns(i, nx, ny, h)) for h in directions for i in range(nx))
 
 
+def pair_weights(pairs: Sequence[Mapping]) -> np.ndarray:
+    """Each pair's weight: its NCC clipped to [0, 1] (1 for a pair that carries none); 0 leaves a pair out.
+
+    The one rule for whether a pair is usable (weight > 0) and how much it counts, in the fit, the
+    registration solve and the QC report.
+    """
+    return np.array([min(max(float(p.get("ncc", 1.0)), 0.0), 1.0) for p in pairs], dtype=float)
+
+
 def pair_tiles(pairs: Sequence[Mapping], ny: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-major indices of each pair's tile and of its neighbour ``tile + (row_delta, col_delta)``."""
     tile = np.array([p["tile"] for p in pairs], dtype=int).reshape(-1, 2)
@@ -149,7 +159,7 @@ def _pair_system(pairs: Sequence[Mapping], ny: int, prior: np.ndarray, max_devia
     if not pairs:
         return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0)
     d = np.array([[p["measured_dy"], p["measured_dx"]] for p in pairs], dtype=float)
-    weight = np.array([max(float(p.get("ncc", 1.0)), 0.0) for p in pairs])
+    weight = pair_weights(pairs)
     t1, t2 = pair_tiles(pairs, ny)
     keep = (weight > 0) & (np.linalg.norm(d - (prior[t2] - prior[t1]), axis=1) <= max_deviation_px)
     return t1[keep], t2[keep], d[keep], weight[keep]

@@ -12,7 +12,7 @@ from skimage.filters import threshold_otsu
 
 from linumpy_motor.backend import get_backend
 from linumpy_motor.errors import InputError
-from linumpy_motor.io.grid import central_plane_index, read_block
+from linumpy_motor.io.grid import central_plane_index, finite_float, read_block
 from linumpy_motor.io.schemas import check_overlap
 from linumpy_motor.register.correlation import (
     FILTER_SIGMA,
@@ -287,10 +287,9 @@ def _split_background(pairs: list[dict], thresholds: dict[str, float]) -> tuple[
 
 
 def band_reader(plane_source, tile_h: int) -> BandReader:
-    """A :data:`BandReader` over a 2-D array-like (NumPy, zarr or dask): row ``i`` read on demand."""
-    from linumpy_motor.io.grid import as_float
-
-    return lambda i: as_float(plane_source[i * tile_h:(i + 1) * tile_h, :])
+    """A :data:`BandReader` over a 2-D array-like (NumPy, zarr or dask): row ``i`` read on demand, refused
+    when it holds NaN or Inf (:func:`~linumpy_motor.io.grid.finite_float`)."""
+    return lambda i: finite_float(plane_source[i * tile_h:(i + 1) * tile_h, :], None)
 
 
 def _plane_block(read: VolumeReader, z: int | None, rows: slice, cols: slice) -> np.ndarray:
