@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Measure the neighbour-tile displacements of one slice (sub-pixel phase correlation) into a pairs JSON."""
 
+from __future__ import annotations
+
+import argparse
 import sys
+from collections.abc import Sequence
 
 from linumpy_motor.pipeline import options, steps
 from linumpy_motor.pipeline.entry import make_parser, run_cli
 from linumpy_motor.pipeline.logs import Progress
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line arguments."""
     parser = make_parser("linum_motor_measure_pairs.py", __doc__)
     parser.add_argument("slice", help="mosaic grid of one slice (*.ome.zarr, NGFF 0.4 or 0.5)")
     parser.add_argument("output", help="pairs JSON to write (e.g. slice_z07_pairs.json)")
@@ -17,7 +22,8 @@ def build_parser():
     return parser
 
 
-def measure(args) -> None:
+def measure(args: argparse.Namespace) -> None:
+    """Measure and write the pairs (:func:`~linumpy_motor.pipeline.steps.measure_pairs`) and count them on stderr."""
     content = steps.measure_pairs(
         args.slice, args.output, overlap=args.overlap, slice_id=args.slice_id, z=args.z, plane=args.plane,
         flatfield=args.flatfield, background_test=args.background_test, max_shift_px=args.max_shift,
@@ -31,7 +37,8 @@ def measure(args) -> None:
           file=sys.stderr)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; 0 on success, EXIT_BAD_INPUT on bad input."""
     return run_cli(build_parser(), measure, argv)
 
 

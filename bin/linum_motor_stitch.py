@@ -2,7 +2,11 @@
 """Stitch one slice with the motor model: flat-field correction, sub-pixel placement at A @ [i, j],
 blended overlaps, written as an OME-Zarr with a multiscale pyramid (float32)."""
 
+from __future__ import annotations
+
+import argparse
 import sys
+from collections.abc import Sequence
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import schemas
@@ -13,7 +17,8 @@ from linumpy_motor.pipeline.logs import Progress
 from linumpy_motor.stitch.assemble import CACHE_BYTES, stitch_slice
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line arguments."""
     parser = make_parser("linum_motor_stitch.py", __doc__)
     parser.add_argument("slice_zarr", help="the slice's mosaic grid (*.ome.zarr)")
     parser.add_argument("transform_json", help="motor_transform.json from linum_motor_fit_affine.py, a JSON "
@@ -27,7 +32,9 @@ def build_parser():
     return parser
 
 
-def stitch(args) -> None:
+def stitch(args: argparse.Namespace) -> None:
+    """Place and blend the slice's tiles (:func:`~linumpy_motor.stitch.assemble.stitch_slice`), write the store
+    and summarise it on stderr; a problem of the matrix itself names the transform file."""
     transform = schemas.read_transform(args.transform_json)
     grid = open_mosaic(args.slice_zarr)
     positions = steps.tile_positions(args.transform_json, (grid.nx, grid.ny), placement=args.placement,
@@ -45,7 +52,8 @@ def stitch(args) -> None:
           f"{summary['seconds']:.1f} s -> {args.out_zarr}", file=sys.stderr)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; 0 on success, EXIT_BAD_INPUT on bad input."""
     return run_cli(build_parser(), stitch, argv)
 
 

@@ -6,9 +6,13 @@ a changed library then changes every task's hash, and -resume reruns the work, w
 containers.
 """
 
+from __future__ import annotations
+
+import argparse
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 try:
@@ -28,11 +32,13 @@ def source_hash(package_dir: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line arguments (none but --help)."""
     return make_parser("linum_motor_version.py", __doc__)
 
 
-def show(_args) -> None:
+def show(_args: argparse.Namespace) -> None:
+    """Print ``<version>+<source hash>`` of the importable package (:func:`source_hash`)."""
     spec = importlib.util.find_spec("linumpy_motor")
     if spec is None or spec.submodule_search_locations is None:
         raise RuntimeError("linumpy_motor is not importable as a package")
@@ -40,7 +46,8 @@ def show(_args) -> None:
     print(f"{__version__}+{source_hash(Path(package_dir))}")
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; 0 on success."""
     return run_cli(build_parser(), show, argv)
 
 

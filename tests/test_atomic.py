@@ -13,6 +13,7 @@ from reliability_helpers import CLI, env, read_level0, run, tree_digest, write_s
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff, outputs
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 
 
 def store(path: Path, value: float) -> Path:
@@ -133,7 +134,7 @@ def test_a_second_run_is_refused_while_another_process_holds_the_folder(tmp_path
         refused = run([CLI, "run", str(data), str(out)])
     finally:
         holder.communicate("", timeout=30)
-    assert refused.returncode == 2
+    assert refused.returncode == EXIT_BAD_INPUT
     assert refused.stderr == f"linumpy-motor: error: {out}: another linumpy-motor run is writing to this folder\n"
     assert tree_digest(out) == before, "a refused run must not touch the folder (not even others' temporaries)"
 

@@ -1,7 +1,7 @@
 """Bad input is refused cleanly by `linumpy-motor run` and by every bin/ script.
 
 Each case runs the real command in a process of its own (forked from one driver subprocess that
-imports the package once; see ``reliability_helpers.run_forked``) and must give: exit code 2,
+imports the package once; see ``reliability_helpers.run_forked``) and must give: exit code EXIT_BAD_INPUT,
 exactly one line on stderr naming the file at fault and the problem, no traceback (one appears
 with --debug), nothing written (no output at all for errors found before work starts; for errors
 found later only the outputs of completed steps), no temporary names anywhere, and the input
@@ -45,6 +45,7 @@ from reliability_helpers import (
 
 from linumpy_motor.io import ngff
 from linumpy_motor.pipeline import runner, steps
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.pipeline.logs import LOG_FILE
 from linumpy_motor.pipeline.options import RunOptions
 
@@ -720,7 +721,8 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(name, context, outco
     if inv.skip:
         pytest.skip(inv.skip)
     result = outcomes.done[name, False]
-    assert result.returncode == 2, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    assert result.returncode == EXIT_BAD_INPUT, (
+        f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}")
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "\r" not in result.stderr, f"expected one error line, got:\n{result.stderr}"
     line = lines[0]
@@ -743,7 +745,7 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(name, context, outco
 @pytest.mark.parametrize("name", DEBUG_CASES)
 def test_debug_shows_the_traceback_then_the_same_line(name, outcomes):
     quiet, debug = outcomes.done[name, False], outcomes.done[name, True]
-    assert debug.returncode == 2, debug.stderr
+    assert debug.returncode == EXIT_BAD_INPUT, debug.stderr
     assert "Traceback (most recent call last)" in debug.stderr
     assert error_lines(quiet.stderr)[0] in debug.stderr.splitlines(), "the same error line, after the traceback"
 

@@ -13,6 +13,7 @@ from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff
 from linumpy_motor.io.grid import open_mosaic
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.register import flatfield
 from linumpy_motor.register.measure import measure_mosaic, measure_volume
 
@@ -133,7 +134,7 @@ def test_measure_and_stitch_refuse_a_misspelt_mode_with_the_same_line(tmp_path, 
     said = []
     for script, args in outputs.items():
         main = runpy.run_path(str(BIN / script), run_name="tested")["main"]
-        assert main([str(store), *map(str, args), "--flatfield", "estimat"]) == 2
+        assert main([str(store), *map(str, args), "--flatfield", "estimat"]) == EXIT_BAD_INPUT
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"{script}: error: "), err
         said.append(err.removeprefix(f"{script}: error: "))

@@ -37,6 +37,7 @@ from linumpy_motor.io import ngff, outputs
 from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.pipeline import cli, runner, steps
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.pipeline.runner import Stamps
 from linumpy_motor.qc.report import write_report
@@ -120,7 +121,7 @@ def test_malformed_metadata_is_an_input_error_naming_the_store(dataset, tmp_path
 def test_malformed_metadata_gives_one_line_from_the_command(dataset, tmp_path, capsys, name):
     store = hostile_store(dataset, tmp_path, METADATA[name][0])
     main = runpy.run_path(str(BIN / "linum_motor_measure_pairs.py"), run_name="tested")["main"]
-    assert main([str(store), str(tmp_path / "p.json")]) == 2
+    assert main([str(store), str(tmp_path / "p.json")]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"linum_motor_measure_pairs.py: error: {store}: "), err
     assert not (tmp_path / "p.json").exists()
@@ -144,7 +145,7 @@ def test_a_transform_spreading_tiles_over_a_huge_canvas_is_refused_before_any_wo
     assert not (tmp_path / "out").exists()
     main = runpy.run_path(str(BIN / "linum_motor_stitch.py"), run_name="tested")["main"]
     out = tmp_path / "s.ome.zarr"
-    assert main([str(dataset / "mosaic_grid_3d_z00.ome.zarr"), str(given), str(out)]) == 2
+    assert main([str(dataset / "mosaic_grid_3d_z00.ome.zarr"), str(given), str(out)]) == EXIT_BAD_INPUT
     assert not out.exists() and not temporaries(tmp_path)
 
 
@@ -212,7 +213,7 @@ def test_a_full_disk_names_the_file_and_the_step(dataset, tmp_path, monkeypatch,
 
     monkeypatch.setattr(ngff, "create_group", no_space)
     out = tmp_path / "out"
-    assert cli.main(["run", str(dataset), str(out), "--no-progress"]) == 2
+    assert cli.main(["run", str(dataset), str(out), "--no-progress"]) == EXIT_BAD_INPUT
     stitched = out / "stitched" / "slice_z00_stitch_3d.ome.zarr"
     expected = f"linumpy-motor: error: {stitched}: stitch step: No space left on device"
     assert error_lines(capsys.readouterr().err) == [expected]
@@ -280,7 +281,7 @@ def test_sigterm_to_the_main_process_stops_the_workers_and_writes_nothing_after(
     workers = _children(process.pid)
     process.send_signal(signal.SIGTERM)  # the main process only, as `kill PID` or a scheduler may
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143, stderr
+    assert process.returncode == EXIT_TERMINATED, stderr
     assert error_lines(stderr) == ["linumpy-motor: terminated (rerun to resume)"]
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
@@ -300,6 +301,6 @@ def test_ctrl_c_with_workers_prints_one_line(dataset, tmp_path):
     process = _start_and_wait(dataset, out, STITCHING)
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == EXIT_INTERRUPTED
     assert error_lines(stderr) == ["linumpy-motor: interrupted (rerun to resume)"]
     assert not temporaries(out)

@@ -34,6 +34,7 @@ from reliability_helpers import (
 )
 
 from linumpy_motor.pipeline import runner
+from linumpy_motor.pipeline.entry import EXIT_INTERRUPTED
 from linumpy_motor.pipeline.options import RunOptions
 
 pytestmark = pytest.mark.slow
@@ -124,7 +125,7 @@ def test_a_run_killed_again_and_again_reruns_to_the_same_outputs(dataset, uninte
         if how == signal.SIGKILL:
             assert stopped.returncode == -signal.SIGKILL, f"{point}: {stopped}"
         else:
-            assert stopped.returncode == 130, f"{point}: {stopped.stderr}"
+            assert stopped.returncode == EXIT_INTERRUPTED, f"{point}: {stopped.stderr}"
             assert error_lines(stopped.stderr) == ["linumpy-motor: interrupted (rerun to resume)"]
             assert not temporaries(out), "Ctrl-C must not leave temporaries"
         now = stamps(out)

@@ -38,6 +38,8 @@ from nf_groovy import (  # noqa: E402
     profile_params,
 )
 
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_NOT_OK  # noqa: E402
+
 SHELL = ["bash", "-C", "-e", "-u", "-o", "pipefail"]  # process.shell in nextflow.config
 PROFILE = ("test",)
 MAIN = nf_functions(REPO / "main.nf")
@@ -393,12 +395,12 @@ STATUS = {"1": {"status": "ok", "reasons": []}, "2": {"status": "check", "reason
 @pytest.mark.parametrize("fail_on, statuses, code", [
     ("never", ("ok", "check", "failed"), 0),
     ("failed", ("ok", "check"), 0),
-    ("failed", ("ok", "check", "failed"), 3),
+    ("failed", ("ok", "check", "failed"), EXIT_NOT_OK),
     ("check", ("ok",), 0),
-    ("check", ("ok", "check"), 3),
+    ("check", ("ok", "check"), EXIT_NOT_OK),
 ])
 def test_qc_check_fails_its_task_only_when_fail_on_counts_a_slice(tmp_path, fail_on, statuses, code):
-    """QC_CHECK's rendered script, run for real on a report: exit code 3 (the task, so the run, fails)
+    """QC_CHECK's rendered script, run for real on a report: exit code EXIT_NOT_OK (the task, so the run, fails)
     exactly when a slice's status is one --fail_on counts; the slices that are not ok are listed."""
     report = tmp_path / "report"
     report.mkdir()
@@ -421,7 +423,7 @@ def test_qc_script_refuses_a_bad_status_file(tmp_path, content, problem):
         (tmp_path / "status.json").write_text(content)
     done = subprocess.run(["linum_motor_qc.py", str(tmp_path), "--fail-on", "check"], env=task_env(),
                           capture_output=True, text=True)
-    assert done.returncode == 2
+    assert done.returncode == EXIT_BAD_INPUT
     (line,) = done.stderr.strip().splitlines()
     assert str(tmp_path / "status.json") in line and problem in line, line
 
@@ -549,19 +551,6 @@ PARAM_SETS = [
 ]
 
 
-@pytest.mark.parametrize("name", MODULE_NAMES)
-@pytest.mark.parametrize("params", PARAM_SETS)
-@pytest.mark.parametrize("use_gpu", [False, True])
-def test_rendered_commands_parse_with_the_scripts_own_parsers(name, params, use_gpu):
-    inputs = {"use_gpu": use_gpu} if name in ("measure_pairs", "stitch") else {}
-    if name in ("measure_pairs", "stitch") and params.get("flatfield", "estimate").endswith(".npy"):
-        inputs["flatfield"] = params["flatfield"]  # main.nf stages the file
-    if name == "stitch" and params.get("placement") == "registered":
-        inputs["pairs"] = "pairs/slice_z07_pairs.json"  # main.nf joins the slice's pairs
-    words = command_words(render(name, params=params, **inputs), PROGRAMS[name])
-    bin_parser(PROGRAMS[name]).parse_args(words)  # exits (SystemExit) on an unknown or malformed option
-
-
 SCRIPT_OPTIONS = [  # pipeline param, the bin/ scripts reading it, their option
     ("plane", ["linum_motor_measure_pairs.py"], "--plane"),
     ("flatfield", ["linum_motor_measure_pairs.py", "linum_motor_stitch.py"], "--flatfield"),
@@ -573,6 +562,68 @@ SCRIPT_OPTIONS = [  # pipeline param, the bin/ scripts reading it, their option
     ("drift_tolerance", ["linum_motor_fit_affine.py"], "--drift-tolerance"),
     ("fail_on", ["linum_motor_qc.py"], "--fail-on"),
 ]
+
+
+RENDERED_OPTIONS = SCRIPT_OPTIONS + [  # the other params a rendered command carries, read the same way
+    ("overlap", ["linum_motor_measure_pairs.py", "linum_motor_synth.py"], "--overlap"),
+    ("z", ["linum_motor_measure_pairs.py"], "--z"),
+    ("background_test", ["linum_motor_measure_pairs.py"], "--no-background-test"),
+    ("max_shift", ["linum_motor_measure_pairs.py"], "--max-shift"),
+    ("histogram_match", ["linum_motor_measure_pairs.py"], "--histogram-match"),
+    ("max_empty_fraction", ["linum_motor_measure_pairs.py"], "--max-empty-fraction"),
+    ("n_samples", ["linum_motor_fit_affine.py"], "--n-samples"),
+    ("z_chunk", ["linum_motor_stitch.py"], "--z-chunk"),
+    ("seed", ["linum_motor_synth.py"], "--seed"),  # conf/test.config's SYNTHESISE ext.args
+    ("ngff_version", ["linum_motor_synth.py"], "--ngff-version"),
+]
+INPUT_DESTS = {  # module input -> the script's argument it is given as (the staged name)
+    "measure_pairs": {"zarr": "slice"}, "fit_affine": {"pairs": "pairs"},
+    "stitch": {"zarr": "slice_zarr", "transform": "transform_json", "pairs": "pairs"},
+    "compare": {"pairs": "pairs", "transform": "transform"},
+    "report": {"transform": "transform", "pairs": "pairs", "compare": "compare", "stitched": "stitched"},
+    "qc_check": {"report": "report"}, "synthesise": {},
+}
+
+
+def parsed_value(action, value):
+    """What the script's parser makes of a param's value: its default when the param is unset (the
+    option is left out), the value itself for a switch, the staged name for a ``.npy`` main.nf stages."""
+    if value is None:
+        return action.default
+    if action.nargs == 0:
+        return value
+    if isinstance(value, str) and value.endswith(".npy"):
+        return Path(value).name
+    return action.type(str(value)) if action.type else str(value)
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+@pytest.mark.parametrize("params", PARAM_SETS)
+@pytest.mark.parametrize("use_gpu", [False, True])
+def test_rendered_commands_give_the_scripts_the_params_values(name, params, use_gpu):
+    """Each rendered command parses with the script's own parser (an unknown or malformed option
+    exits), and every param, input, GPU switch and thread count arrives as the value it was given."""
+    program = PROGRAMS[name]
+    inputs: dict = {"use_gpu": use_gpu} if name in ("measure_pairs", "stitch") else {}
+    if name in ("measure_pairs", "stitch") and params.get("flatfield", "estimate").endswith(".npy"):
+        inputs["flatfield"] = params["flatfield"]  # main.nf stages the file
+    if name == "stitch" and params.get("placement") == "registered":
+        inputs["pairs"] = "pairs/slice_z07_pairs.json"  # main.nf joins the slice's pairs
+    cpus = 3
+    parser = bin_parser(program)
+    parsed = vars(parser.parse_args(command_words(render(name, params=params, cpus=cpus, **inputs), program)))
+    resolved = {**profile_params(*PROFILE), **params}
+    expected = {script_action(program, option).dest: parsed_value(script_action(program, option), resolved[param])
+                for param, programs, option in RENDERED_OPTIONS if program in programs}
+    given = {**DEFAULT_INPUTS[name], **inputs}
+    for input_name, dest in INPUT_DESTS[name].items():
+        value = given[input_name]
+        staged = [Path(v).name for v in value] if isinstance(value, list) else Path(value).name
+        expected[dest] = staged if staged != [] else parser.get_default(dest)  # no file: the option is left out
+    if "use_gpu" in parsed:
+        expected.update(use_gpu=use_gpu, threads=cpus)
+    assert expected, f"{program}: nothing of the params or inputs reaches it"
+    assert {dest: parsed[dest] for dest in expected} == expected
 
 
 def script_action(program: str, option: str):

@@ -23,6 +23,7 @@ from linumpy_motor.io import ngff
 from linumpy_motor.io.dataset import discover_slices, slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import write_json
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.qc import compare, plots
 from linumpy_motor.qc.report import write_report
 from linumpy_motor.qc.status import (
@@ -407,7 +408,7 @@ def test_cli_truncated_transform_exits_2_and_leaves_nothing(run, tmp_path):
     out = tmp_path / "report"
     result = subprocess.run([sys.executable, str(SCRIPT), "--transform", str(truncated), "--pairs",
                              str(run["pairs_paths"][0]), "--out", str(out)], capture_output=True, text=True)
-    assert result.returncode == 2
+    assert result.returncode == EXIT_BAD_INPUT
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(truncated) in lines[0] and "JSON" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["motor_transform.json"]

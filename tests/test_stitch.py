@@ -20,6 +20,7 @@ from linumpy_motor import synthetic
 from linumpy_motor.backend import gpu_available
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.register import geometry
 from linumpy_motor.stitch import assemble, pyramid
 from linumpy_motor.stitch.assemble import stitch_slice
@@ -384,7 +385,7 @@ def test_bin_bad_input(data, tmp_path, capsys, problem):
         np.save(tmp_path / "flat.npy", np.ones((5, 5)))
     if problem == "registered placement without pairs":
         extra = ["--placement", "registered"]
-    assert _bin().main([str(source), str(transform), str(out), *extra]) == 2
+    assert _bin().main([str(source), str(transform), str(out), *extra]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("linum_motor_stitch.py: error:")
     assert not out.exists() and _leftovers(out.parent, "s.ome.zarr") == []

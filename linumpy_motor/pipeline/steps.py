@@ -43,15 +43,47 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
                   progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> dict:
     """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
 
-    ``z``, ``plane``, ``flatfield`` and ``background_test``: see
-    :func:`linumpy_motor.register.measure.measure_volume` and :func:`linumpy_motor.register.measure.measure_grid_pairs`.
-    ``progress(rows done, rows)`` is called after each tile row. ``threads``: FFT workers (default:
-    the cores this process is given); BLAS stays on one thread.
+    Parameters
+    ----------
+    source : str or Path
+        The slice's mosaic grid (:func:`~linumpy_motor.io.grid.open_mosaic`).
+    output : str or Path
+        Pairs JSON to write (:func:`~linumpy_motor.io.outputs.check_output`); replaced atomically.
+    overlap : float
+        Nominal overlap fraction between neighbour tiles
+        (:func:`~linumpy_motor.io.schemas.check_overlap`).
+    slice_id : int or None
+        Slice id written in the file; None: the number in the store's name
+        (:func:`~linumpy_motor.io.dataset.slice_id_from_name`).
+    z : int or None
+        Plane to measure; None: chosen by ``plane``.
+    plane : PlaneMode
+        How the plane is chosen when ``z`` is None (default:
+        :data:`~linumpy_motor.register.planes.DEFAULT_PLANE`).
+    flatfield : str, Path or None
+        Flat-field mode or the path of a ``.npy`` flat field (default:
+        :data:`~linumpy_motor.register.flatfield.DEFAULT_FLATFIELD`;
+        :func:`~linumpy_motor.register.measure.measure_mosaic`).
+    background_test : bool
+        Skip pairs that correlate no better than non-overlapping windows.
+    max_shift_px, histogram_match, max_empty_fraction, use_gpu
+        As :func:`~linumpy_motor.register.measure.measure_grid_pairs` (which owns their defaults).
+    progress : callable, optional
+        Called as ``progress(rows done, rows)`` after each tile row.
+    threads : int or None
+        FFT workers (default: the cores this process is given,
+        :func:`~linumpy_motor.parallel.resolve_threads`); BLAS stays on one thread.
 
     Returns
     -------
     dict
         The content written (see :class:`~linumpy_motor.io.schemas.PairsFile`).
+
+    Raises
+    ------
+    InputError
+        An unusable output path, a store that breaks the data contract, a plane outside the volume,
+        an unknown plane or flat-field mode, an unreadable flat field, or a bad overlap or thread count.
     """
     check_output(output, source)
     grid = open_mosaic(source)
@@ -90,8 +122,31 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
                backlash: BacklashMode = DEFAULT_BACKLASH) -> dict:
     """Pool the slices' pairs, fit one motor matrix and write ``motor_transform.json``.
 
-    ``backlash`` (``auto``, ``on``, ``off``): the serpentine backlash term
-    (:func:`linumpy_motor.register.fit.fit_pooled`); the file's ``backlash`` holds it (0, 0 when left out).
+    Parameters
+    ----------
+    pairs_files : sequence of str or Path
+        Pairs JSON of each slice, all of one acquisition (same tile shape and overlap, unique slice ids).
+    output : str or Path
+        Motor transform JSON to write (:func:`~linumpy_motor.io.outputs.check_output`); replaced atomically.
+    n_samples : int or None
+        Fit a reproducible sub-sample of this many pooled pairs; None: all of them.
+    seed : int
+        Seed of that sub-sample (default: :data:`~linumpy_motor.register.fit.DEFAULT_SEED`).
+    drift_tolerance_px : float
+        Drift beyond which a slice's own model is flagged (default:
+        :data:`~linumpy_motor.register.fit.DRIFT_TOLERANCE_PX`).
+    backlash : BacklashMode
+        The serpentine backlash term (:func:`~linumpy_motor.register.fit.fit_pooled`; default:
+        :data:`~linumpy_motor.register.fit.DEFAULT_BACKLASH`); the file's ``backlash`` holds it
+        (0, 0 when left out).
+
+    Returns
+    -------
+    dict
+        The content written: ``transform``, ``backlash`` and ``diagnostics`` (see
+        :class:`~linumpy_motor.io.schemas.TransformFile`); each slice's ``per_slice`` entry also holds
+        its measurement statistics. Problems of the model are logged as warnings
+        (:func:`~linumpy_motor.qc.summary.model_problems`).
 
     Raises
     ------
@@ -125,7 +180,29 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
 
 
 def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Path) -> dict:
-    """Compare the motor model's tile positions with registration positions from the slice's pairs."""
+    """Compare the motor model's tile positions with registration positions from the slice's pairs.
+
+    Parameters
+    ----------
+    pairs_file : str or Path
+        The slice's pairs JSON (:class:`~linumpy_motor.io.schemas.PairsFile`).
+    transform_file : str or Path
+        Motor transform (:func:`~linumpy_motor.io.schemas.read_model`): the matrix and its backlash term.
+    output : str or Path
+        Comparison JSON to write (:func:`~linumpy_motor.io.outputs.check_output`); replaced atomically.
+
+    Returns
+    -------
+    dict
+        The content written (see :class:`~linumpy_motor.io.schemas.CompareFile`): ``slice_id``,
+        ``source``, ``version``, ``n_connected_tiles`` (tiles linked to another by a pair) and the
+        statistics of :func:`~linumpy_motor.qc.compare.compare_positions`.
+
+    Raises
+    ------
+    InputError
+        An unreadable or invalid pairs or transform file, or an output that is one of them.
+    """
     check_output(output, pairs_file, transform_file)
     pairs = load(pairs_file, PairsFile)
     transform, backlash = schemas.read_model(transform_file)

@@ -166,7 +166,28 @@ def _img(name: str | None, alt: str, missing: str) -> str:
 
 
 def section_html(slice_id: int, status: Status, reasons: list[str], quiver: str | None, thumbnail: str | None,
-                  stitched_given: bool) -> str:
+                 stitched_given: bool) -> str:
+    """One slice's section of the page: its status, its reasons and its two figures.
+
+    Parameters
+    ----------
+    slice_id : int
+        The slice.
+    status : Status
+        Its trust status (:func:`~linumpy_motor.qc.status.slice_status`).
+    reasons : list of str
+        Why the status is not ok (empty when it is).
+    quiver, thumbnail : str or None
+        File names of the pair-residual plot and the stitched thumbnail beside the page; None
+        when not drawn (a note says why).
+    stitched_given : bool
+        Whether stitched slices were given at all (picks the note of a missing thumbnail).
+
+    Returns
+    -------
+    str
+        HTML.
+    """
     background, colour = COLOURS[status]
     return (
         f'<h3 id="section-{slice_id}">Slice {slice_id}: <span style="background:{background};color:{colour};'
@@ -180,8 +201,32 @@ def section_html(slice_id: int, status: Status, reasons: list[str], quiver: str 
     )
 
 
-def summary_row(e: SliceEvidence, status: Status, reasons: list[str], mine, compare: CompareFile | None,
-         pixel_um: float | None) -> dict:
+def summary_row(e: SliceEvidence, status: Status, reasons: list[str],
+                mine: tuple[np.ndarray, np.ndarray] | None, compare: CompareFile | None,
+                pixel_um: float | None) -> dict:
+    """One slice's row of the summary table, as the display values :func:`page` shows.
+
+    Parameters
+    ----------
+    e : SliceEvidence
+        The slice's evidence.
+    status : Status
+        Its trust status.
+    reasons : list of str
+        Why the status is not ok.
+    mine : (np.ndarray, np.ndarray) or None
+        The slice's pair residuals and their outlier mask under the pooled fit; None without pairs.
+    compare : CompareFile or None
+        Its motor-vs-registration comparison, when given.
+    pixel_um : float or None
+        Pixel size, for lengths in µm beside px; None when unknown.
+
+    Returns
+    -------
+    dict
+        ``id``, ``status``, ``reasons``, ``rms``, ``drift``, ``pairs``, ``outliers`` and ``compare``
+        (None for a value not available).
+    """
     return {"id": e.slice_id, "status": status, "reasons": reasons, "rms": _length(e.residual_rms_px, pixel_um),
             "drift": _length(e.drift_px, pixel_um),
             "pairs": None if e.n_usable is None else f"{e.n_usable} / {e.n_expected}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +12,27 @@ from linumpy_motor.io.schemas import CompareFile, PairsFile, TransformFile, load
 
 __all__ = ["ReportInputs", "load_inputs"]
 
+
 @dataclass(frozen=True)
 class ReportInputs:
+    """Everything a report is made from, validated, each per-slice input indexed by slice id.
+
+    Attributes
+    ----------
+    transform : TransformFile
+        The motor model.
+    pairs : dict of int to PairsFile
+        Each slice's pairs file.
+    compare : dict of int to CompareFile
+        Each slice's motor-vs-registration comparison.
+    stitched : dict of int to Path
+        Each slice's stitched store (not opened here).
+    per_slice : dict of int to dict
+        The motor model's per-slice diagnostics (``diagnostics.per_slice``), keyed by int.
+    source : Path
+        The motor model's file.
+    """
+
     transform: TransformFile
     pairs: dict[int, PairsFile]
     compare: dict[int, CompareFile]
@@ -22,15 +41,40 @@ class ReportInputs:
     source: Path
 
 
-def load_inputs(transform_file, pairs_files, compare_files, stitched) -> ReportInputs:
-    transform_file = Path(transform_file)
-    transform = load_transform(transform_file)
+def load_inputs(transform_file: str | Path, pairs_files: Sequence[str | Path], compare_files: Sequence[str | Path],
+                stitched: Sequence[str | Path]) -> ReportInputs:
+    """Load and index a report's inputs.
+
+    Parameters
+    ----------
+    transform_file : str or Path
+        Motor model (:func:`~linumpy_motor.io.schemas.load_transform`).
+    pairs_files : sequence of str or Path
+        Pairs files; each gives its slice id.
+    compare_files : sequence of str or Path
+        Comparison files; slice id from the file, else from its name
+        (:func:`~linumpy_motor.io.dataset.slice_id_from_name`).
+    stitched : sequence of str or Path
+        Stitched slices; slice id from the name.
+
+    Returns
+    -------
+    ReportInputs
+
+    Raises
+    ------
+    InputError
+        A file that cannot be read or validated, a name without a slice id, two inputs of one kind for
+        a slice, or per-slice diagnostics that do not map slice ids to objects.
+    """
+    source = Path(transform_file)
+    transform = load_transform(source)
     pairs = _index(((f.slice_id, (p, f)) for p in map(Path, pairs_files) for f in [load(p, PairsFile)]),
                    "pairs file")
     compare = _index((((c.slice_id if c.slice_id is not None else slice_id_from_name(p)), (p, c))
                       for p in map(Path, compare_files) for c in [load(p, CompareFile)]), "compare file")
-    stitched = _index(((slice_id_from_name(p), (p, p)) for p in map(Path, stitched)), "stitched slice")
-    return ReportInputs(transform, pairs, compare, stitched, _per_slice(transform, transform_file), transform_file)
+    stores = _index(((slice_id_from_name(p), (p, p)) for p in map(Path, stitched)), "stitched slice")
+    return ReportInputs(transform, pairs, compare, stores, _per_slice(transform, source), source)
 
 
 def _index(items: Iterable[tuple[int, tuple[Path, object]]], what: str) -> dict:
