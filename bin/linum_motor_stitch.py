@@ -8,11 +8,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pydantic import PositiveInt
+
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import schemas
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.pipeline import options, steps
-from linumpy_motor.pipeline.entry import make_parser, positive_int, run_cli
+from linumpy_motor.pipeline.entry import make_parser, run_cli
 from linumpy_motor.pipeline.logs import Progress
 from linumpy_motor.stitch.assemble import CACHE_BYTES, stitch_slice
 
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_zarr", help="stitched slice to write (*.ome.zarr)")
     options.add_options(parser, options.STITCH)
     parser.add_argument("--pairs", help="the slice's pairs JSON (for --placement registered)")
-    parser.add_argument("--cache-mb", type=positive_int, default=CACHE_BYTES // 2**20,
+    parser.add_argument("--cache-mb", type=options.value_parser(PositiveInt, "cache_mb"), default=CACHE_BYTES // 2**20,
                         help="decoded tiles held at once, MB: with enough, each input chunk is decoded once "
                              "(peak memory is about this plus a few blocks per thread)")
     return parser

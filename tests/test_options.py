@@ -126,3 +126,11 @@ def test_the_readme_states_the_models_defaults():
         if field.default is not None and not isinstance(field.default, bool):
             assert documented[flag] == str(field.default), flag
     assert documented["--max-shift"] == MAX_SHIFT_DEFAULT_TEXT
+
+
+def test_the_stitch_cache_size_is_checked_like_every_option(capsys):
+    parser = _script_parser("linum_motor_stitch.py")
+    assert parser.parse_args(["s", "t", "o", "--cache-mb", "64"]).cache_mb == 64
+    with pytest.raises(SystemExit):
+        parser.parse_args(["s", "t", "o", "--cache-mb", "0"])
+    assert "argument --cache-mb: Input should be greater than 0" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from linumpy_motor.io.schemas import check_overlap, first_problem
 from linumpy_motor.pipeline import logs
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter", "make_parser",
-           "overlap_fraction", "positive_int", "run_cli"]
+           "overlap_fraction", "run_cli"]
 
 EXIT_BAD_INPUT = 2
 """Bad input, reported in one line (also argparse's usage errors)."""
@@ -43,14 +43,6 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{prog} (linumpy-motor) {__version__}")
     logs.add_arguments(parser)
     return parser
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

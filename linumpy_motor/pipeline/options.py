@@ -26,7 +26,8 @@ from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
 from linumpy_motor.stitch.assemble import BLOCK_BYTES
 from linumpy_motor.stitch.blend import BLENDING_HELP, DEFAULT_BLENDING, BlendingMode
 
-__all__ = ["FIT", "HELP", "MEASURE", "STITCH", "RunOptions", "add_fail_on", "add_options", "from_arguments"]
+__all__ = ["FIT", "HELP", "MEASURE", "STITCH", "RunOptions", "add_fail_on", "add_options", "from_arguments",
+           "value_parser"]
 
 
 class RunOptions(BaseModel):
@@ -99,10 +100,9 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parser_of(name: str) -> Callable[[str], Any]:
-    """An argparse type that parses and checks a value as :class:`RunOptions` does for ``name``."""
-    field = RunOptions.model_fields[name]
-    annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+def value_parser(annotation: Any, name: str = "value") -> Callable[[str], Any]:
+    """An argparse type that parses and checks a value as pydantic does for ``annotation`` (e.g. ``PositiveInt``),
+    a problem being one line (:func:`~linumpy_motor.io.schemas.first_problem`)."""
     adapter: TypeAdapter = TypeAdapter(annotation)
 
     def parse(text: str) -> Any:
@@ -113,6 +113,13 @@ def _parser_of(name: str) -> Callable[[str], Any]:
 
     parse.__name__ = name
     return parse
+
+
+def _parser_of(name: str) -> Callable[[str], Any]:
+    """An argparse type that parses and checks a value as :class:`RunOptions` does for ``name``."""
+    field = RunOptions.model_fields[name]
+    annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return value_parser(annotation, name)
 
 
 def add_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
