@@ -22,12 +22,12 @@ import zarr
 from linumpy_motor import synthetic
 from linumpy_motor.io import ngff
 from linumpy_motor.io.grid import multiscale_entry
+from linumpy_motor.pipeline.resume import STATE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "bin"
 CLI = str(Path(sys.executable).parent / "linumpy-motor")
 TEMPORARY = re.compile(r"^\..+\.(tmp|old)-\d+$")
-STATE_DIR = ".linumpy-motor"
 GRID = (3, 5)
 TILE = (4, 96, 128)
 """Small datasets: 3x5 non-square tiles, so a stitched slice (about 261x540 px) has two pyramid levels."""

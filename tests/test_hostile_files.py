@@ -38,8 +38,9 @@ from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.pipeline import cli, runner, steps
 from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED
+from linumpy_motor.pipeline.jobs import run_jobs
 from linumpy_motor.pipeline.options import RunOptions
-from linumpy_motor.pipeline.runner import Stamps
+from linumpy_motor.pipeline.resume import Stamps
 from linumpy_motor.qc.report import write_report
 from linumpy_motor.qc.thumbnail import read_thumbnail
 from linumpy_motor.register.flatfield import load_flatfield
@@ -239,7 +240,7 @@ def test_a_worker_killed_by_the_oom_killer_names_its_slice_and_suggests_memory(t
     jobs = [(tmp_path / "a.json", "k", finish_quickly, {"source": tmp_path / "slice_a.ome.zarr"}),
             (tmp_path / "b.json", "k", die_like_the_oom_killer, {"source": tmp_path / "slice_b.ome.zarr"})]
     with pytest.raises(InputError) as info:
-        runner._run_jobs(jobs, stamps, 2, "test", False)
+        run_jobs(jobs, stamps, 2, "test", False)
     assert info.value.path == tmp_path / "slice_b.ome.zarr"
     assert "SIGKILL" in info.value.problem and "memory" in info.value.problem
 

@@ -33,7 +33,7 @@ from reliability_helpers import (
     write_small_dataset,
 )
 
-from linumpy_motor.pipeline import runner
+from linumpy_motor.pipeline import resume, runner
 from linumpy_motor.pipeline.entry import EXIT_INTERRUPTED
 from linumpy_motor.pipeline.options import RunOptions
 
@@ -148,17 +148,17 @@ def test_an_output_replaced_but_not_yet_stamped_is_not_passed_off_as_the_old_one
     """A run with other parameters dies right after renaming a new store into place, before stamping it."""
     out = tmp_path / "out"
     runner.run(dataset, out, RunOptions(), progress=False)
-    real_record = runner.Stamps.record
+    real_record = resume.Stamps.record
 
     def dies_after_the_first_store(self, output, key):
         if output.parent.name == "stitched":
             raise KeyboardInterrupt  # as if killed between the rename and the stamp
         real_record(self, output, key)
 
-    monkeypatch.setattr(runner.Stamps, "record", dies_after_the_first_store)
+    monkeypatch.setattr(resume.Stamps, "record", dies_after_the_first_store)
     with pytest.raises(KeyboardInterrupt):
         runner.run(dataset, out, RunOptions(blending="average"), progress=False)
-    monkeypatch.setattr(runner.Stamps, "record", real_record)
+    monkeypatch.setattr(resume.Stamps, "record", real_record)
     result = runner.run(dataset, out, RunOptions(), progress=False)
     assert result["ran"]["stitch"] == 1 and result["ran"]["measure"] == 0
     assert_same_outputs(uninterrupted, out)

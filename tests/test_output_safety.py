@@ -21,7 +21,7 @@ from reliability_helpers import BIN, GRID, TILE, temporaries, tree_digest, write
 from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs
-from linumpy_motor.pipeline import runner, steps
+from linumpy_motor.pipeline import resume, runner, steps
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.qc.report import write_report
 
@@ -246,14 +246,14 @@ def test_symlinked_levels_are_fingerprinted_by_their_targets(dataset, tmp_path):
     shutil.copytree(dataset / "mosaic_grid_3d_z00.ome.zarr" / "0", first)
     shutil.copytree(dataset / "mosaic_grid_3d_z01.ome.zarr" / "0", second)
     (store / "0").symlink_to(first, target_is_directory=True)
-    before = runner.store_fingerprint(store)
+    before = resume.store_fingerprint(store)
     chunk = next(p for p in sorted(first.rglob("*")) if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes() + b"\0")
-    assert runner.store_fingerprint(store) != before, "a changed file behind the link is a changed input"
-    changed = runner.store_fingerprint(store)
+    assert resume.store_fingerprint(store) != before, "a changed file behind the link is a changed input"
+    changed = resume.store_fingerprint(store)
     (store / "0").unlink()
     (store / "0").symlink_to(second, target_is_directory=True)
-    assert runner.store_fingerprint(store) != changed, "a link pointed elsewhere is another input"
+    assert resume.store_fingerprint(store) != changed, "a link pointed elsewhere is another input"
 
 
 def test_nothing_is_left_under_a_temporary_name(finished):

@@ -13,7 +13,7 @@ import pytest
 from skimage import data
 
 from linumpy_motor import synthetic
-from linumpy_motor.pipeline import runner
+from linumpy_motor.pipeline import resume, runner
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.register.fit import error_model, pair_arrays
 from linumpy_motor.register.measure import measure_grid_pairs
@@ -123,7 +123,7 @@ def test_a_changed_input_store_reruns_its_slice_only(small_run):
 @pytest.mark.slow
 def test_another_package_version_reruns_every_step(small_run, monkeypatch):
     folder, out = small_run
-    monkeypatch.setattr(runner, "__version__", "999.0")
+    monkeypatch.setattr(resume, "__version__", "999.0")  # every step key holds the version
     result = runner.run(folder, out, RunOptions(), progress=False)
     assert result["ran"] == {"measure": 2, "fit": 1, "stitch": 2, "compare": 2, "report": 1}
 

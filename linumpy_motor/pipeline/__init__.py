@@ -7,7 +7,8 @@ options
 steps
     Each pipeline step as a function over files: what ``bin/`` scripts and the runner call.
 runner
-    The whole stage on one machine, with resume (``linumpy-motor run``).
+    The whole stage on one machine, with resume (``linumpy-motor run``), using :mod:`.resume` (stamps: what
+    is done) and :mod:`.jobs` (running steps in this process or in workers).
 cli
     The ``linumpy-motor`` command.
 entry
@@ -16,4 +17,4 @@ logs
     Logging set-up and progress: a bar on a terminal, timestamped lines in a batch log.
 """
 
-__all__ = ["cli", "entry", "logs", "options", "runner", "steps"]
+__all__ = ["cli", "entry", "jobs", "logs", "options", "resume", "runner", "steps"]

@@ -1,0 +1,180 @@
+"""Running the embedded runner's jobs: in this process, or in worker processes that Ctrl-C, SIGTERM and
+the out-of-memory killer stop cleanly, with each job's output stamped as it finishes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from tqdm.std import tqdm as std_tqdm
+
+from linumpy_motor.errors import InputError
+from linumpy_motor.io import outputs
+from linumpy_motor.parallel import threads_per_worker
+from linumpy_motor.pipeline import logs
+from linumpy_motor.pipeline.options import RunOptions
+from linumpy_motor.pipeline.resume import Stamps
+
+__all__ = ["PROGRESS_UNITS", "run_jobs", "threads_per_job"]
+
+logger = logging.getLogger(__name__)
+
+
+_STARTED: Connection | None = None
+"""In a worker process: the pipe it reports each job's start on (see :func:`_init_worker`)."""
+
+
+def _init_worker(started, log_config: logs.LogConfig) -> None:
+    """Set up a worker: Ctrl-C is left to the main process (it stops the workers: one message, no
+    tracebacks), progress bars lock with a thread lock (tqdm's default semaphore would leak when the
+    worker is stopped), and each job's start is reported on the pipe ``started`` as ``(pid, label)``
+    (one short message per write, so writes from several workers do not interleave)."""
+    global _STARTED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth (see _run_parallel)
+    std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
+    logs.init_worker(log_config)
+    _STARTED = started
+
+
+def _call_in_worker(label: str, function: Callable, kwargs: dict):
+    if _STARTED is None:
+        raise RuntimeError("_call_in_worker runs only in a worker set up by _init_worker")
+    _STARTED.send((os.getpid(), label))
+    return function(**kwargs)
+
+
+def _job_label(output: Path, kwargs: dict) -> str:
+    """What a job works on, for messages: its slice store, else its output."""
+    return str(kwargs.get("source", output))
+
+
+def _lost_worker(pool: ProcessPoolExecutor, started, futures: dict) -> InputError:
+    """The error for a worker process that died (e.g. killed by the out-of-memory killer), naming its slice."""
+    processes = dict(pool._processes or {})  # the executor keeps no public record of how a worker ended
+    labels = {}
+    while started.poll():
+        pid, label = started.recv()
+        labels[pid] = label
+    dead: list[tuple[str, int | None]] = []
+    deadline = time.monotonic() + 2  # a killed process's pipes close a moment before it can be reaped
+    while True:
+        codes = {pid: process.exitcode for pid, process in processes.items()}
+        dead = [(labels[pid], code) for pid, code in codes.items()
+                if pid in labels and code is not None and code < 0 and code != -signal.SIGTERM]
+        if dead or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if not dead:  # how it ended is unknown: name every job that started and did not finish
+        unfinished = {label for future, (_, _, label) in futures.items() if not future.done() or future.exception()}
+        dead = [(label, None) for label in sorted(set(labels.values()) & unfinished)] or [("a slice", None)]
+    label, code = dead[0]
+    how = f"killed by {signal.Signals(-code).name}" if code else "ended abruptly"
+    return InputError(label, f"its worker process was {how}, most likely by the system for lack of memory: "
+                             "rerun with fewer --workers or with more memory (finished slices are kept)")
+
+
+def _stop_workers(pool: ProcessPoolExecutor, todo: list) -> None:
+    """Stop every worker now (SIGTERM: its default action, no clean-up in the worker) and wait for them,
+    then remove the temporaries those processes left: nothing is written after this returns."""
+    processes = dict(pool._processes or {})
+    for process in processes.values():
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for output, *_ in todo:
+        outputs.remove_temporaries(output.parent, [output.name], processes)
+
+
+def _run_parallel(todo: list, workers: int, finished: Callable[[Path, str, int], None]) -> None:
+    """Run ``todo`` in worker processes; ``finished(output, key, count)`` as each job ends."""
+    context = get_context("spawn")
+    started, report = context.Pipe(duplex=False)  # no semaphore: nothing to leak when the run is stopped
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
+                               initargs=(report, logs.current()))
+    try:
+        # submit() spawns the workers: they are born with Ctrl-C blocked and unblock it only once they
+        # ignore it, so a Ctrl-C during their start-up cannot print a traceback; here it arrives on unblocking
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            futures = {pool.submit(_call_in_worker, _job_label(output, kwargs), function, kwargs):
+                       (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for count, future in enumerate(as_completed(futures), start=1):
+            try:
+                future.result()
+            except BrokenProcessPool:
+                raise _lost_worker(pool, started, futures) from None
+            finished(*futures[future][:2], count)
+    except BaseException:
+        _stop_workers(pool, todo)
+        raise
+    finally:
+        started.close()
+        report.close()
+    pool.shutdown(wait=True)
+
+
+def threads_per_job(options: RunOptions, n_jobs: int) -> int:
+    """Cores for each of the slices run at once: ``--threads`` (default: the cores given) shared by them."""
+    return threads_per_worker(options.threads, min(options.workers, n_jobs))
+
+
+def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, workers: int, label: str,
+              progress: bool) -> int:
+    """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran.
+
+    Logs the step's start, each job's end and the step's end with timings. A job whose function
+    takes ``progress`` is given a :class:`~linumpy_motor.pipeline.logs.Progress` (a bar when ``progress``
+    and the job runs in this process, else log lines).
+    """
+    todo = [job for job in jobs if not stamps.done(job[0], job[1])]
+    for output, *_ in todo:
+        stamps.make_folder(output.parent)
+    start = time.perf_counter()
+    resumed = f", {len(jobs) - len(todo)} done before" if len(todo) < len(jobs) else ""
+    logger.info("%s: %s to run%s", label, logs.plural(len(todo), "job"), resumed)
+    parallel = workers > 1 and len(todo) > 1
+    bars = progress and not parallel  # bars from several processes would overwrite each other
+    todo = [(output, key, function, _with_progress(function, kwargs, f"{label} {output.name}", bars))
+            for output, key, function, kwargs in todo]
+
+    def finished(output: Path, key: str, started: float, count: int) -> None:
+        stamps.record(output, key)
+        seconds = time.perf_counter() - started
+        timing = f"in {seconds:.1f} s" if not parallel else f"{seconds:.1f} s into the step"
+        logger.info("%s: %s done (%d/%d), %s", label, output.name, count, len(todo), timing)
+
+    if parallel:
+        for output, *_ in todo:
+            stamps.invalidate(output)
+        _run_parallel(todo, workers, lambda output, key, count: finished(output, key, start, count))
+    else:
+        for count, (output, key, function, kwargs) in enumerate(todo, start=1):
+            stamps.invalidate(output)
+            began = time.perf_counter()
+            function(**kwargs)
+            finished(output, key, began, count)
+    if todo:
+        logger.info("%s: finished in %.1f s", label, time.perf_counter() - start)
+    return len(todo)
+
+
+PROGRESS_UNITS = {"measure_pairs": "tile row", "stitch_slice": "block"}
+"""The steps that report progress, and what they count."""
+
+
+def _with_progress(function: Callable, kwargs: dict, label: str, bars: bool) -> dict:
+    unit = PROGRESS_UNITS.get(function.__name__)
+    if unit is None:
+        return kwargs
+    return {**kwargs, "progress": logs.Progress(label, unit, bars=None if bars else False)}

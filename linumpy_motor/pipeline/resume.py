@@ -1,0 +1,128 @@
+"""Resume bookkeeping of the embedded runner: what identifies a step's inputs, and the stamp each output
+carries so that a rerun skips what is done and removes what an earlier run left.
+
+A step is skipped when its output exists and its stamp (a hash of the step's inputs, parameters and the
+package version) is unchanged; a step's old stamp is removed before it runs and the new one written after
+its output is renamed into place, so a killed run is simply rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from linumpy_motor import __version__
+from linumpy_motor.io import outputs
+
+__all__ = ["STATE_DIR", "Stamps", "clean", "file_digest", "step_key", "store_fingerprint"]
+
+STATE_DIR = ".linumpy-motor"
+"""The folder, inside an output folder, that holds the runner's state (its stamps and lock)."""
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def store_fingerprint(path: Path) -> str:
+    """Identity of an input store: every file's relative path, size and modification time, links
+    followed (a level linked from elsewhere counts by its target's files, and by where it points)."""
+    entries: list[tuple[str, str, str | int, int]] = []  # (path, kind, link target or size, mtime)
+    seen = set()
+    for root, folders, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link cycle
+            folders[:] = []
+            continue
+        seen.add(real)
+        for name in sorted(folders + files):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path)
+            if os.path.islink(full):
+                entries.append((rel, "link", os.readlink(full), 0))
+            if name in files:
+                stat = os.stat(full)
+                entries.append((rel, "file", stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
+
+
+def step_key(**inputs) -> str:
+    """Hash of a step's inputs, parameters and the package version."""
+    text = json.dumps({"version": __version__, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Stamps:
+    """Resume bookkeeping: one stamp (JSON: the output's path and key) per output under
+    ``OUTDIR/.linumpy-motor/stamps``, and the folders this run created (``created``)."""
+
+    def __init__(self, outdir: Path, created: list[Path]) -> None:
+        self.outdir = outdir
+        self.folder = outdir / STATE_DIR / "stamps"
+        self.created = created
+        self.make_folder(self.folder)
+        self.recorded = 0
+
+    def make_folder(self, folder: Path) -> None:
+        """Create ``folder`` if missing, remembering it as this run's (see :func:`outputs.make_folders`)."""
+        self.created += outputs.make_folders(folder)
+
+    def stamp_file(self, output: Path) -> Path:
+        """Where ``output``'s stamp is kept."""
+        return self.folder / (str(output.relative_to(self.outdir)).replace(os.sep, "__") + ".key")
+
+    def _read(self, stamp: Path) -> dict:
+        try:
+            content = json.loads(stamp.read_text())
+        except (OSError, ValueError):  # missing, or an older version's plain-text stamp
+            return {}
+        return content if isinstance(content, dict) else {}
+
+    def done(self, output: Path, key: str) -> bool:
+        """True when ``output`` exists and was made from the same inputs."""
+        return output.exists() and self._read(self.stamp_file(output)).get("key") == key
+
+    def stamped(self) -> list[Path]:
+        """Every output that has a stamp."""
+        found = (self._read(stamp).get("output") for stamp in sorted(self.folder.glob("*.key")))
+        return [self.outdir / rel for rel in found if isinstance(rel, str)]
+
+    def invalidate(self, output: Path) -> None:
+        """Remove ``output``'s stamp before remaking it (a run killed after the new output is renamed
+        into place but before it is stamped must not pass it off as the old one)."""
+        self.stamp_file(output).unlink(missing_ok=True)
+
+    def record(self, output: Path, key: str) -> None:
+        """Stamp ``output`` (after it was renamed into place)."""
+        self.invalidate(output)
+        outputs.write_json(self.stamp_file(output), {"key": key, "output": output.relative_to(self.outdir).as_posix()},
+                           "stamp")
+        self.recorded += 1
+
+    def key_of(self, output: Path) -> str:
+        """The stamp of an existing output."""
+        return self._read(self.stamp_file(output))["key"]
+
+
+def clean(stamps: Stamps, planned: list[Path]) -> None:
+    """Under the lock, before any step: remove the temporaries killed runs left for this run's or
+    earlier runs' outputs (exact ``.NAME.tmp-PID`` / ``.NAME.old-PID`` names only), and the earlier
+    outputs this run will not make (a slice no longer in the input; pairs, compare and report after a
+    run with ``--transform``), so none of them looks current. Each is removed only when it carries this
+    program's marker; a planned output's path holding anything else is refused."""
+    earlier = stamps.stamped()
+    names: dict[Path, set[str]] = {}
+    for output in {*planned, *earlier}:
+        names.setdefault(output.parent, set()).add(output.name)
+        names.setdefault(stamps.folder, set()).add(stamps.stamp_file(output).name)
+    for folder, in_folder in names.items():
+        outputs.remove_temporaries(folder, in_folder)
+    for output in set(earlier) - set(planned):
+        if outputs.is_ours(output):
+            outputs.remove_path(output)
+        stamps.invalidate(output)
+    for output in planned:  # before any work: a user's file or folder in the way is never replaced
+        outputs.check_replaceable(output)
