@@ -30,7 +30,7 @@ from linumpy_motor.io.dataset import discover_slices, is_samplesheet, slice_id_f
 from linumpy_motor.io.schemas import STATUSES, load_transform
 from linumpy_motor.pipeline import runner
 from linumpy_motor.pipeline.cli import add_synth_arguments, build_parser
-from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_NOT_OK, EXIT_TERMINATED, overlap_fraction
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_NOT_OK, EXIT_TERMINATED
 from linumpy_motor.pipeline.options import HELP, RunOptions
 from linumpy_motor.qc.summary import FAIL_ON, exit_code
 from linumpy_motor.register.flatfield import FLATFIELD_MODES
@@ -463,10 +463,15 @@ def test_schema_matches_the_run_options(name):
         assert limits(ours) == limits(owner), name
 
 
+def run_subparser() -> argparse.ArgumentParser:
+    """The parser of `linumpy-motor run`."""
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices["run"]
+
+
 def run_command_help() -> dict[str, str]:
     """The help text of each argument of `linumpy-motor run`, by its dest, as its --help shows it."""
-    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    return {action.dest: action.help.replace("%%", "%") for action in commands.choices["run"]._actions
+    return {action.dest: action.help.replace("%%", "%") for action in run_subparser()._actions
             if action.help and action.help != argparse.SUPPRESS}
 
 
@@ -583,8 +588,9 @@ def test_schema_accepts_good_values(name, value):
 @pytest.mark.parametrize("value", [0.0, 1e-6, 0.1, 0.2, 0.4999, 0.5, 0.6])
 def test_overlap_bounds_match_the_scripts(value):
     """The schema refuses exactly what the scripts' --overlap refuses (one rule: io.schemas.check_overlap)."""
+    overlap = next(a for a in run_subparser()._actions if a.dest == "overlap")
     try:
-        overlap_fraction(str(value))
+        overlap.type(str(value))
         scripts_accept = True
     except Exception:  # argparse.ArgumentTypeError
         scripts_accept = False

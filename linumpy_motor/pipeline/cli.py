@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from linumpy_motor import synthetic
 from linumpy_motor.io import ngff
+from linumpy_motor.io.schemas import Overlap
 from linumpy_motor.pipeline import logs, runner
-from linumpy_motor.pipeline.entry import EXIT_NOT_OK, HelpFormatter, make_parser, overlap_fraction, run_cli
-from linumpy_motor.pipeline.options import RunOptions, add_fail_on, add_options, from_arguments
+from linumpy_motor.pipeline.entry import EXIT_NOT_OK, HelpFormatter, make_parser, run_cli
+from linumpy_motor.pipeline.options import RunOptions, add_fail_on, add_options, from_arguments, value_parser
 from linumpy_motor.qc import summary
 
 __all__ = ["add_run_arguments", "add_synth_arguments", "build_parser", "main", "run", "synth"]
@@ -24,7 +25,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tile rows and columns")
     parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "H", "W"), default=defaults.tile_shape,
                         help="tile shape")
-    parser.add_argument("--overlap", type=overlap_fraction, default=defaults.overlap, help="tile overlap")
+    parser.add_argument("--overlap", type=value_parser(Overlap, "overlap"), default=defaults.overlap,
+                        help="tile overlap")
     parser.add_argument("--theta", type=float, default=defaults.theta_deg, help="scan-to-stage rotation (deg)")
     parser.add_argument("--phi-deviation", type=float, default=defaults.perpendicular_deviation_deg,
                         help="deviation of the motor axes from perpendicular (deg)")

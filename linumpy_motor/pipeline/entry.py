@@ -13,11 +13,11 @@ from pydantic import ValidationError
 
 from linumpy_motor import __version__
 from linumpy_motor.errors import FitError, InputError, Terminated
-from linumpy_motor.io.schemas import check_overlap, first_problem
+from linumpy_motor.io.schemas import first_problem
 from linumpy_motor.pipeline import logs
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter", "make_parser",
-           "overlap_fraction", "run_cli"]
+           "run_cli"]
 
 EXIT_BAD_INPUT = 2
 """Bad input, reported in one line (also argparse's usage errors)."""
@@ -117,11 +117,3 @@ def _one_line(exc: BaseException) -> str:
         return f"{exc.filename}: {exc.strerror or exc}"
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def overlap_fraction(text: str) -> float:
-    """argparse type: an overlap fraction, checked by :func:`linumpy_motor.io.schemas.check_overlap`."""
-    try:
-        return check_overlap(float(text))
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(exc.problem) from None
