@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def is_samplesheet(path: str | Path) -> bool:
 
 def check_unique_ids(ids: Sequence[int], source: str | Path | None) -> None:
     """Refuse slice ids given more than once (``source``: the listing that gives them, None for a parameter)."""
-    repeated = sorted({i for i in ids if list(ids).count(i) > 1})
+    repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
     if repeated:
         raise InputError(source, f"slice id(s) {repeated} appear more than once")
 

@@ -119,7 +119,7 @@ def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
             if thumb is not None:
                 stitched_meta[slice_id] = thumb.metadata
                 pixel_um = pixel_um or thumb.pixel_um
-        evidence = _evidence(slice_id, inputs, mine, problem)
+        evidence = _evidence(slice_id, inputs, pair_lists.get(slice_id), mine, problem)
         status, reasons = slice_status(evidence)
         rows.append((evidence, status, reasons, mine, inputs.compare.get(slice_id)))
         sections.append(section_html(slice_id, status, reasons, quiver, thumbnail, bool(inputs.stitched)))
@@ -130,9 +130,9 @@ def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
                 cutoff=cutoff if pooled else None, model_png=model_png, histogram_png=histogram_png)
 
 
-def _evidence(slice_id: int, inputs: ReportInputs, mine: tuple[np.ndarray, np.ndarray] | None,
-              stitched_problem: str | None) -> SliceEvidence:
-    """Gather a slice's evidence from its pairs (``mine``: residuals and outliers), fit and comparison."""
+def _evidence(slice_id: int, inputs: ReportInputs, pairs: list[dict] | None,
+              mine: tuple[np.ndarray, np.ndarray] | None, stitched_problem: str | None) -> SliceEvidence:
+    """Gather a slice's evidence from its pairs (``mine``: their residuals and outliers), fit and comparison."""
     entry = inputs.per_slice.get(slice_id)
     compare = inputs.compare.get(slice_id)
     evidence: dict = {"slice_id": slice_id, "in_fit": entry is not None, "stitched_problem": stitched_problem,
@@ -142,10 +142,10 @@ def _evidence(slice_id: int, inputs: ReportInputs, mine: tuple[np.ndarray, np.nd
                         drift_flag=bool(entry.get("drift_flag")))
     if compare is not None:
         evidence["compare_flags"] = tuple(name for name, raised in sorted(compare.flags.items()) if raised)
-    if mine is not None:
+    if pairs is not None and mine is not None:
         nx, ny = inputs.pairs[slice_id].grid
         lengths, out = np.linalg.norm(mine[0], axis=1), mine[1]
-        evidence.update(n_usable=int((pair_weights([p.model_dump() for p in inputs.pairs[slice_id].pairs]) > 0).sum()),
+        evidence.update(n_usable=int((pair_weights(pairs) > 0).sum()),
                         n_expected=n_neighbour_pairs(nx, ny),
                         outlier_fraction=float(out.mean()) if len(out) else None,
                         residual_rms_px=float(np.sqrt(np.mean(lengths[~out] ** 2))) if (~out).any() else None)
