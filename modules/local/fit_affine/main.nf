@@ -3,7 +3,7 @@ include { shellQuote; taskEnvironment } from '../shell'
 // Pool the pairs of every slice and fit one robust affine motor model.
 process FIT_AFFINE {
     tag "${meta.id}"
-    label 'process_single'
+    label 'process_low'
     container 'ghcr.io/linum-uqam/linumpy-motor:0.1.0'
 
     input:
