@@ -3,7 +3,7 @@
 :class:`RunOptions` owns them. ``linumpy-motor run`` and the ``bin/`` scripts add their command-line
 options with :func:`add_options`, which reads each option's default, bounds and choices from
 :class:`RunOptions`. The Nextflow params (``nextflow.config``, ``nextflow_schema.json``) carry the same
-names and are tested equal to it (``tests/test_nextflow_static.py``).
+names and are tested equal to it (``tests/test_nextflow_schema.py``).
 """
 
 from __future__ import annotations
