@@ -16,6 +16,7 @@ import numpy as np
 import peers
 
 from linumpy_motor import synthetic
+from linumpy_motor.io.records import pair_table
 from linumpy_motor.register.fit import fit_pooled
 from linumpy_motor.register.geometry import grid_indices
 
@@ -99,8 +100,8 @@ def run_scenario(scenario: Scenario, n_slices: int, installed: Mapping[str, str 
     planes = [volume[spec.tile_shape[0] // 2] for volume, _ in slices]
     truths = [np.asarray(truth["positions"]) for _, truth in slices]
     floor = np.mean([peers.fit_grid_transform(p, spec.nx, spec.ny) for p in truths], axis=0)
-    pair_floor, _ = fit_pooled({k: true_pairs(p, spec.nx, spec.ny) for k, p in enumerate(truths)},
-                               {k: (spec.nx, spec.ny) for k in range(n_slices)}, spec.tile_shape, spec.overlap)
+    pair_floor = fit_pooled({k: pair_table(true_pairs(p, spec.nx, spec.ny)) for k, p in enumerate(truths)},
+                            {k: (spec.nx, spec.ny) for k in range(n_slices)}, spec.tile_shape, spec.overlap)[0].matrix
     rows = [_row(scenario.name, FLOOR, floor, A_true, spec, n_slices, n_slices, [], 0.0),
             _row(scenario.name, PAIR_FLOOR, pair_floor, A_true, spec, n_slices, n_slices, [], 0.0)]
     start = time.perf_counter()

@@ -21,7 +21,7 @@ from linumpy_motor.backend import gpu_available
 from linumpy_motor.io import ngff
 from linumpy_motor.mosaic.motor import pool_pairs_and_fit_global_affine
 from linumpy_motor.parallel import available_cores, limited_threads
-from linumpy_motor.register.measure import band_reader, measure_grid_pairs
+from linumpy_motor.register.measure import MeasureOptions, band_reader, measure_grid_pairs
 
 SPEC = synthetic.SyntheticSpec(tile_shape=(1, 160, 160), seed=11)
 GRIDS = ((6, 7, 3), (12, 14, 2), (24, 28, 1))
@@ -169,7 +169,8 @@ def gpu_rows(grids=GRIDS, log: Callable[[str], None] = print) -> list[dict]:
         seconds = {}
         for use_gpu in (False, True):
             def measure(use_gpu=use_gpu):
-                return measure_grid_pairs(band_reader(plane, h), (h, w), nx, ny, OVERLAP, use_gpu=use_gpu)
+                return measure_grid_pairs(band_reader(plane, h), (h, w), nx, ny, OVERLAP,
+                                          MeasureOptions(use_gpu=use_gpu))
 
             measure()
             seconds[use_gpu] = best_of({"measure": measure}, max(repeats, 2))["measure"]

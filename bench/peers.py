@@ -19,7 +19,7 @@ import numpy as np
 
 from linumpy_motor.register.fit import fit_pooled
 from linumpy_motor.register.geometry import grid_indices
-from linumpy_motor.register.measure import band_reader, measure_grid_pairs
+from linumpy_motor.register.measure import MeasureOptions, band_reader, measure_grid_pairs
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,10 @@ def ours(planes: Sequence[np.ndarray], nx: int, ny: int, overlap: float, *, use_
     h, w = planes[0].shape[0] // nx, planes[0].shape[1] // ny
     pairs = {}
     for sid, plane in enumerate(planes):
-        pairs[sid], _, _ = measure_grid_pairs(band_reader(plane, h), (h, w), nx, ny, overlap, use_gpu=use_gpu)
-    A, _ = fit_pooled(pairs, {sid: (nx, ny) for sid in pairs}, (1, h, w), overlap)
-    return ToolResult(A)
+        pairs[sid], _, _ = measure_grid_pairs(band_reader(plane, h), (h, w), nx, ny, overlap,
+                                              MeasureOptions(use_gpu=use_gpu))
+    model, _ = fit_pooled(pairs, {sid: (nx, ny) for sid in pairs}, (1, h, w), overlap)
+    return ToolResult(model.matrix)
 
 
 def m2stitch(plane: np.ndarray, nx: int, ny: int, overlap: float, *, ncc_threshold: float = 0.5) -> ToolResult:

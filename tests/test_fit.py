@@ -10,14 +10,27 @@ import pytest
 from conftest import grid_positions, pairs_from_positions
 
 from linumpy_motor.errors import FitError
-from linumpy_motor.mosaic import motor
+from linumpy_motor.io.records import pair_table
 from linumpy_motor.register import fit
-from linumpy_motor.register.fit import describe_transform, fit_pairs, fit_pooled, robust_fit, subsample
+from linumpy_motor.register.fit import FitOptions, describe_transform, fit_pairs, fit_pooled, robust_fit, subsample
 from linumpy_motor.synthetic import SyntheticSpec, true_transform
 
 TILE = (3, 160, 160)
 NX, NY = 6, 7
 A_TRUE = true_transform(SyntheticSpec())
+
+
+def fit_dicts(pairs, **options):
+    """:func:`fit_pairs` of pair dicts (converted as the pipeline converts a pairs file): A and the diagnostics."""
+    model, diagnostics = fit_pairs(pair_table(pairs), TILE, 0.2, FitOptions(**options))
+    return model.matrix, diagnostics
+
+
+def pool(pairs_by_slice, grids, **options):
+    """:func:`fit_pooled` of each slice's pair dicts: the pooled A and the diagnostics."""
+    model, diagnostics = fit_pooled({sid: pair_table(pairs) for sid, pairs in pairs_by_slice.items()}, grids,
+                                    TILE, 0.2, FitOptions(**options))
+    return model.matrix, diagnostics
 
 
 def noisy_pairs(A, rng, noise=0.05, nx=NX, ny=NY):
@@ -43,7 +56,7 @@ def spoil(pairs, fraction, rng):
 
 def test_clean_pairs_give_the_exact_matrix():
     pairs = pairs_from_positions(grid_positions(A_TRUE, NX, NY), NX, NY)
-    A, diagnostics = motor.estimate_affine_from_pairs(pairs, TILE, 0.2)
+    A, diagnostics = fit_dicts(pairs)
     np.testing.assert_allclose(A, A_TRUE, atol=1e-6)
     assert diagnostics["n_pairs"] == 71 and diagnostics["n_outliers"] == 0
     assert diagnostics["residual_rms_px"] < 1e-6
@@ -55,7 +68,7 @@ def test_gross_outliers_are_rejected_exactly():
     rng = np.random.default_rng(0)
     pairs = pairs_from_positions(grid_positions(A_TRUE, NX, NY), NX, NY)
     bad = spoil(pairs, 0.2, rng)
-    X, Y, w = fit.pair_arrays(pairs)
+    X, Y, w = fit.pair_arrays(pair_table(pairs))
     plain = np.linalg.lstsq(X, Y, rcond=None)[0].T
     assert np.abs(plain - A_TRUE).max() > 0.5  # the outliers do matter to a plain fit
     A, inliers, _ = robust_fit(X, Y, w)
@@ -69,8 +82,8 @@ def test_gross_outliers_do_not_move_a_noisy_fit(seed):
     rng = np.random.default_rng(seed)
     pairs = noisy_pairs(A_TRUE, rng)
     bad = spoil(pairs, 0.2, rng)
-    A, diagnostics = fit_pairs(pairs, TILE, 0.2)
-    A_clean, _ = fit_pairs([p for k, p in enumerate(pairs) if k not in bad], TILE, 0.2)
+    A, diagnostics = fit_dicts(pairs)
+    A_clean, _ = fit_dicts([p for k, p in enumerate(pairs) if k not in bad])
     assert np.abs(A - A_clean).max() <= 0.01
     assert np.abs(A - A_TRUE).max() <= 0.05
     assert diagnostics["n_outliers"] == len(bad)
@@ -82,7 +95,7 @@ def test_pairs_with_zero_ncc_are_ignored():
     for pair in pairs[::2]:  # half the pairs wrong, but flagged by their NCC
         pair["measured_dx"] += 40.0
         pair["ncc"] = 0.0
-    A, _ = fit_pairs(pairs, TILE, 0.2)
+    A, _ = fit_dicts(pairs)
     np.testing.assert_allclose(A, A_TRUE, atol=1e-6)
 
 
@@ -102,7 +115,7 @@ def test_describe_transform_of_an_ideal_grid():
 ])
 def test_too_few_pairs_is_a_clear_error(pairs, missing):
     with pytest.raises(ValueError, match="too few usable pairs") as info:
-        motor.estimate_affine_from_pairs(pairs, TILE, 0.2)
+        fit_dicts(pairs)
     assert isinstance(info.value, FitError)
     assert missing in str(info.value)
 
@@ -114,14 +127,15 @@ def _three_noisy_slices(seed=0):
 
 def test_subsampling_is_reproducible():
     pairs_by_slice, grids = _three_noisy_slices()
-    pooled = [p for sid in sorted(pairs_by_slice) for p in pairs_by_slice[sid]]
-    assert subsample(pooled, 60, seed=1) == subsample(pooled, 60, seed=1)
-    assert subsample(pooled, 60, seed=1) != subsample(pooled, 60, seed=2)
-    assert subsample(pooled, 500, seed=1) == pooled and subsample(pooled, None, seed=1) == pooled
-    A1, d1 = fit_pooled(pairs_by_slice, grids, TILE, 0.2, n_samples=60, seed=1)
-    A1_again, _ = fit_pooled(pairs_by_slice, grids, TILE, 0.2, n_samples=60, seed=1)
-    A2, _ = fit_pooled(pairs_by_slice, grids, TILE, 0.2, n_samples=60, seed=2)
-    A_all, d_all = fit_pooled(pairs_by_slice, grids, TILE, 0.2)
+    np.testing.assert_array_equal(subsample(213, 60, seed=1), subsample(213, 60, seed=1))
+    assert not np.array_equal(subsample(213, 60, seed=1), subsample(213, 60, seed=2))
+    assert len(set(subsample(213, 60, seed=1))) == 60
+    np.testing.assert_array_equal(subsample(213, 500, seed=1), np.arange(213))
+    np.testing.assert_array_equal(subsample(213, None, seed=1), np.arange(213))
+    A1, d1 = pool(pairs_by_slice, grids, n_samples=60, seed=1)
+    A1_again, _ = pool(pairs_by_slice, grids, n_samples=60, seed=1)
+    A2, _ = pool(pairs_by_slice, grids, n_samples=60, seed=2)
+    A_all, d_all = pool(pairs_by_slice, grids)
     np.testing.assert_array_equal(A1, A1_again)
     assert np.abs(A1 - A2).max() > 1e-6
     assert (d1["n_pooled_pairs"], d1["n_fitted_pairs"], d1["n_samples"], d1["seed"]) == (213, 60, 60, 1)
@@ -138,7 +152,7 @@ def test_a_slice_with_a_different_motor_model_is_flagged():
     nudged = A_TRUE + [[0, 0], [0, 0.2]]  # 0.6 px at the corners: within the 1 px tolerance
     models = {1: A_TRUE, 2: A_TRUE, 3: shifted, 4: A_TRUE, 5: nudged}
     pairs_by_slice = {sid: noisy_pairs(A, rng, noise=0.02) for sid, A in models.items()}
-    A, diagnostics = fit_pooled(pairs_by_slice, {sid: (NX, NY) for sid in models}, TILE, 0.2, drift_tolerance_px=1.0)
+    A, diagnostics = pool(pairs_by_slice, {sid: (NX, NY) for sid in models}, drift_tolerance_px=1.0)
     assert diagnostics["drifting_slices"] == [3]
     per_slice = diagnostics["per_slice"]
     assert per_slice["3"]["drift_flag"] and not any(per_slice[s]["drift_flag"] for s in "1245")
@@ -151,7 +165,7 @@ def test_a_slice_with_a_different_motor_model_is_flagged():
 def test_pooled_too_few_pairs_names_the_empty_slices():
     few = pairs_from_positions(grid_positions(A_TRUE, 2, 2), 2, 2)
     with pytest.raises(FitError, match=r"slices with no usable pair: \[11, 12\]"):
-        fit_pooled({4: few, 11: [], 12: []}, {4: (2, 2), 11: (6, 7), 12: (6, 7)}, TILE, 0.2)
+        pool({4: few, 11: [], 12: []}, {4: (2, 2), 11: (6, 7), 12: (6, 7)})
 
 
 def test_pooled_too_few_pairs_names_the_slices_whose_pairs_all_failed():
@@ -159,12 +173,12 @@ def test_pooled_too_few_pairs_names_the_slices_whose_pairs_all_failed():
     few = pairs_from_positions(grid_positions(A_TRUE, 2, 2), 2, 2)
     failed = [{**pair, "ncc": 0.0} for pair in pairs_from_positions(grid_positions(A_TRUE, 2, 2), 2, 2)]
     with pytest.raises(FitError, match=r"slices with no usable pair: \[7\]"):
-        fit_pooled({4: few, 7: failed}, {4: (2, 2), 7: (2, 2)}, TILE, 0.2)
+        pool({4: few, 7: failed}, {4: (2, 2), 7: (2, 2)})
 
 
 def test_a_slice_without_pairs_does_not_stop_the_pooled_fit():
     rng = np.random.default_rng(5)
-    A, diagnostics = fit_pooled({1: noisy_pairs(A_TRUE, rng), 2: []}, {1: (NX, NY), 2: (NX, NY)}, TILE, 0.2)
+    A, diagnostics = pool({1: noisy_pairs(A_TRUE, rng), 2: []}, {1: (NX, NY), 2: (NX, NY)})
     assert np.abs(A - A_TRUE).max() < 0.05
     entry = diagnostics["per_slice"]["2"]
     assert entry["transform"] is None and "too few usable pairs" in entry["fit_error"]
@@ -192,8 +206,8 @@ def test_position_stage_reaches_the_jitter_floor():
                             pairs.append({"tile": [i, j], "row_delta": di, "col_delta": dj,
                                           "measured_dy": d[0], "measured_dx": d[1], "ncc": 0.9})
             pairs_by_slice[sid] = pairs
-        A, _ = fit_pooled(pairs_by_slice, {sid: (NX, NY) for sid in range(3)}, TILE, 0.2)
-        X, Y, w = fit.pair_arrays([p for sid in range(3) for p in pairs_by_slice[sid]])
+        A, _ = pool(pairs_by_slice, {sid: (NX, NY) for sid in range(3)})
+        X, Y, w = fit.pair_arrays(pair_table([p for sid in range(3) for p in pairs_by_slice[sid]]))
         A_pairs, _, _ = robust_fit(X, Y, w)
         Xf = np.concatenate([x for x, _ in floors])
         Yf = np.concatenate([y for _, y in floors])
@@ -230,14 +244,14 @@ def _stage_pairs(rng, backlash=(0.0, 0.0), jitter=0.3, noise=0.03, n_slices=3):
 @pytest.mark.parametrize("backlash", [(0.0, 1.0), (0.0, -3.0), (0.4, 0.6)])
 def test_serpentine_backlash_is_detected_and_not_absorbed_by_A(backlash):
     pairs, floor, floor_b = _stage_pairs(np.random.default_rng(7), backlash)
-    A, diagnostics = fit_pooled(pairs, {sid: (NX, NY) for sid in pairs}, TILE, 0.2)
+    A, diagnostics = pool(pairs, {sid: (NX, NY) for sid in pairs})
     test = diagnostics["position_stage"]["backlash"]
     assert test["detected"] and test["p_value"] < fit.BACKLASH_P_VALUE
     np.testing.assert_allclose(diagnostics["backlash_px"], backlash, atol=0.1)
     assert np.abs(A - A_TRUE).max() <= np.abs(floor_b - A_TRUE).max() + 0.01
     assert diagnostics["n_outliers"] == 0  # the even->odd and odd->even vertical pairs all fit
     if max(map(abs, backlash)) >= 1:
-        plain, _ = fit_pooled(pairs, {sid: (NX, NY) for sid in pairs}, TILE, 0.2, backlash="off")
+        plain, _ = pool(pairs, {sid: (NX, NY) for sid in pairs}, backlash="off")
         assert np.abs(plain - A_TRUE).max() > 3 * np.abs(A - A_TRUE).max()  # without the term, A bends
 
 
@@ -245,7 +259,7 @@ def test_no_backlash_term_when_the_stage_has_none():
     false_alarms, errors, floors = 0, [], []
     for seed in range(6):
         pairs, floor, _ = _stage_pairs(np.random.default_rng(100 + seed))
-        A, diagnostics = fit_pooled(pairs, {sid: (NX, NY) for sid in pairs}, TILE, 0.2)
+        A, diagnostics = pool(pairs, {sid: (NX, NY) for sid in pairs})
         false_alarms += diagnostics["position_stage"]["backlash"]["detected"]
         assert diagnostics["backlash_px"] == [0.0, 0.0]
         errors.append(np.abs(A - A_TRUE).max())
@@ -258,7 +272,7 @@ def test_backlash_needs_vertical_pairs_from_both_row_parities():
     pairs, _, _ = _stage_pairs(np.random.default_rng(3), (0.0, 2.0))
     two_rows = {sid: [p for p in slice_pairs if p["tile"][0] + p["row_delta"] <= 1]
                 for sid, slice_pairs in pairs.items()}
-    _, diagnostics = fit_pooled(two_rows, {sid: (2, NY) for sid in pairs}, TILE, 0.2)
+    _, diagnostics = pool(two_rows, {sid: (2, NY) for sid in pairs})
     assert not diagnostics["position_stage"]["backlash"]["identifiable"]
     assert diagnostics["backlash_px"] == [0.0, 0.0]
 
@@ -275,11 +289,11 @@ def test_faint_pairs_do_not_bend_the_matrix():
                     pair["ncc"] = 0.1
                     pair["measured_dy"] += rng.normal(0, 0.5)
                     pair["measured_dx"] += rng.normal(0, 0.5)
-        A, diagnostics = fit_pooled(pairs, {sid: (NX, NY) for sid in pairs}, TILE, 0.2)
+        A, diagnostics = pool(pairs, {sid: (NX, NY) for sid in pairs})
         ours.append(np.abs(A - A_TRUE).max())
         models.append(diagnostics["pair_error_model"]["at_ncc_1_px"])
         alike = {sid: [{**p, "ncc": 0.9} for p in slice_pairs] for sid, slice_pairs in pairs.items()}
-        A_alike, _ = fit_pooled(alike, {sid: (NX, NY) for sid in pairs}, TILE, 0.2)
+        A_alike, _ = pool(alike, {sid: (NX, NY) for sid in pairs})
         naive.append(np.abs(A_alike - A_TRUE).max())
     assert np.mean(ours) < 0.6 * np.mean(naive)
     assert np.mean(models) == pytest.approx(0.05, abs=0.025)  # 0.5 px at NCC 0.1

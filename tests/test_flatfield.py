@@ -15,7 +15,7 @@ from linumpy_motor.io import ngff
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.register import flatfield
-from linumpy_motor.register.measure import measure_mosaic, measure_volume
+from linumpy_motor.register.measure import MeasureOptions, measure_mosaic, measure_volume
 
 BIN = Path(__file__).resolve().parents[1] / "bin"
 
@@ -72,7 +72,7 @@ def test_too_few_tissue_tiles_gives_no_estimate(tmp_path, caplog):
     assert "tissue tiles" in caplog.text
     field, description = flatfield.resolve_flatfield(grid, "estimate")
     assert field is None and "none applied" in description
-    stats = measure_mosaic(grid, 0.2, z=0, background_test=False)[2]
+    stats = measure_mosaic(grid, 0.2, MeasureOptions(z=0, background_test=False))[2]
     assert stats["flatfield"] == description and not stats["flatfield_applied"]  # measure says it as stitch does
 
 
@@ -148,7 +148,7 @@ def test_the_library_refuses_a_misspelt_mode_before_reading(mode):
         raise AssertionError("nothing may be read for a misspelt mode")
 
     with pytest.raises(InputError) as measured:
-        measure_volume(read, (3, 32, 32), 2, 2, 0.2, flatfield=mode)
+        measure_volume(read, (3, 32, 32), 2, 2, 0.2, MeasureOptions(flatfield=mode))
     with pytest.raises(InputError) as chosen:
         flatfield.choose_flatfield(mode, (3, 32, 32), read)
     assert str(measured.value) == str(chosen.value) and "must be one of ('estimate', 'none')" in str(chosen.value)

@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from conftest import grid_positions, pairs_from_positions
 
-from linumpy_motor.io import outputs
+from linumpy_motor.io.records import pair_table
 from linumpy_motor.mosaic import motor
+from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.register import geometry
 from linumpy_motor.register.geometry import affine_positions, registration_positions
 
 
-def test_motor_positions_of_an_ideal_grid():
-    positions, step_y, step_x = motor.compute_motor_positions(6, 7, (3, 160, 160), 0.2)
-    assert (step_y, step_x) == (128, 128)
-    assert positions == [(i * 128, j * 128) for i in range(6) for j in range(7)]
-    positions, step_y, step_x = motor.compute_motor_positions(3, 4, (1, 100, 150), 0.1)
-    assert (step_y, step_x) == (90, 135)
-    assert positions == [(i * 90, j * 135) for i in range(3) for j in range(4)]
-
-
-def test_motor_positions_with_fractional_steps_and_scale():
-    positions, step_y, step_x = motor.compute_motor_positions(4, 5, (1, 101, 97), 0.15, scale_factor=1.02)
-    true_y, true_x = 0.85 * 101 * 1.02, 0.85 * 97 * 1.02
-    assert abs(step_y - true_y) <= 0.5 and abs(step_x - true_x) <= 0.5
-    expected = [(i * true_y, j * true_x) for i in range(4) for j in range(5)]
-    assert all(isinstance(v, int) for p in positions for v in p)
-    assert np.abs(np.subtract(positions, expected)).max() <= 0.5
-
-
-def test_motor_positions_with_a_rotation():
-    positions, _, _ = motor.compute_motor_positions(3, 4, (1, 100, 100), 0.2, rotation_deg=3.0)
-    angle = np.radians(3.0)
-    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    expected = grid_positions(rotation * 80, 3, 4)
-    expected -= expected.min(axis=0)
-    assert np.abs(np.subtract(positions, expected)).max() <= 0.5
-    assert np.min(positions, axis=0).tolist() == [0, 0]
-
-
 def test_affine_positions_with_negative_off_diagonal_terms():
+    """The stitcher's canvas starts at the smallest position; the façade's at tile (0, 0), as upstream's."""
     A = np.array([[127.6, -3.3], [1.2, 128.4]])
-    expected = [(127.6 * i - 3.3 * j + 19.8, 1.2 * i + 128.4 * j) for i in range(6) for j in range(7)]
-    np.testing.assert_allclose(affine_positions(6, 7, A), expected, atol=1e-9)
-    assert motor.compute_affine_positions(6, 7, A) == [(round(r), round(c)) for r, c in expected]
-    np.testing.assert_allclose(motor.compute_affine_positions(6, 7, A, subpixel=True), expected, atol=1e-9)
+    unshifted = [(127.6 * i - 3.3 * j, 1.2 * i + 128.4 * j) for i in range(6) for j in range(7)]
+    np.testing.assert_allclose(affine_positions(6, 7, A), np.add(unshifted, (19.8, 0)), atol=1e-9)
+    assert motor.compute_affine_positions(6, 7, A) == [(round(r), round(c)) for r, c in unshifted]
+    np.testing.assert_allclose(motor.compute_affine_positions(6, 7, A, subpixel=True), unshifted, atol=1e-9)
 
 
 @pytest.mark.parametrize(("A", "shape"), [
@@ -75,7 +47,7 @@ def test_registration_positions_are_exact_on_exact_pairs():
     truth = grid_positions(A, 5, 6) + rng.normal(0, 0.4, (30, 2))
     pairs = pairs_from_positions(truth, 5, 6)
     pairs[3]["measured_dx"] += 25.0  # a wrong pair, beyond max_deviation_px of the prior: left out
-    positions, connected = registration_positions(pairs, 5, 6, grid_positions(A, 5, 6))
+    positions, connected = registration_positions(pair_table(pairs), 5, 6, grid_positions(A, 5, 6))
     assert connected.all()
     assert _rms_up_to_translation(positions, truth) < 1e-3
 
@@ -87,7 +59,7 @@ def test_unreached_tiles_stay_at_the_prior():
     pairs = [p for p in pairs_from_positions(truth, 2, 3)
              if not any(all(p[k] == v for k, v in t.items()) for t in touches_last)]
     assert len(pairs) == 5
-    positions, connected = registration_positions(pairs, 2, 3, prior)
+    positions, connected = registration_positions(pair_table(pairs), 2, 3, prior)
     assert connected.tolist() == [True] * 5 + [False]
     np.testing.assert_allclose(positions, prior, atol=1e-6)
 
@@ -120,7 +92,7 @@ MOTOR = [(i * 128.0, j * 128.0) for i in range(6) for j in range(7)]
 
 
 def test_compare_flags_a_systematic_offset():
-    stats = motor.compare_motor_vs_registration(MOTOR, np.add(MOTOR, [3.0, -2.0]))
+    stats = compare_positions(MOTOR, np.add(MOTOR, [3.0, -2.0]))
     assert stats["mean_diff_px"] == pytest.approx([3.0, -2.0])
     assert stats["flags"] == {"systematic_offset": True, "scale_mismatch": False, "outlying_tiles": False}
     assert stats["n_tiles"] == 42 and stats["rms_diff_px"] == pytest.approx(np.hypot(3, 2))
@@ -129,7 +101,7 @@ def test_compare_flags_a_systematic_offset():
 def test_compare_flags_a_scale_error():
     centre = np.mean(MOTOR, axis=0)
     reg = centre + (np.asarray(MOTOR) - centre) * [1.01, 0.995]
-    stats = motor.compare_motor_vs_registration(MOTOR, reg)
+    stats = compare_positions(MOTOR, reg)
     assert stats["scale_y"] == pytest.approx(1.01) and stats["scale_x"] == pytest.approx(0.995)
     assert stats["mean_diff_px"] == pytest.approx([0, 0], abs=1e-9)
     assert stats["flags"]["scale_mismatch"] and not stats["flags"]["systematic_offset"]
@@ -138,33 +110,13 @@ def test_compare_flags_a_scale_error():
 def test_compare_flags_an_outlying_tile_and_nothing_on_small_noise():
     rng = np.random.default_rng(0)
     reg = np.asarray(MOTOR) + rng.normal(0, 0.1, (42, 2))
-    assert not any(motor.compare_motor_vs_registration(MOTOR, reg)["flags"].values())
+    assert not any(compare_positions(MOTOR, reg)["flags"].values())
     reg[17] += [6.0, -5.0]
-    stats = motor.compare_motor_vs_registration(MOTOR, reg)
+    stats = compare_positions(MOTOR, reg)
     assert stats["flags"]["outlying_tiles"] and not stats["flags"]["systematic_offset"]
     assert stats["max_diff_px"] == pytest.approx(np.hypot(6, 5), abs=0.5)
     with pytest.raises(ValueError, match="differ in length"):
-        motor.compare_motor_vs_registration(MOTOR, reg[:-1])
-
-
-def test_compare_writes_json_atomically(tmp_path, monkeypatch):
-    out = tmp_path / "slice_z03_compare.json"
-    outputs.write_json(out, {"previous": "run"})  # an earlier run's file: this program's, so replaceable
-    stats = motor.compare_motor_vs_registration(MOTOR, np.add(MOTOR, [0.5, 0.0]), output_path=str(out))
-    written = {**json.loads(json.dumps(stats)), outputs.MARKER_KEY: outputs.marker("output")}
-    assert json.loads(out.read_text()) == written
-    assert json.loads(out.read_text())["mean_diff_px"] == [0.5, 0.0]
-    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
-
-    def interrupted(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(json, "dumps", interrupted)
-    with pytest.raises(OSError, match="disk full"):
-        motor.compare_motor_vs_registration(MOTOR, MOTOR, output_path=out)
-    monkeypatch.undo()
-    assert json.loads(out.read_text()) == written  # the previous file is intact
-    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+        compare_positions(MOTOR, reg[:-1])
 
 
 def test_model_positions_carry_the_backlash_of_odd_rows():
@@ -184,13 +136,13 @@ def test_registered_placement_follows_a_bumped_tile_and_keeps_the_model_elsewher
     rng = np.random.default_rng(0)
     true = model + rng.normal(0, 0.3, model.shape)
     true[7] += (4.0, -3.0)  # a knocked tile
-    placed = registered_positions(pairs_from_positions(true, 4, 5, ncc=0.9), 4, 5, model)
+    placed = registered_positions(pair_table(pairs_from_positions(true, 4, 5, ncc=0.9)), 4, 5, model)
     offset = (placed - true).mean(axis=0)
     assert np.abs(placed - true - offset).max() < 0.01  # exact pairs: the tiles where they really are
     assert np.abs(model - true - (model - true).mean(axis=0)).max() > 3  # the model alone misses the bump
-    lone = registered_positions([], 4, 5, model)  # no pairs: the model
+    lone = registered_positions(pair_table([]), 4, 5, model)  # no pairs: the model
     np.testing.assert_allclose(lone, model)
-    clipped = registered_positions(pairs_from_positions(true, 4, 5), 4, 5, model, max_refinement_px=1.0)
+    clipped = registered_positions(pair_table(pairs_from_positions(true, 4, 5)), 4, 5, model, max_refinement_px=1.0)
     assert np.abs(clipped - model).max() <= 1.0 + 1e-9
 
 
@@ -211,7 +163,8 @@ def test_neighbour_pairs_are_every_adjacent_tile_pair_once(nx, ny):
 
 
 def test_pair_tiles_are_row_major_indices_of_both_tiles():
-    pairs = [{"tile": [2, 3], "row_delta": 0, "col_delta": 1}, {"tile": (1, 0), "row_delta": 1, "col_delta": 0}]
+    pairs = pair_table([{"tile": [2, 3], "row_delta": 0, "col_delta": 1, "measured_dy": 0, "measured_dx": 9},
+                        {"tile": (1, 0), "row_delta": 1, "col_delta": 0, "measured_dy": 9, "measured_dx": 0}])
     t1, t2 = geometry.pair_tiles(pairs, ny=5)
     assert t1.tolist() == [2 * 5 + 3, 5] and t2.tolist() == [2 * 5 + 4, 2 * 5]
 
@@ -232,15 +185,19 @@ def test_the_span_from_the_corners_is_the_span_over_every_tile(A, nx, ny):
 def test_steps_and_overlap_of_an_ideal_grid(overlap, rotation):
     """A rotated regular grid keeps its nominal steps, so its effective overlap is the nominal one."""
     tile = (4, 160, 96)
-    A = geometry.ideal_transform(tile, overlap, scale_factor=1.0, rotation_deg=rotation)
+    angle = np.radians(rotation)
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    A = turn @ np.diag(geometry.nominal_step(tile, overlap))
     np.testing.assert_allclose(geometry.step_lengths(A), ((1 - overlap) * 160, (1 - overlap) * 96), rtol=1e-12)
     np.testing.assert_allclose(geometry.effective_overlap(A, tile), (overlap, overlap), rtol=1e-9)
     np.testing.assert_allclose(geometry.effective_overlap_px(A, tile), (overlap * 160, overlap * 96), rtol=1e-9)
     assert geometry.integer_step(tile, overlap) == (round((1 - overlap) * 160), round((1 - overlap) * 96))
-    scaled = geometry.ideal_transform(tile, overlap, scale_factor=1.05)
+    scaled = np.diag(geometry.nominal_step(tile, overlap, scale_factor=1.05))
     np.testing.assert_allclose(geometry.step_lengths(scaled), np.multiply(geometry.nominal_step(tile, overlap), 1.05))
 
 
 def test_a_pair_weighs_its_ncc_clipped_to_one_in_every_solve():
     """One weight rule: an NCC above 1 (a hand-edited file) counts as 1, none or <= 0 leaves the pair out."""
-    assert geometry.pair_weights([{"ncc": 50.0}, {"ncc": 0.4}, {"ncc": -0.2}, {}]).tolist() == [1.0, 0.4, 0.0, 1.0]
+    given = [{"ncc": 50.0}, {"ncc": 0.4}, {"ncc": -0.2}, {}]
+    pairs = pair_table({"row_delta": 0, "col_delta": 1, "measured_dy": 0.0, "measured_dx": 9.0, **p} for p in given)
+    assert geometry.pair_weights(pairs).tolist() == [1.0, 0.4, 0.0, 1.0]

@@ -1,4 +1,5 @@
-"""The façade keeps the reference ``linumpy.mosaic.motor`` API: names, signatures, return values."""
+"""The façade keeps the reference ``linumpy.mosaic.motor`` API: names, signatures, return types
+(behaviour: test_motor_contract.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linumpy_motor.errors import FitError, InputError
-from linumpy_motor.io import ngff
+from linumpy_motor.errors import InputError
 from linumpy_motor.mosaic import motor
 from linumpy_motor.synthetic import SyntheticSpec, make_slice, true_transform
 
@@ -104,26 +104,6 @@ def test_compute_motor_positions_returns_positions_and_integer_steps():
     assert (type(step_y), type(step_x)) == (int, int) and (step_y, step_x) == (128, 160)
 
 
-def test_compute_registration_refinements_returns_the_reference_keys(small_slice):
-    volume, truth = small_slice
-    result = motor.compute_registration_refinements(volume, SMALL.tile_shape, 3, 4, 0.2, 0.5)
-    assert {"horizontal", "vertical", "pairs", "stats"} <= set(result)
-    assert len(result["pairs"]) == 3 * 3 + 2 * 4
-    assert len(result["horizontal"]) == 9 and len(result["vertical"]) == 8
-    for pair in result["pairs"]:
-        assert {"row_delta", "col_delta", "measured_dy", "measured_dx"} <= set(pair)
-        i, j = pair["tile"]
-        second = (i + pair["row_delta"]) * 4 + j + pair["col_delta"]
-        true = truth[second] - truth[i * 4 + j]
-        assert pair["measured_dy"] == pytest.approx(true[0], abs=0.15)  # absolute, not clamped
-        assert pair["measured_dx"] == pytest.approx(true[1], abs=0.15)
-    # residuals for blending are clamped to max_refinement_px; horizontal pairs have dy ≈ b ≈ -3.3 px
-    for residual in result["horizontal"] + result["vertical"]:
-        assert abs(residual["dy"]) <= 0.5 and abs(residual["dx"]) <= 0.5
-    assert all(r["dy"] == -0.5 for r in result["horizontal"])
-    assert result["stats"]["backend"] == "numpy"
-
-
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_a_volume_in_memory_with_nan_is_refused_as_a_store_is(small_slice, value):
     """One read rule for stores and arrays: a NaN would spoil every pair of its batch."""
@@ -152,41 +132,3 @@ def test_estimate_and_positions_return_types():
     assert all(type(r) is int and type(c) is int for r, c in positions)
     shape = motor.compute_affine_output_shape(2, 3, (3, 160, 160), transform)
     assert isinstance(shape, tuple) and len(shape) == 3 and all(type(s) is int for s in shape)
-
-
-def test_apply_blend_shift_refinement_moves_the_content_by_the_mean_refinement():
-    tile = np.zeros((2, 40, 50), np.float32)
-    tile[:, 20, 25] = 1.0
-    refinements = [{"dy": 1.0, "dx": -2.0}, {"dy": 3.0, "dx": -2.0}]  # mean (2, -2)
-    shifted = motor.apply_blend_shift_refinement(tile, refinements)
-    assert shifted.shape == tile.shape
-    assert np.argwhere(shifted[0] > 0.99).tolist() == [[22, 23]]
-    half = motor.apply_blend_shift_refinement(tile, [{"dy": 0.5, "dx": 0.0}])
-    assert half[0, 20, 25] == pytest.approx(0.5) and half[0, 21, 25] == pytest.approx(0.5)
-    assert motor.apply_blend_shift_refinement(tile, [{"dy": 0.01, "dx": 0.0}]) is tile  # negligible
-    assert motor.apply_blend_shift_refinement(tile, []) is tile
-
-
-# -- errors ----------------------------------------------------------------------------------------
-
-def test_mixed_tile_shapes_are_an_input_error_naming_the_file(tmp_path):
-    first, odd = tmp_path / "a_z01.ome.zarr", tmp_path / "b_z02.ome.zarr"
-    ngff.write_image(first, np.ones((2, 320, 480), np.float32), chunks=(2, 160, 160))
-    ngff.write_image(odd, np.ones((2, 256, 384), np.float32), chunks=(2, 128, 128))
-    with pytest.raises(InputError, match="tile shape") as info:
-        motor.pool_pairs_and_fit_global_affine([(1, first), (2, odd)], 0.2)
-    assert info.value.path == odd
-    assert str(odd) in str(info.value)
-
-
-def test_pooling_without_usable_pairs_names_the_slice(tmp_path):
-    empty = tmp_path / "mosaic_grid_3d_z17.ome.zarr"
-    ngff.write_image(empty, np.zeros((3, 480, 640), np.float32), chunks=(3, 160, 160))
-    with pytest.raises(FitError, match=r"no usable pair: \[17\]"):
-        motor.pool_pairs_and_fit_global_affine([(17, empty)], 0.2)
-
-
-def test_pooling_rejects_repeated_slice_ids(synthetic_dataset_small):
-    (_, first), (_, second) = synthetic_dataset_small.volumes
-    with pytest.raises(InputError):
-        motor.pool_pairs_and_fit_global_affine([(0, first), (0, second)], 0.2)

@@ -9,6 +9,7 @@ from conftest import grid_positions, pairs_from_positions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from linumpy_motor.io.records import pair_table
 from linumpy_motor.mosaic import motor
 from linumpy_motor.register.fit import describe_transform, fit_pairs
 from linumpy_motor.register.geometry import affine_positions, output_shape
@@ -42,8 +43,8 @@ def test_noise_free_pairs_give_the_exact_matrix(A, grid, weights):
     pairs = pairs_from_positions(grid_positions(A, nx, ny), nx, ny)
     for pair, weight in zip(pairs, weights, strict=False):
         pair["ncc"] = weight
-    fitted, diagnostics = motor.estimate_affine_from_pairs(pairs, (1, 200, 200), 0.2)
-    np.testing.assert_allclose(fitted, A, atol=1e-6 * np.abs(A).max())
+    model, diagnostics = fit_pairs(pair_table(pairs), (1, 200, 200), 0.2)
+    np.testing.assert_allclose(model.matrix, A, atol=1e-6 * np.abs(A).max())
     assert diagnostics["n_outliers"] == 0
 
 
@@ -60,8 +61,8 @@ def test_a_fifth_of_gross_outliers_changes_nothing(A, grid, seed):
             size, angle = rng.uniform(3, 30), rng.uniform(0, 2 * np.pi)
             group[k]["measured_dy"] += size * math.sin(angle)
             group[k]["measured_dx"] += size * math.cos(angle)
-    fitted, _ = fit_pairs(pairs, (1, 200, 200), 0.2)
-    np.testing.assert_allclose(fitted, A, atol=1e-6 * np.abs(A).max())
+    model, _ = fit_pairs(pair_table(pairs), (1, 200, 200), 0.2)
+    np.testing.assert_allclose(model.matrix, A, atol=1e-6 * np.abs(A).max())
 
 
 @PROFILE
@@ -70,7 +71,6 @@ def test_a_fifth_of_gross_outliers_changes_nothing(A, grid, seed):
 def test_tiles_fit_tightly_in_the_canvas(A, nx, ny, tile):
     _, h, w = tile
     nz, height, width = output_shape(nx, ny, tile, A)
-    assert (nz, height, width) == motor.compute_affine_output_shape(nx, ny, tile, A)
     positions = affine_positions(nx, ny, A)
     np.testing.assert_allclose(positions.min(axis=0), [0, 0], atol=1e-9)
     assert np.all(positions >= -1e-9)
@@ -78,9 +78,10 @@ def test_tiles_fit_tightly_in_the_canvas(A, nx, ny, tile):
     assert (positions[:, 0] + h).max() > height - 1 and (positions[:, 1] + w).max() > width - 1  # tight
     expected = grid_positions(A, nx, ny)
     np.testing.assert_allclose(positions, expected - expected.min(axis=0), atol=1e-9)
-    rounded = np.array(motor.compute_affine_positions(nx, ny, A))
-    assert rounded.min() >= 0
-    assert np.all(rounded[:, 0] + h <= height) and np.all(rounded[:, 1] + w <= width)
+    rounded = np.array(motor.compute_affine_positions(nx, ny, A))  # upstream's: unshifted, rounded
+    np.testing.assert_array_equal(rounded, np.rint(expected))
+    upstream_shape = motor.compute_affine_output_shape(nx, ny, tile, A)  # upstream's ceil, without our 1e-9
+    assert upstream_shape[0] == nz and 0 <= upstream_shape[1] - height <= 1 and 0 <= upstream_shape[2] - width <= 1
 
 
 @PROFILE

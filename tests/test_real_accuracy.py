@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from linumpy_motor.mosaic import motor
+from linumpy_motor.io.records import pair_dicts, pair_table
 from linumpy_motor.register.fit import fit_pooled
+from linumpy_motor.register.measure import MeasureOptions, measure_volume
 
 _spec = importlib.util.spec_from_file_location("realmosaic",
                                                Path(__file__).resolve().parents[1] / "bench" / "realmosaic.py")
@@ -26,8 +28,20 @@ PHOTOS = ("gravel", "ihc", "brick")  # dense texture, tissue-like, repeated text
 
 
 def _measure(spec, s, **options) -> dict:
-    return motor.compute_registration_refinements(s.volume, (spec.nz, *spec.tile_hw), spec.nx, spec.ny, spec.overlap,
-                                                  **options)
+    """The library's measurement of a slice: pairs (as the pipeline writes them), skipped pairs and stats."""
+    def read(zs, rows, cols):
+        return np.asarray(s.volume[zs, rows, cols], dtype=np.float32)
+
+    table, skipped, stats = measure_volume(read, (spec.nz, *spec.tile_hw), spec.nx, spec.ny, spec.overlap,
+                                           MeasureOptions(**options))
+    return {"pairs": pair_dicts(table), "skipped": skipped, "stats": stats}
+
+
+def _fit(pairs: dict, spec, grid) -> tuple[np.ndarray, dict]:
+    """The pooled fit of each slice's pair dicts: A and the diagnostics."""
+    model, diagnostics = fit_pooled({n: pair_table(p) for n, p in pairs.items()}, {n: grid for n in pairs},
+                                    (spec.nz, *spec.tile_hw), spec.overlap)
+    return model.matrix, diagnostics
 
 
 def _along_step_errors(pairs, s, spec) -> np.ndarray:
@@ -48,8 +62,7 @@ def real_draws():
         spec = rm.RealSpec(**{**BASE.__dict__, "photo": photo})
         draw = rm.make_draw(spec, seed=k, n_slices=2)
         pairs = {n: _measure(spec, s)["pairs"] for n, s in enumerate(draw.slices)}
-        A, diagnostics = fit_pooled(pairs, {n: (spec.nx, spec.ny) for n in pairs}, (spec.nz, *spec.tile_hw),
-                                    spec.overlap)
+        A, diagnostics = _fit(pairs, spec, (spec.nx, spec.ny))
         draws.append({"draw": draw, "spec": spec, "pairs": pairs, "A": A, "diagnostics": diagnostics})
     return draws
 
@@ -100,7 +113,7 @@ def test_background_pairs_are_skipped_and_sparse_content_is_kept():
     blank = {(1, 1), (2, 3)}  # tiles of agarose only: a level above 0 and noise, nothing shared
     for i, j in blank:
         volume[:, i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = np.abs(0.04 + 0.03 * rng.standard_normal((128, 128)))
-    found = motor.compute_registration_refinements(volume, (1, 128, 128), 4, 5, 0.2)
+    found = _measure(spec, replace(s, volume=volume))
     touching = {(tuple(p["tile"]), p["row_delta"]) for p in found["pairs"] + found["skipped"]
                 if tuple(p["tile"]) in blank or (p["tile"][0] + p["row_delta"], p["tile"][1] + p["col_delta"]) in blank}
     assert {(tuple(q["tile"]), q["row_delta"]) for q in found["skipped"]} == touching
@@ -121,7 +134,7 @@ def test_serpentine_backlash_is_detected_and_kept_out_of_A():
     spec = rm.RealSpec(photo="gravel", nx=4, ny=5, tile_hw=(128, 128), nz=1, jitter_px=0.1, backlash_px=3.0)
     draw = rm.make_draw(spec, seed=3, n_slices=2)
     pairs = {n: _measure(spec, s)["pairs"] for n, s in enumerate(draw.slices)}
-    A, diagnostics = fit_pooled(pairs, {n: (4, 5) for n in pairs}, (1, 128, 128), spec.overlap)
+    A, diagnostics = _fit(pairs, spec, (4, 5))
     assert diagnostics["position_stage"]["backlash"]["detected"]
     np.testing.assert_allclose(diagnostics["backlash_px"], draw.stage.backlash, atol=0.1)
     floor = np.abs(draw.floor_backlash - draw.stage.A_true).max()

@@ -23,6 +23,7 @@ from linumpy_motor.io import ngff
 from linumpy_motor.io.dataset import discover_slices, slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import write_json
+from linumpy_motor.io.records import pair_dicts, pair_table
 from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.qc import compare, plots
 from linumpy_motor.qc.report import write_report
@@ -107,7 +108,9 @@ def run(tmp_path_factory) -> dict:
         for slice_id, path in discover_slices(root / folder):
             grid = open_mosaic(path)
             # the bad tiles' pairs reach the fit (the background test would skip them at measurement)
-            measured, skipped, stats = measure.measure_mosaic(grid, 0.2, background_test=folder == "clean")
+            table, skipped, stats = measure.measure_mosaic(grid, 0.2,
+                                                           measure.MeasureOptions(background_test=folder == "clean"))
+            measured = pair_dicts(table)
             pairs[slice_id], volumes[slice_id] = measured, np.asarray(grid.array[:])
             files[slice_id] = _pairs_file(slice_id, path, measured, skipped, stats)
     for pair in pairs[1]:
@@ -116,8 +119,9 @@ def run(tmp_path_factory) -> dict:
     pairs[3], pairs[4] = few, [dict(p) for p in pairs[0]]
     for slice_id in (3, 4):
         files[slice_id] = _pairs_file(slice_id, files[0]["source"], pairs[slice_id], [], files[0]["stats"])
-    A, diagnostics = fit.fit_pooled(pairs, {s: GRID for s in pairs}, TILE, 0.2,
-                                    drift_tolerance_px=DRIFT_TOLERANCE_PX)
+    model, diagnostics = fit.fit_pooled({s: pair_table(p) for s, p in pairs.items()}, {s: GRID for s in pairs},
+                                        TILE, 0.2, fit.FitOptions(drift_tolerance_px=DRIFT_TOLERANCE_PX))
+    A = model.matrix
     write_json(root / "motor_transform.json", {"transform": A.tolist(), "diagnostics": diagnostics})
     pairs_paths = []
     for slice_id, content in sorted(files.items()):
@@ -126,7 +130,7 @@ def run(tmp_path_factory) -> dict:
     compare_paths = []
     for slice_id in (0, 4):
         motor = geometry.affine_positions(*GRID, A)
-        registration, _ = geometry.registration_positions(pairs[slice_id], *GRID, motor)
+        registration, _ = geometry.registration_positions(pair_table(pairs[slice_id]), *GRID, motor)
         if slice_id == 4:
             registration[5] += (BUMP_PX, 0.0)
         compare_paths.append(root / f"slice_z{slice_id:02d}_compare.json")
@@ -200,12 +204,12 @@ def test_pair_residuals_recover_planted_errors():
                               "measured_dx": dx, "ncc": 0.9})
     pairs[7]["measured_dx"] += 6.0
     pairs[11]["ncc"] = 0.0
-    residuals, outliers, cutoff = pair_residuals(pairs, A)
+    residuals, outliers, cutoff = pair_residuals(pair_table(pairs), A)
     assert residuals[7, 1] == pytest.approx(6.0, abs=1.0) and abs(residuals[7, 0]) < 1.0
     assert set(np.flatnonzero(outliers)) == {7, 11}
     # recomputed scale: median of 0.2-px Gaussian 2-D residual lengths / Rayleigh median ≈ 0.2
     assert cutoff == pytest.approx(robust.TUKEY_C * 0.2, rel=0.3)
-    _, _, given = pair_residuals(pairs, A, scale_px=0.5)
+    _, _, given = pair_residuals(pair_table(pairs), A, scale_px=0.5)
     assert given == pytest.approx(robust.TUKEY_C * 0.5)
 
 
@@ -213,14 +217,15 @@ def test_outlier_pairs_are_the_ones_touching_bad_tiles(run):
     bad = {tuple(t[:2]) for t in run["truth"]["2"]["bad_tiles"]}
     assert len(bad) == 2
     pairs = run["pairs"][2]
-    _, outliers, _ = pair_residuals(pairs, run["A"], run["diagnostics"]["robust_scale_px"],
+    _, outliers, _ = pair_residuals(pair_table(pairs), run["A"], run["diagnostics"]["robust_scale_px"],
                                     error_model=run["diagnostics"]["pair_error_model"])
     touching = np.array([tuple(p["tile"]) in bad
                          or (p["tile"][0] + p["row_delta"], p["tile"][1] + p["col_delta"]) in bad
                          for p in pairs])
     assert outliers.sum() >= 3
     assert not (outliers & ~touching).any()
-    clean, clean_outliers, _ = pair_residuals(run["pairs"][0], run["A"], run["diagnostics"]["robust_scale_px"],
+    clean, clean_outliers, _ = pair_residuals(pair_table(run["pairs"][0]), run["A"],
+                                              run["diagnostics"]["robust_scale_px"],
                                               error_model=run["diagnostics"]["pair_error_model"])
     assert not clean_outliers.any() and np.linalg.norm(clean, axis=1).max() < 2.0
 

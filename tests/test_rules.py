@@ -13,10 +13,11 @@ import pytest
 from skimage import data
 
 from linumpy_motor import synthetic
+from linumpy_motor.io.records import pair_table
 from linumpy_motor.pipeline import resume, runner
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.register.fit import error_model, pair_arrays
-from linumpy_motor.register.measure import measure_grid_pairs
+from linumpy_motor.register.measure import MeasureOptions, measure_grid_pairs
 
 TILE = 64
 OVERLAP = 0.25
@@ -30,10 +31,10 @@ def _two_tiles(scene: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]
     return scene[:, :TILE].copy(), scene[:, STEP:STEP + TILE].copy()
 
 
-def _measure(left: np.ndarray, right: np.ndarray, **options) -> tuple[list[dict], list[dict]]:
+def _measure(left: np.ndarray, right: np.ndarray, **options) -> tuple[np.ndarray, list[dict]]:
     plane = np.concatenate([left, right], axis=1)
     measured, skipped, _ = measure_grid_pairs(lambda i: plane, (TILE, TILE), 1, 2, OVERLAP,
-                                              max_shift_px=4, background_test=False, **options)
+                                              MeasureOptions(max_shift_px=4, background_test=False, **options))
     return measured, skipped
 
 
@@ -77,7 +78,7 @@ def test_a_pair_weighs_its_ncc_clipped_to_0_1():
     pairs = [{"row_delta": 0, "col_delta": 1, "measured_dy": 0.0, "measured_dx": 48.0, "ncc": ncc}
              for ncc in (0.5, 0.9, -0.2, 1.3)]
     pairs.append({"row_delta": 1, "col_delta": 0, "measured_dy": 48.0, "measured_dx": 0.0})
-    X, Y, w = pair_arrays(pairs)
+    X, Y, w = pair_arrays(pair_table(pairs))
     np.testing.assert_allclose(w, [0.5, 0.9, 0.0, 1.0, 1.0])
     np.testing.assert_array_equal(X[-1], [1, 0])
     np.testing.assert_array_equal(Y[0], [0.0, 48.0])

@@ -431,7 +431,7 @@ def test_planned_tile_memory_stays_within_the_cache_whatever_the_slice(grid_size
     nx, ny = grid_size
     tile = (16, 128, 128)  # one whole-tile chunk each: 1 MiB padded
     grid = SimpleNamespace(nx=nx, ny=ny, tile_shape=tile, array=SimpleNamespace(chunks=tile))
-    A = geometry.ideal_transform(tile, 0.2)
+    A = np.diag(geometry.nominal_step(tile, 0.2))
     positions = geometry.affine_positions(nx, ny, A)
     canvas = assemble._Canvas(grid, positions, np.ones(tile[1:], np.float32), None, False, np)
     shape = geometry.output_shape(nx, ny, tile, A)

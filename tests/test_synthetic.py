@@ -112,30 +112,32 @@ def test_pooled_fit_recovers_the_motor_model(synthetic_dataset_v05):
     A, diagnostics = motor.pool_pairs_and_fit_global_affine(ds.volumes, ds.spec.overlap)
     assert A.shape == (2, 2)
     assert np.abs(A - ds.transform).max() <= 0.05
-    assert diagnostics["theta_deg"] == pytest.approx(ds.truth["theta_deg"], abs=0.05)
-    assert diagnostics["phi_deg"] == pytest.approx(ds.truth["phi_deg"], abs=0.05)
-    assert diagnostics["perpendicular_deviation_deg"] == pytest.approx(ds.spec.perpendicular_deviation_deg, abs=0.05)
-    assert diagnostics["Ox_fraction"] == pytest.approx(ds.spec.overlap, abs=0.001)
-    assert diagnostics["Oy_fraction"] == pytest.approx(ds.spec.overlap, abs=0.001)
-    assert diagnostics["backend"] == ["numpy"]
-    skipped = [diagnostics["per_slice"][str(s)]["measurement"]["n_skipped_background"] for s in ds.slice_ids]
-    assert diagnostics["n_pooled_pairs"] + sum(skipped) == 3 * 71 and sum(skipped) <= 6
-    assert diagnostics["drifting_slices"] == []
-    assert set(diagnostics["per_slice"]) == {str(s) for s in ds.slice_ids}
+    model, ours = diagnostics["displacement_model"], diagnostics[motor.EXTRA_KEY]
+    assert model["theta_deg"] == pytest.approx(ds.truth["theta_deg"], abs=0.05)
+    assert model["phi_deg"] == pytest.approx(ds.truth["phi_deg"], abs=0.05)
+    assert ours["perpendicular_deviation_deg"] == pytest.approx(ds.spec.perpendicular_deviation_deg, abs=0.05)
+    assert model["Ox_fraction"] == pytest.approx(ds.spec.overlap, abs=0.001)
+    assert model["Oy_fraction"] == pytest.approx(ds.spec.overlap, abs=0.001)
+    assert diagnostics["backend"] == "cpu"
+    skipped = [entry["measurement"]["n_skipped_background"] for entry in ours["per_slice"]]
+    assert diagnostics["n_pairs_pooled_total"] + sum(skipped) == 3 * 71 and sum(skipped) <= 6
+    assert ours["drifting_slices"] == []
+    assert [entry["slice_id"] for entry in ours["per_slice"]] == ds.slice_ids
 
 
 def test_pooled_fit_rejects_wrong_pairs_from_bad_tiles(synthetic_dataset_v05_bad_tiles):
     ds = synthetic_dataset_v05_bad_tiles
     A, diagnostics = motor.pool_pairs_and_fit_global_affine(ds.volumes, ds.spec.overlap)
     assert np.abs(A - ds.transform).max() <= 0.08
-    assert diagnostics["theta_deg"] == pytest.approx(ds.truth["theta_deg"], abs=0.05)
-    assert diagnostics["phi_deg"] == pytest.approx(ds.truth["phi_deg"], abs=0.05)
+    assert diagnostics["displacement_model"]["theta_deg"] == pytest.approx(ds.truth["theta_deg"], abs=0.05)
+    assert diagnostics["displacement_model"]["phi_deg"] == pytest.approx(ds.truth["phi_deg"], abs=0.05)
     # each background or swapped tile spoils its (up to 4) pairs: about 8 wrong pairs per slice, skipped
     # by the background test when measuring (no correlation better than chance) or outliers of the fit
-    skipped = sum(diagnostics["per_slice"][str(s)]["measurement"]["n_skipped_background"] for s in ds.slice_ids)
-    assert diagnostics["n_outliers"] + skipped >= 3 * 6
-    assert diagnostics["n_inliers"] + diagnostics["n_outliers"] == diagnostics["n_fitted_pairs"]
-    assert diagnostics["backend"] == ["numpy"]
+    ours = diagnostics[motor.EXTRA_KEY]
+    skipped = sum(entry["measurement"]["n_skipped_background"] for entry in ours["per_slice"])
+    assert ours["n_outliers"] + skipped >= 3 * 6
+    assert ours["n_inliers"] + ours["n_outliers"] == ours["n_fitted_pairs"] == diagnostics["n_pairs_used"]
+    assert diagnostics["backend"] == "cpu"
 
 
 def test_pooled_fit_is_unbiased_under_a_stage_scale_error(make_synthetic_dataset):
@@ -150,9 +152,9 @@ def test_a_slice_with_another_motor_model_is_flagged_as_drifting(synthetic_datas
     other = make_synthetic_dataset(SyntheticSpec(tile_shape=DEFAULT_TILE, theta_deg=2.5), n_slices=1, first_slice=9)
     volumes = synthetic_dataset_v05.volumes + other.volumes
     A, diagnostics = motor.pool_pairs_and_fit_global_affine(volumes, 0.2, drift_tolerance_px=1.0)
-    assert diagnostics["drifting_slices"] == [9]
+    assert diagnostics[motor.EXTRA_KEY]["drifting_slices"] == [9]
     assert np.abs(A - synthetic_dataset_v05.transform).max() <= 0.1
-    drift = {int(s): e["drift_px"] for s, e in diagnostics["per_slice"].items()}
+    drift = {e["slice_id"]: e["drift_px"] for e in diagnostics[motor.EXTRA_KEY]["per_slice"]}
     # true disagreement of the two models at the corners of the 6x7 grid, centred on its middle
     corners = np.array([[i, j] for i in (-2.5, 2.5) for j in (-3.0, 3.0)])
     expected = np.linalg.norm(corners @ (other.transform - synthetic_dataset_v05.transform).T, axis=1).max()

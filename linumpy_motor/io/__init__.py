@@ -12,6 +12,8 @@ ngff
     Writing OME-Zarr images and the supported NGFF versions.
 outputs
     What this program may write, replace or delete; atomic writes (:func:`outputs.atomic_output`).
+records
+    The typed values the core passes around: pair tables (:func:`records.pair_table`) and the motor model.
 """
 
-__all__ = ["dataset", "grid", "ngff", "outputs", "schemas"]
+__all__ = ["dataset", "grid", "ngff", "outputs", "records", "schemas"]

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from linumpy_motor.errors import InputError
+from linumpy_motor.io.records import pair_table
 
 __all__ = ["DEFAULT_OVERLAP", "MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "STATUS_FILE", "CompareFile",
            "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus", "Status", "StatusFile", "TransformFile",
@@ -111,6 +112,10 @@ class PairsFile(BaseModel):
     stats: dict
     linumpy_motor: dict | None = None
     """This program's output marker (see :mod:`linumpy_motor.io.outputs`)."""
+
+    def table(self) -> np.ndarray:
+        """The pairs as a pair table (:func:`~linumpy_motor.io.records.pair_table`): how the core takes them."""
+        return pair_table(p.model_dump() for p in self.pairs)
 
     @model_validator(mode="after")
     def _pairs_in_grid(self) -> PairsFile:

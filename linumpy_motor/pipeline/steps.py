@@ -19,14 +19,22 @@ from linumpy_motor.io import schemas
 from linumpy_motor.io.dataset import check_consistent, slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import check_output, write_json
-from linumpy_motor.io.schemas import PairsFile, load
+from linumpy_motor.io.records import pair_dicts
+from linumpy_motor.io.schemas import Pair, PairsFile, load
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
 from linumpy_motor.register import geometry
-from linumpy_motor.register.fit import DEFAULT_BACKLASH, DEFAULT_SEED, DRIFT_TOLERANCE_PX, BacklashMode, fit_pooled
+from linumpy_motor.register.fit import (
+    DEFAULT_BACKLASH,
+    DEFAULT_SEED,
+    DRIFT_TOLERANCE_PX,
+    BacklashMode,
+    FitOptions,
+    fit_pooled,
+)
 from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
-from linumpy_motor.register.measure import backends_used, measure_mosaic
+from linumpy_motor.register.measure import MeasureOptions, backends_used, measure_mosaic
 from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
 
 __all__ = ["DEFAULT_PLACEMENT", "PLACEMENTS", "Placement", "compare", "copy_transform", "fit_affine", "measure_pairs",
@@ -88,15 +96,14 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     check_output(output, source)
     grid = open_mosaic(source)
     with limited_threads(resolve_threads(threads)):
-        measured, skipped, stats = measure_mosaic(
-            grid, overlap, z=z, plane=plane, flatfield=flatfield, background_test=background_test,
-            max_shift_px=max_shift_px, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,
-            use_gpu=use_gpu, progress=progress,
-        )
+        measured, skipped, stats = measure_mosaic(grid, overlap, MeasureOptions(
+            z=z, plane=plane, flatfield=flatfield, background_test=background_test, max_shift_px=max_shift_px,
+            histogram_match=histogram_match, max_empty_fraction=max_empty_fraction, use_gpu=use_gpu,
+        ), progress=progress)
     content = PairsFile(
         version=__version__, slice_id=slice_id_from_name(grid.path) if slice_id is None else slice_id,
         source=grid.path.name, tile_shape=grid.tile_shape, grid=(grid.nx, grid.ny), overlap=overlap,
-        z=stats["z"], pairs=measured, skipped=skipped, stats=stats,
+        z=stats["z"], pairs=[Pair.model_validate(p) for p in pair_dicts(measured)], skipped=skipped, stats=stats,
     ).model_dump(mode="json")
     write_json(output, content, "measure")
     return content
@@ -156,11 +163,11 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
     """
     check_output(output, *pairs_files)
     files = _load_pairs_files(pairs_files)
-    pairs = {f.slice_id: [p.model_dump() for p in f.pairs] for f in files}
+    pairs = {f.slice_id: f.table() for f in files}
     try:
-        transform, diagnostics = fit_pooled(
+        model, diagnostics = fit_pooled(
             pairs, {f.slice_id: f.grid for f in files}, files[0].tile_shape, files[0].overlap,
-            n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px, backlash=backlash,
+            FitOptions(n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px, backlash=backlash),
         )
     except FitError as exc:  # name the pairs file of the first slice that has no pair, else the first file
         empty = [path for f, path in zip(files, pairs_files) if not f.pairs]
@@ -172,7 +179,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
         diagnostics["per_slice"][str(f.slice_id)]["measurement"] = f.stats
     diagnostics.update(version=__version__, tile_shape=list(files[0].tile_shape),
                        backend=backends_used(f.stats for f in files))
-    content = {"transform": transform.tolist(), "backlash": diagnostics["backlash_px"], "diagnostics": diagnostics}
+    content = {"transform": model.matrix.tolist(), "backlash": model.backlash_px, "diagnostics": diagnostics}
     write_json(output, content, "fit")
     for problem in model_problems(diagnostics):  # a wrong --overlap: said on the terminal, not only in the report
         logger.warning(problem)
@@ -208,7 +215,7 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     transform, backlash = schemas.read_model(transform_file)
     nx, ny = pairs.grid
     motor = geometry.affine_positions(nx, ny, transform, backlash)
-    registered, connected = geometry.registration_positions([p.model_dump() for p in pairs.pairs], nx, ny, motor)
+    registered, connected = geometry.registration_positions(pairs.table(), nx, ny, motor)
     content = {
         "slice_id": pairs.slice_id, "source": pairs.source, "version": __version__,
         "n_connected_tiles": int(connected.sum()),
@@ -262,7 +269,7 @@ def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placeme
     pairs = load(pairs_file, PairsFile)
     if tuple(pairs.grid) != (nx, ny):
         raise InputError(pairs_file, f"grid {list(pairs.grid)} differs from the slice's {[nx, ny]}")
-    return geometry.registered_positions([p.model_dump() for p in pairs.pairs], nx, ny, model)
+    return geometry.registered_positions(pairs.table(), nx, ny, model)
 
 
 def copy_transform(source: str | Path, output: str | Path) -> dict:

@@ -135,13 +135,19 @@ def plot_residual_histogram(path: Path, residuals: np.ndarray, outliers: np.ndar
     return _save(fig, path)
 
 
-def plot_pair_residuals(path: Path, slice_id: int, pairs: Sequence[Mapping], residuals: np.ndarray,
+def plot_pair_residuals(path: Path, slice_id: int, pairs: np.ndarray, residuals: np.ndarray,
                         outliers: np.ndarray, transform: np.ndarray, grid: Sequence[int],
                         tile_hw: Sequence[int]) -> Path:
     """Quiver of each pair's residual at the pair's midpoint over the slice's tile grid.
 
     Parameters
     ----------
+    path : Path
+        PNG to write.
+    slice_id : int
+        The slice (in the title).
+    pairs : np.ndarray
+        The slice's pair table (:data:`~linumpy_motor.io.records.PAIR_DTYPE`).
     residuals : np.ndarray
         ``(n, 2)`` residual (dy, dx) of each pair against the pooled model, in px.
     outliers : np.ndarray of bool
@@ -157,8 +163,7 @@ def plot_pair_residuals(path: Path, slice_id: int, pairs: Sequence[Mapping], res
     h, w = tile_hw
     outlines = tile_outlines(grid[0], grid[1], tile_hw, A)
     shift = model_positions(grid[0], grid[1], A).min(axis=0)  # as affine_positions shifts the canvas
-    midpoints = np.array([[p["tile"][0] + p["row_delta"] / 2, p["tile"][1] + p["col_delta"] / 2] for p in pairs],
-                         dtype=float).reshape(-1, 2)
+    midpoints = pairs["tile"] + np.column_stack([pairs["row_delta"], pairs["col_delta"]]) / 2
     centres = midpoints @ A.T - shift + (h / 2, w / 2)
     residuals = np.asarray(residuals, dtype=float).reshape(-1, 2)
     lengths = np.linalg.norm(residuals, axis=1)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from linumpy_motor.io import outputs
+from linumpy_motor.io.records import pair_table
 from linumpy_motor.io.schemas import STATUS_FILE
 from linumpy_motor.qc import plots
 from linumpy_motor.qc.html import page, section_html, summary_row
@@ -93,8 +94,8 @@ def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
     diagnostics = inputs.transform.diagnostics
     model = _model(inputs)
     ids = sorted(set(inputs.pairs) | set(inputs.compare) | set(inputs.stitched)) or sorted(inputs.per_slice)
-    pair_lists = {s: [p.model_dump() for p in inputs.pairs[s].pairs] for s in sorted(inputs.pairs)}
-    pooled = [p for pairs in pair_lists.values() for p in pairs]
+    pair_lists = {s: inputs.pairs[s].table() for s in sorted(inputs.pairs)}
+    pooled = pair_table([]) if not pair_lists else np.concatenate(list(pair_lists.values()))
     residuals, outliers, cutoff = pair_residuals(pooled, A, diagnostics.get("robust_scale_px"),
                                                  inputs.transform.backlash, diagnostics.get("pair_error_model"))
     bounds = np.cumsum([0] + [len(pairs) for pairs in pair_lists.values()])
@@ -103,7 +104,7 @@ def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
     if any(entry.get("fit") for entry in inputs.per_slice.values()):
         model_png = plots.plot_model_per_slice(folder / "model_per_slice.png", inputs.per_slice, model,
                                                diagnostics.get("drift_tolerance_px")).name
-    if pooled:
+    if len(pooled):
         histogram_png = plots.plot_residual_histogram(folder / "residual_histogram.png",
                                                       np.linalg.norm(residuals, axis=1), outliers, cutoff).name
     rows, sections, stitched_meta, pixel_um = [], [], {}, None
@@ -127,10 +128,10 @@ def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
     status_json = {str(r["id"]): {"status": r["status"], "reasons": r["reasons"]} for r in summary}
     (folder / STATUS_FILE).write_text(json.dumps(status_json, indent=2, sort_keys=True) + "\n")
     return page(title, inputs, model, summary, sections, stitched_meta, ids, pixel_um=pixel_um,
-                cutoff=cutoff if pooled else None, model_png=model_png, histogram_png=histogram_png)
+                cutoff=cutoff if len(pooled) else None, model_png=model_png, histogram_png=histogram_png)
 
 
-def _evidence(slice_id: int, inputs: ReportInputs, pairs: list[dict] | None,
+def _evidence(slice_id: int, inputs: ReportInputs, pairs: np.ndarray | None,
               mine: tuple[np.ndarray, np.ndarray] | None, stitched_problem: str | None) -> SliceEvidence:
     """Gather a slice's evidence from its pairs (``mine``: their residuals and outliers), fit and comparison."""
     entry = inputs.per_slice.get(slice_id)

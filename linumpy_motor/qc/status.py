@@ -99,15 +99,15 @@ def slice_status(evidence: SliceEvidence) -> tuple[Status, list[str]]:
     return (FAILED if failed else CHECK if check else OK), failed + check
 
 
-def pair_residuals(pairs: Sequence[Mapping], transform: np.ndarray, scale_px: float | None = None,
+def pair_residuals(pairs: np.ndarray, transform: np.ndarray, scale_px: float | None = None,
                    backlash: Sequence[float] | None = None,
                    error_model: Mapping[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Residuals of pairs against a motor model and the pairs beyond its Tukey cutoff.
 
     Parameters
     ----------
-    pairs : sequence of dict
-        Measured pairs.
+    pairs : np.ndarray
+        Measured pairs, a pair table (:data:`~linumpy_motor.io.records.PAIR_DTYPE`).
     transform : np.ndarray
         The 2x2 matrix A.
     scale_px : float or None

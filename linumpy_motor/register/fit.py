@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
@@ -33,6 +34,7 @@ from scipy import sparse, stats
 from scipy.sparse.csgraph import connected_components
 
 from linumpy_motor.errors import FitError, check_choice
+from linumpy_motor.io.records import NO_TILE, PAIR_DTYPE, MotorModel
 from linumpy_motor.register.geometry import (
     effective_overlap,
     grid_corners,
@@ -46,9 +48,9 @@ from linumpy_motor.register.geometry import (
 from linumpy_motor.register.robust import SCALE_FLOOR_PX, outlier_cutoff, robust_scale
 
 __all__ = ["BACKLASH_MODES", "BACKLASH_P_VALUE", "BACKLASH_SCALE_FLOOR_PX", "DEFAULT_BACKLASH", "DEFAULT_SEED",
-           "DRIFT_TOLERANCE_PX", "L1_START_TOLERANCE", "MIN_INFO", "MIN_PAIRS", "BacklashMode", "describe_transform",
-           "drift_px", "error_model", "fit_pairs", "fit_pooled", "model_precision", "pair_arrays", "parity_steps",
-           "robust_fit", "subsample"]
+           "DRIFT_TOLERANCE_PX", "L1_START_TOLERANCE", "MIN_INFO", "MIN_PAIRS", "BacklashMode",
+           "FitOptions", "describe_transform", "drift_px", "error_model", "fit_pairs", "fit_pooled", "model_precision",
+           "pair_arrays", "parity_steps", "robust_fit", "subsample"]
 
 L1_START_TOLERANCE = 1e-3  # px: the L1 start of the robust fit stops moving by less than this
 MIN_INFO = 0.01  # squared NCC below which a pair counts as this faint (NCC 0.1) in the error model
@@ -63,13 +65,41 @@ BACKLASH_P_VALUE = 1e-3  # the backlash term is kept when the F-test's p-value i
 BACKLASH_SCALE_FLOOR_PX = 1e-3  # residual scale floor of the F-test (noise-free data)
 
 
-def pair_arrays(pairs: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Design matrix ``(n, 2)``, displacements ``(n, 2)`` and NCC weights ``(n,)`` of a pair list.
+@dataclass(frozen=True)
+class FitOptions:
+    """How the motor model is fitted: the one options object of the fitting step.
+
+    Its defaults are the library's (and the command line's, :class:`~linumpy_motor.pipeline.options.RunOptions`).
+
+    Attributes
+    ----------
+    n_samples : int or None
+        Fit a reproducible random sub-sample of this many pooled pairs (:func:`subsample`); None: all.
+    seed : int
+        Seed of that sub-sample.
+    drift_tolerance_px : float
+        A slice whose own model places a tile of its grid further than this from the pooled
+        model's position is flagged as drifting.
+    backlash : {"auto", "on", "off"}
+        The serpentine backlash term (module docstring): kept when the data need it, always, or never.
+    min_pairs : int
+        Usable pairs needed along each direction.
+    """
+
+    n_samples: int | None = None
+    seed: int = DEFAULT_SEED
+    drift_tolerance_px: float = DRIFT_TOLERANCE_PX
+    backlash: BacklashMode = DEFAULT_BACKLASH
+    min_pairs: int = MIN_PAIRS
+
+
+def pair_arrays(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Design matrix ``(n, 2)``, displacements ``(n, 2)`` and NCC weights ``(n,)`` of a pair table.
 
     The weight is :func:`~linumpy_motor.register.geometry.pair_weights`; 0 excludes a pair.
     """
-    X = np.array([[p["row_delta"], p["col_delta"]] for p in pairs], dtype=float).reshape(-1, 2)
-    Y = np.array([[p["measured_dy"], p["measured_dx"]] for p in pairs], dtype=float).reshape(-1, 2)
+    X = np.column_stack([pairs["row_delta"], pairs["col_delta"]]).astype(float).reshape(-1, 2)
+    Y = np.column_stack([pairs["measured_dy"], pairs["measured_dx"]]).astype(float).reshape(-1, 2)
     return X, Y, pair_weights(pairs)
 
 
@@ -105,10 +135,10 @@ def model_precision(model: Mapping[str, float] | None, info: np.ndarray) -> np.n
     return np.where(info > 0, np.sqrt((a + c) / (a + c / np.maximum(info, MIN_INFO))), 0.0)
 
 
-def parity_steps(pairs: Sequence[Mapping]) -> np.ndarray:
+def parity_steps(pairs: np.ndarray) -> np.ndarray:
     """Backlash column of the pair design: ``(i + di) mod 2 - i mod 2`` (0 for pairs without ``tile``)."""
-    return np.array([((p["tile"][0] + p["row_delta"]) % 2 - p["tile"][0] % 2) if "tile" in p else 0
-                     for p in pairs], dtype=float)
+    i = pairs["tile"][:, 0]
+    return np.where(i != NO_TILE, (i + pairs["row_delta"]) % 2 - i % 2, 0).astype(float)
 
 
 def _backlash_identifiable(X: np.ndarray, parity: np.ndarray, w: np.ndarray) -> bool:
@@ -207,7 +237,11 @@ def robust_fit(
 
 
 def describe_transform(A: np.ndarray, tile_shape: Sequence[int], overlap_fraction: float) -> dict:
-    """θ, φ, overlaps and scales of a motor matrix, in the upstream conventions (design.md)."""
+    """θ, φ, overlaps and scales of a motor matrix, in the upstream conventions (design.md).
+
+    ``θ = atan2(-b, d)`` (the scan-to-stage rotation, from the horizontal step ``(b, d)``) and
+    ``φ = atan2(a, c) + θ`` (the motor-axis angle, 90° when perpendicular, from the vertical step ``(a, c)``).
+    """
     (a, b), (c, d) = np.asarray(A, dtype=float)
     step_y, step_x = step_lengths(A)
     nominal_y, nominal_x = nominal_step(tile_shape, overlap_fraction)
@@ -226,16 +260,16 @@ def describe_transform(A: np.ndarray, tile_shape: Sequence[int], overlap_fractio
     }
 
 
-def _infer_grid(pairs: Sequence[Mapping]) -> tuple[int, int] | None:
+def _infer_grid(pairs: np.ndarray) -> tuple[int, int] | None:
     """Grid size ``(nx, ny)`` spanned by pairs that carry their ``tile``; None when they don't."""
-    if not pairs or any("tile" not in p for p in pairs):
+    if not len(pairs) or (pairs["tile"] == NO_TILE).any():
         return None
-    nx = max(p["tile"][0] + p["row_delta"] for p in pairs) + 1
-    ny = max(p["tile"][1] + p["col_delta"] for p in pairs) + 1
+    nx = (pairs["tile"][:, 0] + pairs["row_delta"]).max() + 1
+    ny = (pairs["tile"][:, 1] + pairs["col_delta"]).max() + 1
     return int(nx), int(ny)
 
 
-def _solved_positions(pairs: Sequence[Mapping], grid: tuple[int, int],
+def _solved_positions(pairs: np.ndarray, grid: tuple[int, int],
                       M0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One slice's tiles reached by pairs: design ``[i, j, i mod 2]``, solved positions, the summed
     squared NCC of their pairs (what the solve knows about each) and their connected group."""
@@ -306,7 +340,7 @@ def _grid_pair(grid: Sequence[int]) -> tuple[int, int]:
     return nx, ny
 
 
-def _refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[int, int]]],
+def _refine_on_positions(pairs_by_grid: Sequence[tuple[np.ndarray, tuple[int, int]]],
                         M0: np.ndarray, backlash: str = DEFAULT_BACKLASH) -> tuple[np.ndarray, np.ndarray, dict]:
     """Second stage: fit A (and the backlash b) to the tile positions solved from each slice's inlier pairs.
 
@@ -330,7 +364,7 @@ def _refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[
         ``n_tiles`` used, ``n_tile_outliers``, ``tile_residual_rms_px`` and ``backlash``
         (``mode``, ``detected`` and the test's figures).
     """
-    blocks = [_solved_positions(pairs, grid, M0) for pairs, grid in pairs_by_grid if pairs]
+    blocks = [_solved_positions(pairs, grid, M0) for pairs, grid in pairs_by_grid if len(pairs)]
     X = np.concatenate([x for x, _, _, _ in blocks])
     Y = np.concatenate([y for _, y, _, _ in blocks])
     info = np.concatenate([i for _, _, i, _ in blocks])
@@ -359,7 +393,7 @@ def _refine_on_positions(pairs_by_grid: Sequence[tuple[Sequence[Mapping], tuple[
                          "tile_error_model": variance_model, "backlash": report}
 
 
-def _pair_stage(pairs: Sequence[Mapping], backlash: str, min_pairs: int, label: str):
+def _pair_stage(pairs: np.ndarray, backlash: str, min_pairs: int, label: str):
     """Robust pair fit, with the backlash column when it may be needed and can be estimated.
 
     A first fit with equal precisions gives the inliers that :func:`error_model` is fitted to; the
@@ -379,32 +413,59 @@ def _pair_stage(pairs: Sequence[Mapping], backlash: str, min_pairs: int, label: 
     return X, Y, M, inliers, scale, model
 
 
-def fit_pairs(pairs: Sequence[Mapping], tile_shape: Sequence[int], overlap_fraction: float, *,
-              min_pairs: int = MIN_PAIRS, label: str = "", grid: tuple[int, int] | None = None,
-              backlash: str = DEFAULT_BACKLASH) -> tuple[np.ndarray, dict]:
-    """Fit the motor matrix to one list of pairs and describe the fit.
+def _motor_model(M: np.ndarray, diagnostics: Mapping) -> MotorModel:
+    """The model of a fit: A, and the backlash it reports when that is not zero (the term was kept)."""
+    b = np.asarray(diagnostics["backlash_px"], dtype=float)
+    return MotorModel(M[:, :2].copy(), b if b.any() else None)
+
+
+def fit_pairs(pairs: np.ndarray, tile_shape: Sequence[int], overlap_fraction: float,
+              options: FitOptions = FitOptions(), *, label: str = "",
+              grid: tuple[int, int] | None = None) -> tuple[MotorModel, dict]:
+    """Fit the motor model to one pair table and describe the fit.
 
     Pairs that carry their ``tile`` (as measured here) get the position stage and the backlash
-    term (module docstring); bare pairs (``row_delta``, ``col_delta``, ``measured_dy``,
-    ``measured_dx`` only) the pair stage, without backlash.
+    term (module docstring); bare pairs (``tile`` :data:`~linumpy_motor.io.records.NO_TILE`)
+    the pair stage, without backlash.
+
+    Parameters
+    ----------
+    pairs : np.ndarray
+        A pair table (:data:`~linumpy_motor.io.records.PAIR_DTYPE`).
+    tile_shape : sequence of int
+        ``(z, h, w)``.
+    overlap_fraction : float
+        Nominal overlap, for the diagnostics.
+    options : FitOptions
+        Its ``min_pairs`` and ``backlash`` (the sub-sample and drift options are the pooled fit's).
+    label : str
+        Prefix of the error message (e.g. the slice).
+    grid : (nx, ny) or None
+        The slice's grid; None: the one the pairs span.
 
     Returns
     -------
-    transform : np.ndarray
-        The 2x2 matrix A.
+    model : MotorModel
+        The matrix A and the backlash term, when kept.
     diagnostics : dict
         :func:`describe_transform` keys plus pair counts, inlier/outlier counts, residual RMS
         and max over inlier pairs (px), the robust scale, ``position_stage`` (or None) and
         ``backlash`` (``vector_px``, ``detected`` and the model-selection test).
+
+    Raises
+    ------
+    FitError
+        Fewer than ``options.min_pairs`` usable pairs along a direction.
     """
-    check_choice("backlash mode", backlash, BACKLASH_MODES)
-    X, Y, M, inliers, scale, model = _pair_stage(pairs, backlash, min_pairs, label)
+    check_choice("backlash mode", options.backlash, BACKLASH_MODES)
+    X, Y, M, inliers, scale, model = _pair_stage(pairs, options.backlash, options.min_pairs, label)
     grid = grid or _infer_grid(pairs)
     stage = None
     if grid is not None:
-        A, b, stage = _refine_on_positions([([p for p, keep in zip(pairs, inliers) if keep], grid)], M, backlash)
+        A, b, stage = _refine_on_positions([(pairs[inliers], grid)], M, options.backlash)
         M = np.column_stack([A, b])[:, :X.shape[1]]
-    return M[:, :2], _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, model)
+    diagnostics = _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, model)
+    return _motor_model(M, diagnostics), diagnostics
 
 
 def _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, model) -> dict:
@@ -433,54 +494,40 @@ def drift_px(A_slice: np.ndarray, A_pooled: np.ndarray, nx: int, ny: int) -> flo
     return float(np.linalg.norm(corners @ (np.asarray(A_slice) - np.asarray(A_pooled)).T, axis=1).max())
 
 
-def subsample(pairs: list, n_samples: int | None, seed: int) -> list:
-    """A reproducible random subset of ``n_samples`` pairs (all of them when there are fewer)."""
-    if n_samples is None or len(pairs) <= n_samples:
-        return list(pairs)
-    keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=n_samples, replace=False))
-    return [pairs[k] for k in keep]
+def subsample(n_pairs: int, n_samples: int | None, seed: int) -> np.ndarray:
+    """Indices (sorted) of a reproducible random subset of ``n_samples`` of ``n_pairs`` pairs (all of them
+    when there are fewer)."""
+    if n_samples is None or n_pairs <= n_samples:
+        return np.arange(n_pairs)
+    return np.sort(np.random.default_rng(seed).choice(n_pairs, size=n_samples, replace=False))
 
 
 def fit_pooled(
-    pairs_by_slice: Mapping[int, Sequence[Mapping]],
+    pairs_by_slice: Mapping[int, np.ndarray],
     grids: Mapping[int, tuple[int, int]],
     tile_shape: Sequence[int],
     overlap_fraction: float,
-    *,
-    n_samples: int | None = None,
-    seed: int = DEFAULT_SEED,
-    drift_tolerance_px: float = DRIFT_TOLERANCE_PX,
-    min_pairs: int = MIN_PAIRS,
-    backlash: str = DEFAULT_BACKLASH,
-) -> tuple[np.ndarray, dict]:
-    """Fit one motor matrix to the pairs of all slices, and each slice's own beside it.
+    options: FitOptions = FitOptions(),
+) -> tuple[MotorModel, dict]:
+    """Fit one motor model to the pairs of all slices, and each slice's own beside it.
 
     Parameters
     ----------
-    pairs_by_slice : mapping of slice id to list of pair dicts
-        Measured pairs of each slice.
+    pairs_by_slice : mapping of slice id to pair table
+        Measured pairs of each slice (:data:`~linumpy_motor.io.records.PAIR_DTYPE`).
     grids : mapping of slice id to (nx, ny)
         Grid size of each slice (for the drift measure).
     tile_shape : sequence of int
         ``(z, h, w)`` shared by all slices.
     overlap_fraction : float
         Nominal overlap, for the diagnostics.
-    n_samples : int or None
-        Fit a reproducible sub-sample of this many pooled pairs.
-    seed : int
-        Seed of the sub-sample.
-    drift_tolerance_px : float
-        A slice whose own model places a tile of its grid further than this from the pooled
-        model's position is flagged as drifting.
-    min_pairs : int
-        Usable pairs needed along each direction.
-    backlash : {"auto", "on", "off"}
-        The serpentine backlash term (module docstring): kept when the data need it, always, or never.
+    options : FitOptions
+        The sub-sample, drift tolerance, backlash mode and fewest usable pairs per direction.
 
     Returns
     -------
-    transform : np.ndarray
-        The pooled 2x2 matrix.
+    model : MotorModel
+        The pooled matrix A and the backlash term, when kept.
     diagnostics : dict
         The pooled fit's diagnostics (``backlash_px`` and ``position_stage.backlash``: the
         term and its test), ``n_pooled_pairs``, ``n_fitted_pairs``, and
@@ -492,35 +539,37 @@ def fit_pooled(
     FitError
         Too few usable pooled pairs; the message names the slices that contributed none.
     """
+    check_choice("backlash mode", options.backlash, BACKLASH_MODES)
     order = sorted(pairs_by_slice)
-    pooled = [(slice_id, p) for slice_id in order for p in pairs_by_slice[slice_id]]
-    check_choice("backlash mode", backlash, BACKLASH_MODES)
-    fitted = subsample(pooled, n_samples, seed)
+    pooled = np.concatenate([pairs_by_slice[s] for s in order]) if order else np.zeros(0, PAIR_DTYPE)
+    owner = np.repeat(np.arange(len(order)), [len(pairs_by_slice[s]) for s in order])
+    chosen = subsample(len(pooled), options.n_samples, options.seed)
+    fitted, fitted_owner = pooled[chosen], owner[chosen]
     try:
-        X, Y, M, inliers, scale, model = _pair_stage([p for _, p in fitted], backlash, min_pairs, "pooled: ")
+        X, Y, M, inliers, scale, model = _pair_stage(fitted, options.backlash, options.min_pairs, "pooled: ")
     except FitError as exc:
         empty = [s for s in order if not (pair_weights(pairs_by_slice[s]) > 0).any()]
         raise FitError(f"{exc}; slices with no usable pair: {empty or 'none'}") from None
-    kept = [[p for (s, p), keep in zip(fitted, inliers) if keep and s == slice_id] for slice_id in order]
-    A, b, stage = _refine_on_positions(list(zip(kept, [_grid_pair(grids[s]) for s in order])), M, backlash)
+    kept = [fitted[inliers & (fitted_owner == k)] for k in range(len(order))]
+    A, b, stage = _refine_on_positions(list(zip(kept, [_grid_pair(grids[s]) for s in order])), M, options.backlash)
     M = np.column_stack([A, b])[:, :X.shape[1]]
     diagnostics = _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, model)
     per_slice = {}
-    for slice_id in sorted(pairs_by_slice):
+    for slice_id in order:
         entry: dict = {"n_pairs": len(pairs_by_slice[slice_id])}
         try:
-            A_s, diag_s = fit_pairs(pairs_by_slice[slice_id], tile_shape, overlap_fraction, min_pairs=min_pairs,
-                                    grid=_grid_pair(grids[slice_id]), backlash=backlash)
+            slice_model, diag_s = fit_pairs(pairs_by_slice[slice_id], tile_shape, overlap_fraction, options,
+                                            grid=_grid_pair(grids[slice_id]))
         except FitError as exc:
             entry.update(transform=None, fit=None, fit_error=str(exc), drift_px=None, drift_flag=True)
         else:
-            drift = drift_px(A_s, A, *grids[slice_id])
-            entry.update(transform=A_s.tolist(), fit=diag_s, fit_error=None, drift_px=drift,
-                         drift_flag=bool(drift > drift_tolerance_px))
+            drift = drift_px(slice_model.matrix, A, *grids[slice_id])
+            entry.update(transform=slice_model.matrix.tolist(), fit=diag_s, fit_error=None, drift_px=drift,
+                         drift_flag=bool(drift > options.drift_tolerance_px))
         per_slice[str(slice_id)] = entry
     diagnostics.update(
-        n_pooled_pairs=len(pooled), n_fitted_pairs=len(fitted), n_samples=n_samples, seed=seed,
-        drift_tolerance_px=drift_tolerance_px, per_slice=per_slice,
+        n_pooled_pairs=len(pooled), n_fitted_pairs=len(fitted), n_samples=options.n_samples, seed=options.seed,
+        drift_tolerance_px=options.drift_tolerance_px, per_slice=per_slice,
         drifting_slices=[int(s) for s, e in per_slice.items() if e["drift_flag"]],
     )
-    return M[:, :2], diagnostics
+    return _motor_model(M, diagnostics), diagnostics

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage, sparse
+from scipy import sparse
 from scipy.sparse.linalg import spsolve
 
 from linumpy_motor.register.robust import outlier_cutoff, robust_scale
 
 __all__ = ["MAX_DEVIATION_PX", "MAX_REFINEMENT_PX", "affine_positions", "effective_overlap", "effective_overlap_px",
-           "extent_shape", "grid_corners", "grid_indices", "ideal_transform", "integer_step", "model_positions",
+           "extent_shape", "grid_corners", "grid_indices", "integer_step", "model_positions",
            "model_span", "n_neighbour_pairs", "neighbour_pairs", "nominal_step", "output_shape", "pair_columns",
-           "pair_tiles", "pair_weights", "registered_positions", "registration_positions", "shift_tile", "span",
+           "pair_tiles", "pair_weights", "registered_positions", "registration_positions", "span",
            "step_lengths"]
 
 MAX_DEVIATION_PX = 10.0
@@ -106,15 +106,6 @@ def effective_overlap(transform: np.ndarray, tile_hw: Sequence[int]) -> tuple[fl
     return 1 - step_y / tile_hw[-2], 1 - step_x / tile_hw[-1]
 
 
-def ideal_transform(tile_shape: Sequence[int], overlap_fraction: float, scale_factor: float = 1.0,
-                    rotation_deg: float = 0.0) -> np.ndarray:
-    """Motor matrix of a regular grid, optionally scaled and rotated by ``rotation_deg``."""
-    step_y, step_x = nominal_step(tile_shape, overlap_fraction, scale_factor)
-    angle = math.radians(rotation_deg)
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    return rotation @ np.diag([step_y, step_x])
-
-
 def pair_columns(i: int, nx: int, ny: int, horizontal: bool) -> range:
     """Columns ``j`` of the neighbour pairs starting on tile row ``i``: ``(i, j)`` with ``(i, j + 1)`` when
     ``horizontal``, else with ``(i + 1, j)``."""
@@ -138,27 +129,27 @@ def n_neighbour_pairs(nx: int, ny: int, horizontal: bool | None = None) -> int:
     return sum(len(pair_columns(i, nx, ny, h)) for h in directions for i in range(nx))
 
 
-def pair_weights(pairs: Sequence[Mapping]) -> np.ndarray:
-    """Each pair's weight: its NCC clipped to [0, 1] (1 for a pair that carries none); 0 leaves a pair out.
+def pair_weights(pairs: np.ndarray) -> np.ndarray:
+    """Each pair's weight: its NCC clipped to [0, 1] (a pair given without one has NCC 1,
+    :func:`~linumpy_motor.io.records.pair_table`); 0 leaves a pair out.
 
     The one rule for whether a pair is usable (weight > 0) and how much it counts, in the fit, the
     registration solve and the QC report.
     """
-    return np.array([min(max(float(p.get("ncc", 1.0)), 0.0), 1.0) for p in pairs], dtype=float)
+    return np.clip(pairs["ncc"].astype(float), 0.0, 1.0)
 
 
-def pair_tiles(pairs: Sequence[Mapping], ny: int) -> tuple[np.ndarray, np.ndarray]:
+def pair_tiles(pairs: np.ndarray, ny: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-major indices of each pair's tile and of its neighbour ``tile + (row_delta, col_delta)``."""
-    tile = np.array([p["tile"] for p in pairs], dtype=int).reshape(-1, 2)
-    step = np.array([[p["row_delta"], p["col_delta"]] for p in pairs], dtype=int).reshape(-1, 2)
-    return tile[:, 0] * ny + tile[:, 1], (tile[:, 0] + step[:, 0]) * ny + tile[:, 1] + step[:, 1]
+    i, j = pairs["tile"][:, 0], pairs["tile"][:, 1]
+    return i * ny + j, (i + pairs["row_delta"]) * ny + j + pairs["col_delta"]
 
 
-def _pair_system(pairs: Sequence[Mapping], ny: int, prior: np.ndarray, max_deviation_px: float):
+def _pair_system(pairs: np.ndarray, ny: int, prior: np.ndarray, max_deviation_px: float):
     """Tile indices ``t1``, ``t2``, displacements ``d`` and weights of the pairs usable for the solve."""
-    if not pairs:
+    if not len(pairs):
         return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0)
-    d = np.array([[p["measured_dy"], p["measured_dx"]] for p in pairs], dtype=float)
+    d = np.column_stack([pairs["measured_dy"], pairs["measured_dx"]]).astype(float)
     weight = pair_weights(pairs)
     t1, t2 = pair_tiles(pairs, ny)
     keep = (weight > 0) & (np.linalg.norm(d - (prior[t2] - prior[t1]), axis=1) <= max_deviation_px)
@@ -181,7 +172,7 @@ def _solve_positions(system, prior: np.ndarray, prior_weight: float) -> np.ndarr
 
 
 def registration_positions(
-    pairs: Sequence[Mapping],
+    pairs: np.ndarray,
     nx: int,
     ny: int,
     prior: np.ndarray,
@@ -200,8 +191,8 @@ def registration_positions(
 
     Parameters
     ----------
-    pairs : sequence of dict
-        Measured pairs (``tile``, ``row_delta``, ``col_delta``, ``measured_dy``, ``measured_dx``, ``ncc``).
+    pairs : np.ndarray
+        Measured pairs, a pair table (:data:`~linumpy_motor.io.records.PAIR_DTYPE`).
     nx, ny : int
         Grid size.
     prior : np.ndarray
@@ -232,7 +223,7 @@ def registration_positions(
     return positions, connected
 
 
-def registered_positions(pairs: Sequence[Mapping], nx: int, ny: int, model: np.ndarray, *,
+def registered_positions(pairs: np.ndarray, nx: int, ny: int, model: np.ndarray, *,
                          max_refinement_px: float = MAX_REFINEMENT_PX) -> np.ndarray:
     """The motor model's positions plus each tile's registered residual (placement ``registered``).
 
@@ -243,8 +234,8 @@ def registered_positions(pairs: Sequence[Mapping], nx: int, ny: int, model: np.n
 
     Parameters
     ----------
-    pairs : sequence of dict
-        The slice's measured pairs.
+    pairs : np.ndarray
+        The slice's measured pairs, a pair table.
     nx, ny : int
         Grid size.
     model : np.ndarray
@@ -264,9 +255,3 @@ def registered_positions(pairs: Sequence[Mapping], nx: int, ny: int, model: np.n
         residual[connected] -= residual[connected].mean(axis=0)
     return model + np.clip(residual, -max_refinement_px, max_refinement_px)
 
-
-def shift_tile(tile: np.ndarray, dy: float, dx: float, min_shift_px: float = 0.05) -> np.ndarray:
-    """Shift a (Z, Y, X) tile by (dy, dx) px with linear interpolation; unchanged below ``min_shift_px``."""
-    if max(abs(dy), abs(dx)) < min_shift_px:
-        return tile
-    return ndimage.shift(tile, (0, dy, dx), order=1, mode="nearest")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ from skimage.filters import threshold_otsu
 from linumpy_motor.backend import get_backend
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import central_plane_index, finite_float, read_block
+from linumpy_motor.io.records import PAIR_DTYPE
 from linumpy_motor.io.schemas import check_overlap
 from linumpy_motor.register.correlation import (
     FILTER_SIGMA,
+    PairShift,
     measure_shifts,
     refine_shifts,
     search_bound,
@@ -29,11 +32,11 @@ from linumpy_motor.register.flatfield import (
     load_flatfield,
 )
 from linumpy_motor.register.geometry import integer_step, n_neighbour_pairs, pair_columns
-from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_plane
+from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode, VolumeReader, choose_plane
 from linumpy_motor.register.robust import MAD_TO_SD
 
 __all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader",
-           "backends_used", "band_reader", "measure_grid_pairs", "measure_mosaic", "measure_volume"]
+           "MeasureOptions", "backends_used", "band_reader", "measure_grid_pairs", "measure_mosaic", "measure_volume"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
@@ -44,6 +47,70 @@ PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once
 
 BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
+
+
+@dataclass(frozen=True, eq=False)
+class MeasureOptions:
+    """How a slice's pairs are measured: the one options object of the measuring step.
+
+    Its defaults are the library's (and the command line's, :class:`~linumpy_motor.pipeline.options.RunOptions`).
+
+    Attributes
+    ----------
+    z : int or None
+        Plane to measure; None: chosen by ``plane``.
+    plane : {"auto", "central", "mean"}
+        How the plane is chosen when ``z`` is None (:func:`~linumpy_motor.register.planes.choose_plane`).
+    flatfield : "estimate", "none", None, np.ndarray, str or Path
+        The flat field tiles are divided by first (:func:`~linumpy_motor.register.flatfield.choose_flatfield`;
+        :func:`measure_mosaic` also takes the path of a ``.npy`` one).
+    background_test : bool
+        Skip pairs whose correlation peak is no better than that of windows that do not overlap
+        at all (:func:`_background_threshold`): agarose and empty overlaps, whatever their level.
+    max_shift_px : float or None
+        Largest departure from the expected position searched (default:
+        :func:`~linumpy_motor.register.correlation.search_limit`).
+    histogram_match : bool
+        Match the second window's histogram to the first before correlating.
+    max_empty_fraction : float or None
+        Skip pairs whose overlap is more than this fraction background (Otsu threshold over the
+        overlaps of the plane). ``None``: skip pairs one of whose overlaps is more than
+        :data:`MAX_EMPTY_DEFAULT` zero.
+    use_gpu : bool
+        Run the FFT work with CuPy when a CUDA device is available.
+    filter_sigma : float
+        Gaussian low-pass of the whitened spectrum, in px.
+    """
+
+    z: int | None = None
+    plane: PlaneMode = DEFAULT_PLANE
+    flatfield: str | Path | np.ndarray | None = DEFAULT_FLATFIELD
+    background_test: bool = True
+    max_shift_px: float | None = None
+    histogram_match: bool = False
+    max_empty_fraction: float | None = None
+    use_gpu: bool = False
+    filter_sigma: float = FILTER_SIGMA
+
+
+@dataclass
+class _Candidates:
+    """The pairs of a plane as first measured (integer shifts), with their windows, before any is left out."""
+
+    tiles: list[tuple[int, int]] = field(default_factory=list)
+    horizontal: list[bool] = field(default_factory=list)
+    results: list[PairShift] = field(default_factory=list)
+    a: list[np.ndarray] = field(default_factory=list)
+    b: list[np.ndarray] = field(default_factory=list)
+
+    def deltas(self, k: int) -> tuple[int, int]:
+        """``(row_delta, col_delta)`` of pair ``k``."""
+        return (0, 1) if self.horizontal[k] else (1, 0)
+
+    def key(self, k: int) -> dict:
+        """How a skipped pair is named: ``tile``, ``row_delta``, ``col_delta``."""
+        row_delta, col_delta = self.deltas(k)
+        return {"tile": list(self.tiles[k]), "row_delta": row_delta, "col_delta": col_delta}
 
 
 def _pair_windows(top, bottom, j: int, tile_hw, steps, horizontal: bool):
@@ -61,16 +128,11 @@ def measure_grid_pairs(
     nx: int,
     ny: int,
     overlap_fraction: float,
+    options: MeasureOptions = MeasureOptions(),
     *,
-    max_shift_px: float | None = None,
-    histogram_match: bool = False,
-    max_empty_fraction: float | None = None,
-    use_gpu: bool = False,
-    filter_sigma: float = FILTER_SIGMA,
     flatfield: np.ndarray | None = None,
-    background_test: bool = True,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[dict], list[dict], dict]:
+) -> tuple[np.ndarray, list[dict], dict]:
     """Measure every horizontal and vertical neighbour pair of a mosaic grid plane.
 
     Parameters
@@ -84,32 +146,21 @@ def measure_grid_pairs(
         Number of tile rows and columns.
     overlap_fraction : float
         Expected overlap between neighbours (checked by :func:`~linumpy_motor.io.schemas.check_overlap`).
-    max_shift_px : float or None
-        Largest departure from the expected position searched (default:
-        :func:`~linumpy_motor.register.correlation.search_limit`).
-    histogram_match : bool
-        Match the second window's histogram to the first before correlating.
-    max_empty_fraction : float or None
-        Skip pairs whose overlap is more than this fraction background (Otsu threshold over the
-        overlaps of the plane). ``None``: skip pairs one of whose overlaps is more than :data:`MAX_EMPTY_DEFAULT` zero.
-    use_gpu : bool
-        Run the FFT work with CuPy when a CUDA device is available.
-    filter_sigma : float
-        Gaussian low-pass of the whitened spectrum, in px.
+    options : MeasureOptions
+        Its ``max_shift_px``, ``histogram_match``, ``max_empty_fraction``, ``use_gpu``,
+        ``filter_sigma`` and ``background_test`` (the plane and flat field are chosen by the caller).
     flatfield : np.ndarray or None
         ``(h, w)`` flat field every tile is divided by before measuring. Without it the two
         copies of an overlap carry opposite vignetting ramps, which biases the shift along the step.
-    background_test : bool
-        Skip pairs whose correlation peak is no better than that of windows that do not overlap
-        at all (:func:`_background_threshold`): agarose and empty overlaps, whatever their level.
     progress : callable, optional
         Called as ``progress(rows done, nx)`` after each tile row (e.g. :class:`~linumpy_motor.pipeline.logs.Progress`).
 
     Returns
     -------
-    measured : list of dict
-        Pairs kept: ``tile`` (i, j), ``row_delta``, ``col_delta``, ``measured_dy``, ``measured_dx``
-        (absolute displacement of the neighbour), ``ncc`` and ``empty_fraction``.
+    measured : np.ndarray
+        The pairs kept, a pair table (:data:`~linumpy_motor.io.records.PAIR_DTYPE`): ``tile``,
+        ``row_delta``, ``col_delta``, ``measured_dy``, ``measured_dx`` (absolute displacement of the
+        neighbour, sub-pixel), ``ncc``, ``peak`` and ``empty_fraction``; tile row by tile row.
     skipped : list of dict
         Pairs left out, with ``tile``, ``row_delta``, ``col_delta`` and ``reason``.
     stats : dict
@@ -117,11 +168,11 @@ def measure_grid_pairs(
     """
     check_overlap(overlap_fraction)
     steps = integer_step(tile_hw, overlap_fraction)
-    limit = search_limit(tile_hw, max_shift_px)
-    xp, fft, backend = get_backend(use_gpu)
+    limit = search_limit(tile_hw, options.max_shift_px)
+    xp, fft, backend = get_backend(options.use_gpu)
     if flatfield is not None:
         band = _flat_corrected(band, np.asarray(flatfield, dtype=np.float32), ny)
-    pairs: list[dict] = []
+    found = _Candidates()
     samples: list[np.ndarray] = []
     null_samples = _NullSampler(nx, ny)
     if progress is not None:
@@ -135,39 +186,40 @@ def measure_grid_pairs(
                 continue
             windows = [_pair_windows(top, bottom, j, tile_hw, steps, horizontal) for j in columns]
             a = np.stack([wa for wa, _ in windows])
-            b = np.stack([match_histograms(wb, wa) if histogram_match else wb for wa, wb in windows])
-            bound = search_bound(limit, a.shape[1:])
+            b = np.stack([match_histograms(wb, wa) if options.histogram_match else wb for wa, wb in windows])
             null_samples.add(horizontal, i, a, b)
-            for j, result in enumerate(measure_shifts(a, b, bound, xp=xp, fft=fft, filter_sigma=filter_sigma,
-                                                      subpixel=False)):
-                pairs.append({
-                    "tile": [i, j], "row_delta": 0 if horizontal else 1, "col_delta": 1 if horizontal else 0,
-                    "ncc": result.ncc, "peak": result.peak, "_shift": result.shift, "_a": a[j], "_b": b[j],
-                })
+            results = measure_shifts(a, b, search_bound(limit, a.shape[1:]), subpixel=False, xp=xp, fft=fft,
+                                     filter_sigma=options.filter_sigma)
+            for k, (j, result) in enumerate(zip(columns, results)):
+                found.tiles.append((i, j))
+                found.horizontal.append(horizontal)
+                found.results.append(result)
+                found.a.append(a[k])
+                found.b.append(b[k])
             samples.extend(x[::4, ::4].ravel() for x in (a, b))
         if bottom is not None:  # else this was the last tile row
             top = bottom
         if progress is not None:
             progress(i + 1, nx)
-    threshold = float(threshold_otsu(np.concatenate(samples))) if max_empty_fraction is not None and samples else None
-    measured, skipped = _split_empty(pairs, threshold, max_empty_fraction)
+    fraction = options.max_empty_fraction
+    threshold = float(threshold_otsu(np.concatenate(samples))) if fraction is not None and samples else None
+    empty, kept, skipped = _split_empty(found, threshold, fraction)
     null = {}
-    if background_test:
+    if options.background_test:
         null = {kind: _background_threshold(a, b, search_bound(limit, a.shape[1:]), xp=xp, fft=fft,
-                                           filter_sigma=filter_sigma)
+                                           filter_sigma=options.filter_sigma)
                 for kind, (a, b) in null_samples.windows().items()}
-        measured, background = _split_background(measured, null)
+        kept, background = _split_background(found, kept, null)
         skipped += background
-    _refine_kept(measured, steps, xp=xp, fft=fft, filter_sigma=filter_sigma)
-    nccs = np.array([p["ncc"] for p in measured]) if measured else np.array([np.nan])
+    measured = _refined_table(found, kept, empty, steps, xp=xp, fft=fft, filter_sigma=options.filter_sigma)
     stats = {
-        "n_pairs_total": len(pairs), "n_measured": len(measured),
+        "n_pairs_total": len(found.tiles), "n_measured": len(measured),
         "n_skipped_empty": sum(s["reason"] == "empty overlap" for s in skipped),
         "n_skipped_background": sum(s["reason"] == "background" for s in skipped),
         "background_peak_threshold": null,
         "flatfield_applied": flatfield is not None,
-        "mean_ncc": float(np.nanmean(nccs)) if measured else None,
-        "median_ncc": float(np.nanmedian(nccs)) if measured else None,
+        "mean_ncc": float(np.nanmean(measured["ncc"])) if len(measured) else None,
+        "median_ncc": float(np.nanmedian(measured["ncc"])) if len(measured) else None,
         "backend": backend, "max_shift_px": limit, "otsu_threshold": threshold,
         "expected_step_px": list(steps),
     }
@@ -180,41 +232,47 @@ def backends_used(stats: Iterable[Mapping]) -> list[str]:
     return sorted({s.get("backend", "numpy") for s in stats})
 
 
-def _refine_kept(pairs: list[dict], steps: tuple[int, int], **options) -> None:
-    """Set the sub-pixel ``measured_dy``, ``measured_dx`` of the pairs kept, one batch per direction, and
-    drop their windows (only kept pairs are refined; batching a whole plane makes few, large FFT batches)."""
+def _refined_table(found: _Candidates, kept: list[int], empty: list[float], steps: tuple[int, int],
+                   **options) -> np.ndarray:
+    """The pair table of the pairs kept, their shifts refined to sub-pixel, one batch per direction (only
+    kept pairs are refined; batching a whole plane makes few, large FFT batches)."""
+    table = np.zeros(len(kept), dtype=PAIR_DTYPE)
+    if kept:
+        table["tile"] = [found.tiles[k] for k in kept]
+        table["row_delta"], table["col_delta"] = np.array([found.deltas(k) for k in kept]).T
+        table["ncc"] = [found.results[k].ncc for k in kept]
+        table["peak"] = [found.results[k].peak for k in kept]
+        table["empty_fraction"] = [empty[k] for k in kept]
     for horizontal in (True, False):
-        members = [p for p in pairs if bool(p["col_delta"]) == horizontal]
-        if not members:
+        rows = [row for row, k in enumerate(kept) if found.horizontal[k] == horizontal]
+        if not rows:
             continue
-        refined = refine_shifts(np.stack([p["_a"] for p in members]), np.stack([p["_b"] for p in members]),
-                                np.array([p["_shift"] for p in members], dtype=int), **options)
+        members = [kept[row] for row in rows]
+        refined = refine_shifts(np.stack([found.a[k] for k in members]), np.stack([found.b[k] for k in members]),
+                                np.array([found.results[k].shift for k in members], dtype=int), **options)
         expected = (0, steps[1]) if horizontal else (steps[0], 0)
-        for pair, shift in zip(members, refined):
-            pair["measured_dy"], pair["measured_dx"] = expected[0] + float(shift[0]), expected[1] + float(shift[1])
-    for pair in pairs:
-        for key in ("_a", "_b", "_shift"):
-            del pair[key]
+        table["measured_dy"][rows] = [expected[0] + float(shift[0]) for shift in refined]
+        table["measured_dx"][rows] = [expected[1] + float(shift[1]) for shift in refined]
+    return table
 
 
-def _split_empty(pairs: list[dict], threshold: float | None, max_empty_fraction: float | None):
-    """Attach each pair's background fraction and split off those that are too empty."""
-    measured, skipped = [], []
-    for pair in pairs:
-        a, b = pair["_a"], pair["_b"]
+def _split_empty(found: _Candidates, threshold: float | None,
+                 max_empty_fraction: float | None) -> tuple[list[float], list[int], list[dict]]:
+    """Each pair's background fraction, the pairs kept (indices) and those too empty (skipped entries)."""
+    empty, kept, skipped = [], [], []
+    for k, (a, b) in enumerate(zip(found.a, found.b)):
         if threshold is None or max_empty_fraction is None:  # no threshold without a max fraction
-            empty = 1.0 - min(float(np.mean(a > 0)), float(np.mean(b > 0)))
-            too_empty = empty > MAX_EMPTY_DEFAULT
+            fraction = 1.0 - min(float(np.mean(a > 0)), float(np.mean(b > 0)))
+            too_empty = fraction > MAX_EMPTY_DEFAULT
         else:
-            empty = max(float(np.mean(a <= threshold)), float(np.mean(b <= threshold)))
-            too_empty = empty > max_empty_fraction
-        pair["empty_fraction"] = empty
+            fraction = max(float(np.mean(a <= threshold)), float(np.mean(b <= threshold)))
+            too_empty = fraction > max_empty_fraction
+        empty.append(fraction)
         if too_empty:
-            skipped.append({key: pair[key] for key in ("tile", "row_delta", "col_delta", "empty_fraction")}
-                           | {"reason": "empty overlap"})
+            skipped.append(found.key(k) | {"empty_fraction": fraction, "reason": "empty overlap"})
         else:
-            measured.append(pair)
-    return measured, skipped
+            kept.append(k)
+    return empty, kept, skipped
 
 
 def _flat_corrected(band: BandReader, flatfield: np.ndarray, ny: int) -> BandReader:
@@ -273,17 +331,19 @@ def _background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], 
     return median + BACKGROUND_MADS * MAD_TO_SD * float(np.median(np.abs(peak - median)))
 
 
-def _split_background(pairs: list[dict], thresholds: dict[str, float]) -> tuple[list[dict], list[dict]]:
-    """Split off pairs whose correlation peak does not exceed their direction's background threshold."""
-    kept, skipped = [], []
-    for pair in pairs:
-        threshold = thresholds.get("horizontal" if pair["col_delta"] else "vertical")
-        if threshold is not None and pair["peak"] <= threshold:
-            skipped.append({key: pair[key] for key in ("tile", "row_delta", "col_delta", "ncc", "peak")}
-                           | {"reason": "background", "threshold": threshold})
+def _split_background(found: _Candidates, kept: list[int],
+                      thresholds: dict[str, float]) -> tuple[list[int], list[dict]]:
+    """Split off the kept pairs whose correlation peak does not exceed their direction's background threshold."""
+    still, skipped = [], []
+    for k in kept:
+        threshold = thresholds.get("horizontal" if found.horizontal[k] else "vertical")
+        result = found.results[k]
+        if threshold is not None and result.peak <= threshold:
+            skipped.append(found.key(k) | {"ncc": result.ncc, "peak": result.peak, "reason": "background",
+                                           "threshold": threshold})
         else:
-            kept.append(pair)
-    return kept, skipped
+            still.append(k)
+    return still, skipped
 
 
 def band_reader(plane_source, tile_h: int) -> BandReader:
@@ -309,9 +369,8 @@ def _plane_rows(read: VolumeReader, z: int | None, tile_hw: tuple[int, int], nx:
 
 
 def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,
-                   *, z: int | None = None, plane: str = DEFAULT_PLANE,
-                   flatfield: str | Path | np.ndarray | None = DEFAULT_FLATFIELD, label: str = "slice",
-                   **options) -> tuple[list, list, dict]:
+                   options: MeasureOptions = MeasureOptions(), *, label: str = "slice",
+                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[dict], dict]:
     """Measure the pairs of a mosaic-grid volume on a chosen plane, tiles flat-field corrected first.
 
     Parameters
@@ -319,23 +378,19 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     read : VolumeReader
         Reads blocks of the volume ``(Z, nx * h, ny * w)``.
     tile_shape : (int, int, int)
-        ``(Z, h, w)``.
+        ``(Z, h, w)``: ``Z`` is the number of planes ``read`` has.
     nx, ny : int
         Grid size.
     overlap_fraction : float
         Expected overlap.
-    z : int or None
-        Plane to measure; None: chosen by ``plane``.
-    plane : {"auto", "central", "mean"}
-        How the plane is chosen when ``z`` is None (:func:`~linumpy_motor.register.planes.choose_plane`).
-    flatfield : "estimate", "none", None, np.ndarray, str or Path
-        ``estimate``: the slice's flat field (the stitcher's estimator) on the measured plane; an
-        array ``(h, w)`` or ``(Z, h, w)``, or the path of one in a ``.npy`` file: that flat field; none:
-        no correction (:func:`~linumpy_motor.register.flatfield.choose_flatfield`).
+    options : MeasureOptions
+        The plane (``z``, else chosen by ``plane``), the flat field (``estimate``: the slice's, with
+        the stitcher's estimator, on the measured plane; an array ``(h, w)`` or ``(Z, h, w)``: that
+        flat field; none: no correction) and the options of :func:`measure_grid_pairs`.
     label : str
         Names the slice in errors and warnings.
-    options
-        Passed to :func:`measure_grid_pairs`.
+    progress : callable, optional
+        As in :func:`measure_grid_pairs`.
 
     Returns
     -------
@@ -344,14 +399,14 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
         ``plane_mode`` (and ``plane_scores``) and ``flatfield``.
     """
     nz, h, w = tile_shape
+    z = options.z
     if z is not None and not 0 <= z < nz:
         raise InputError(label, f"plane z={z} is outside the volume's {nz} planes")
-    if not isinstance(flatfield, np.ndarray):
-        flatfield_file(flatfield)  # a misspelt mode is refused before any reading
+    if not isinstance(options.flatfield, np.ndarray):
+        flatfield_file(options.flatfield)  # a misspelt mode is refused before any reading
     if z is None:
-        z, plane_info = choose_plane(read, nz, (h, w), nx, ny, overlap_fraction, plane,
-                                     filter_sigma=options.get("filter_sigma", FILTER_SIGMA),
-                                     max_shift_px=options.get("max_shift_px"))
+        z, plane_info = choose_plane(read, nz, (h, w), nx, ny, overlap_fraction, options.plane,
+                                     filter_sigma=options.filter_sigma, max_shift_px=options.max_shift_px)
     else:
         plane_info = {"plane_mode": "given"}
     rows: list | None = None
@@ -364,26 +419,27 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
             (lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))),
             nx, ny, (h, w), label=label, log_level=logging.INFO)
 
-    field, description = choose_flatfield(flatfield, tile_shape, estimate)
-    if field is not None and field.ndim == 3:
-        field = field[central_plane_index(nz) if z is None else z]
+    flat, description = choose_flatfield(options.flatfield, tile_shape, estimate)
+    if flat is not None and flat.ndim == 3:
+        flat = flat[central_plane_index(nz) if z is None else z]
     band = (lambda i: rows[i]) if rows is not None else \
         (lambda i: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)))
-    measured, skipped, stats = measure_grid_pairs(band, (h, w), nx, ny, overlap_fraction, flatfield=field, **options)
+    measured, skipped, stats = measure_grid_pairs(band, (h, w), nx, ny, overlap_fraction, options, flatfield=flat,
+                                                  progress=progress)
     stats.update(z=z, flatfield=description, **plane_info)
     return measured, skipped, stats
 
 
-def measure_mosaic(grid, overlap_fraction: float, *, z: int | None = None, plane: str = DEFAULT_PLANE,
-                   flatfield: str | Path | None = DEFAULT_FLATFIELD, **options) -> tuple[list, list, dict]:
+def measure_mosaic(grid, overlap_fraction: float, options: MeasureOptions = MeasureOptions(), *,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[dict], dict]:
     """Measure the pairs of an opened :class:`~linumpy_motor.io.grid.MosaicGrid` (see :func:`measure_volume`).
 
     The measured plane is read one tile row at a time; choosing it reads a few tiles through the
-    depth, and the flat-field estimate a subset of tiles on a few planes. ``flatfield`` may also
-    be the path of a ``.npy`` flat field, measured as a given array (the pairs record ``"given"``).
-    ``options`` are passed to :func:`measure_grid_pairs`.
+    depth, and the flat-field estimate a subset of tiles on a few planes. ``options.flatfield`` may
+    also be the path of a ``.npy`` flat field, measured as a given array (the pairs record ``"given"``).
     """
-    path = flatfield_file(flatfield)
-    field = flatfield if path is None else load_flatfield(path, grid.tile_shape)
+    path = flatfield_file(None if isinstance(options.flatfield, np.ndarray) else options.flatfield)
+    if path is not None:
+        options = replace(options, flatfield=load_flatfield(path, grid.tile_shape))
     return measure_volume(lambda zs, rows, cols: read_block(grid, zs, rows, cols), grid.tile_shape, grid.nx, grid.ny,
-                          overlap_fraction, z=z, plane=plane, flatfield=field, label=str(grid.path), **options)
+                          overlap_fraction, options, label=str(grid.path), progress=progress)
