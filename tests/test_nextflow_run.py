@@ -26,6 +26,7 @@ import pytest
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.pipeline import runner
+from linumpy_motor.pipeline.options import RunOptions
 
 REPO = Path(__file__).resolve().parents[1]
 NEXTFLOW = shutil.which("nextflow")
@@ -65,6 +66,21 @@ def statuses(outdir: Path) -> dict[str, str]:
     return {row["name"].split(":")[-1]: row["status"] for row in trace(outdir)}
 
 
+def published_paths(outdir: Path, slice_ids: list[int]) -> list[Path]:
+    """Every output the embedded runner's layout names (runner.output_paths), flattened."""
+    found: list[Path] = []
+    stack: list = [runner.output_paths(outdir, slice_ids, measured=True)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            found.append(Path(item))
+    return found
+
+
 def synth(folder: Path, *extra: str) -> Path:
     subprocess.run([str(Path(sys.executable).parent / "linumpy-motor"), "synth", str(folder), "--slices", "2",
                     "--grid", "3", "4", "--tile", "4", "64", "64", *extra], check=True, capture_output=True)
@@ -78,17 +94,14 @@ def launch(path: Path, *args: str, parser: str = "v1") -> subprocess.CompletedPr
 # ------------------------------------------------------------------------- the test profile
 
 
-@pytest.fixture(scope="module", params=PARSERS)
-def test_profile(request, tmp_path_factory):
-    """`nextflow run . -profile test,local`, then the same with -resume (v1 only: one resume is enough)."""
-    root = tmp_path_factory.mktemp(f"test_profile_{request.param}")
-    first = run_ok(["run", str(REPO), "-profile", "test,local", "--outdir", "results"], root, request.param)
+@pytest.fixture(scope="module")
+def test_profile(tmp_path_factory):
+    """`nextflow run . -profile test,local`, then the same with -resume."""
+    root = tmp_path_factory.mktemp("test_profile")
+    first = run_ok(["run", str(REPO), "-profile", "test,local", "--outdir", "results"], root)
     first_statuses = statuses(root / "results")
-    again = None
-    if request.param == "v1":
-        again = run_ok(["run", str(REPO), "-profile", "test,local", "--outdir", "results", "-resume"], root)
-    return {"parser": request.param, "root": root, "out": root / "results", "first": first,
-            "first_statuses": first_statuses, "again": again}
+    again = run_ok(["run", str(REPO), "-profile", "test,local", "--outdir", "results", "-resume"], root)
+    return {"root": root, "out": root / "results", "first": first, "first_statuses": first_statuses, "again": again}
 
 
 def test_test_profile_runs_every_task(test_profile):
@@ -101,10 +114,8 @@ def test_test_profile_runs_every_task(test_profile):
 
 def test_test_profile_publishes_the_documented_layout(test_profile):
     out = test_profile["out"]
-    expected = runner.output_paths(out, [0, 1], measured=True)
-    for key, path in expected.items():
-        for one in path if isinstance(path, list) else [path]:
-            assert Path(one).exists(), (key, one)
+    for path in published_paths(out, [0, 1]):
+        assert path.exists(), path
     for name in ("synthetic/truth.json", "report/report.html", "report/status.json",
                  "pipeline_info/software_versions.yml", "pipeline_info/execution_trace.txt"):
         assert (out / name).exists(), name
@@ -121,10 +132,8 @@ def test_test_profile_fits_the_synthetic_truth(test_profile):
 
 
 def test_resume_reuses_every_task_but_the_library_version(test_profile):
-    if test_profile["again"] is None:
-        pytest.skip("-resume is run once, with the default parser")
     again = statuses(test_profile["out"])
-    assert again.pop("LIBRARY_VERSION") == "COMPLETED"  # `cache false`: read every run
+    assert again.pop("LIBRARY_VERSION (linumpy-motor)") == "COMPLETED"  # `cache false`: read every run
     assert again and set(again.values()) == {"CACHED"}, again
 
 
@@ -171,9 +180,15 @@ def task_commands(root: Path, out: Path) -> dict[str, list[str]]:
     commands = {}
     for row in trace(out):
         (workdir,) = (root / "launch" / "work").glob(f"{row['hash']}*")
-        lines = [line for line in (workdir / ".command.sh").read_text().replace("\\\n", " ").splitlines()
-                 if line.strip() and not line.startswith(("#", "export "))]
-        commands[row["name"]] = shlex.split(" ".join(lines))
+        # the module's script: its lines after the shebang and the exports, up to the comment that starts what
+        # Nextflow appends (the eval outputs' commands)
+        lines: list[str] = []
+        for line in (workdir / ".command.sh").read_text().replace("\\\n", " ").splitlines():
+            if line.startswith("#") and lines:
+                break
+            if line.strip() and not line.startswith(("#", "export ")):
+                lines.append(line)
+        commands[row["name"].split(":")[-1]] = shlex.split(" ".join(lines))
     return commands
 
 
@@ -288,13 +303,6 @@ def test_an_overlap_out_of_range_is_refused_by_name(tmp_path):
     assert "--overlap" in text and "2" in text
 
 
-def library_refusal(sheet: Path) -> str:
-    with pytest.raises(InputError) as caught:
-        discover_slices(sheet)
-        raise InputError(sheet, "accepted")
-    return str(caught.value)
-
-
 @pytest.mark.parametrize("rows, words", [
     ("3,data/mosaic_grid_3d_z00.ome.zarr\n3,data/mosaic_grid_3d_z01.ome.zarr\n", ["slice_id"]),
     ("-1,data/mosaic_grid_3d_z00.ome.zarr\n", ["slice_id"]),
@@ -302,14 +310,48 @@ def library_refusal(sheet: Path) -> str:
     ("2,data/mosaic_grid_3d_z00.ome.zarr\n5,data/../data/mosaic_grid_3d_z00.ome.zarr\n", ["already listed"]),
 ])
 def test_a_bad_samplesheet_is_refused_by_both(tmp_path, rows, words):
-    """The runner (the library's rule) and Nextflow both refuse the same samplesheet, each naming the problem."""
+    """The embedded runner (the library's rules) and Nextflow refuse the same samplesheet before any work,
+    each naming the problem."""
     synth(tmp_path / "data")
     sheet = tmp_path / "slices.csv"
     sheet.write_text("slice_id,path\n" + rows)
-    assert "accepted" not in library_refusal(sheet) or "missing" in rows  # a missing store: refused when read
+    with pytest.raises(InputError) as caught:
+        runner.run(sheet, tmp_path / "runner_out", RunOptions())
+    assert str(sheet) in str(caught.value) or "missing.ome.zarr" in str(caught.value)
     text = refusal(launch(tmp_path / "launch", "--input", str(sheet)))
     for word in words:
         assert word in text, text
+    assert not (tmp_path / "launch" / "work").exists() or not any((tmp_path / "launch" / "work").iterdir())
+
+
+SLICE_IDS = json.loads((REPO / "tests" / "data" / "slice_ids.json").read_text())["names"]
+
+
+def test_slice_ids_from_store_names_are_the_library_s(tmp_path):
+    """A folder of stores named as in tests/data/slice_ids.json (one name per id): Nextflow names its outputs
+    after the ids the library gives the same folder."""
+    names, ids = [], set()
+    for name, slice_id in SLICE_IDS.items():
+        if slice_id is not None and name.endswith(".ome.zarr") and slice_id not in ids:
+            names.append(name)
+            ids.add(slice_id)
+    for name in names:
+        (tmp_path / "data" / name).mkdir(parents=True)
+    library = sorted(slice_id for slice_id, _ in discover_slices(tmp_path / "data"))
+    done = launch(tmp_path / "launch", "-stub-run", "--input", str(tmp_path / "data"), "--outdir",
+                  str(tmp_path / "results"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    stitched = sorted(int(p.name.split("_")[1][1:]) for p in (tmp_path / "results" / "stitched").iterdir())
+    assert stitched == library == sorted(ids)
+
+
+def test_a_store_name_without_a_number_is_refused_by_both(tmp_path):
+    (tmp_path / "data" / "mosaic.ome.zarr").mkdir(parents=True)
+    with pytest.raises(InputError) as caught:
+        discover_slices(tmp_path / "data")
+    assert "no slice number in the name" in str(caught.value)
+    text = refusal(launch(tmp_path / "launch", "--input", str(tmp_path / "data")))
+    assert "mosaic.ome.zarr: no slice number in the name" in text, text
 
 
 def test_help_prints_the_params(tmp_path):
@@ -320,11 +362,16 @@ def test_help_prints_the_params(tmp_path):
     assert "Give --input" not in done.stdout + done.stderr
 
 
-def test_stub_run_publishes_the_layout(tmp_path):
-    done = nextflow(["run", str(REPO), "-profile", "test,local", "-stub-run", "--outdir", "results"], tmp_path)
+@pytest.mark.parametrize("parser", PARSERS)
+def test_stub_run_publishes_the_layout_under_both_parsers(tmp_path, parser):
+    """-stub-run of the test profile: every process and every documented output, synthetic/truth.json too (the
+    test profile once replaced SYNTHESISE's publishDir under the default parser)."""
+    done = nextflow(["run", str(REPO), "-profile", "test,local", "-stub-run", "--outdir", "results"], tmp_path, parser)
     assert done.returncode == 0, done.stdout + done.stderr
-    for name in ("motor_transform.json", "report/report.html", "synthetic/truth.json",
-                 "stitched/slice_z00_stitch_3d.ome.zarr", "pairs/slice_z01_pairs.json"):
+    for path in published_paths(tmp_path / "results", [0, 1]):
+        assert path.exists(), path
+    for name in ("synthetic/truth.json", "synthetic/mosaic_grid_3d_z00.ome.zarr", "report/report.html",
+                 "pipeline_info/software_versions.yml"):
         assert (tmp_path / "results" / name).exists(), name
 
 
