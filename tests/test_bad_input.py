@@ -48,6 +48,7 @@ from linumpy_motor.pipeline import runner, steps
 from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.pipeline.logs import LOG_FILE
 from linumpy_motor.pipeline.options import RunOptions
+from linumpy_motor.qc.report import write_report
 
 pytestmark = pytest.mark.slow
 
@@ -639,6 +640,23 @@ def report_out_is_a_user_folder(f: Path, c: Context) -> Invocation:
     (f / "mine" / "notes.txt").write_text("irreplaceable")
     return Invocation(bin_command(REPORT, "--transform", c.transform, "--pairs", *c.pairs, "--out", f / "mine"),
                       REPORT, f / "mine", ("exists and was not written by linumpy-motor",))
+
+
+@case
+def report_out_holding_a_users_file(f: Path, c: Context) -> Invocation:
+    write_report(f / "report", c.transform, c.pairs)
+    (f / "report" / "notes.txt").write_text("mine")
+    return Invocation(bin_command(REPORT, "--transform", c.transform, "--pairs", *c.pairs, "--out", f / "report"),
+                      REPORT, f / "report" / "notes.txt",
+                      ("was not written by linumpy-motor and lies inside the output", "refusing to replace or remove"))
+
+
+@case
+def stitch_out_is_an_input_slice(f: Path, c: Context) -> Invocation:
+    shutil.copytree(c.dataset, f / "data")
+    given = f / "data" / "mosaic_grid_3d_z01.ome.zarr"
+    return Invocation(bin_command(STITCH, f / "data" / "mosaic_grid_3d_z00.ome.zarr", c.transform, given), STITCH,
+                      given, ("is linumpy-motor's synthetic input slice or truth, not its stitched slice",))
 
 
 # bin/linum_motor_synth.py

@@ -30,12 +30,20 @@ from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.pipeline import logs, steps
 from linumpy_motor.pipeline.jobs import run_jobs, threads_per_job
 from linumpy_motor.pipeline.options import RunOptions
-from linumpy_motor.pipeline.resume import STATE_DIR, Stamps, clean, file_digest, step_key, store_fingerprint
+from linumpy_motor.pipeline.resume import (
+    STATE_DIR,
+    Stamps,
+    check_outputs,
+    clean,
+    file_digest,
+    step_key,
+    store_fingerprint,
+)
 from linumpy_motor.qc import summary
 from linumpy_motor.register.flatfield import FLATFIELD_MODES, resolve_flatfield
 from linumpy_motor.stitch.assemble import check_canvas
 
-__all__ = ["describe", "output_paths", "planned_outputs", "prefix", "run"]
+__all__ = ["OUTPUT_STAGES", "describe", "output_paths", "planned_outputs", "prefix", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +111,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
         inputs.append(Path(options.flatfield))
     _check_outdir(outdir, inputs)
     paths = output_paths(outdir, [slice_id for slice_id, _ in slices], measured=options.transform is None)
-    for output in planned_outputs(paths):  # checked again under the lock; here so a refusal writes nothing
-        outputs.check_replaceable(output)
+    check_outputs(outdir, planned_outputs(paths))  # again under the lock; here a refusal writes nothing
     created = outputs.make_folders(outdir / STATE_DIR)
     log_path = outdir / logs.LOG_FILE
     new_log = not log_path.exists()
@@ -159,12 +166,18 @@ def output_paths(outdir: Path, slice_ids: list[int], measured: bool) -> dict:
     return paths
 
 
-def planned_outputs(paths: dict) -> list[Path]:
-    """Every output of :func:`output_paths`, as a flat list."""
-    found = []
+OUTPUT_STAGES = {"transform": "fit", "stitched": "stitch", "pairs": "measure", "compare": "compare",
+                 "report": "report"}
+"""The stage that writes each kind of output of :func:`output_paths` (a given transform is copied by the
+``transform`` stage, an output of the same kind: :data:`~linumpy_motor.io.outputs.STAGE_KINDS`)."""
+
+
+def planned_outputs(paths: dict) -> dict[Path, str]:
+    """Every output of :func:`output_paths`, with the stage that writes it."""
+    found: dict[Path, str] = {}
     for name, value in paths.items():
         if name != "outdir":
-            found += list(value.values()) if isinstance(value, dict) else [value]
+            found.update(dict.fromkeys(value.values() if isinstance(value, dict) else [value], OUTPUT_STAGES[name]))
     return found
 
 

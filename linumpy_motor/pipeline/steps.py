@@ -85,7 +85,7 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
         An unusable output path, a store that breaks the data contract, a plane outside the volume,
         an unknown plane or flat-field mode, an unreadable flat field, or a bad overlap or thread count.
     """
-    check_output(output, source)
+    check_output(output, source, stage="measure")
     grid = open_mosaic(source)
     with limited_threads(resolve_threads(threads)):
         measured, skipped, stats = measure_mosaic(
@@ -154,7 +154,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
         Bad or inconsistent pairs files, an output that is one of them, or too few usable pairs
         (the error names the pairs file of the first slice without any pair).
     """
-    check_output(output, *pairs_files)
+    check_output(output, *pairs_files, stage="fit")
     files = _load_pairs_files(pairs_files)
     pairs = {f.slice_id: [p.model_dump() for p in f.pairs] for f in files}
     try:
@@ -203,7 +203,7 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     InputError
         An unreadable or invalid pairs or transform file, or an output that is one of them.
     """
-    check_output(output, pairs_file, transform_file)
+    check_output(output, pairs_file, transform_file, stage="compare")
     pairs = load(pairs_file, PairsFile)
     transform, backlash = schemas.read_model(transform_file)
     nx, ny = pairs.grid
@@ -268,7 +268,7 @@ def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placeme
 def copy_transform(source: str | Path, output: str | Path) -> dict:
     """Validate a known motor model (``--transform``: see :func:`~linumpy_motor.io.schemas.load_transform`)
     and write it as this run's transform JSON."""
-    check_output(output, source)
+    check_output(output, source, stage="transform")
     content = schemas.load_transform(source).model_dump(mode="json")
     content["diagnostics"] = {**content["diagnostics"], "given_transform": Path(source).name}
     write_json(output, content, "transform")

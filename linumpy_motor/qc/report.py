@@ -73,7 +73,7 @@ def write_report(
     """
     out_dir = outputs.check_output_name(out_dir)
     outputs.check_outside(out_dir, transform_file, *pairs_files, *compare_files, *stitched)
-    outputs.check_replaceable(out_dir)
+    outputs.check_replaceable(out_dir, "report")
     inputs = load_inputs(transform_file, pairs_files, compare_files, stitched)
     created = outputs.make_folders(out_dir.parent)
     try:

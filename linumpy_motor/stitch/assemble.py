@@ -480,7 +480,7 @@ def stitch_slice(
         raise InputError(None, f"block_px must be an even number >= {MIN_BLOCK_PX}, got {block_px}")
     grid = source if isinstance(source, MosaicGrid) else open_mosaic(source)
     output = Path(output)
-    outputs.check_output(output, grid.path)
+    outputs.check_output(output, grid.path, stage="stitch")
     A = check_transform(transform)
     check_canvas(grid, A)
     nz, h, w = grid.tile_shape
