@@ -355,3 +355,43 @@ def test_no_stage_replaces_another_kind_of_output(dataset, finished, tmp_path):
     with pytest.raises(InputError, match="not its stitched slice"):
         stitch_slice(given / "mosaic_grid_3d_z00.ome.zarr", given / "mosaic_grid_3d_z01.ome.zarr", A)
     assert tree_digest(given) == before
+
+
+# -- outputs through links, and folders that are files (issue 19, items 2 and 8) --------------------
+
+@pytest.mark.parametrize("link, target", [("stitched", "."), ("pairs", "mosaic_grid_3d_z00.ome.zarr"),
+                                          (".linumpy-motor", "."), ("motor_transform.json", "truth.json")])
+def test_a_linked_output_path_leading_into_the_input_is_refused_before_any_work(dataset, tmp_path, link, target):
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(dataset, data)
+    out.mkdir()
+    (out / link).symlink_to(data / target)
+    before = tree_digest(data), tree_digest(out)
+    with pytest.raises(InputError) as info:
+        runner.run(data, out, RunOptions(), progress=False)
+    assert info.value.path == out / link and "output would be" in info.value.problem
+    assert "through a link" in info.value.problem
+    assert (tree_digest(data), tree_digest(out)) == before
+
+
+def test_a_file_where_an_output_folder_goes_is_refused_before_measuring(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stitched").write_text("mine")
+    measured = []
+    monkeypatch.setattr(steps, "measure_pairs", lambda **kwargs: measured.append(kwargs))
+    with pytest.raises(InputError) as info:
+        runner.run(dataset, out, RunOptions(), progress=False)
+    assert info.value.path == out / "stitched" and "is a file" in info.value.problem
+    assert measured == [] and sorted(p.name for p in out.iterdir()) == ["stitched"]
+
+
+def test_a_script_given_one_of_its_inputs_as_output_names_it_not_a_temporary(dataset, finished, tmp_path, capsys):
+    transform = tmp_path / "motor_transform.json"
+    shutil.copy(finished / "motor_transform.json", transform)
+    before = transform.read_bytes()
+    source = dataset / "mosaic_grid_3d_z00.ome.zarr"
+    code = bin_main("linum_motor_stitch.py")([str(source), str(transform), str(transform)])
+    assert code == 2
+    assert capsys.readouterr().err == f"linum_motor_stitch.py: error: {transform}: output would be the input itself\n"
+    assert transform.read_bytes() == before and sorted(tmp_path.iterdir()) == [transform]

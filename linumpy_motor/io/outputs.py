@@ -16,7 +16,8 @@ The rule
   as ``.NAME.old-PID``) and renamed into place; clean-up removes only names of exactly that form,
   for outputs the caller names.
 - A run removes, after a failure, only the folders it created itself (each only when empty).
-- An output folder argument may not be empty, and may not equal, hold or lie inside an input.
+- An output folder argument may not be empty, and may not equal, hold or lie inside an input; nor may
+  any path written, once links are followed (a linked sub-folder of an output folder is resolved).
 """
 
 from __future__ import annotations
@@ -36,12 +37,10 @@ import zarr
 from linumpy_motor import __version__
 from linumpy_motor.errors import InputError
 
-__all__ = ["MARKER_FILE", "MARKER_KEY", "MAX_MARKED_JSON_BYTES", "TEMPORARY", "WRITE_ERRNOS", "WRITTEN_METADATA",
-           "ZARR_METADATA",
-           "STAGE_KINDS", "atomic_output", "check_output", "check_output_name", "check_outside", "check_replaceable",
-           "foreign_path", "is_ours",
-           "make_folders", "marker", "remove_created_folders", "remove_path", "remove_temporaries", "temporary_name",
-           "write_json"]
+__all__ = ["MARKER_FILE", "MARKER_KEY", "MAX_MARKED_JSON_BYTES", "STAGE_KINDS", "TEMPORARY", "WRITE_ERRNOS",
+           "WRITTEN_METADATA", "ZARR_METADATA", "atomic_output", "check_folder", "check_output", "check_output_name",
+           "check_outside", "check_replaceable", "foreign_path", "is_ours", "make_folders", "marker",
+           "remove_created_folders", "remove_path", "remove_temporaries", "temporary_name", "write_json"]
 
 MARKER_KEY = "linumpy_motor"
 MARKER_FILE = ".linumpy-motor.json"
@@ -240,16 +239,40 @@ def check_output_name(path: str | Path) -> Path:
 
 
 def check_outside(output: str | Path, *inputs: str | Path) -> None:
-    """Refuse an output that is an input, lies inside one, or holds one (inputs are never written to)."""
-    out = Path(output).resolve()
+    """Refuse an output that is an input, lies inside one, or holds one, links followed (inputs are never
+    written to); the error names ``output`` as given, and where its links lead."""
+    given = Path(output)
+    out = given.resolve()
+    through = "" if out == given.absolute() else f" (through a link: it is {out})"
     for source in inputs:
         src = Path(source).resolve()
         if out == src:
-            raise InputError(out, "output would be the input itself")
+            raise InputError(given, f"output would be the input itself{through}")
         if src in out.parents:
-            raise InputError(out, f"output would be inside the input {src}")
+            raise InputError(given, f"output would be inside the input {src}{through}")
         if out in src.parents:
-            raise InputError(out, f"output would hold the input {src}")
+            raise InputError(given, f"output would hold the input {src}{through}")
+
+
+def check_folder(folder: str | Path, *inputs: str | Path) -> None:
+    """Before any work: refuse a folder this program is to write into (existing or not) when, links
+    followed, it is, holds or lies in one of ``inputs`` (:func:`check_outside`), or when it cannot be
+    made or written: a file, or a link to nothing, where it or one of its parents must be a folder.
+
+    Raises
+    ------
+    InputError
+        Naming ``folder``.
+    """
+    folder = Path(folder)
+    check_outside(folder, *inputs)
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists() or p.is_symlink())
+    if not existing.exists():
+        raise InputError(folder, f"output folder cannot be created: {existing} is a link to nothing")
+    if not existing.is_dir():
+        raise InputError(folder, f"output folder cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(folder, "output folder cannot be written")
 
 
 def temporary_name(path: Path) -> Path:

@@ -16,10 +16,15 @@ from pathlib import Path
 from linumpy_motor import __version__
 from linumpy_motor.io import outputs
 
-__all__ = ["STATE_DIR", "Stamps", "check_outputs", "clean", "file_digest", "step_key", "store_fingerprint"]
+__all__ = ["LOCK_FILE", "STAMPS_DIR", "STATE_DIR", "Stamps", "check_outputs", "clean", "file_digest", "step_key",
+           "store_fingerprint"]
 
 STATE_DIR = ".linumpy-motor"
 """The folder, inside an output folder, that holds the runner's state (its stamps and lock)."""
+STAMPS_DIR = "stamps"
+"""The folder of stamps inside :data:`STATE_DIR`."""
+LOCK_FILE = "lock"
+"""The lock file inside :data:`STATE_DIR` that a run holds while it writes to its output folder."""
 
 
 def file_digest(path: Path) -> str:
@@ -70,7 +75,7 @@ class Stamps:
 
     def __init__(self, outdir: Path, created: list[Path]) -> None:
         self.outdir = outdir
-        self.folder = outdir / STATE_DIR / "stamps"
+        self.folder = outdir / STATE_DIR / STAMPS_DIR
         self.created = created
         self.make_folder(self.folder)
         self.recorded = 0
@@ -118,7 +123,7 @@ def check_outputs(outdir: Path, planned: dict[Path, str]) -> list[Path]:
     removed (this program wrote all of them); one whose path now holds only a user's own file is left alone.
     Reads the stamps without writing anything.
     """
-    stamps = outdir / STATE_DIR / "stamps"
+    stamps = outdir / STATE_DIR / STAMPS_DIR
     earlier = [outdir / rel for rel in (_read_stamp(stamp).get("output") for stamp in sorted(stamps.glob("*.key")))
                if isinstance(rel, str)]
     stale = [output for output in sorted(set(earlier) - set(planned))

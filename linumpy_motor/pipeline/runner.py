@@ -13,7 +13,6 @@ decided by :mod:`linumpy_motor.io.outputs`.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from linumpy_motor.pipeline import logs, steps
 from linumpy_motor.pipeline.jobs import run_jobs, threads_per_job
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.pipeline.resume import (
+    LOCK_FILE,
+    STAMPS_DIR,
     STATE_DIR,
     Stamps,
     check_outputs,
@@ -53,13 +54,14 @@ def prefix(slice_id: int) -> str:
     return f"slice_z{slice_id:02d}"
 
 
-def _check_outdir(outdir: Path, inputs: list[Path]) -> None:
-    outputs.check_outside(outdir, *inputs)
-    existing = next(p for p in [outdir, *outdir.absolute().parents] if p.exists())
-    if not existing.is_dir():
-        raise InputError(outdir, f"output folder cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(outdir, "output folder cannot be written")
+def _check_locations(outdir: Path, planned: dict[Path, str], inputs: list[Path]) -> None:
+    """Before any work: every folder the run writes into and every path it writes (outputs, state, lock, log),
+    links followed, lies outside the inputs, and no file stands where one of those folders must be."""
+    state = outdir / STATE_DIR
+    for folder in [outdir, state, state / STAMPS_DIR, *sorted({output.parent for output in planned})]:
+        outputs.check_folder(folder, *inputs)
+    for path in [*planned, state / LOCK_FILE, outdir / logs.LOG_FILE]:
+        outputs.check_outside(path, *inputs)
 
 
 def run(source: str | Path, outdir: str | Path, options: RunOptions | None = None, *,
@@ -109,15 +111,15 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
     if options.flatfield not in FLATFIELD_MODES:
         resolve_flatfield(grids[slices[0][0]], options.flatfield)
         inputs.append(Path(options.flatfield))
-    _check_outdir(outdir, inputs)
     paths = output_paths(outdir, [slice_id for slice_id, _ in slices], measured=options.transform is None)
+    _check_locations(outdir, planned_outputs(paths), inputs)
     check_outputs(outdir, planned_outputs(paths))  # again under the lock; here a refusal writes nothing
     created = outputs.make_folders(outdir / STATE_DIR)
     log_path = outdir / logs.LOG_FILE
     new_log = not log_path.exists()
     stamps = None
     try:
-        with FileLock(outdir / STATE_DIR / "lock", timeout=0):
+        with FileLock(outdir / STATE_DIR / LOCK_FILE, timeout=0):
             try:
                 stamps = Stamps(outdir, created)
                 with logs.log_file(outdir):
@@ -134,7 +136,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
                     if new_log:
                         log_path.unlink(missing_ok=True)
                     if outdir / STATE_DIR in created:
-                        (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
+                        (outdir / STATE_DIR / LOCK_FILE).unlink(missing_ok=True)  # still held: no other run has it
                 raise
     except Timeout:
         outputs.remove_created_folders(created)

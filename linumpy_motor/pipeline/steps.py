@@ -25,7 +25,7 @@ from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
 from linumpy_motor.register import geometry
 from linumpy_motor.register.fit import DEFAULT_BACKLASH, DEFAULT_SEED, DRIFT_TOLERANCE_PX, BacklashMode, fit_pooled
-from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, flatfield_file
 from linumpy_motor.register.measure import backends_used, measure_mosaic
 from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
 
@@ -85,7 +85,7 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
         An unusable output path, a store that breaks the data contract, a plane outside the volume,
         an unknown plane or flat-field mode, an unreadable flat field, or a bad overlap or thread count.
     """
-    check_output(output, source, stage="measure")
+    check_output(output, source, *filter(None, [flatfield_file(flatfield)]), stage="measure")
     grid = open_mosaic(source)
     with limited_threads(resolve_threads(threads)):
         measured, skipped, stats = measure_mosaic(

@@ -53,7 +53,7 @@ from linumpy_motor.io.outputs import atomic_output
 from linumpy_motor.io.schemas import check_transform
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.register import geometry
-from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, resolve_flatfield
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, flatfield_file, resolve_flatfield
 from linumpy_motor.stitch import pyramid
 from linumpy_motor.stitch.blend import BLENDING_MODES, DEFAULT_BLENDING, overlap_px, weight_map
 
@@ -480,7 +480,7 @@ def stitch_slice(
         raise InputError(None, f"block_px must be an even number >= {MIN_BLOCK_PX}, got {block_px}")
     grid = source if isinstance(source, MosaicGrid) else open_mosaic(source)
     output = Path(output)
-    outputs.check_output(output, grid.path, stage="stitch")
+    outputs.check_output(output, grid.path, *filter(None, [flatfield_file(flatfield)]), stage="stitch")
     A = check_transform(transform)
     check_canvas(grid, A)
     nz, h, w = grid.tile_shape
