@@ -40,7 +40,8 @@ from linumpy_motor.errors import InputError
 __all__ = ["MARKER_FILE", "MARKER_KEY", "MAX_MARKED_JSON_BYTES", "STAGE_KINDS", "TEMPORARY", "WRITE_ERRNOS",
            "WRITTEN_METADATA", "ZARR_METADATA", "atomic_output", "check_folder", "check_output", "check_output_name",
            "check_outside", "check_replaceable", "foreign_path", "is_ours", "make_folders", "marker",
-           "remove_created_folders", "remove_path", "remove_temporaries", "temporary_name", "write_json"]
+           "remove_created_folders", "remove_path", "remove_temporaries", "set_claim", "temporary_name",
+           "write_json"]
 
 MARKER_KEY = "linumpy_motor"
 MARKER_FILE = ".linumpy-motor.json"
@@ -356,6 +357,21 @@ def check_output(output: str | Path, *inputs: str | Path, stage: str | None = No
     return output
 
 
+_claim: Callable[[], None] | None = None
+"""What :func:`atomic_output` checks right before renaming an output into place (see :func:`set_claim`)."""
+
+
+def set_claim(check: Callable[[], None] | None) -> None:
+    """Make every :func:`atomic_output` of this process call ``check()`` right before its final rename.
+
+    ``check`` raises to stop the rename (the temporary output is then removed): a runner's worker process
+    uses it to never rename an output into place once the run that started it is gone or another run
+    holds the output folder. None: no check.
+    """
+    global _claim
+    _claim = check
+
+
 @contextmanager
 def atomic_output(path: str | Path, stage: str = "output") -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write into; mark it and rename it to ``path`` on success.
@@ -363,7 +379,8 @@ def atomic_output(path: str | Path, stage: str = "output") -> Iterator[Path]:
     Before anything is written: an empty name, a missing folder, or an existing ``path`` this
     program may not replace (:func:`check_replaceable`) is an :class:`InputError`. On any exception
     the temporary output is removed and ``path`` is left as it was; a disk-full error names
-    ``path`` and ``stage``. A folder is swapped in two renames (old one aside as ``.NAME.old-PID``),
+    ``path`` and ``stage``. The check set by :func:`set_claim` runs right before the rename. A folder is
+    swapped in two renames (old one aside as ``.NAME.old-PID``),
     so a process killed between them leaves ``path`` absent, never half-written.
     """
     path = check_output(path, stage=stage)
@@ -373,6 +390,8 @@ def atomic_output(path: str | Path, stage: str = "output") -> Iterator[Path]:
         yield tmp
         _mark(tmp, stage)
         check_replaceable(path, stage)  # something else may have appeared there meanwhile
+        if _claim is not None:
+            _claim()
         _swap(tmp, path)
     except BaseException as exc:
         with suppress(OSError):  # never mask the error; a leftover is removed by the next run

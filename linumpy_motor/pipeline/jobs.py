@@ -3,9 +3,12 @@ the out-of-memory killer stop cleanly, with each job's output stamped as it fini
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +25,7 @@ from linumpy_motor.io import outputs
 from linumpy_motor.parallel import threads_per_worker
 from linumpy_motor.pipeline import logs
 from linumpy_motor.pipeline.options import RunOptions
-from linumpy_motor.pipeline.resume import Stamps
+from linumpy_motor.pipeline.resume import Stamps, claimant
 
 __all__ = ["PROGRESS_UNITS", "run_jobs", "threads_per_job"]
 
@@ -33,12 +36,38 @@ _STARTED: Connection | None = None
 """In a worker process: the pipe it reports each job's start on (see :func:`_init_worker`)."""
 
 
-def _init_worker(started, log_config: logs.LogConfig) -> None:
-    """Set up a worker: Ctrl-C is left to the main process (it stops the workers: one message, no
-    tracebacks), progress bars lock with a thread lock (tqdm's default semaphore would leak when the
-    worker is stopped), and each job's start is reported on the pipe ``started`` as ``(pid, label)``
-    (one short message per write, so writes from several workers do not interleave)."""
+PR_SET_PDEATHSIG = 1
+"""Linux ``prctl`` option: the signal a process gets when its parent dies (``<linux/prctl.h>``)."""
+
+
+def _die_with(parent: int) -> None:
+    """Have Linux kill this process with SIGKILL when ``parent`` (the main process) dies, whatever kills it;
+    if it already died (before the request), end now."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _check_claim(parent: int, outdir: Path, token: str | None) -> None:
+    """Before a worker renames an output into place: the main process that started it is alive and its run
+    still holds the output folder (a rerun's outputs are never replaced by a worker of an earlier run)."""
+    if os.getppid() != parent:
+        raise InputError(outdir, "the run this worker belonged to has ended; its output is not kept")
+    if claimant(outdir) != token:
+        raise InputError(outdir, "another linumpy-motor run took over this folder; this worker's output is not kept")
+
+
+def _init_worker(started, log_config: logs.LogConfig, parent: int, outdir: Path, token: str | None) -> None:
+    """Set up a worker: it dies with the main process ``parent`` and renames an output into place only
+    while that process lives and its run (``token``) holds ``outdir`` (:func:`_check_claim`); Ctrl-C is
+    left to the main process (it stops the workers: one message, no tracebacks), progress bars lock with a
+    thread lock (tqdm's default semaphore would leak when the worker is stopped), and each job's start is
+    reported on the pipe ``started`` as ``(pid, label)`` (one short message per write, so writes from
+    several workers do not interleave)."""
     global _STARTED
+    _die_with(parent)
+    outputs.set_claim(functools.partial(_check_claim, parent, outdir, token))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth (see _run_parallel)
     std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
@@ -94,12 +123,13 @@ def _stop_workers(pool: ProcessPoolExecutor, todo: list) -> None:
         outputs.remove_temporaries(output.parent, [output.name], processes)
 
 
-def _run_parallel(todo: list, workers: int, finished: Callable[[Path, str, int], None]) -> None:
-    """Run ``todo`` in worker processes; ``finished(output, key, count)`` as each job ends."""
+def _run_parallel(todo: list, workers: int, outdir: Path, finished: Callable[[Path, str, int], None]) -> None:
+    """Run ``todo`` in worker processes for the run that holds ``outdir``; ``finished(output, key, count)``
+    as each job ends."""
     context = get_context("spawn")
     started, report = context.Pipe(duplex=False)  # no semaphore: nothing to leak when the run is stopped
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
-                               initargs=(report, logs.current()))
+                               initargs=(report, logs.current(), os.getpid(), outdir, claimant(outdir)))
     try:
         # submit() spawns the workers: they are born with Ctrl-C blocked and unblock it only once they
         # ignore it, so a Ctrl-C during their start-up cannot print a traceback; here it arrives on unblocking
@@ -157,7 +187,7 @@ def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, worke
     if parallel:
         for output, *_ in todo:
             stamps.invalidate(output)
-        _run_parallel(todo, workers, lambda output, key, count: finished(output, key, start, count))
+        _run_parallel(todo, workers, stamps.outdir, lambda output, key, count: finished(output, key, start, count))
     else:
         for count, (output, key, function, kwargs) in enumerate(todo, start=1):
             stamps.invalidate(output)

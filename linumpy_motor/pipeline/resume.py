@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 from linumpy_motor import __version__
 from linumpy_motor.io import outputs
 
-__all__ = ["LOCK_FILE", "STAMPS_DIR", "STATE_DIR", "Stamps", "check_outputs", "clean", "file_digest", "step_key",
-           "store_fingerprint"]
+__all__ = ["LOCK_FILE", "STAMPS_DIR", "STATE_DIR", "Stamps", "check_outputs", "claim", "claimant", "clean",
+           "file_digest", "step_key", "store_fingerprint"]
 
 STATE_DIR = ".linumpy-motor"
 """The folder, inside an output folder, that holds the runner's state (its stamps and lock)."""
@@ -58,6 +59,22 @@ def step_key(**inputs) -> str:
     """Hash of a step's inputs, parameters and the package version."""
     text = json.dumps({"version": __version__, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def claim(outdir: Path) -> str:
+    """Write a new run token into ``outdir``'s lock file, which the caller holds: the outputs are this run's
+    (:func:`claimant`), and a worker left over from an earlier run can tell it lost them."""
+    token = f"{os.getpid()}-{secrets.token_hex(8)}"
+    (outdir / STATE_DIR / LOCK_FILE).write_text(token)
+    return token
+
+
+def claimant(outdir: Path) -> str | None:
+    """The token of the run that last claimed ``outdir`` (:func:`claim`), None when there is none."""
+    try:
+        return (outdir / STATE_DIR / LOCK_FILE).read_text() or None
+    except OSError:
+        return None
 
 
 def _read_stamp(stamp: Path) -> dict:

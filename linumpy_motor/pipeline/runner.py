@@ -35,6 +35,7 @@ from linumpy_motor.pipeline.resume import (
     STATE_DIR,
     Stamps,
     check_outputs,
+    claim,
     clean,
     file_digest,
     step_key,
@@ -121,6 +122,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
     try:
         with FileLock(outdir / STATE_DIR / LOCK_FILE, timeout=0):
             try:
+                claim(outdir)  # a worker left over from an earlier run renames nothing into place from now on
                 stamps = Stamps(outdir, created)
                 with logs.log_file(outdir):
                     logger.info("linumpy-motor %s: %s from %s into %s", __version__,
