@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.std import tqdm as std_tqdm
 
+from linumpy_motor import interrupts
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs
 from linumpy_motor.parallel import threads_per_worker
@@ -27,10 +28,13 @@ from linumpy_motor.pipeline import logs
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.pipeline.resume import Stamps, claimant
 
-__all__ = ["PROGRESS_UNITS", "run_jobs", "threads_per_job"]
+__all__ = ["PROGRESS_UNITS", "WAIT_S", "run_jobs", "threads_per_job"]
 
 logger = logging.getLogger(__name__)
 
+
+WAIT_S = 0.2
+"""How often the main process, waiting for its workers, checks for a stop request (:func:`interrupts.check`)."""
 
 _STARTED: Connection | None = None
 """In a worker process: the pipe it reports each job's start on (see :func:`_init_worker`)."""
@@ -139,12 +143,17 @@ def _run_parallel(todo: list, workers: int, outdir: Path, finished: Callable[[Pa
                        (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        for count, future in enumerate(as_completed(futures), start=1):
-            try:
-                future.result()
-            except BrokenProcessPool:
-                raise _lost_worker(pool, started, futures) from None
-            finished(*futures[future][:2], count)
+        pending, count = set(futures), 0
+        while pending:
+            done, pending = wait(pending, timeout=WAIT_S, return_when=FIRST_COMPLETED)
+            interrupts.check()  # a Ctrl-C or SIGTERM Python dropped while this process waited
+            for future in done:
+                try:
+                    future.result()
+                except BrokenProcessPool:
+                    raise _lost_worker(pool, started, futures) from None
+                count += 1
+                finished(*futures[future][:2], count)
     except BaseException:
         _stop_workers(pool, todo)
         raise
@@ -179,6 +188,7 @@ def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, worke
             for output, key, function, kwargs in todo]
 
     def finished(output: Path, key: str, started: float, count: int) -> None:
+        interrupts.check()  # stopped while the job ran (and Python dropped the exception): not stamped
         stamps.record(output, key)
         seconds = time.perf_counter() - started
         timing = f"in {seconds:.1f} s" if not parallel else f"{seconds:.1f} s into the step"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from linumpy_motor import interrupts
 from linumpy_motor.io import outputs
 from linumpy_motor.io.schemas import STATUS_FILE
 from linumpy_motor.qc import plots
@@ -108,6 +109,7 @@ def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
                                                       np.linalg.norm(residuals, axis=1), outliers, cutoff).name
     rows, sections, stitched_meta, pixel_um = [], [], {}, None
     for slice_id in ids:
+        interrupts.check()  # a safe point between slices (a command's Ctrl-C or SIGTERM)
         pairs_file, quiver, thumbnail, problem = inputs.pairs.get(slice_id), None, None, None
         mine = (residuals[parts[slice_id]], outliers[parts[slice_id]]) if pairs_file else None
         if pairs_file is not None and mine is not None and len(mine[1]):
