@@ -211,6 +211,34 @@ def run_nan_in_the_measured_plane(f: Path, c: Context) -> Invocation:
 
 
 @case
+def run_store_name_with_a_newline(f: Path, c: Context) -> Invocation:  # the name is written escaped, on one line
+    (f / "data").mkdir()
+    write_store(f / "data" / "mosaic_grid_3d_z00\nevil.ome.zarr", with_value(c, 2, np.nan))
+    return Invocation(cli_run(f / "data", f / "out"), RUN, None,
+                      (f"{f / 'data'}/mosaic_grid_3d_z00\\nevil.ome.zarr: data contains NaN or Inf",), f / "out")
+
+
+@case
+def run_tiles_one_pixel_high(f: Path, c: Context) -> Invocation:  # a store chunked by pixel row, no tile_shape
+    store = slice_store(f / "data", c.volume[:, :24], tile_hw=(1, TILE[2]))
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("overlap by 0 px along y",
+                                                                    "is the tile shape right?"), f / "out")
+
+
+@case
+def run_huge_declared_grid_over_a_few_tiles(f: Path, c: Context) -> Invocation:
+    store = f / "data" / "mosaic_grid_3d_z00.ome.zarr"
+    group = ngff.create_group(store, "0.5")
+    nz = c.volume.shape[0]
+    level = ngff.create_level(group, "0", (nz, 4000 * TILE[1], 4000 * TILE[2]), "float32", (nz, *TILE[1:]),
+                              shards=(nz, 4 * TILE[1], 4 * TILE[2]))
+    group.attrs.update(ngff.root_attributes(ngff.multiscales([(1.0, 1.0, 1.0)], (None, None, None), "0.5"), "0.5"))
+    level[:, :c.volume.shape[1], :c.volume.shape[2]] = c.volume  # a dozen real tiles
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("declares a grid of 4000x4000 tiles",
+                                                                    "is the array's shape right?"), f / "out")
+
+
+@case
 def run_inf_in_another_plane(f: Path, c: Context) -> Invocation:  # measuring reads plane 2 only: found when stitching
     store = slice_store(f / "data", with_value(c, 0, np.inf))
     return Invocation(cli_run(f / "data", f / "out", "--plane", "central"), RUN, store, ("data contains NaN or Inf",),

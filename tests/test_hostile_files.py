@@ -11,6 +11,7 @@ import runpy
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -255,6 +256,29 @@ def test_a_worker_of_a_run_that_lost_its_folder_renames_nothing_into_place(tmp_p
     with pytest.raises(InputError, match="another linumpy-motor run took over this folder"):
         run_jobs(jobs, stamps, 2, "test", False)
     assert not late.exists() and not temporaries(tmp_path)
+
+
+WORKER_DIES = """
+import sys
+from pathlib import Path
+from reliability_helpers import finish_quickly, leave_a_lock_and_die
+from linumpy_motor.pipeline.jobs import run_jobs
+from linumpy_motor.pipeline.resume import Stamps
+out = Path(sys.argv[1])
+try:
+    run_jobs([(out / "a.json", "k", finish_quickly, {}), (out / "b.json", "k", leave_a_lock_and_die, {})],
+             Stamps(out, []), 2, "test", False)
+except ValueError as exc:
+    print(f"prog: error: {exc}", file=sys.stderr)
+"""
+
+
+def test_the_error_line_stays_last_when_a_dead_worker_leaked_a_lock(tmp_path):
+    """multiprocessing's resource tracker reports a killed worker's semaphores when it ends: before the line."""
+    result = subprocess.run([sys.executable, "-c", WORKER_DIES, str(tmp_path)], capture_output=True, text=True,
+                            env={**env(), "PYTHONPATH": str(Path(__file__).parent)}, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("prog: error: ") and "worker process" in lines[-1], result.stderr
 
 
 def _children(pid: int) -> set[int]:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from linumpy_motor import __version__, interrupts
-from linumpy_motor.errors import FitError, InputError
+from linumpy_motor.errors import FitError, InputError, printable
 from linumpy_motor.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED
 from linumpy_motor.io.schemas import first_problem
 from linumpy_motor.pipeline import logs
@@ -116,10 +116,13 @@ def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Name
 
 
 def _one_line(exc: BaseException) -> str:
-    """A one-line description of an error (the first problem of a pydantic validation error)."""
+    """A one-line description of an error (the first problem of a pydantic validation error); control
+    characters in it (a newline in a file name) are written as escapes (:func:`~linumpy_motor.errors.printable`)."""
     if isinstance(exc, ValidationError):
-        return first_problem(exc)
+        return printable(first_problem(exc))
     if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror or exc}"
+        return printable(f"{exc.filename}: {exc.strerror or exc}")
+    if isinstance(exc, InputError):
+        return str(exc)
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return printable(text.splitlines()[0]) if text else type(exc).__name__

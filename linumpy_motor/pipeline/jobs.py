@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
+from multiprocessing import get_context, resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -160,7 +161,18 @@ def _run_parallel(todo: list, workers: int, outdir: Path, finished: Callable[[Pa
     finally:
         started.close()
         report.close()
-    pool.shutdown(wait=True)
+        pool.shutdown(wait=True)
+        _end_resource_tracker()
+
+
+def _end_resource_tracker() -> None:
+    """Once the workers are gone, end multiprocessing's resource tracker (it started for the pool's locks) and
+    wait for it: what it reports (the semaphores of a killed worker) is said now, never after the command's
+    last line. It starts again if another pool needs it."""
+    gc.collect()  # the shut-down pool's locks are released, and unregistered from the tracker
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # no public way to end it and wait
+    if stop is not None:
+        stop()
 
 
 def threads_per_job(options: RunOptions, n_jobs: int) -> int:

@@ -214,7 +214,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
         ran["measure"] = run_jobs([
             (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
-                                  **measure), steps.measure_pairs,
+                                  use_gpu=options.use_gpu, **measure), steps.measure_pairs,
              dict(source=path, output=pairs[sid], slice_id=sid, flatfield=flatfield, use_gpu=options.use_gpu,
                   threads=threads_per_job(options, len(slices)), **measure))
             for sid, path in slices
@@ -240,7 +240,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
 
     ran["stitch"] = run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
-                                 flatfield=flatfield_id, placement=options.placement,
+                                 flatfield=flatfield_id, placement=options.placement, use_gpu=options.use_gpu,
                                  pairs=file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=A,
                             positions=positions(sid), flatfield=flatfield, use_gpu=options.use_gpu,

@@ -32,8 +32,9 @@ from linumpy_motor.register.geometry import integer_step, n_neighbour_pairs, pai
 from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_plane
 from linumpy_motor.register.robust import MAD_TO_SD
 
-__all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader",
-           "backends_used", "band_reader", "measure_grid_pairs", "measure_mosaic", "measure_volume"]
+__all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MIN_NULL_PAIRS", "MIN_OVERLAP_PX", "NULL_PAIRS",
+           "PLANE_CACHE_BYTES", "BandReader", "backends_used", "band_reader", "check_overlap_px", "measure_grid_pairs",
+           "measure_mosaic", "measure_volume"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
@@ -41,6 +42,20 @@ BACKGROUND_MADS = 4.0
 MAX_EMPTY_DEFAULT = 0.9
 """Without ``max_empty_fraction``: a pair is skipped when one of its overlaps is more than this fraction zero."""
 PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once for flat field and pairs
+MIN_OVERLAP_PX = 2
+"""Fewer px of nominal overlap between neighbour tiles leave nothing to correlate: such a grid is refused."""
+
+
+def check_overlap_px(tile_hw: tuple[int, int], nx: int, ny: int, overlap_fraction: float, label: str) -> None:
+    """Refuse tiles whose nominal overlap with a neighbour is under :data:`MIN_OVERLAP_PX` px (e.g. tiles 1 or 2 px
+    high: a store chunked by pixel row, without a ``tile_shape`` attribute, read as one tile per chunk)."""
+    steps = integer_step(tile_hw, overlap_fraction)
+    for axis, (size, step, neighbours) in enumerate(zip(tile_hw, steps, (nx, ny))):
+        if neighbours > 1 and size - step < MIN_OVERLAP_PX:
+            raise InputError(label, f"tiles of {tile_hw[0]}x{tile_hw[1]} px overlap by {size - step} px along "
+                                    f"{'y' if axis == 0 else 'x'} at overlap {overlap_fraction} (at least "
+                                    f"{MIN_OVERLAP_PX} px are needed): is the tile shape right? (set the store's "
+                                    "'tile_shape' attribute)")
 
 BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
@@ -346,6 +361,7 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     nz, h, w = tile_shape
     if z is not None and not 0 <= z < nz:
         raise InputError(label, f"plane z={z} is outside the volume's {nz} planes")
+    check_overlap_px((h, w), nx, ny, overlap_fraction, label)
     if not isinstance(flatfield, np.ndarray):
         flatfield_file(flatfield)  # a misspelt mode is refused before any reading
     if z is None:
