@@ -33,8 +33,8 @@ from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_pl
 from linumpy_motor.register.robust import MAD_TO_SD
 
 __all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MIN_NULL_PAIRS", "MIN_OVERLAP_PX", "NULL_PAIRS",
-           "PLANE_CACHE_BYTES", "BandReader", "backends_used", "band_reader", "check_overlap_px", "measure_grid_pairs",
-           "measure_mosaic", "measure_volume"]
+           "PLANE_CACHE_BYTES", "VALUE_SAMPLE_TILES", "BandReader", "backends_used", "band_reader", "check_overlap_px",
+           "measure_grid_pairs", "measure_mosaic", "measure_volume", "value_range"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
@@ -42,6 +42,8 @@ BACKGROUND_MADS = 4.0
 MAX_EMPTY_DEFAULT = 0.9
 """Without ``max_empty_fraction``: a pair is skipped when one of its overlaps is more than this fraction zero."""
 PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once for flat field and pairs
+VALUE_SAMPLE_TILES = 9
+"""Tiles (spread over the grid, central plane) whose values set a slice's value range before measuring."""
 MIN_OVERLAP_PX = 2
 """Fewer px of nominal overlap between neighbour tiles leave nothing to correlate: such a grid is refused."""
 
@@ -218,7 +220,7 @@ def _split_empty(pairs: list[dict], threshold: float | None, max_empty_fraction:
     for pair in pairs:
         a, b = pair["_a"], pair["_b"]
         if threshold is None or max_empty_fraction is None:  # no threshold without a max fraction
-            empty = 1.0 - min(float(np.mean(a > 0)), float(np.mean(b > 0)))
+            empty = 1.0 - min(float(np.mean(a != 0)), float(np.mean(b != 0)))
             too_empty = empty > MAX_EMPTY_DEFAULT
         else:
             empty = max(float(np.mean(a <= threshold)), float(np.mean(b <= threshold)))
@@ -323,6 +325,39 @@ def _plane_rows(read: VolumeReader, z: int | None, tile_hw: tuple[int, int], nx:
     return [_plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)) for i in range(nx)]
 
 
+def value_range(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int) -> tuple[float, float] | None:
+    """``(offset, scale)`` that map a slice's values onto about [0, 1] before measuring, from a sample of its tiles.
+
+    OCT intensities come in any range: linear (positive), in dB (mostly negative), or scaled by huge
+    factors (1e10, 1e37, whose squares overflow float32 in the correlations). The offset is the sample's
+    minimum when it is negative, else 0 (positive data are only scaled: every test and threshold of the
+    measurement is unchanged by a scale); the scale spans the offset to the sample's 99.9th percentile.
+    Exact zeros (missing chunks, read as background) are left out. None when the sample holds nothing
+    but zeros or one value.
+    """
+    nz, h, w = tile_shape
+    z = central_plane_index(nz)
+    picks = np.unique(np.linspace(0, nx * ny - 1, min(VALUE_SAMPLE_TILES, nx * ny)).round().astype(int))
+    values = np.concatenate([read(slice(z, z + 1), slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))[0].ravel()
+                             for i, j in (divmod(int(k), ny) for k in picks)]).astype(np.float64)
+    values = values[values != 0]
+    if not values.size:
+        return None
+    offset = min(0.0, float(values.min()))
+    scale = float(np.percentile(values, 99.9)) - offset
+    return (offset, scale) if scale > 0 else None
+
+
+def _normalised(read: VolumeReader, offset: float, scale: float) -> VolumeReader:
+    """``read`` with its values mapped by ``(value - offset) / scale``; exact zeros (background) stay zero."""
+    def normalised(zs: slice, rows: slice, cols: slice) -> np.ndarray:
+        block = read(zs, rows, cols)
+        mapped = ((block.astype(np.float64) - offset) / scale).astype(np.float32)
+        return np.where(block == 0, np.float32(0), mapped)
+
+    return normalised
+
+
 def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,
                    *, z: int | None = None, plane: str = DEFAULT_PLANE,
                    flatfield: str | Path | np.ndarray | None = DEFAULT_FLATFIELD, label: str = "slice",
@@ -364,6 +399,9 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     check_overlap_px((h, w), nx, ny, overlap_fraction, label)
     if not isinstance(flatfield, np.ndarray):
         flatfield_file(flatfield)  # a misspelt mode is refused before any reading
+    values = value_range(read, tile_shape, nx, ny)
+    if values is not None:  # any value range is measured alike (dB, negative, huge)
+        read = _normalised(read, *values)
     if z is None:
         z, plane_info = choose_plane(read, nz, (h, w), nx, ny, overlap_fraction, plane,
                                      filter_sigma=options.get("filter_sigma", FILTER_SIGMA),
