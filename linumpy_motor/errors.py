@@ -7,7 +7,10 @@ import unicodedata
 from collections.abc import Collection
 from pathlib import Path
 
-__all__ = ["FitError", "InputError", "Terminated", "check_choice", "printable"]
+__all__ = ["EXIT_BAD_INPUT", "FitError", "InputError", "Terminated", "check_choice", "printable"]
+
+EXIT_BAD_INPUT = 2
+"""The exit code of a command that reports bad input in one line (also argparse's usage errors)."""
 
 
 class InputError(ValueError):

@@ -308,6 +308,23 @@ def run_corrupt_chunk_zarr_v2(f: Path, c: Context) -> Invocation:
     return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("cannot read data",), f / "out")
 
 
+MEMORY_LIMITS = "a memory limit applies to the whole forked driver: tests/test_memory.py runs these under one"
+
+
+@case
+def run_under_a_too_low_address_space_limit(f: Path, c: Context) -> Invocation:
+    return Invocation(cli_run(c.dataset, f / "out"), RUN, None,
+                      ("step needs about ... of address space, more than the limit of ... (ulimit -v)",
+                       "step ran out of memory (MemoryError)"), f / "out", skip=MEMORY_LIMITS)
+
+
+@case
+def run_under_a_too_low_cgroup_limit(f: Path, c: Context) -> Invocation:
+    return Invocation(cli_run(c.dataset, f / "out"), RUN, None,
+                      ("step needs about ... more memory, more than the ... the cgroup limit of ... leaves",),
+                      f / "out", skip=MEMORY_LIMITS)
+
+
 @case
 def run_outdir_is_a_file(f: Path, c: Context) -> Invocation:
     (f / "afile").write_text("keep me")

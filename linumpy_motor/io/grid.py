@@ -281,6 +281,8 @@ def read_block(grid: MosaicGrid, z, rows: slice, cols: slice) -> np.ndarray:
     """Read ``array[z, rows, cols]`` as float32, with a clear error for corrupt or non-finite data."""
     try:
         block = grid.array[z, rows, cols]
+    except MemoryError:  # not the data's fault: said as such by the step (linumpy_motor.memory.out_of_memory)
+        raise
     except Exception as exc:
         raise InputError(grid.path, f"cannot read data ({type(exc).__name__}: {exc})") from None
     return finite_float(block, grid.path)

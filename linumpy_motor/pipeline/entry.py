@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from linumpy_motor import __version__, interrupts
-from linumpy_motor.errors import FitError, InputError, printable
+from linumpy_motor import __version__, interrupts, memory
+from linumpy_motor.errors import EXIT_BAD_INPUT, FitError, InputError, printable
 from linumpy_motor.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED
 from linumpy_motor.io.schemas import first_problem
 from linumpy_motor.pipeline import logs
@@ -18,8 +18,6 @@ from linumpy_motor.pipeline import logs
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter", "make_parser",
            "run_cli"]
 
-EXIT_BAD_INPUT = 2
-"""Bad input, reported in one line (also argparse's usage errors)."""
 EXIT_NOT_OK = 3
 """The run finished but a slice's QC status counts as failing (``--fail-on``)."""
 
@@ -69,6 +67,7 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
         the work in progress is cleaned up and a rerun resumes.
     """
     installed = interrupts.install()
+    memory.limit_arenas()
     try:
         try:
             args = parser.parse_args(argv)
@@ -106,7 +105,9 @@ def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Name
     except BaseException as exc:
         if interrupts.outcome(exc) is not None:  # any error raised while stopping is the stop itself
             return _interrupted(parser, exc, args.debug), True
-        if not isinstance(exc, (InputError, FitError, ValidationError, OSError)):
+        if memory.is_out_of_memory(exc):
+            exc = memory.out_of_memory(None, None, exc)
+        elif not isinstance(exc, (InputError, FitError, ValidationError, OSError)):
             raise
         if args.debug:
             traceback.print_exc()

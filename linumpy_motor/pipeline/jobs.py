@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.std import tqdm as std_tqdm
 
-from linumpy_motor import interrupts
+from linumpy_motor import interrupts, memory
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs
 from linumpy_motor.parallel import threads_per_worker
@@ -72,6 +72,7 @@ def _init_worker(started, log_config: logs.LogConfig, parent: int, outdir: Path,
     several workers do not interleave)."""
     global _STARTED
     _die_with(parent)
+    memory.limit_arenas()
     outputs.set_claim(functools.partial(_check_claim, parent, outdir, token))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth (see _run_parallel)
@@ -80,11 +81,21 @@ def _init_worker(started, log_config: logs.LogConfig, parent: int, outdir: Path,
     _STARTED = started
 
 
-def _call_in_worker(label: str, function: Callable, kwargs: dict):
+def _call(step: str, label: str, function: Callable, kwargs: dict) -> None:
+    """Run one job; running out of memory is one line naming the step and the slice (:func:`memory.out_of_memory`)."""
+    try:
+        function(**kwargs)
+    except (MemoryError, RuntimeError) as exc:
+        if not memory.is_out_of_memory(exc):
+            raise
+        raise memory.out_of_memory(step, label, exc) from None
+
+
+def _call_in_worker(step: str, label: str, function: Callable, kwargs: dict) -> None:
     if _STARTED is None:
         raise RuntimeError("_call_in_worker runs only in a worker set up by _init_worker")
     _STARTED.send((os.getpid(), label))
-    return function(**kwargs)
+    _call(step, label, function, kwargs)
 
 
 def _job_label(output: Path, kwargs: dict) -> str:
@@ -128,9 +139,10 @@ def _stop_workers(pool: ProcessPoolExecutor, todo: list) -> None:
         outputs.remove_temporaries(output.parent, [output.name], processes)
 
 
-def _run_parallel(todo: list, workers: int, outdir: Path, finished: Callable[[Path, str, int], None]) -> None:
-    """Run ``todo`` in worker processes for the run that holds ``outdir``; ``finished(output, key, count)``
-    as each job ends."""
+def _run_parallel(todo: list, workers: int, outdir: Path, step: str,
+                  finished: Callable[[Path, str, int], None]) -> None:
+    """Run ``todo`` (jobs of ``step``) in worker processes for the run that holds ``outdir``;
+    ``finished(output, key, count)`` as each job ends."""
     context = get_context("spawn")
     started, report = context.Pipe(duplex=False)  # no semaphore: nothing to leak when the run is stopped
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
@@ -140,7 +152,7 @@ def _run_parallel(todo: list, workers: int, outdir: Path, finished: Callable[[Pa
         # ignore it, so a Ctrl-C during their start-up cannot print a traceback; here it arrives on unblocking
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            futures = {pool.submit(_call_in_worker, _job_label(output, kwargs), function, kwargs):
+            futures = {pool.submit(_call_in_worker, step, _job_label(output, kwargs), function, kwargs):
                        (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -209,12 +221,13 @@ def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, worke
     if parallel:
         for output, *_ in todo:
             stamps.invalidate(output)
-        _run_parallel(todo, workers, stamps.outdir, lambda output, key, count: finished(output, key, start, count))
+        _run_parallel(todo, workers, stamps.outdir, label,
+                      lambda output, key, count: finished(output, key, start, count))
     else:
         for count, (output, key, function, kwargs) in enumerate(todo, start=1):
             stamps.invalidate(output)
             began = time.perf_counter()
-            function(**kwargs)
+            _call(label, _job_label(output, kwargs), function, kwargs)
             finished(output, key, began, count)
     if todo:
         logger.info("%s: finished in %.1f s", label, time.perf_counter() - start)

@@ -20,13 +20,15 @@ from linumpy_motor.io.dataset import check_consistent, slice_id_from_name
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import check_output, write_json
 from linumpy_motor.io.schemas import PairsFile, load
+from linumpy_motor.memory import check_memory
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
 from linumpy_motor.register import geometry
 from linumpy_motor.register.fit import DEFAULT_BACKLASH, DEFAULT_SEED, DRIFT_TOLERANCE_PX, BacklashMode, fit_pooled
-from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, flatfield_file
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, READ_THREADS, flatfield_file
 from linumpy_motor.register.measure import backends_used, measure_mosaic
+from linumpy_motor.register.measure import peak_bytes as measure_peak_bytes
 from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
 
 __all__ = ["DEFAULT_PLACEMENT", "PLACEMENTS", "Placement", "compare", "copy_transform", "fit_affine", "measure_pairs",
@@ -87,7 +89,9 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     """
     check_output(output, source, *filter(None, [flatfield_file(flatfield)]), stage="measure")
     grid = open_mosaic(source)
-    with limited_threads(resolve_threads(threads)):
+    threads = resolve_threads(threads)
+    check_memory("measure", grid.path, measure_peak_bytes(grid.tile_shape, grid.nx, grid.ny), threads + READ_THREADS)
+    with limited_threads(threads):
         measured, skipped, stats = measure_mosaic(
             grid, overlap, z=z, plane=plane, flatfield=flatfield, background_test=background_test,
             max_shift_px=max_shift_px, histogram_match=histogram_match, max_empty_fraction=max_empty_fraction,

@@ -32,9 +32,9 @@ from linumpy_motor.register.geometry import integer_step, n_neighbour_pairs, pai
 from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_plane
 from linumpy_motor.register.robust import MAD_TO_SD
 
-__all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MIN_NULL_PAIRS", "MIN_OVERLAP_PX", "NULL_PAIRS",
-           "PLANE_CACHE_BYTES", "VALUE_SAMPLE_TILES", "BandReader", "backends_used", "band_reader", "check_overlap_px",
-           "measure_grid_pairs", "measure_mosaic", "measure_volume", "value_range"]
+__all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MEASURE_BAND_COPIES", "MIN_NULL_PAIRS", "MIN_OVERLAP_PX",
+           "NULL_PAIRS", "PLANE_CACHE_BYTES", "VALUE_SAMPLE_TILES", "BandReader", "backends_used", "band_reader",
+           "check_overlap_px", "measure_grid_pairs", "measure_mosaic", "measure_volume", "peak_bytes", "value_range"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
@@ -323,6 +323,21 @@ def _plane_rows(read: VolumeReader, z: int | None, tile_hw: tuple[int, int], nx:
     if nx * h * ny * w * 4 > PLANE_CACHE_BYTES:
         return None
     return [_plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)) for i in range(nx)]
+
+
+MEASURE_BAND_COPIES = 12
+"""Tile rows' worth of data the measurement holds at once besides the cached plane: the two rows of a pair,
+their float64 normalisation, the overlap windows and their FFT buffers, the flat-field sample."""
+
+
+def peak_bytes(tile_shape: tuple[int, int, int], nx: int, ny: int) -> int:
+    """Estimated peak of data held while measuring a slice (:func:`~linumpy_motor.memory.check_memory`):
+    the measured plane when it is cached (up to :data:`PLANE_CACHE_BYTES`), plus
+    :data:`MEASURE_BAND_COPIES` tile rows."""
+    _, h, w = tile_shape
+    band = h * ny * w * 4
+    plane = nx * band
+    return (plane if plane <= PLANE_CACHE_BYTES else 0) + MEASURE_BAND_COPIES * band
 
 
 def value_range(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int) -> tuple[float, float] | None:
