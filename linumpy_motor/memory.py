@@ -17,11 +17,13 @@ import sys
 from pathlib import Path
 
 from linumpy_motor.errors import InputError
-from linumpy_motor.parallel import CGROUP_ROOT
 
-__all__ = ["HEADROOM_BYTES", "MALLOC_ARENAS", "THREAD_STACK_BYTES", "address_space_limit", "address_space_used",
-           "cgroup_memory", "check_memory", "is_out_of_memory", "limit_arenas", "out_of_memory"]
+__all__ = ["CGROUP_ROOT", "HEADROOM_BYTES", "MALLOC_ARENAS", "THREAD_STACK_BYTES", "address_space_limit",
+           "address_space_used", "cgroup_memory", "check_memory", "is_out_of_memory", "limit_arenas", "out_of_memory"]
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+"""Where this process's cgroup files are read: its memory limit here, its CPU quota in
+:mod:`linumpy_motor.parallel`."""
 HEADROOM_BYTES = 128 * 2**20
 """Address space a step may take beyond its data: libraries' lazy buffers (OpenBLAS takes 32 MiB) and the
 growth of the allocator's arenas."""

@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +80,23 @@ def test_a_second_sigterm_during_the_clean_up_is_recorded_not_raised(handlers):
 
 # -- the command, signalled at random moments ---------------------------------------------------------
 
-PHASES = {  # phase -> (the stderr line it starts after, or None: from the process's start; options)
+def test_the_console_script_catches_signals_before_it_imports_the_libraries():
+    """Its module installs the handlers first: importing it loads none of the libraries that take a second."""
+    probe = ("import sys, linumpy_motor.pipeline.launch as launch; "
+             "print(sorted(m for m in ('numpy', 'scipy', 'zarr', 'pydantic', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env(), timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert Path(CLI).read_text().count("from linumpy_motor.pipeline.launch import main") == 1
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a SIGTERM handler yet (``SigCgt`` of /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+PHASES = {  # phase -> (the stderr line it starts after, or None: from the handlers' start; options)
     "imports": (None, ()),
     "measure": ("measure: ", ()),
     "workers": ("stitch: ", ("--workers", "2")),
@@ -87,9 +104,9 @@ PHASES = {  # phase -> (the stderr line it starts after, or None: from the proce
 }
 
 
-DELAYS = {"imports": (0.3, 1.4)}
-"""Seconds from the start of a phase to the signal (0 to 0.6 s by default). The program catches signals from
-about 0.05 s after its start (before it imports NumPy and the rest, which take a second or more)."""
+DELAYS = {"imports": (0.0, 1.2)}
+"""Seconds from the start of a phase to the signal (0 to 0.6 s by default). The program catches signals before
+it imports NumPy and the rest, which take a second or more (the imports phase starts then)."""
 
 
 def _signal_a_run(data: Path, out: Path, phase: str, signum: int, delay: float) -> tuple[int, str] | None:
@@ -99,6 +116,8 @@ def _signal_a_run(data: Path, out: Path, phase: str, signum: int, delay: float) 
                                stderr=subprocess.PIPE, text=True, env=env())
     before = []
     try:
+        while marker is None and not _catches_sigterm(process.pid):
+            time.sleep(0.001)
         if marker is not None:
             for line in process.stderr:
                 before.append(line)

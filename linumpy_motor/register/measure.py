@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from linumpy_motor.register.planes import DEFAULT_PLANE, VolumeReader, choose_pl
 from linumpy_motor.register.robust import MAD_TO_SD
 
 __all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MEASURE_BAND_COPIES", "MIN_NULL_PAIRS", "MIN_OVERLAP_PX",
-           "NULL_PAIRS", "PLANE_CACHE_BYTES", "VALUE_SAMPLE_TILES", "BandReader", "backends_used", "band_reader",
+           "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader", "backends_used", "band_reader",
            "check_overlap_px", "measure_grid_pairs", "measure_mosaic", "measure_volume", "peak_bytes", "value_range"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
@@ -42,8 +43,6 @@ BACKGROUND_MADS = 4.0
 MAX_EMPTY_DEFAULT = 0.9
 """Without ``max_empty_fraction``: a pair is skipped when one of its overlaps is more than this fraction zero."""
 PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once for flat field and pairs
-VALUE_SAMPLE_TILES = 9
-"""Tiles (spread over the grid, central plane) whose values set a slice's value range before measuring."""
 MIN_OVERLAP_PX = 2
 """Fewer px of nominal overlap between neighbour tiles leave nothing to correlate: such a grid is refused."""
 
@@ -340,22 +339,17 @@ def peak_bytes(tile_shape: tuple[int, int, int], nx: int, ny: int) -> int:
     return (plane if plane <= PLANE_CACHE_BYTES else 0) + MEASURE_BAND_COPIES * band
 
 
-def value_range(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int) -> tuple[float, float] | None:
-    """``(offset, scale)`` that map a slice's values onto about [0, 1] before measuring, from a sample of its tiles.
+def value_range(block: np.ndarray) -> tuple[float, float] | None:
+    """``(offset, scale)`` that map a slice's values onto about [0, 1] before measuring, from its first data read.
 
     OCT intensities come in any range: linear (positive), in dB (mostly negative), or scaled by huge
-    factors (1e10, 1e37, whose squares overflow float32 in the correlations). The offset is the sample's
+    factors (1e10, 1e37, whose squares overflow float32 in the correlations). The offset is the block's
     minimum when it is negative, else 0 (positive data are only scaled: every test and threshold of the
-    measurement is unchanged by a scale); the scale spans the offset to the sample's 99.9th percentile.
-    Exact zeros (missing chunks, read as background) are left out. None when the sample holds nothing
+    measurement is unchanged by a scale); the scale spans the offset to the block's 99.9th percentile.
+    Exact zeros (missing chunks, read as background) are left out. None when the block holds nothing
     but zeros or one value.
     """
-    nz, h, w = tile_shape
-    z = central_plane_index(nz)
-    picks = np.unique(np.linspace(0, nx * ny - 1, min(VALUE_SAMPLE_TILES, nx * ny)).round().astype(int))
-    values = np.concatenate([read(slice(z, z + 1), slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))[0].ravel()
-                             for i, j in (divmod(int(k), ny) for k in picks)]).astype(np.float64)
-    values = values[values != 0]
+    values = block[block != 0].astype(np.float64)
     if not values.size:
         return None
     offset = min(0.0, float(values.min()))
@@ -363,14 +357,31 @@ def value_range(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, n
     return (offset, scale) if scale > 0 else None
 
 
-def _normalised(read: VolumeReader, offset: float, scale: float) -> VolumeReader:
-    """``read`` with its values mapped by ``(value - offset) / scale``; exact zeros (background) stay zero."""
-    def normalised(zs: slice, rows: slice, cols: slice) -> np.ndarray:
-        block = read(zs, rows, cols)
+class _Normalised:
+    """A :data:`~linumpy_motor.register.planes.VolumeReader` whose values are mapped by ``(value - offset) / scale``
+    (:func:`value_range`, set by the first block read that holds data; exact zeros stay zero).
+
+    The measurement reads nothing more for it (the plane choice, the flat-field estimate and the pairs
+    read what they always read); the first read is one of a fixed sequence, so the mapping is the same
+    from run to run, and reads from several threads wait for it.
+    """
+
+    def __init__(self, read: VolumeReader) -> None:
+        self.read = read
+        self.mapping: tuple[float, float] | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, zs: slice, rows: slice, cols: slice) -> np.ndarray:
+        block = self.read(zs, rows, cols)
+        if self.mapping is None:
+            with self.lock:
+                if self.mapping is None:
+                    self.mapping = value_range(block)
+        if self.mapping is None:  # only zeros so far: nothing to map
+            return block
+        offset, scale = self.mapping
         mapped = ((block.astype(np.float64) - offset) / scale).astype(np.float32)
         return np.where(block == 0, np.float32(0), mapped)
-
-    return normalised
 
 
 def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,
@@ -414,9 +425,7 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     check_overlap_px((h, w), nx, ny, overlap_fraction, label)
     if not isinstance(flatfield, np.ndarray):
         flatfield_file(flatfield)  # a misspelt mode is refused before any reading
-    values = value_range(read, tile_shape, nx, ny)
-    if values is not None:  # any value range is measured alike (dB, negative, huge)
-        read = _normalised(read, *values)
+    read = _Normalised(read)  # any value range is measured alike (dB, negative, huge)
     if z is None:
         z, plane_info = choose_plane(read, nz, (h, w), nx, ny, overlap_fraction, plane,
                                      filter_sigma=options.get("filter_sigma", FILTER_SIGMA),
@@ -428,6 +437,10 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     def estimate() -> np.ndarray | None:
         nonlocal rows
         rows = _plane_rows(read, z, (h, w), nx, ny)
+        tiles = ((i, j) for i in range(nx) for j in range(ny))
+        while rows is None and read.mapping is None and (tile := next(tiles, None)) is not None:
+            i, j = tile  # the estimate reads tiles on threads: the mapping comes from a fixed tile first
+            _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))
         return flatfield_from_tiles(
             (lambda i, j: rows[i][:, j * w:(j + 1) * w]) if rows is not None else
             (lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))),
