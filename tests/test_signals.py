@@ -25,6 +25,7 @@ from reliability_helpers import CLI, env, error_lines, temporaries, write_small_
 
 from linumpy_motor import interrupts
 from linumpy_motor.errors import Terminated
+from linumpy_motor.pipeline import cli
 from linumpy_motor.pipeline.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
 
 TRIALS = int(os.environ.get("LINUMPY_MOTOR_SIGNAL_TRIALS", "20"))
@@ -76,6 +77,17 @@ def test_a_second_sigterm_during_the_clean_up_is_recorded_not_raised(handlers):
     time.sleep(0.05)
     assert interrupts.finish() == signal.SIGTERM
     interrupts.check()  # settled: nothing more is raised
+
+
+def test_a_command_whose_sigterm_python_dropped_still_ends_with_143_and_the_line(tmp_path, monkeypatch, capsys):
+    """SIGTERM delivered while a weak-reference callback runs (as matplotlib's do during the report)."""
+    def action(args) -> None:
+        _dropped_in_a_callback(signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "synth", action)
+    code = cli.main(["synth", str(tmp_path / "d")])
+    assert code == EXIT_TERMINATED
+    assert capsys.readouterr().err.splitlines()[-1:] == [LINES[signal.SIGTERM]]
 
 
 # -- the command, signalled at random moments ---------------------------------------------------------
