@@ -13,6 +13,7 @@ from pydantic import PositiveInt
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import schemas
 from linumpy_motor.io.grid import open_mosaic
+from linumpy_motor.io.outputs import check_output
 from linumpy_motor.pipeline import options, steps
 from linumpy_motor.pipeline.entry import make_parser, run_cli
 from linumpy_motor.pipeline.logs import Progress
@@ -36,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def stitch(args: argparse.Namespace) -> None:
     """Place and blend the slice's tiles (:func:`~linumpy_motor.stitch.assemble.stitch_slice`), write the store
-    and summarise it on stderr; a problem of the matrix itself names the transform file."""
+    and summarise it on stderr; a problem of the matrix itself names the transform file. The output may be
+    none of the inputs (checked before anything is read)."""
+    check_output(args.out_zarr, args.slice_zarr, args.transform_json, *filter(None, [args.pairs]), stage="stitch")
     transform = schemas.read_transform(args.transform_json)
     grid = open_mosaic(args.slice_zarr)
     positions = steps.tile_positions(args.transform_json, (grid.nx, grid.ny), placement=args.placement,

@@ -3,10 +3,14 @@ and a termination request."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection
 from pathlib import Path
 
-__all__ = ["FitError", "InputError", "Terminated", "check_choice"]
+__all__ = ["EXIT_BAD_INPUT", "FitError", "InputError", "Terminated", "check_choice", "printable"]
+
+EXIT_BAD_INPUT = 2
+"""The exit code of a command that reports bad input in one line (also argparse's usage errors)."""
 
 
 class InputError(ValueError):
@@ -23,11 +27,17 @@ class InputError(ValueError):
     def __init__(self, path: str | Path | None, problem: str) -> None:
         self.path = None if path is None else Path(path)
         self.problem = problem
-        super().__init__(problem if path is None else f"{path}: {problem}")
+        super().__init__(printable(problem if path is None else f"{path}: {problem}"))
 
     def __reduce__(self):
         """Pickle with both arguments, so an error raised in a worker process reaches the parent intact."""
         return type(self), (self.path, self.problem)
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters (a newline or an escape sequence in a file name) written as
+    escapes, so a message naming any path stays one line."""
+    return "".join(repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char for char in text)
 
 
 class FitError(ValueError):

@@ -19,11 +19,11 @@ import scipy.fft
 from threadpoolctl import threadpool_limits
 
 from linumpy_motor.errors import InputError
+from linumpy_motor.memory import CGROUP_ROOT
 
 __all__ = ["CGROUP_ROOT", "available_cores", "cgroup_cpu_quota", "limited_threads", "resolve_threads",
     "threads_per_worker"]
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def cgroup_cpu_quota(root: Path | None = None) -> float | None:

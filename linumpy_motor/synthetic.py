@@ -243,7 +243,7 @@ def write_dataset(
     ids = range(first_slice, first_slice + n_slices)
     names = {slice_id: f"mosaic_grid_3d_z{slice_id:02d}.ome.zarr" for slice_id in ids}
     for target in [*names.values(), "truth.json", *(["truth_scenes"] if save_scenes else [])]:
-        outputs.check_replaceable(out_dir / target)  # before writing anything: never a real acquisition
+        outputs.check_replaceable(out_dir / target, "synth")  # before writing anything: never a real acquisition
     out_dir.mkdir(parents=True, exist_ok=True)
     if tile_shape_attr is None:
         tile_shape_attr = ngff_version == "0.4"

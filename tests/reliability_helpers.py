@@ -236,6 +236,24 @@ def die_like_the_oom_killer(**kwargs) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def leave_a_lock_and_die(**kwargs) -> None:
+    """A runner job whose worker process ends abruptly holding a lock that multiprocessing's resource tracker
+    then reports as leaked."""
+    import multiprocessing
+
+    kwargs["held"] = multiprocessing.get_context("spawn").Lock()
+    os._exit(1)
+
+
+def finish_after_a_rerun_took_the_folder(output: Path, outdir: Path, **kwargs) -> None:
+    """A runner job that is still writing its output when a rerun takes the output folder's lock."""
+    from linumpy_motor.io import outputs
+
+    with outputs.atomic_output(output, "test") as tmp:
+        tmp.write_text("a leftover worker's output")
+        (outdir / STATE_DIR / "lock").write_text("the rerun's token")
+
+
 if __name__ == "__main__":
     _serve(Path(sys.argv[1]), int(sys.argv[2]))
 

@@ -60,7 +60,7 @@ def test_a_failed_rewrite_keeps_the_old_file(tmp_path):
 
 def test_a_store_is_replaced_only_once_the_new_one_is_complete(tmp_path):
     target = store(tmp_path / "s.ome.zarr", 1.0)
-    with outputs.atomic_output(target) as tmp:
+    with outputs.atomic_output(target, "test") as tmp:
         store(tmp, 2.0)
         assert np.all(read_level0(target) == 1.0), "the old store must stay readable while the new one is written"
     assert np.all(read_level0(target) == 2.0)
@@ -70,7 +70,7 @@ def test_a_store_is_replaced_only_once_the_new_one_is_complete(tmp_path):
 def test_a_failed_store_rewrite_keeps_the_old_store(tmp_path):
     target = store(tmp_path / "s.ome.zarr", 1.0)
     with pytest.raises(OSError):
-        with outputs.atomic_output(target) as tmp:
+        with outputs.atomic_output(target, "test") as tmp:
             store(tmp, 2.0)
             raise OSError("disk full")
     assert np.all(read_level0(target) == 1.0)
@@ -88,7 +88,7 @@ def test_a_failed_final_rename_puts_the_old_store_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(OSError, match="rename failed"):
-        with outputs.atomic_output(target) as tmp:
+        with outputs.atomic_output(target, "test") as tmp:
             store(tmp, 2.0)
     assert np.all(read_level0(target) == 1.0)
     assert [p.name for p in tmp_path.iterdir()] == ["s.ome.zarr"]

@@ -48,6 +48,7 @@ from linumpy_motor.pipeline import runner, steps
 from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.pipeline.logs import LOG_FILE
 from linumpy_motor.pipeline.options import RunOptions
+from linumpy_motor.qc.report import write_report
 
 pytestmark = pytest.mark.slow
 
@@ -210,6 +211,34 @@ def run_nan_in_the_measured_plane(f: Path, c: Context) -> Invocation:
 
 
 @case
+def run_store_name_with_a_newline(f: Path, c: Context) -> Invocation:  # the name is written escaped, on one line
+    (f / "data").mkdir()
+    write_store(f / "data" / "mosaic_grid_3d_z00\nevil.ome.zarr", with_value(c, 2, np.nan))
+    return Invocation(cli_run(f / "data", f / "out"), RUN, None,
+                      (f"{f / 'data'}/mosaic_grid_3d_z00\\nevil.ome.zarr: data contains NaN or Inf",), f / "out")
+
+
+@case
+def run_tiles_one_pixel_high(f: Path, c: Context) -> Invocation:  # a store chunked by pixel row, no tile_shape
+    store = slice_store(f / "data", c.volume[:, :24], tile_hw=(1, TILE[2]))
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("overlap by 0 px along y",
+                                                                    "is the tile shape right?"), f / "out")
+
+
+@case
+def run_huge_declared_grid_over_a_few_tiles(f: Path, c: Context) -> Invocation:
+    store = f / "data" / "mosaic_grid_3d_z00.ome.zarr"
+    group = ngff.create_group(store, "0.5")
+    nz = c.volume.shape[0]
+    level = ngff.create_level(group, "0", (nz, 4000 * TILE[1], 4000 * TILE[2]), "float32", (nz, *TILE[1:]),
+                              shards=(nz, 4 * TILE[1], 4 * TILE[2]))
+    group.attrs.update(ngff.root_attributes(ngff.multiscales([(1.0, 1.0, 1.0)], (None, None, None), "0.5"), "0.5"))
+    level[:, :c.volume.shape[1], :c.volume.shape[2]] = c.volume  # a dozen real tiles
+    return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("declares a grid of 4000x4000 tiles",
+                                                                    "is the array's shape right?"), f / "out")
+
+
+@case
 def run_inf_in_another_plane(f: Path, c: Context) -> Invocation:  # measuring reads plane 2 only: found when stitching
     store = slice_store(f / "data", with_value(c, 0, np.inf))
     return Invocation(cli_run(f / "data", f / "out", "--plane", "central"), RUN, store, ("data contains NaN or Inf",),
@@ -277,6 +306,23 @@ def run_corrupt_chunk_zarr_v2(f: Path, c: Context) -> Invocation:
     store = slice_store(f / "data", c.volume, version="0.4")
     corrupt_one_chunk(store)
     return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("cannot read data",), f / "out")
+
+
+MEMORY_LIMITS = "a memory limit applies to the whole forked driver: tests/test_memory.py runs these under one"
+
+
+@case
+def run_under_a_too_low_address_space_limit(f: Path, c: Context) -> Invocation:
+    return Invocation(cli_run(c.dataset, f / "out"), RUN, None,
+                      ("step needs about ... of address space, more than the limit of ... (ulimit -v)",
+                       "step ran out of memory (MemoryError)"), f / "out", skip=MEMORY_LIMITS)
+
+
+@case
+def run_under_a_too_low_cgroup_limit(f: Path, c: Context) -> Invocation:
+    return Invocation(cli_run(c.dataset, f / "out"), RUN, None,
+                      ("step needs about ... more memory, more than the ... the cgroup limit of ... leaves",),
+                      f / "out", skip=MEMORY_LIMITS)
 
 
 @case
@@ -639,6 +685,23 @@ def report_out_is_a_user_folder(f: Path, c: Context) -> Invocation:
     (f / "mine" / "notes.txt").write_text("irreplaceable")
     return Invocation(bin_command(REPORT, "--transform", c.transform, "--pairs", *c.pairs, "--out", f / "mine"),
                       REPORT, f / "mine", ("exists and was not written by linumpy-motor",))
+
+
+@case
+def report_out_holding_a_users_file(f: Path, c: Context) -> Invocation:
+    write_report(f / "report", c.transform, c.pairs)
+    (f / "report" / "notes.txt").write_text("mine")
+    return Invocation(bin_command(REPORT, "--transform", c.transform, "--pairs", *c.pairs, "--out", f / "report"),
+                      REPORT, f / "report" / "notes.txt",
+                      ("was not written by linumpy-motor and lies inside the output", "refusing to replace or remove"))
+
+
+@case
+def stitch_out_is_an_input_slice(f: Path, c: Context) -> Invocation:
+    shutil.copytree(c.dataset, f / "data")
+    given = f / "data" / "mosaic_grid_3d_z01.ome.zarr"
+    return Invocation(bin_command(STITCH, f / "data" / "mosaic_grid_3d_z00.ome.zarr", c.transform, given), STITCH,
+                      given, ("is linumpy-motor's synthetic input slice or truth, not its stitched slice",))
 
 
 # bin/linum_motor_synth.py

@@ -11,6 +11,7 @@ import runpy
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from reliability_helpers import (
     die_like_the_oom_killer,
     env,
     error_lines,
+    finish_after_a_rerun_took_the_folder,
     finish_quickly,
     signals_as_new,
     temporaries,
@@ -40,7 +42,7 @@ from linumpy_motor.pipeline import cli, runner, steps
 from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED
 from linumpy_motor.pipeline.jobs import run_jobs
 from linumpy_motor.pipeline.options import RunOptions
-from linumpy_motor.pipeline.resume import Stamps
+from linumpy_motor.pipeline.resume import STATE_DIR, Stamps
 from linumpy_motor.qc.report import write_report
 from linumpy_motor.qc.thumbnail import read_thumbnail
 from linumpy_motor.register.flatfield import load_flatfield
@@ -245,6 +247,40 @@ def test_a_worker_killed_by_the_oom_killer_names_its_slice_and_suggests_memory(t
     assert "SIGKILL" in info.value.problem and "memory" in info.value.problem
 
 
+def test_a_worker_of_a_run_that_lost_its_folder_renames_nothing_into_place(tmp_path):
+    stamps = Stamps(tmp_path, [])
+    (tmp_path / STATE_DIR / "lock").write_text("this run's token")
+    late = tmp_path / "late.json"
+    jobs = [(tmp_path / "a.json", "k", finish_quickly, {"source": tmp_path / "slice_a.ome.zarr"}),
+            (late, "k", finish_after_a_rerun_took_the_folder, {"output": late, "outdir": tmp_path})]
+    with pytest.raises(InputError, match="another linumpy-motor run took over this folder"):
+        run_jobs(jobs, stamps, 2, "test", False)
+    assert not late.exists() and not temporaries(tmp_path)
+
+
+WORKER_DIES = """
+import sys
+from pathlib import Path
+from reliability_helpers import finish_quickly, leave_a_lock_and_die
+from linumpy_motor.pipeline.jobs import run_jobs
+from linumpy_motor.pipeline.resume import Stamps
+out = Path(sys.argv[1])
+try:
+    run_jobs([(out / "a.json", "k", finish_quickly, {}), (out / "b.json", "k", leave_a_lock_and_die, {})],
+             Stamps(out, []), 2, "test", False)
+except ValueError as exc:
+    print(f"prog: error: {exc}", file=sys.stderr)
+"""
+
+
+def test_the_error_line_stays_last_when_a_dead_worker_leaked_a_lock(tmp_path):
+    """multiprocessing's resource tracker reports a killed worker's semaphores when it ends: before the line."""
+    result = subprocess.run([sys.executable, "-c", WORKER_DIES, str(tmp_path)], capture_output=True, text=True,
+                            env={**env(), "PYTHONPATH": str(Path(__file__).parent)}, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("prog: error: ") and "worker process" in lines[-1], result.stderr
+
+
 def _children(pid: int) -> set[int]:
     found = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -292,6 +328,26 @@ def test_sigterm_to_the_main_process_stops_the_workers_and_writes_nothing_after(
     time.sleep(1.0)
     assert tree_digest(out) == after, "something was written after the main process exited"
     assert not temporaries(out)
+    rerun = subprocess.run([CLI, "run", str(dataset), str(out)], capture_output=True, text=True, env=env())
+    assert rerun.returncode == 0 and error_lines(rerun.stderr) == [], rerun.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_main_process_leaves_no_live_worker_within_a_second(dataset, tmp_path):
+    out = tmp_path / "out"
+    process = _start_and_wait(dataset, out, STITCHING)
+    helpers = _children(process.pid)  # the workers and multiprocessing's resource tracker
+    assert len(helpers) >= 2
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 1.0
+    while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(_alive(pid) for pid in helpers), "workers outlived the main process killed with SIGKILL"
+    process.communicate(timeout=10)  # the caller's pipes are closed: nothing holds them open
+    after = tree_digest(out)
+    time.sleep(1.0)
+    assert tree_digest(out) == after, "something was renamed into place after the main process was killed"
     rerun = subprocess.run([CLI, "run", str(dataset), str(out)], capture_output=True, text=True, env=env())
     assert rerun.returncode == 0 and error_lines(rerun.stderr) == [], rerun.stderr
 

@@ -12,7 +12,8 @@ import linumpy_motor
 
 PACKAGE = Path(linumpy_motor.__file__).parent
 LAYERS = (
-    ("linumpy_motor", "linumpy_motor.errors", "linumpy_motor.backend", "linumpy_motor.parallel"),
+    ("linumpy_motor", "linumpy_motor.errors", "linumpy_motor.interrupts", "linumpy_motor.backend",
+     "linumpy_motor.parallel", "linumpy_motor.memory"),
     ("linumpy_motor.io",),
     ("linumpy_motor.register",),
     ("linumpy_motor.stitch", "linumpy_motor.synthetic"),

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from reliability_helpers import BIN, GRID, TILE, temporaries, tree_digest, write_small_dataset
 
 from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
-from linumpy_motor.io import outputs
+from linumpy_motor.io import ngff, outputs
 from linumpy_motor.pipeline import resume, runner, steps
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.qc.report import write_report
+from linumpy_motor.stitch.assemble import stitch_slice
 
 SMALL = synthetic.SyntheticSpec(nx=GRID[0], ny=GRID[1], tile_shape=TILE, seed=1)
 
@@ -265,3 +267,131 @@ def test_every_output_carries_the_marker(finished):
             *(finished / "pairs").iterdir(), *(finished / "stitched").iterdir(), *(finished / "compare").iterdir()]
     assert all(outputs.is_ours(path) for path in made), [p for p in made if not outputs.is_ours(p)]
     assert np.isfinite(json.loads((finished / "motor_transform.json").read_text())["transform"]).all()
+
+
+# -- user content inside an output, at any depth (issue 19, item 1) ----------------------------------
+
+STORE = "slice_z00_stitch_3d.ome.zarr"
+
+
+def add_labels(store: Path) -> Path:
+    """A ``labels/cells`` image inside a stitched store, as napari and ome-zarr add one."""
+    labels = zarr.open_group(str(store), mode="r+").create_group("labels")
+    labels.attrs["labels"] = ["cells"]
+    labels.create_array("cells", shape=(2, 8, 8), dtype="uint8")[...] = 1
+    return store / "labels"
+
+
+def test_a_rerun_refuses_a_stitched_store_holding_a_users_labels_and_deletes_nothing(dataset, finished, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    labels = add_labels(out / "stitched" / STORE)
+    notes = out / "stitched" / "slice_z01_stitch_3d.ome.zarr" / "0" / "NOTES.txt"
+    notes.write_text("mine")
+    before = tree_digest(out)
+    with pytest.raises(InputError) as info:
+        runner.run(dataset, out, RunOptions(blending="average"), progress=False)
+    assert info.value.path == labels and "refusing to replace" in info.value.problem
+    assert tree_digest(out) == before, "refused before any work"
+    shutil.rmtree(labels)
+    with pytest.raises(InputError) as info:
+        runner.run(dataset, out, RunOptions(blending="average"), progress=False)
+    assert info.value.path == notes
+    assert notes.read_text() == "mine"
+
+
+def test_a_dropped_slices_store_holding_a_users_array_is_refused_not_deleted(dataset, finished, tmp_path):
+    out, data = tmp_path / "out", tmp_path / "data"
+    shutil.copytree(finished, out)
+    shutil.copytree(dataset, data)
+    shutil.rmtree(data / "mosaic_grid_3d_z01.ome.zarr")
+    labels = add_labels(out / "stitched" / "slice_z01_stitch_3d.ome.zarr")
+    before = tree_digest(out)
+    with pytest.raises(InputError) as info:
+        runner.run(data, out, RunOptions(), progress=False)
+    assert info.value.path == labels
+    assert tree_digest(out) == before, "nothing removed, nothing redone"
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_only_what_this_program_writes_inside_a_store_is_ours(tmp_path, version):
+    store = tmp_path / "s.ome.zarr"
+    with outputs.atomic_output(store, "stitch") as tmp:
+        ngff.write_image(tmp, np.ones((2, 16, 16), np.float32), chunks=(1, 8, 8), version=version)
+    assert outputs.is_ours(store)
+    chunk = next(p for p in sorted((store / "0").rglob("*")) if p.is_file() and p.name not in outputs.ZARR_METADATA)
+    extras = [store / "0" / "NOTES.txt",  # a note beside a level's chunks
+              chunk.parent / "0.bak",  # a chunk-like name that is no chunk key
+              chunk.parent.parent / "9",  # a file where the chunk keys have a folder
+              store / "1"]  # a level the multiscales does not list
+    for extra in extras:
+        extra.write_text("mine")
+        assert not outputs.is_ours(store), extra
+        assert outputs.foreign_path(store) == extra
+        extra.unlink()
+    (store / "0" / "link").symlink_to(chunk)
+    assert outputs.foreign_path(store) == store / "0" / "link"
+
+
+def test_a_report_folder_is_ours_only_with_nothing_but_its_listed_files(finished, tmp_path):
+    report = tmp_path / "report"
+    shutil.copytree(finished / "report", report)
+    assert outputs.is_ours(report)
+    listed = report / "report.html"
+    listed.unlink()
+    listed.mkdir()  # a listed name that is now a folder of the user's
+    (listed / "mine.txt").write_text("mine")
+    assert not outputs.is_ours(report)
+    assert outputs.foreign_path(report) == listed
+
+
+def test_no_stage_replaces_another_kind_of_output(dataset, finished, tmp_path):
+    given = tmp_path / "data"
+    shutil.copytree(dataset, given)
+    before = tree_digest(given)
+    with pytest.raises(InputError, match="synthetic input slice or truth, not its pairs file"):
+        steps.measure_pairs(given / "mosaic_grid_3d_z00.ome.zarr", given / "truth.json", overlap=0.2)
+    A = json.loads((finished / "motor_transform.json").read_text())["transform"]
+    with pytest.raises(InputError, match="not its stitched slice"):
+        stitch_slice(given / "mosaic_grid_3d_z00.ome.zarr", given / "mosaic_grid_3d_z01.ome.zarr", A)
+    assert tree_digest(given) == before
+
+
+# -- outputs through links, and folders that are files (issue 19, items 2 and 8) --------------------
+
+@pytest.mark.parametrize("link, target", [("stitched", "."), ("pairs", "mosaic_grid_3d_z00.ome.zarr"),
+                                          (".linumpy-motor", "."), ("motor_transform.json", "truth.json")])
+def test_a_linked_output_path_leading_into_the_input_is_refused_before_any_work(dataset, tmp_path, link, target):
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(dataset, data)
+    out.mkdir()
+    (out / link).symlink_to(data / target)
+    before = tree_digest(data), tree_digest(out)
+    with pytest.raises(InputError) as info:
+        runner.run(data, out, RunOptions(), progress=False)
+    assert info.value.path == out / link and "output would be" in info.value.problem
+    assert "through a link" in info.value.problem
+    assert (tree_digest(data), tree_digest(out)) == before
+
+
+def test_a_file_where_an_output_folder_goes_is_refused_before_measuring(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stitched").write_text("mine")
+    measured = []
+    monkeypatch.setattr(steps, "measure_pairs", lambda **kwargs: measured.append(kwargs))
+    with pytest.raises(InputError) as info:
+        runner.run(dataset, out, RunOptions(), progress=False)
+    assert info.value.path == out / "stitched" and "is a file" in info.value.problem
+    assert measured == [] and sorted(p.name for p in out.iterdir()) == ["stitched"]
+
+
+def test_a_script_given_one_of_its_inputs_as_output_names_it_not_a_temporary(dataset, finished, tmp_path, capsys):
+    transform = tmp_path / "motor_transform.json"
+    shutil.copy(finished / "motor_transform.json", transform)
+    before = transform.read_bytes()
+    source = dataset / "mosaic_grid_3d_z00.ome.zarr"
+    code = bin_main("linum_motor_stitch.py")([str(source), str(transform), str(transform)])
+    assert code == 2
+    assert capsys.readouterr().err == f"linum_motor_stitch.py: error: {transform}: output would be the input itself\n"
+    assert transform.read_bytes() == before and sorted(tmp_path.iterdir()) == [transform]

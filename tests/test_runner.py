@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from filelock import FileLock
+from reliability_helpers import write_small_dataset
 
 from linumpy_motor import synthetic
 from linumpy_motor.errors import InputError
@@ -153,3 +154,13 @@ def test_a_library_run_keeps_its_log_file_and_leaves_the_callers_logging_alone(f
         logging.getLogger("linumpy_motor.pipeline.runner").info("written")
     assert (list(root.handlers), package.level) == before
     assert (tmp_path / logs.LOG_FILE).read_text().rstrip().endswith("INFO written")
+
+
+def test_turning_the_gpu_on_redoes_measure_and_stitch(tmp_path, monkeypatch):
+    """The resume stamps of measure and stitch hold --use-gpu: a GPU run's outputs are not passed off as a CPU run's."""
+    data = write_small_dataset(tmp_path / "data", n_slices=2)
+    out = tmp_path / "out"
+    runner.run(data, out, RunOptions(), progress=False)
+    monkeypatch.setattr(runner, "gpu_available", lambda: True)  # as on a GPU node; the steps fall back to the CPU
+    result = runner.run(data, out, RunOptions(use_gpu=True), progress=False)
+    assert result["ran"]["measure"] == 2 and result["ran"]["stitch"] == 2

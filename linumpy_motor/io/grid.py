@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -13,9 +15,11 @@ import zarr
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.ngff import NGFF_VERSIONS
+from linumpy_motor.io.outputs import ZARR_METADATA
 
-__all__ = ["SUPPORTED_DTYPES", "MosaicGrid", "PlaneAsVolume", "as_float", "central_plane_index", "dataset_paths",
-           "finite_float", "level0_scale", "multiscale_entry", "open_mosaic", "read_block"]
+__all__ = ["MIN_STORED_FRACTION", "SPARSE_GRID_TILES", "SUPPORTED_DTYPES", "MosaicGrid", "PlaneAsVolume", "as_float",
+           "central_plane_index", "dataset_paths", "finite_float", "level0_scale", "multiscale_entry", "open_mosaic",
+           "read_block"]
 
 logger = logging.getLogger(__name__)
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64", "complex64", "complex128")
@@ -160,6 +164,28 @@ class PlaneAsVolume:
         return self.plane[rows, cols]
 
 
+SPARSE_GRID_TILES = 1000
+"""A grid of at least this many tiles is checked for missing data (:data:`MIN_STORED_FRACTION`)."""
+MIN_STORED_FRACTION = 0.01
+"""A large grid whose level 0 stores less than this fraction of its chunk (or shard) files is refused: its
+declared shape, not its data, would set the work (and its missing chunks would read as background)."""
+
+
+def _check_not_mostly_missing(path: Path, level0: str, array: zarr.Array | PlaneAsVolume, nx: int, ny: int) -> None:
+    """Refuse a grid of :data:`SPARSE_GRID_TILES` tiles or more that stores under :data:`MIN_STORED_FRACTION` of
+    its level-0 chunk (or shard) files, e.g. a 4000x4000 grid declared over a dozen real tiles."""
+    if nx * ny < SPARSE_GRID_TILES:
+        return
+    stored_array = array.plane if isinstance(array, PlaneAsVolume) else array
+    unit = getattr(stored_array, "shards", None) or stored_array.chunks
+    shape = stored_array.shape
+    expected = math.prod(-(-size // step) for size, step in zip(shape, unit))
+    stored = sum(name not in ZARR_METADATA for _, _, names in os.walk(path / level0) for name in names)
+    if stored < MIN_STORED_FRACTION * expected:
+        raise InputError(path, f"declares a grid of {nx}x{ny} tiles, but only {stored} of the {expected} chunk "
+                               f"files of level 0 hold data: is the array's shape right?")
+
+
 @cache
 def _complex_notice(path: Path, dtype: str) -> None:
     logger.info("%s: %s data, measured and stitched as its magnitude (float32)", path, dtype)
@@ -220,6 +246,7 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
     tile_h, tile_w = _tile_hw(attrs, array, path)
     if tile_h <= 0 or tile_w <= 0 or height % tile_h or width % tile_w:
         raise InputError(path, f"shape {array.shape} is not a whole number of {tile_h}x{tile_w} tiles")
+    _check_not_mostly_missing(path, level0, array, height // tile_h, width // tile_w)
     return MosaicGrid(
         path=path, array=array, tile_shape=(nz, tile_h, tile_w), nx=height // tile_h, ny=width // tile_w,
         ngff_version=version, scale=level0_scale(entry, path), units=_axis_units(entry, path),
@@ -254,6 +281,8 @@ def read_block(grid: MosaicGrid, z, rows: slice, cols: slice) -> np.ndarray:
     """Read ``array[z, rows, cols]`` as float32, with a clear error for corrupt or non-finite data."""
     try:
         block = grid.array[z, rows, cols]
+    except MemoryError:  # not the data's fault: said as such by the step (linumpy_motor.memory.out_of_memory)
+        raise
     except Exception as exc:
         raise InputError(grid.path, f"cannot read data ({type(exc).__name__}: {exc})") from None
     return finite_float(block, grid.path)

@@ -11,10 +11,12 @@ runner
     is done) and :mod:`.jobs` (running steps in this process or in workers).
 cli
     The ``linumpy-motor`` command.
+launch
+    Its console script: Ctrl-C and SIGTERM handled before the program is imported.
 entry
     What every command line shares: version flag, logging, one-line errors for bad input.
 logs
     Logging set-up and progress: a bar on a terminal, timestamped lines in a batch log.
 """
 
-__all__ = ["cli", "entry", "jobs", "logs", "options", "resume", "runner", "steps"]
+__all__ = ["cli", "entry", "jobs", "launch", "logs", "options", "resume", "runner", "steps"]

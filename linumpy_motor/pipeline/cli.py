@@ -10,6 +10,7 @@ from linumpy_motor.io import ngff
 from linumpy_motor.io.schemas import Overlap
 from linumpy_motor.pipeline import logs, runner
 from linumpy_motor.pipeline.entry import EXIT_NOT_OK, HelpFormatter, make_parser, run_cli
+from linumpy_motor.pipeline.launch import PROG
 from linumpy_motor.pipeline.options import RunOptions, add_fail_on, add_options, from_arguments, value_parser
 from linumpy_motor.qc import summary
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``linumpy-motor`` parser with its sub-commands."""
-    parser = make_parser("linumpy-motor", __doc__)
+    parser = make_parser(PROG, __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     synth_parser = commands.add_parser("synth", help="write a synthetic dataset with known truth",
                                        formatter_class=HelpFormatter)

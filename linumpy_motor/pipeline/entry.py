@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from linumpy_motor import __version__
-from linumpy_motor.errors import FitError, InputError, Terminated
+from linumpy_motor import __version__, interrupts, memory
+from linumpy_motor.errors import EXIT_BAD_INPUT, FitError, InputError, printable
+from linumpy_motor.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED
 from linumpy_motor.io.schemas import first_problem
 from linumpy_motor.pipeline import logs
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter", "make_parser",
            "run_cli"]
 
-EXIT_BAD_INPUT = 2
-"""Bad input, reported in one line (also argparse's usage errors)."""
 EXIT_NOT_OK = 3
 """The run finished but a slice's QC status counts as failing (``--fail-on``)."""
-EXIT_INTERRUPTED = 130
-"""Ctrl-C (128 + SIGINT, as a shell reports it)."""
-EXIT_TERMINATED = 143
-"""SIGTERM, as a scheduler's time limit sends (128 + SIGTERM)."""
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -59,6 +52,11 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
             argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run ``action`` and turn bad input into one line on stderr and :data:`EXIT_BAD_INPUT`.
 
+    Ctrl-C and SIGTERM are handled by :mod:`linumpy_motor.interrupts` while it runs: they can not be
+    swallowed, and end the command with one line whenever they arrive before it returns. With ``argv``
+    None (the process's own command line, about to exit) signals change nothing once the outcome is
+    settled; with ``argv`` given (a call in-process) the caller's signal handling is put back.
+
     Returns
     -------
     int
@@ -68,52 +66,64 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
         interrupted (Ctrl-C), :data:`EXIT_TERMINATED` when terminated (SIGTERM to this process): either way
         the work in progress is cleaned up and a rerun resumes.
     """
-    args = parser.parse_args(argv)
-    bars = False if getattr(args, "no_progress", False) else None
-    with logs.configured(args.log_level, debug=args.debug, bars=bars):
-        return _run_action(parser, action, args)
+    installed = interrupts.install()
+    memory.limit_arenas()
+    try:
+        try:
+            args = parser.parse_args(argv)
+            bars = False if getattr(args, "no_progress", False) else None
+            with logs.configured(args.log_level, debug=args.debug, bars=bars):
+                code, said = _run_action(parser, action, args)
+        except KeyboardInterrupt as exc:  # while parsing, or setting up or restoring the logging
+            code, said = _interrupted(parser, exc, debug=False), True
+        late = interrupts.finish()
+        if late is not None and not said:  # after the last safe point, before the command's end
+            code = _interrupted(parser, None, debug=False)
+        return code
+    finally:
+        if argv is not None and installed:
+            interrupts.restore()
+
+
+def _interrupted(parser: argparse.ArgumentParser, exc: BaseException | None, debug: bool) -> int:
+    """Print the one line of an interruption (Ctrl-C or SIGTERM) and return its exit code."""
+    stop = interrupts.outcome(exc)
+    code, words = stop if stop is not None else (EXIT_INTERRUPTED, "interrupted (rerun to resume)")
+    if debug and exc is not None:
+        traceback.print_exception(exc)
+    print(f"{parser.prog}: {words}", file=sys.stderr)
+    return code
 
 
 def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
-                args: argparse.Namespace) -> int:
-    previous = _terminate_like_ctrl_c()
+                args: argparse.Namespace) -> tuple[int, bool]:
+    """Run ``action``; return the exit code and whether its one line (error or interruption) was printed."""
     try:
+        interrupts.check()  # a Ctrl-C or SIGTERM during the imports or the set-up
         code = action(args)
-    except (InputError, FitError, ValidationError, OSError) as exc:
+        interrupts.check()
+    except BaseException as exc:
+        if interrupts.outcome(exc) is not None:  # any error raised while stopping is the stop itself
+            return _interrupted(parser, exc, args.debug), True
+        if memory.is_out_of_memory(exc):
+            exc = memory.out_of_memory(None, None, exc)
+        elif not isinstance(exc, (InputError, FitError, ValidationError, OSError)):
+            raise
         if args.debug:
             traceback.print_exc()
         print(f"{parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt as exc:
-        if args.debug:
-            traceback.print_exc()
-        terminated = isinstance(exc, Terminated)
-        print(f"{parser.prog}: {'terminated' if terminated else 'interrupted'} (rerun to resume)", file=sys.stderr)
-        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return code or 0
-
-
-def _raise_terminated(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-    raise Terminated
-
-
-def _terminate_like_ctrl_c():
-    """Make SIGTERM raise :class:`Terminated` in the main thread; return the previous handler (None
-    when not in the main thread, where no handler can be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+        return EXIT_BAD_INPUT, True
+    return code or 0, False
 
 
 def _one_line(exc: BaseException) -> str:
-    """A one-line description of an error (the first problem of a pydantic validation error)."""
+    """A one-line description of an error (the first problem of a pydantic validation error); control
+    characters in it (a newline in a file name) are written as escapes (:func:`~linumpy_motor.errors.printable`)."""
     if isinstance(exc, ValidationError):
-        return first_problem(exc)
+        return printable(first_problem(exc))
     if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror or exc}"
+        return printable(f"{exc.filename}: {exc.strerror or exc}")
+    if isinstance(exc, InputError):
+        return str(exc)
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return printable(text.splitlines()[0]) if text else type(exc).__name__

@@ -3,42 +3,77 @@ the out-of-memory killer stop cleanly, with each job's output stamped as it fini
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
+from multiprocessing import get_context, resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from tqdm.std import tqdm as std_tqdm
 
+from linumpy_motor import interrupts, memory
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs
 from linumpy_motor.parallel import threads_per_worker
 from linumpy_motor.pipeline import logs
 from linumpy_motor.pipeline.options import RunOptions
-from linumpy_motor.pipeline.resume import Stamps
+from linumpy_motor.pipeline.resume import Stamps, claimant
 
-__all__ = ["PROGRESS_UNITS", "run_jobs", "threads_per_job"]
+__all__ = ["PROGRESS_UNITS", "WAIT_S", "run_jobs", "threads_per_job"]
 
 logger = logging.getLogger(__name__)
 
+
+WAIT_S = 0.2
+"""How often the main process, waiting for its workers, checks for a stop request (:func:`interrupts.check`)."""
 
 _STARTED: Connection | None = None
 """In a worker process: the pipe it reports each job's start on (see :func:`_init_worker`)."""
 
 
-def _init_worker(started, log_config: logs.LogConfig) -> None:
-    """Set up a worker: Ctrl-C is left to the main process (it stops the workers: one message, no
-    tracebacks), progress bars lock with a thread lock (tqdm's default semaphore would leak when the
-    worker is stopped), and each job's start is reported on the pipe ``started`` as ``(pid, label)``
-    (one short message per write, so writes from several workers do not interleave)."""
+PR_SET_PDEATHSIG = 1
+"""Linux ``prctl`` option: the signal a process gets when its parent dies (``<linux/prctl.h>``)."""
+
+
+def _die_with(parent: int) -> None:
+    """Have Linux kill this process with SIGKILL when ``parent`` (the main process) dies, whatever kills it;
+    if it already died (before the request), end now."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _check_claim(parent: int, outdir: Path, token: str | None) -> None:
+    """Before a worker renames an output into place: the main process that started it is alive and its run
+    still holds the output folder (a rerun's outputs are never replaced by a worker of an earlier run)."""
+    if os.getppid() != parent:
+        raise InputError(outdir, "the run this worker belonged to has ended; its output is not kept")
+    if claimant(outdir) != token:
+        raise InputError(outdir, "another linumpy-motor run took over this folder; this worker's output is not kept")
+
+
+def _init_worker(started, log_config: logs.LogConfig, parent: int, outdir: Path, token: str | None) -> None:
+    """Set up a worker: it dies with the main process ``parent`` and renames an output into place only
+    while that process lives and its run (``token``) holds ``outdir`` (:func:`_check_claim`); Ctrl-C is
+    left to the main process (it stops the workers: one message, no tracebacks), progress bars lock with a
+    thread lock (tqdm's default semaphore would leak when the worker is stopped), and each job's start is
+    reported on the pipe ``started`` as ``(pid, label)`` (one short message per write, so writes from
+    several workers do not interleave)."""
     global _STARTED
+    _die_with(parent)
+    memory.limit_arenas()
+    outputs.set_claim(functools.partial(_check_claim, parent, outdir, token))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth (see _run_parallel)
     std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
@@ -46,11 +81,21 @@ def _init_worker(started, log_config: logs.LogConfig) -> None:
     _STARTED = started
 
 
-def _call_in_worker(label: str, function: Callable, kwargs: dict):
+def _call(step: str, label: str, function: Callable, kwargs: dict) -> None:
+    """Run one job; running out of memory is one line naming the step and the slice (:func:`memory.out_of_memory`)."""
+    try:
+        function(**kwargs)
+    except (MemoryError, RuntimeError) as exc:
+        if not memory.is_out_of_memory(exc):
+            raise
+        raise memory.out_of_memory(step, label, exc) from None
+
+
+def _call_in_worker(step: str, label: str, function: Callable, kwargs: dict) -> None:
     if _STARTED is None:
         raise RuntimeError("_call_in_worker runs only in a worker set up by _init_worker")
     _STARTED.send((os.getpid(), label))
-    return function(**kwargs)
+    _call(step, label, function, kwargs)
 
 
 def _job_label(output: Path, kwargs: dict) -> str:
@@ -94,34 +139,52 @@ def _stop_workers(pool: ProcessPoolExecutor, todo: list) -> None:
         outputs.remove_temporaries(output.parent, [output.name], processes)
 
 
-def _run_parallel(todo: list, workers: int, finished: Callable[[Path, str, int], None]) -> None:
-    """Run ``todo`` in worker processes; ``finished(output, key, count)`` as each job ends."""
+def _run_parallel(todo: list, workers: int, outdir: Path, step: str,
+                  finished: Callable[[Path, str, int], None]) -> None:
+    """Run ``todo`` (jobs of ``step``) in worker processes for the run that holds ``outdir``;
+    ``finished(output, key, count)`` as each job ends."""
     context = get_context("spawn")
     started, report = context.Pipe(duplex=False)  # no semaphore: nothing to leak when the run is stopped
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
-                               initargs=(report, logs.current()))
+                               initargs=(report, logs.current(), os.getpid(), outdir, claimant(outdir)))
     try:
         # submit() spawns the workers: they are born with Ctrl-C blocked and unblock it only once they
         # ignore it, so a Ctrl-C during their start-up cannot print a traceback; here it arrives on unblocking
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            futures = {pool.submit(_call_in_worker, _job_label(output, kwargs), function, kwargs):
+            futures = {pool.submit(_call_in_worker, step, _job_label(output, kwargs), function, kwargs):
                        (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        for count, future in enumerate(as_completed(futures), start=1):
-            try:
-                future.result()
-            except BrokenProcessPool:
-                raise _lost_worker(pool, started, futures) from None
-            finished(*futures[future][:2], count)
+        pending, count = set(futures), 0
+        while pending:
+            done, pending = wait(pending, timeout=WAIT_S, return_when=FIRST_COMPLETED)
+            interrupts.check()  # a Ctrl-C or SIGTERM Python dropped while this process waited
+            for future in done:
+                try:
+                    future.result()
+                except BrokenProcessPool:
+                    raise _lost_worker(pool, started, futures) from None
+                count += 1
+                finished(*futures[future][:2], count)
     except BaseException:
         _stop_workers(pool, todo)
         raise
     finally:
         started.close()
         report.close()
-    pool.shutdown(wait=True)
+        pool.shutdown(wait=True)
+        _end_resource_tracker()
+
+
+def _end_resource_tracker() -> None:
+    """Once the workers are gone, end multiprocessing's resource tracker (it started for the pool's locks) and
+    wait for it: what it reports (the semaphores of a killed worker) is said now, never after the command's
+    last line. It starts again if another pool needs it."""
+    gc.collect()  # the shut-down pool's locks are released, and unregistered from the tracker
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # no public way to end it and wait
+    if stop is not None:
+        stop()
 
 
 def threads_per_job(options: RunOptions, n_jobs: int) -> int:
@@ -149,6 +212,7 @@ def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, worke
             for output, key, function, kwargs in todo]
 
     def finished(output: Path, key: str, started: float, count: int) -> None:
+        interrupts.check()  # stopped while the job ran (and Python dropped the exception): not stamped
         stamps.record(output, key)
         seconds = time.perf_counter() - started
         timing = f"in {seconds:.1f} s" if not parallel else f"{seconds:.1f} s into the step"
@@ -157,12 +221,13 @@ def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, worke
     if parallel:
         for output, *_ in todo:
             stamps.invalidate(output)
-        _run_parallel(todo, workers, lambda output, key, count: finished(output, key, start, count))
+        _run_parallel(todo, workers, stamps.outdir, label,
+                      lambda output, key, count: finished(output, key, start, count))
     else:
         for count, (output, key, function, kwargs) in enumerate(todo, start=1):
             stamps.invalidate(output)
             began = time.perf_counter()
-            function(**kwargs)
+            _call(label, _job_label(output, kwargs), function, kwargs)
             finished(output, key, began, count)
     if todo:
         logger.info("%s: finished in %.1f s", label, time.perf_counter() - start)

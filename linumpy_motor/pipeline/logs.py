@@ -21,6 +21,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from linumpy_motor import interrupts
+
 __all__ = ["DATE_FORMAT", "FILE_LEVEL", "FORMAT", "LEVELS", "LINE_INTERVAL_S", "LINE_STEP", "LOG_FILE", "LogConfig",
     "MIN_LINE_GAP_S", "PACKAGE_LOGGER", "Progress", "add_arguments", "configured", "current", "init_worker",
     "log_file", "plural", "setup", "to_file_only"]
@@ -224,7 +226,9 @@ class Progress:
         return {**self.__dict__, "_bar": None, "_start": None}
 
     def __call__(self, done: int, total: int) -> None:
-        """Record that ``done`` of ``total`` units are finished."""
+        """Record that ``done`` of ``total`` units are finished (a safe point to stop at:
+        :func:`linumpy_motor.interrupts.check`)."""
+        interrupts.check()
         now = time.monotonic()
         if self._start is None:
             self._start = self._last_time = now

@@ -13,7 +13,6 @@ decided by :mod:`linumpy_motor.io.outputs`.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,23 @@ from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.pipeline import logs, steps
 from linumpy_motor.pipeline.jobs import run_jobs, threads_per_job
 from linumpy_motor.pipeline.options import RunOptions
-from linumpy_motor.pipeline.resume import STATE_DIR, Stamps, clean, file_digest, step_key, store_fingerprint
+from linumpy_motor.pipeline.resume import (
+    LOCK_FILE,
+    STAMPS_DIR,
+    STATE_DIR,
+    Stamps,
+    check_outputs,
+    claim,
+    clean,
+    file_digest,
+    step_key,
+    store_fingerprint,
+)
 from linumpy_motor.qc import summary
 from linumpy_motor.register.flatfield import FLATFIELD_MODES, resolve_flatfield
 from linumpy_motor.stitch.assemble import check_canvas
 
-__all__ = ["describe", "output_paths", "planned_outputs", "prefix", "run"]
+__all__ = ["OUTPUT_STAGES", "describe", "output_paths", "planned_outputs", "prefix", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +55,14 @@ def prefix(slice_id: int) -> str:
     return f"slice_z{slice_id:02d}"
 
 
-def _check_outdir(outdir: Path, inputs: list[Path]) -> None:
-    outputs.check_outside(outdir, *inputs)
-    existing = next(p for p in [outdir, *outdir.absolute().parents] if p.exists())
-    if not existing.is_dir():
-        raise InputError(outdir, f"output folder cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(outdir, "output folder cannot be written")
+def _check_locations(outdir: Path, planned: dict[Path, str], inputs: list[Path]) -> None:
+    """Before any work: every folder the run writes into and every path it writes (outputs, state, lock, log),
+    links followed, lies outside the inputs, and no file stands where one of those folders must be."""
+    state = outdir / STATE_DIR
+    for folder in [outdir, state, state / STAMPS_DIR, *sorted({output.parent for output in planned})]:
+        outputs.check_folder(folder, *inputs)
+    for path in [*planned, state / LOCK_FILE, outdir / logs.LOG_FILE]:
+        outputs.check_outside(path, *inputs)
 
 
 def run(source: str | Path, outdir: str | Path, options: RunOptions | None = None, *,
@@ -101,17 +112,17 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
     if options.flatfield not in FLATFIELD_MODES:
         resolve_flatfield(grids[slices[0][0]], options.flatfield)
         inputs.append(Path(options.flatfield))
-    _check_outdir(outdir, inputs)
     paths = output_paths(outdir, [slice_id for slice_id, _ in slices], measured=options.transform is None)
-    for output in planned_outputs(paths):  # checked again under the lock; here so a refusal writes nothing
-        outputs.check_replaceable(output)
+    _check_locations(outdir, planned_outputs(paths), inputs)
+    check_outputs(outdir, planned_outputs(paths))  # again under the lock; here a refusal writes nothing
     created = outputs.make_folders(outdir / STATE_DIR)
     log_path = outdir / logs.LOG_FILE
     new_log = not log_path.exists()
     stamps = None
     try:
-        with FileLock(outdir / STATE_DIR / "lock", timeout=0):
+        with FileLock(outdir / STATE_DIR / LOCK_FILE, timeout=0):
             try:
+                claim(outdir)  # a worker left over from an earlier run renames nothing into place from now on
                 stamps = Stamps(outdir, created)
                 with logs.log_file(outdir):
                     logger.info("linumpy-motor %s: %s from %s into %s", __version__,
@@ -127,7 +138,7 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
                     if new_log:
                         log_path.unlink(missing_ok=True)
                     if outdir / STATE_DIR in created:
-                        (outdir / STATE_DIR / "lock").unlink(missing_ok=True)  # still held: no other run has it
+                        (outdir / STATE_DIR / LOCK_FILE).unlink(missing_ok=True)  # still held: no other run has it
                 raise
     except Timeout:
         outputs.remove_created_folders(created)
@@ -159,12 +170,18 @@ def output_paths(outdir: Path, slice_ids: list[int], measured: bool) -> dict:
     return paths
 
 
-def planned_outputs(paths: dict) -> list[Path]:
-    """Every output of :func:`output_paths`, as a flat list."""
-    found = []
+OUTPUT_STAGES = {"transform": "fit", "stitched": "stitch", "pairs": "measure", "compare": "compare",
+                 "report": "report"}
+"""The stage that writes each kind of output of :func:`output_paths` (a given transform is copied by the
+``transform`` stage, an output of the same kind: :data:`~linumpy_motor.io.outputs.STAGE_KINDS`)."""
+
+
+def planned_outputs(paths: dict) -> dict[Path, str]:
+    """Every output of :func:`output_paths`, with the stage that writes it."""
+    found: dict[Path, str] = {}
     for name, value in paths.items():
         if name != "outdir":
-            found += list(value.values()) if isinstance(value, dict) else [value]
+            found.update(dict.fromkeys(value.values() if isinstance(value, dict) else [value], OUTPUT_STAGES[name]))
     return found
 
 
@@ -197,7 +214,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
         ran["measure"] = run_jobs([
             (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
-                                  **measure), steps.measure_pairs,
+                                  use_gpu=options.use_gpu, **measure), steps.measure_pairs,
              dict(source=path, output=pairs[sid], slice_id=sid, flatfield=flatfield, use_gpu=options.use_gpu,
                   threads=threads_per_job(options, len(slices)), **measure))
             for sid, path in slices
@@ -223,7 +240,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
 
     ran["stitch"] = run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
-                                 flatfield=flatfield_id, placement=options.placement,
+                                 flatfield=flatfield_id, placement=options.placement, use_gpu=options.use_gpu,
                                  pairs=file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=A,
                             positions=positions(sid), flatfield=flatfield, use_gpu=options.use_gpu,

@@ -21,6 +21,7 @@ from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.io.outputs import check_output, write_json
 from linumpy_motor.io.records import pair_dicts
 from linumpy_motor.io.schemas import Pair, PairsFile, load
+from linumpy_motor.memory import check_memory
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
@@ -33,8 +34,9 @@ from linumpy_motor.register.fit import (
     FitOptions,
     fit_pooled,
 )
-from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, READ_THREADS, flatfield_file
 from linumpy_motor.register.measure import MeasureOptions, backends_used, measure_mosaic
+from linumpy_motor.register.measure import peak_bytes as measure_peak_bytes
 from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
 
 __all__ = ["DEFAULT_PLACEMENT", "PLACEMENTS", "Placement", "compare", "copy_transform", "fit_affine", "measure_pairs",
@@ -93,9 +95,11 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
         An unusable output path, a store that breaks the data contract, a plane outside the volume,
         an unknown plane or flat-field mode, an unreadable flat field, or a bad overlap or thread count.
     """
-    check_output(output, source)
+    check_output(output, source, *filter(None, [flatfield_file(flatfield)]), stage="measure")
     grid = open_mosaic(source)
-    with limited_threads(resolve_threads(threads)):
+    threads = resolve_threads(threads)
+    check_memory("measure", grid.path, measure_peak_bytes(grid.tile_shape, grid.nx, grid.ny), threads + READ_THREADS)
+    with limited_threads(threads):
         measured, skipped, stats = measure_mosaic(grid, overlap, MeasureOptions(
             z=z, plane=plane, flatfield=flatfield, background_test=background_test, max_shift_px=max_shift_px,
             histogram_match=histogram_match, max_empty_fraction=max_empty_fraction, use_gpu=use_gpu,
@@ -161,7 +165,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
         Bad or inconsistent pairs files, an output that is one of them, or too few usable pairs
         (the error names the pairs file of the first slice without any pair).
     """
-    check_output(output, *pairs_files)
+    check_output(output, *pairs_files, stage="fit")
     files = _load_pairs_files(pairs_files)
     pairs = {f.slice_id: f.table() for f in files}
     try:
@@ -210,7 +214,7 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     InputError
         An unreadable or invalid pairs or transform file, or an output that is one of them.
     """
-    check_output(output, pairs_file, transform_file)
+    check_output(output, pairs_file, transform_file, stage="compare")
     pairs = load(pairs_file, PairsFile)
     transform, backlash = schemas.read_model(transform_file)
     nx, ny = pairs.grid
@@ -275,7 +279,7 @@ def tile_positions(transform_file: str | Path, grid: tuple[int, int], *, placeme
 def copy_transform(source: str | Path, output: str | Path) -> dict:
     """Validate a known motor model (``--transform``: see :func:`~linumpy_motor.io.schemas.load_transform`)
     and write it as this run's transform JSON."""
-    check_output(output, source)
+    check_output(output, source, stage="transform")
     content = schemas.load_transform(source).model_dump(mode="json")
     content["diagnostics"] = {**content["diagnostics"], "given_transform": Path(source).name}
     write_json(output, content, "transform")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from linumpy_motor import interrupts
 from linumpy_motor.io import outputs
 from linumpy_motor.io.records import pair_table
 from linumpy_motor.io.schemas import STATUS_FILE
@@ -74,7 +75,7 @@ def write_report(
     """
     out_dir = outputs.check_output_name(out_dir)
     outputs.check_outside(out_dir, transform_file, *pairs_files, *compare_files, *stitched)
-    outputs.check_replaceable(out_dir)
+    outputs.check_replaceable(out_dir, "report")
     inputs = load_inputs(transform_file, pairs_files, compare_files, stitched)
     created = outputs.make_folders(out_dir.parent)
     try:
@@ -109,6 +110,7 @@ def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
                                                       np.linalg.norm(residuals, axis=1), outliers, cutoff).name
     rows, sections, stitched_meta, pixel_um = [], [], {}, None
     for slice_id in ids:
+        interrupts.check()  # a safe point between slices (a command's Ctrl-C or SIGTERM)
         pairs_file, quiver, thumbnail, problem = inputs.pairs.get(slice_id), None, None, None
         mine = (residuals[parts[slice_id]], outliers[parts[slice_id]]) if pairs_file else None
         if pairs_file is not None and mine is not None and len(mine[1]):

@@ -23,15 +23,19 @@ from linumpy_motor.io.grid import MosaicGrid, central_plane_index, read_block
 from linumpy_motor.io.schemas import is_npy
 
 __all__ = ["BIN_PX", "DEEP_CHUNK_MIN_TILES", "DEFAULT_FLATFIELD", "DEGREE", "ESTIMATE_FAILED", "FLATFIELD_MODES",
-           "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "SEED", "TISSUE_LEVEL", "choose_flatfield",
+           "MAX_NEGATIVE_FRACTION", "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "SEED", "TISSUE_LEVEL",
+           "choose_flatfield",
            "estimate_flatfield", "flatfield_file", "flatfield_from_tiles", "load_flatfield", "resolve_flatfield"]
 
 logger = logging.getLogger(__name__)
 
 FLATFIELD_MODES = ("estimate", "none")
 DEFAULT_FLATFIELD = "estimate"  # the library's default flat-field option
-ESTIMATE_FAILED = "estimate (too few tissue tiles: none applied)"
-"""How a slice is described when the estimate was asked for but too few tissue tiles allowed one."""
+ESTIMATE_FAILED = "estimate (too few tissue tiles, or values below zero: none applied)"
+"""How a slice is described when the estimate was asked for but none could be made."""
+MAX_NEGATIVE_FRACTION = 0.01
+"""Tiles with more of their (binned) values below zero hold dB or offset data: a flat field, a gain, is not
+estimated for them (the measurement maps every value range to [0, 1] first and estimates it there)."""
 READ_THREADS = 4  # tiles read at once (one tile, n_planes planes each)
 MAX_TILES = 64  # tiles read at most when a read decodes only the planes it uses
 DEEP_CHUNK_MIN_TILES = 12  # ... and at least this many when each read decodes a whole deep chunk
@@ -202,13 +206,17 @@ def flatfield_from_tiles(
     -------
     np.ndarray or None
         ``(h, w)`` float32 flat field with mean 1, or None (with a warning) when there are too
-        few tissue tiles.
+        few tissue tiles or the values are mostly below zero (:data:`MAX_NEGATIVE_FRACTION`).
     """
     h, w = tile_hw
     factor = max(1, min(bin_px, h // 8, w // 8))
     with ThreadPoolExecutor(READ_THREADS) as pool:  # decoding releases the GIL
         binned = np.stack(list(pool.map(lambda tile: _bin(read_tile(*tile), factor),
                                         _candidate_tiles(nx, ny, max_tiles, seed))))
+    if np.mean(binned < 0) > MAX_NEGATIVE_FRACTION:
+        logger.log(log_level, "%s: values below zero (dB or offset data): a flat field (a gain) is not estimated "
+                              "for them", label)
+        return None
     threshold = tissue_level * float(np.percentile(binned, 95))
     tissue = binned > threshold
     chosen = tissue.mean(axis=(1, 2)) >= 0.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,8 +36,9 @@ from linumpy_motor.register.geometry import integer_step, n_neighbour_pairs, pai
 from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode, VolumeReader, choose_plane
 from linumpy_motor.register.robust import MAD_TO_SD
 
-__all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MIN_NULL_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader",
-           "MeasureOptions", "backends_used", "band_reader", "measure_grid_pairs", "measure_mosaic", "measure_volume"]
+__all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MEASURE_BAND_COPIES", "MIN_NULL_PAIRS", "MIN_OVERLAP_PX",
+           "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader", "MeasureOptions", "backends_used", "band_reader",
+           "check_overlap_px", "measure_grid_pairs", "measure_mosaic", "measure_volume", "peak_bytes", "value_range"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
@@ -44,6 +46,20 @@ BACKGROUND_MADS = 4.0
 MAX_EMPTY_DEFAULT = 0.9
 """Without ``max_empty_fraction``: a pair is skipped when one of its overlaps is more than this fraction zero."""
 PLANE_CACHE_BYTES = 512 * 2**20  # a measured plane up to this size is read once for flat field and pairs
+MIN_OVERLAP_PX = 2
+"""Fewer px of nominal overlap between neighbour tiles leave nothing to correlate: such a grid is refused."""
+
+
+def check_overlap_px(tile_hw: tuple[int, int], nx: int, ny: int, overlap_fraction: float, label: str) -> None:
+    """Refuse tiles whose nominal overlap with a neighbour is under :data:`MIN_OVERLAP_PX` px (e.g. tiles 1 or 2 px
+    high: a store chunked by pixel row, without a ``tile_shape`` attribute, read as one tile per chunk)."""
+    steps = integer_step(tile_hw, overlap_fraction)
+    for axis, (size, step, neighbours) in enumerate(zip(tile_hw, steps, (nx, ny))):
+        if neighbours > 1 and size - step < MIN_OVERLAP_PX:
+            raise InputError(label, f"tiles of {tile_hw[0]}x{tile_hw[1]} px overlap by {size - step} px along "
+                                    f"{'y' if axis == 0 else 'x'} at overlap {overlap_fraction} (at least "
+                                    f"{MIN_OVERLAP_PX} px are needed): is the tile shape right? (set the store's "
+                                    "'tile_shape' attribute)")
 
 BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
@@ -262,7 +278,7 @@ def _split_empty(found: _Candidates, threshold: float | None,
     empty, kept, skipped = [], [], []
     for k, (a, b) in enumerate(zip(found.a, found.b)):
         if threshold is None or max_empty_fraction is None:  # no threshold without a max fraction
-            fraction = 1.0 - min(float(np.mean(a > 0)), float(np.mean(b > 0)))
+            fraction = 1.0 - min(float(np.mean(a != 0)), float(np.mean(b != 0)))
             too_empty = fraction > MAX_EMPTY_DEFAULT
         else:
             fraction = max(float(np.mean(a <= threshold)), float(np.mean(b <= threshold)))
@@ -368,6 +384,66 @@ def _plane_rows(read: VolumeReader, z: int | None, tile_hw: tuple[int, int], nx:
     return [_plane_block(read, z, slice(i * h, (i + 1) * h), slice(None)) for i in range(nx)]
 
 
+MEASURE_BAND_COPIES = 12
+"""Tile rows' worth of data the measurement holds at once besides the cached plane: the two rows of a pair,
+their float64 normalisation, the overlap windows and their FFT buffers, the flat-field sample."""
+
+
+def peak_bytes(tile_shape: tuple[int, int, int], nx: int, ny: int) -> int:
+    """Estimated peak of data held while measuring a slice (:func:`~linumpy_motor.memory.check_memory`):
+    the measured plane when it is cached (up to :data:`PLANE_CACHE_BYTES`), plus
+    :data:`MEASURE_BAND_COPIES` tile rows."""
+    _, h, w = tile_shape
+    band = h * ny * w * 4
+    plane = nx * band
+    return (plane if plane <= PLANE_CACHE_BYTES else 0) + MEASURE_BAND_COPIES * band
+
+
+def value_range(block: np.ndarray) -> tuple[float, float] | None:
+    """``(offset, scale)`` that map a slice's values onto about [0, 1] before measuring, from its first data read.
+
+    OCT intensities come in any range: linear (positive), in dB (mostly negative), or scaled by huge
+    factors (1e10, 1e37, whose squares overflow float32 in the correlations). The offset is the block's
+    minimum when it is negative, else 0 (positive data are only scaled: every test and threshold of the
+    measurement is unchanged by a scale); the scale spans the offset to the block's 99.9th percentile.
+    Exact zeros (missing chunks, read as background) are left out. None when the block holds nothing
+    but zeros or one value.
+    """
+    values = block[block != 0].astype(np.float64)
+    if not values.size:
+        return None
+    offset = min(0.0, float(values.min()))
+    scale = float(np.percentile(values, 99.9)) - offset
+    return (offset, scale) if scale > 0 else None
+
+
+class _Normalised:
+    """A :data:`~linumpy_motor.register.planes.VolumeReader` whose values are mapped by ``(value - offset) / scale``
+    (:func:`value_range`, set by the first block read that holds data; exact zeros stay zero).
+
+    The measurement reads nothing more for it (the plane choice, the flat-field estimate and the pairs
+    read what they always read); the first read is one of a fixed sequence, so the mapping is the same
+    from run to run, and reads from several threads wait for it.
+    """
+
+    def __init__(self, read: VolumeReader) -> None:
+        self.read = read
+        self.mapping: tuple[float, float] | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, zs: slice, rows: slice, cols: slice) -> np.ndarray:
+        block = self.read(zs, rows, cols)
+        if self.mapping is None:
+            with self.lock:
+                if self.mapping is None:
+                    self.mapping = value_range(block)
+        if self.mapping is None:  # only zeros so far: nothing to map
+            return block
+        offset, scale = self.mapping
+        mapped = ((block.astype(np.float64) - offset) / scale).astype(np.float32)
+        return np.where(block == 0, np.float32(0), mapped)
+
+
 def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,
                    options: MeasureOptions = MeasureOptions(), *, label: str = "slice",
                    progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[dict], dict]:
@@ -402,8 +478,10 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     z = options.z
     if z is not None and not 0 <= z < nz:
         raise InputError(label, f"plane z={z} is outside the volume's {nz} planes")
+    check_overlap_px((h, w), nx, ny, overlap_fraction, label)
     if not isinstance(options.flatfield, np.ndarray):
         flatfield_file(options.flatfield)  # a misspelt mode is refused before any reading
+    read = _Normalised(read)  # any value range is measured alike (dB, negative, huge)
     if z is None:
         z, plane_info = choose_plane(read, nz, (h, w), nx, ny, overlap_fraction, options.plane,
                                      filter_sigma=options.filter_sigma, max_shift_px=options.max_shift_px)
@@ -414,6 +492,10 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     def estimate() -> np.ndarray | None:
         nonlocal rows
         rows = _plane_rows(read, z, (h, w), nx, ny)
+        tiles = ((i, j) for i in range(nx) for j in range(ny))
+        while rows is None and read.mapping is None and (tile := next(tiles, None)) is not None:
+            i, j = tile  # the estimate reads tiles on threads: the mapping comes from a fixed tile first
+            _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))
         return flatfield_from_tiles(
             (lambda i, j: rows[i][:, j * w:(j + 1) * w]) if rows is not None else
             (lambda i, j: _plane_block(read, z, slice(i * h, (i + 1) * h), slice(j * w, (j + 1) * w))),

@@ -51,14 +51,15 @@ from linumpy_motor.io import ngff, outputs
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic, read_block
 from linumpy_motor.io.outputs import atomic_output
 from linumpy_motor.io.schemas import check_transform
+from linumpy_motor.memory import check_memory
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.register import geometry
-from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, resolve_flatfield
+from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, READ_THREADS, flatfield_file, resolve_flatfield
 from linumpy_motor.stitch import pyramid
 from linumpy_motor.stitch.blend import BLENDING_MODES, DEFAULT_BLENDING, overlap_px, weight_map
 
 __all__ = ["BLOCK_BYTES", "BLOCK_PX", "CACHE_BYTES", "MAX_CANVAS_TO_TILES", "MIN_BLOCK_PX", "READ_RUN_BYTES",
-           "LoadKey", "ProgressCallback", "Region", "check_canvas", "default_z_chunk", "stitch_slice"]
+           "LoadKey", "ProgressCallback", "Region", "check_canvas", "default_z_chunk", "peak_bytes", "stitch_slice"]
 
 BLOCK_PX = 512  # default Y and X size of a block (one output shard)
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
@@ -291,6 +292,20 @@ def check_canvas(grid: MosaicGrid, A: np.ndarray) -> None:
                                f"acquisition's motor matrix, in px per tile step?)")
 
 
+def peak_bytes(grid: MosaicGrid, A: np.ndarray, threads: int, z_chunk: int, *, cache_bytes: int = CACHE_BYTES,
+               block_px: int = BLOCK_PX) -> int:
+    """Estimated peak of data held while stitching a slice: the module docstring's formula, the interpreter
+    left out, with the cache no larger than the whole slice decoded (checked before the stitch starts,
+    :func:`~linumpy_motor.memory.check_memory`)."""
+    nz, h, w = grid.tile_shape
+    tile = min(nz, max(1, int(grid.array.chunks[0]))) * (h + 2) * (w + 2) * 4
+    reads = 2 if tile < READ_RUN_BYTES else 1
+    step_y, step_x = (max(1.0, step) for step in geometry.step_lengths(A))
+    strip = reads * (int(np.ceil(block_px / step_y)) + 2) * (int(np.ceil(block_px / step_x)) + 2 + threads) * tile
+    cache = min(cache_bytes, grid.nx * grid.ny * tile)
+    return max(cache, strip) + threads * (reads * tile + 6 * z_chunk * (block_px + 2) ** 2 * 4)
+
+
 def default_z_chunk(grid: MosaicGrid, block_px: int) -> int:
     """Planes per block: a block accumulator stays ~``BLOCK_BYTES``, and blocks never straddle an
     input chunk in Z (a divisor of the input's Z chunk when it is deeper, else a whole number of them)."""
@@ -480,7 +495,7 @@ def stitch_slice(
         raise InputError(None, f"block_px must be an even number >= {MIN_BLOCK_PX}, got {block_px}")
     grid = source if isinstance(source, MosaicGrid) else open_mosaic(source)
     output = Path(output)
-    outputs.check_output(output, grid.path)
+    outputs.check_output(output, grid.path, *filter(None, [flatfield_file(flatfield)]), stage="stitch")
     A = check_transform(transform)
     check_canvas(grid, A)
     nz, h, w = grid.tile_shape
@@ -489,6 +504,8 @@ def stitch_slice(
         raise InputError(None, f"z_chunk must be >= 1, got {zc}")
     zc = min(zc, nz)
     threads = resolve_threads(threads)
+    check_memory("stitch", grid.path, peak_bytes(grid, A, threads, zc, cache_bytes=cache_bytes, block_px=block_px),
+                 threads + READ_THREADS)
     xp, _, backend = get_backend(use_gpu)
     placed = _placed(grid, A, positions)
     shapes = pyramid.level_shapes(geometry.extent_shape(placed, grid.tile_shape), pyramid_top_px)

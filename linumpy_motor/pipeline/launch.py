@@ -1,0 +1,43 @@
+"""The ``linumpy-motor`` console script: Ctrl-C and SIGTERM are handled from its first moment.
+
+Importing the program (NumPy, SciPy, zarr, pydantic, ...) takes a second or more; the handlers of
+:mod:`linumpy_motor.interrupts` are installed before it, so a Ctrl-C or SIGTERM then ends the command
+with its exit code and one line, as at any later moment, never with a traceback or silently.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from linumpy_motor import interrupts, memory
+from linumpy_motor.errors import EXIT_BAD_INPUT
+
+__all__ = ["PROG", "main"]
+
+PROG = "linumpy-motor"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Install the signal handlers, then import and run :func:`linumpy_motor.pipeline.cli.main` (with ``argv``
+    given, a call in-process, the caller's signal handling is put back afterwards)."""
+    installed = interrupts.install()
+    memory.limit_arenas()
+    try:
+        try:
+            from linumpy_motor.pipeline import cli
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM during the imports
+            interrupts.finish()
+            stop = interrupts.outcome(exc)
+            assert stop is not None  # a KeyboardInterrupt always has one
+            print(f"{PROG}: {stop[1]}", file=sys.stderr)
+            return stop[0]
+        except (MemoryError, ImportError) as exc:  # an address-space limit too low to load the libraries
+            if memory.address_space_limit() is None and not isinstance(exc, MemoryError):
+                raise
+            print(f"{PROG}: error: {memory.out_of_memory('start-up', None, exc)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return cli.main(argv)
+    finally:
+        if argv is not None and installed:
+            interrupts.restore()

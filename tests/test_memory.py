@@ -1,0 +1,119 @@
+"""Memory limits end in one line, never a crash (issue 19, item 5): a step whose estimated peak does not fit
+the address-space (``ulimit -v``) or cgroup limit is refused before it starts, naming the step, the slice
+and the limit; a ``MemoryError`` or a thread that cannot start is one line naming the step and the slice.
+
+An earlier version, under ``ulimit -v``, crashed with a segmentation fault, printed ``can't start new
+thread`` or ``_ArrayMemoryError`` tracebacks, hung in OpenBLAS retrying its buffer, and with workers
+called the MemoryError "cannot read data" with the advice to re-copy the slice.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reliability_helpers import CLI, env, error_lines, write_small_dataset
+
+from linumpy_motor import memory
+from linumpy_motor.errors import InputError
+from linumpy_motor.io.grid import open_mosaic, read_block
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
+from linumpy_motor.pipeline.jobs import run_jobs
+from linumpy_motor.pipeline.resume import Stamps
+
+
+def test_a_step_whose_peak_passes_the_address_space_limit_is_refused_naming_it(monkeypatch):
+    monkeypatch.setattr(memory, "address_space_limit", lambda: memory.address_space_used() + 100 * 2**20)
+    with pytest.raises(InputError) as info:
+        memory.check_memory("stitch", "slice_z03.ome.zarr", 200 * 2**20, threads=2)
+    assert info.value.path == Path("slice_z03.ome.zarr")
+    assert "stitch step needs about" in info.value.problem and "(ulimit -v)" in info.value.problem
+
+
+def test_a_step_that_fits_the_address_space_limit_goes_on(monkeypatch):
+    headroom = memory.HEADROOM_BYTES + 2 * memory.THREAD_STACK_BYTES
+    monkeypatch.setattr(memory, "address_space_limit", lambda: memory.address_space_used() + headroom + 2**30)
+    memory.check_memory("stitch", "slice", 2**29, threads=2)
+
+
+def _cgroup(root: Path, limit: str, usage: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "memory.max").write_text(limit + "\n")
+    (root / "memory.current").write_text(f"{usage}\n")
+    return root
+
+
+def test_the_cgroup_limit_is_read_and_a_step_beyond_it_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "address_space_limit", lambda: None)
+    assert memory.cgroup_memory(_cgroup(tmp_path / "none", "max", 5)) is None
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{2**30}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{2**29}\n")
+    assert memory.cgroup_memory(tmp_path / "v1") == (2**30, 2**29)
+    monkeypatch.setattr(memory, "CGROUP_ROOT", _cgroup(tmp_path / "v2", str(2**30), 900 * 2**20))
+    with pytest.raises(InputError, match="measure step needs about 200 MB more memory, more than the 124 MB the "
+                                         "cgroup limit of 1.00 GB leaves"):
+        memory.check_memory("measure", "slice", 200 * 2**20, threads=1)
+    memory.check_memory("measure", "slice", 100 * 2**20, threads=1)
+
+
+def _runs_out_of_memory(**kwargs) -> None:
+    raise MemoryError
+
+
+def _cannot_start_a_thread(**kwargs) -> None:
+    raise RuntimeError("can't start new thread")
+
+
+@pytest.mark.parametrize("job", [_runs_out_of_memory, _cannot_start_a_thread])
+def test_running_out_of_memory_in_a_job_is_one_line_naming_the_step_and_the_slice(tmp_path, job):
+    stamps = Stamps(tmp_path, [])
+    with pytest.raises(InputError) as info:
+        run_jobs([(tmp_path / "p.json", "k", job, {"source": tmp_path / "slice_z01.ome.zarr"})], stamps, 1, "measure",
+                 False)
+    assert info.value.path == tmp_path / "slice_z01.ome.zarr"
+    assert info.value.problem.startswith("measure step ran out of memory (")
+
+
+def test_a_memory_error_while_reading_is_not_called_a_damaged_slice(tmp_path):
+    data = write_small_dataset(tmp_path / "data", n_slices=1)
+    grid = open_mosaic(data / "mosaic_grid_3d_z00.ome.zarr")
+
+    class Exhausted:
+        chunks = grid.array.chunks
+
+        def __getitem__(self, key):
+            raise MemoryError
+
+    with pytest.raises(MemoryError):
+        read_block(replace(grid, array=Exhausted()), 0, slice(0, 8), slice(0, 8))
+
+
+def _limited(limit: int):
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return preexec
+
+
+@pytest.mark.slow
+def test_runs_under_address_space_limits_finish_or_say_so_in_one_line(tmp_path):
+    data = write_small_dataset(tmp_path / "data", n_slices=2)
+    outcomes = {}
+    for mb in (350, 500, 650, 800, 4000):
+        out = tmp_path / f"out{mb}"
+        result = subprocess.run([CLI, "run", str(data), str(out), "--no-progress"], capture_output=True, text=True,
+                                env=env(), timeout=300, preexec_fn=_limited(mb * 2**20))
+        outcomes[mb] = result.returncode
+        assert result.returncode in (0, EXIT_BAD_INPUT), f"{mb} MB: exit {result.returncode}\n{result.stderr}"
+        if result.returncode:
+            lines = error_lines(result.stderr)
+            assert len(lines) == 1 and lines[0].startswith("linumpy-motor: error: "), f"{mb} MB:\n{result.stderr}"
+            assert "address space" in lines[0] or "out of memory" in lines[0], lines[0]
+            assert result.stderr.rstrip().endswith(lines[0])
+    assert outcomes[350] == EXIT_BAD_INPUT and outcomes[4000] == 0, outcomes
+    assert np.all(np.diff([outcomes[mb] == 0 for mb in sorted(outcomes)]) >= 0), f"a larger limit failed: {outcomes}"
