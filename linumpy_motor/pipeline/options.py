@@ -61,8 +61,9 @@ HELP = {
     "z": "Z plane measured (default: chosen by --plane)",
     "plane": "without --z: the plane whose overlaps correlate best (auto), the central plane, or the mean over "
              "planes",
-    "background_test": "drop pairs that correlate no better than non-overlapping windows (agarose, empty overlaps); "
-                       "--no-background-test keeps them",
+    "background_test": "the background test, on unless --no-background-test: it marks, in the pairs files and the "
+                       "report, the pairs that correlate no better than windows that do not overlap (agarose, empty "
+                       "overlaps, decorrelated speckle); every pair goes to the robust fit either way",
     "max_shift": f"largest stage error searched, px (default: {MAX_SHIFT_DEFAULT_TEXT})",
     "histogram_match": "match the overlaps' histograms before correlating",
     "max_empty_fraction": "skip pairs whose overlap is more than this fraction background (Otsu)",

@@ -484,8 +484,10 @@ def fit_pooled(
     diagnostics : dict
         The pooled fit's diagnostics (``backlash_px`` and ``position_stage.backlash``: the
         term and its test), ``n_pooled_pairs``, ``n_fitted_pairs``, and
-        ``per_slice``: each slice's pair counts, its own fit (or the reason there is none),
-        ``drift_px`` and ``drift_flag``.
+        ``per_slice``: each slice's pair counts, ``pair_inliers`` (per pair, in the slice's order:
+        whether the pooled fit kept it; None for a pair left out of the sub-sample), its own fit (or
+        the reason there is none), ``drift_px`` and ``drift_flag`` (False without a fit: no drift is
+        measured); ``drifting_slices`` and ``failed_fit_slices`` list the flagged and the failed ones.
 
     Raises
     ------
@@ -493,26 +495,29 @@ def fit_pooled(
         Too few usable pooled pairs; the message names the slices that contributed none.
     """
     order = sorted(pairs_by_slice)
-    pooled = [(slice_id, p) for slice_id in order for p in pairs_by_slice[slice_id]]
+    pooled = [(slice_id, k, p) for slice_id in order for k, p in enumerate(pairs_by_slice[slice_id])]
     check_choice("backlash mode", backlash, BACKLASH_MODES)
     fitted = subsample(pooled, n_samples, seed)
     try:
-        X, Y, M, inliers, scale, model = _pair_stage([p for _, p in fitted], backlash, min_pairs, "pooled: ")
+        X, Y, M, inliers, scale, model = _pair_stage([p for _, _, p in fitted], backlash, min_pairs, "pooled: ")
     except FitError as exc:
         empty = [s for s in order if not (pair_weights(pairs_by_slice[s]) > 0).any()]
         raise FitError(f"{exc}; slices with no usable pair: {empty or 'none'}") from None
-    kept = [[p for (s, p), keep in zip(fitted, inliers) if keep and s == slice_id] for slice_id in order]
+    kept = [[p for (s, _, p), keep in zip(fitted, inliers) if keep and s == slice_id] for slice_id in order]
+    flags: dict[int, list[bool | None]] = {s: [None] * len(pairs_by_slice[s]) for s in order}
+    for (s, k, _), keep in zip(fitted, inliers):
+        flags[s][k] = bool(keep)
     A, b, stage = _refine_on_positions(list(zip(kept, [_grid_pair(grids[s]) for s in order])), M, backlash)
     M = np.column_stack([A, b])[:, :X.shape[1]]
     diagnostics = _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, model)
     per_slice = {}
     for slice_id in sorted(pairs_by_slice):
-        entry: dict = {"n_pairs": len(pairs_by_slice[slice_id])}
+        entry: dict = {"n_pairs": len(pairs_by_slice[slice_id]), "pair_inliers": flags[slice_id]}
         try:
             A_s, diag_s = fit_pairs(pairs_by_slice[slice_id], tile_shape, overlap_fraction, min_pairs=min_pairs,
                                     grid=_grid_pair(grids[slice_id]), backlash=backlash)
         except FitError as exc:
-            entry.update(transform=None, fit=None, fit_error=str(exc), drift_px=None, drift_flag=True)
+            entry.update(transform=None, fit=None, fit_error=str(exc), drift_px=None, drift_flag=False)
         else:
             drift = drift_px(A_s, A, *grids[slice_id])
             entry.update(transform=A_s.tolist(), fit=diag_s, fit_error=None, drift_px=drift,
@@ -522,5 +527,6 @@ def fit_pooled(
         n_pooled_pairs=len(pooled), n_fitted_pairs=len(fitted), n_samples=n_samples, seed=seed,
         drift_tolerance_px=drift_tolerance_px, per_slice=per_slice,
         drifting_slices=[int(s) for s, e in per_slice.items() if e["drift_flag"]],
+        failed_fit_slices=[int(s) for s, e in per_slice.items() if e["fit_error"]],
     )
     return M[:, :2], diagnostics
