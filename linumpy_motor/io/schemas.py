@@ -22,7 +22,8 @@ from pydantic import (
 from linumpy_motor.errors import InputError
 
 __all__ = ["DEFAULT_OVERLAP", "MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "STATUS_FILE", "CompareFile",
-           "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus", "Status", "StatusFile", "TransformFile",
+           "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus", "Status", "StatusFile", "TileFinding",
+           "TileProblem", "TransformFile",
            "check_overlap", "check_transform", "first_problem", "is_npy", "is_singular", "load", "load_transform",
            "read_model", "read_transform", "validate"]
 
@@ -158,11 +159,24 @@ Status = Literal["ok", "check", "failed"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 
 
+TileProblem = Literal["saturated", "bright", "blank", "unmatched"]
+"""What is wrong with a tile (:mod:`linumpy_motor.qc.verdict` decides)."""
+
+
+class TileFinding(BaseModel):
+    """A tile the QC verdict names: its grid index (row, column), what is wrong and the measurement that shows it."""
+
+    tile: tuple[int, int]
+    problem: TileProblem
+    detail: str
+
+
 class SliceStatus(BaseModel):
-    """One slice's QC verdict in the report's ``status.json``."""
+    """One slice's QC verdict in the report's ``status.json``: its status, the reasons, and the tiles named."""
 
     status: Status
     reasons: list[str] = []
+    tiles: list[TileFinding] = []
 
 
 STATUS_FILE = "status.json"
