@@ -180,15 +180,20 @@ def placementProblem(transform, placement) {
     return transform && placement == 'registered' ? "${transform}: placement 'registered' needs measured pairs; it cannot be used with a given transform" : null
 }
 
-// The ids listed more than once, sorted
-def duplicateIds(ids) {
-    return ids.findAll { id -> ids.count(id) > 1 }.unique().sort()
+// The first slice id two stores of a folder share, naming both, in linumpy_motor.io.dataset's words; null
+// when none. names: [[slice id, store name], ...] in the folder's sorted order
+def repeatedIdsProblem(names) {
+    def again = names.find { entry -> names.find { other -> other[0] == entry[0] } != entry }
+    def first = again ? names.find { other -> other[0] == again[0] } : null
+    return again ? "slice id ${again[0]} is in the names of both ${first[1]} and ${again[1]}" : null
 }
 
-// Slice ids given to more than one store, in linumpy_motor.io.dataset's words; null when none
-def repeatedIdsProblem(ids) {
-    def repeated = duplicateIds(ids)
-    return repeated ? "slice id(s) ${repeated} appear more than once" : null
+// The first samplesheet entry whose slice id an earlier entry has, in linumpy_motor.io.dataset's words; null
+// when none. entries: [[line, slice id, store, its real path], ...] in the samplesheet's order
+def repeatedSheetIdProblem(entries) {
+    def again = entries.find { entry -> entries.find { other -> other[1] == entry[1] } != entry }
+    def first = again ? entries.find { other -> other[1] == again[1] } : null
+    return again ? "line ${again[0]}: slice id ${again[1]} is already given to ${first[2]} (line ${first[0]})" : null
 }
 
 // The first samplesheet entry whose store an earlier entry lists, in linumpy_motor.io.dataset's words;
@@ -218,27 +223,27 @@ def slicesFromInput(input) {
             def row = rows[index]
             def zarr = row[1].toString().contains('://') ? file(row[1]) : sheet.parent.resolve(row[1].toString()).normalize()
             if (!zarr.exists()) {
-                error "${sheet}: slice ${row[0]}: no such store '${row[1]}'"
+                error "${sheet}: line ${index + 2}: ${zarr}: no such file or directory"
             }
             [index + 2, row[0] as Integer, zarr, zarr.toRealPath()]   // line: after the header line
         }
-        def listedTwice = repeatedStoreProblem(entries)
+        def listedTwice = repeatedStoreProblem(entries) ?: repeatedSheetIdProblem(entries)
         if (listedTwice) {
             error "${sheet}: ${listedTwice}"
         }
         slices = entries.collect { entry -> [entry[1], entry[2]] }
     }
     else {
-        def stores = files("${input}/*.ome.zarr", type: 'dir')
+        def stores = files("${input}/*.ome.zarr", type: 'dir').sort { zarr -> zarr.name }
         def empty = noSlicesProblem(input, stores)
         if (empty) {
             error empty
         }
         slices = stores.collect { zarr -> [checkedSliceId(zarr), zarr] }
-    }
-    def repeated = repeatedIdsProblem(slices.collect { slice -> slice[0] })
-    if (repeated) {
-        error "${input}: ${repeated}"
+        def repeated = repeatedIdsProblem(slices.collect { slice -> [slice[0], slice[1].name] })
+        if (repeated) {
+            error "${input}: ${repeated}"
+        }
     }
     return slices.sort { slice -> slice[0] }.collect { slice -> [sliceMeta(slice[0]), slice[1]] }
 }

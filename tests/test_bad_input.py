@@ -388,7 +388,7 @@ def run_missing_flatfield_file(f: Path, c: Context) -> Invocation:
 @case
 def run_zero_workers(f: Path, c: Context) -> Invocation:
     return Invocation(cli_run(c.dataset, f / "out", "--workers", "0"), RUN, None,
-                      ("workers: Input should be greater than or equal to 1",), f / "out")
+                      ("workers: must be at least 1, got 0",), f / "out")
 
 
 @case

@@ -336,9 +336,24 @@ def test_repeated_ids_refused_in_the_library_s_words():
     folder = REPO / "tests" / "data" / "duplicate_ids"
     with pytest.raises(InputError) as caught:
         discover_slices(folder)
-    ids_ = [main_functions()["sliceIdFromName"](p.name) for p in sorted(folder.glob("*.ome.zarr"))]
-    assert main_functions()["repeatedIdsProblem"](ids_) == caught.value.problem
-    assert main_functions()["repeatedIdsProblem"]([1, 2, 3]) is None
+    names = [[main_functions()["sliceIdFromName"](p.name), p.name] for p in sorted(folder.glob("*.ome.zarr"))]
+    assert main_functions()["repeatedIdsProblem"](names) == caught.value.problem
+    assert main_functions()["repeatedIdsProblem"]([[1, "a"], [2, "b"], [3, "c"]]) is None
+
+
+def test_a_samplesheet_id_given_twice_is_refused_in_the_library_s_words(tmp_path):
+    for name in ("a.ome.zarr", "b.ome.zarr"):
+        (tmp_path / name).mkdir()
+    text = "slice_id,path\n4,a.ome.zarr\n4,b.ome.zarr\n"
+    sheet = tmp_path / "slices.csv"
+    sheet.write_text(text)
+    with pytest.raises(InputError) as caught:
+        discover_slices(sheet)
+    rows = [[row["slice_id"], row["path"]] for row in sheet_rows(text)]
+    entries = [[index + 2, slice_id, str(tmp_path / path), os.path.realpath(tmp_path / path)]
+               for index, (slice_id, path) in enumerate(rows)]
+    problem = main_functions()["repeatedSheetIdProblem"]
+    assert problem(entries) == caught.value.problem and problem(entries[:1]) is None
 
 
 def test_a_store_listed_twice_is_found_by_its_real_path(tmp_path):

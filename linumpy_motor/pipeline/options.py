@@ -110,10 +110,27 @@ def value_parser(annotation: Any, name: str = "value") -> Callable[[str], Any]:
         try:
             return adapter.validate_strings(text)
         except ValidationError as exc:
-            raise argparse.ArgumentTypeError(first_problem(exc)) from None
+            raise argparse.ArgumentTypeError(_in_words(exc, text)) from None
 
     parse.__name__ = name
     return parse
+
+
+_BOUNDS = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "more than"),
+           "less_than_equal": ("le", "at most"), "less_than": ("lt", "less than")}
+_KINDS = {"int_parsing": "a whole number", "int_from_float": "a whole number", "float_parsing": "a number"}
+
+
+def _in_words(exc: ValidationError, text: str) -> str:
+    """A command-line value's problem as a person says it (``must be at least 1, got 0``), pydantic's own
+    words (:func:`~linumpy_motor.io.schemas.first_problem`) for the rest."""
+    error = exc.errors()[0]
+    if error["type"] in _BOUNDS:
+        key, words = _BOUNDS[error["type"]]
+        return f"must be {words} {error.get('ctx', {}).get(key):g}, got {text}"
+    if error["type"] in _KINDS:
+        return f"must be {_KINDS[error['type']]}, got {text!r}"
+    return first_problem(exc)
 
 
 def _parser_of(name: str) -> Callable[[str], Any]:
