@@ -324,12 +324,12 @@ def test_a_folder_without_slices_refused_in_the_library_s_words(tmp_path):
 
 
 def test_duplicate_ids_found():
-    duplicates = nf_functions(REPO / "main.nf")["duplicateIds"]
-    assert duplicates([3, 1, 3, 2, 1, 3]) == [1, 3]
-    assert duplicates([1, 2, 3]) == []
+    problem = nf_functions(REPO / "main.nf")["repeatedIdsProblem"]
     names = ["a_z07_v2.ome.zarr", "mosaic_grid_z07_3d.ome.zarr", "slice_z08.ome.zarr"]
     ids_ = [nf_functions(REPO / "main.nf")["sliceIdFromName"](n) for n in names]
-    assert duplicates(ids_) == [7]
+    assert problem([[i, n] for i, n in zip(ids_, names)]) == \
+        "slice id 7 is in the names of both a_z07_v2.ome.zarr and mosaic_grid_z07_3d.ome.zarr"
+    assert problem([[3, "c"], [1, "a"], [2, "b"]]) is None
 
 
 def test_repeated_ids_refused_in_the_library_s_words():
