@@ -7,11 +7,15 @@ Two levels of evidence, both computed from the run's files:
   the plane's largest value. A copy *shows tissue* when its level is at least :data:`TISSUE_LEVEL` of
   the slice's tissue level (the :data:`TISSUE_QUANTILE` quantile of its copies' levels). A tile is
   *saturated* when at least :data:`SATURATED_FRACTION` of its pixels sit at the plane's maximum;
-  *blank* when, in at least half of its pairs whose other copy shows tissue, its own copy reads less
-  than :data:`BLANK_RATIO` of the other (the two copies image the same place: a dropped frame, a
-  missing chunk, the laser off); *unmatched* when none of its pairs that show tissue is usable (kept
-  by the measurement and by the fit): swapped or re-imaged content, or tissue around a tile that has
-  none. Each such tile is named by its grid index (row, column) and is enough for ``check``.
+  *blank* when, in most of its pairs whose other copy shows tissue, its own copy reads less than
+  :data:`BLANK_RATIO` of the other (the two copies image the same place: a dropped frame, a missing
+  chunk, the laser off), *bright* when in most of its pairs it reads more than the inverse (a gain
+  change); *unmatched* when most of its (at least :data:`MIN_TILE_PAIRS`) pairs that show tissue do not
+  place it: skipped, rejected by the pooled fit, or off the pooled model by more than
+  :func:`agreement_px` (the fit keeps faint pairs at a low weight, whatever their displacement) --
+  swapped or re-imaged content, a moved tile, or tissue around a tile that shows none. Unmatched tiles
+  are named one at a time, the worst first, so a good tile between two bad ones is not named for them.
+  Each tile is named by its grid index (row, column) and is enough for ``check``.
 - **Pairs.** A pair that shows tissue is expected to match: one that was skipped, or that the pooled
   fit rejected (its own inlier flags, ``per_slice[id].pair_inliers`` of the motor model), is a failed
   pair. Pairs over background on both sides count for nothing either way.
@@ -155,7 +159,7 @@ def slice_status(evidence: SliceEvidence) -> tuple[Status, list[str]]:
     """Whether a slice's stitch can be trusted: ``("ok" | "check" | "failed", reasons)``.
 
     Failed: fewer than :data:`MIN_MEASURED_FRACTION` of the grid's pairs usable, or the slice's own
-    fit failed. Check: a saturated, blank or unmatched tile (each named); more than
+    fit failed. Check: a saturated, bright, blank or unmatched tile (each named); more than
     :data:`MAX_FAILED_FRACTION` of the pairs that show tissue skipped or rejected; inlier residual RMS
     above :data:`MAX_RESIDUAL_RMS_PX`; an overlap the tiles imply beyond :data:`OVERLAP_TOLERANCE` of
     the given one; drift from the pooled model; a raised compare flag; no stitched slice; or evidence
