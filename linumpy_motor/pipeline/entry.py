@@ -16,8 +16,8 @@ from linumpy_motor.errors import FitError, InputError, Terminated
 from linumpy_motor.io.schemas import first_problem
 from linumpy_motor.pipeline import logs
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter", "make_parser",
-           "run_cli"]
+__all__ = ["BAD_INPUT_ERRORS", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter",
+           "make_parser", "run_cli", "stopped_by"]
 
 EXIT_BAD_INPUT = 2
 """Bad input, reported in one line (also argparse's usage errors)."""
@@ -46,12 +46,16 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default once: not when there is none, nor when its help already states it."""
+    """Shows an option's default once: not when there is none, nor for a flag (its help says what it does),
+    nor when its help already states it; a default of several values as they are typed (``6 7``)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or "default" in text:
+        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or "default" in text \
+                or action.nargs == 0:
             return text
+        if isinstance(action.default, list | tuple):
+            return f"{text} (default: {' '.join(map(str, action.default))})".replace("%", "%%")
         return super()._get_help_string(action) or ""
 
 
@@ -74,22 +78,32 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
         return _run_action(parser, action, args)
 
 
+BAD_INPUT_ERRORS = (InputError, FitError, ValidationError, OSError)
+"""The errors reported in one line with :data:`EXIT_BAD_INPUT` (any other is a bug and keeps its traceback)."""
+
+
+def stopped_by(exc: BaseException) -> tuple[str, int | None]:
+    """What stopped a command, as its last line on stderr says it (after ``PROG: ``), and the exit status
+    :func:`run_cli` gives it (None: a bug, which keeps its traceback)."""
+    if isinstance(exc, Terminated):  # SIGTERM
+        return "terminated (rerun to resume)", EXIT_TERMINATED
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C
+        return "interrupted (rerun to resume)", EXIT_INTERRUPTED
+    return f"error: {_one_line(exc)}", EXIT_BAD_INPUT if isinstance(exc, BAD_INPUT_ERRORS) else None
+
+
 def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
                 args: argparse.Namespace) -> int:
     previous = _terminate_like_ctrl_c()
     try:
         code = action(args)
-    except (InputError, FitError, ValidationError, OSError) as exc:
+    except (*BAD_INPUT_ERRORS, KeyboardInterrupt) as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt as exc:
-        if args.debug:
-            traceback.print_exc()
-        terminated = isinstance(exc, Terminated)
-        print(f"{parser.prog}: {'terminated' if terminated else 'interrupted'} (rerun to resume)", file=sys.stderr)
-        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        words, status = stopped_by(exc)
+        print(f"{parser.prog}: {words}", file=sys.stderr)
+        assert status is not None  # every error caught here has its exit status
+        return status
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
