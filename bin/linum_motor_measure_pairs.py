@@ -32,8 +32,8 @@ def measure(args: argparse.Namespace) -> None:
     )
     stats = content["stats"]
     print(f"slice {content['slice_id']}: {stats['n_measured']} pairs measured on plane "
-          f"{'mean' if content['z'] is None else content['z']}, {stats['n_skipped_empty']} empty and "
-          f"{stats['n_skipped_background']} background pairs skipped, backend {stats['backend']} -> {args.output}",
+          f"{'mean' if content['z'] is None else content['z']} ({stats['n_background']} no better than chance), "
+          f"{stats['n_skipped_empty']} empty pairs skipped, backend {stats['backend']} -> {args.output}",
           file=sys.stderr)
 
 

@@ -216,7 +216,7 @@ def write_dataset(
     Parameters
     ----------
     out_dir : str or Path
-        Folder to create (or reuse).
+        Folder to create (or reuse); not a zarr store, nor inside one.
     spec : SyntheticSpec
         Acquisition parameters, shared by all slices.
     n_slices : int
@@ -238,6 +238,11 @@ def write_dataset(
         The content of ``truth.json``.
     """
     out_dir = outputs.check_output_name(out_dir)
+    store = next((p for p in [out_dir, *out_dir.absolute().parents]
+                  if p.name.endswith(".ome.zarr") or any((p / name).is_file() for name in outputs.ZARR_METADATA)), None)
+    if store is not None:  # the slices would be written inside an image
+        where = "is a zarr store" if store == out_dir else f"lies inside the zarr store {store}"
+        raise InputError(out_dir, f"{where}; give the folder to write the slices into")
     if n_slices < 1:
         raise InputError(None, f"the number of slices must be >= 1, got {n_slices}")
     ids = range(first_slice, first_slice + n_slices)

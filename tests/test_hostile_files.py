@@ -38,7 +38,7 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff, outputs
 from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.io.grid import open_mosaic
-from linumpy_motor.pipeline import cli, runner, steps
+from linumpy_motor.pipeline import cli, logs, runner, steps
 from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED
 from linumpy_motor.pipeline.jobs import run_jobs
 from linumpy_motor.pipeline.options import RunOptions
@@ -320,6 +320,8 @@ def test_sigterm_to_the_main_process_stops_the_workers_and_writes_nothing_after(
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == EXIT_TERMINATED, stderr
     assert error_lines(stderr) == ["linumpy-motor: terminated (rerun to resume)"]
+    last = (out / logs.LOG_FILE).read_text().splitlines()[-1]  # the log says what stopped the run
+    assert last.endswith(f" ERROR run stopped: terminated (rerun to resume); exit status {EXIT_TERMINATED}"), last
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)

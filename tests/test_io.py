@@ -277,20 +277,33 @@ def test_discover_a_folder(tmp_path):
 def test_discover_a_samplesheet_with_relative_and_absolute_paths(tmp_path):
     elsewhere = tmp_path / "elsewhere" / "b.ome.zarr"
     sheet = tmp_path / "sheets" / "samples.csv"
-    sheet.parent.mkdir()
+    for folder in (sheet.parent, elsewhere, tmp_path / "data" / "a.ome.zarr"):
+        folder.mkdir(parents=True)
     sheet.write_text(f"slice_id,path\n12,../data/a.ome.zarr\n3,{elsewhere}\n")
     assert discover_slices(sheet) == [(3, elsewhere), (12, sheet.parent / "../data/a.ome.zarr")]
 
 
-def test_duplicate_slice_ids_are_an_input_error(tmp_path):
-    (tmp_path / "a_z03.ome.zarr").mkdir()
-    (tmp_path / "b_z3.ome.zarr").mkdir()
-    with pytest.raises(InputError, match=r"\[3\]") as info:
+def test_duplicate_slice_ids_name_the_two_stores(tmp_path):
+    for name in ("a_z03.ome.zarr", "b_z3.ome.zarr", "stores/a.ome.zarr", "stores/b.ome.zarr"):
+        (tmp_path / name).mkdir(parents=True)
+    with pytest.raises(InputError, match="slice id 3 is in the names of both a_z03.ome.zarr and b_z3.ome.zarr") \
+            as info:
         discover_slices(tmp_path)
     assert info.value.path == tmp_path
+    tmp_path = tmp_path / "stores"
     sheet = tmp_path / "samples.csv"
     sheet.write_text("slice_id,path\n4,a.ome.zarr\n4,b.ome.zarr\n5,c.ome.zarr\n")
-    with pytest.raises(InputError, match=r"\[4\]") as info:
+    with pytest.raises(InputError, match=f"line 3: slice id 4 is already given to {tmp_path / 'a.ome.zarr'} "
+                                         r"\(line 2\)") as info:
+        discover_slices(sheet)
+    assert info.value.path == sheet
+
+
+def test_a_samplesheet_row_whose_store_is_missing_is_named_by_its_line(tmp_path):
+    (tmp_path / "a.ome.zarr").mkdir()
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text("slice_id,path\n4,a.ome.zarr\n\n5,c.ome.zarr\n")
+    with pytest.raises(InputError, match=f"line 4: {tmp_path / 'c.ome.zarr'}: no such file or directory") as info:
         discover_slices(sheet)
     assert info.value.path == sheet
 
@@ -301,6 +314,7 @@ def test_duplicate_slice_ids_are_an_input_error(tmp_path):
     ("slice_id,path\n1,a.ome.zarr\nseven,b.ome.zarr\n", "line 3"),
 ])
 def test_bad_samplesheets(tmp_path, content, problem):
+    (tmp_path / "a.ome.zarr").mkdir()
     sheet = tmp_path / "samples.csv"
     sheet.write_text(content)
     with pytest.raises(InputError, match=problem):

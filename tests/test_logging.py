@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import pickle
 import re
@@ -13,7 +14,7 @@ import pytest
 import zarr
 
 from linumpy_motor import synthetic
-from linumpy_motor.pipeline import cli, logs, runner
+from linumpy_motor.pipeline import cli, logs, runner, steps
 from linumpy_motor.pipeline.entry import EXIT_NOT_OK
 from linumpy_motor.qc import summary
 
@@ -169,9 +170,16 @@ def test_fail_on_turns_slice_statuses_into_an_exit_code(fail_on, status, code):
     assert summary.exit_code(status, fail_on, EXIT_NOT_OK) == code
 
 
+def _implied(x: float, y: float) -> dict:
+    return {"implied_overlap": {"horizontal": {"overlap": x}, "vertical": {"overlap": y}}}
+
+
 @pytest.mark.parametrize(("diagnostics", "expected"), [
-    ({"nominal_overlap_fraction": 0.2, "Ox_fraction": 0.21, "Oy_fraction": 0.19, "robust_scale_px": 0.4}, []),
-    ({"nominal_overlap_fraction": 0.4, "Ox_fraction": 0.31, "Oy_fraction": 0.4}, ["overlap along x is 0.310"]),
+    ({"nominal_overlap_fraction": 0.2, "robust_scale_px": 0.4,
+      "per_slice": {"0": {"measurement": _implied(0.21, 0.19)}, "1": {"measurement": _implied(0.22, 0.2)}}}, []),
+    ({"nominal_overlap_fraction": 0.4, "robust_scale_px": 6.8,  # the cause is said alone
+      "per_slice": {"0": {"measurement": _implied(0.2, 0.2) | {"median_ncc": 0.05}}}},
+     ["the tiles imply an overlap of 0.20 along x and 0.20 along y, the given --overlap is 0.4"]),
     ({"robust_scale_px": 6.8}, ["fits the pairs poorly (robust residual scale 6.80 px"]),
     ({"per_slice": {"0": {"measurement": {"median_ncc": 0.08}}, "1": {"measurement": {"median_ncc": 0.1}}}},
      ["median NCC 0.09"]),
@@ -210,8 +218,9 @@ def test_batch_run_logs_each_step_with_timestamps_and_keeps_a_log_file(dataset, 
     assert re.search(r"measure slice_z00_pairs.json: 4/4 tile rows \(100 %\), .* took ", err)
     assert re.search(r"stitch slice_z01_stitch_3d.ome.zarr: (\d+)/\1 blocks \(100 %\)", err)
     assert "QC: 2 ok, 0 check, 0 failed" in result.stdout
-    log = (out / logs.LOG_FILE).read_text()
-    assert log.splitlines() == lines  # the same lines, kept in OUTDIR
+    log = (out / logs.LOG_FILE).read_text().splitlines()
+    assert log[:len(lines)] == lines  # the same lines, kept in OUTDIR, then the outcome
+    assert [line.split(" INFO ", 1)[1] for line in log[len(lines):]] == [*result.stdout.splitlines(), "exit status 0"]
 
     quiet = _run("run", dataset, out, "--z-chunk", "2", "--log-level", "warning")  # after the sub-command; resumes
     assert quiet.returncode == 0 and quiet.stderr == ""
@@ -223,12 +232,48 @@ def test_batch_run_logs_each_step_with_timestamps_and_keeps_a_log_file(dataset, 
 def test_a_wrong_overlap_is_a_terminal_warning_and_fail_on_check_exits_non_zero(dataset, tmp_path):
     from linumpy_motor.backend import gpu_available
 
-    # without the background test, which would skip the pairs a wrong overlap leaves uncorrelated
     result = _run("run", dataset, tmp_path / "out", "--overlap", "0.4", "--fail-on", "check", "--log-level", "warning",
-                  "--use-gpu", "--workers", "2", "--no-background-test")
+                  "--use-gpu", "--workers", "2")
     assert result.returncode == EXIT_NOT_OK, result.stderr
-    assert re.search(r"WARNING .*check --overlap", result.stderr)
-    assert "WARNING: " in result.stdout and "check --overlap" in result.stdout
-    assert re.search(r"^  slice 0: (CHECK|FAILED): ", result.stdout, re.MULTILINE)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("With `--overlap 0.4` on 0.2 data:"):].split("```")[1].strip().splitlines()
+    warning = block[-1]  # the README's example, printed as it is (on other 0.2 data)
+    assert warning.startswith("WARNING: the tiles imply an overlap of 0.20 along x and 0.20 along y, the given "
+                              "--overlap is 0.4: check --overlap")
+    assert warning in result.stdout.splitlines()
+    assert warning.replace("WARNING: ", "WARNING ") in result.stderr  # on the terminal, in the log and the report
+    assert warning.replace("WARNING: ", "WARNING ") in (tmp_path / "out" / logs.LOG_FILE).read_text()
+    assert html.escape(warning) in (tmp_path / "out" / "report" / "report.html").read_text()
+    reason = block[1].split("; ")[0]  # the slice's reason, then what this data's comparison says
+    assert any(line.startswith(reason) for line in result.stdout.splitlines())
+    assert "and with `--overlap 0.1`, the same line with `the given --overlap is 0.1`." in readme
+    pairs = [tmp_path / f"narrow_{path.name}.json" for path in sorted(dataset.glob("*.ome.zarr"))]
+    for store, output in zip(sorted(dataset.glob("*.ome.zarr")), pairs):  # the run's measure and fit steps
+        steps.measure_pairs(store, output, overlap=0.1)
+    steps.fit_affine(pairs, tmp_path / "narrow.json")
+    assert list(summary.model_warnings(tmp_path / "narrow.json")) == [warning.replace("is 0.4", "is 0.1")]
     if not gpu_available():  # said once per run, not once per task in each worker
         assert result.stderr.count("CuPy or a CUDA device is not available") == 1
+
+
+def test_debug_lines_say_the_plane_the_flat_field_and_each_pair(synthetic_dataset_small, caplog):
+    from linumpy_motor.io.grid import open_mosaic
+    from linumpy_motor.register.measure import measure_mosaic
+
+    path = synthetic_dataset_small.path(0)
+    with caplog.at_level(logging.DEBUG, logger=logs.PACKAGE_LOGGER):
+        measured, skipped, _ = measure_mosaic(open_mosaic(path), 0.2)
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(line.startswith(f"{path.name}: plane scores (overlap NCC") for line in debug)
+    assert any("flat field estimated from " in line for line in debug)
+    assert sum(f"{path.name}: pair [" in line for line in debug) == len(measured) + len(skipped) == 7
+    assert any(line.startswith(f"{path.name}: measured on plane z=") and "flat field estimate" in line
+               for line in info)
+
+
+def test_debug_leaves_out_the_font_search_but_keeps_other_libraries():
+    with logs.configured("info", debug=True):
+        assert logging.getLogger("zarr").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("matplotlib").level == logging.NOTSET  # the caller's logging, as it was

@@ -135,4 +135,4 @@ def test_the_stitch_cache_size_is_checked_like_every_option(capsys):
     assert parser.parse_args(["s", "t", "o", "--cache-mb", "64"]).cache_mb == 64
     with pytest.raises(SystemExit):
         parser.parse_args(["s", "t", "o", "--cache-mb", "0"])
-    assert "argument --cache-mb: Input should be greater than 0" in capsys.readouterr().err
+    assert "argument --cache-mb: must be more than 0, got 0" in capsys.readouterr().err

@@ -222,7 +222,7 @@ def test_a_rerun_with_a_given_transform_removes_the_measured_runs_outputs(datase
     given = tmp_path / "given.json"
     given.write_text((finished / "motor_transform.json").read_text())
     result = runner.run(dataset, out, RunOptions(transform=given), progress=False)
-    assert result["ran"] == {"fit": 1, "stitch": 2}
+    assert result["ran"] == {"transform": 1, "stitch": 2}
     assert not (out / "report").exists(), "the old report would describe another model"
     assert sorted(p.name for p in (out / "compare").iterdir()) == ["my_notes.json"]
     assert not list((out / "pairs").glob("*.json"))

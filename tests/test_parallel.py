@@ -72,4 +72,4 @@ def test_scripts_refuse_zero_threads_in_one_line(script, positionals, capsys):
         module.main([*positionals, "--threads", "0"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--threads: Input should be greater than or equal to 1" in err
+    assert err.count("\n") == 1 and "--threads: must be at least 1, got 0" in err

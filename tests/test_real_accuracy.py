@@ -104,29 +104,29 @@ def test_the_plane_with_the_most_usable_signal_is_measured(focus):
     assert _measure(spec, s, plane="central")["stats"]["z"] == 2
 
 
-def test_background_pairs_are_skipped_and_sparse_content_is_kept():
+def test_background_pairs_are_marked_and_sparse_content_is_not():
     spec = rm.RealSpec(photo="hubble", nx=4, ny=5, tile_hw=(128, 128), nz=1)
     s = rm.make_draw(spec, seed=0, n_slices=1).slices[0]
-    assert _measure(spec, s)["stats"]["n_skipped_background"] == 0  # faint stars on black: all kept
+    assert _measure(spec, s)["stats"]["n_background"] == 0  # faint stars on black: all better than chance
     volume = s.volume.copy()
     rng = np.random.default_rng(0)
     blank = {(1, 1), (2, 3)}  # tiles of agarose only: a level above 0 and noise, nothing shared
     for i, j in blank:
         volume[:, i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = np.abs(0.04 + 0.03 * rng.standard_normal((128, 128)))
     found = _measure(spec, replace(s, volume=volume))
-    touching = {(tuple(p["tile"]), p["row_delta"]) for p in found["pairs"] + found["skipped"]
+    touching = {(tuple(p["tile"]), p["row_delta"]) for p in found["pairs"]
                 if tuple(p["tile"]) in blank or (p["tile"][0] + p["row_delta"], p["tile"][1] + p["col_delta"]) in blank}
-    assert {(tuple(q["tile"]), q["row_delta"]) for q in found["skipped"]} == touching
-    assert len(touching) == 8 and {q["reason"] for q in found["skipped"]} == {"background"}
+    assert {(tuple(p["tile"]), p["row_delta"]) for p in found["pairs"] if p["background"]} == touching
+    assert len(touching) == 8 and found["skipped"] == []  # marked, and handed to the robust fit all the same
 
 
 def test_tissue_pairs_are_never_taken_for_background():
     spec = rm.RealSpec(photo="gravel", nx=4, ny=5, tile_hw=(128, 128), nz=1, tissue_fraction=0.4)
     for seed in range(2):
         s = rm.make_draw(spec, seed=seed, n_slices=1).slices[0]
-        skipped = _measure(spec, s)["skipped"]
+        marked = [p for p in _measure(spec, s)["pairs"] if p["background"]]
         tissue = [min(s.tissue[q["tile"][0] * 5 + q["tile"][1]],
-                      s.tissue[(q["tile"][0] + q["row_delta"]) * 5 + q["tile"][1] + q["col_delta"]]) for q in skipped]
+                      s.tissue[(q["tile"][0] + q["row_delta"]) * 5 + q["tile"][1] + q["col_delta"]]) for q in marked]
         assert all(t < 0.1 for t in tissue)
 
 

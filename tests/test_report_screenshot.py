@@ -15,7 +15,9 @@ from linumpy_motor.pipeline import runner
 from linumpy_motor.qc.html import COLOURS
 
 BROWSER = next((name for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
-WIDTH, HEIGHT = 1200, 6000
+WIDTHS, HEIGHT = (1024, 1400), 6000
+"""Window widths the page must fit (a laptop, a desktop), and a height that shows all of it."""
+MARGIN_PX = 8  # the body's padding (1em = 16 px) leaves at least this much blank at the right edge
 TAB_BLUE = (31, 119, 180)  # matplotlib's first colour: drawn in every plot of the report
 
 
@@ -27,20 +29,26 @@ def _hex(colour: str) -> tuple[int, int, int]:
     return tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
 
 
+def _shot(report: str, width: int, path) -> np.ndarray:
+    subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--window-size={width},{HEIGHT}", f"--screenshot={path}", f"file://{report}"],
+                   check=True, capture_output=True, timeout=120)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=int)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium: apt-get install -y chromium")
-def test_report_renders_with_its_status_colours_and_plots(tmp_path):
+def test_report_renders_with_its_status_colours_and_plots_and_fits_narrow_windows(tmp_path):
     spec = synthetic.SyntheticSpec(nx=3, ny=4, tile_shape=(2, 96, 96), seed=3)
     synthetic.write_dataset(tmp_path / "data", spec, n_slices=2, save_scenes=False)
     result = runner.run(tmp_path / "data", tmp_path / "out", progress=False)
-    shot = tmp_path / "report.png"
-    subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={WIDTH},{HEIGHT}", f"--screenshot={shot}", f"file://{result['report']}"],
-                   check=True, capture_output=True, timeout=120)
-    with Image.open(shot) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=int)
-    assert rgb.shape[:2] == (HEIGHT, WIDTH)
-    assert _count(rgb, _hex(COLOURS["ok"][0])) > 500  # the green OK cells and banner
-    assert _count(rgb, TAB_BLUE, tolerance=20) > 2000  # the PNG plots loaded (a broken image has no blue)
-    text_rows = np.flatnonzero((rgb.sum(axis=-1) < 200).sum(axis=1) > 3)
-    assert text_rows.size > 300  # text on many rows: the tables rendered
+    for width in WIDTHS:
+        rgb = _shot(result["report"], width, tmp_path / f"report_{width}.png")
+        assert rgb.shape[:2] == (HEIGHT, width)
+        assert _count(rgb, _hex(COLOURS["ok"][0])) > 500  # the green OK cells and banner
+        assert _count(rgb, TAB_BLUE, tolerance=20) > 2000  # the PNG plots loaded (a broken image has no blue)
+        text_rows = np.flatnonzero((rgb.sum(axis=-1) < 200).sum(axis=1) > 3)
+        assert text_rows.size > 300  # text on many rows: the tables rendered
+        # the page keeps its margin: nothing (the slice figures side by side, a long path) runs off it
+        assert (rgb[:, -MARGIN_PX:] >= 250).all(), f"something is drawn in the right margin at {width} px"

@@ -82,7 +82,10 @@ def test_known_transform_skips_measuring(dataset, first_run, tmp_path):
     outdir, _, _ = first_run
     result = runner.run(dataset, tmp_path / "given", RunOptions(transform=outdir / "motor_transform.json"),
                         progress=False)
-    assert result["ran"] == {"fit": 1, "stitch": 3}
+    assert result["ran"] == {"transform": 1, "stitch": 3}
+    lines = list(runner.describe(result))  # nothing fitted, and no report
+    assert "jobs run (0 = resumed from a previous run): transform 1, stitch 3" in lines
+    assert "  QC report     none: with a given --transform no pairs are measured, so nothing is checked" in lines
     assert not list((tmp_path / "given").glob("pairs/*.json"))
     assert len(list((tmp_path / "given" / "stitched").iterdir())) == 3
     given = json.loads((tmp_path / "given" / "motor_transform.json").read_text())
@@ -112,6 +115,25 @@ def test_cli_prints_where_the_results_are(dataset, first_run):
     assert f"results in {outdir}" in done.stdout
     assert "report.html" in done.stdout
     assert "measure 0" in done.stdout and "stitch 0" in done.stdout
+    log = (outdir / logs.LOG_FILE).read_text().splitlines()  # the log keeps the outcome as well
+    assert log[-1].endswith(" INFO exit status 0")
+    outcome = [line.split(" INFO ", 1)[1] for line in log[-len(done.stdout.splitlines()) - 1:-1]]
+    assert outcome == done.stdout.splitlines() and "QC: 3 ok, 0 check, 0 failed" in outcome
+
+
+def test_the_current_folder_is_an_output_folder_when_it_holds_no_input(dataset, first_run, tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    here = tmp_path / "here"
+    here.mkdir()
+    given = ["--transform", str(first_run[0] / "motor_transform.json")]  # stitching alone: quick
+    done = subprocess.run(["linumpy-motor", "run", str(dataset), ".", *given], cwd=here, capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(list((here / "stitched").iterdir())) == 3 and (here / logs.LOG_FILE).is_file()
+    refused = subprocess.run(["linumpy-motor", "run", dataset.name, ".", *given], cwd=dataset.parent,
+                             capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "output would hold the input" in refused.stderr
+    assert not (dataset.parent / "stitched").exists()
 
 
 def test_registered_placement_restitches_at_the_model_plus_registered_residuals(dataset, first_run):

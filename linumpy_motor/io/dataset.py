@@ -46,7 +46,12 @@ def discover_slices(source: str | Path) -> list[tuple[int, Path]]:
         entries = [(slice_id_from_name(p), p) for p in sorted(source.glob("*.ome.zarr"))]
         if not entries:
             raise InputError(source, "no *.ome.zarr slices in this folder")
-    check_unique_ids([i for i, _ in entries], source)
+        named: dict[int, Path] = {}
+        for slice_id, store in entries:
+            if slice_id in named:
+                raise InputError(source, f"slice id {slice_id} is in the names of both {named[slice_id].name} and "
+                                         f"{store.name}")
+            named[slice_id] = store
     return sorted(entries)
 
 
@@ -94,6 +99,7 @@ def _read_samplesheet(path: Path) -> list[tuple[int, Path]]:
     id_column, path_column = header.index("slice_id"), header.index("path")
     entries: list[tuple[int, Path]] = []
     stores: dict[Path, int] = {}
+    ids: dict[int, tuple[int, Path]] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -110,7 +116,13 @@ def _read_samplesheet(path: Path) -> list[tuple[int, Path]]:
         store = store if store.is_absolute() else path.parent / store
         if store.resolve() in stores:
             raise InputError(path, f"line {line}: {store} is already listed as slice {stores[store.resolve()]}")
+        if slice_id in ids:
+            raise InputError(path, f"line {line}: slice id {slice_id} is already given to {ids[slice_id][1]} "
+                                   f"(line {ids[slice_id][0]})")
+        if not store.exists():
+            raise InputError(path, f"line {line}: {store}: no such file or directory")
         stores[store.resolve()] = slice_id
+        ids[slice_id] = (line, store)
         entries.append((slice_id, store))
     if not entries:
         raise InputError(path, "samplesheet lists no slices")

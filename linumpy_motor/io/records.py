@@ -26,6 +26,8 @@ PAIR_DTYPE = np.dtype([
     ("ncc", np.float64),           # 1.0 when not measured (a pair given by hand counts fully)
     ("peak", np.float64),          # NaN when not measured
     ("empty_fraction", np.float64),
+    ("levels", np.float64, (2,)),  # mean of each tile's copy of the overlap (flat-field corrected); NaN: not measured
+    ("background", np.bool_),      # marked by the background test: no better than chance (still fitted)
 ])
 """One neighbour pair: the fields every pair dict of the pipeline's JSON and of the façade can carry."""
 
@@ -33,11 +35,13 @@ NO_TILE = -1
 """The ``tile`` of a pair that does not say which tiles it joins (upstream's bare pairs)."""
 
 _OPTIONAL = {"ncc": 1.0, "peak": math.nan, "empty_fraction": math.nan}
+_NO_LEVELS = (math.nan, math.nan)
 
 
 def pair_table(pairs: Iterable[Mapping]) -> np.ndarray:
     """The pair table of pair dicts: ``row_delta``, ``col_delta``, ``measured_dy`` and ``measured_dx``
-    required; ``tile`` (else :data:`NO_TILE`), ``ncc`` (else 1), ``peak`` and ``empty_fraction`` (else NaN) optional.
+    required; ``tile`` (else :data:`NO_TILE`), ``ncc`` (else 1), ``peak``, ``empty_fraction`` and
+    ``levels`` (else NaN) and ``background`` (else False) optional.
 
     Parameters
     ----------
@@ -56,16 +60,19 @@ def pair_table(pairs: Iterable[Mapping]) -> np.ndarray:
     """
     rows = [((p["tile"][0], p["tile"][1]) if "tile" in p else (NO_TILE, NO_TILE),
              p["row_delta"], p["col_delta"], p["measured_dy"], p["measured_dx"],
-             *(p.get(key, default) for key, default in _OPTIONAL.items())) for p in pairs]
+             *(p.get(key, default) for key, default in _OPTIONAL.items()),
+             tuple(p.get("levels") or _NO_LEVELS), bool(p.get("background", False))) for p in pairs]
     return np.array(rows, dtype=PAIR_DTYPE)
 
 
 def pair_dicts(table: np.ndarray) -> list[dict]:
     """The pairs of a pair table as JSON-ready dicts (Python ints and floats; ``tile`` as ``[i, j]``),
-    in the table's order: what the pipeline writes in a slice's pairs file."""
+    in the table's order: what the pipeline writes in a slice's pairs file (``levels`` only where measured)."""
     return [{"tile": [int(i), int(j)], "row_delta": int(row["row_delta"]), "col_delta": int(row["col_delta"]),
              "measured_dy": float(row["measured_dy"]), "measured_dx": float(row["measured_dx"]),
-             **{key: float(row[key]) for key in _OPTIONAL}}
+             **{key: float(row[key]) for key in _OPTIONAL},
+             **({"levels": [float(v) for v in row["levels"]]} if np.isfinite(row["levels"]).all() else {}),
+             "background": bool(row["background"])}
             for row, (i, j) in zip(table, table["tile"])]
 
 

@@ -23,7 +23,8 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io.records import pair_table
 
 __all__ = ["DEFAULT_OVERLAP", "MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "STATUS_FILE", "CompareFile",
-           "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus", "Status", "StatusFile", "TransformFile",
+           "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus", "Status", "StatusFile", "TileFinding",
+           "TileProblem", "TransformFile",
            "check_overlap", "check_transform", "first_problem", "is_npy", "is_singular", "load", "load_transform",
            "read_model", "read_transform", "validate"]
 
@@ -90,6 +91,10 @@ class Pair(BaseModel):
     measured_dx: FiniteFloat
     ncc: FiniteFloat = 1.0
     empty_fraction: FiniteFloat = 0.0
+    levels: tuple[FiniteFloat, FiniteFloat] | None = None
+    """The mean of each tile's copy of the overlap (flat-field corrected); None in files that predate it."""
+    background: bool = False
+    """Marked by the background test: correlates no better than chance (fitted all the same)."""
 
 
 NEIGHBOUR_STEPS = ((0, 1), (1, 0))
@@ -163,11 +168,24 @@ Status = Literal["ok", "check", "failed"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 
 
+TileProblem = Literal["saturated", "bright", "blank", "unmatched"]
+"""What is wrong with a tile (:mod:`linumpy_motor.qc.verdict` decides)."""
+
+
+class TileFinding(BaseModel):
+    """A tile the QC verdict names: its grid index (row, column), what is wrong and the measurement that shows it."""
+
+    tile: tuple[int, int]
+    problem: TileProblem
+    detail: str
+
+
 class SliceStatus(BaseModel):
-    """One slice's QC verdict in the report's ``status.json``."""
+    """One slice's QC verdict in the report's ``status.json``: its status, the reasons, and the tiles named."""
 
     status: Status
     reasons: list[str] = []
+    tiles: list[TileFinding] = []
 
 
 STATUS_FILE = "status.json"

@@ -211,9 +211,9 @@ def _attempted(stats: Mapping) -> int:
 
 
 def _log_measurement(label: str, table: np.ndarray, stats: Mapping) -> None:
-    logger.info("%s: %d valid pairs of %d (plane z=%s, %s; flat field %s; %d below the background; backend %s)",
+    logger.info("%s: %d valid pairs of %d (plane z=%s, %s; flat field %s; %d no better than chance; backend %s)",
                 label, len(table), _attempted(stats), stats["z"], stats["plane_mode"], stats["flatfield"],
-                stats["n_skipped_background"], stats["backend"])
+                stats["n_background"], stats["backend"])
 
 
 def compute_registration_refinements(volume, tile_shape, nx, ny, overlap_fraction,

@@ -1,8 +1,9 @@
-"""``linumpy-motor``: synthesise a dataset, or run the whole stage on one machine."""
+"""linumpy-motor: synthesise a dataset, or run the whole stage on one machine."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 
 from linumpy_motor import synthetic
@@ -37,8 +38,10 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the slice covered by tissue")
     parser.add_argument("--bad-tiles", type=int, default=defaults.bad_tiles,
                         help="tiles replaced by background or another tile")
-    parser.add_argument("--dtype", default=defaults.dtype, choices=synthetic.DTYPES)
-    parser.add_argument("--ngff-version", default=ngff.DEFAULT_NGFF_VERSION, choices=ngff.NGFF_VERSIONS)
+    parser.add_argument("--dtype", default=defaults.dtype, choices=synthetic.DTYPES,
+                        help="sample type of the slices (complex64: a random phase on the magnitude)")
+    parser.add_argument("--ngff-version", default=ngff.DEFAULT_NGFF_VERSION, choices=ngff.NGFF_VERSIONS,
+                        help="store format: 0.5 (zarr v3) or 0.4 (zarr v2)")
     parser.add_argument("--no-shards", action="store_true", help="write NGFF 0.5 without sharding")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
 
@@ -66,10 +69,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the whole stage on one machine and say where the results are."""
+    """Run the whole stage on one machine and say where the results are (on stdout and in the run's log)."""
     result = runner.run(args.input, args.outdir, from_arguments(args), progress=not args.no_progress)
-    print("\n".join(runner.describe(result)))
-    return summary.exit_code(result.get("status"), args.fail_on, EXIT_NOT_OK)
+    lines = list(runner.describe(result))
+    print("\n".join(lines))
+    code = summary.exit_code(result.get("status"), args.fail_on, EXIT_NOT_OK)
+    with logs.log_file(result["outdir"]):  # the log keeps the outcome, which stdout alone would carry
+        for line in [*lines, f"exit status {code}"]:
+            logs.to_file_only(logging.INFO, line)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

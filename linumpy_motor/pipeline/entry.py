@@ -10,13 +10,13 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from linumpy_motor import __version__, interrupts, memory
-from linumpy_motor.errors import EXIT_BAD_INPUT, FitError, InputError, printable
+from linumpy_motor.errors import EXIT_BAD_INPUT, FitError, InputError, Terminated, printable
 from linumpy_motor.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED
 from linumpy_motor.io.schemas import first_problem
 from linumpy_motor.pipeline import logs
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter", "make_parser",
-           "run_cli"]
+__all__ = ["BAD_INPUT_ERRORS", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_NOT_OK", "EXIT_TERMINATED", "HelpFormatter",
+           "make_parser", "run_cli", "stopped_by"]
 
 EXIT_NOT_OK = 3
 """The run finished but a slice's QC status counts as failing (``--fail-on``)."""
@@ -39,12 +39,16 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default once: not when there is none, nor when its help already states it."""
+    """Shows an option's default once: not when there is none, nor for a flag (its help says what it does),
+    nor when its help already states it; a default of several values as they are typed (``6 7``)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or "default" in text:
+        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or "default" in text \
+                or action.nargs == 0:
             return text
+        if isinstance(action.default, list | tuple):
+            return f"{text} (default: {' '.join(map(str, action.default))})".replace("%", "%%")
         return super()._get_help_string(action) or ""
 
 
@@ -95,6 +99,20 @@ def _interrupted(parser: argparse.ArgumentParser, exc: BaseException | None, deb
     return code
 
 
+BAD_INPUT_ERRORS = (InputError, FitError, ValidationError, OSError)
+"""The errors reported in one line with :data:`EXIT_BAD_INPUT` (any other is a bug and keeps its traceback)."""
+
+
+def stopped_by(exc: BaseException) -> tuple[str, int | None]:
+    """What stopped a command, as its last line on stderr says it (after ``PROG: ``), and the exit status
+    :func:`run_cli` gives it (None: a bug, which keeps its traceback)."""
+    if isinstance(exc, Terminated):  # SIGTERM
+        return "terminated (rerun to resume)", EXIT_TERMINATED
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C
+        return "interrupted (rerun to resume)", EXIT_INTERRUPTED
+    return f"error: {_one_line(exc)}", EXIT_BAD_INPUT if isinstance(exc, BAD_INPUT_ERRORS) else None
+
+
 def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
                 args: argparse.Namespace) -> tuple[int, bool]:
     """Run ``action``; return the exit code and whether its one line (error or interruption) was printed."""
@@ -107,7 +125,7 @@ def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Name
             return _interrupted(parser, exc, args.debug), True
         if memory.is_out_of_memory(exc):
             exc = memory.out_of_memory(None, None, exc)
-        elif not isinstance(exc, (InputError, FitError, ValidationError, OSError)):
+        elif not isinstance(exc, BAD_INPUT_ERRORS):
             raise
         if args.debug:
             traceback.print_exc()

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from linumpy_motor import interrupts
 
 __all__ = ["DATE_FORMAT", "FILE_LEVEL", "FORMAT", "LEVELS", "LINE_INTERVAL_S", "LINE_STEP", "LOG_FILE", "LogConfig",
-    "MIN_LINE_GAP_S", "PACKAGE_LOGGER", "Progress", "add_arguments", "configured", "current", "init_worker",
-    "log_file", "plural", "setup", "to_file_only"]
+    "MIN_LINE_GAP_S", "PACKAGE_LOGGER", "QUIET_LOGGERS", "Progress", "add_arguments", "configured", "current",
+    "init_worker", "log_file", "plural", "setup", "to_file_only"]
 
 PACKAGE_LOGGER = "linumpy_motor"
 LEVELS = ("debug", "info", "warning", "error")
@@ -41,6 +41,8 @@ LOG_FILE = "linumpy-motor.log"
 """Name of the run's log file in its output folder (appended to by every run)."""
 FILE_LEVEL = logging.INFO
 """The log file records at least this much, whatever the terminal shows."""
+QUIET_LOGGERS = ("matplotlib", "PIL")
+"""Other libraries whose debug lines ``--debug`` leaves out (drawing the report's figures, not the run)."""
 
 logger = logging.getLogger(PACKAGE_LOGGER)
 
@@ -131,6 +133,8 @@ def _apply(config: LogConfig) -> LogConfig:
     logger.setLevel(min((handler.level for handler in handlers), default=logging.NOTSET))
     if config.stream:
         root.setLevel(logging.DEBUG if config.debug else logging.WARNING)
+        for name in QUIET_LOGGERS:  # their debug lines say nothing about a run (matplotlib: one per font tried)
+            logging.getLogger(name).setLevel(logging.INFO)
         logging.captureWarnings(True)
         if not config.debug:  # zarr I/O tasks left pending by a failed read are reported by asyncio at exit
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)
@@ -146,11 +150,14 @@ def configured(level: int | str = logging.INFO, *, debug: bool = False,
     notebook, leaves its caller's logging alone)."""
     root = logging.getLogger()
     previous, root_level = _config, root.level
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     try:
         yield setup(level, debug=debug, bars=bars)
     finally:  # asyncio stays quiet: zarr tasks a failed read left pending are reported at exit, after this
         _apply(previous)
         root.setLevel(root_level)
+        for name, quiet_level in quiet.items():
+            logging.getLogger(name).setLevel(quiet_level)
         logging.captureWarnings(previous.stream)
 
 

@@ -61,8 +61,9 @@ HELP = {
     "z": "Z plane measured (default: chosen by --plane)",
     "plane": "without --z: the plane whose overlaps correlate best (auto), the central plane, or the mean over "
              "planes",
-    "background_test": "drop pairs that correlate no better than non-overlapping windows (agarose, empty overlaps); "
-                       "--no-background-test keeps them",
+    "background_test": "the background test, on unless --no-background-test: it marks, in the pairs files and the "
+                       "report, the pairs that correlate no better than windows that do not overlap (agarose, empty "
+                       "overlaps, decorrelated speckle); every pair goes to the robust fit either way",
     "max_shift": f"largest stage error searched, px (default: {MAX_SHIFT_DEFAULT_TEXT})",
     "histogram_match": "match the overlaps' histograms before correlating",
     "max_empty_fraction": "skip pairs whose overlap is more than this fraction background (Otsu)",
@@ -109,10 +110,27 @@ def value_parser(annotation: Any, name: str = "value") -> Callable[[str], Any]:
         try:
             return adapter.validate_strings(text)
         except ValidationError as exc:
-            raise argparse.ArgumentTypeError(first_problem(exc)) from None
+            raise argparse.ArgumentTypeError(_in_words(exc, text)) from None
 
     parse.__name__ = name
     return parse
+
+
+_BOUNDS = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "more than"),
+           "less_than_equal": ("le", "at most"), "less_than": ("lt", "less than")}
+_KINDS = {"int_parsing": "a whole number", "int_from_float": "a whole number", "float_parsing": "a number"}
+
+
+def _in_words(exc: ValidationError, text: str) -> str:
+    """A command-line value's problem as a person says it (``must be at least 1, got 0``), pydantic's own
+    words (:func:`~linumpy_motor.io.schemas.first_problem`) for the rest."""
+    error = exc.errors()[0]
+    if error["type"] in _BOUNDS:
+        key, words = _BOUNDS[error["type"]]
+        return f"must be {words} {error.get('ctx', {}).get(key):g}, got {text}"
+    if error["type"] in _KINDS:
+        return f"must be {_KINDS[error['type']]}, got {text!r}"
+    return first_problem(exc)
 
 
 def _parser_of(name: str) -> Callable[[str], Any]:

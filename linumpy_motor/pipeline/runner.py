@@ -27,6 +27,7 @@ from linumpy_motor.io.dataset import check_consistent, discover_slices
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.pipeline import logs, steps
+from linumpy_motor.pipeline.entry import stopped_by
 from linumpy_motor.pipeline.jobs import run_jobs, threads_per_job
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.pipeline.resume import (
@@ -74,7 +75,8 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
     source : str or Path
         Folder of ``*.ome.zarr`` slices or a ``slice_id,path`` CSV samplesheet.
     outdir : str or Path
-        Output folder (created); must not be empty, be, hold or lie inside an input.
+        Output folder (created); must not be empty, be, hold or lie inside an input. ``.`` is the
+        current folder.
     options : RunOptions, optional
         Run parameters (default: ``RunOptions()``).
     progress : bool
@@ -97,7 +99,8 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
         only folders this run created (and left empty) are removed.
     """
     options = RunOptions() if options is None else options
-    outdir = outputs.check_output_name(outdir)
+    # "." is the current folder by its name (it is reused, never replaced); refused below if it holds an input
+    outdir = outputs.check_output_name(Path.cwd() if Path(outdir) == Path(".") and str(outdir).strip() else outdir)
     source = Path(source)
     slices = discover_slices(source)
     grids = {slice_id: open_mosaic(path) for slice_id, path in slices}
@@ -131,7 +134,9 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
                         with limited_threads(resolve_threads(options.threads)):  # fit, compare, report run here
                             return _run_locked(slices, grids, paths, _usable_gpu(options), progress, stamps)
                     except BaseException as exc:  # the terminal gets the error line from the entry point
-                        logs.to_file_only(logging.ERROR, f"run stopped: {type(exc).__name__}: {exc}")
+                        words, status = stopped_by(exc)
+                        logs.to_file_only(logging.ERROR, f"run stopped: {words}" + (
+                            f"; exit status {status}" if status is not None else f" ({type(exc).__name__})"))
                         raise
             except BaseException:
                 if not (stamps and stamps.recorded):  # nothing finished: the log tells no more than the terminal
@@ -227,8 +232,9 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
                                stamps, 1, "fit", progress)
     else:
         key = step_key(step="given transform", digest=file_digest(options.transform))
-        ran["fit"] = run_jobs([(transform, key, steps.copy_transform,
-                                 dict(source=options.transform, output=transform))], stamps, 1, "transform", progress)
+        ran["transform"] = run_jobs([(transform, key, steps.copy_transform,
+                                      dict(source=options.transform, output=transform))], stamps, 1, "transform",
+                                    progress)
     transform_digest = file_digest(transform)
     stitch = dict(blending=options.blending, ngff_version=options.ngff_version, z_chunk=options.z_chunk)
     registered = options.placement == "registered"
@@ -279,6 +285,8 @@ def describe(result: dict) -> Iterable[str]:
         yield f"  pairs         {Path(result['pairs'][0]).parent}/"
         yield f"  comparison    {Path(result['compare'][0]).parent}/"
         yield f"  QC report     {result['report']}"
+    else:
+        yield "  QC report     none: with a given --transform no pairs are measured, so nothing is checked"
     ran = ", ".join(f"{step} {count}" for step, count in result["ran"].items())
     yield f"jobs run (0 = resumed from a previous run): {ran}"
     yield from summary.status_lines(result.get("status"))

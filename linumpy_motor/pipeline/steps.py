@@ -25,6 +25,7 @@ from linumpy_motor.memory import check_memory
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
+from linumpy_motor.qc.verdict import implied_overlap, overlap_problem
 from linumpy_motor.register import geometry
 from linumpy_motor.register.fit import (
     DEFAULT_BACKLASH,
@@ -175,10 +176,11 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
         )
     except FitError as exc:  # name the pairs file of the first slice that has no pair, else the first file
         empty = [path for f, path in zip(files, pairs_files) if not f.pairs]
-        background = sum(f.stats.get("n_skipped_background", 0) for f in files)
-        hint = (f"; {background} pairs correlate no better than non-overlapping windows: is --overlap right?"
-                if background > sum(len(f.pairs) for f in files) else "")
-        raise InputError((empty or list(pairs_files))[0], str(exc) + hint) from None
+        implied = implied_overlap(f.stats for f in files)
+        overlap = None if implied is None else overlap_problem(implied, files[0].overlap)
+        if overlap:  # on the terminal and in the log as well as in the error line
+            logger.warning(overlap)
+        raise InputError((empty or list(pairs_files))[0], str(exc) + (f"; {overlap}" if overlap else "")) from None
     for f in files:
         diagnostics["per_slice"][str(f.slice_id)]["measurement"] = f.stats
     diagnostics.update(version=__version__, tile_shape=list(files[0].tile_shape),

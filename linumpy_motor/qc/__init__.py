@@ -2,8 +2,9 @@
 
 Modules
 -------
-status
-    The evidence about a slice and the rules that judge it ok, check or failed.
+verdict
+    Each slice's verdict from the data: the tiles it names, the evidence, and the rules that judge it ok,
+    check or failed.
 compare
     Motor-model positions against registration positions.
 report
@@ -13,4 +14,4 @@ summary
     The end of a run in a few lines, and the exit code it implies.
 """
 
-__all__ = ["compare", "html", "inputs", "plots", "report", "status", "summary", "thumbnail"]
+__all__ = ["compare", "html", "inputs", "plots", "report", "summary", "thumbnail", "verdict"]

@@ -40,6 +40,12 @@ class ReportInputs:
     per_slice: dict[int, dict]
     source: Path
 
+    @property
+    def slice_ids(self) -> list[int]:
+        """The slices reported on: every slice with pairs, a comparison or a stitched store, else every
+        slice of the motor model's per-slice diagnostics; sorted."""
+        return sorted(set(self.pairs) | set(self.compare) | set(self.stitched)) or sorted(self.per_slice)
+
 
 def load_inputs(transform_file: str | Path, pairs_files: Sequence[str | Path], compare_files: Sequence[str | Path],
                 stitched: Sequence[str | Path]) -> ReportInputs:

@@ -82,9 +82,14 @@ def plot_model_per_slice(path: Path, per_slice: Mapping[int, dict], pooled: Mapp
         The pooled model's values of the :data:`MODEL_PANELS` keys.
     drift_tolerance_px : float or None
         Drawn on the drift panel.
+
+    Notes
+    -----
+    Each panel's legend names only what it shows; a slice whose own fit failed is a red band (the
+    legend says so when there is one), so the figure is drawn even when every per-slice fit failed.
     """
     ids = sorted(per_slice)
-    drifting = [s for s in ids if per_slice[s].get("drift_flag")]
+    drifting = [s for s in ids if per_slice[s].get("drift_flag") and per_slice[s].get("fit")]
     unfitted = [s for s in ids if not per_slice[s].get("fit")]
     fig = Figure(figsize=(7, 10), layout="constrained")
     axes = fig.subplots(len(MODEL_PANELS) + 1, 1, sharex=True)
@@ -93,51 +98,58 @@ def plot_model_per_slice(path: Path, per_slice: Mapping[int, dict], pooled: Mapp
         source = (lambda s: per_slice[s]) if key == "drift_px" else (lambda s: per_slice[s].get("fit") or {})
         values = {s: source(s).get(key) for s in ids}
         fitted = [s for s in ids if values[s] is not None]
-        ax.plot(fitted, [values[s] for s in fitted], "o-", color=INLIER_COLOUR, ms=4, label="slice's own fit")
+        if fitted:
+            ax.plot(fitted, [values[s] for s in fitted], "o-", color=INLIER_COLOUR, ms=4, label="slice's own fit")
         marked = [s for s in drifting if values[s] is not None]
-        ax.plot(marked, [values[s] for s in marked], "o", ms=11, mfc="none", mec=OUTLIER_COLOUR, mew=2,
-                label="drifting slice")
+        if marked:
+            ax.plot(marked, [values[s] for s in marked], "o", ms=11, mfc="none", mec=OUTLIER_COLOUR, mew=2,
+                    label="drifting slice")
         reference = drift_tolerance_px if key == "drift_px" else pooled.get(key)
         if reference is not None:
             ax.axhline(reference, color="k", ls="--", lw=1,
                        label="drift tolerance" if key == "drift_px" else "pooled model")
-        for s in unfitted:
-            ax.axvline(s, color=OUTLIER_COLOUR, alpha=0.25, lw=6)
+        for n, s in enumerate(unfitted):
+            ax.axvspan(s - 0.15, s + 0.15, color=OUTLIER_COLOUR, alpha=0.25, lw=0,
+                       label="own fit failed" if n == 0 else None)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_xlim(min(ids) - 0.5, max(ids) + 0.5)
         ax.set_ylim(*at_least(ax.get_ylim(), MIN_SPAN[key]))
-    axes[0].legend(fontsize=8, loc="best")
+        if ax is axes[0] or ax is axes[-1]:  # the first panel's legend serves the others, bar the drift panel's line
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[-1].set_xlabel("slice id (red band: the slice's own fit failed)")
+    axes[-1].set_xlabel("slice id")
     fig.suptitle("Per-slice motor model against the pooled model")
     return _save(fig, path)
 
 
-def plot_residual_histogram(path: Path, residuals: np.ndarray, outliers: np.ndarray, cutoff: float) -> Path:
-    """Histogram of pair residual lengths against the pooled model, outliers in their own colour."""
+def plot_residual_histogram(path: Path, residuals: np.ndarray, outliers: np.ndarray) -> Path:
+    """Histogram of pair residual lengths against the pooled model, the pairs its fit rejected in their own colour."""
     residuals = np.asarray(residuals, dtype=float)
+    outliers = np.asarray(outliers, dtype=bool)
     positive = residuals[residuals > 0]
-    floor = max(float(positive.min()) / 1.5 if positive.size else cutoff / 100, 1e-3)
-    edges = np.geomspace(floor, max(float(residuals.max(initial=0)), cutoff, floor * 10) * 1.05, 41)
+    floor = max(float(positive.min()) / 1.5 if positive.size else 1e-2, 1e-3)
+    edges = np.geomspace(floor, max(float(residuals.max(initial=0)), floor * 10) * 1.05, 41)
     clipped = np.clip(residuals, floor, None)
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    ax.hist([clipped[~outliers], clipped[outliers]], bins=edges.tolist(), stacked=True,
-            color=[INLIER_COLOUR, OUTLIER_COLOUR],
-            label=[f"inliers ({int((~outliers).sum())})", f"outliers ({int(outliers.sum())})"])
-    ax.axvline(cutoff, color="k", ls="--", lw=1, label=f"Tukey cutoff {cutoff:.2f} px")
+    groups = [(clipped[~outliers], INLIER_COLOUR, f"kept by the fit ({int((~outliers).sum())})"),
+              (clipped[outliers], OUTLIER_COLOUR, f"rejected by the fit ({int(outliers.sum())})")]
+    groups = [group for group in groups if group[0].size]
+    ax.hist([g[0] for g in groups], bins=edges.tolist(), stacked=True, color=[g[1] for g in groups],
+            label=[g[2] for g in groups])
     ax.set_xscale("log")
     ax.set_xlabel("|measured displacement − A @ [Δrow, Δcol]| (px)")
     ax.set_ylabel("pairs")
     ax.set_title("Pair residuals against the pooled model, all slices")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
 def plot_pair_residuals(path: Path, slice_id: int, pairs: np.ndarray, residuals: np.ndarray,
                         outliers: np.ndarray, transform: np.ndarray, grid: Sequence[int],
-                        tile_hw: Sequence[int]) -> Path:
+                        tile_hw: Sequence[int], named: Mapping[tuple[int, int], str] | None = None) -> Path:
     """Quiver of each pair's residual at the pair's midpoint over the slice's tile grid.
 
     Parameters
@@ -151,13 +163,20 @@ def plot_pair_residuals(path: Path, slice_id: int, pairs: np.ndarray, residuals:
     residuals : np.ndarray
         ``(n, 2)`` residual (dy, dx) of each pair against the pooled model, in px.
     outliers : np.ndarray of bool
-        Pairs beyond the Tukey cutoff (drawn in red).
+        Pairs the pooled fit rejected (drawn in red).
     transform : np.ndarray
         The pooled 2x2 matrix (places the tiles and the midpoints).
     grid : (nx, ny)
         Tile rows and columns.
     tile_hw : (h, w)
         Tile size.
+    named : mapping of (row, column) to str, optional
+        Tiles the QC verdict names, outlined in red with their problem written inside.
+
+    Notes
+    -----
+    Arrows longer than 1.5 times the key's length are drawn that long, with their true length
+    written beside them (the title says so when there is one).
     """
     A = np.asarray(transform, dtype=float)
     h, w = tile_hw
@@ -176,24 +195,35 @@ def plot_pair_residuals(path: Path, slice_id: int, pairs: np.ndarray, residuals:
     fig = Figure(figsize=(7, min(7 * (grid[0] * h) / max(grid[1] * w, 1) + 0.8, 12)), layout="constrained")
     ax = fig.subplots()
     ax.add_collection(LineCollection(list(outlines), colors="0.75", linewidths=0.8))
+    for (i, j), problem in sorted((named or {}).items()):
+        outline = outlines[i * grid[1] + j]
+        ax.add_collection(LineCollection([outline], colors=OUTLIER_COLOUR, linewidths=2))
+        ax.text(outline[:4, 0].mean(), outline[:4, 1].mean(), f"({i}, {j})\n{problem}", ha="center", va="center",
+                fontsize=7, color=OUTLIER_COLOUR, bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1})
     arrows = [
         ax.quiver(centres[mask, 1], centres[mask, 0], drawn[mask, 1], drawn[mask, 0], angles="xy",
                   scale_units="xy", scale=scale, color=colour, width=0.005, label=label)
-        for mask, colour, label in ((~outliers, INLIER_COLOUR, "inlier"), (outliers, OUTLIER_COLOUR, "outlier"))
+        for mask, colour, label in ((~outliers, INLIER_COLOUR, "kept by the fit"),
+                                    (outliers, OUTLIER_COLOUR, "rejected by the fit"))
         if mask.any()
     ]
-    for (y, x), length in zip(centres[lengths > longest], lengths[lengths > longest], strict=True):
+    long = lengths > longest
+    for (y, x), length in zip(centres[long], lengths[long], strict=True):
         ax.annotate(f"{length:.1f} px", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7,
-                    color=OUTLIER_COLOUR)
-    if arrows:
-        ax.quiverkey(arrows[0], 0.85, 1.02, reference, f"{reference:.2g} px", labelpos="E", coordinates="axes")
-        ax.legend(fontsize=8, loc="lower right")
+                    color="k")
+    if arrows:  # beside the plot, under the legend: nothing drawn over the title or the tiles
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.quiverkey(arrows[0], 1.04, 0.8, reference, f"{reference:.2g} px", labelpos="E", coordinates="axes",
+                     fontproperties={"size": 8})
     ax.set_xlim(outlines[..., 0].min() - w * 0.1, outlines[..., 0].max() + w * 0.1)
     ax.set_ylim(outlines[..., 1].max() + h * 0.1, outlines[..., 1].min() - h * 0.1)
     ax.set_aspect("equal")
     ax.set_xlabel("x (px)")
     ax.set_ylabel("y (px)")
-    ax.set_title(f"Slice {slice_id}: pair residuals against the pooled model", loc="left", fontsize=10)
+    title = f"Slice {slice_id}: pair residuals against the pooled model"
+    if long.any():
+        title += f"\n(arrows longer than {longest:.2g} px cut to that length, their length written beside them)"
+    ax.set_title(title, loc="left", fontsize=10)
     return _save(fig, path)
 
 

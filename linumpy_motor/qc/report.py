@@ -1,29 +1,27 @@
 """QC report of a run: per slice, whether its stitch can be trusted, then the motor model and plots.
 
-``write_report`` builds ``report.html`` (plain, self-contained apart from the PNGs beside it) and
-``status.json`` in one folder, written atomically. The status rules live in :func:`slice_status`;
-their thresholds are the module constants below, and the report states them.
+``write_report`` decides every slice's verdict from the data first (:func:`~linumpy_motor.qc.verdict.judge`),
+then writes ``status.json`` from it and draws ``report.html`` (plain, self-contained apart from the PNGs
+beside it), in one folder written atomically.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from linumpy_motor import interrupts
 from linumpy_motor.io import outputs
-from linumpy_motor.io.records import pair_table
 from linumpy_motor.io.schemas import STATUS_FILE
 from linumpy_motor.qc import plots
 from linumpy_motor.qc.html import page, section_html, summary_row
 from linumpy_motor.qc.inputs import ReportInputs, load_inputs
-from linumpy_motor.qc.status import SliceEvidence, pair_residuals, slice_status
-from linumpy_motor.qc.thumbnail import draw_thumbnail
+from linumpy_motor.qc.summary import model_problems
+from linumpy_motor.qc.thumbnail import Stitched, draw_thumbnail, inspect_stitched
+from linumpy_motor.qc.verdict import SliceVerdict, implied_overlap, judge, status_file
 from linumpy_motor.register.fit import describe_transform
-from linumpy_motor.register.geometry import n_neighbour_pairs, pair_weights
 
 __all__ = ["DEFAULT_TITLE", "REPORT_PAGE", "write_report"]
 
@@ -77,82 +75,63 @@ def write_report(
     outputs.check_outside(out_dir, transform_file, *pairs_files, *compare_files, *stitched)
     outputs.check_replaceable(out_dir, "report")
     inputs = load_inputs(transform_file, pairs_files, compare_files, stitched)
+    A = np.asarray(inputs.transform.transform, dtype=float)
+    stores = {slice_id: inspect_stitched(inputs.stitched.get(slice_id), inputs.pairs.get(slice_id), A)
+              for slice_id in inputs.slice_ids} if inputs.stitched else {}
+    verdicts = judge(inputs, {slice_id: store.problem for slice_id, store in stores.items()} if stores else None)
     created = outputs.make_folders(out_dir.parent)
     try:
         with outputs.atomic_output(out_dir, "report") as tmp:
             tmp.mkdir()
-            page = _build(tmp, inputs, title)
-            (tmp / REPORT_PAGE).write_text(page, encoding="utf-8")
+            (tmp / STATUS_FILE).write_text(status_file(verdicts).model_dump_json(indent=2) + "\n")
+            (tmp / REPORT_PAGE).write_text(_draw(tmp, inputs, verdicts, stores, title), encoding="utf-8")
     except BaseException:
         outputs.remove_created_folders(created)
         raise
     return out_dir / REPORT_PAGE
 
 
-def _build(folder: Path, inputs: ReportInputs, title: str) -> str:
-    """Draw every figure into ``folder``, decide each slice's status, write ``status.json``; return the page."""
+def _draw(folder: Path, inputs: ReportInputs, verdicts: Mapping[int, SliceVerdict], stores: Mapping[int, Stitched],
+          title: str) -> str:
+    """Draw every figure of the verdicts into ``folder``; return the page."""
     A = np.asarray(inputs.transform.transform, dtype=float)
-    diagnostics = inputs.transform.diagnostics
     model = _model(inputs)
-    ids = sorted(set(inputs.pairs) | set(inputs.compare) | set(inputs.stitched)) or sorted(inputs.per_slice)
-    pair_lists = {s: inputs.pairs[s].table() for s in sorted(inputs.pairs)}
-    pooled = pair_table([]) if not pair_lists else np.concatenate(list(pair_lists.values()))
-    residuals, outliers, cutoff = pair_residuals(pooled, A, diagnostics.get("robust_scale_px"),
-                                                 inputs.transform.backlash, diagnostics.get("pair_error_model"))
-    bounds = np.cumsum([0] + [len(pairs) for pairs in pair_lists.values()])
-    parts = {s: slice(bounds[k], bounds[k + 1]) for k, s in enumerate(pair_lists)}
+    measured = {slice_id: _residuals(v) for slice_id, v in verdicts.items() if v.residuals is not None}
     model_png = histogram_png = None
-    if any(entry.get("fit") for entry in inputs.per_slice.values()):
+    if inputs.per_slice:
         model_png = plots.plot_model_per_slice(folder / "model_per_slice.png", inputs.per_slice, model,
-                                               diagnostics.get("drift_tolerance_px")).name
-    if len(pooled):
-        histogram_png = plots.plot_residual_histogram(folder / "residual_histogram.png",
-                                                      np.linalg.norm(residuals, axis=1), outliers, cutoff).name
+                                               inputs.transform.diagnostics.get("drift_tolerance_px")).name
+    if any(len(residuals) for residuals, _ in measured.values()):
+        lengths = np.concatenate([np.linalg.norm(residuals, axis=1) for residuals, _ in measured.values()])
+        rejected = np.concatenate([rejected for _, rejected in measured.values()])
+        histogram_png = plots.plot_residual_histogram(folder / "residual_histogram.png", lengths, rejected).name
     rows, sections, stitched_meta, pixel_um = [], [], {}, None
-    for slice_id in ids:
+    for slice_id, verdict in verdicts.items():
         interrupts.check()  # a safe point between slices (a command's Ctrl-C or SIGTERM)
-        pairs_file, quiver, thumbnail, problem = inputs.pairs.get(slice_id), None, None, None
-        mine = (residuals[parts[slice_id]], outliers[parts[slice_id]]) if pairs_file else None
-        if pairs_file is not None and mine is not None and len(mine[1]):
+        pairs_file, quiver, thumbnail = inputs.pairs.get(slice_id), None, None
+        if pairs_file is not None and slice_id in measured and len(measured[slice_id][0]):
             quiver = plots.plot_pair_residuals(folder / f"residuals_z{slice_id:02d}.png", slice_id,
-                                               pair_lists[slice_id], *mine, A, pairs_file.grid,
-                                               pairs_file.tile_shape[1:]).name
-        if inputs.stitched:
-            thumbnail, problem, thumb = draw_thumbnail(folder, slice_id, inputs.stitched.get(slice_id), pairs_file, A)
-            if thumb is not None:
-                stitched_meta[slice_id] = thumb.metadata
-                pixel_um = pixel_um or thumb.pixel_um
-        evidence = _evidence(slice_id, inputs, pair_lists.get(slice_id), mine, problem)
-        status, reasons = slice_status(evidence)
-        rows.append((evidence, status, reasons, mine, inputs.compare.get(slice_id)))
-        sections.append(section_html(slice_id, status, reasons, quiver, thumbnail, bool(inputs.stitched)))
-    summary = [summary_row(*row, pixel_um) for row in rows]
-    status_json = {str(r["id"]): {"status": r["status"], "reasons": r["reasons"]} for r in summary}
-    (folder / STATUS_FILE).write_text(json.dumps(status_json, indent=2, sort_keys=True) + "\n")
-    return page(title, inputs, model, summary, sections, stitched_meta, ids, pixel_um=pixel_um,
-                cutoff=cutoff if len(pooled) else None, model_png=model_png, histogram_png=histogram_png)
+                                               pairs_file.table(), *measured[slice_id], A,
+                                               pairs_file.grid, pairs_file.tile_shape[1:],
+                                               {t.tile: t.problem for t in verdict.evidence.tiles}).name
+        store = stores.get(slice_id)
+        if store is not None and store.thumbnail is not None:
+            thumbnail = draw_thumbnail(folder, slice_id, store)
+            stitched_meta[slice_id] = store.thumbnail.metadata
+            pixel_um = pixel_um or store.thumbnail.pixel_um
+        rows.append((verdict, inputs.compare.get(slice_id)))
+        sections.append(section_html(slice_id, verdict, quiver, thumbnail, bool(inputs.stitched)))
+    summary = [summary_row(verdict, compare, pixel_um) for verdict, compare in rows]
+    return page(title, inputs, model, summary, sections, stitched_meta, list(verdicts), pixel_um=pixel_um,
+                model_png=model_png, histogram_png=histogram_png,
+                warnings=model_problems(inputs.transform.diagnostics, [f.stats for f in inputs.pairs.values()]))
 
 
-def _evidence(slice_id: int, inputs: ReportInputs, pairs: np.ndarray | None,
-              mine: tuple[np.ndarray, np.ndarray] | None, stitched_problem: str | None) -> SliceEvidence:
-    """Gather a slice's evidence from its pairs (``mine``: their residuals and outliers), fit and comparison."""
-    entry = inputs.per_slice.get(slice_id)
-    compare = inputs.compare.get(slice_id)
-    evidence: dict = {"slice_id": slice_id, "in_fit": entry is not None, "stitched_problem": stitched_problem,
-                      "drift_tolerance_px": inputs.transform.diagnostics.get("drift_tolerance_px")}
-    if entry is not None:
-        evidence.update(fit_error=entry.get("fit_error"), drift_px=entry.get("drift_px"),
-                        drift_flag=bool(entry.get("drift_flag")))
-    if compare is not None:
-        evidence["compare_flags"] = tuple(name for name, raised in sorted(compare.flags.items()) if raised)
-    if pairs is not None and mine is not None:
-        nx, ny = inputs.pairs[slice_id].grid
-        lengths, out = np.linalg.norm(mine[0], axis=1), mine[1]
-        evidence.update(n_usable=int((pair_weights(pairs) > 0).sum()),
-                        n_expected=n_neighbour_pairs(nx, ny),
-                        outlier_fraction=float(out.mean()) if len(out) else None,
-                        residual_rms_px=float(np.sqrt(np.mean(lengths[~out] ** 2))) if (~out).any() else None)
-    return SliceEvidence(**evidence)
+def _residuals(verdict: SliceVerdict) -> tuple[np.ndarray, np.ndarray]:
+    """A measured slice's pair residuals and which pairs the pooled fit rejected (none known: none)."""
+    residuals = np.zeros((0, 2)) if verdict.residuals is None else verdict.residuals
+    rejected = np.zeros(len(residuals), dtype=bool) if verdict.inliers is None else ~verdict.inliers
+    return residuals, rejected
 
 
 def _model(inputs: ReportInputs) -> dict:
@@ -160,4 +139,6 @@ def _model(inputs: ReportInputs) -> dict:
     A = np.asarray(inputs.transform.transform, dtype=float)
     first = next(iter(inputs.pairs.values()), None)
     described = describe_transform(A, first.tile_shape, first.overlap) if first else {}
-    return {**described, **inputs.transform.diagnostics}
+    implied = implied_overlap(f.stats for f in inputs.pairs.values())
+    return {**described, **inputs.transform.diagnostics,
+            "implied_overlap": None if implied is None else [implied.get("x"), implied.get("y")]}

@@ -1,30 +1,25 @@
-"""The end of a run in a few lines: slices that are not ok, signs of a wrong ``--overlap`` in the
-pooled fit, and whether that makes the run fail (``--fail-on``)."""
+"""The end of a run in a few lines: slices that are not ok (with the tiles named), signs of a wrong
+``--overlap`` in the pooled fit, and whether that makes the run fail (``--fail-on``)."""
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from linumpy_motor.errors import check_choice
 from linumpy_motor.io.schemas import STATUS_FILE, STATUSES, StatusFile, load
-from linumpy_motor.qc.status import CHECK, FAILED, OK
-from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT, MAX_SHIFT_FRACTION
+from linumpy_motor.qc.verdict import CHECK, FAILED, OK, OVERLAP_HINT, implied_overlap, overlap_problem
 
-__all__ = ["FAILING", "FAIL_ON", "OVERLAP_HINT", "OVERLAP_WARNING_FRACTION", "POOR_FIT_SCALE_PX", "POOR_NCC",
-           "exit_code", "model_problems", "model_warnings", "read_status", "status_lines"]
+__all__ = ["FAILING", "FAIL_ON", "POOR_FIT_SCALE_PX", "POOR_NCC", "exit_code", "model_problems", "model_warnings",
+           "read_status", "status_lines"]
 
-OVERLAP_WARNING_FRACTION = MAX_SHIFT_FRACTION / 2
-"""Warn when a fitted effective overlap differs from the nominal one by more than this fraction of a
-tile (half the default search bound: beyond it the nominal overlap is probably wrong)."""
 POOR_FIT_SCALE_PX = 2.0
 """Warn when the pooled fit's robust residual scale is above this (px): the pairs disagree with any one model."""
 POOR_NCC = 0.3
 """Warn when the median NCC of the measured pairs (median over slices) is below this: the overlap
 windows compared do not show the same tissue."""
-OVERLAP_HINT = f"check --overlap (the search covers only {MAX_SHIFT_DEFAULT_TEXT} around the nominal step)"
 FAIL_ON = ("never", "failed", "check")
 """``--fail-on`` choices: which slice statuses make the run's exit code non-zero (the first is the default)."""
 FAILING = {"never": (), "failed": (FAILED,), "check": (FAILED, CHECK)}
@@ -47,22 +42,27 @@ def status_lines(status: Mapping[str, Mapping] | None) -> Iterator[str]:
         yield f"  slice {slice_id}: {name.upper()}: {'; '.join(reasons) or 'no reason given'}"
 
 
-def model_problems(diagnostics: Mapping) -> list[str]:
-    """Signs in a pooled fit's diagnostics that the nominal overlap is wrong: a fitted effective
-    overlap more than :data:`OVERLAP_WARNING_FRACTION` of a tile from it, a robust residual scale
-    above :data:`POOR_FIT_SCALE_PX`, or a median pair NCC below :data:`POOR_NCC`."""
+def model_problems(diagnostics: Mapping, measurements: Iterable[Mapping] | None = None) -> list[str]:
+    """Signs in a pooled fit's diagnostics that the nominal overlap is wrong: the overlap the tiles
+    imply (:func:`~linumpy_motor.qc.verdict.overlap_problem`; alone when it is stated), else a robust
+    residual scale above :data:`POOR_FIT_SCALE_PX` or a median pair NCC below :data:`POOR_NCC`.
+
+    ``measurements`` are the slices' measurement statistics (default: those the diagnostics hold per slice).
+    """
     problems = []
-    nominal = diagnostics.get("nominal_overlap_fraction")
-    for axis in ("x", "y"):
-        fitted = diagnostics.get(f"O{axis}_fraction")
-        if nominal is not None and fitted is not None and abs(fitted - nominal) > OVERLAP_WARNING_FRACTION:
-            problems.append(f"fitted overlap along {axis} is {fitted:.3f}, the nominal one {nominal:g}: {OVERLAP_HINT}")
+    if measurements is None:
+        measurements = [entry["measurement"] for entry in (diagnostics.get("per_slice") or {}).values()
+                        if isinstance(entry, Mapping) and isinstance(entry.get("measurement"), Mapping)]
+    measurements = list(measurements)
+    implied, nominal = implied_overlap(measurements), diagnostics.get("nominal_overlap_fraction")
+    overlap = None if implied is None or nominal is None else overlap_problem(implied, nominal)
+    if overlap:  # the cause: a poor fit and poor correlations would only repeat it
+        return [overlap]
     scale = diagnostics.get("robust_scale_px")
     if scale is not None and scale > POOR_FIT_SCALE_PX:
         problems.append(f"the pooled model fits the pairs poorly (robust residual scale {scale:.2f} px > "
                         f"{POOR_FIT_SCALE_PX:g} px): {OVERLAP_HINT}")
-    nccs = [entry["measurement"]["median_ncc"] for entry in (diagnostics.get("per_slice") or {}).values()
-            if isinstance(entry, Mapping) and (entry.get("measurement") or {}).get("median_ncc") is not None]
+    nccs = [m["median_ncc"] for m in measurements if m.get("median_ncc") is not None]
     if nccs and statistics.median(nccs) < POOR_NCC:
         problems.append(f"the tile overlaps correlate poorly (median NCC {statistics.median(nccs):.2f} < "
                         f"{POOR_NCC:g}): {OVERLAP_HINT}")

@@ -15,7 +15,7 @@ from linumpy_motor.io.schemas import PairsFile
 from linumpy_motor.qc import plots
 from linumpy_motor.register.geometry import model_span
 
-__all__ = ["THUMBNAIL_PX", "Thumbnail", "draw_thumbnail", "read_thumbnail"]
+__all__ = ["THUMBNAIL_PX", "Stitched", "Thumbnail", "draw_thumbnail", "inspect_stitched", "read_thumbnail"]
 
 THUMBNAIL_PX = 1024
 """Longest side of a stitched-slice thumbnail read from its smallest pyramid level."""
@@ -77,19 +77,28 @@ def read_thumbnail(path: str | Path, max_px: int = THUMBNAIL_PX) -> Thumbnail:
     return Thumbnail(plane, extent, metadata if isinstance(metadata, dict) else {}, pixel_um)
 
 
-def draw_thumbnail(folder: Path, slice_id: int, store: Path | None, pairs_file: PairsFile | None,
-               A: np.ndarray) -> tuple[str | None, str | None, Thumbnail | None]:
-    """Draw a stitched slice's thumbnail with its tile seams: ``(png name, problem or None, thumbnail)``.
+class Stitched(NamedTuple):
+    """What a report knows of a slice's stitched store: its thumbnail (None when unreadable), why it cannot
+    be trusted (None when it can), and the tile outlines to draw over it (canvas px, None when unknown)."""
+
+    thumbnail: Thumbnail | None
+    problem: str | None
+    outlines: np.ndarray | None = None
+
+
+def inspect_stitched(store: Path | None, pairs_file: PairsFile | None, A: np.ndarray) -> Stitched:
+    """Read a stitched slice's thumbnail and check its layout against the report's motor model.
 
     Seams follow the layout the store records (its transform, grid and tile shape), else the
-    slice's pairs file placed with ``A``; a store stitched with another matrix than ``A`` is a problem.
+    slice's pairs file placed with ``A``; a store stitched with another matrix than ``A`` is a problem,
+    as is a missing or unreadable store (reported, never raised).
     """
     if store is None:
-        return None, "no stitched slice", None
+        return Stitched(None, "no stitched slice")
     try:
         thumb = read_thumbnail(store)
     except Exception as exc:  # any unreadable store is reported on the page, not raised
-        return None, f"stitched slice unreadable: {exc}", None
+        return Stitched(None, f"stitched slice unreadable: {exc}")
     meta, problem, outlines = thumb.metadata, None, None
     try:
         if {"transform", "grid", "tile_shape"} <= set(meta):
@@ -107,9 +116,17 @@ def draw_thumbnail(folder: Path, slice_id: int, store: Path | None, pairs_file: 
         problem = "stitched slice has unreadable layout metadata"
     if outlines is None and pairs_file is not None:
         outlines = plots.tile_outlines(*pairs_file.grid, pairs_file.tile_shape[1:], A)
-    path = plots.plot_thumbnail(folder / f"thumbnail_z{slice_id:02d}.png", slice_id, thumb.plane, thumb.extent_hw,
-                                outlines)
-    return path.name, problem, thumb
+    return Stitched(thumb, problem, outlines)
+
+
+def draw_thumbnail(folder: Path, slice_id: int, stitched: Stitched) -> str | None:
+    """Draw a stitched slice's thumbnail with its tile corners into ``folder``; the PNG's name (None when
+    the store could not be read)."""
+    if stitched.thumbnail is None:
+        return None
+    thumb = stitched.thumbnail
+    return plots.plot_thumbnail(folder / f"thumbnail_z{slice_id:02d}.png", slice_id, thumb.plane, thumb.extent_hw,
+                                stitched.outlines).name
 
 
 def _layout_fits(nx: int, ny: int, tile_hw: tuple[int, ...], A: np.ndarray, extent_hw: tuple[float, float]) -> bool:

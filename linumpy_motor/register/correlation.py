@@ -21,8 +21,8 @@ from scipy import ndimage
 from linumpy_motor.backend import to_numpy
 
 __all__ = ["FILTER_SIGMA", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "PairShift",
-           "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts", "ncc_at",
-           "refine_shifts", "search_bound", "search_limit"]
+           "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts", "measure_steps",
+           "ncc_at", "refine_shifts", "search_bound", "search_limit"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
@@ -355,3 +355,61 @@ def measure_shifts(
                             refine_taper=refine_taper) if subpixel else integer.astype(float)
     return [PairShift(shift=(float(s[0]), float(s[1])), ncc=float(score), peak=float(peak))
             for s, (score, _), peak in zip(refined, best, peaks)]
+
+
+def measure_steps(a: np.ndarray, b: np.ndarray, horizontal: bool, across: int, *, xp: ModuleType = np,
+                  fft: ModuleType | None = None, filter_sigma: float = FILTER_SIGMA,
+                  n_candidates: int = 5) -> list[PairShift]:
+    """The step between whole neighbouring tiles, searched over every overlap a tile may have, whatever
+    overlap was given: what the tiles themselves say the overlap is.
+
+    Tile ``b`` is the right (``horizontal``) or lower neighbour of tile ``a``, so ``a(x) = b(x - step)``
+    with a step along the pair's axis of ``(1 - overlap)`` tile. The whole tiles are phase-correlated
+    without a taper (a taper would erase the overlap, which lies at the tiles' edges); circularly, the
+    step is minus the overlap, so the search along the axis covers overlaps of 1 px to half a tile
+    (:data:`~linumpy_motor.io.schemas.MAX_OVERLAP`), and ``across`` px across it. The best of
+    ``n_candidates`` peaks by the NCC of the overlap it implies wins.
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Tile batches ``(n, h, w)`` (host arrays).
+    horizontal : bool
+        ``b`` is right of ``a`` (else below).
+    across : int
+        Largest |offset| searched across the step (px).
+    xp, fft, filter_sigma
+        As in :func:`measure_shifts`.
+    n_candidates : int
+        Correlation peaks checked by NCC.
+
+    Returns
+    -------
+    list of PairShift
+        Per pair, ``shift`` the integer step (dy, dx) from ``a`` to ``b``, ``ncc`` over the overlap it
+        implies and ``peak`` the correlation there.
+    """
+    fft = scipy.fft if fft is None else fft
+    if len(a) == 0:
+        return []
+    n, h, w = a.shape
+    product = _cross_power(xp.asarray(a, dtype=xp.float32), xp.asarray(b, dtype=xp.float32), xp, fft, filter_sigma,
+                           real=True, taper_alpha=0.0)
+    corr = to_numpy(fft.irfft2(product, s=(h, w)))
+    size = w if horizontal else h
+    along = np.arange(-(size // 2), 0)  # circular shift along the step: minus the overlap
+    offsets = np.arange(-across, across + 1)
+    rows, cols = (offsets % h, along % w) if horizontal else (along % h, offsets % w)
+    found = []
+    for k in range(n):
+        surface = corr[k][np.ix_(rows, cols)]
+        best: tuple[float, tuple[int, int], float] | None = None
+        for flat in np.argsort(surface, axis=None)[::-1][:n_candidates]:
+            r, c = np.unravel_index(flat, surface.shape)
+            step = (int(offsets[r]), size + int(along[c])) if horizontal else (size + int(along[r]), int(offsets[c]))
+            score = ncc_at(a[k], b[k], step, min_fraction=0.0)
+            if best is None or score > best[0]:
+                best = (score, step, float(surface[r, c]))
+        assert best is not None  # the surface holds at least one shift
+        found.append(PairShift(shift=(float(best[1][0]), float(best[1][1])), ncc=best[0], peak=best[2]))
+    return found

@@ -531,8 +531,10 @@ def fit_pooled(
     diagnostics : dict
         The pooled fit's diagnostics (``backlash_px`` and ``position_stage.backlash``: the
         term and its test), ``n_pooled_pairs``, ``n_fitted_pairs``, and
-        ``per_slice``: each slice's pair counts, its own fit (or the reason there is none),
-        ``drift_px`` and ``drift_flag``.
+        ``per_slice``: each slice's pair counts, ``pair_inliers`` (per pair, in the slice's order:
+        whether the pooled fit kept it; None for a pair left out of the sub-sample), its own fit (or
+        the reason there is none), ``drift_px`` and ``drift_flag`` (False without a fit: no drift is
+        measured); ``drifting_slices`` and ``failed_fit_slices`` list the flagged and the failed ones.
 
     Raises
     ------
@@ -551,17 +553,21 @@ def fit_pooled(
         empty = [s for s in order if not (pair_weights(pairs_by_slice[s]) > 0).any()]
         raise FitError(f"{exc}; slices with no usable pair: {empty or 'none'}") from None
     kept = [fitted[inliers & (fitted_owner == k)] for k in range(len(order))]
+    flags: list[bool | None] = [None] * len(pooled)  # the pooled fit's verdict on each pair, None when not fitted
+    for index, keep in zip(chosen, inliers):
+        flags[int(index)] = bool(keep)
+    starts = np.cumsum([0] + [len(pairs_by_slice[s]) for s in order])
     A, b, stage = _refine_on_positions(list(zip(kept, [_grid_pair(grids[s]) for s in order])), M, options.backlash)
     M = np.column_stack([A, b])[:, :X.shape[1]]
     diagnostics = _diagnostics(M, X, Y, inliers, scale, tile_shape, overlap_fraction, stage, model)
     per_slice = {}
-    for slice_id in order:
-        entry: dict = {"n_pairs": len(pairs_by_slice[slice_id])}
+    for k, slice_id in enumerate(order):
+        entry: dict = {"n_pairs": len(pairs_by_slice[slice_id]), "pair_inliers": flags[starts[k]:starts[k + 1]]}
         try:
             slice_model, diag_s = fit_pairs(pairs_by_slice[slice_id], tile_shape, overlap_fraction, options,
                                             grid=_grid_pair(grids[slice_id]))
         except FitError as exc:
-            entry.update(transform=None, fit=None, fit_error=str(exc), drift_px=None, drift_flag=True)
+            entry.update(transform=None, fit=None, fit_error=str(exc), drift_px=None, drift_flag=False)
         else:
             drift = drift_px(slice_model.matrix, A, *grids[slice_id])
             entry.update(transform=slice_model.matrix.tolist(), fit=diag_s, fit_error=None, drift_px=drift,
@@ -571,5 +577,6 @@ def fit_pooled(
         n_pooled_pairs=len(pooled), n_fitted_pairs=len(fitted), n_samples=options.n_samples, seed=options.seed,
         drift_tolerance_px=options.drift_tolerance_px, per_slice=per_slice,
         drifting_slices=[int(s) for s, e in per_slice.items() if e["drift_flag"]],
+        failed_fit_slices=[int(s) for s, e in per_slice.items() if e["fit_error"]],
     )
     return _motor_model(M, diagnostics), diagnostics

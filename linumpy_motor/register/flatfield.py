@@ -231,7 +231,10 @@ def flatfield_from_tiles(
     profile[enough] = np.nanmedian(normalised[:, enough], axis=0)
     field = _fit_smooth_field(profile, counts.astype(float) * enough, (h, w), factor, degree)
     field = np.clip(field, 0.05 * field.mean(), None)
-    return (field / field.mean()).astype(np.float32)
+    field = (field / field.mean()).astype(np.float32)
+    logger.debug("%s: flat field estimated from %d tissue tiles of %d read: gain %.3f to %.3f", label,
+                 int(chosen.sum()), len(binned), float(field.min()), float(field.max()))
+    return field
 
 
 def load_flatfield(path: str | Path, tile_shape: tuple[int, int, int]) -> np.ndarray:

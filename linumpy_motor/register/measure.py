@@ -21,6 +21,7 @@ from linumpy_motor.register.correlation import (
     FILTER_SIGMA,
     PairShift,
     measure_shifts,
+    measure_steps,
     refine_shifts,
     search_bound,
     search_limit,
@@ -37,10 +38,14 @@ from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode, VolumeReader
 from linumpy_motor.register.robust import MAD_TO_SD
 
 __all__ = ["BACKGROUND_MADS", "MAX_EMPTY_DEFAULT", "MEASURE_BAND_COPIES", "MIN_NULL_PAIRS", "MIN_OVERLAP_PX",
-           "NULL_PAIRS", "PLANE_CACHE_BYTES", "BandReader", "MeasureOptions", "backends_used", "band_reader",
-           "check_overlap_px", "measure_grid_pairs", "measure_mosaic", "measure_volume", "peak_bytes", "value_range"]
+           "MIN_STEP_NCC", "MIN_STEP_PAIRS", "NULL_PAIRS", "PLANE_CACHE_BYTES", "STEP_PAIRS", "BandReader",
+           "MeasureOptions", "backends_used", "band_reader", "check_overlap_px", "measure_grid_pairs", "measure_mosaic",
+           "measure_volume", "peak_bytes", "value_range"]
 
 NULL_PAIRS = 32  # pairs per direction whose windows, mismatched, sample the background NCC
+STEP_PAIRS = 16  # pairs per direction whose whole tiles tell the overlap (measure_steps)
+MIN_STEP_NCC = 0.1  # ... counted when the overlap their step implies correlates at least this well
+MIN_STEP_PAIRS = 3  # ... and told only from at least this many such pairs
 MIN_NULL_PAIRS = 8  # fewer and the background test is not made
 BACKGROUND_MADS = 4.0
 MAX_EMPTY_DEFAULT = 0.9
@@ -60,6 +65,8 @@ def check_overlap_px(tile_hw: tuple[int, int], nx: int, ny: int, overlap_fractio
                                     f"{'y' if axis == 0 else 'x'} at overlap {overlap_fraction} (at least "
                                     f"{MIN_OVERLAP_PX} px are needed): is the tile shape right? (set the store's "
                                     "'tile_shape' attribute)")
+
+logger = logging.getLogger(__name__)
 
 BandReader = Callable[[int], np.ndarray]
 """Returns tile row ``i`` of a plane as a float32 array of shape ``(tile_h, ny * tile_w)``."""
@@ -81,8 +88,11 @@ class MeasureOptions:
         The flat field tiles are divided by first (:func:`~linumpy_motor.register.flatfield.choose_flatfield`;
         :func:`measure_mosaic` also takes the path of a ``.npy`` one).
     background_test : bool
-        Skip pairs whose correlation peak is no better than that of windows that do not overlap
-        at all (:func:`_background_threshold`): agarose and empty overlaps, whatever their level.
+        Mark ``background`` the pairs whose correlation peak is no better than that of windows that do
+        not overlap at all (:func:`_background_threshold`): agarose and empty overlaps, whatever their
+        level, but also tissue whose speckle decorrelates between the two acquisitions. The pairs are
+        kept: the robust fit decides (``bench/bench_background.py`` measured it better than leaving
+        them out); the mark is for the report.
     max_shift_px : float or None
         Largest departure from the expected position searched (default:
         :func:`~linumpy_motor.register.correlation.search_limit`).
@@ -118,15 +128,17 @@ class _Candidates:
     results: list[PairShift] = field(default_factory=list)
     a: list[np.ndarray] = field(default_factory=list)
     b: list[np.ndarray] = field(default_factory=list)
+    levels: list[tuple[float, float]] = field(default_factory=list)
 
     def deltas(self, k: int) -> tuple[int, int]:
         """``(row_delta, col_delta)`` of pair ``k``."""
         return (0, 1) if self.horizontal[k] else (1, 0)
 
     def key(self, k: int) -> dict:
-        """How a skipped pair is named: ``tile``, ``row_delta``, ``col_delta``."""
+        """How a skipped pair is named: ``tile``, ``row_delta``, ``col_delta``, and its ``levels``."""
         row_delta, col_delta = self.deltas(k)
-        return {"tile": list(self.tiles[k]), "row_delta": row_delta, "col_delta": col_delta}
+        return {"tile": list(self.tiles[k]), "row_delta": row_delta, "col_delta": col_delta,
+                "levels": list(self.levels[k])}
 
 
 def _pair_windows(top, bottom, j: int, tile_hw, steps, horizontal: bool):
@@ -136,6 +148,12 @@ def _pair_windows(top, bottom, j: int, tile_hw, steps, horizontal: bool):
     if horizontal:
         return top[:, j * w + step_x:(j + 1) * w], top[:, (j + 1) * w:(j + 2) * w - step_x]
     return top[step_y:h, j * w:(j + 1) * w], bottom[0:h - step_y, j * w:(j + 1) * w]
+
+
+def _pair_tiles(top, bottom, j: int, tile_hw, horizontal: bool):
+    """The two whole tiles of a pair."""
+    w = tile_hw[1]
+    return top[:, j * w:(j + 1) * w], (top[:, (j + 1) * w:(j + 2) * w] if horizontal else bottom[:, j * w:(j + 1) * w])
 
 
 def measure_grid_pairs(
@@ -176,21 +194,28 @@ def measure_grid_pairs(
     measured : np.ndarray
         The pairs kept, a pair table (:data:`~linumpy_motor.io.records.PAIR_DTYPE`): ``tile``,
         ``row_delta``, ``col_delta``, ``measured_dy``, ``measured_dx`` (absolute displacement of the
-        neighbour, sub-pixel), ``ncc``, ``peak`` and ``empty_fraction``; tile row by tile row.
+        neighbour, sub-pixel), ``ncc``, ``peak`` (whitened correlation), ``empty_fraction``, ``levels``
+        (the mean of each tile's copy of the overlap, flat-field corrected) and ``background`` (marked by
+        the background test); tile row by tile row.
     skipped : list of dict
-        Pairs left out, with ``tile``, ``row_delta``, ``col_delta`` and ``reason``.
+        Pairs left out, with ``tile``, ``row_delta``, ``col_delta``, ``levels`` and ``reason``.
     stats : dict
-        Counts, NCC summary, the backend that ran and the search bound used.
+        Counts, NCC summary, the backend that ran, the search bound used, ``background_peak_threshold``
+        per direction, ``tiles_at_maximum`` (per tile, the fraction of its pixels at the plane's
+        largest value, before the flat field) and ``implied_overlap`` (per direction, the overlap the
+        whole tiles imply whatever overlap was given: :func:`_implied_overlaps`).
     """
     check_overlap(overlap_fraction)
     steps = integer_step(tile_hw, overlap_fraction)
     limit = search_limit(tile_hw, options.max_shift_px)
     xp, fft, backend = get_backend(options.use_gpu)
+    maxima = _TileMaxima(ny, tile_hw)
+    band = maxima.reader(band)
     if flatfield is not None:
         band = _flat_corrected(band, np.asarray(flatfield, dtype=np.float32), ny)
     found = _Candidates()
     samples: list[np.ndarray] = []
-    null_samples = _NullSampler(nx, ny)
+    null_sample, step_sample = _Spread(nx, ny, NULL_PAIRS), _Spread(nx, ny, STEP_PAIRS)
     if progress is not None:
         progress(0, nx)
     top = band(0)
@@ -202,8 +227,10 @@ def measure_grid_pairs(
                 continue
             windows = [_pair_windows(top, bottom, j, tile_hw, steps, horizontal) for j in columns]
             a = np.stack([wa for wa, _ in windows])
+            levels = np.stack([a.mean(axis=(1, 2)), np.stack([wb for _, wb in windows]).mean(axis=(1, 2))], axis=1)
             b = np.stack([match_histograms(wb, wa) if options.histogram_match else wb for wa, wb in windows])
-            null_samples.add(horizontal, i, a, b)
+            null_sample.add(horizontal, zip(a, b))
+            step_sample.add(horizontal, (_pair_tiles(top, bottom, j, tile_hw, horizontal) for j in columns))
             results = measure_shifts(a, b, search_bound(limit, a.shape[1:]), subpixel=False, xp=xp, fft=fft,
                                      filter_sigma=options.filter_sigma)
             for k, (j, result) in enumerate(zip(columns, results)):
@@ -212,6 +239,7 @@ def measure_grid_pairs(
                 found.results.append(result)
                 found.a.append(a[k])
                 found.b.append(b[k])
+                found.levels.append((float(levels[k][0]), float(levels[k][1])))
             samples.extend(x[::4, ::4].ravel() for x in (a, b))
         if bottom is not None:  # else this was the last tile row
             top = bottom
@@ -221,23 +249,24 @@ def measure_grid_pairs(
     threshold = float(threshold_otsu(np.concatenate(samples))) if fraction is not None and samples else None
     empty, kept, skipped = _split_empty(found, threshold, fraction)
     null = {}
+    measured = _refined_table(found, kept, empty, steps, xp=xp, fft=fft, filter_sigma=options.filter_sigma)
     if options.background_test:
         null = {kind: _background_threshold(a, b, search_bound(limit, a.shape[1:]), xp=xp, fft=fft,
                                            filter_sigma=options.filter_sigma)
-                for kind, (a, b) in null_samples.windows().items()}
-        kept, background = _split_background(found, kept, null)
-        skipped += background
-    measured = _refined_table(found, kept, empty, steps, xp=xp, fft=fft, filter_sigma=options.filter_sigma)
+                for kind, (a, b) in _null_windows(null_sample).items()}
+        _mark_background(measured, null)
     stats = {
         "n_pairs_total": len(found.tiles), "n_measured": len(measured),
         "n_skipped_empty": sum(s["reason"] == "empty overlap" for s in skipped),
-        "n_skipped_background": sum(s["reason"] == "background" for s in skipped),
+        "n_background": int(measured["background"].sum()),
         "background_peak_threshold": null,
         "flatfield_applied": flatfield is not None,
         "mean_ncc": float(np.nanmean(measured["ncc"])) if len(measured) else None,
         "median_ncc": float(np.nanmedian(measured["ncc"])) if len(measured) else None,
         "backend": backend, "max_shift_px": limit, "otsu_threshold": threshold,
-        "expected_step_px": list(steps),
+        "expected_step_px": list(steps), "tiles_at_maximum": maxima.fractions(),
+        "implied_overlap": _implied_overlaps(step_sample, tile_hw, limit, xp=xp, fft=fft,
+                                             filter_sigma=options.filter_sigma),
     }
     return measured, skipped, stats
 
@@ -259,6 +288,7 @@ def _refined_table(found: _Candidates, kept: list[int], empty: list[float], step
         table["ncc"] = [found.results[k].ncc for k in kept]
         table["peak"] = [found.results[k].peak for k in kept]
         table["empty_fraction"] = [empty[k] for k in kept]
+        table["levels"] = [found.levels[k] for k in kept]
     for horizontal in (True, False):
         rows = [row for row, k in enumerate(kept) if found.horizontal[k] == horizontal]
         if not rows:
@@ -297,32 +327,89 @@ def _flat_corrected(band: BandReader, flatfield: np.ndarray, ny: int) -> BandRea
     return lambda i: band(i) * gain
 
 
-class _NullSampler:
-    """Keeps the windows of about ``NULL_PAIRS`` pairs per direction, spread over the grid."""
+class _TileMaxima:
+    """Each tile's largest value and how many of its pixels reach it, from the rows read (before any
+    flat field): what tells a saturated tile."""
 
-    def __init__(self, nx: int, ny: int) -> None:
-        self.stride = {horizontal: max(1, n_neighbour_pairs(nx, ny, horizontal) // NULL_PAIRS)
+    def __init__(self, ny: int, tile_hw: tuple[int, int]) -> None:
+        self.shape = (tile_hw[0], ny, tile_hw[1])
+        self.maxima: list[np.ndarray] = []
+        self.counts: list[np.ndarray] = []
+        self.minimum = np.inf
+
+    def reader(self, band: BandReader) -> BandReader:
+        """``band``, each row it returns recorded (every tile row is read once, in order)."""
+        def read(i: int) -> np.ndarray:
+            row = band(i)
+            tiles = row.reshape(self.shape)
+            self.maxima.append(tiles.max(axis=(0, 2)))
+            self.counts.append((tiles == self.maxima[-1][None, :, None]).sum(axis=(0, 2)))
+            self.minimum = min(self.minimum, float(row.min()))
+            return row
+        return read
+
+    def fractions(self) -> list[list[float]]:
+        """Per tile (rows of the grid), the fraction of its pixels at the plane's largest value; all 0
+        on a constant plane."""
+        maxima, counts = np.array(self.maxima), np.array(self.counts)
+        top = float(maxima.max(initial=-np.inf))
+        fractions = np.where(maxima == top, counts / (self.shape[0] * self.shape[2]), 0.0) if top > self.minimum \
+            else np.zeros(maxima.shape)
+        return [[float(f) for f in row] for row in fractions.round(4)]
+
+
+class _Spread:
+    """Copies of what ``count`` pairs per direction, spread over the grid, were offered."""
+
+    def __init__(self, nx: int, ny: int, count: int) -> None:
+        self.stride = {horizontal: max(1, n_neighbour_pairs(nx, ny, horizontal) // count)
                        for horizontal in (True, False)}
         self.count = {True: 0, False: 0}
         self.kept: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {True: [], False: []}
 
-    def add(self, horizontal: bool, i: int, a: np.ndarray, b: np.ndarray) -> None:
-        """Offer one tile row's windows of one direction."""
-        for wa, wb in zip(a, b):
+    def add(self, horizontal: bool, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Offer one tile row's pairs of one direction (two arrays each, copied when kept)."""
+        for first, second in pairs:
             if self.count[horizontal] % self.stride[horizontal] == 0:
-                self.kept[horizontal].append((wa, wb))
+                self.kept[horizontal].append((first.copy(), second.copy()))
             self.count[horizontal] += 1
 
-    def windows(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per direction with at least ``MIN_NULL_PAIRS`` kept pairs: windows ``a`` of each kept pair and
-        ``b`` of the pair half-way round the list (far away on the grid, so they do not overlap)."""
-        out = {}
-        for horizontal, kept in self.kept.items():
-            if len(kept) >= MIN_NULL_PAIRS:
-                a = np.stack([wa for wa, _ in kept])
-                b = np.stack([wb for _, wb in kept])
-                out["horizontal" if horizontal else "vertical"] = (a, np.roll(b, len(kept) // 2, axis=0))
-        return out
+    def stacked(self, minimum: int = 1) -> dict[bool, tuple[np.ndarray, np.ndarray]]:
+        """Per direction with at least ``minimum`` kept pairs: the kept firsts and seconds, stacked."""
+        return {horizontal: (np.stack([x for x, _ in kept]), np.stack([y for _, y in kept]))
+                for horizontal, kept in self.kept.items() if len(kept) >= minimum}
+
+
+def _null_windows(sample: _Spread) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per direction with at least ``MIN_NULL_PAIRS`` sampled pairs: windows ``a`` of each pair and ``b``
+    of the pair half-way round the list (far away on the grid, so they do not overlap)."""
+    return {"horizontal" if horizontal else "vertical": (a, np.roll(b, len(b) // 2, axis=0))
+            for horizontal, (a, b) in sample.stacked(MIN_NULL_PAIRS).items()}
+
+
+def _implied_overlaps(sample: _Spread, tile_hw: tuple[int, int], limit: float, **options) -> dict[str, dict]:
+    """The overlap the sampled whole-tile pairs imply, per direction (:func:`~linumpy_motor.register.correlation.
+    measure_steps`): the median over the better-correlated half of the pairs (the rest may hold no tissue),
+    those of NCC :data:`MIN_STEP_NCC` at least; a direction without :data:`MIN_STEP_PAIRS` such pairs is left out.
+
+    Returns
+    -------
+    dict
+        ``horizontal`` / ``vertical``: ``overlap`` (1 - step length / tile size, as
+        :func:`~linumpy_motor.register.geometry.effective_overlap`), ``median_ncc`` and ``n_pairs``.
+    """
+    found = {}
+    for horizontal, (a, b) in sample.stacked().items():
+        size = tile_hw[1] if horizontal else tile_hw[0]
+        shifts = measure_steps(a, b, horizontal, search_bound(limit, a.shape[1:])[0 if horizontal else 1], **options)
+        ncc = np.array([s.ncc for s in shifts])
+        better = (ncc >= np.median(ncc)) & (ncc >= MIN_STEP_NCC)
+        if better.sum() < MIN_STEP_PAIRS:  # empty tiles, or nothing the whole tiles share: no overlap to tell
+            continue
+        overlaps = np.array([1.0 - float(np.hypot(*s.shift)) / size for s in shifts])
+        found["horizontal" if horizontal else "vertical"] = {
+            "overlap": float(np.median(overlaps[better])), "median_ncc": float(np.median(ncc)), "n_pairs": len(a)}
+    return found
 
 
 def _background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], **options) -> float:
@@ -347,19 +434,13 @@ def _background_threshold(a: np.ndarray, b: np.ndarray, bound: tuple[int, int], 
     return median + BACKGROUND_MADS * MAD_TO_SD * float(np.median(np.abs(peak - median)))
 
 
-def _split_background(found: _Candidates, kept: list[int],
-                      thresholds: dict[str, float]) -> tuple[list[int], list[dict]]:
-    """Split off the kept pairs whose correlation peak does not exceed their direction's background threshold."""
-    still, skipped = [], []
-    for k in kept:
-        threshold = thresholds.get("horizontal" if found.horizontal[k] else "vertical")
-        result = found.results[k]
-        if threshold is not None and result.peak <= threshold:
-            skipped.append(found.key(k) | {"ncc": result.ncc, "peak": result.peak, "reason": "background",
-                                           "threshold": threshold})
-        else:
-            still.append(k)
-    return still, skipped
+def _mark_background(table: np.ndarray, thresholds: dict[str, float]) -> None:
+    """Mark ``background`` the pairs of a pair table whose correlation peak does not exceed their direction's
+    background threshold (False where there is no threshold)."""
+    for horizontal, kind in ((True, "horizontal"), (False, "vertical")):
+        threshold = thresholds.get(kind)
+        rows = (table["col_delta"] != 0) == horizontal
+        table["background"][rows] = False if threshold is None else table["peak"][rows] <= threshold
 
 
 def band_reader(plane_source, tile_h: int) -> BandReader:
@@ -509,7 +590,27 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
     measured, skipped, stats = measure_grid_pairs(band, (h, w), nx, ny, overlap_fraction, options, flatfield=flat,
                                                   progress=progress)
     stats.update(z=z, flatfield=description, **plane_info)
+    _log_measurement(Path(label).name, measured, skipped, stats)
     return measured, skipped, stats
+
+
+def _log_measurement(name: str, measured: np.ndarray, skipped: list[dict], stats: Mapping) -> None:
+    """One line on the plane, the flat field and the pairs of a slice; with debug, the plane scores and each
+    pair's decision."""
+    plane = "mean of the planes" if stats["z"] is None else f"z={stats['z']} ({stats.get('plane_mode')})"
+    logger.info("%s: measured on plane %s, flat field %s: %d pairs (%d no better than chance), %d skipped",
+                name, plane, stats["flatfield"], len(measured), int(measured["background"].sum()), len(skipped))
+    if stats.get("plane_scores"):
+        logger.debug("%s: plane scores (overlap NCC, better half of the sampled pairs): %s", name,
+                     ", ".join(f"z={z} {score:.3f}" for z, score in stats["plane_scores"].items()))
+    for pair in measured:
+        logger.debug("%s: pair %s %s: displacement (%.2f, %.2f) px, NCC %.3f, peak %.4f%s", name,
+                     [int(v) for v in pair["tile"]], "right" if pair["col_delta"] else "down", pair["measured_dy"],
+                     pair["measured_dx"], pair["ncc"], pair["peak"],
+                     ", no better than chance" if pair["background"] else "")
+    for skip in skipped:
+        logger.debug("%s: pair %s %s: skipped (%s)", name, skip["tile"], "right" if skip["col_delta"] else "down",
+                     skip["reason"])
 
 
 def measure_mosaic(grid, overlap_fraction: float, options: MeasureOptions = MeasureOptions(), *,

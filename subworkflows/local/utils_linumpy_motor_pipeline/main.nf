@@ -79,7 +79,7 @@ def slicesFromSamplesheet(sheet) {
         def line = index + 2   // after the header line
         def zarr = row[1].toString().contains('://') ? file(row[1]) : sheet.parent.resolve(row[1].toString()).normalize()
         if (!zarr.exists()) {
-            error "${sheet}: line ${line}: slice ${row[0]}: no such store '${row[1]}'"
+            error "${sheet}: line ${line}: ${zarr}: no such file or directory"
         }
         def real = zarr.toRealPath()
         if (seen.containsKey(real)) {
@@ -90,17 +90,20 @@ def slicesFromSamplesheet(sheet) {
     }
 }
 
-// The *.ome.zarr stores of a folder as [id, store], ids from the names, each id once
+// The *.ome.zarr stores of a folder as [id, store], ids from the names, each id once: the first id two
+// stores share (in the stores' name order) is refused naming both, in linumpy_motor.io.dataset's words
 def slicesFromFolder(folder) {
-    def stores = files("${folder}/*.ome.zarr", type: 'dir')
+    def stores = files("${folder}/*.ome.zarr", type: 'dir').sort { zarr -> zarr.name }
     if (!stores) {
         error "${folder}: no *.ome.zarr slices in this folder"
     }
     def slices = stores.collect { zarr -> [checkedSliceId(zarr), zarr] }
-    def ids = slices.collect { slice -> slice[0] }
-    def repeated = ids.findAll { id -> ids.count(id) > 1 }.unique().sort()
-    if (repeated) {
-        error "${folder}: slice id(s) ${repeated} appear more than once"
+    def again = slices.find { slice -> slices.find { other -> other[0] == slice[0] } != slice }
+    if (again) {
+        def id = again[0]
+        def first = slices.find { other -> other[0] == id }[1]
+        def second = again[1]
+        error "${folder}: slice id ${id} is in the names of both ${first.name} and ${second.name}"
     }
     return slices
 }
