@@ -17,11 +17,14 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from linumpy_motor.errors import Terminated
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "check", "finish", "install", "outcome", "requested", "restore"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "check", "deferred", "finish", "install", "outcome", "requested",
+           "restore"]
 
 EXIT_INTERRUPTED = 130
 """Ctrl-C (128 + SIGINT, as a shell reports it)."""
@@ -34,6 +37,8 @@ _requested: int | None = None
 _dropped = False
 """The exception last raised for it was dropped by Python (raised inside a finalizer or callback)."""
 _finished = False
+_deferring = 0
+"""Inside :func:`deferred`: a request is recorded, and raised only when the block ends."""
 _previous: dict[int, object] = {}
 _previous_hook = sys.unraisablehook
 
@@ -49,6 +54,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     first = _requested is None
     if first:
         _requested = signum
+    if _deferring:
+        return
     if first or _dropped:
         _dropped = False
         raise _exception(_requested if _requested is not None else signum)
@@ -104,6 +111,21 @@ def check() -> None:
     """
     if _requested is not None and not _finished:
         raise _exception(_requested)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Run a block that an exception must not cut in the middle (spawning a worker process: cut between its
+    start and its registration, the worker would be known to nothing that stops it); a Ctrl-C or SIGTERM
+    received meanwhile is raised when the block ends."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring:
+        check()
 
 
 def finish() -> int | None:

@@ -79,6 +79,17 @@ def test_a_second_sigterm_during_the_clean_up_is_recorded_not_raised(handlers):
     interrupts.check()  # settled: nothing more is raised
 
 
+def test_a_signal_inside_a_deferred_block_is_raised_when_it_ends(handlers):
+    """Spawning workers is such a block: a worker started but not yet registered would be stopped by nothing."""
+    finished = False
+    with pytest.raises(Terminated):
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            finished = True
+    assert finished
+
+
 def test_a_command_whose_sigterm_python_dropped_still_ends_with_143_and_the_line(tmp_path, monkeypatch, capsys):
     """SIGTERM delivered while a weak-reference callback runs (as matplotlib's do during the report)."""
     def action(args) -> None:

@@ -75,7 +75,7 @@ def _init_worker(started, log_config: logs.LogConfig, parent: int, outdir: Path,
     memory.limit_arenas()
     outputs.set_claim(functools.partial(_check_claim, parent, outdir, token))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth (see _run_parallel)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked since birth (_run_parallel)
     std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
     logs.init_worker(log_config)
     _STARTED = started
@@ -148,12 +148,16 @@ def _run_parallel(todo: list, workers: int, outdir: Path, step: str,
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
                                initargs=(report, logs.current(), os.getpid(), outdir, claimant(outdir)))
     try:
-        # submit() spawns the workers: they are born with Ctrl-C blocked and unblock it only once they
-        # ignore it, so a Ctrl-C during their start-up cannot print a traceback; here it arrives on unblocking
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # submit() spawns the workers. A Ctrl-C or SIGTERM waits until it returns (interrupts.deferred): raised
+        # in the middle of a spawn it would leave a worker the pool does not know of, which nothing stops and
+        # which keeps the resource tracker (and so this process) waiting. The workers are born with both
+        # signals blocked (the mask of the thread that spawns them) and unblock them once they ignore Ctrl-C,
+        # so a Ctrl-C during their start-up cannot print a traceback.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            futures = {pool.submit(_call_in_worker, step, _job_label(output, kwargs), function, kwargs):
-                       (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
+            with interrupts.deferred():
+                futures = {pool.submit(_call_in_worker, step, _job_label(output, kwargs), function, kwargs):
+                           (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         pending, count = set(futures), 0
