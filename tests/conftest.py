@@ -32,7 +32,7 @@ import pytest
 
 from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.register.measure import measure_mosaic
-from linumpy_motor.synthetic import SyntheticSpec, write_dataset
+from linumpy_motor.synthetic import SyntheticSpec, make_slice, write_dataset
 
 DEFAULT_TILE = (3, 160, 160)
 DEFAULT_SPEC = SyntheticSpec(tile_shape=DEFAULT_TILE)
@@ -143,3 +143,14 @@ def grid_positions(A: np.ndarray, nx: int, ny: int) -> np.ndarray:
     """``A @ [i, j]`` for every tile, row-major, ``(nx * ny, 2)`` (no shift)."""
     ij = np.array([(i, j) for i in range(nx) for j in range(ny)], dtype=float).reshape(-1, 2)
     return ij @ np.asarray(A, dtype=float).T
+
+
+SMALL = SyntheticSpec(nx=3, ny=4, tile_shape=(3, 160, 160), tissue_fraction=1.0)
+"""A small in-memory slice for the reference API's tests (tests/test_motor_api.py, tests/test_motor_contract.py)."""
+
+
+@pytest.fixture(scope="module")
+def small_slice():
+    """A :data:`SMALL` slice volume and its true tile positions, made once per test module."""
+    volume, truth, _ = make_slice(SMALL, seed=5)
+    return volume, np.array(truth["positions"])

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.mosaic import motor
-from linumpy_motor.synthetic import SyntheticSpec, make_slice, true_transform
+from linumpy_motor.synthetic import SyntheticSpec, true_transform
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "linumpy_mosaic_motor_api.txt"  # a copy of shared/spec's
 FUNCTIONS = [
@@ -88,13 +89,6 @@ def test_the_signature_check_allows_extra_keyword_only_parameters():
 
 # -- return values ---------------------------------------------------------------------------------
 
-SMALL = SyntheticSpec(nx=3, ny=4, tile_shape=(3, 160, 160), tissue_fraction=1.0)
-
-
-@pytest.fixture(scope="module")
-def small_slice():
-    volume, truth, _ = make_slice(SMALL, seed=5)
-    return volume, np.array(truth["positions"])
 
 
 def test_compute_motor_positions_returns_positions_and_integer_steps():

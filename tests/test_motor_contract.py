@@ -14,13 +14,12 @@ import math
 
 import numpy as np
 import pytest
-from conftest import grid_positions, pairs_from_positions
+from conftest import SMALL, grid_positions, pairs_from_positions
 
 from linumpy_motor.io import ngff
 from linumpy_motor.mosaic import motor
-from linumpy_motor.synthetic import SyntheticSpec, make_slice, true_transform
+from linumpy_motor.synthetic import SyntheticSpec, true_transform
 
-SMALL = SyntheticSpec(nx=3, ny=4, tile_shape=(3, 160, 160), tissue_fraction=1.0)
 A_TRUE = true_transform(SyntheticSpec())
 PAIR_KEYS = {"row_delta", "col_delta", "measured_dy", "measured_dx"}
 STATS_KEYS = {"total_pairs", "valid_pairs", "clamped_pairs", "mean_refinement", "max_refinement"}
@@ -28,12 +27,6 @@ MODEL_KEYS = {"theta_deg", "phi_deg", "Ox_fraction", "Oy_fraction", "expected_ov
 POOL_KEYS = {"n_volumes", "n_pairs_pooled_total", "n_pairs_used", "tile_shape", "overlap_fraction", "histogram_match",
              "max_empty_fraction", "sampled_n", "seed", "backend", "transform", "displacement_model", "lstsq_residual",
              "fallback", "per_slice_stats"}
-
-
-@pytest.fixture(scope="module")
-def small_slice():
-    volume, truth, _ = make_slice(SMALL, seed=5)
-    return volume, np.array(truth["positions"])
 
 
 # -- compute_motor_positions -----------------------------------------------------------------------
