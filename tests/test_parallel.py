@@ -73,3 +73,45 @@ def test_scripts_refuse_zero_threads_in_one_line(script, positionals, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--threads: must be at least 1, got 0" in err
+
+
+def _record_pid(output: Path) -> None:
+    output.write_text(str(os.getpid()))
+
+
+def test_the_steps_of_a_run_share_one_set_of_worker_processes(tmp_path):
+    """Each step used to start its own pool (a Python start and the imports per worker, every step);
+    the run's steps now reuse the workers the first parallel step started."""
+    from linumpy_motor.pipeline.jobs import Workers, run_jobs
+    from linumpy_motor.pipeline.resume import Stamps
+
+    stamps = Stamps(tmp_path, [])
+    pids: dict[str, set[str]] = {}
+    with Workers(2, tmp_path) as workers:
+        for step in ("measure", "stitch"):
+            outputs = [tmp_path / step / f"{k}.txt" for k in range(4)]
+            assert run_jobs([(out, "k", _record_pid, {"output": out}) for out in outputs], stamps, workers, step,
+                            False) == 4
+            pids[step] = {out.read_text() for out in outputs}
+    assert str(os.getpid()) not in pids["measure"]  # the jobs ran in workers
+    assert 1 <= len(pids["measure"]) <= 2
+    assert pids["stitch"] <= pids["measure"], "the second step started new workers"
+
+
+def test_a_resumed_run_with_nothing_to_do_imports_no_plotting_or_statistics(tmp_path, synthetic_dataset_small):
+    """A finished run resumes in well under a second: neither matplotlib (the report) nor scipy.stats is
+    imported when no job runs (they were about a second of start-up)."""
+    import subprocess
+    import sys
+
+    outdir = tmp_path / "out"
+    script = ("import sys; from linumpy_motor.pipeline.launch import main; "
+              "code = main(['run', sys.argv[1], sys.argv[2], '--no-progress']); "
+              "print([m for m in ('matplotlib', 'scipy.stats') if m in sys.modules]); "
+              "sys.exit(code)")
+    command = [sys.executable, "-c", script, str(synthetic_dataset_small.root), str(outdir)]
+    first = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "'matplotlib'" in first.stdout.splitlines()[-1]  # the first run draws the report
+    resumed = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "measure 0, fit 0, stitch 0, compare 0, report 0" in resumed.stdout
+    assert resumed.stdout.splitlines()[-1] == "[]"

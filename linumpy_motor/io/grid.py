@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
+from linumpy_motor import memory
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.ngff import NGFF_VERSIONS
 from linumpy_motor.io.outputs import ZARR_METADATA
@@ -223,6 +224,8 @@ def open_mosaic(path: str | Path) -> MosaicGrid:
         group = zarr.open_group(str(path), mode="r")
         attrs = group.attrs.asdict()
     except Exception as exc:
+        if memory.is_out_of_memory(exc):  # zarr's I/O thread could not start: not the store's fault
+            raise memory.out_of_memory(None, path, exc) from None
         raise InputError(path, f"not a zarr store ({type(exc).__name__})") from None
     entry, version = multiscale_entry(attrs, path)
     level0 = dataset_paths(entry, path)[0]

@@ -190,6 +190,8 @@ class SliceStatus(BaseModel):
 
 STATUS_FILE = "status.json"
 """Name of the :class:`StatusFile` in a report folder."""
+REPORT_PAGE = "report.html"
+"""Name of the QC report's page in its folder."""
 
 
 class StatusFile(RootModel[dict[int, SliceStatus]]):

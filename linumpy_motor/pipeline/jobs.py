@@ -29,7 +29,7 @@ from linumpy_motor.pipeline import logs
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.pipeline.resume import Stamps, claimant
 
-__all__ = ["PROGRESS_UNITS", "WAIT_S", "run_jobs", "threads_per_job"]
+__all__ = ["PROGRESS_UNITS", "WAIT_S", "Workers", "run_jobs", "threads_per_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _init_worker(started, log_config: logs.LogConfig, parent: int, outdir: Path,
     memory.limit_arenas()
     outputs.set_claim(functools.partial(_check_claim, parent, outdir, token))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked since birth (_run_parallel)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked since birth (Workers.run)
     std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
     logs.init_worker(log_config)
     _STARTED = started
@@ -139,45 +139,85 @@ def _stop_workers(pool: ProcessPoolExecutor, todo: list) -> None:
         outputs.remove_temporaries(output.parent, [output.name], processes)
 
 
-def _run_parallel(todo: list, workers: int, outdir: Path, step: str,
-                  finished: Callable[[Path, str, int], None]) -> None:
-    """Run ``todo`` (jobs of ``step``) in worker processes for the run that holds ``outdir``;
-    ``finished(output, key, count)`` as each job ends."""
-    context = get_context("spawn")
-    started, report = context.Pipe(duplex=False)  # no semaphore: nothing to leak when the run is stopped
-    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker,
-                               initargs=(report, logs.current(), os.getpid(), outdir, claimant(outdir)))
-    try:
-        # submit() spawns the workers. A Ctrl-C or SIGTERM waits until it returns (interrupts.deferred): raised
-        # in the middle of a spawn it would leave a worker the pool does not know of, which nothing stops and
-        # which keeps the resource tracker (and so this process) waiting. The workers are born with both
-        # signals blocked (the mask of the thread that spawns them) and unblock them once they ignore Ctrl-C,
-        # so a Ctrl-C during their start-up cannot print a traceback.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+class Workers:
+    """The worker processes of one run, shared by its steps: started by the first step that runs jobs in
+    parallel, reused by every later one (a pool costs each worker a Python start and the library's imports,
+    about a second), stopped when the run ends (``with Workers(count, outdir) as workers:``).
+
+    Parameters
+    ----------
+    count : int
+        Most worker processes (``--workers``); a step starts no more than it has jobs.
+    outdir : Path
+        The output folder of the run that holds it: a worker renames an output into place only while that
+        run holds it (:func:`_check_claim`).
+    """
+
+    def __init__(self, count: int, outdir: Path) -> None:
+        self.count = count
+        self.outdir = outdir
+        self._pool: ProcessPoolExecutor | None = None
+        self._started: Connection | None = None
+        self._report: Connection | None = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _open(self, jobs: int) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = get_context("spawn")
+            # no semaphore: nothing to leak when the run is stopped
+            self._started, self._report = context.Pipe(duplex=False)
+            self._pool = ProcessPoolExecutor(min(self.count, jobs), mp_context=context, initializer=_init_worker,
+                                             initargs=(self._report, logs.current(), os.getpid(), self.outdir,
+                                                       claimant(self.outdir)))
+        return self._pool
+
+    def run(self, todo: list, step: str, finished: Callable[[Path, str, int], None]) -> None:
+        """Run ``todo`` (jobs of ``step``) in the workers; ``finished(output, key, count)`` as each job ends.
+        A failure or a stop ends every worker (:func:`_stop_workers`) before it is raised."""
+        pool = self._open(len(todo))
         try:
-            with interrupts.deferred():
-                futures = {pool.submit(_call_in_worker, step, _job_label(output, kwargs), function, kwargs):
-                           (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        pending, count = set(futures), 0
-        while pending:
-            done, pending = wait(pending, timeout=WAIT_S, return_when=FIRST_COMPLETED)
-            interrupts.check()  # a Ctrl-C or SIGTERM Python dropped while this process waited
-            for future in done:
-                try:
-                    future.result()
-                except BrokenProcessPool:
-                    raise _lost_worker(pool, started, futures) from None
-                count += 1
-                finished(*futures[future][:2], count)
-    except BaseException:
-        _stop_workers(pool, todo)
-        raise
-    finally:
-        started.close()
-        report.close()
-        pool.shutdown(wait=True)
+            # submit() spawns the workers. A Ctrl-C or SIGTERM waits until it returns (interrupts.deferred): raised
+            # in the middle of a spawn it would leave a worker the pool does not know of, which nothing stops and
+            # which keeps the resource tracker (and so this process) waiting. The workers are born with both
+            # signals blocked (the mask of the thread that spawns them) and unblock them once they ignore Ctrl-C,
+            # so a Ctrl-C during their start-up cannot print a traceback.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                with interrupts.deferred():
+                    futures = {pool.submit(_call_in_worker, step, _job_label(output, kwargs), function, kwargs):
+                               (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            pending, count = set(futures), 0
+            while pending:
+                done, pending = wait(pending, timeout=WAIT_S, return_when=FIRST_COMPLETED)
+                interrupts.check()  # a Ctrl-C or SIGTERM Python dropped while this process waited
+                for future in done:
+                    try:
+                        future.result()
+                    except BrokenProcessPool:
+                        raise _lost_worker(pool, self._started, futures) from None
+                    count += 1
+                    finished(*futures[future][:2], count)
+        except BaseException:
+            _stop_workers(pool, todo)
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the workers (after their jobs) and the resource tracker; a later :meth:`run` starts new ones."""
+        if self._pool is None:
+            return
+        for end in (self._started, self._report):
+            if end is not None:
+                end.close()
+        self._pool.shutdown(wait=True)
+        self._pool = self._started = self._report = None
         _end_resource_tracker()
 
 
@@ -196,9 +236,11 @@ def threads_per_job(options: RunOptions, n_jobs: int) -> int:
     return threads_per_worker(options.threads, min(options.workers, n_jobs))
 
 
-def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, workers: int, label: str,
-              progress: bool) -> int:
+def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, workers: int | Workers, label: str,
+             progress: bool) -> int:
     """Run the jobs whose stamp is stale (in parallel when ``workers`` > 1); return how many ran.
+
+    ``workers`` is a count, or the run's :class:`Workers`, which its steps share.
 
     Logs the step's start, each job's end and the step's end with timings. A job whose function
     takes ``progress`` is given a :class:`~linumpy_motor.pipeline.logs.Progress` (a bar when ``progress``
@@ -210,7 +252,8 @@ def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, worke
     start = time.perf_counter()
     resumed = f", {len(jobs) - len(todo)} done before" if len(todo) < len(jobs) else ""
     logger.info("%s: %s to run%s", label, logs.plural(len(todo), "job"), resumed)
-    parallel = workers > 1 and len(todo) > 1
+    count = workers.count if isinstance(workers, Workers) else workers
+    parallel = count > 1 and len(todo) > 1
     bars = progress and not parallel  # bars from several processes would overwrite each other
     todo = [(output, key, function, _with_progress(function, kwargs, f"{label} {output.name}", bars))
             for output, key, function, kwargs in todo]
@@ -225,8 +268,14 @@ def run_jobs(jobs: list[tuple[Path, str, Callable, dict]], stamps: Stamps, worke
     if parallel:
         for output, *_ in todo:
             stamps.invalidate(output)
-        _run_parallel(todo, workers, stamps.outdir, label,
-                      lambda output, key, count: finished(output, key, start, count))
+        def done(output: Path, key: str, count: int) -> None:
+            finished(output, key, start, count)
+
+        if isinstance(workers, Workers):
+            workers.run(todo, label, done)
+        else:
+            with Workers(workers, stamps.outdir) as own:
+                own.run(todo, label, done)
     else:
         for count, (output, key, function, kwargs) in enumerate(todo, start=1):
             stamps.invalidate(output)

@@ -25,10 +25,11 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs, schemas
 from linumpy_motor.io.dataset import check_consistent, discover_slices
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic
+from linumpy_motor.io.schemas import REPORT_PAGE
 from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.pipeline import logs, steps
 from linumpy_motor.pipeline.entry import stopped_by
-from linumpy_motor.pipeline.jobs import run_jobs, threads_per_job
+from linumpy_motor.pipeline.jobs import Workers, run_jobs, threads_per_job
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.pipeline.resume import (
     LOCK_FILE,
@@ -44,7 +45,7 @@ from linumpy_motor.pipeline.resume import (
 )
 from linumpy_motor.qc import summary
 from linumpy_motor.register.flatfield import FLATFIELD_MODES, resolve_flatfield
-from linumpy_motor.stitch.assemble import check_canvas
+from linumpy_motor.stitch.assemble import check_canvas, stitch_slice
 
 __all__ = ["OUTPUT_STAGES", "describe", "output_paths", "planned_outputs", "prefix", "run"]
 
@@ -131,8 +132,10 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
                     logger.info("linumpy-motor %s: %s from %s into %s", __version__,
                                 logs.plural(len(slices), "slice"), source, outdir)
                     try:
-                        with limited_threads(resolve_threads(options.threads)):  # fit, compare, report run here
-                            return _run_locked(slices, grids, paths, _usable_gpu(options), progress, stamps)
+                        # fit, compare and report run in this process; measure and stitch share the workers
+                        with limited_threads(resolve_threads(options.threads)), \
+                                Workers(options.workers, outdir) as workers:
+                            return _run_locked(slices, grids, paths, _usable_gpu(options), progress, stamps, workers)
                     except BaseException as exc:  # the terminal gets the error line from the entry point
                         words, status = stopped_by(exc)
                         logs.to_file_only(logging.ERROR, f"run stopped: {words}" + (
@@ -199,10 +202,7 @@ def _usable_gpu(options: RunOptions) -> RunOptions:
 
 
 def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], paths: dict, options: RunOptions,
-                progress: bool, stamps: Stamps) -> dict:
-    from linumpy_motor.qc.report import REPORT_PAGE, write_report
-    from linumpy_motor.stitch.assemble import stitch_slice
-
+                progress: bool, stamps: Stamps, workers: Workers) -> dict:
     clean(stamps, planned_outputs(paths))
     fingerprints = {slice_id: store_fingerprint(path) for slice_id, path in slices}
     ran: dict[str, int] = {}
@@ -223,7 +223,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
              dict(source=path, output=pairs[sid], slice_id=sid, flatfield=flatfield, use_gpu=options.use_gpu,
                   threads=threads_per_job(options, len(slices)), **measure))
             for sid, path in slices
-        ], stamps, options.workers, "measure", progress)
+        ], stamps, workers, "measure", progress)
         fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance,
                    backlash=options.backlash)
         key = step_key(step="fit", pairs=[file_digest(pairs[sid]) for sid, _ in slices], **fit)
@@ -252,7 +252,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
                             positions=positions(sid), flatfield=flatfield, use_gpu=options.use_gpu,
                             threads=threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
-    ], stamps, options.workers, "stitch", progress)
+    ], stamps, workers, "stitch", progress)
     result: dict[str, Any] = {"outdir": str(outdir), "transform": str(transform),
                               "stitched": [str(p) for p in stitched.values()]}
     if options.transform is None:
@@ -266,7 +266,7 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
                        pairs=[file_digest(p) for p in pairs.values()],
                        compare=[file_digest(p) for p in compare.values()],
                        stitched=[stamps.key_of(p) for p in stitched.values()])
-        ran["report"] = run_jobs([(report_dir, key, write_report, dict(
+        ran["report"] = run_jobs([(report_dir, key, _write_report, dict(
             out_dir=report_dir, transform_file=transform, pairs_files=list(pairs.values()),
             compare_files=list(compare.values()), stitched=list(stitched.values())))], stamps, 1, "report", progress)
         result.update(pairs=[str(p) for p in pairs.values()], compare=[str(p) for p in compare.values()],
@@ -274,6 +274,14 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
                       status=summary.read_status(report_dir))
     result["ran"] = ran
     return result
+
+
+def _write_report(**kwargs) -> Path:
+    """:func:`~linumpy_motor.qc.report.write_report`, whose plotting libraries are imported only when a report
+    is drawn (a resumed run with nothing to do starts in about half the time)."""
+    from linumpy_motor.qc.report import write_report
+
+    return write_report(**kwargs)
 
 
 def describe(result: dict) -> Iterable[str]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from linumpy_motor import interrupts
 from linumpy_motor.io import outputs
-from linumpy_motor.io.schemas import STATUS_FILE
+from linumpy_motor.io.schemas import REPORT_PAGE, STATUS_FILE
 from linumpy_motor.qc import plots
 from linumpy_motor.qc.html import page, section_html, summary_row
 from linumpy_motor.qc.inputs import ReportInputs, load_inputs
@@ -25,7 +25,6 @@ from linumpy_motor.register.fit import describe_transform
 
 __all__ = ["DEFAULT_TITLE", "REPORT_PAGE", "write_report"]
 
-REPORT_PAGE = "report.html"
 """Name of the report's page in its folder."""
 DEFAULT_TITLE = "linumpy-motor QC report"
 """The page's title when none is given."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
-from scipy import sparse, stats
+from scipy import sparse, special
 from scipy.sparse.csgraph import connected_components
 
 from linumpy_motor.errors import FitError, check_choice
@@ -330,7 +330,7 @@ def _backlash_test(X: np.ndarray, Y: np.ndarray, n_groups: int, precision: np.nd
     dof = max(2 * (len(X) - 3 - n_groups), 1)
     variance = max(rss1 / dof, BACKLASH_SCALE_FLOOR_PX**2)
     f = max(rss0 - rss1, 0.0) / 2 / variance
-    return {"backlash_px": with_term[2].tolist(), "f_statistic": f, "p_value": float(stats.f.sf(f, 2, dof)),
+    return {"backlash_px": with_term[2].tolist(), "f_statistic": f, "p_value": float(special.fdtrc(2, dof, f)),
             "rss_with_px2": rss1, "rss_without_px2": rss0, "dof": dof}
 
 
