@@ -273,8 +273,8 @@ def verdict_line(label: str, ok: bool | None, detail: str) -> str:
 def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: float) -> str:
     """The whole results page."""
     import bench_accuracy
+    import bench_runner
     import bench_speed
-    from bench_runner import SPEC as runner_spec
 
     accuracy, speed = sections["accuracy"], sections["speed"]
     stitch_rows, stitch_note = sections["stitch"]
@@ -303,6 +303,7 @@ def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: f
                      "the best-tuned peer", both, f"{speed_text}; accuracy {accuracy_text}"),
         *(verdict_line(*v) for v in stitch_verdicts(*(stitch_rows or ([], [])))),
         *(verdict_line(*v) for v in real_verdicts(sections["real"])),
+        *(verdict_line(*v) for v in bench_runner.verdicts(runner_rows)),
         "",
         "## 1. Accuracy of the motor matrix (synthetic, known truth)",
         "",
@@ -355,12 +356,14 @@ def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: f
         "## 5. Embedded runner end to end (`linumpy-motor run INPUT OUTDIR`)",
         "",
         *([runner_note] if runner_note else [
-            f"{sections['runner_slices']} synthetic slices, grid {runner_spec.nx}x{runner_spec.ny} of "
-            f"{'x'.join(map(str, runner_spec.tile_shape))} tiles: measure, fit, stitch, "
-            "compare, report. The rerun goes over the two-worker output folder and should skip every finished step. "
+            f"{bench_runner.N_SLICES} synthetic slices per input: measure, fit, stitch, compare, report. Fresh runs "
+            f"with one and two workers take turns, best of {bench_runner.REPEATS} each; the resumed rerun goes over "
+            "the two-worker output folder and must skip every step. *fingerprinting*: reading every input "
+            "store's listing (paths, sizes, times), timed alone: a resumed run cannot know less. "
             "*max abs ΔA*: the run's motor_transform.json against the truth.", "",
-            *table(runner_rows, [("run", "run"), ("workers", "workers"), ("seconds", "wall time (s)"),
-                                 ("max_abs_dA_px", "max abs ΔA (px)"), ("error", "error")])]),
+            *table(runner_rows, [("input", "input"), ("run", "run"), ("seconds", "wall time (s)"),
+                                 ("fingerprint_s", "fingerprinting (s)"), ("max_abs_dA_px", "max abs ΔA (px)"),
+                                 ("error", "error")])]),
         "",
         "## 6. Real-image benchmark",
         "",
@@ -456,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = bench_accuracy.SCENARIOS[:1] if args.quick else bench_accuracy.SCENARIOS
     grids = ((6, 7, 1),) if args.quick else bench_speed.GRIDS
     pooled = (4,) if args.quick else bench_speed.POOLED
-    sections: dict = {"n_slices": n_slices, "runner_slices": 2 if args.quick else bench_runner.N_SLICES}
+    sections: dict = {"n_slices": n_slices}
     if args.only == "real":
         run_real(args, installed)
         return 0
@@ -470,7 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log("4/6 GPU")
     sections["gpu"] = bench_speed.gpu_rows(grids, log=log)
     log("5/6 embedded runner")
-    sections["runner"] = bench_runner.run(args.workdir / "runner", n_slices=sections["runner_slices"], log=log)
+    sections["runner"] = bench_runner.run(args.workdir / "runner", log=log, repeats=1 if args.quick else
+                                          bench_runner.REPEATS, inputs=dict(list(bench_runner.INPUTS.items())[:1])
+                                          if args.quick else None)
     log(f"6/6 real-image benchmark (-> {args.real_out})")
     sections["real"] = run_real(args, installed)
     seconds = time.time() - float(os.environ[START_ENV])

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff, outputs
@@ -96,6 +95,8 @@ def _normalised(field_: np.ndarray) -> np.ndarray:
 
 def _make_scene(shape: tuple[int, int, int], spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
     """A clean OCT-like scene ``(Z, H, W)``: tissue blob, structure, speckle, depth attenuation."""
+    from scipy import ndimage  # here, not at the top: every command imports this module for its defaults
+
     nz, height, width = shape
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     ellipse = ((yy - height / 2) / (height / 2)) ** 2 + ((xx - width / 2) / (width / 2)) ** 2
@@ -128,6 +129,8 @@ def vignetting_field(tile_hw: tuple[int, int], strength: float) -> np.ndarray:
 
 
 def _render_tile(filtered: list[np.ndarray], top_left: np.ndarray, tile_hw: tuple[int, int]) -> np.ndarray:
+    from scipy import ndimage
+
     h, w = tile_hw
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     coords = np.stack([yy + top_left[0], xx + top_left[1]])
@@ -157,6 +160,8 @@ def make_slice(spec: SyntheticSpec, seed: int) -> tuple[np.ndarray, dict, np.nda
     scene_plane : np.ndarray
         The clean central Z plane of the scene (no vignetting, no noise).
     """
+    from scipy import ndimage
+
     rng = np.random.default_rng(seed)
     nz, h, w = spec.tile_shape
     A = true_transform(spec)
