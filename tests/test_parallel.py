@@ -115,3 +115,17 @@ def test_a_resumed_run_with_nothing_to_do_imports_no_plotting_or_statistics(tmp_
     resumed = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "measure 0, fit 0, stitch 0, compare 0, report 0" in resumed.stdout
     assert resumed.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "in", "out", "--workers", "3"], 3),
+    (["run", "--workers=2", "in", "out"], 2),
+    (["run", "in", "out"], 1),
+    (["synth", "out", "--workers", "2"], 1),  # not a run
+    (["run", "in", "out", "--workers", "two"], 1),  # the parser says what is wrong, later
+    (["run", "in", "out", "--workers"], 1),
+])
+def test_the_workers_a_run_asks_for_are_read_before_the_program_is_imported(argv, expected):
+    from linumpy_motor.pipeline.worker_server import workers_asked
+
+    assert workers_asked(argv) == expected

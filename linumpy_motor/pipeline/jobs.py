@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context, resource_tracker
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from linumpy_motor import interrupts, memory
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import outputs
 from linumpy_motor.parallel import threads_per_worker
-from linumpy_motor.pipeline import logs
+from linumpy_motor.pipeline import logs, worker_server
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.pipeline.resume import Stamps, claimant
 
@@ -45,37 +45,52 @@ PR_SET_PDEATHSIG = 1
 """Linux ``prctl`` option: the signal a process gets when its parent dies (``<linux/prctl.h>``)."""
 
 
-def _die_with(parent: int) -> None:
-    """Have Linux kill this process with SIGKILL when ``parent`` (the main process) dies, whatever kills it;
-    if it already died (before the request), end now."""
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _die_with(main: int) -> int:
+    """Have Linux kill this process with SIGKILL when its parent dies, whatever kills it: the parent is the fork
+    server (:mod:`~linumpy_motor.pipeline.worker_server`), which ends when the main process ``main`` ends. If
+    the main process is already gone, end now. Returns the parent's pid."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
+    worker_server.let_server_end()
+    parent = os.getppid()
+    if not _alive(main):
         os._exit(1)
+    return parent
 
 
-def _check_claim(parent: int, outdir: Path, token: str | None) -> None:
-    """Before a worker renames an output into place: the main process that started it is alive and its run
-    still holds the output folder (a rerun's outputs are never replaced by a worker of an earlier run)."""
-    if os.getppid() != parent:
+def _check_claim(main: int, parent: int, outdir: Path, token: str | None) -> None:
+    """Before a worker renames an output into place: the main process that started it is alive (and so is the
+    worker's parent, which ends with it) and its run still holds the output folder (a rerun's outputs are never
+    replaced by a worker of an earlier run)."""
+    if os.getppid() != parent or not _alive(main):
         raise InputError(outdir, "the run this worker belonged to has ended; its output is not kept")
     if claimant(outdir) != token:
         raise InputError(outdir, "another linumpy-motor run took over this folder; this worker's output is not kept")
 
 
-def _init_worker(started, log_config: logs.LogConfig, parent: int, outdir: Path, token: str | None) -> None:
-    """Set up a worker: it dies with the main process ``parent`` and renames an output into place only
+def _init_worker(started, log_config: logs.LogConfig, main: int, outdir: Path, token: str | None) -> None:
+    """Set up a worker: it dies with the main process ``main`` and renames an output into place only
     while that process lives and its run (``token``) holds ``outdir`` (:func:`_check_claim`); Ctrl-C is
     left to the main process (it stops the workers: one message, no tracebacks), progress bars lock with a
     thread lock (tqdm's default semaphore would leak when the worker is stopped), and each job's start is
     reported on the pipe ``started`` as ``(pid, label)`` (one short message per write, so writes from
     several workers do not interleave)."""
     global _STARTED
-    _die_with(parent)
+    parent = _die_with(main)
     memory.limit_arenas()
-    outputs.set_claim(functools.partial(_check_claim, parent, outdir, token))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked since birth (Workers.run)
+    outputs.set_claim(functools.partial(_check_claim, main, parent, outdir, token))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # so it was since its birth (worker_server.start)
     std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
     logs.init_worker(log_config)
     _STARTED = started
@@ -168,7 +183,7 @@ class Workers:
 
     def _open(self, jobs: int) -> ProcessPoolExecutor:
         if self._pool is None:
-            context = get_context("spawn")
+            context = worker_server.context()
             # no semaphore: nothing to leak when the run is stopped
             self._started, self._report = context.Pipe(duplex=False)
             self._pool = ProcessPoolExecutor(min(self.count, jobs), mp_context=context, initializer=_init_worker,
@@ -181,18 +196,13 @@ class Workers:
         A failure or a stop ends every worker (:func:`_stop_workers`) before it is raised."""
         pool = self._open(len(todo))
         try:
-            # submit() spawns the workers. A Ctrl-C or SIGTERM waits until it returns (interrupts.deferred): raised
-            # in the middle of a spawn it would leave a worker the pool does not know of, which nothing stops and
-            # which keeps the resource tracker (and so this process) waiting. The workers are born with both
-            # signals blocked (the mask of the thread that spawns them) and unblock them once they ignore Ctrl-C,
-            # so a Ctrl-C during their start-up cannot print a traceback.
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:
-                with interrupts.deferred():
-                    futures = {pool.submit(_call_in_worker, step, _job_label(output, kwargs), function, kwargs):
-                               (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            # submit() starts the workers. A Ctrl-C or SIGTERM waits until it returns (interrupts.deferred): raised
+            # in the middle of a start it would leave a worker the pool does not know of, which nothing stops and
+            # which keeps the resource tracker (and so this process) waiting. The workers are born ignoring
+            # Ctrl-C (worker_server.start), so a Ctrl-C during their start-up cannot print a traceback.
+            with interrupts.deferred():
+                futures = {pool.submit(_call_in_worker, step, _job_label(output, kwargs), function, kwargs):
+                           (output, key, _job_label(output, kwargs)) for output, key, function, kwargs in todo}
             pending, count = set(futures), 0
             while pending:
                 done, pending = wait(pending, timeout=WAIT_S, return_when=FIRST_COMPLETED)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from linumpy_motor import interrupts, memory
 from linumpy_motor.errors import EXIT_BAD_INPUT
+from linumpy_motor.pipeline import worker_server
 
 __all__ = ["PROG", "main"]
 
@@ -23,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     given, a call in-process, the caller's signal handling is put back afterwards)."""
     installed = interrupts.install()
     memory.limit_arenas()
+    if worker_server.workers_asked(sys.argv[1:] if argv is None else argv) > 1:
+        worker_server.start()  # its imports run beside this process's own
     try:
         try:
             from linumpy_motor.pipeline import cli
