@@ -2,7 +2,7 @@
 
 Runs only where ``nextflow`` is on PATH (Nextflow >= 25.10 with the nf-schema plugin it pins); skips with
 the reason otherwise. The tasks run the ``bin/`` scripts with this Python (-profile local). Each real run
-is checked against what a user reads in the README: the published layout, the fitted motor model
+is checked against what a user reads in docs/: the published layout, the fitted motor model
 against the synthetic truth, what ``-resume`` reuses, the commands each task ran (``.command.sh``, parsed
 by the script's own parser), and the one-line refusals of bad params and samplesheets. The library's
 rules are run beside Nextflow's on the same inputs (slice ids, samplesheets).
@@ -34,7 +34,7 @@ PARSERS = ["v1", "v2"]  # Nextflow 25.10's default config and script parser, and
 
 pytestmark = [
     pytest.mark.skipif(NEXTFLOW is None, reason="nextflow is not on PATH (the real-runtime tests need Nextflow "
-                                                ">= 25.10; README: Tests)"),
+                                                ">= 25.10; docs/usage.md: Tests of the pipeline)"),
     pytest.mark.slow,
 ]
 
