@@ -43,3 +43,27 @@ def ticked(text: str) -> list[str]:
 
 def code_blocks(text: str, language: str = "") -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL)
+
+
+def documented_layout(block: int) -> list[str]:
+    """The paths of a layout block of docs/output.md, relative to OUTDIR (a folder ends with ``/``)."""
+    lines = code_blocks(section(OUTPUT, "Layout"))[block].splitlines()
+    assert lines[0] == "OUTDIR/"
+    return [line.split()[0] for line in lines[1:]]
+
+
+def as_pattern(path: str) -> re.Pattern:
+    """A documented path as a pattern: ``NN`` a slice id, a folder anything under it."""
+    pattern = re.escape(path).replace("NN", r"\d{2,}")
+    return re.compile(pattern + (".*" if path.endswith("/") else ""))
+
+
+def written(outdir: Path) -> list[str]:
+    """What a run wrote under ``outdir``: its files, a stitched store counted as one."""
+    found = []
+    for path in sorted(outdir.rglob("*")):
+        relative = path.relative_to(outdir).as_posix()
+        inside_store = ".ome.zarr/" in relative
+        if not inside_store and (path.is_file() or relative.endswith(".ome.zarr")):
+            found.append(relative)
+    return found

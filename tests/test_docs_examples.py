@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from doc_tables import OUTPUT, REPO, USAGE, code_blocks, section, ticked
+from doc_tables import OUTPUT, REPO, USAGE, as_pattern, code_blocks, documented_layout, section, ticked, written
 
 from linumpy_motor.pipeline import logs
 from linumpy_motor.pipeline.entry import EXIT_NOT_OK
@@ -90,30 +90,6 @@ def test_the_log_file_ends_with_the_summary_and_the_exit_status(example_run):
     summary = done.stdout.splitlines()
     assert [line.split(" INFO ", 1)[-1] for line in log[-len(summary) - 1:]] == [*summary,
                                                                                 f"exit status {EXIT_NOT_OK}"]
-
-
-def documented_layout(block: int) -> list[str]:
-    """The paths of a layout block of docs/output.md, relative to OUTDIR (a folder ends with ``/``)."""
-    lines = code_blocks(section(OUTPUT, "Layout"))[block].splitlines()
-    assert lines[0] == "OUTDIR/"
-    return [line.split()[0] for line in lines[1:]]
-
-
-def as_pattern(path: str) -> re.Pattern:
-    """A documented path as a pattern: ``NN`` a slice id, a folder anything under it."""
-    pattern = re.escape(path).replace("NN", r"\d{2,}")
-    return re.compile(pattern + (".*" if path.endswith("/") else ""))
-
-
-def written(outdir: Path) -> list[str]:
-    """What a run wrote under ``outdir``: its files, a stitched store counted as one."""
-    found = []
-    for path in sorted(outdir.rglob("*")):
-        relative = path.relative_to(outdir).as_posix()
-        inside_store = ".ome.zarr/" in relative
-        if not inside_store and (path.is_file() or relative.endswith(".ome.zarr")):
-            found.append(relative)
-    return found
 
 
 def test_the_documented_layout_is_what_the_run_writes(example_run):

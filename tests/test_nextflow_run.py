@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from doc_tables import as_pattern, documented_layout, written
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.dataset import discover_slices
@@ -121,6 +122,12 @@ def test_test_profile_publishes_the_documented_layout(test_profile):
         assert (out / name).exists(), name
     assert sorted(p.name for p in (out / "synthetic").glob("*.ome.zarr")) == ["mosaic_grid_3d_z00.ome.zarr",
                                                                              "mosaic_grid_3d_z01.ome.zarr"]
+    documented = [as_pattern(path) for path in documented_layout(0) + documented_layout(1)]
+    for path in written(out):  # docs/output.md names every file published
+        assert any(pattern.fullmatch(path) for pattern in documented), f"{path} is not in docs/output.md"
+    for path in documented_layout(1):
+        if path.startswith("pipeline_info/"):
+            assert (out / path).exists(), f"docs/output.md: {path} is not published"
 
 
 def test_test_profile_fits_the_synthetic_truth(test_profile):
