@@ -164,6 +164,17 @@ def test_the_quick_start_commands_are_makefile_targets():
     assert {command[1] for command in commands} <= makefile_targets()
 
 
+def test_the_quick_start_names_the_folders_make_demo_writes():
+    from linumpy_motor.qc.report import REPORT_PAGE
+
+    makefile = (REPO / "Makefile").read_text()
+    demo = re.search(r"^DEMO\s*\?=\s*(\S+)", makefile, re.MULTILINE).group(1)
+    run = next(line for line in makefile.splitlines() if "linumpy-motor run" in line).split()
+    data, out = (word.replace("$(DEMO)", demo) for word in run[-2:])
+    named = ticked(section(README, "Quick start"))
+    assert {f"{data}/", f"{out}/", f"{out}/report/{REPORT_PAGE}"} <= set(named)
+
+
 def command_lines(program: str) -> list[list[str]]:
     """Every command line of a bash block of the docs that runs ``program`` (continuations joined)."""
     found = []
