@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
+# pytest-xdist processes for `make test` (0: one process). Tests of one file share a process (--dist
+# loadfile): their module fixtures are made once, and the real-Nextflow tests never run side by side.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint bench clean
 
@@ -22,7 +25,7 @@ demo: install
 
 # Lint and type checks first (configured in pyproject.toml), then the test suite.
 test: install lint
-	PATH="$(CURDIR)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

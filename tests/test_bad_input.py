@@ -853,20 +853,20 @@ def test_a_slice_without_tissue_among_good_ones_is_flagged_not_fatal(tmp_path, c
     assert status["0"]["status"] != "failed" and status["1"]["status"] != "failed"
 
 
-def readme_failure_messages() -> list[str]:
-    """The messages of the README's "Failure modes" table (first column, back-quoted, ``...`` = anything)."""
-    section = (REPO / "README.md").read_text().split("## Failure modes", 1)[1].split("\n## ", 1)[0]
+def documented_failure_messages() -> list[str]:
+    """The messages of docs/usage.md's "Failure modes" table (first column, back-quoted, ``...`` = anything)."""
+    section = (REPO / "docs" / "usage.md").read_text().split("## Failure modes", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
     return [message for row in rows for message in re.findall(r"`([^`]+)`", row)]
 
 
-def test_every_message_of_the_readme_failure_table_is_one_the_commands_give(outcomes):
+def test_every_message_of_the_documented_failure_table_is_one_the_commands_give(outcomes):
     lines = [result.stderr for result in outcomes.done.values()]
     not_run = [problem for inv in outcomes.invocations.values() if inv.skip for problem in inv.problems]
-    messages = readme_failure_messages()
+    messages = documented_failure_messages()
     assert len(messages) >= 10
     for message in messages:
         pattern = ".*".join(re.escape(part.strip()) for part in message.split("..."))
         if any(re.search(pattern, problem) for problem in not_run):
             continue  # its case cannot be set up here (see the skipped case)
-        assert any(re.search(pattern, line) for line in lines), f"README message {message!r} is never given"
+        assert any(re.search(pattern, line) for line in lines), f"docs/usage.md message {message!r} is never given"

@@ -1,27 +1,25 @@
 """The exit codes' numbers: the one test where they are ground truth (every other test imports
-``linumpy_motor.pipeline.entry.EXIT_*``), and the README quoting them."""
+``linumpy_motor.pipeline.entry.EXIT_*``), and the docs' table of them."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import signal
-from pathlib import Path
 
 import pytest
+from doc_tables import DOCS, USAGE, section, table, ticked
 
-from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NOT_OK, EXIT_TERMINATED
+from linumpy_motor.errors import InputError, Terminated
+from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NOT_OK, EXIT_TERMINATED, stopped_by
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 CODES = {"EXIT_BAD_INPUT": EXIT_BAD_INPUT, "EXIT_NOT_OK": EXIT_NOT_OK, "EXIT_INTERRUPTED": EXIT_INTERRUPTED,
          "EXIT_TERMINATED": EXIT_TERMINATED}
 
 
-def failure_modes() -> str:
-    """The README's "Failure modes" section, up to the next heading, on one line."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Failure modes\n", 1)[1].split("\n#", 1)[0]
-    return " ".join(section.split())
+def documented_codes() -> dict[int, list[str]]:
+    """docs/usage.md's table of exit codes: code -> its row."""
+    return {int(row[0]): row for row in table(section(USAGE, "Exit codes"))}
 
 
 def test_exit_codes_are_the_documented_numbers():
@@ -35,20 +33,27 @@ def test_exit_codes_are_the_documented_numbers():
     assert len({0, 1, *CODES.values()}) == len(CODES) + 2, "each exit code must mean one thing"
 
 
-@pytest.mark.parametrize("name, statement", [
-    ("EXIT_BAD_INPUT", r"Every command exits with code (\d+) and prints one error line"),
-    ("EXIT_NOT_OK", r"A finished run exits 0, or (\d+) with `--fail-on`"),
-    ("EXIT_INTERRUPTED", r"Ctrl-C exits (\d+) with `interrupted"),
-    ("EXIT_TERMINATED", r"SIGTERM \([^)]*\) exits (\d+) with `terminated"),
-])
-def test_failure_modes_quotes_each_exit_code(name, statement):
-    found = re.search(statement, failure_modes())
-    assert found, f"README's Failure modes no longer says {statement!r}: update this test with it"
-    assert int(found.group(1)) == CODES[name], f"README quotes {found.group(1)} for {name} = {CODES[name]}"
+def test_the_documented_exit_codes_are_the_program_s():
+    assert set(documented_codes()) == {0, *CODES.values()}
 
 
-def test_every_exit_code_the_readme_quotes_is_one_the_program_uses():
-    """'exits 3', 'exit code was 3', 'exit with code 3' anywhere in the README (Nextflow's own 'exit status' aside)."""
-    quoted = re.findall(r"\bexit(?:s|ed)?(?: with)?(?: code)?(?: was)? (\d+)\b", " ".join(README.read_text().split()))
-    assert quoted, "the README quotes no exit code"
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), Terminated(), InputError("FILE", "PROBLEM")],
+                         ids=["ctrl-c", "sigterm", "bad input"])
+def test_each_stop_s_code_is_documented_with_the_line_the_program_prints(stop):
+    """The row of the code a stop exits with quotes what the program prints last (``PROG: `` aside)."""
+    words, code = stopped_by(stop)
+    printed = ticked(documented_codes()[code][2])
+    assert any(words == line.removeprefix("PROG: ") for line in printed), (code, words, printed)
+
+
+def test_fail_on_exits_with_the_code_documented_for_it():
+    """The option that gives the not-ok code is named in that code's row."""
+    assert "--fail-on" in ticked(documented_codes()[EXIT_NOT_OK][1])
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_exit_code_the_docs_quote_is_one_the_program_uses(doc):
+    """'exits 3', 'exit code 3', 'exit with code 3' anywhere in README.md and docs/ (Nextflow's own 'exit status'
+    and the scheduler's task statuses aside)."""
+    quoted = re.findall(r"\bexit(?:s|ed)?(?: with)?(?: code)?(?: was)? (\d+)\b", " ".join(doc.read_text().split()))
     assert {int(code) for code in quoted} <= {0, *CODES.values()}, quoted

@@ -21,7 +21,7 @@ LAYERS = (
     ("linumpy_motor.pipeline",),
     ("linumpy_motor.mosaic",),
 )
-"""From the bottom up; README's "Development" map shows the same order."""
+"""From the bottom up; docs/development.md's map shows the same order."""
 
 
 def _module_name(path: Path) -> str:

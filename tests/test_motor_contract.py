@@ -3,7 +3,7 @@
 Written from upstream's documentation (``tests/data/linumpy_mosaic_motor_api.txt``) and its documented
 behaviour (issue 20: rounding, fallbacks, key sets, side effects, logger); the numbers may be better,
 nothing else may differ. Upstream's own test file and scripts are run against the façade outside this
-repository (README, "The drop-in façade").
+repository (docs/usage.md, "The library: a drop-in for linumpy.mosaic.motor").
 """
 
 from __future__ import annotations

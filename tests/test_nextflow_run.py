@@ -2,7 +2,7 @@
 
 Runs only where ``nextflow`` is on PATH (Nextflow >= 25.10 with the nf-schema plugin it pins); skips with
 the reason otherwise. The tasks run the ``bin/`` scripts with this Python (-profile local). Each real run
-is checked against what a user reads in the README: the published layout, the fitted motor model
+is checked against what a user reads in docs/: the published layout, the fitted motor model
 against the synthetic truth, what ``-resume`` reuses, the commands each task ran (``.command.sh``, parsed
 by the script's own parser), and the one-line refusals of bad params and samplesheets. The library's
 rules are run beside Nextflow's on the same inputs (slice ids, samplesheets).
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from doc_tables import as_pattern, documented_layout, written
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.dataset import discover_slices
@@ -34,7 +35,7 @@ PARSERS = ["v1", "v2"]  # Nextflow 25.10's default config and script parser, and
 
 pytestmark = [
     pytest.mark.skipif(NEXTFLOW is None, reason="nextflow is not on PATH (the real-runtime tests need Nextflow "
-                                                ">= 25.10; README: Tests)"),
+                                                ">= 25.10; docs/usage.md: Tests of the pipeline)"),
     pytest.mark.slow,
 ]
 
@@ -121,6 +122,12 @@ def test_test_profile_publishes_the_documented_layout(test_profile):
         assert (out / name).exists(), name
     assert sorted(p.name for p in (out / "synthetic").glob("*.ome.zarr")) == ["mosaic_grid_3d_z00.ome.zarr",
                                                                              "mosaic_grid_3d_z01.ome.zarr"]
+    documented = [as_pattern(path) for path in documented_layout(0) + documented_layout(1)]
+    for path in written(out):  # docs/output.md names every file published
+        assert any(pattern.fullmatch(path) for pattern in documented), f"{path} is not in docs/output.md"
+    for path in documented_layout(1):
+        if path.startswith("pipeline_info/"):
+            assert (out / path).exists(), f"docs/output.md: {path} is not published"
 
 
 def test_test_profile_fits_the_synthetic_truth(test_profile):

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from linumpy_motor.pipeline import cli, options, steps
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.register import fit, measure
-from linumpy_motor.register.correlation import MAX_SHIFT_DEFAULT_TEXT
 from linumpy_motor.stitch import assemble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,26 +107,6 @@ def test_library_defaults_are_the_models(function, names):
     parameters = inspect.signature(function).parameters
     for option, parameter in names.items():
         assert parameters[parameter].default == RunOptions.model_fields[option].default, (function.__name__, option)
-
-
-def _readme_defaults() -> dict[str, str]:
-    """The README's option table of ``linumpy-motor run``: ``--flag`` -> its default column."""
-    rows = {}
-    for line in (REPO / "README.md").read_text().splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0].startswith("`--"):
-            rows[cells[0].strip("`").split()[0].rstrip(",`")] = cells[1]
-    return rows
-
-
-def test_the_readme_states_the_models_defaults():
-    documented = _readme_defaults()
-    for name, field in RunOptions.model_fields.items():
-        flag = f"--no-{name.replace('_', '-')}" if field.default is True else f"--{name.replace('_', '-')}"
-        assert flag in documented, f"README's option table lacks {flag}"
-        if field.default is not None and not isinstance(field.default, bool):
-            assert documented[flag] == str(field.default), flag
-    assert documented["--max-shift"] == MAX_SHIFT_DEFAULT_TEXT
 
 
 def test_the_stitch_cache_size_is_checked_like_every_option(capsys):
