@@ -96,30 +96,38 @@ def _tukey(size: int, alpha: float, offset: np.ndarray | float = 0.0) -> np.ndar
 
 
 def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, real: bool = False,
-                 taper_alpha: float = 1.0, b_offsets: np.ndarray | None = None):
+                 taper_alpha: float = 1.0, b_offsets: np.ndarray | None = None, a_spectrum=None):
     """Whitened cross-power spectrum of window batches, low-passed by a Gaussian of ``filter_sigma`` px.
 
     ``real`` returns the half spectrum (``rfft2``), enough for a real correlation surface;
     ``taper_alpha`` is the Tukey taper applied to the windows first (1: Hann). ``b_offsets``
     ``(n, 2)`` moves each ``b``'s taper by that shift, so that it follows the content: when
     ``a(x) = b(x - s)`` and the offset is ``s``, the tapered windows are exact shifted copies and
-    the taper cannot pull the peak towards zero.
+    the taper cannot pull the peak towards zero. ``a_spectrum``: ``a``'s :func:`_spectrum` when it is
+    already known (``a`` is then only read for its shape).
     """
     ny, nx = a.shape[1:]
-    taper = xp.asarray(_taper(ny, nx, taper_alpha))
-    taper_b = taper
-    if b_offsets is not None:
+    if a_spectrum is None:
+        a_spectrum = _spectrum(a, xp, fft, xp.asarray(_taper(ny, nx, taper_alpha)), real)
+    if b_offsets is None:
+        taper_b = xp.asarray(_taper(ny, nx, taper_alpha))
+    else:
         wy, wx = _tukey(ny, taper_alpha, b_offsets[:, 0]), _tukey(nx, taper_alpha, b_offsets[:, 1])
         taper_b = xp.asarray(wy[:, :, None] * wx[:, None, :], dtype=xp.float32)
-    a = (a - a.mean(axis=(1, 2), keepdims=True)) * taper
-    b = (b - b.mean(axis=(1, 2), keepdims=True)) * taper_b
-    transform = fft.rfft2 if real else fft.fft2
-    product = transform(a) * xp.conj(transform(b))
+    product = a_spectrum * xp.conj(_spectrum(b, xp, fft, taper_b, real))
     magnitude = xp.abs(product)
-    product /= magnitude + 1e-12 * magnitude.max() + np.finfo(np.float32).tiny
+    gain = 1 / (magnitude + (1e-12 * magnitude.max() + np.finfo(np.float32).tiny))
     if filter_sigma > 0:
-        product *= xp.asarray(_low_pass(ny, nx, filter_sigma, real))
+        gain *= xp.asarray(_low_pass(ny, nx, filter_sigma, real))
+    product *= gain  # one pass over the complex spectrum: whitened and low-passed
     return product
+
+
+def _spectrum(x, xp: ModuleType, fft: ModuleType, taper, real: bool):
+    """The (half, when ``real``) spectrum of a window batch less each window's mean, tapered."""
+    centred = x - x.mean(axis=(1, 2), keepdims=True)
+    centred *= taper
+    return fft.rfft2(centred) if real else fft.fft2(centred)
 
 
 @lru_cache(maxsize=256)
@@ -257,14 +265,21 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
     active = np.ones(len(shifts), dtype=bool)
+    known: dict[int, tuple[tuple[int, int], object]] = {}  # pair -> (its integer shift, a's spectrum there)
     for _ in range(REFINE_PASSES):
         found = residual.copy()
         for shape in {tuple(s) for s in np.abs(integer[active]).tolist()}:
             members = np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
             views = [_overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
             pa, pb = np.stack([va for va, _ in views]), np.stack([vb for _, vb in views])
-            product = _cross_power(xp.asarray(pa, dtype=xp.float32), xp.asarray(pb, dtype=xp.float32), xp, fft,
-                                   filter_sigma, real=True, taper_alpha=taper_alpha, b_offsets=residual[members])
+            new = [m for m, k in enumerate(members) if known.get(k, (None,))[0] != tuple(integer[k])]
+            if new:  # a's crop is new: its spectrum (a's taper does not move)
+                taper = xp.asarray(_taper(*pa.shape[1:], taper_alpha))
+                spectra = _spectrum(xp.asarray(pa[new], dtype=xp.float32), xp, fft, taper, True)
+                known.update((members[m], (tuple(integer[members[m]]), spectra[q])) for q, m in enumerate(new))
+            a_spectrum = xp.stack([known[k][1] for k in members])
+            product = _cross_power(pa, xp.asarray(pb, dtype=xp.float32), xp, fft, filter_sigma, real=True,
+                                   taper_alpha=taper_alpha, b_offsets=residual[members], a_spectrum=a_spectrum)
             found[members] = _upsampled_peaks(product, upsample, xp, pa.shape[-1])
         moved = np.abs(found - residual).max(axis=1)
         recentre = np.round(found).astype(int)
