@@ -21,12 +21,14 @@ from scipy import ndimage
 from linumpy_motor.backend import to_numpy
 
 __all__ = ["FILTER_SIGMA", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "PairShift",
-           "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts", "measure_steps",
+           "REFINE_MAX_RATIO", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts",
+           "measure_steps",
            "ncc_at", "refine_shifts", "search_bound", "search_limit"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
 REFINE_TOLERANCE = 0.002  # px
+REFINE_MAX_RATIO = 0.5  # moves shrinking slower than this from pass to pass are not extrapolated
 FILTER_SIGMA = 1.0  # px: default Gaussian low-pass of the whitened spectrum
 UPSAMPLE = 10  # default upsampling of the sub-pixel refinement
 MAX_SHIFT_FRACTION = 0.1
@@ -258,14 +260,17 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     in 16 px), enough to pick the wrong integer. So the refinement is iterated: each pass moves
     ``b``'s taper by the current estimate (:func:`_cross_power`), which leaves a bias of that
     fraction of the current error (the fixed point is unbiased); a residual beyond half a pixel
-    moves the integer shift and the overlap cut. Pairs that moved less than ``REFINE_TOLERANCE``
-    stop; at most ``REFINE_PASSES`` passes. Pairs whose integer shifts have the same magnitudes have
-    same-shaped overlaps and are refined in one batch.
+    moves the integer shift and the overlap cut. A pair stops when its pass moved it less than
+    ``REFINE_TOLERANCE``, or when the passes to come would: the moves shrink geometrically (a twentieth
+    pass to pass on real images), so from the last two moves their sum is known and added, which
+    saves the pass that would only have confirmed convergence; at most ``REFINE_PASSES`` passes. Pairs
+    whose integer shifts have the same magnitudes have same-shaped overlaps and are refined in one batch.
     """
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
     active = np.ones(len(shifts), dtype=bool)
     known: dict[int, tuple[tuple[int, int], object]] = {}  # pair -> (its integer shift, a's spectrum there)
+    previous, passes = np.zeros(shifts.shape), 0
     for _ in range(REFINE_PASSES):
         found = residual.copy()
         for shape in {tuple(s) for s in np.abs(integer[active]).tolist()}:
@@ -281,11 +286,22 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
             product = _cross_power(pa, xp.asarray(pb, dtype=xp.float32), xp, fft, filter_sigma, real=True,
                                    taper_alpha=taper_alpha, b_offsets=residual[members], a_spectrum=a_spectrum)
             found[members] = _upsampled_peaks(product, upsample, xp, pa.shape[-1])
-        moved = np.abs(found - residual).max(axis=1)
+        step = found - residual
+        moved = np.abs(step).max(axis=1)
+        # each pass moves about a fixed fraction of the one before (the taper's bias shrinks with the error):
+        # a pair whose next moves, summed, would stay under the tolerance stops here, their sum added
+        ratio = np.linalg.norm(step, axis=1) / np.maximum(np.linalg.norm(previous, axis=1), 1e-12) if passes \
+            else np.ones(len(step))
+        remainder = step * (ratio / (1 - np.minimum(ratio, REFINE_MAX_RATIO)))[:, None]
+        geometric = (ratio < REFINE_MAX_RATIO) & (np.abs(remainder).max(axis=1) < REFINE_TOLERANCE)
+        stopping = active & ((moved <= REFINE_TOLERANCE) | geometric) & ~np.round(found).any(axis=1)
+        found[stopping & geometric] += remainder[stopping & geometric]
         recentre = np.round(found).astype(int)
         integer += recentre
         residual = found - recentre
-        active &= (moved > REFINE_TOLERANCE) | recentre.any(axis=1)
+        previous = step
+        passes += 1
+        active &= ~stopping
         if not active.any():
             break
     return integer + residual
