@@ -129,6 +129,8 @@ class _Candidates:
     a: list[np.ndarray] = field(default_factory=list)
     b: list[np.ndarray] = field(default_factory=list)
     levels: list[tuple[float, float]] = field(default_factory=list)
+    filled: list[float] = field(default_factory=list)
+    """Per pair, the smaller of its two windows' fractions of non-zero pixels."""
 
     def deltas(self, k: int) -> tuple[int, int]:
         """``(row_delta, col_delta)`` of pair ``k``."""
@@ -227,8 +229,11 @@ def measure_grid_pairs(
                 continue
             windows = [_pair_windows(top, bottom, j, tile_hw, steps, horizontal) for j in columns]
             a = np.stack([wa for wa, _ in windows])
-            levels = np.stack([a.mean(axis=(1, 2)), np.stack([wb for _, wb in windows]).mean(axis=(1, 2))], axis=1)
-            b = np.stack([match_histograms(wb, wa) if options.histogram_match else wb for wa, wb in windows])
+            b = np.stack([wb for _, wb in windows])
+            levels = np.stack([a.mean(axis=(1, 2)), b.mean(axis=(1, 2))], axis=1)
+            if options.histogram_match:
+                b = np.stack([match_histograms(wb, wa) for wa, wb in zip(a, b)])
+            found.filled.extend(np.minimum((a != 0).mean(axis=(1, 2)), (b != 0).mean(axis=(1, 2))).tolist())
             null_sample.add(horizontal, zip(a, b))
             step_sample.add(horizontal, (_pair_tiles(top, bottom, j, tile_hw, horizontal) for j in columns))
             results = measure_shifts(a, b, search_bound(limit, a.shape[1:]), subpixel=False, xp=xp, fft=fft,
@@ -308,7 +313,7 @@ def _split_empty(found: _Candidates, threshold: float | None,
     empty, kept, skipped = [], [], []
     for k, (a, b) in enumerate(zip(found.a, found.b)):
         if threshold is None or max_empty_fraction is None:  # no threshold without a max fraction
-            fraction = 1.0 - min(float(np.mean(a != 0)), float(np.mean(b != 0)))
+            fraction = 1.0 - found.filled[k]
             too_empty = fraction > MAX_EMPTY_DEFAULT
         else:
             fraction = max(float(np.mean(a <= threshold)), float(np.mean(b <= threshold)))
@@ -521,6 +526,8 @@ class _Normalised:
         if self.mapping is None:  # only zeros so far: nothing to map
             return block
         offset, scale = self.mapping
+        if offset == 0:  # positive data are only scaled: zeros stay zeros (one float32 pass per block)
+            return np.multiply(block, np.float32(1 / scale), dtype=np.float32)
         mapped = ((block.astype(np.float64) - offset) / scale).astype(np.float32)
         return np.where(block == 0, np.float32(0), mapped)
 
