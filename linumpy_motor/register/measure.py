@@ -245,7 +245,8 @@ def measure_grid_pairs(
                 found.a.append(a[k])
                 found.b.append(b[k])
                 found.levels.append((float(levels[k][0]), float(levels[k][1])))
-            samples.extend(x[::4, ::4].ravel() for x in (a, b))
+            if options.max_empty_fraction is not None:  # the Otsu threshold's sample, needed only then
+                samples.extend(x[::4, ::4].ravel() for x in (a, b))
         if bottom is not None:  # else this was the last tile row
             top = bottom
         if progress is not None:
