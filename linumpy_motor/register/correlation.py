@@ -282,12 +282,14 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
             members = np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
             views = [_overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
             pa, pb = np.stack([va for va, _ in views]), np.stack([vb for _, vb in views])
-            new = [m for m, k in enumerate(members) if known.get(k, (None,))[0] != tuple(integer[k])]
+            keys = [int(k) for k in members]
+            at = [(int(integer[k, 0]), int(integer[k, 1])) for k in keys]
+            new = [m for m, k in enumerate(keys) if k not in known or known[k][0] != at[m]]
             if new:  # a's crop is new: its spectrum (a's taper does not move)
                 taper = xp.asarray(_taper(*pa.shape[1:], taper_alpha))
                 spectra = _spectrum(xp.asarray(pa[new], dtype=xp.float32), xp, fft, taper, True)
-                known.update((members[m], (tuple(integer[members[m]]), spectra[q])) for q, m in enumerate(new))
-            a_spectrum = xp.stack([known[k][1] for k in members])
+                known.update((keys[m], (at[m], spectra[q])) for q, m in enumerate(new))
+            a_spectrum = xp.stack([known[k][1] for k in keys])
             product = _cross_power(pa, xp.asarray(pb, dtype=xp.float32), xp, fft, filter_sigma, real=True,
                                    taper_alpha=taper_alpha, b_offsets=residual[members], a_spectrum=a_spectrum)
             found[members] = _upsampled_peaks(product, upsample, xp, pa.shape[-1])
