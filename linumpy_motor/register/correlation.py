@@ -21,13 +21,15 @@ from scipy import ndimage
 from linumpy_motor.backend import to_numpy
 
 __all__ = ["CANDIDATE_PEAK_RATIO", "FILTER_SIGMA", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX",
-           "PairShift", "REFINE_MAX_RATIO", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE",
-           "measure_shifts", "measure_steps", "ncc_at", "refine_shifts", "search_bound", "search_limit"]
+           "PairShift", "REFINE_BATCH_BYTES", "REFINE_MAX_RATIO", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE",
+           "UPSAMPLE", "measure_shifts", "measure_steps", "ncc_at", "refine_shifts", "search_bound", "search_limit"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
 REFINE_TOLERANCE = 0.002  # px
 REFINE_MAX_RATIO = 0.5  # moves shrinking slower than this from pass to pass are not extrapolated
+REFINE_BATCH_BYTES = 2 * 2**20
+"""Window data (per side) refined in one batch: batches that stay in the CPU's cache."""
 CANDIDATE_PEAK_RATIO = 0.5
 """A correlation peak lower than half of a pair's highest is not a candidate: no NCC is computed for it (the
 NCC check is for peaks that contest the best, such as repeated texture's; on real-image mosaics the lower
@@ -269,7 +271,8 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     ``REFINE_TOLERANCE``, or when the passes to come would: the moves shrink geometrically (a twentieth
     pass to pass on real images), so from the last two moves their sum is known and added, which
     saves the pass that would only have confirmed convergence; at most ``REFINE_PASSES`` passes. Pairs
-    whose integer shifts have the same magnitudes have same-shaped overlaps and are refined in one batch.
+    whose integer shifts have the same magnitudes have same-shaped overlaps and are refined together, in
+    batches of :data:`REFINE_BATCH_BYTES`.
     """
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
@@ -278,8 +281,10 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     previous, passes = np.zeros(shifts.shape), 0
     for _ in range(REFINE_PASSES):
         found = residual.copy()
-        for shape in {tuple(s) for s in np.abs(integer[active]).tolist()}:
-            members = np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
+        groups = (np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
+                  for shape in {tuple(s) for s in np.abs(integer[active]).tolist()})
+        size = max(1, REFINE_BATCH_BYTES // (4 * a.shape[1] * a.shape[2]))
+        for members in (group[start:start + size] for group in groups for start in range(0, len(group), size)):
             views = [_overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
             pa, pb = np.stack([va for va, _ in views]), np.stack([vb for _, vb in views])
             keys = [int(k) for k in members]
