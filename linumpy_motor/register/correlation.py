@@ -20,13 +20,20 @@ from scipy import ndimage
 
 from linumpy_motor.backend import to_numpy
 
-__all__ = ["FILTER_SIGMA", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "PairShift",
-           "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts", "measure_steps",
-           "ncc_at", "refine_shifts", "search_bound", "search_limit"]
+__all__ = ["CANDIDATE_PEAK_RATIO", "FILTER_SIGMA", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX",
+           "PairShift", "REFINE_BATCH_BYTES", "REFINE_MAX_RATIO", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE",
+           "UPSAMPLE", "measure_shifts", "measure_steps", "ncc_at", "refine_shifts", "search_bound", "search_limit"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
 REFINE_TOLERANCE = 0.002  # px
+REFINE_MAX_RATIO = 0.5  # moves shrinking slower than this from pass to pass are not extrapolated
+REFINE_BATCH_BYTES = 2 * 2**20
+"""Window data (per side) refined in one batch: batches that stay in the CPU's cache."""
+CANDIDATE_PEAK_RATIO = 0.5
+"""A correlation peak lower than half of a pair's highest is not a candidate: no NCC is computed for it (the
+NCC check is for peaks that contest the best, such as repeated texture's; on real-image mosaics the lower
+peaks of well-correlated pairs never won, and skipping them halves the NCC work)."""
 FILTER_SIGMA = 1.0  # px: default Gaussian low-pass of the whitened spectrum
 UPSAMPLE = 10  # default upsampling of the sub-pixel refinement
 MAX_SHIFT_FRACTION = 0.1
@@ -96,30 +103,38 @@ def _tukey(size: int, alpha: float, offset: np.ndarray | float = 0.0) -> np.ndar
 
 
 def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, real: bool = False,
-                 taper_alpha: float = 1.0, b_offsets: np.ndarray | None = None):
+                 taper_alpha: float = 1.0, b_offsets: np.ndarray | None = None, a_spectrum=None):
     """Whitened cross-power spectrum of window batches, low-passed by a Gaussian of ``filter_sigma`` px.
 
     ``real`` returns the half spectrum (``rfft2``), enough for a real correlation surface;
     ``taper_alpha`` is the Tukey taper applied to the windows first (1: Hann). ``b_offsets``
     ``(n, 2)`` moves each ``b``'s taper by that shift, so that it follows the content: when
     ``a(x) = b(x - s)`` and the offset is ``s``, the tapered windows are exact shifted copies and
-    the taper cannot pull the peak towards zero.
+    the taper cannot pull the peak towards zero. ``a_spectrum``: ``a``'s :func:`_spectrum` when it is
+    already known (``a`` is then only read for its shape).
     """
     ny, nx = a.shape[1:]
-    taper = xp.asarray(_taper(ny, nx, taper_alpha))
-    taper_b = taper
-    if b_offsets is not None:
+    if a_spectrum is None:
+        a_spectrum = _spectrum(a, xp, fft, xp.asarray(_taper(ny, nx, taper_alpha)), real)
+    if b_offsets is None:
+        taper_b = xp.asarray(_taper(ny, nx, taper_alpha))
+    else:
         wy, wx = _tukey(ny, taper_alpha, b_offsets[:, 0]), _tukey(nx, taper_alpha, b_offsets[:, 1])
         taper_b = xp.asarray(wy[:, :, None] * wx[:, None, :], dtype=xp.float32)
-    a = (a - a.mean(axis=(1, 2), keepdims=True)) * taper
-    b = (b - b.mean(axis=(1, 2), keepdims=True)) * taper_b
-    transform = fft.rfft2 if real else fft.fft2
-    product = transform(a) * xp.conj(transform(b))
+    product = a_spectrum * xp.conj(_spectrum(b, xp, fft, taper_b, real))
     magnitude = xp.abs(product)
-    product /= magnitude + 1e-12 * magnitude.max() + np.finfo(np.float32).tiny
+    gain = 1 / (magnitude + (1e-12 * magnitude.max() + np.finfo(np.float32).tiny))
     if filter_sigma > 0:
-        product *= xp.asarray(_low_pass(ny, nx, filter_sigma, real))
+        gain *= xp.asarray(_low_pass(ny, nx, filter_sigma, real))
+    product *= gain  # one pass over the complex spectrum: whitened and low-passed
     return product
+
+
+def _spectrum(x, xp: ModuleType, fft: ModuleType, taper, real: bool):
+    """The (half, when ``real``) spectrum of a window batch less each window's mean, tapered."""
+    centred = x - x.mean(axis=(1, 2), keepdims=True)
+    centred *= taper
+    return fft.rfft2(centred) if real else fft.fft2(centred)
 
 
 @lru_cache(maxsize=256)
@@ -158,7 +173,9 @@ def _peak_candidates(corr: np.ndarray, max_shift: tuple[int, int], count: int) -
     count = min(count, values.shape[1])
     top = np.argpartition(-values, count - 1, axis=1)[:, :count]
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(values, top, axis=1), axis=1), axis=1)
-    top = np.where(np.isfinite(np.take_along_axis(values, top, axis=1)), top, top[:, :1])
+    heights = np.take_along_axis(values, top, axis=1)
+    weak = heights < CANDIDATE_PEAK_RATIO * np.maximum(heights[:, :1], 0)  # far below the best: no contest
+    top = np.where(np.isfinite(heights) & ~weak, top, top[:, :1])
     rows, cols = np.unravel_index(top, corr.shape[1:])
     return np.stack([sy[rows], sx[cols]], axis=-1)
 
@@ -250,27 +267,53 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     in 16 px), enough to pick the wrong integer. So the refinement is iterated: each pass moves
     ``b``'s taper by the current estimate (:func:`_cross_power`), which leaves a bias of that
     fraction of the current error (the fixed point is unbiased); a residual beyond half a pixel
-    moves the integer shift and the overlap cut. Pairs that moved less than ``REFINE_TOLERANCE``
-    stop; at most ``REFINE_PASSES`` passes. Pairs whose integer shifts have the same magnitudes have
-    same-shaped overlaps and are refined in one batch.
+    moves the integer shift and the overlap cut. A pair stops when its pass moved it less than
+    ``REFINE_TOLERANCE``, or when the passes to come would: the moves shrink geometrically (a twentieth
+    pass to pass on real images), so from the last two moves their sum is known and added, which
+    saves the pass that would only have confirmed convergence; at most ``REFINE_PASSES`` passes. Pairs
+    whose integer shifts have the same magnitudes have same-shaped overlaps and are refined together, in
+    batches of :data:`REFINE_BATCH_BYTES`.
     """
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
     active = np.ones(len(shifts), dtype=bool)
+    known: dict[int, tuple[tuple[int, int], object]] = {}  # pair -> (its integer shift, a's spectrum there)
+    previous, passes = np.zeros(shifts.shape), 0
     for _ in range(REFINE_PASSES):
         found = residual.copy()
-        for shape in {tuple(s) for s in np.abs(integer[active]).tolist()}:
-            members = np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
+        groups = (np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
+                  for shape in {tuple(s) for s in np.abs(integer[active]).tolist()})
+        size = max(1, REFINE_BATCH_BYTES // (4 * a.shape[1] * a.shape[2]))
+        for members in (group[start:start + size] for group in groups for start in range(0, len(group), size)):
             views = [_overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
             pa, pb = np.stack([va for va, _ in views]), np.stack([vb for _, vb in views])
-            product = _cross_power(xp.asarray(pa, dtype=xp.float32), xp.asarray(pb, dtype=xp.float32), xp, fft,
-                                   filter_sigma, real=True, taper_alpha=taper_alpha, b_offsets=residual[members])
+            keys = [int(k) for k in members]
+            at = [(int(integer[k, 0]), int(integer[k, 1])) for k in keys]
+            new = [m for m, k in enumerate(keys) if k not in known or known[k][0] != at[m]]
+            if new:  # a's crop is new: its spectrum (a's taper does not move)
+                taper = xp.asarray(_taper(*pa.shape[1:], taper_alpha))
+                spectra = _spectrum(xp.asarray(pa[new], dtype=xp.float32), xp, fft, taper, True)
+                known.update((keys[m], (at[m], spectra[q])) for q, m in enumerate(new))
+            a_spectrum = xp.stack([known[k][1] for k in keys])
+            product = _cross_power(pa, xp.asarray(pb, dtype=xp.float32), xp, fft, filter_sigma, real=True,
+                                   taper_alpha=taper_alpha, b_offsets=residual[members], a_spectrum=a_spectrum)
             found[members] = _upsampled_peaks(product, upsample, xp, pa.shape[-1])
-        moved = np.abs(found - residual).max(axis=1)
+        step = found - residual
+        moved = np.abs(step).max(axis=1)
+        # each pass moves about a fixed fraction of the one before (the taper's bias shrinks with the error):
+        # a pair whose next moves, summed, would stay under the tolerance stops here, their sum added
+        ratio = np.linalg.norm(step, axis=1) / np.maximum(np.linalg.norm(previous, axis=1), 1e-12) if passes \
+            else np.ones(len(step))
+        remainder = step * (ratio / (1 - np.minimum(ratio, REFINE_MAX_RATIO)))[:, None]
+        geometric = (ratio < REFINE_MAX_RATIO) & (np.abs(remainder).max(axis=1) < REFINE_TOLERANCE)
+        stopping = active & ((moved <= REFINE_TOLERANCE) | geometric) & ~np.round(found).any(axis=1)
+        found[stopping & geometric] += remainder[stopping & geometric]
         recentre = np.round(found).astype(int)
         integer += recentre
         residual = found - recentre
-        active &= (moved > REFINE_TOLERANCE) | recentre.any(axis=1)
+        previous = step
+        passes += 1
+        active &= ~stopping
         if not active.any():
             break
     return integer + residual
