@@ -227,7 +227,7 @@ def test_rejected_pairs_are_the_fits_own_and_touch_the_bad_tiles(run):
     touching = np.array([tuple(p["tile"]) in bad
                          or (p["tile"][0] + p["row_delta"], p["tile"][1] + p["col_delta"]) in bad
                          for p in pairs])
-    assert rejected.sum() >= 3 and not (rejected & ~touching).any()
+    assert rejected.sum() >= 2 and not (rejected & ~touching).any()
     assert all(run["diagnostics"]["per_slice"]["0"]["pair_inliers"])
     assert {tuple(t["tile"]) for t in run["status"]["2"]["tiles"]} == bad  # the verdict names them
 

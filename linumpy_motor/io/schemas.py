@@ -22,7 +22,7 @@ from pydantic import (
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.records import pair_table
 
-__all__ = ["DEFAULT_OVERLAP", "MAX_OVERLAP", "MIN_DETERMINANT", "STATUSES", "STATUS_FILE", "CompareFile",
+__all__ = ["DEFAULT_OVERLAP", "MAX_OVERLAP", "MIN_DETERMINANT", "REPORT_PAGE", "STATUSES", "STATUS_FILE", "CompareFile",
            "FiniteFloat", "Overlap", "Pair", "PairsFile", "SliceStatus", "Status", "StatusFile", "TileFinding",
            "TileProblem", "TransformFile",
            "check_overlap", "check_transform", "first_problem", "is_npy", "is_singular", "load", "load_transform",

@@ -17,6 +17,10 @@ entry
     What every command line shares: version flag, logging, one-line errors for bad input.
 logs
     Logging set-up and progress: a bar on a terminal, timestamped lines in a batch log.
+jobs
+    Running a step's jobs, here or in the run's worker processes (:class:`jobs.Workers`).
+worker_server
+    The server the workers are forked from, started as early as a command allows.
 """
 
-__all__ = ["cli", "entry", "jobs", "launch", "logs", "options", "resume", "runner", "steps"]
+__all__ = ["cli", "entry", "jobs", "launch", "logs", "options", "resume", "runner", "steps", "worker_server"]
