@@ -41,7 +41,9 @@ import zarr
 from linumpy_motor import synthetic
 from linumpy_motor.backend import gpu_available
 from linumpy_motor.io import ngff
+from linumpy_motor.io.grid import open_mosaic
 from linumpy_motor.parallel import available_cores
+from linumpy_motor.register.flatfield import estimate_flatfield
 from linumpy_motor.stitch.assemble import stitch_slice
 
 SIZES = ((8, 8), (25, 25))  # 1.07 and 10.5 GB of input
@@ -146,7 +148,8 @@ def _child(task: str, source: str, target: str, cores: str) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     if task in ("stitch", "stitch-gpu"):
-        summary = stitch_slice(source, target, _transform(), threads=threads, use_gpu=task == "stitch-gpu")
+        summary = stitch_slice(source, target, _transform(), threads=threads, use_gpu=task == "stitch-gpu",
+                               flatfield=_flatfield_file(Path(source)))
         out_bytes, decode = 4 * math.prod(summary["shape"]), summary["decode_factor"]
     else:
         out_bytes, decode = copy_store(Path(source), Path(target), threads), 1.0
@@ -185,12 +188,24 @@ def _measure(task: str, source: Path, target: Path, cores: int, keep: bool = Fal
     return row
 
 
+def _flatfield_file(source: Path) -> Path:
+    """The slice's flat field as the measure step writes it (estimated once, beside the input): the pipeline's
+    stitch reads that file and estimates nothing."""
+    path = source.with_name(source.name.removesuffix(".ome.zarr") + "_flatfield.npy")
+    if not path.exists():
+        field = estimate_flatfield(open_mosaic(source))
+        np.save(path, field if field is not None else np.ones(TILE[1:], dtype=np.float32))
+    return path
+
+
 def _input(workdir: Path, nx: int, ny: int) -> tuple[Path, float]:
     """The upstream-shaped slice of ``nx`` by ``ny`` tiles (made once) and its size in MB."""
     source = workdir / f"mosaic_grid_3d_{nx}x{ny}.ome.zarr"
     if not (source / "zarr.json").exists() or "0" not in zarr.open_group(str(source), mode="r"):
         shutil.rmtree(source, ignore_errors=True)
         make_grid(source, nx, ny)
+        _flatfield_file(source).unlink(missing_ok=True)
+    _flatfield_file(source)
     return source, math.prod(TILE) * nx * ny * 4 / 2**20
 
 
@@ -202,14 +217,15 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
     run of its kind, with that run's CPU seconds, cores and load.
 
     Row keys: ``grid``, ``input_mb``, ``output_mb`` (level 0), ``cores``, ``copy_s``, ``stitch_s``
-    (flat-field estimate, feather, level 0 and pyramid), ``stitch_vs_copy`` (copy_s / stitch_s),
-    ``copy_mb_s`` and ``stitch_mb_s`` (input MB/s), ``cpu_s_copy`` and ``cpu_s_stitch`` (CPU seconds of
-    the work proper in the child, all threads: less sensitive than wall time to other jobs),
-    ``cores_copy`` and ``cores_stitch`` (those CPU seconds / wall seconds), ``decode_factor`` (input
-    chunks decoded per chunk by the stitch proper, see :func:`stitch_slice`), ``stitch_peak_mb`` (peak
-    resident memory), ``stitch_extra_mb`` (that peak over the resident memory after imports),
-    ``copy_peak_mb``, ``load_copy`` and ``load_stitch`` (1-minute load average before the kept runs);
-    with a CUDA device also ``gpu_s`` and ``gpu_vs_copy`` (the same stitch with ``use_gpu=True``).
+    (feather, level 0 and pyramid, with the slice's flat field from a file as in the pipeline),
+    ``stitch_vs_copy`` (copy_s / stitch_s), ``copy_mb_s`` and ``stitch_mb_s`` (input MB/s),
+    ``cpu_s_copy`` and ``cpu_s_stitch`` (CPU seconds of the work proper in the child, all threads: less
+    sensitive than wall time to other jobs), ``cores_copy`` and ``cores_stitch`` (those CPU seconds /
+    wall seconds), ``decode_factor`` (input chunks decoded per chunk by the stitch proper, see
+    :func:`stitch_slice`), ``stitch_peak_mb`` (peak resident memory), ``stitch_extra_mb`` (that peak
+    over the resident memory after imports), ``copy_peak_mb``, ``load_copy`` and ``load_stitch``
+    (1-minute load average before the kept runs); with a CUDA device also ``gpu_s`` and ``gpu_vs_copy``
+    (the same stitch with ``use_gpu=True``).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +257,7 @@ def run(workdir: str | Path = WORKDIR, sizes: tuple[tuple[int, int], ...] = SIZE
             rows[-1].update(gpu_s=round(gpu["seconds"], 1), gpu_vs_copy=round(copy["seconds"] / gpu["seconds"], 2))
         if not keep:
             shutil.rmtree(source)
+            _flatfield_file(source).unlink(missing_ok=True)
     return rows
 
 
@@ -270,6 +287,7 @@ def scaling(workdir: str | Path = WORKDIR, size: tuple[int, int] = SCALING_SIZE,
                          "cpu_per_wall": round(result["cores_used"], 2), "load": load})
     if not keep:
         shutil.rmtree(source)
+        _flatfield_file(source).unlink(missing_ok=True)
     return rows
 
 

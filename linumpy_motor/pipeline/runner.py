@@ -235,7 +235,8 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
             for sid, path in slices
         ], stamps, options.workers, "measure", progress)
         for sid, _ in slices:
-            stamps.record(flats[sid], measure_keys[sid])
+            if not stamps.done(flats[sid], measure_keys[sid]):  # written with the pairs just now
+                stamps.record(flats[sid], measure_keys[sid])
         fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance,
                    backlash=options.backlash)
         key = step_key(step="fit", pairs=[file_digest(pairs[sid]) for sid, _ in slices], **fit)
