@@ -224,10 +224,12 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
         measure_keys = {sid: step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
                                       use_gpu=options.use_gpu, outputs="pairs+flatfield", **measure)
                         for sid, _ in slices}
-        for sid, _ in slices:
-            if not stamps.done(flats[sid], measure_keys[sid]):  # the flat field is remade with the pairs
+        for sid, _ in slices:  # a slice's flat field is written just before its pairs, and remade with them
+            stamps.make_folder(flats[sid].parent)
+            if not flats[sid].exists():
                 stamps.invalidate(pairs[sid])
-                stamps.make_folder(flats[sid].parent)
+            elif stamps.done(pairs[sid], measure_keys[sid]) and not stamps.done(flats[sid], measure_keys[sid]):
+                stamps.record(flats[sid], measure_keys[sid])  # a run stopped before it stamped it
         ran["measure"] = run_jobs([
             (pairs[sid], measure_keys[sid], steps.measure_pairs,
              dict(source=path, output=pairs[sid], slice_id=sid, flatfield=flatfield, use_gpu=options.use_gpu,
@@ -263,12 +265,17 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
     def slice_flat_id(sid: int) -> str:
         return file_digest(flats[sid] / FLATFIELD_FILE) if flats else flatfield_id
 
+    def slice_flat_label(sid: int) -> str | None:  # as the measurement described it ("estimate", ...)
+        return str(schemas.load(pairs[sid], schemas.PairsFile).stats["flatfield"]) if flats else None
+
     ran["stitch"] = run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
-                                 flatfield=slice_flat_id(sid), placement=options.placement, use_gpu=options.use_gpu,
+                                 flatfield=slice_flat_id(sid), flatfield_label=slice_flat_label(sid),
+                                 placement=options.placement, use_gpu=options.use_gpu,
                                  pairs=file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=A,
-                            positions=positions(sid), flatfield=slice_flat(sid), use_gpu=options.use_gpu,
+                            positions=positions(sid), flatfield=slice_flat(sid),
+                            flatfield_label=slice_flat_label(sid), use_gpu=options.use_gpu,
                             threads=threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, options.workers, "stitch", progress)
