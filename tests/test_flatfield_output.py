@@ -138,3 +138,16 @@ def test_the_measure_script_writes_the_flat_field_for_the_stitch_script(dataset,
     assert stitch.returncode == 0, stitch.stderr
     meta = zarr.open_group(str(tmp_path / "s.ome.zarr"), mode="r").attrs["linumpy_motor"]
     assert meta["flatfield"] == str(flat.resolve())
+
+
+def test_a_run_with_a_given_flat_field_stitches_with_it_and_names_it(dataset, tmp_path):
+    _, h, w = SPEC.tile_shape
+    given = tmp_path / "given.npy"
+    np.save(given, _truth(h, w).astype(np.float32))
+    out = tmp_path / "out"
+    runner.run(dataset.root, out, RunOptions(flatfield=str(given)), progress=False)
+    sid = dataset.slice_ids[0]
+    written = out / "flatfield" / f"slice_z{sid:02d}_flatfield" / ff.FLATFIELD_FILE
+    np.testing.assert_array_equal(np.load(written), np.load(given))
+    stitched = zarr.open_group(str(out / "stitched" / f"slice_z{sid:02d}_stitch_3d.ome.zarr"), mode="r")
+    assert stitched.attrs["linumpy_motor"]["flatfield"] == str(given.resolve())

@@ -265,8 +265,12 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
     def slice_flat_id(sid: int) -> str:
         return file_digest(flats[sid] / FLATFIELD_FILE) if flats else flatfield_id
 
-    def slice_flat_label(sid: int) -> str | None:  # as the measurement described it ("estimate", ...)
-        return str(schemas.load(pairs[sid], schemas.PairsFile).stats["flatfield"]) if flats else None
+    def slice_flat_label(sid: int) -> str | None:  # a given file by its path; else as the measurement said
+        if not flats:
+            return None
+        if flatfield not in FLATFIELD_MODES:
+            return str(Path(flatfield).resolve())
+        return str(schemas.load(pairs[sid], schemas.PairsFile).stats["flatfield"])  # "estimate", "none", ...
 
     ran["stitch"] = run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
