@@ -151,3 +151,23 @@ def test_a_run_with_a_given_flat_field_stitches_with_it_and_names_it(dataset, tm
     np.testing.assert_array_equal(np.load(written), np.load(given))
     stitched = zarr.open_group(str(out / "stitched" / f"slice_z{sid:02d}_stitch_3d.ome.zarr"), mode="r")
     assert stitched.attrs["linumpy_motor"]["flatfield"] == str(given.resolve())
+
+
+def test_no_gain_is_handed_back_for_db_data(dataset):
+    """The measurement estimates its flat field on values it shifted to [0, 1]; for dB data (mostly negative)
+    that is no gain of the data, so none is handed to the stitch (which would refuse to estimate one too)."""
+    from linumpy_motor.io.grid import open_mosaic
+    from linumpy_motor.register.measure import measure_volume
+
+    grid = open_mosaic(dataset.path(dataset.slice_ids[0]))
+    volume = np.asarray(grid.array[:], dtype=np.float64)
+    for values, expect_gain in ((volume, True), (10 * np.log10(volume + 1e-3), False)):
+        data = values.astype(np.float32)
+        handed: list = []
+        _, _, stats = measure_volume(lambda zs, rows, cols, data=data: data[zs, rows, cols], grid.tile_shape,
+                                     grid.nx, grid.ny, SPEC.overlap, on_flatfield=handed.append)
+        assert stats["flatfield"] == "estimate"  # the measurement corrected its shifted values either way
+        assert len(handed) == 1 and (handed[0] is not None) == expect_gain
+        if expect_gain:
+            _, h, w = SPEC.tile_shape
+            assert np.sqrt(np.mean((handed[0] / _truth(h, w) - 1) ** 2)) < 0.03

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from filelock import FileLock, Timeout
 
 from linumpy_motor import __version__
@@ -43,7 +44,7 @@ from linumpy_motor.pipeline.resume import (
     store_fingerprint,
 )
 from linumpy_motor.qc import summary
-from linumpy_motor.register.flatfield import FLATFIELD_FILE, FLATFIELD_MODES, resolve_flatfield
+from linumpy_motor.register.flatfield import ESTIMATE_FAILED, FLATFIELD_FILE, FLATFIELD_MODES, resolve_flatfield
 from linumpy_motor.stitch.assemble import check_canvas
 
 __all__ = ["OUTPUT_STAGES", "describe", "output_paths", "planned_outputs", "prefix", "run"]
@@ -270,7 +271,10 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
             return None
         if flatfield not in FLATFIELD_MODES:
             return str(Path(flatfield).resolve())
-        return str(schemas.load(pairs[sid], schemas.PairsFile).stats["flatfield"])  # "estimate", "none", ...
+        said = str(schemas.load(pairs[sid], schemas.PairsFile).stats["flatfield"])  # "estimate", "none", ...
+        if said == "estimate" and (np.load(flats[sid] / FLATFIELD_FILE) == 1).all():
+            return ESTIMATE_FAILED  # measured on shifted values (dB): no gain of the data to stitch with
+        return said
 
     ran["stitch"] = run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
