@@ -193,9 +193,13 @@ def stitch_section(rows: list[dict], note: str | None) -> list[str]:
         return [note or "bench_stitch.run() returned no rows"]
     stitch_rows, scaling_rows = rows
     return ["Upstream-shaped slices (NGFF 0.5, one chunk per whole tile of 64x256x256 float32, shards of 2x2 "
-            "tiles). Each stitch and each copy runs in a fresh process (see bench/bench_stitch.py); both MB/s "
-            "are of the *input*, so *stitch_vs_copy* is copy seconds / stitch seconds; the copy is a plain "
-            "shard-by-shard zarr copy with as many threads.", "",
+            "tiles, zstd). The baseline is an honest copy: every shard of the input decoded and encoded into a "
+            "new store with the same chunks, shards and codec, one shard per task on as many threads as the "
+            "stitch gets. Copy and stitch each run in a fresh process, alternated in the same run, best wall "
+            "time of each kept (see bench/bench_stitch.py); both MB/s are of the *input*, so *stitch_vs_copy* "
+            "is copy seconds / stitch seconds. *cpu_s_* are the child's CPU seconds (user + system, all "
+            "threads) over the work, *cores_* those over wall seconds, *load_* the 1-minute load average "
+            "before the run (other work on the machine inflates wall times).", "",
             *table(stitch_rows, [(key, key) for key in stitch_rows[0]]), "",
             "Core scaling (CPU affinity of the child process):", "",
             *table(scaling_rows, [(key, key) for key in scaling_rows[0]])]
@@ -209,10 +213,10 @@ def run_stitch(workdir: Path, quick: bool) -> tuple[list[dict], str | None]:
     """
     if not (BENCH / "bench_stitch.py").exists():
         return [], "bench/bench_stitch.py is not there yet: stitch throughput and memory not measured"
-    code = ("import inspect, json, sys; sys.path.insert(0, sys.argv[1]); import bench_stitch as b; "
-            "quick = sys.argv[3] == '1' and 'sizes' in inspect.signature(b.run).parameters; "
-            "rows = b.run(sys.argv[2], **({'sizes': b.SIZES[:2]} if quick else {})); "
-            "scaling = b.scaling(sys.argv[2], **({'size': b.SIZES[0], 'repeats': 1} if quick else {})); "
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_stitch as b; "
+            "quick = sys.argv[3] == '1'; "
+            "rows = b.run(sys.argv[2], **({'sizes': b.QUICK_SIZES, 'repeats': 1} if quick else {})); "
+            "scaling = b.scaling(sys.argv[2], **({'size': b.QUICK_SIZES[0], 'repeats': 1} if quick else {})); "
             "print(json.dumps([rows, scaling]))")
     done = subprocess.run([sys.executable, "-c", code, str(BENCH), str(workdir), "1" if quick else "0"],
                           capture_output=True, text=True)

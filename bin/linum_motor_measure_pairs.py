@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("slice", help="mosaic grid of one slice (*.ome.zarr, NGFF 0.4 or 0.5)")
     parser.add_argument("output", help="pairs JSON to write (e.g. slice_z07_pairs.json)")
     parser.add_argument("--slice-id", type=int, help="slice id (default: the number in the store name)")
+    parser.add_argument("--flatfield-out", metavar="DIR",
+                        help="also write the flat field the slice is measured with (estimated, given, or ones for "
+                             "'none') as DIR/flatfield.npy, for the stitch's --flatfield (e.g. slice_z07_flatfield)")
     options.add_options(parser, options.MEASURE)
     return parser
 
@@ -29,6 +32,7 @@ def measure(args: argparse.Namespace) -> None:
         flatfield=args.flatfield, background_test=args.background_test, max_shift_px=args.max_shift,
         histogram_match=args.histogram_match, max_empty_fraction=args.max_empty_fraction, use_gpu=args.use_gpu,
         progress=Progress(f"measure {args.slice}", "tile row"), threads=args.threads,
+        flatfield_output=args.flatfield_out,
     )
     stats = content["stats"]
     print(f"slice {content['slice_id']}: {stats['n_measured']} pairs measured on plane "

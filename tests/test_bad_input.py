@@ -238,11 +238,18 @@ def run_huge_declared_grid_over_a_few_tiles(f: Path, c: Context) -> Invocation:
                                                                     "is the array's shape right?"), f / "out")
 
 
+def measured(slice_id: int) -> set[str]:
+    """What a finished measure job leaves: the slice's pairs and its flat-field folder."""
+    name = f"slice_z{slice_id:02d}"
+    return {f"pairs/{name}_pairs.json", f"flatfield/{name}_flatfield/flatfield.npy",
+            f"flatfield/{name}_flatfield/.linumpy-motor.json"}
+
+
 @case
 def run_inf_in_another_plane(f: Path, c: Context) -> Invocation:  # measuring reads plane 2 only: found when stitching
     store = slice_store(f / "data", with_value(c, 0, np.inf))
     return Invocation(cli_run(f / "data", f / "out", "--plane", "central"), RUN, store, ("data contains NaN or Inf",),
-                      f / "out", frozenset({"pairs/slice_z00_pairs.json", "motor_transform.json"}))
+                      f / "out", frozenset({*measured(0), "motor_transform.json"}))
 
 
 @case
@@ -256,7 +263,7 @@ def run_nan_in_the_third_slice(f: Path, c: Context) -> Invocation:
     write_small_dataset(f / "data", n_slices=2)
     store = slice_store(f / "data", with_value(c, 2, np.nan), slice_id=2)
     return Invocation(cli_run(f / "data", f / "out"), RUN, store, ("data contains NaN or Inf",), f / "out",
-                      frozenset({"pairs/slice_z00_pairs.json", "pairs/slice_z01_pairs.json"}))
+                      frozenset({*measured(0), *measured(1)}))
 
 
 @case
@@ -284,7 +291,7 @@ def run_only_slice_has_no_tissue(f: Path, c: Context) -> Invocation:
     slice_store(f / "data", np.zeros_like(c.volume), slice_id=5)
     return Invocation(cli_run(f / "data", f / "out"), RUN, f / "out" / "pairs" / "slice_z05_pairs.json",
                       ("too few usable pairs", "slices with no usable pair: [5]"), f / "out",
-                      frozenset({"pairs/slice_z05_pairs.json"}))
+                      frozenset(measured(5)))
 
 
 @case

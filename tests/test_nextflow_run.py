@@ -160,7 +160,7 @@ PARAMS = {  # non-default values of the params each script reads, and the script
     "blending": ("average", "linum_motor_stitch.py", "blending"),
     "ngff_version": ("0.4", "linum_motor_stitch.py", "ngff_version"),
     "z_chunk": (2, "linum_motor_stitch.py", "z_chunk"),
-    "flatfield": ("none", "linum_motor_stitch.py", "flatfield"),
+    "flatfield": ("none", "linum_motor_measure_pairs.py", "flatfield"),  # STITCH gets what MEASURE_PAIRS wrote
 }
 
 
@@ -222,6 +222,8 @@ def test_each_param_reaches_its_script_as_given(folder_run):
                 seen.add(param)
         if program in ("linum_motor_measure_pairs.py", "linum_motor_stitch.py"):
             assert args.threads == 2 and args.use_gpu is False, name
+        if program == "linum_motor_stitch.py":  # the slice's flat field as its measurement wrote it (ones: none)
+            assert args.flatfield == "flatfield.npy", name
     assert seen == set(PARAMS)
 
 

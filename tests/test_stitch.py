@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -430,15 +432,13 @@ def test_planned_tile_memory_stays_within_the_cache_whatever_the_slice(grid_size
     slice; the small slice fits as one strip (each chunk decoded once), the large one is cut."""
     nx, ny = grid_size
     tile = (16, 128, 128)  # one whole-tile chunk each: 1 MiB padded
-    grid = SimpleNamespace(nx=nx, ny=ny, tile_shape=tile, array=SimpleNamespace(chunks=tile))
     A = np.diag(geometry.nominal_step(tile, 0.2))
     positions = geometry.affine_positions(nx, ny, A)
-    canvas = assemble._Canvas(grid, positions, np.ones(tile[1:], np.float32), None, False, np)
+    layout = assemble.make_layout(nx, ny, tile, tile[0], positions)
     shape = geometry.output_shape(nx, ny, tile, A)
     budget = 40 * 2**20  # the 24x24 slice as one strip would hold 50 MiB, a one-block strip 33
-    order, strip, vertical = assemble._block_order(canvas, shape, (16, 256, 256), budget, 2)
-    canvas.plan(order, strip, vertical)
-    peak, decoded = assemble._peak_load_bytes(canvas, order, 2)
+    plan = assemble.plan_stitch(layout, shape, (16, 256, 256), cache_bytes=budget, lookahead=2)
+    order, peak, decoded = [b.region for b in plan.blocks], plan.peak_load_bytes, plan.decoded_bytes
     once = nx * ny * 16 * 130 * 130 * 4
     assert peak <= budget
     assert sorted(order, key=lambda r: (r[0].start, r[1].start, r[2].start)) == list(
@@ -447,3 +447,46 @@ def test_planned_tile_memory_stays_within_the_cache_whatever_the_slice(grid_size
         assert decoded == once
     else:
         assert once < decoded < 1.5 * once
+
+
+def _small_layout(nx: int = 5, ny: int = 4, tile=(8, 64, 64)):
+    A = np.array([[52.3, 1.4], [-0.9, 51.7]])
+    positions = geometry.affine_positions(nx, ny, A)
+    positions = positions - positions.min(axis=0)
+    return assemble.make_layout(nx, ny, tile, tile[0], positions), geometry.output_shape(nx, ny, tile, A), positions
+
+
+def test_the_plan_is_a_value_that_planning_does_not_change():
+    """The same inputs give equal plans; planning leaves its inputs as they were; the plan cannot be changed."""
+    layout, shape, positions = _small_layout()
+    kept = positions.copy()
+    before = copy.deepcopy(layout)
+    first = assemble.plan_stitch(layout, shape, (4, 64, 64), cache_bytes=2**20, lookahead=3)
+    second = assemble.plan_stitch(assemble.make_layout(5, 4, (8, 64, 64), 8, positions), shape, (4, 64, 64),
+                                  cache_bytes=2**20, lookahead=3)
+    assert first == second and first is not second
+    assert layout == before and np.array_equal(positions, kept)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.strip_px = 1  # type: ignore[misc]
+    # a different budget is a different plan; the first one is untouched by making it
+    whole = assemble.plan_stitch(layout, shape, (4, 64, 64), cache_bytes=2**30, lookahead=3)
+    assert whole.decode_factor == 1.0 and first.decode_factor > 1.0 and first == second
+
+
+def test_every_block_of_the_plan_names_the_tiles_meeting_it_and_their_loads():
+    """Each block once; its tiles are exactly those whose footprint meets it; each load is used as counted."""
+    layout, shape, _ = _small_layout()
+    plan = assemble.plan_stitch(layout, shape, (4, 64, 64), cache_bytes=2**20, lookahead=2)
+    assert sorted((b.region for b in plan.blocks), key=lambda r: (r[0].start, r[1].start, r[2].start)) == list(
+        pyramid.iter_blocks(shape, (4, 64, 64)))
+    _, h, w = layout.tile_shape
+    counts: dict = {}
+    for block in plan.blocks:
+        _, ys, xs = block.region
+        meeting = [t for t, (oy, ox) in enumerate(layout.origins)
+                   if oy < ys.stop and oy + h + 1 > ys.start and ox < xs.stop and ox + w + 1 > xs.start]
+        assert list(block.tiles) == meeting
+        for t, key in zip(block.tiles, block.keys, strict=True):
+            assert key[0] == layout.run_of(t) and key[1:3] == layout.load_planes(block.region[0])
+            counts[key] = counts.get(key, 0) + 1
+    assert counts == dict(plan.uses)

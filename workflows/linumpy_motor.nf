@@ -49,7 +49,8 @@ workflow LINUMPY_MOTOR {
             .map { zarr -> [sliceMeta(sliceIdFromName(zarr.name)), zarr] }
     }
 
-    // A .npy flat field is staged for MEASURE_PAIRS and STITCH; a mode goes by ext.args (conf/modules.config)
+    // A .npy flat field is staged for MEASURE_PAIRS (and STITCH with --transform); a mode goes by ext.args
+    // (conf/modules.config)
     def ch_flatfield = flatfield.toString().toLowerCase().endsWith('.npy') ? file(flatfield, checkIfExists: true) : []
 
     // Motor model: measured on every slice and fitted once, or given with --transform
@@ -83,10 +84,16 @@ workflow LINUMPY_MOTOR {
 
     // Stitch every slice with the one motor model; registered placement: with the slice's own pairs,
     // joined by meta (the slice id)
-    def ch_stitch_in = placement == 'registered'
+    def ch_with_pairs = placement == 'registered'
         ? ch_slices.join(MEASURE_PAIRS.out.pairs, failOnMismatch: true, failOnDuplicate: true)
         : ch_slices.map { meta, zarr -> [meta, zarr, []] }
-    STITCH(ch_stitch_in, ch_transform, ch_flatfield, use_gpu, ch_library)
+    // ... and with the flat field its measurement wrote (estimated once per slice), joined by meta; with a
+    // given transform nothing is measured: the given flat field, or the mode (STITCH estimates then)
+    def ch_stitch_in = transform
+        ? ch_with_pairs.map { meta, zarr, pairs -> [meta, zarr, pairs, ch_flatfield] }
+        : ch_with_pairs.join(MEASURE_PAIRS.out.flatfield.map { meta, folder -> [meta, folder.resolve('flatfield.npy')] },
+                             failOnMismatch: true, failOnDuplicate: true)
+    STITCH(ch_stitch_in, ch_transform, use_gpu, ch_library)
 
     // Report, when the motor model was measured (as the embedded runner: the report and the QC status
     // need the pairs and the comparisons)

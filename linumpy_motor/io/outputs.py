@@ -191,9 +191,9 @@ def is_ours(path: str | Path) -> bool:
     return foreign_path(path) is None
 
 
-STAGE_KINDS = {"synth": "synthetic input slice or truth", "measure": "pairs file", "fit": "motor model",
-               "transform": "motor model", "stitch": "stitched slice", "compare": "comparison", "report": "QC report",
-               "stamp": "resume stamp"}
+STAGE_KINDS = {"synth": "synthetic input slice or truth", "measure": "pairs file", "flatfield": "flat field",
+               "fit": "motor model", "transform": "motor model", "stitch": "stitched slice", "compare": "comparison",
+               "report": "QC report", "stamp": "resume stamp"}
 """What each stage's output is: an output is replaced only by a stage writing the same kind (another stage's
 name is its own kind), so no step replaces another's output, and no output replaces a synthetic input."""
 

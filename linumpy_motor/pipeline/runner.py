@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from filelock import FileLock, Timeout
 
 from linumpy_motor import __version__
@@ -44,7 +45,7 @@ from linumpy_motor.pipeline.resume import (
     store_fingerprint,
 )
 from linumpy_motor.qc import summary
-from linumpy_motor.register.flatfield import FLATFIELD_MODES, resolve_flatfield
+from linumpy_motor.register.flatfield import ESTIMATE_FAILED, FLATFIELD_FILE, FLATFIELD_MODES, resolve_flatfield
 from linumpy_motor.stitch.assemble import check_canvas, stitch_slice
 
 __all__ = ["OUTPUT_STAGES", "describe", "output_paths", "planned_outputs", "prefix", "run"]
@@ -167,19 +168,21 @@ def _check_given_transform(path: Path, grids) -> None:
 
 
 def output_paths(outdir: Path, slice_ids: list[int], measured: bool) -> dict:
-    """Where a run writes: ``transform``, ``stitched`` and, when it measures, ``pairs``, ``compare``
-    (per slice id) and ``report``."""
+    """Where a run writes: ``transform``, ``stitched`` and, when it measures, ``pairs``, ``flatfield`` (the
+    folder holding the flat field the slice was measured, and is stitched, with), ``compare`` (per slice id)
+    and ``report``."""
     paths = {"outdir": outdir, "transform": outdir / "motor_transform.json",
              "stitched": {sid: outdir / "stitched" / f"{prefix(sid)}_stitch_3d.ome.zarr" for sid in slice_ids}}
     if measured:
         paths.update(pairs={sid: outdir / "pairs" / f"{prefix(sid)}_pairs.json" for sid in slice_ids},
+                     flatfield={sid: outdir / "flatfield" / f"{prefix(sid)}_flatfield" for sid in slice_ids},
                      compare={sid: outdir / "compare" / f"{prefix(sid)}_compare.json" for sid in slice_ids},
                      report=outdir / "report")
     return paths
 
 
-OUTPUT_STAGES = {"transform": "fit", "stitched": "stitch", "pairs": "measure", "compare": "compare",
-                 "report": "report"}
+OUTPUT_STAGES = {"transform": "fit", "stitched": "stitch", "pairs": "measure", "flatfield": "flatfield",
+                 "compare": "compare", "report": "report"}
 """The stage that writes each kind of output of :func:`output_paths` (a given transform is copied by the
 ``transform`` stage, an output of the same kind: :data:`~linumpy_motor.io.outputs.STAGE_KINDS`)."""
 
@@ -213,17 +216,30 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
     report_dir: Path | None = paths.get("report")
     flatfield = options.flatfield
     flatfield_id = flatfield if flatfield in FLATFIELD_MODES else file_digest(Path(flatfield))
+    # measured: each slice is stitched with the flat field its measurement wrote (estimated once per slice)
+    flats: dict[int, Path] = paths.get("flatfield", {})
     if options.transform is None:
         measure = dict(overlap=options.overlap, z=options.z, plane=options.plane,
                        background_test=options.background_test, max_shift_px=options.max_shift,
                        histogram_match=options.histogram_match, max_empty_fraction=options.max_empty_fraction)
+        measure_keys = {sid: step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
+                                      use_gpu=options.use_gpu, outputs="pairs+flatfield", **measure)
+                        for sid, _ in slices}
+        for sid, _ in slices:  # a slice's flat field is written just before its pairs, and remade with them
+            stamps.make_folder(flats[sid].parent)
+            if not flats[sid].exists():
+                stamps.invalidate(pairs[sid])
+            elif stamps.done(pairs[sid], measure_keys[sid]) and not stamps.done(flats[sid], measure_keys[sid]):
+                stamps.record(flats[sid], measure_keys[sid])  # a run stopped before it stamped it
         ran["measure"] = run_jobs([
-            (pairs[sid], step_key(step="measure", store=fingerprints[sid], slice_id=sid, flatfield=flatfield_id,
-                                  use_gpu=options.use_gpu, **measure), steps.measure_pairs,
+            (pairs[sid], measure_keys[sid], steps.measure_pairs,
              dict(source=path, output=pairs[sid], slice_id=sid, flatfield=flatfield, use_gpu=options.use_gpu,
-                  threads=threads_per_job(options, len(slices)), **measure))
+                  threads=threads_per_job(options, len(slices)), flatfield_output=flats[sid], **measure))
             for sid, path in slices
         ], stamps, workers, "measure", progress)
+        for sid, _ in slices:
+            if not stamps.done(flats[sid], measure_keys[sid]):  # written with the pairs just now
+                stamps.record(flats[sid], measure_keys[sid])
         fit = dict(n_samples=options.n_samples, seed=options.seed, drift_tolerance_px=options.drift_tolerance,
                    backlash=options.backlash)
         key = step_key(step="fit", pairs=[file_digest(pairs[sid]) for sid, _ in slices], **fit)
@@ -244,12 +260,30 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
         return steps.tile_positions(transform, (grids[sid].nx, grids[sid].ny), placement=options.placement,
                                     pairs_file=pairs[sid] if registered else None)
 
+    def slice_flat(sid: int) -> str | Path:
+        return flats[sid] / FLATFIELD_FILE if flats else flatfield
+
+    def slice_flat_id(sid: int) -> str:
+        return file_digest(flats[sid] / FLATFIELD_FILE) if flats else flatfield_id
+
+    def slice_flat_label(sid: int) -> str | None:  # a given file by its path; else as the measurement said
+        if not flats:
+            return None
+        if flatfield not in FLATFIELD_MODES:
+            return str(Path(flatfield).resolve())
+        said = str(schemas.load(pairs[sid], schemas.PairsFile).stats["flatfield"])  # "estimate", "none", ...
+        if said == "estimate" and (np.load(flats[sid] / FLATFIELD_FILE) == 1).all():
+            return ESTIMATE_FAILED  # measured on shifted values (dB): no gain of the data to stitch with
+        return said
+
     ran["stitch"] = run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
-                                 flatfield=flatfield_id, placement=options.placement, use_gpu=options.use_gpu,
+                                 flatfield=slice_flat_id(sid), flatfield_label=slice_flat_label(sid),
+                                 placement=options.placement, use_gpu=options.use_gpu,
                                  pairs=file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=A,
-                            positions=positions(sid), flatfield=flatfield, use_gpu=options.use_gpu,
+                            positions=positions(sid), flatfield=slice_flat(sid),
+                            flatfield_label=slice_flat_label(sid), use_gpu=options.use_gpu,
                             threads=threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, workers, "stitch", progress)

@@ -35,7 +35,13 @@ from linumpy_motor.register.fit import (
     FitOptions,
     fit_pooled,
 )
-from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, READ_THREADS, flatfield_file
+from linumpy_motor.register.flatfield import (
+    DEFAULT_FLATFIELD,
+    READ_THREADS,
+    flatfield_file,
+    slice_flatfield,
+    write_flatfield,
+)
 from linumpy_motor.register.measure import MeasureOptions, backends_used, measure_mosaic
 from linumpy_motor.register.measure import peak_bytes as measure_peak_bytes
 from linumpy_motor.register.planes import DEFAULT_PLANE, PlaneMode
@@ -51,8 +57,9 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
                   flatfield: str | Path | None = DEFAULT_FLATFIELD, background_test: bool = True,
                   max_shift_px: float | None = None, histogram_match: bool = False,
                   max_empty_fraction: float | None = None, use_gpu: bool = False,
-                  progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> dict:
-    """Measure one slice's neighbour pairs and write ``<slice>_pairs.json``.
+                  progress: Callable[[int, int], None] | None = None, threads: int | None = None,
+                  flatfield_output: str | Path | None = None) -> dict:
+    """Measure one slice's neighbour pairs and write ``<slice>_pairs.json`` (and the slice's flat field).
 
     Parameters
     ----------
@@ -84,6 +91,11 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     threads : int or None
         FFT workers (default: the cores this process is given,
         :func:`~linumpy_motor.parallel.resolve_threads`); BLAS stays on one thread.
+    flatfield_output : str or Path, optional
+        Folder to write the flat field the slice was measured with into
+        (:func:`~linumpy_motor.register.flatfield.write_flatfield`, what
+        :func:`~linumpy_motor.register.flatfield.slice_flatfield` makes of ``flatfield``), so the stitch
+        uses that one instead of estimating it again. Written before the pairs.
 
     Returns
     -------
@@ -97,14 +109,19 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
         an unknown plane or flat-field mode, an unreadable flat field, or a bad overlap or thread count.
     """
     check_output(output, source, *filter(None, [flatfield_file(flatfield)]), stage="measure")
+    if flatfield_output is not None:
+        check_output(flatfield_output, source, *filter(None, [flatfield_file(flatfield)]), stage="flatfield")
     grid = open_mosaic(source)
     threads = resolve_threads(threads)
     check_memory("measure", grid.path, measure_peak_bytes(grid.tile_shape, grid.nx, grid.ny), threads + READ_THREADS)
+    chosen: list[np.ndarray | None] = []
     with limited_threads(threads):
         measured, skipped, stats = measure_mosaic(grid, overlap, MeasureOptions(
             z=z, plane=plane, flatfield=flatfield, background_test=background_test, max_shift_px=max_shift_px,
             histogram_match=histogram_match, max_empty_fraction=max_empty_fraction, use_gpu=use_gpu,
-        ), progress=progress)
+        ), progress=progress, on_flatfield=chosen.append)
+    if flatfield_output is not None:
+        write_flatfield(flatfield_output, slice_flatfield(flatfield, chosen[0] if chosen else None, grid.tile_shape))
     content = PairsFile(
         version=__version__, slice_id=slice_id_from_name(grid.path) if slice_id is None else slice_id,
         source=grid.path.name, tile_shape=grid.tile_shape, grid=(grid.nx, grid.ny), overlap=overlap,

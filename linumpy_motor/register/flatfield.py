@@ -20,12 +20,15 @@ from numpy.polynomial import legendre
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import MosaicGrid, central_plane_index, read_block
+from linumpy_motor.io.outputs import atomic_output
 from linumpy_motor.io.schemas import is_npy
 
-__all__ = ["BIN_PX", "DEEP_CHUNK_MIN_TILES", "DEFAULT_FLATFIELD", "DEGREE", "ESTIMATE_FAILED", "FLATFIELD_MODES",
+__all__ = ["BIN_PX", "DEEP_CHUNK_MIN_TILES", "DEFAULT_FLATFIELD", "DEGREE", "ESTIMATE_FAILED", "FLATFIELD_FILE",
+           "FLATFIELD_MODES",
            "MAX_NEGATIVE_FRACTION", "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "SEED", "TISSUE_LEVEL",
            "choose_flatfield",
-           "estimate_flatfield", "flatfield_file", "flatfield_from_tiles", "load_flatfield", "resolve_flatfield"]
+           "estimate_flatfield", "flatfield_file", "flatfield_from_tiles", "load_flatfield", "resolve_flatfield",
+           "slice_flatfield", "write_flatfield"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ DEGREE = 2  # default total degree of the fitted Legendre polynomial
 TISSUE_LEVEL = 0.1  # default tissue level, a fraction of the 95th percentile
 MIN_TISSUE_TILES = 3  # default fewest tissue tiles an estimate is made from
 SEED = 0  # default seed of the subset of tiles read
+FLATFIELD_FILE = "flatfield.npy"
+"""The file of a slice's flat-field output folder (:func:`write_flatfield`), a ``.npy`` ``--flatfield`` accepts."""
 
 
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
@@ -347,3 +352,47 @@ def resolve_flatfield(grid: MosaicGrid, flatfield: str | Path | None) -> tuple[n
         ``"estimate"``, ``"none"`` (or None), or the path of a ``.npy`` flat field.
     """
     return choose_flatfield(flatfield, grid.tile_shape, lambda: estimate_flatfield(grid))
+
+
+def slice_flatfield(flatfield: str | Path | None, measured: np.ndarray | None,
+                    tile_shape: tuple[int, int, int]) -> np.ndarray:
+    """The flat field a slice was measured with, as the array its output file holds.
+
+    Parameters
+    ----------
+    flatfield : str, Path or None
+        The flat-field option: a ``.npy`` file is kept as given (loaded unchanged, so the stitch
+        normalises it exactly as it would the file itself); ``"estimate"`` keeps ``measured``;
+        ``"none"``, None, or an estimate that could not be made (``measured`` None) give ones (no
+        correction: dividing by 1 changes nothing).
+    measured : np.ndarray or None
+        The estimate the measurement made and used (``on_flatfield`` of
+        :func:`~linumpy_motor.register.measure.measure_volume`).
+    tile_shape : (int, int, int)
+        ``(Z, h, w)`` of the slice's tiles.
+    """
+    path = flatfield_file(flatfield)
+    if path is not None:
+        load_flatfield(path, tile_shape)  # checked
+        return np.load(path, allow_pickle=False)
+    if str(flatfield) == "estimate" and measured is not None:
+        return np.asarray(measured, dtype=np.float32)
+    return np.ones(tile_shape[1:], dtype=np.float32)
+
+
+def write_flatfield(folder: str | Path, field: np.ndarray) -> Path:
+    """Write a slice's flat field as the output folder ``folder`` holding :data:`FLATFIELD_FILE`, atomically.
+
+    The folder carries this program's listing (:mod:`linumpy_motor.io.outputs`: a bare ``.npy`` file
+    cannot be marked as an output), so a later run may replace it; the ``.npy`` inside is what
+    ``--flatfield FILE`` accepts.
+
+    Returns
+    -------
+    Path
+        The ``.npy`` file written.
+    """
+    with atomic_output(folder, "flatfield") as tmp:
+        tmp.mkdir()
+        np.save(tmp / FLATFIELD_FILE, np.ascontiguousarray(field), allow_pickle=False)
+    return Path(folder) / FLATFIELD_FILE

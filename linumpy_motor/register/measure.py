@@ -559,7 +559,9 @@ class _Normalised:
 
 def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int, ny: int, overlap_fraction: float,
                    options: MeasureOptions = MeasureOptions(), *, label: str = "slice",
-                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[dict], dict]:
+                   progress: Callable[[int, int], None] | None = None,
+                   on_flatfield: Callable[[np.ndarray | None], None] | None = None,
+                   ) -> tuple[np.ndarray, list[dict], dict]:
     """Measure the pairs of a mosaic-grid volume on a chosen plane, tiles flat-field corrected first.
 
     Parameters
@@ -580,6 +582,10 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
         Names the slice in errors and warnings.
     progress : callable, optional
         As in :func:`measure_grid_pairs`.
+    on_flatfield : callable, optional
+        Given the flat field chosen for the slice, as a gain of the values ``read`` returns (an
+        estimate on values shifted by a negative offset is no such gain: None then), so a caller can
+        keep it for the stitch instead of estimating it again.
 
     Returns
     -------
@@ -615,6 +621,9 @@ def measure_volume(read: VolumeReader, tile_shape: tuple[int, int, int], nx: int
             nx, ny, (h, w), label=label, log_level=logging.INFO)
 
     flat, description = choose_flatfield(options.flatfield, tile_shape, estimate)
+    if on_flatfield is not None:
+        shifted = isinstance(options.flatfield, str) and read.mapping is not None and read.mapping[0] != 0
+        on_flatfield(None if shifted else flat)
     if flat is not None and flat.ndim == 3:
         flat = flat[central_plane_index(nz) if z is None else z]
     band = (lambda i: rows[i]) if rows is not None else \
@@ -646,7 +655,9 @@ def _log_measurement(name: str, measured: np.ndarray, skipped: list[dict], stats
 
 
 def measure_mosaic(grid, overlap_fraction: float, options: MeasureOptions = MeasureOptions(), *,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[dict], dict]:
+                   progress: Callable[[int, int], None] | None = None,
+                   on_flatfield: Callable[[np.ndarray | None], None] | None = None,
+                   ) -> tuple[np.ndarray, list[dict], dict]:
     """Measure the pairs of an opened :class:`~linumpy_motor.io.grid.MosaicGrid` (see :func:`measure_volume`).
 
     The measured plane is read one tile row at a time; choosing it reads a few tiles through the
@@ -657,4 +668,5 @@ def measure_mosaic(grid, overlap_fraction: float, options: MeasureOptions = Meas
     if path is not None:
         options = replace(options, flatfield=load_flatfield(path, grid.tile_shape))
     return measure_volume(lambda zs, rows, cols: read_block(grid, zs, rows, cols), grid.tile_shape, grid.nx, grid.ny,
-                          overlap_fraction, options, label=str(grid.path), progress=progress)
+                          overlap_fraction, options, label=str(grid.path), progress=progress,
+                          on_flatfield=on_flatfield)

@@ -2,30 +2,40 @@
 
 The output is produced block by block: a block is ``z_chunk`` planes by ``block_px x block_px``
 pixels of the canvas (exactly one shard of the output, or four chunks of an unsharded store), and
-uses only the tiles that touch it. Blocks run on a pool of ``threads`` threads.
+uses only the tiles that touch it.
+
+The work is split in three parts: a *plan* (:class:`StitchPlan`, a value made by the pure
+:func:`plan_stitch` from a :class:`Layout`: which tiles meet which block, from which loads, in which
+order, in which strips), the *reading* (:class:`_TileReader` decodes a load, :class:`_LoadCache`
+keeps it from its first block to its last) and the *numerics* (:func:`render_block`, :func:`_lerp`,
+:func:`~linumpy_motor.stitch.pyramid.downsample_mean`). Decoding, rendering and encoding run as
+three overlapping stages, each on ``threads`` threads, over a window of ``2 * threads`` blocks
+(:func:`_write_pyramid`), so every core has work while the others wait on zarr.
 
 Decoding: a tile is decoded with all the planes of its input chunk (a *load*: ``R`` tiles of one
 tile column in one zarr call, ``R`` = 2 for tiles under ``READ_RUN_BYTES``, else 1; gain-multiplied
-and zero-padded) by the first block that needs it and kept until the last; every block then
-resamples just its own window of the tile. Blocks are ordered Z load by Z load, strip by strip
-(``k`` block rows, or block columns when that decodes less), one block across the strip after the
-other, and all the block's Z chunks in a row, so a load is alive over about three block columns of
-one strip. With one strip over the whole slice every input chunk is decoded exactly once, whatever
-its depth (one chunk per whole tile included); when that would hold more than ``cache_bytes`` the
-strips are cut shorter and the tiles straddling a strip boundary are decoded once per strip they
-meet (about ``1 + h / S`` decodes per chunk for strips ``S`` px high and tiles ``h`` px high). The
-summary reports the plan's ``decode_factor``.
+and zero-padded) when the first block that needs it enters the window, and kept until the last;
+every block then resamples just its own window of the tile. Blocks are ordered Z load by Z load,
+strip by strip (``k`` block rows, or block columns when that decodes less), one block across the
+strip after the other, and all the block's Z chunks in a row, so a load is alive over about three
+block columns of one strip. With one strip over the whole slice every input chunk is decoded
+exactly once, whatever its depth (one chunk per whole tile included); when that would hold more
+than ``cache_bytes`` the strips are cut shorter and the tiles straddling a strip boundary are
+decoded once per strip they meet (about ``1 + h / S`` decodes per chunk for strips ``S`` px high
+and tiles ``h`` px high). The summary reports the plan's ``decode_factor``.
 
 Peak memory, whatever the slice size (``T`` = one tile of one load as float32,
 ``zl * (h + 2) * (w + 2) * 4`` bytes, ``zl`` the planes of the input chunk, ``b`` = ``block_px``,
 ``zc`` = ``z_chunk``, ``W`` = ``threads``)::
 
-    peak ≈ max(cache_bytes, L1 * T) + W * (R * T + 6 * zc * (b + 2)**2 * 4) + interpreter
+    peak ≈ max(cache_bytes, L1 * T) + W * (R * T + 6 * zc * (b + 2)**2 * 4) + 2 * W * 1.25 * zc * b**2 * 4
+           + interpreter
 
-where ``L1 ≤ R * (ceil(b / step_y) + 2) * (ceil(b / step_x) + 2 + W)`` is what a one-block strip
+where ``L1 ≤ R * (ceil(b / step_y) + 2) * (ceil(b / step_x) + 2 + 2 * W)`` is what a one-block strip
 needs (``step`` = the tile pitch in px): the tiles meeting the strip over the block being drawn,
-the next ``W`` ones and their neighbours. The second term is each thread's read buffer and its block
-accumulators, resampling temporaries and level-1 output. Nothing in it grows with the slice.
+the next ``2 * W`` ones and their neighbours. The second term is each thread's read buffer and its
+block accumulators and resampling temporaries, the third the rendered blocks (and their level 1)
+waiting to be encoded. Nothing in it grows with the slice.
 
 Placement: the canvas pixel ``(Y, X)`` samples tile ``t`` at ``(Y, X) - p_t`` where ``p_t`` is the
 tile's top-left (the model's ``A @ [i, j]`` or given positions, shifted so the canvas starts at the
@@ -38,8 +48,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +72,9 @@ from linumpy_motor.stitch import pyramid
 from linumpy_motor.stitch.blend import BLENDING_MODES, DEFAULT_BLENDING, overlap_px, weight_map
 
 __all__ = ["BLOCK_BYTES", "BLOCK_PX", "CACHE_BYTES", "MAX_CANVAS_TO_TILES", "MIN_BLOCK_PX", "READ_RUN_BYTES",
-           "LoadKey", "ProgressCallback", "Region", "check_canvas", "default_z_chunk", "peak_bytes", "stitch_slice"]
+           "BlockPlan", "Layout", "LoadKey", "ProgressCallback", "Region", "StitchPlan", "check_canvas",
+           "default_z_chunk", "lookahead_blocks", "make_layout", "peak_bytes", "plan_stitch", "render_block",
+           "stitch_slice"]
 
 BLOCK_PX = 512  # default Y and X size of a block (one output shard)
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
@@ -73,17 +88,239 @@ LoadKey = tuple[int, int, int, int]  # (run, first plane, last plane + 1, strip)
 ProgressCallback = Callable[[int, int], None]
 
 
-class _LoadCache:
-    """Loads of tiles, each made by the first block that needs one of its tiles and dropped after the
-    last.
+@dataclass(frozen=True)
+class Layout:
+    """Where the tiles go and how they are read: what a :class:`StitchPlan` is made from besides the blocks.
 
-    ``uses`` counts, for each :data:`LoadKey`, the tile uses by blocks, each one a :meth:`get` then a
-    :meth:`release`. A load being made by one thread is waited for, not made again, by another;
-    :meth:`fetch` lets threads that need the same new loads share them out instead of waiting.
+    Small tiles are read two tile rows at a time (a *run*: one column of tiles, one zarr call), which
+    spares most of zarr's per-call cost; tiles of ``READ_RUN_BYTES`` or more one at a time (a run of
+    two would be decoded again by each strip that needs only one of its tiles).
+
+    Attributes
+    ----------
+    nx, ny : int
+        Tile rows and columns of the grid.
+    tile_shape : (int, int, int)
+        ``(Z, h, w)`` of one tile.
+    z_load : int
+        Planes decoded together (the input's Z chunk).
+    read_run : int
+        Tile rows read per zarr call (1 or 2).
+    origins : tuple of (int, int)
+        Each tile's integer top-left on the canvas (row-major).
+    fractions : tuple of (float, float)
+        Each tile's sub-pixel offset, in ``[0, 1)``.
     """
 
-    def __init__(self, load: Callable[[int, int, int], list], uses: dict[LoadKey, int]) -> None:
-        self.load = load
+    nx: int
+    ny: int
+    tile_shape: tuple[int, int, int]
+    z_load: int
+    read_run: int
+    origins: tuple[tuple[int, int], ...]
+    fractions: tuple[tuple[float, float], ...]
+
+    def load_planes(self, zs: slice) -> tuple[int, int]:
+        """Planes ``[z0, z1)`` of the whole input chunks that hold ``zs``."""
+        zl, nz = self.z_load, self.tile_shape[0]
+        return zs.start // zl * zl, min(-(-zs.stop // zl) * zl, nz)
+
+    def run_of(self, tile: int) -> int:
+        """The run (one zarr read) holding ``tile``."""
+        row, col = divmod(tile, self.ny)
+        return (row // self.read_run) * self.ny + col
+
+    def run_size(self, run: int) -> int:
+        """Tiles in ``run``."""
+        i0 = run // self.ny * self.read_run
+        return min(i0 + self.read_run, self.nx) - i0
+
+    def load_bytes(self, key: LoadKey) -> int:
+        """Bytes held by one load (its tiles padded by one pixel on every side, float32)."""
+        _, h, w = self.tile_shape
+        return self.run_size(key[0]) * (key[2] - key[1]) * (h + 2) * (w + 2) * 4
+
+    def key(self, tile: int, region: Region, strip_px: int, vertical: bool) -> LoadKey:
+        """The load holding ``tile`` for ``region`` when strips are ``strip_px`` rows (columns if ``vertical``)."""
+        zs, ys, xs = region
+        along = xs if vertical else ys
+        return (self.run_of(tile), *self.load_planes(zs), along.start // strip_px)
+
+    def tiles_touching(self, ys: slice, xs: slice) -> tuple[int, ...]:
+        """Indices (row-major) of the tiles whose footprint ``h + 1`` by ``w + 1`` meets the region."""
+        _, h, w = self.tile_shape
+        origins = np.asarray(self.origins, dtype=np.int64).reshape(-1, 2)
+        oy, ox = origins[:, 0], origins[:, 1]
+        hit = (oy < ys.stop) & (oy + h + 1 > ys.start) & (ox < xs.stop) & (ox + w + 1 > xs.start)
+        return tuple(int(t) for t in np.nonzero(hit)[0])
+
+
+def make_layout(nx: int, ny: int, tile_shape: tuple[int, int, int], z_load: int, positions: np.ndarray) -> Layout:
+    """The :class:`Layout` of ``nx`` by ``ny`` tiles at ``positions`` (top-lefts, the canvas starting at 0)
+    whose input chunks hold ``z_load`` planes."""
+    _, h, w = tile_shape
+    z_load = max(1, int(z_load))
+    origins = np.floor(positions).astype(np.int64)
+    fractions = np.asarray(positions, dtype=float) - origins
+    return Layout(nx=int(nx), ny=int(ny), tile_shape=(int(tile_shape[0]), int(h), int(w)), z_load=z_load,
+                  read_run=2 if 4 * z_load * h * w < READ_RUN_BYTES else 1,
+                  origins=tuple((int(a), int(b)) for a, b in origins),
+                  fractions=tuple((float(a), float(b)) for a, b in fractions))
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One block of level 0: its region, the tiles meeting it and, per tile, the load holding it."""
+
+    region: Region
+    tiles: tuple[int, ...]
+    keys: tuple[LoadKey, ...]
+
+
+@dataclass(frozen=True)
+class StitchPlan:
+    """Which blocks are rendered in which order, from which loads: a value made by :func:`plan_stitch`.
+
+    Attributes
+    ----------
+    layout : Layout
+        The tiles' places and reads.
+    strip_px : int
+        Strip size in px (block rows, or block columns when ``vertical``).
+    vertical : bool
+        Whether strips are block columns.
+    blocks : tuple of BlockPlan
+        Every level-0 block once, in rendering order.
+    uses : tuple of (LoadKey, int)
+        Each load and the tile uses made of it by the blocks (a load is dropped after its last).
+    lookahead : int
+        Blocks rendered, prefetched or being written beyond the oldest unfinished one.
+    peak_load_bytes : int
+        Most bytes of loads alive at once (each from its first block to its last + ``lookahead``).
+    decoded_bytes : int
+        Bytes decoded in all (a load once).
+    """
+
+    layout: Layout
+    strip_px: int
+    vertical: bool
+    blocks: tuple[BlockPlan, ...]
+    uses: tuple[tuple[LoadKey, int], ...]
+    lookahead: int
+    peak_load_bytes: int
+    decoded_bytes: int
+
+    @property
+    def decode_factor(self) -> float:
+        """Input bytes decoded over the input (1.0: each chunk once)."""
+        nz, h, w = self.layout.tile_shape
+        return round(self.decoded_bytes / (self.layout.nx * self.layout.ny * nz * (h + 2) * (w + 2) * 4), 3)
+
+
+def _block_uses(layout: Layout, touching: dict, order: list[Region], strip_px: int,
+                vertical: bool) -> dict[LoadKey, list[int]]:
+    """Per load: the positions in ``order`` of the blocks using one of its tiles (once per tile)."""
+    uses: dict[LoadKey, list[int]] = {}
+    for k, region in enumerate(order):
+        for t in touching[region[1].start, region[2].start]:
+            uses.setdefault(layout.key(t, region, strip_px, vertical), []).append(k)
+    return uses
+
+
+def _peak_and_decoded(layout: Layout, uses: dict[LoadKey, list[int]], n_blocks: int,
+                      lookahead: int) -> tuple[int, int]:
+    """Most bytes of loads alive at once (each load from its first block to its last, ``lookahead`` blocks
+    ahead) and the bytes decoded in all."""
+    alive = np.zeros(n_blocks + lookahead + 1, dtype=np.int64)
+    decoded = 0
+    for key, blocks in uses.items():
+        size = layout.load_bytes(key)
+        alive[blocks[0]] += size
+        alive[blocks[-1] + lookahead] -= size
+        decoded += size
+    return int(np.cumsum(alive).max(initial=0)), decoded
+
+
+def _rank(layout: Layout, region: Region, strip: int, vertical: bool) -> tuple[int, ...]:
+    """Sort key of a block: Z load, strip, across the strip, along it, Z chunk."""
+    along, across = (2, 1) if vertical else (1, 2)
+    return (layout.load_planes(region[0])[0], region[along].start // strip, region[across].start,
+            region[along].start, region[0].start)
+
+
+def _block_order(layout: Layout, shape: tuple[int, int, int], block: tuple[int, int, int], cache_bytes: int,
+                 lookahead: int) -> tuple[list[Region], int, bool]:
+    """The order blocks are rendered in, the strip size in px and whether strips are block columns.
+
+    Z load by Z load, strip by strip, one block across the strip after the other, all the Z chunks
+    of a block in a row. For each orientation the strip is the largest number of block rows (or
+    columns), up to the whole slice, whose loads alive at once fit in ``cache_bytes``; the
+    orientation decoding less wins. Every Z load has the same plan: the choice looks at the first.
+    Pure: nothing given is changed.
+    """
+    regions = list(pyramid.iter_blocks(shape, block))
+    touching = {(r[1].start, r[2].start): layout.tiles_touching(r[1], r[2]) for r in regions}
+    first_load = [r for r in regions if layout.load_planes(r[0])[0] == 0]
+    best = None
+    for vertical in (False, True):
+        along = 2 if vertical else 1
+        for strip_blocks in range(-(-shape[along] // block[along]), 0, -1):
+            strip = strip_blocks * block[along]
+            order = sorted(first_load, key=partial(_rank, layout, strip=strip, vertical=vertical))
+            peak, decoded = _peak_and_decoded(layout, _block_uses(layout, touching, order, strip, vertical),
+                                              len(order), lookahead)
+            if peak <= cache_bytes:
+                break
+        if best is None or (decoded, peak) < best[0]:
+            best = ((decoded, peak), strip, vertical)
+    assert best is not None  # the loop over both orientations always sets it
+    _, strip, vertical = best
+    return sorted(regions, key=partial(_rank, layout, strip=strip, vertical=vertical)), strip, vertical
+
+
+def plan_stitch(layout: Layout, shape: tuple[int, int, int], block: tuple[int, int, int], *,
+                cache_bytes: int = CACHE_BYTES, lookahead: int = 2) -> StitchPlan:
+    """Plan the rendering of level 0 of ``shape`` in blocks of ``block`` (a pure function: a value out).
+
+    Parameters
+    ----------
+    layout : Layout
+        The tiles' places and reads (:func:`make_layout`).
+    shape : (int, int, int)
+        Level-0 ``(Z, Y, X)``.
+    block : (int, int, int)
+        Block (one output shard) ``(Z, Y, X)``.
+    cache_bytes : int
+        Most bytes of decoded tiles to hold at once (the strips are cut to fit, see the module doc).
+    lookahead : int
+        Blocks in flight beyond the oldest unfinished one (rendered, prefetched or written): their
+        loads are alive too.
+
+    Returns
+    -------
+    StitchPlan
+    """
+    order, strip, vertical = _block_order(layout, shape, block, cache_bytes, lookahead)
+    touching = {(r[1].start, r[2].start): layout.tiles_touching(r[1], r[2]) for r in order}
+    uses = _block_uses(layout, touching, order, strip, vertical)
+    peak, decoded = _peak_and_decoded(layout, uses, len(order), lookahead)
+    blocks = tuple(BlockPlan(region=r, tiles=(tiles := touching[r[1].start, r[2].start]),
+                             keys=tuple(layout.key(t, r, strip, vertical) for t in tiles)) for r in order)
+    return StitchPlan(layout=layout, strip_px=strip, vertical=vertical, blocks=blocks,
+                      uses=tuple((key, len(b)) for key, b in uses.items()), lookahead=lookahead,
+                      peak_load_bytes=peak, decoded_bytes=decoded)
+
+
+class _LoadCache:
+    """Loads of tiles, each made once (by a prefetch or by the first block that needs it) and dropped
+    after the last use.
+
+    ``uses`` counts, for each :data:`LoadKey`, the tile uses by blocks, each one a :meth:`get` then a
+    :meth:`release`. A load being made is waited for, not made again.
+    """
+
+    def __init__(self, read: Callable[[int, int, int], list], uses: dict[LoadKey, int]) -> None:
+        self.read = read
         self.remaining = dict(uses)
         self.loads: dict[LoadKey, Future] = {}
         self.lock = threading.Lock()
@@ -99,18 +336,16 @@ class _LoadCache:
 
     def _fill(self, key: LoadKey, entry: Future) -> None:
         try:
-            entry.set_result(self.load(*key[:3]))
+            entry.set_result(self.read(*key[:3]))
         except BaseException as exc:
             entry.set_exception(exc)
-            raise
 
-    def fetch(self, keys: list[LoadKey]) -> None:
-        """Make, one after the other, each of ``keys`` that no thread has started (without waiting for
-        those under way): two blocks needing the same new tiles decode them in parallel."""
+    def prefetch(self, keys: Sequence[LoadKey], executor: Executor) -> None:
+        """Start making, on ``executor``, each of ``keys`` not made or under way."""
         for key in keys:
             entry = self._claim(key)
             if entry is not None:
-                self._fill(key, entry)
+                executor.submit(self._fill, key, entry)
 
     def get(self, key: LoadKey) -> list:
         """The padded tiles of ``key``, loaded at most once while its blocks still need them."""
@@ -128,72 +363,33 @@ class _LoadCache:
             if self.remaining[key] == 0:
                 self.loads.pop(key, None)
 
+    def abort(self, exc: BaseException) -> None:
+        """Fail every load not made yet with ``exc`` (its decoding was cancelled: nobody waits for ever)."""
+        with self.lock:
+            entries = list(self.loads.values())
+        for entry in entries:
+            try:
+                entry.set_exception(exc)
+            except InvalidStateError:  # made meanwhile
+                pass
 
-class _Canvas:
-    """Everything a block needs: the tiles' integer origins and sub-pixel fractions, the gains, the loads.
 
-    Small tiles are read two tile rows at a time (a run: one column of tiles, one zarr call), which
-    spares most of zarr's per-call cost; tiles of ``READ_RUN_BYTES`` or more one at a time (a run of
-    two would be decoded again by each strip that needs only one of its tiles).
-    """
+class _TileReader:
+    """Reads a load: the tiles of one run, planes ``[z0, z1)``, each times its gain (weights / flat field)
+    and padded with one zero row and column on every side (:meth:`__call__`)."""
 
-    def __init__(self, grid: MosaicGrid, positions: np.ndarray, weights: np.ndarray, flat: np.ndarray | None,
-                 overwrite: bool, xp) -> None:
+    def __init__(self, grid: MosaicGrid, layout: Layout, gain: np.ndarray, xp) -> None:
         self.grid = grid
-        self.origins = np.floor(positions).astype(np.int64)
-        self.fractions = positions - self.origins
-        self.overwrite = overwrite
-        self.xp = xp
-        gain = weights if flat is None else weights / flat
+        self.layout = layout
         self.gain = xp.asarray(gain.astype(np.float32))
-        self.weights = xp.asarray(np.pad(weights, 1))
-        self.z_load = max(1, int(grid.array.chunks[0]))  # planes decoded together
-        _, h, w = grid.tile_shape
-        self.read_run = 2 if 4 * self.z_load * h * w < READ_RUN_BYTES else 1
-        rows, cols = np.divmod(np.arange(grid.nx * grid.ny), grid.ny)
-        self.run_of = (rows // self.read_run) * grid.ny + cols  # run index of each tile
-        self.run_sizes = np.bincount(self.run_of)
-        self.strip_px = 1
-        self.vertical = False
-        self.cache = _LoadCache(self._load, {})
+        self.xp = xp
 
-    def load_planes(self, zs: slice) -> tuple[int, int]:
-        """Planes ``[z0, z1)`` of the whole input chunks that hold ``zs``."""
-        zl, nz = self.z_load, self.grid.tile_shape[0]
-        return zs.start // zl * zl, min(-(-zs.stop // zl) * zl, nz)
-
-    def load_bytes(self, key: LoadKey) -> int:
-        """Bytes held by one load."""
-        _, h, w = self.grid.tile_shape
-        return int(self.run_sizes[key[0]]) * (key[2] - key[1]) * (h + 2) * (w + 2) * 4
-
-    def key(self, tile: int, region: Region) -> LoadKey:
-        """The load holding ``tile`` for ``region``."""
-        zs, ys, xs = region
-        along = xs if self.vertical else ys
-        return (int(self.run_of[tile]), *self.load_planes(zs), along.start // self.strip_px)
-
-    def uses(self, regions: list[Region]) -> dict[LoadKey, list[int]]:
-        """Per load: the blocks among ``regions`` using one of its tiles, in order (once per tile)."""
-        uses: dict[LoadKey, list[int]] = {}
-        for k, region in enumerate(regions):
-            for t in self.tiles_touching(region[1], region[2]).tolist():
-                uses.setdefault(self.key(t, region), []).append(k)
-        return uses
-
-    def plan(self, regions: list[Region], strip_px: int, vertical: bool) -> None:
-        """Get ready to render each of ``regions`` once, in this order, in strips of ``strip_px``."""
-        self.strip_px, self.vertical = strip_px, vertical
-        self.cache = _LoadCache(self._load, {key: len(blocks) for key, blocks in self.uses(regions).items()})
-
-    def _load(self, run: int, z0: int, z1: int) -> list:
-        """The tiles of ``run``, planes ``[z0, z1)``, each times its gain (weights / flat field) and padded
-        with one zero row and column on every side."""
+    def __call__(self, run: int, z0: int, z1: int) -> list:
         xp = self.xp
-        _, h, w = self.grid.tile_shape
-        i0, j = divmod(run, self.grid.ny)
-        i0 *= self.read_run
-        i1 = min(i0 + self.read_run, self.grid.nx)
+        _, h, w = self.layout.tile_shape
+        i0, j = divmod(run, self.layout.ny)
+        i0 *= self.layout.read_run
+        i1 = i0 + self.layout.run_size(run)
         raw = xp.asarray(read_block(self.grid, slice(z0, z1), slice(i0 * h, i1 * h), slice(j * w, (j + 1) * w)))
         gain = self.gain if self.gain.ndim == 2 else self.gain[z0:z1]
         tiles = []
@@ -205,44 +401,54 @@ class _Canvas:
             tiles.append(padded)
         return tiles
 
-    def tiles_touching(self, ys: slice, xs: slice) -> np.ndarray:
-        """Indices (row-major) of the tiles whose footprint ``h + 1`` by ``w + 1`` meets the region."""
-        _, h, w = self.grid.tile_shape
-        oy, ox = self.origins[:, 0], self.origins[:, 1]
-        return np.nonzero((oy < ys.stop) & (oy + h + 1 > ys.start) & (ox < xs.stop) & (ox + w + 1 > xs.start))[0]
 
-    def render(self, zs: slice, ys: slice, xs: slice):
-        """The blended output over one region ``(z, y, x)`` of the canvas (one of :meth:`plan`'s), float32,
-        as an array of the backend."""
-        xp = self.xp
-        _, h, w = self.grid.tile_shape
-        num = xp.zeros((zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), dtype=xp.float32)
-        den = xp.zeros(num.shape[1:], dtype=xp.float32)
-        tiles = self.tiles_touching(ys, xs).tolist()
-        self.cache.fetch(list(dict.fromkeys(self.key(t, (zs, ys, xs)) for t in tiles)))
-        for t in tiles:
-            oy, ox = self.origins[t].tolist()
-            fy, fx = self.fractions[t].tolist()
-            r0, r1 = max(ys.start, oy), min(ys.stop, oy + h + 1)
-            c0, c1 = max(xs.start, ox), min(xs.stop, ox + w + 1)
-            key = self.key(t, (zs, ys, xs))
-            padded = self.cache.get(key)[t // self.grid.ny % self.read_run]
-            # footprint rows r0 - oy .. r1 - oy need padded rows r0 - oy .. r1 - oy + 1 (see _lerp)
-            rows, cols = slice(r0 - oy, r1 - oy + 1), slice(c0 - ox, c1 - ox + 1)
-            values = _lerp(padded[zs.start - key[1]:zs.stop - key[1], rows, cols], fy, fx)
-            weights = _lerp(self.weights[rows, cols], fy, fx)
-            self.cache.release(key)
-            out_rows, out_cols = slice(r0 - ys.start, r1 - ys.start), slice(c0 - xs.start, c1 - xs.start)
-            if self.overwrite:
-                covered = weights > 0
-                num[:, out_rows, out_cols] = xp.where(covered, values, num[:, out_rows, out_cols])
-                den[out_rows, out_cols] = xp.where(covered, weights, den[out_rows, out_cols])
-            else:
-                num[:, out_rows, out_cols] += values
-                den[out_rows, out_cols] += weights
-        den[den == 0] = 1  # uncovered: num is 0 there too
-        num /= den
-        return num
+def render_block(block: BlockPlan, layout: Layout, tiles: Sequence, weights, overwrite: bool, xp):
+    """The blended output over one block: ``sum(w * tile / flat) / sum(w)`` resampled (a pure function).
+
+    Parameters
+    ----------
+    block : BlockPlan
+        The block's region, tiles and loads.
+    layout : Layout
+        The tiles' origins and sub-pixel fractions.
+    tiles : sequence of arrays
+        Per tile of ``block.tiles``: the padded, gain-multiplied planes of its load (``(z1 - z0, h + 2, w + 2)``).
+    weights : array
+        ``(h + 2, w + 2)`` blending weights padded with zeros.
+    overwrite : bool
+        The last tile wins where it has weight (blending ``none``) instead of the weighted mean.
+    xp : module
+        NumPy or CuPy.
+
+    Returns
+    -------
+    array
+        float32 ``(Z, Y, X)`` of the region, of the backend.
+    """
+    zs, ys, xs = block.region
+    _, h, w = layout.tile_shape
+    num = xp.zeros((zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), dtype=xp.float32)
+    den = xp.zeros(num.shape[1:], dtype=xp.float32)
+    for t, key, padded in zip(block.tiles, block.keys, tiles, strict=True):
+        oy, ox = layout.origins[t]
+        fy, fx = layout.fractions[t]
+        r0, r1 = max(ys.start, oy), min(ys.stop, oy + h + 1)
+        c0, c1 = max(xs.start, ox), min(xs.stop, ox + w + 1)
+        # footprint rows r0 - oy .. r1 - oy need padded rows r0 - oy .. r1 - oy + 1 (see _lerp)
+        rows, cols = slice(r0 - oy, r1 - oy + 1), slice(c0 - ox, c1 - ox + 1)
+        values = _lerp(padded[zs.start - key[1]:zs.stop - key[1], rows, cols], fy, fx)
+        weight = _lerp(weights[rows, cols], fy, fx)
+        out_rows, out_cols = slice(r0 - ys.start, r1 - ys.start), slice(c0 - xs.start, c1 - xs.start)
+        if overwrite:
+            covered = weight > 0
+            num[:, out_rows, out_cols] = xp.where(covered, values, num[:, out_rows, out_cols])
+            den[out_rows, out_cols] = xp.where(covered, weight, den[out_rows, out_cols])
+        else:
+            num[:, out_rows, out_cols] += values
+            den[out_rows, out_cols] += weight
+    den[den == 0] = 1  # uncovered: num is 0 there too
+    num /= den
+    return num
 
 
 def _lerp(padded, fy: float, fx: float):
@@ -301,9 +507,11 @@ def peak_bytes(grid: MosaicGrid, A: np.ndarray, threads: int, z_chunk: int, *, c
     tile = min(nz, max(1, int(grid.array.chunks[0]))) * (h + 2) * (w + 2) * 4
     reads = 2 if tile < READ_RUN_BYTES else 1
     step_y, step_x = (max(1.0, step) for step in geometry.step_lengths(A))
-    strip = reads * (int(np.ceil(block_px / step_y)) + 2) * (int(np.ceil(block_px / step_x)) + 2 + threads) * tile
+    window = lookahead_blocks(threads)
+    strip = reads * (int(np.ceil(block_px / step_y)) + 2) * (int(np.ceil(block_px / step_x)) + 2 + window) * tile
     cache = min(cache_bytes, grid.nx * grid.ny * tile)
-    return max(cache, strip) + threads * (reads * tile + 6 * z_chunk * (block_px + 2) ** 2 * 4)
+    rendered = window * 5 * z_chunk * block_px**2  # float32 level 0 and its level-1 quarter, waiting to be written
+    return max(cache, strip) + threads * (reads * tile + 6 * z_chunk * (block_px + 2) ** 2 * 4) + rendered
 
 
 def default_z_chunk(grid: MosaicGrid, block_px: int) -> int:
@@ -317,58 +525,25 @@ def default_z_chunk(grid: MosaicGrid, block_px: int) -> int:
     return int(divisors[0] if divisors[0] * 2 > budget else budget)
 
 
-def _peak_load_bytes(canvas: _Canvas, order: list[Region], workers: int) -> tuple[int, int]:
-    """Most bytes of loads alive at once when ``order`` is rendered (each load from its first block to
-    its last, ``workers`` blocks ahead), and the bytes decoded in all."""
-    alive = np.zeros(len(order) + workers + 1, dtype=np.int64)
-    decoded = 0
-    for key, blocks in canvas.uses(order).items():
-        size = canvas.load_bytes(key)
-        alive[blocks[0]] += size
-        alive[blocks[-1] + workers] -= size
-        decoded += size
-    return int(np.cumsum(alive).max(initial=0)), decoded
+def lookahead_blocks(threads: int) -> int:
+    """Blocks in flight (prefetched, rendered or being written) with ``threads`` threads per stage."""
+    return 2 * max(1, threads)
 
 
-def _block_order(canvas: _Canvas, shape: tuple[int, int, int], block: tuple[int, int, int], cache_bytes: int,
-                 workers: int) -> tuple[list[Region], int, bool]:
-    """The order blocks are rendered in, the strip size in px and whether strips are block columns.
+def _write_pyramid(group, plan: StitchPlan, read: Callable[[int, int, int], list], weights, overwrite: bool, xp,
+                   shapes: list[tuple[int, int, int]], block: tuple[int, int, int], *, sharded: bool, threads: int,
+                   progress: ProgressCallback | None) -> None:
+    """Render level 0 block by block, then the downsampled levels.
 
-    Z load by Z load, strip by strip, one block across the strip after the other, all the Z chunks
-    of a block in a row. For each orientation the strip is the largest number of block rows (or
-    columns), up to the whole slice, whose loads alive at once fit in ``cache_bytes``; the
-    orientation decoding less wins. Every Z load has the same plan: the choice looks at the first.
-    """
-    regions = list(pyramid.iter_blocks(shape, block))
-    first_load = [r for r in regions if canvas.load_planes(r[0])[0] == 0]
-    best = None
-    for vertical in (False, True):
-        along, across = (2, 1) if vertical else (1, 2)
-        for strip_blocks in range(-(-shape[along] // block[along]), 0, -1):
-            strip = strip_blocks * block[along]
-            canvas.strip_px, canvas.vertical = strip, vertical
+    Three stages overlap, each on its own pool of ``threads`` threads, so decoding, resampling and
+    blending, and encoding keep the cores busy together (zstd and NumPy release the GIL): the loads
+    of a block are decoded (prefetched) when it enters the window of ``plan.lookahead`` blocks in
+    flight, it is rendered once they are there, and written (level 0 and its 2x2 mean, level 1)
+    while the next ones render. A block leaves the window when written; blocks are completed in the
+    plan's order.
 
-            def rank(region: Region, along=along, across=across, strip=strip):
-                return (canvas.load_planes(region[0])[0], region[along].start // strip, region[across].start,
-                        region[along].start, region[0].start)
-
-            peak, decoded = _peak_load_bytes(canvas, sorted(first_load, key=rank), workers)
-            if peak <= cache_bytes:
-                break
-        if best is None or (decoded, peak) < best[0]:
-            best = ((decoded, peak), sorted(regions, key=rank), strip, vertical)
-    assert best is not None  # the loop over both orientations always sets it
-    return best[1], best[2], best[3]
-
-
-def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], block: tuple[int, int, int], *,
-                   sharded: bool, threads: int, cache_bytes: int, progress: ProgressCallback | None) -> dict:
-    """Render level 0 block by block on a thread pool, then the downsampled levels; return the plan's
-    ``decode_factor`` (input chunks decoded per chunk) and ``cache_peak_bytes``.
-
-    Level 1 is downsampled from each rendered block while it is in memory; its chunks are the
-    half-size blocks, unsharded (a level-1 shard would gather four blocks written concurrently).
-    Levels 2 and up are built from level 1.
+    Level 1 chunks are the half-size blocks, unsharded (a level-1 shard would gather four blocks
+    written concurrently). Levels 2 and up are built from level 1.
     """
     chunks = (block[0], block[1] // 2, block[2] // 2)
     shards = block if sharded else None
@@ -383,34 +558,52 @@ def _write_pyramid(group, canvas: _Canvas, shapes: list[tuple[int, int, int]], b
 
     level0 = pyramid.create_level(group, "0", shapes[0], chunks, shards)
     level1 = pyramid.create_level(group, "1", shapes[1], chunks) if len(shapes) > 1 else None
+    cache = _LoadCache(read, dict(plan.uses))
+    run = plan.layout.read_run
+    ny = plan.layout.ny
 
-    def work(region: Region) -> None:
-        out = canvas.render(*region)
+    def write(region: Region, out) -> None:
         level0[region] = to_numpy(out)
         if level1 is not None:
             z, y, x = region
             level1[z, y.start // 2:(y.stop + 1) // 2, x.start // 2:(x.stop + 1) // 2] = to_numpy(
                 pyramid.downsample_mean(out))
 
-    with ThreadPoolExecutor(threads) as pool:
-        try:
-            order, strip_px, vertical = _block_order(canvas, shapes[0], block, cache_bytes, threads)
-            canvas.plan(order, strip_px, vertical)
-            peak, decoded = _peak_load_bytes(canvas, order, threads)
-            if progress is not None:
-                progress(0, total)
-            futures: list[Future] = [pool.submit(work, region) for region in order]
-            for future in futures:
-                future.result()
+    def render(item: BlockPlan) -> Future:
+        tiles = [cache.get(key)[t // ny % run] for t, key in zip(item.tiles, item.keys, strict=True)]
+        out = render_block(item, plan.layout, tiles, weights, overwrite, xp)
+        del tiles
+        for key in item.keys:
+            cache.release(key)
+        return writers.submit(write, item.region, out)
+
+    decoders = ThreadPoolExecutor(threads, "stitch-decode")
+    renderers = ThreadPoolExecutor(threads, "stitch-render")
+    writers = ThreadPoolExecutor(threads, "stitch-write")
+    try:
+        if progress is not None:
+            progress(0, total)
+        pending: deque[Future] = deque()
+        for item in plan.blocks:
+            while len(pending) >= plan.lookahead:
+                pending.popleft().result().result()
                 step()
-            pyramid.write_levels(group, shapes, chunks=chunks, shards=shards, block=block, executor=pool,
-                                 on_block_done=step, first=2)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    _, h, w = canvas.grid.tile_shape
-    once = canvas.grid.nx * canvas.grid.ny * shapes[0][0] * (h + 2) * (w + 2) * 4
-    return {"decode_factor": round(decoded / once, 3), "cache_peak_bytes": peak}
+            cache.prefetch(list(dict.fromkeys(item.keys)), decoders)
+            pending.append(renderers.submit(render, item))
+        while pending:
+            pending.popleft().result().result()
+            step()
+        pyramid.write_levels(group, shapes, chunks=chunks, shards=shards, block=block, executor=writers,
+                             on_block_done=step, first=2)
+    except BaseException as exc:
+        decoders.shutdown(wait=False, cancel_futures=True)
+        cache.abort(exc)  # renderers waiting on a cancelled load stop waiting
+        renderers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        for pool in (decoders, renderers, writers):
+            pool.shutdown(wait=True)
 
 
 def stitch_slice(
@@ -429,6 +622,7 @@ def stitch_slice(
     threads: int | None = None,
     cache_bytes: int = CACHE_BYTES,
     positions: np.ndarray | None = None,
+    flatfield_label: str | None = None,
 ) -> dict:
     """Stitch one slice's mosaic grid into an OME-Zarr image with a multiscale pyramid.
 
@@ -471,6 +665,10 @@ def stitch_slice(
         ``(nx * ny, 2)`` top-left of each tile (row-major, any origin) overriding ``A @ [i, j]``:
         the model with its backlash term, or with each tile's registered residual
         (:func:`linumpy_motor.pipeline.steps.tile_positions`). ``transform`` still sizes the overlaps.
+    flatfield_label : str, optional
+        How the output's metadata and the summary describe the flat field (default: ``"estimate"``,
+        ``"none"`` or the file's absolute path): a runner passing the flat field its measurement wrote
+        names it as the measurement did (``"estimate"``), whatever folder the file is in.
 
     Returns
     -------
@@ -512,11 +710,14 @@ def stitch_slice(
     block = (zc, block_px, block_px)
     with atomic_output(output, "stitch") as tmp, limited_threads(threads):
         flat, flat_description = resolve_flatfield(grid, flatfield)
-        canvas = _Canvas(grid, placed - placed.min(axis=0), weight_map((h, w), blending, overlap_px(A, (h, w))),
-                         flat, blending == "none", xp)
+        flat_description = flatfield_label if flatfield_label is not None else flat_description
+        layout = make_layout(grid.nx, grid.ny, grid.tile_shape, int(grid.array.chunks[0]), placed - placed.min(axis=0))
+        plan = plan_stitch(layout, shapes[0], block, cache_bytes=cache_bytes, lookahead=lookahead_blocks(threads))
+        weights = weight_map((h, w), blending, overlap_px(A, (h, w)))
+        read = _TileReader(grid, layout, weights if flat is None else weights / flat, xp)
         group = ngff.create_group(tmp, ngff_version)
-        plan = _write_pyramid(group, canvas, shapes, block, sharded=group.metadata.zarr_format == 3, threads=threads,
-                              cache_bytes=cache_bytes, progress=progress)
+        _write_pyramid(group, plan, read, xp.asarray(np.pad(weights, 1)), blending == "none", xp, shapes, block,
+                       sharded=group.metadata.zarr_format == 3, threads=threads, progress=progress)
         metadata = {
             "stage": "stitch", "version": __version__, "source": str(grid.path), "transform": A.tolist(),
             "canvas_origin": placed.min(axis=0).tolist(), "positions": placed.tolist(),
@@ -530,5 +731,6 @@ def stitch_slice(
         "output": str(output), "shape": list(shapes[0]), "levels": [list(s) for s in shapes],
         "seconds": round(time.perf_counter() - start, 3), "backend": backend, "blending": blending,
         "flatfield": flat_description, "ngff_version": ngff_version, "chunks": [zc, block_px // 2, block_px // 2],
-        "dtype": "float32", "threads": threads, **plan,
+        "dtype": "float32", "threads": threads, "decode_factor": plan.decode_factor,
+        "cache_peak_bytes": plan.peak_load_bytes,
     }

@@ -1,6 +1,7 @@
 include { shellQuote; taskEnvironment } from '../shell'
 
-// Phase-correlate every pair of horizontal and vertical neighbour tiles of one slice (flat field divided out first).
+// Phase-correlate every pair of horizontal and vertical neighbour tiles of one slice (flat field divided out first);
+// the flat field it used is written too (PREFIX_flatfield/flatfield.npy), for STITCH to use rather than estimate again.
 process MEASURE_PAIRS {
     tag "${meta.prefix}"
     label 'process_medium'
@@ -16,6 +17,7 @@ process MEASURE_PAIRS {
 
     output:
     tuple val(meta), path('*_pairs.json'), emit: pairs
+    tuple val(meta), path('*_flatfield'), emit: flatfield
     tuple val("${task.process}"), val('linumpy-motor'), eval('linum_motor_version.py'), emit: versions, topic: versions
 
     script:
@@ -29,6 +31,7 @@ process MEASURE_PAIRS {
         ${shellQuote(zarr)} \\
         ${shellQuote("${prefix}_pairs.json")} \\
         --slice-id ${meta.id} \\
+        --flatfield-out ${shellQuote("${prefix}_flatfield")} \\
         --threads ${task.cpus} \\
         ${gpu} ${args} ${flatfield_arg}
     """
@@ -37,5 +40,7 @@ process MEASURE_PAIRS {
     def prefix = task.ext.prefix ?: meta.prefix
     """
     echo '{}' > ${shellQuote("${prefix}_pairs.json")}
+    mkdir -p ${shellQuote("${prefix}_flatfield")}
+    touch ${shellQuote("${prefix}_flatfield/flatfield.npy")}
     """
 }

@@ -10,9 +10,10 @@ process STITCH {
     container "${ use_gpu ? 'ghcr.io/linum-uqam/linumpy-motor:0.1.0-cuda' : 'ghcr.io/linum-uqam/linumpy-motor:0.1.0' }"
 
     input:
-    tuple val(meta), path(zarr), path(pairs)   // pairs: the slice's pairs JSON for --placement registered, else []
+    // pairs: the slice's pairs JSON for --placement registered, else []; flatfield: a .npy flat field (the one
+    // MEASURE_PAIRS wrote for the slice, or a given one), or [] for a mode (conf/modules.config's ext.args passes it)
+    tuple val(meta), path(zarr), path(pairs), path(flatfield)
     path(transform)
-    path(flatfield)   // a .npy flat field, or [] for a mode (conf/modules.config's ext.args passes it)
     val(use_gpu)      // an input, not only a directive: turning the GPU on changes the task hash
     val(library)      // LIBRARY_VERSION: part of the task hash
 
