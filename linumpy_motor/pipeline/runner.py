@@ -276,14 +276,15 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
             return ESTIMATE_FAILED  # measured on shifted values (dB): no gain of the data to stitch with
         return said
 
+    labels = {sid: slice_flat_label(sid) for sid, _ in slices}  # reads each slice's pairs file: once
     ran["stitch"] = run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
-                                 flatfield=slice_flat_id(sid), flatfield_label=slice_flat_label(sid),
+                                 flatfield=slice_flat_id(sid), flatfield_label=labels[sid],
                                  placement=options.placement, use_gpu=options.use_gpu,
                                  pairs=file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=A,
                             positions=positions(sid), flatfield=slice_flat(sid),
-                            flatfield_label=slice_flat_label(sid), use_gpu=options.use_gpu,
+                            flatfield_label=labels[sid], use_gpu=options.use_gpu,
                             threads=threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, workers, "stitch", progress)
