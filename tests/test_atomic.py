@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from reliability_helpers import CLI, env, read_level0, run, tree_digest, write_small_dataset
+from zarr.core.sync import sync
 
 from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff, outputs
@@ -41,6 +46,25 @@ def test_an_interrupted_store_leaves_nothing(tmp_path):
         with outputs.atomic_output(tmp_path / "s.ome.zarr") as tmp:
             store(tmp, 1.0)
             raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_zarr_write_still_running_when_the_output_fails_does_not_bring_its_temporary_back(tmp_path):
+    """A Ctrl-C stops the wait for a zarr write (run on zarr's own I/O thread), not the write: the temporary is
+    removed only once zarr's writes have finished, so none creates it again afterwards."""
+    target = tmp_path / "slice.ome.zarr"
+
+    async def late_write(tmp: Path) -> None:
+        await asyncio.sleep(0.3)
+        await zarr.api.asynchronous.create_array(str(tmp / "late"), shape=(4,), dtype="u1")
+
+    with pytest.raises(KeyboardInterrupt):
+        with outputs.atomic_output(target) as tmp:
+            store(tmp, 1.0)
+            # a write whose caller no longer waits (as an interrupted main thread no longer does)
+            threading.Thread(target=sync, args=(late_write(tmp),), daemon=True).start()
+            raise KeyboardInterrupt
+    time.sleep(0.6)
     assert list(tmp_path.iterdir()) == []
 
 

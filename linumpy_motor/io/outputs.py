@@ -22,6 +22,7 @@ The rule
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -33,8 +34,9 @@ from pathlib import Path
 from typing import TypeGuard
 
 import zarr
+from zarr.core.sync import sync
 
-from linumpy_motor import __version__
+from linumpy_motor import __version__, interrupts
 from linumpy_motor.errors import InputError
 
 __all__ = ["MARKER_FILE", "MARKER_KEY", "MAX_MARKED_JSON_BYTES", "STAGE_KINDS", "TEMPORARY", "WRITE_ERRNOS",
@@ -52,6 +54,8 @@ WRITTEN_METADATA = ZARR_METADATA - {".zmetadata"}
 MAX_MARKED_JSON_BYTES = 256 * 2**20
 """A JSON file larger than this is not read to look for the marker (it is not ours)."""
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+SETTLE_S = 30.0
+"""Longest wait for zarr's writes still running before a failed output's temporary is removed."""
 
 
 def marker(stage: str) -> dict:
@@ -394,11 +398,28 @@ def atomic_output(path: str | Path, stage: str = "output") -> Iterator[Path]:
             _claim()
         _swap(tmp, path)
     except BaseException as exc:
-        with suppress(OSError):  # never mask the error; a leftover is removed by the next run
+        # not cut by a Ctrl-C (raised after it), never masking the error; a leftover is removed by the next run
+        with interrupts.deferred(), suppress(OSError):
+            _settle_zarr_io()
             remove_path(tmp)
         if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
             raise OSError(exc.errno, f"{stage} step: {os.strerror(exc.errno)}", str(path)) from None
         raise
+
+
+async def _other_tasks_end() -> None:
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    if tasks:
+        await asyncio.wait(tasks, timeout=SETTLE_S)
+
+
+def _settle_zarr_io() -> None:
+    """Wait until zarr's I/O loop has finished the writes it was running (at most :data:`SETTLE_S`).
+
+    A Ctrl-C or SIGTERM stops this thread's wait for a zarr write (zarr runs it on its own I/O thread), not
+    the write: removed meanwhile, the temporary output was created again by it, and left behind.
+    """
+    sync(_other_tasks_end())
 
 
 def write_json(path: str | Path, data: dict, stage: str = "output") -> None:
