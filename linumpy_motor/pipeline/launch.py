@@ -29,18 +29,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             from linumpy_motor.pipeline import cli
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM during the imports
-            interrupts.finish()
-            stop = interrupts.outcome(exc)
-            assert stop is not None  # a KeyboardInterrupt always has one
-            print(f"{PROG}: {stop[1]}", file=sys.stderr)
-            return stop[0]
         except (MemoryError, ImportError) as exc:  # an address-space limit too low to load the libraries
+            interrupts.check()  # or a Ctrl-C or SIGTERM inside an extension's import, which reports it as its own error
             if memory.address_space_limit() is None and not isinstance(exc, MemoryError):
                 raise
             print(f"{PROG}: error: {memory.out_of_memory('start-up', None, exc)}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        return cli.main(argv)
+        return cli.main(argv)  # from the moment it has built its parser, it handles Ctrl-C and SIGTERM itself
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM during the imports, or before the command's parser is built
+        interrupts.finish()
+        stop = interrupts.outcome(exc)
+        assert stop is not None  # a KeyboardInterrupt always has one
+        print(f"{PROG}: {stop[1]}", file=sys.stderr)
+        return stop[0]
     finally:
         if argv is not None and installed:
             interrupts.restore()
