@@ -77,7 +77,7 @@ def test_the_stitch_uses_the_written_flat_field(run_counted, dataset, tmp_path):
     A = np.array(stitched.attrs["linumpy_motor"]["transform"])
     positions = np.array(stitched.attrs["linumpy_motor"]["positions"])
     again = stitch_slice(dataset.path(sid), tmp_path / "again.ome.zarr", A, positions=positions, flatfield=flat)
-    assert again["flatfield"] == str(flat.resolve())
+    assert again["flatfield"] == "estimate"  # as its folder's note says
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "again.ome.zarr"), mode="r")["0"][:],
                                   stitched["0"][:])
     stitch_slice(dataset.path(sid), tmp_path / "none.ome.zarr", A, positions=positions, flatfield="none")
@@ -102,6 +102,7 @@ def test_none_writes_ones_that_stitch_as_no_correction(dataset, tmp_path):
                         flatfield_output=tmp_path / "flat")
     ones = np.load(tmp_path / "flat" / ff.FLATFIELD_FILE)
     assert ones.shape == SPEC.tile_shape[1:] and (ones == 1).all()
+    assert ff.describe_flatfield_file(tmp_path / "flat" / ff.FLATFIELD_FILE) == "none"
     kwargs = dict(transform=dataset.transform, blending="feather")
     stitch_slice(dataset.path(sid), tmp_path / "a.ome.zarr", flatfield=tmp_path / "flat" / ff.FLATFIELD_FILE,
                  **kwargs)
@@ -121,6 +122,12 @@ def test_a_given_flat_field_is_written_as_given(dataset, tmp_path):
     np.testing.assert_array_equal(np.load(written), np.load(given))
     np.testing.assert_array_equal(ff.load_flatfield(written, SPEC.tile_shape),
                                   ff.load_flatfield(given, SPEC.tile_shape))
+    assert ff.describe_flatfield_file(written) == str(given.resolve())  # the file given, not its copy
+
+
+def test_an_estimate_that_could_not_be_made_is_written_as_ones_and_named_so():
+    field, description = ff.slice_flatfield("estimate", None, (2, 8, 10))
+    assert field.shape == (8, 10) and (field == 1).all() and description == ff.ESTIMATE_FAILED
 
 
 def test_the_measure_script_writes_the_flat_field_for_the_stitch_script(dataset, tmp_path):
@@ -132,12 +139,25 @@ def test_the_measure_script_writes_the_flat_field_for_the_stitch_script(dataset,
     flat = tmp_path / "slice_flatfield" / ff.FLATFIELD_FILE
     transform = tmp_path / "A.json"
     steps.fit_affine([tmp_path / "p.json"], transform)
-    stitch = subprocess.run([sys.executable, str(ROOT / "bin" / "linum_motor_stitch.py"), str(dataset.path(sid)),
-                             str(transform), str(tmp_path / "s.ome.zarr"), "--flatfield", str(flat)],
-                            capture_output=True, text=True)
-    assert stitch.returncode == 0, stitch.stderr
-    meta = zarr.open_group(str(tmp_path / "s.ome.zarr"), mode="r").attrs["linumpy_motor"]
-    assert meta["flatfield"] == str(flat.resolve())
+    (tmp_path / "task").mkdir()  # Nextflow stages the file into the stitch's work folder as a link
+    (tmp_path / "task" / ff.FLATFIELD_FILE).symlink_to(flat)
+    for name, given in (("staged", tmp_path / "task" / ff.FLATFIELD_FILE), ("direct", flat)):
+        stitch = subprocess.run([sys.executable, str(ROOT / "bin" / "linum_motor_stitch.py"), str(dataset.path(sid)),
+                                 str(transform), str(tmp_path / f"{name}.ome.zarr"), "--flatfield", str(given)],
+                                capture_output=True, text=True)
+        assert stitch.returncode == 0, stitch.stderr
+        meta = zarr.open_group(str(tmp_path / f"{name}.ome.zarr"), mode="r").attrs["linumpy_motor"]
+        assert meta["flatfield"] == "estimate", name  # as the runner names it, not by a work folder's path
+
+
+def test_a_flat_field_file_away_from_its_folder_is_named_by_its_path(run_counted, dataset, tmp_path):
+    out, _, _ = run_counted
+    sid = dataset.slice_ids[0]
+    copy = tmp_path / ff.FLATFIELD_FILE
+    copy.write_bytes((out / "flatfield" / f"slice_z{sid:02d}_flatfield" / ff.FLATFIELD_FILE).read_bytes())
+    assert ff.describe_flatfield_file(copy) == str(copy.resolve())
+    (tmp_path / ff.FLATFIELD_NOTE).write_text('{"flatfield": 3}')  # not a note this program writes
+    assert ff.describe_flatfield_file(copy) == str(copy.resolve())
 
 
 def test_a_run_with_a_given_flat_field_stitches_with_it_and_names_it(dataset, tmp_path):

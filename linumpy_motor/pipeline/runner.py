@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from filelock import FileLock, Timeout
 
 from linumpy_motor import __version__
@@ -45,7 +44,7 @@ from linumpy_motor.pipeline.resume import (
     store_fingerprint,
 )
 from linumpy_motor.qc import summary
-from linumpy_motor.register.flatfield import ESTIMATE_FAILED, FLATFIELD_FILE, FLATFIELD_MODES, resolve_flatfield
+from linumpy_motor.register.flatfield import FLATFIELD_FILE, FLATFIELD_MODES, describe_flatfield_file, resolve_flatfield
 from linumpy_motor.stitch.assemble import check_canvas, stitch_slice
 
 __all__ = ["OUTPUT_STAGES", "describe", "output_paths", "planned_outputs", "prefix", "run"]
@@ -266,25 +265,16 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
     def slice_flat_id(sid: int) -> str:
         return file_digest(flats[sid] / FLATFIELD_FILE) if flats else flatfield_id
 
-    def slice_flat_label(sid: int) -> str | None:  # a given file by its path; else as the measurement said
-        if not flats:
-            return None
-        if flatfield not in FLATFIELD_MODES:
-            return str(Path(flatfield).resolve())
-        said = str(schemas.load(pairs[sid], schemas.PairsFile).stats["flatfield"])  # "estimate", "none", ...
-        if said == "estimate" and (np.load(flats[sid] / FLATFIELD_FILE) == 1).all():
-            return ESTIMATE_FAILED  # measured on shifted values (dB): no gain of the data to stitch with
-        return said
+    def slice_flat_label(sid: int) -> str | None:  # as the stitched metadata will name it (a rewritten note restitches)
+        return describe_flatfield_file(flats[sid] / FLATFIELD_FILE) if flats else None
 
-    labels = {sid: slice_flat_label(sid) for sid, _ in slices}  # reads each slice's pairs file: once
     ran["stitch"] = run_jobs([
         (stitched[sid], step_key(step="stitch", store=fingerprints[sid], transform=transform_digest,
-                                 flatfield=slice_flat_id(sid), flatfield_label=labels[sid],
+                                 flatfield=slice_flat_id(sid), flatfield_label=slice_flat_label(sid),
                                  placement=options.placement, use_gpu=options.use_gpu,
                                  pairs=file_digest(pairs[sid]) if registered else None, **stitch),
          stitch_slice, dict(source=path, output=stitched[sid], transform=A,
-                            positions=positions(sid), flatfield=slice_flat(sid),
-                            flatfield_label=labels[sid], use_gpu=options.use_gpu,
+                            positions=positions(sid), flatfield=slice_flat(sid), use_gpu=options.use_gpu,
                             threads=threads_per_job(options, len(slices)), **stitch))
         for sid, path in slices
     ], stamps, workers, "stitch", progress)

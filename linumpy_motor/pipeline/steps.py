@@ -121,7 +121,7 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
             histogram_match=histogram_match, max_empty_fraction=max_empty_fraction, use_gpu=use_gpu,
         ), progress=progress, on_flatfield=chosen.append)
     if flatfield_output is not None:
-        write_flatfield(flatfield_output, slice_flatfield(flatfield, chosen[0] if chosen else None, grid.tile_shape))
+        write_flatfield(flatfield_output, *slice_flatfield(flatfield, chosen[0] if chosen else None, grid.tile_shape))
     content = PairsFile(
         version=__version__, slice_id=slice_id_from_name(grid.path) if slice_id is None else slice_id,
         source=grid.path.name, tile_shape=grid.tile_shape, grid=(grid.nx, grid.ny), overlap=overlap,

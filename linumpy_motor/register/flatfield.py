@@ -10,6 +10,7 @@ field is estimated.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from linumpy_motor.io.schemas import is_npy
 __all__ = ["BIN_PX", "DEEP_CHUNK_MIN_TILES", "DEFAULT_FLATFIELD", "DEGREE", "ESTIMATE_FAILED", "FLATFIELD_FILE",
            "FLATFIELD_MODES",
            "MAX_NEGATIVE_FRACTION", "MAX_TILES", "MIN_TISSUE_TILES", "READ_THREADS", "SEED", "TISSUE_LEVEL",
-           "choose_flatfield",
+           "FLATFIELD_NOTE", "choose_flatfield", "describe_flatfield_file",
            "estimate_flatfield", "flatfield_file", "flatfield_from_tiles", "load_flatfield", "resolve_flatfield",
            "slice_flatfield", "write_flatfield"]
 
@@ -49,6 +50,8 @@ MIN_TISSUE_TILES = 3  # default fewest tissue tiles an estimate is made from
 SEED = 0  # default seed of the subset of tiles read
 FLATFIELD_FILE = "flatfield.npy"
 """The file of a slice's flat-field output folder (:func:`write_flatfield`), a ``.npy`` ``--flatfield`` accepts."""
+FLATFIELD_NOTE = "flatfield.json"
+"""Beside it: what the flat field is (``{"flatfield": DESCRIPTION}``, see :func:`describe_flatfield_file`)."""
 
 
 def _bin(image: np.ndarray, factor: int) -> np.ndarray:
@@ -318,7 +321,8 @@ def choose_flatfield(flatfield: str | Path | np.ndarray | None, tile_shape: tupl
     flatfield : str, Path, np.ndarray or None
         ``"estimate"``: ``estimate()``, described ``"estimate"`` (or :data:`ESTIMATE_FAILED` when it
         gives None); ``"none"`` or None: no correction; an array: that flat field (``"given"``); the
-        path of a ``.npy`` flat field: loaded (:func:`load_flatfield`), described by its absolute path.
+        path of a ``.npy`` flat field: loaded (:func:`load_flatfield`), described by
+        :func:`describe_flatfield_file`.
     tile_shape : (int, int, int)
         ``(Z, h, w)`` of the slice's tiles.
     estimate : callable
@@ -333,7 +337,7 @@ def choose_flatfield(flatfield: str | Path | np.ndarray | None, tile_shape: tupl
         return flatfield, "given"
     path = flatfield_file(flatfield)
     if path is not None:
-        return load_flatfield(path, tile_shape), str(path.resolve())
+        return load_flatfield(path, tile_shape), describe_flatfield_file(path)
     if flatfield is None or str(flatfield) == "none":
         return None, "none"
     field = estimate()
@@ -354,17 +358,35 @@ def resolve_flatfield(grid: MosaicGrid, flatfield: str | Path | None) -> tuple[n
     return choose_flatfield(flatfield, grid.tile_shape, lambda: estimate_flatfield(grid))
 
 
+def describe_flatfield_file(path: str | Path) -> str:
+    """How the outputs name the flat field of a ``.npy`` file: a slice's flat-field output (:func:`write_flatfield`)
+    by what its measurement recorded beside it (``"estimate"``, ``"none"``, the file it was given, ...), wherever it
+    is read from (a Nextflow task reads it from the measuring task's work folder); any other file by its absolute
+    path."""
+    path = Path(path).resolve()  # a link to the file (Nextflow stages its inputs so) leads to its folder
+    note = path.parent / FLATFIELD_NOTE
+    if path.name == FLATFIELD_FILE and note.is_file():
+        try:
+            description = json.loads(note.read_text())["flatfield"]
+        except (OSError, ValueError, KeyError, TypeError):  # not a note this program wrote
+            description = None
+        if isinstance(description, str):
+            return description
+    return str(path)
+
+
 def slice_flatfield(flatfield: str | Path | None, measured: np.ndarray | None,
-                    tile_shape: tuple[int, int, int]) -> np.ndarray:
-    """The flat field a slice was measured with, as the array its output file holds.
+                    tile_shape: tuple[int, int, int]) -> tuple[np.ndarray, str]:
+    """The flat field a slice was measured with, as the array its output file holds, and its description.
 
     Parameters
     ----------
     flatfield : str, Path or None
         The flat-field option: a ``.npy`` file is kept as given (loaded unchanged, so the stitch
-        normalises it exactly as it would the file itself); ``"estimate"`` keeps ``measured``;
-        ``"none"``, None, or an estimate that could not be made (``measured`` None) give ones (no
-        correction: dividing by 1 changes nothing).
+        normalises it exactly as it would the file itself) and keeps its description
+        (:func:`describe_flatfield_file`); ``"estimate"`` keeps ``measured`` (``"estimate"``); ``"none"``,
+        None (``"none"``), or an estimate that could not be made (``measured`` None: :data:`ESTIMATE_FAILED`)
+        give ones (no correction: dividing by 1 changes nothing).
     measured : np.ndarray or None
         The estimate the measurement made and used (``on_flatfield`` of
         :func:`~linumpy_motor.register.measure.measure_volume`).
@@ -374,18 +396,20 @@ def slice_flatfield(flatfield: str | Path | None, measured: np.ndarray | None,
     path = flatfield_file(flatfield)
     if path is not None:
         load_flatfield(path, tile_shape)  # checked
-        return np.load(path, allow_pickle=False)
-    if str(flatfield) == "estimate" and measured is not None:
-        return np.asarray(measured, dtype=np.float32)
-    return np.ones(tile_shape[1:], dtype=np.float32)
+        return np.load(path, allow_pickle=False), describe_flatfield_file(path)
+    ones = np.ones(tile_shape[1:], dtype=np.float32)
+    if str(flatfield) == "estimate":
+        return (np.asarray(measured, dtype=np.float32), "estimate") if measured is not None else (ones, ESTIMATE_FAILED)
+    return ones, "none"
 
 
-def write_flatfield(folder: str | Path, field: np.ndarray) -> Path:
-    """Write a slice's flat field as the output folder ``folder`` holding :data:`FLATFIELD_FILE`, atomically.
+def write_flatfield(folder: str | Path, field: np.ndarray, description: str) -> Path:
+    """Write a slice's flat field as the output folder ``folder`` holding :data:`FLATFIELD_FILE` and its
+    description (:data:`FLATFIELD_NOTE`), atomically.
 
     The folder carries this program's listing (:mod:`linumpy_motor.io.outputs`: a bare ``.npy`` file
     cannot be marked as an output), so a later run may replace it; the ``.npy`` inside is what
-    ``--flatfield FILE`` accepts.
+    ``--flatfield FILE`` accepts, and the stitch describes it by the description.
 
     Returns
     -------
@@ -395,4 +419,5 @@ def write_flatfield(folder: str | Path, field: np.ndarray) -> Path:
     with atomic_output(folder, "flatfield") as tmp:
         tmp.mkdir()
         np.save(tmp / FLATFIELD_FILE, np.ascontiguousarray(field), allow_pickle=False)
+        (tmp / FLATFIELD_NOTE).write_text(json.dumps({"flatfield": description}) + "\n")
     return Path(folder) / FLATFIELD_FILE

@@ -622,7 +622,6 @@ def stitch_slice(
     threads: int | None = None,
     cache_bytes: int = CACHE_BYTES,
     positions: np.ndarray | None = None,
-    flatfield_label: str | None = None,
 ) -> dict:
     """Stitch one slice's mosaic grid into an OME-Zarr image with a multiscale pyramid.
 
@@ -665,10 +664,6 @@ def stitch_slice(
         ``(nx * ny, 2)`` top-left of each tile (row-major, any origin) overriding ``A @ [i, j]``:
         the model with its backlash term, or with each tile's registered residual
         (:func:`linumpy_motor.pipeline.steps.tile_positions`). ``transform`` still sizes the overlaps.
-    flatfield_label : str, optional
-        How the output's metadata and the summary describe the flat field (default: ``"estimate"``,
-        ``"none"`` or the file's absolute path): a runner passing the flat field its measurement wrote
-        names it as the measurement did (``"estimate"``), whatever folder the file is in.
 
     Returns
     -------
@@ -710,7 +705,6 @@ def stitch_slice(
     block = (zc, block_px, block_px)
     with atomic_output(output, "stitch") as tmp, limited_threads(threads):
         flat, flat_description = resolve_flatfield(grid, flatfield)
-        flat_description = flatfield_label if flatfield_label is not None else flat_description
         layout = make_layout(grid.nx, grid.ny, grid.tile_shape, int(grid.array.chunks[0]), placed - placed.min(axis=0))
         plan = plan_stitch(layout, shapes[0], block, cache_bytes=cache_bytes, lookahead=lookahead_blocks(threads))
         weights = weight_map((h, w), blending, overlap_px(A, (h, w)))

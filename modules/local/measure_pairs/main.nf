@@ -42,5 +42,6 @@ process MEASURE_PAIRS {
     echo '{}' > ${shellQuote("${prefix}_pairs.json")}
     mkdir -p ${shellQuote("${prefix}_flatfield")}
     touch ${shellQuote("${prefix}_flatfield/flatfield.npy")}
+    echo '{"flatfield": "estimate"}' > ${shellQuote("${prefix}_flatfield/flatfield.json")}
     """
 }
