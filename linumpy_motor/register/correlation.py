@@ -21,8 +21,9 @@ from scipy import ndimage
 from linumpy_motor.backend import to_numpy
 
 __all__ = ["CANDIDATE_PEAK_RATIO", "FILTER_SIGMA", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX",
-           "PairShift", "REFINE_BATCH_BYTES", "REFINE_MAX_RATIO", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE",
-           "UPSAMPLE", "measure_shifts", "measure_steps", "ncc_at", "refine_shifts", "search_bound", "search_limit"]
+           "MIN_REFINE_OVERLAP_PX", "PairShift", "REFINE_BATCH_BYTES", "REFINE_MAX_RATIO", "REFINE_PASSES",
+           "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts", "measure_steps", "ncc_at", "refine_shifts",
+           "search_bound", "search_limit"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
@@ -30,6 +31,8 @@ REFINE_TOLERANCE = 0.002  # px
 REFINE_MAX_RATIO = 0.5  # moves shrinking slower than this from pass to pass are not extrapolated
 REFINE_BATCH_BYTES = 2 * 2**20
 """Window data (per side) refined in one batch: batches that stay in the CPU's cache."""
+MIN_REFINE_OVERLAP_PX = 2
+"""A refinement that would leave a pair's windows overlapping by fewer pixels stops at its last estimate."""
 CANDIDATE_PEAK_RATIO = 0.5
 """A correlation peak lower than half of a pair's highest is not a candidate: no NCC is computed for it (the
 NCC check is for peaks that contest the best, such as repeated texture's; on real-image mosaics the lower
@@ -80,6 +83,8 @@ def ncc_at(a: np.ndarray, b: np.ndarray, shift: tuple[int, int], min_fraction: f
     if (ny - abs(sy)) * (nx - abs(sx)) < min_fraction * ny * nx:
         return -1.0
     pa, pb = _overlap_views(a, b, shift)
+    if np.ptp(pa) == 0 or np.ptp(pb) == 0:  # flat (blank, saturated): centring leaves a rounding residue whose
+        return -1.0  # correlation with the other's residue came out as 1, full weight in the fit
     pa = pa - pa.mean()
     pb = pb - pb.mean()
     denominator = float(np.sqrt((pa * pa).sum() * (pb * pb).sum()))
@@ -276,7 +281,10 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     """
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
-    active = np.ones(len(shifts), dtype=bool)
+    n = len(shifts)
+    # a flat window (blank, saturated) has a flat correlation: its peak is noise, its integer shift stands
+    active = (np.ptp(a.reshape(n, -1), axis=1) > 0) & (np.ptp(b.reshape(n, -1), axis=1) > 0)
+    limit = np.array(a.shape[1:]) - MIN_REFINE_OVERLAP_PX
     known: dict[int, tuple[tuple[int, int], object]] = {}  # pair -> (its integer shift, a's spectrum there)
     previous, passes = np.zeros(shifts.shape), 0
     for _ in range(REFINE_PASSES):
@@ -309,6 +317,9 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
         stopping = active & ((moved <= REFINE_TOLERANCE) | geometric) & ~np.round(found).any(axis=1)
         found[stopping & geometric] += remainder[stopping & geometric]
         recentre = np.round(found).astype(int)
+        lost = active & (np.abs(integer + recentre) > limit).any(axis=1)  # it runs off the window: keep the last
+        found[lost], recentre[lost] = residual[lost], 0
+        stopping |= lost
         integer += recentre
         residual = found - recentre
         previous = step
@@ -390,8 +401,9 @@ def measure_shifts(
     corr = to_numpy(fft.irfft2(product, s=a.shape[1:]))
     best = []
     for k, candidates in enumerate(_peak_candidates(corr, max_shift, n_candidates)):
-        unique = dict.fromkeys((int(sy), int(sx)) for sy, sx in candidates)
-        best.append(max((ncc_at(a[k], b[k], c), c) for c in unique))
+        scores = {c: ncc_at(a[k], b[k], c) for c in dict.fromkeys((int(sy), int(sx)) for sy, sx in candidates)}
+        shift = max(scores, key=scores.__getitem__)  # a tie goes to the strongest peak (candidates come first)
+        best.append((scores[shift], shift))
     integer = np.array([shift for _, shift in best], dtype=int)
     peaks = corr[np.arange(len(integer)), integer[:, 0], integer[:, 1]]
     refined = refine_shifts(a, b, integer, xp=xp, fft=fft, filter_sigma=filter_sigma, upsample=upsample,
@@ -446,8 +458,10 @@ def measure_steps(a: np.ndarray, b: np.ndarray, horizontal: bool, across: int, *
     found = []
     for k in range(n):
         surface = corr[k][np.ix_(rows, cols)]
+        # candidates are local maxima: the highest values alone are one peak and its neighbours
+        peaks = np.where(surface == ndimage.maximum_filter(surface, size=3, mode="nearest"), surface, -np.inf)
         best: tuple[float, tuple[int, int], float] | None = None
-        for flat in np.argsort(surface, axis=None)[::-1][:n_candidates]:
+        for flat in np.argsort(peaks, axis=None)[::-1][:n_candidates]:
             r, c = np.unravel_index(flat, surface.shape)
             step = (int(offsets[r]), size + int(along[c])) if horizontal else (size + int(along[r]), int(offsets[c]))
             score = ncc_at(a[k], b[k], step, min_fraction=0.0)
