@@ -157,6 +157,22 @@ def test_sub_pixel_placement(tmp_path):
     np.testing.assert_allclose(image[0:40, 0:40], 10 + 2 * Y + 3 * X, rtol=1e-5)
 
 
+@pytest.mark.parametrize("blending", ["none", "average"])
+def test_a_tile_a_hair_above_a_whole_pixel_keeps_its_values_on_the_outer_row(tmp_path, blending):
+    """Canvas row 0 holds only tile (0, 1)'s first row, weighted 1e-6 (the tile sits at y = 1 - 1e-6): the sample,
+    computed from the zero padding's side, lost most of its digits in float32 (5 % off)."""
+    h, w = 40, 48
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    volume = np.concatenate([10 + 2 * yy + 3 * xx, 500 - 4 * yy + xx], axis=1)[None]
+    ngff.write_image(tmp_path / "ramp.ome.zarr", volume, chunks=(1, h, w))
+    positions = np.array([[0.0, 0.0], [1 - 1e-6, 40.0]])
+    stitch_slice(tmp_path / "ramp.ome.zarr", tmp_path / "out.ome.zarr", np.array([[36.0, 0.0], [0.0, 40.0]]),
+                 blending=blending, flatfield="none", block_px=32, positions=positions)
+    image = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")["0"][0]
+    X = np.arange(49, 87, dtype=float)  # right of tile (0, 0)
+    np.testing.assert_allclose(image[0, 49:87], 500 + (X - 40), rtol=1e-5)
+
+
 def test_per_tile_positions_override_the_model(tmp_path):
     """``positions`` (the model with its backlash term, or registered placement) places each tile."""
     h, w = 40, 48

@@ -456,16 +456,21 @@ def _lerp(padded, fy: float, fx: float):
 
     ``padded[..., m, n]`` holds source row ``m - 1`` and column ``n - 1``; the result has one row and
     one column less and holds the samples for rows ``0 ..`` and columns ``0 ..``:
-    ``(1 - f) * a[m + 1] + f * a[m]``, computed as ``a[m + 1] + f * (a[m] - a[m + 1])``. Each output
-    sample depends only on its own 2x2 neighbourhood, so a window of the padded tile gives exactly
-    the matching window of the full result.
+    ``(1 - f) * a[m + 1] + f * a[m]`` (:func:`_mix`). Each output sample depends only on its own 2x2
+    neighbourhood, so a window of the padded tile gives exactly the matching window of the full result.
     """
-    rows = padded[..., :-1, :] - padded[..., 1:, :]
-    rows *= fy
-    rows += padded[..., 1:, :]
-    out = rows[..., :-1] - rows[..., 1:]
-    out *= fx
-    out += rows[..., 1:]
+    rows = _mix(padded[..., :-1, :], padded[..., 1:, :], fy)
+    return _mix(rows[..., :-1], rows[..., 1:], fx)
+
+
+def _mix(first, second, f: float):
+    """``f * first + (1 - f) * second`` in three passes, from the nearer of the two: computed from the farther
+    one, a sample next to the zero padding (``(1 - f) * second`` with ``f`` near 1) lost most of its digits
+    (5 % at ``f = 1 - 1e-6``), at the mosaic's outer rows and columns."""
+    near, far, t = (second, first, f) if f <= 0.5 else (first, second, 1.0 - f)
+    out = far - near
+    out *= t
+    out += near
     return out
 
 
