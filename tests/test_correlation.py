@@ -167,6 +167,8 @@ def test_a_flat_overlap_has_no_correlation_and_no_weight(level, shape):
     whose NCC with the other window's came out as 1 in float32: full weight for a shift 10-20 px off."""
     flat = np.full(shape, level, dtype=np.float32)
     assert ncc_at(flat, flat, (0, 0)) == -1.0
+    faint = (1000 + 0.1 * window_pair(speckle_scene(4), shape, (0.0, 0.0))[0]).astype(np.float32)
+    assert ncc_at(faint, faint, (0, 0)) > 0.99  # texture 1e-4 of its level is not flat
     textured = window_pair(speckle_scene(5), shape, (0.0, 0.0))[0].astype(np.float32)
     assert ncc_at(textured, flat, (0, 0)) == -1.0
     for a, b in ((flat, flat), (textured, flat)):

@@ -20,10 +20,10 @@ from scipy import ndimage
 
 from linumpy_motor.backend import to_numpy
 
-__all__ = ["CANDIDATE_PEAK_RATIO", "FILTER_SIGMA", "MAX_SHIFT_DEFAULT_TEXT", "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX",
-           "MIN_REFINE_OVERLAP_PX", "PairShift", "REFINE_BATCH_BYTES", "REFINE_MAX_RATIO", "REFINE_PASSES",
-           "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts", "measure_steps", "ncc_at", "refine_shifts",
-           "search_bound", "search_limit"]
+__all__ = ["CANDIDATE_PEAK_RATIO", "FILTER_SIGMA", "FLAT_RELATIVE_SPREAD", "MAX_SHIFT_DEFAULT_TEXT",
+           "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "MIN_REFINE_OVERLAP_PX", "PairShift", "REFINE_BATCH_BYTES",
+           "REFINE_MAX_RATIO", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts",
+           "measure_steps", "ncc_at", "refine_shifts", "search_bound", "search_limit"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
@@ -33,6 +33,8 @@ REFINE_BATCH_BYTES = 2 * 2**20
 """Window data (per side) refined in one batch: batches that stay in the CPU's cache."""
 MIN_REFINE_OVERLAP_PX = 2
 """A refinement that would leave a pair's windows overlapping by fewer pixels stops at its last estimate."""
+FLAT_RELATIVE_SPREAD = 1e-6
+"""A window whose values spread less than this fraction of their mean (RMS) is flat: float32 rounding is 6e-8."""
 CANDIDATE_PEAK_RATIO = 0.5
 """A correlation peak lower than half of a pair's highest is not a candidate: no NCC is computed for it (the
 NCC check is for peaks that contest the best, such as repeated texture's; on real-image mosaics the lower
@@ -83,12 +85,15 @@ def ncc_at(a: np.ndarray, b: np.ndarray, shift: tuple[int, int], min_fraction: f
     if (ny - abs(sy)) * (nx - abs(sx)) < min_fraction * ny * nx:
         return -1.0
     pa, pb = _overlap_views(a, b, shift)
-    if np.ptp(pa) == 0 or np.ptp(pb) == 0:  # flat (blank, saturated): centring leaves a rounding residue whose
-        return -1.0  # correlation with the other's residue came out as 1, full weight in the fit
-    pa = pa - pa.mean()
-    pb = pb - pb.mean()
-    denominator = float(np.sqrt((pa * pa).sum() * (pb * pb).sum()))
-    return float((pa * pb).sum() / denominator) if denominator > 0 else -1.0
+    mean_a, mean_b = pa.mean(), pb.mean()
+    pa = pa - mean_a
+    pb = pb - mean_b
+    power_a, power_b = float((pa * pa).sum()), float((pb * pb).sum())
+    # flat (blank, saturated): centring leaves a rounding residue, whose correlation with the other's came out as 1
+    floor = pa.size * FLAT_RELATIVE_SPREAD ** 2
+    if power_a <= floor * float(mean_a) ** 2 or power_b <= floor * float(mean_b) ** 2:
+        return -1.0
+    return float((pa * pb).sum() / np.sqrt(power_a * power_b))
 
 
 def _signed(index: np.ndarray, size: int) -> np.ndarray:
@@ -455,13 +460,15 @@ def measure_steps(a: np.ndarray, b: np.ndarray, horizontal: bool, across: int, *
     along = np.arange(-(size // 2), 0)  # circular shift along the step: minus the overlap
     offsets = np.arange(-across, across + 1)
     rows, cols = (offsets % h, along % w) if horizontal else (along % h, offsets % w)
+    surfaces = corr[:, rows[:, None], cols[None, :]]
+    # candidates are local maxima: the highest values alone are one peak and its neighbours
+    peaks = (surfaces == ndimage.maximum_filter(surfaces, size=(1, 3, 3), mode="nearest")).reshape(n, -1)
     found = []
     for k in range(n):
-        surface = corr[k][np.ix_(rows, cols)]
-        # candidates are local maxima: the highest values alone are one peak and its neighbours
-        peaks = np.where(surface == ndimage.maximum_filter(surface, size=3, mode="nearest"), surface, -np.inf)
+        surface = surfaces[k]
+        index = np.flatnonzero(peaks[k])
         best: tuple[float, tuple[int, int], float] | None = None
-        for flat in np.argsort(peaks, axis=None)[::-1][:n_candidates]:
+        for flat in index[np.argsort(surface.ravel()[index])[::-1][:n_candidates]]:
             r, c = np.unravel_index(flat, surface.shape)
             step = (int(offsets[r]), size + int(along[c])) if horizontal else (size + int(along[r]), int(offsets[c]))
             score = ncc_at(a[k], b[k], step, min_fraction=0.0)
