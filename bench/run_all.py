@@ -374,9 +374,9 @@ def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: f
         "",
         *([runner_note] if runner_note else [
             f"{bench_runner.N_SLICES} synthetic slices per input: measure, fit, stitch, compare, report. Fresh runs "
-            f"with one and two workers take turns, best of {bench_runner.REPEATS} each; each resumed rerun goes over "
-            "its own output folder and must skip every step. *fingerprinting*: reading every input "
-            "store's listing (paths, sizes, times), timed alone: a resumed run cannot know less. "
+            f"with one and two workers take turns, best of {bench_runner.REPEATS} each; each resumed rerun (best of "
+            f"{bench_runner.RESUMES}) goes over its own output folder and must skip every step. *fingerprinting*: "
+            "reading every input store's listing (paths, sizes, times), timed alone: a resumed run cannot know less. "
             "*max abs ΔA*: the run's motor_transform.json against the truth.", "",
             *table(runner_rows, [("input", "input"), ("run", "run"), ("seconds", "wall time (s)"),
                                  ("fingerprint_s", "fingerprinting (s)"), ("max_abs_dA_px", "max abs ΔA (px)"),
