@@ -242,7 +242,7 @@ def measured(slice_id: int) -> set[str]:
     """What a finished measure job leaves: the slice's pairs and its flat-field folder."""
     name = f"slice_z{slice_id:02d}"
     return {f"pairs/{name}_pairs.json", f"flatfield/{name}_flatfield/flatfield.npy",
-            f"flatfield/{name}_flatfield/.linumpy-motor.json"}
+            f"flatfield/{name}_flatfield/flatfield.json", f"flatfield/{name}_flatfield/.linumpy-motor.json"}
 
 
 @case
