@@ -89,11 +89,16 @@ def ncc_at(a: np.ndarray, b: np.ndarray, shift: tuple[int, int], min_fraction: f
     pa = pa - mean_a
     pb = pb - mean_b
     power_a, power_b = float((pa * pa).sum()), float((pb * pb).sum())
-    # flat (blank, saturated): centring leaves a rounding residue, whose correlation with the other's came out as 1
-    floor = pa.size * FLAT_RELATIVE_SPREAD ** 2
-    if power_a <= floor * float(mean_a) ** 2 or power_b <= floor * float(mean_b) ** 2:
+    # centring a flat window leaves a rounding residue, whose correlation with the other's came out as 1
+    if _flat(power_a / pa.size, mean_a) or _flat(power_b / pb.size, mean_b):
         return -1.0
     return float((pa * pb).sum() / np.sqrt(power_a * power_b))
+
+
+def _flat(variance, mean):
+    """Whether values of this variance and mean are flat (blank, saturated): spread less than
+    :data:`FLAT_RELATIVE_SPREAD` of their mean (scalars, or arrays of windows)."""
+    return variance <= (FLAT_RELATIVE_SPREAD * np.asarray(mean, dtype=float)) ** 2
 
 
 def _signed(index: np.ndarray, size: int) -> np.ndarray:
@@ -287,8 +292,9 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
     n = len(shifts)
-    # a flat window (blank, saturated) has a flat correlation: its peak is noise, its integer shift stands
-    active = (np.ptp(a.reshape(n, -1), axis=1) > 0) & (np.ptp(b.reshape(n, -1), axis=1) > 0)
+    # a flat window has a flat correlation: its peak is noise, its integer shift stands
+    a_values, b_values = a.reshape(n, -1), b.reshape(n, -1)
+    active = ~(_flat(a_values.var(axis=1), a_values.mean(axis=1)) | _flat(b_values.var(axis=1), b_values.mean(axis=1)))
     limit = np.array(a.shape[1:]) - MIN_REFINE_OVERLAP_PX
     known: dict[int, tuple[tuple[int, int], object]] = {}  # pair -> (its integer shift, a's spectrum there)
     previous, passes = np.zeros(shifts.shape), 0
