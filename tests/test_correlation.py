@@ -62,6 +62,7 @@ SUBPIXEL_CASES = [
     ((32, 160), (1.45, -4.6)),
     ((32, 160), (-1.1, -0.5)),
     ((64, 64), (2.5, -2.5)),
+    ((160, 41), (0.4, -0.6)),  # an odd FFT frame (45 px): a half spectrum without a Nyquist column
 ]
 
 
@@ -223,3 +224,36 @@ def test_the_step_between_whole_tiles_is_found_on_photographs_whatever_the_overl
                         if step != (dy, w - overlap):
                             missed.append((name, vignetting, overlap, dy, (r0, c0), step))
     assert not missed
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_local_maxima_are_those_of_a_3x3_maximum_filter(seed):
+    rng = np.random.default_rng(seed)
+    surfaces = rng.integers(0, 4, size=(5, 9, 12)).astype(np.float32)  # few levels: plateaus and ties
+    expected = surfaces == ndimage.maximum_filter(surfaces, size=(1, 3, 3), mode="nearest")
+    assert np.array_equal(correlation._local_maxima(surfaces), expected)
+
+
+def _direct_ncc(a: np.ndarray, b: np.ndarray, shift) -> float:
+    """Zero-mean NCC of ``a[x]`` and ``b[x - shift]`` over their overlap, pixel by pixel in float64."""
+    sy, sx = shift
+    pairs = [(a[y, x], b[y - sy, x - sx]) for y in range(a.shape[0]) for x in range(a.shape[1])
+             if 0 <= y - sy < a.shape[0] and 0 <= x - sx < a.shape[1]]
+    first, second = (np.array(v, dtype=float) for v in zip(*pairs))
+    first, second = first - first.mean(), second - second.mean()
+    return float((first * second).sum() / np.sqrt((first**2).sum() * (second**2).sum()))
+
+
+def test_every_candidate_is_scored_by_the_ncc_of_its_own_overlap():
+    rng = np.random.default_rng(3)
+    a, b = rng.random((4, 12, 10)).astype(np.float32), rng.random((4, 12, 10)).astype(np.float32)
+    b[2] = 0.5  # flat: no correlation at any shift
+    candidates = np.array([[[0, 0], [2, -3], [0, 0]], [[1, 1], [-4, 2], [2, -3]],
+                           [[0, 0], [1, 0], [0, 1]], [[-11, 0], [5, 4], [1, 1]]])
+    scores = correlation._candidate_ncc(a, b, candidates)
+    for k in range(4):
+        for c in range(3):
+            shift = tuple(candidates[k, c])
+            overlap = (12 - abs(shift[0])) * (10 - abs(shift[1]))
+            expected = -1.0 if k == 2 or overlap < 0.25 * 120 else _direct_ncc(a[k], b[k], shift)
+            assert scores[k, c] == pytest.approx(expected, abs=1e-5), (k, shift)

@@ -10,17 +10,17 @@ Arrays may be NumPy or CuPy: the array module is passed in, one code path for bo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 
 import numpy as np
 import scipy.fft
-from scipy import ndimage
 
 from linumpy_motor.backend import to_numpy
 
-__all__ = ["CANDIDATE_PEAK_RATIO", "FILTER_SIGMA", "FLAT_RELATIVE_SPREAD", "MAX_SHIFT_DEFAULT_TEXT",
+__all__ = ["CANDIDATE_PEAK_RATIO", "FILTER_SIGMA", "FLAT_RELATIVE_SPREAD", "FRAME_MARGIN_PX", "MAX_SHIFT_DEFAULT_TEXT",
            "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "MIN_REFINE_OVERLAP_PX", "PairShift", "REFINE_BATCH_BYTES",
            "REFINE_MAX_RATIO", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts",
            "measure_steps", "ncc_at", "refine_shifts", "search_bound", "search_limit"]
@@ -33,6 +33,11 @@ REFINE_BATCH_BYTES = 2 * 2**20
 """Window data (per side) refined in one batch: batches that stay in the CPU's cache."""
 MIN_REFINE_OVERLAP_PX = 2
 """A refinement that would leave a pair's windows overlapping by fewer pixels stops at its last estimate."""
+FRAME_MARGIN_PX = 4
+"""Zeros at least this wide follow each window in its FFT frame: the correlation near zero shift does not wrap
+round (a margin of 0, circular, and of 4 and 12 px were as accurate on the real-image benchmark; 4 gave the
+lowest spread of 0 and 4), and every overlap cut from a window fits the window's frame, so pairs of any
+integer shift are transformed in one batch."""
 FLAT_RELATIVE_SPREAD = 1e-6
 """A window whose values spread less than this fraction of their mean (RMS) is flat: float32 rounding is 6e-8."""
 CANDIDATE_PEAK_RATIO = 0.5
@@ -117,39 +122,40 @@ def _tukey(size: int, alpha: float, offset: np.ndarray | float = 0.0) -> np.ndar
     return np.where(np.minimum(u, 1 - u) < edge, ramp, 1.0) * ((u > 0) & (u < 1))
 
 
-def _cross_power(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, *, real: bool = False,
-                 taper_alpha: float = 1.0, b_offsets: np.ndarray | None = None, a_spectrum=None):
-    """Whitened cross-power spectrum of window batches, low-passed by a Gaussian of ``filter_sigma`` px.
+def _correlation(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, taper_alpha: float, frame: bool):
+    """Whitened correlation surfaces of window batches (host array ``(n, H, W)``, or the frame's shape), low-passed
+    by a Gaussian of ``filter_sigma`` px, the windows tapered by a Tukey window of ``taper_alpha`` (1: Hann,
+    0: none) first. ``frame``: the windows set in frames of a fast FFT size (:func:`_frame_shape`), zeros
+    around them (circular otherwise, at the windows' own size)."""
+    shape = a.shape[1:]
+    size = _frame_shape(shape) if frame else shape
+    taper = xp.asarray(np.pad(_taper(*shape, taper_alpha), [(0, f - s) for f, s in zip(size, shape)]))
+    windows = np.broadcast_to(np.array(shape), (len(a), 2))
+    spectra = [_spectrum(xp.asarray(_framed(x, size)), xp, fft, (taper,), windows) for x in (a, b)]
+    product = _whiten(spectra[0] * xp.conj(spectra[1]), xp, filter_sigma, size)
+    return to_numpy(fft.irfft2(product, s=size))
 
-    ``real`` returns the half spectrum (``rfft2``), enough for a real correlation surface;
-    ``taper_alpha`` is the Tukey taper applied to the windows first (1: Hann). ``b_offsets``
-    ``(n, 2)`` moves each ``b``'s taper by that shift, so that it follows the content: when
-    ``a(x) = b(x - s)`` and the offset is ``s``, the tapered windows are exact shifted copies and
-    the taper cannot pull the peak towards zero. ``a_spectrum``: ``a``'s :func:`_spectrum` when it is
-    already known (``a`` is then only read for its shape).
-    """
-    ny, nx = a.shape[1:]
-    if a_spectrum is None:
-        a_spectrum = _spectrum(a, xp, fft, xp.asarray(_taper(ny, nx, taper_alpha)), real)
-    if b_offsets is None:
-        taper_b = xp.asarray(_taper(ny, nx, taper_alpha))
-    else:
-        wy, wx = _tukey(ny, taper_alpha, b_offsets[:, 0]), _tukey(nx, taper_alpha, b_offsets[:, 1])
-        taper_b = xp.asarray(wy[:, :, None] * wx[:, None, :], dtype=xp.float32)
-    product = a_spectrum * xp.conj(_spectrum(b, xp, fft, taper_b, real))
+
+def _whiten(product, xp: ModuleType, filter_sigma: float, shape: tuple[int, int]):
+    """The cross-power half spectrum ``product`` (``rfft2``) of windows of ``shape``, whitened and low-passed by
+    a Gaussian of ``filter_sigma`` px, in place."""
     magnitude = xp.abs(product)
     gain = 1 / (magnitude + (1e-12 * magnitude.max() + np.finfo(np.float32).tiny))
     if filter_sigma > 0:
-        gain *= xp.asarray(_low_pass(ny, nx, filter_sigma, real))
+        gain *= xp.asarray(_low_pass(*shape, filter_sigma))
     product *= gain  # one pass over the complex spectrum: whitened and low-passed
     return product
 
 
-def _spectrum(x, xp: ModuleType, fft: ModuleType, taper, real: bool):
-    """The (half, when ``real``) spectrum of a window batch less each window's mean, tapered."""
-    centred = x - x.mean(axis=(1, 2), keepdims=True)
-    centred *= taper
-    return fft.rfft2(centred) if real else fft.fft2(centred)
+def _spectrum(x, xp: ModuleType, fft: ModuleType, taper: tuple, sizes: np.ndarray):
+    """The half spectrum (``rfft2``) of a batch of windows, each less its mean and tapered. Each window fills
+    the ``sizes`` ``(n, 2)`` corner of its frame, zeros around it (:func:`_framed`); ``taper``: factors
+    whose product is the taper (a Tukey window is the product of one along each axis)."""
+    counts = xp.asarray(np.prod(sizes, axis=1), dtype=xp.float32)[:, None, None]
+    centred = x - x.sum(axis=(1, 2), keepdims=True) / counts
+    for factor in taper:
+        centred *= factor
+    return fft.rfft2(centred)
 
 
 @lru_cache(maxsize=256)
@@ -159,10 +165,10 @@ def _taper(ny: int, nx: int, alpha: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _low_pass(ny: int, nx: int, sigma: float, real: bool) -> np.ndarray:
-    """Gaussian low-pass of ``sigma`` px on the (half, when ``real``) spectrum of ``(ny, nx)`` windows."""
+def _low_pass(ny: int, nx: int, sigma: float) -> np.ndarray:
+    """Gaussian low-pass of ``sigma`` px on the half spectrum (``rfft2``) of ``(ny, nx)`` windows."""
     fy = np.fft.fftfreq(ny)[:, None]
-    fx = (np.fft.rfftfreq(nx) if real else np.fft.fftfreq(nx))[None, :]
+    fx = np.fft.rfftfreq(nx)[None, :]
     return np.exp(-2 * (np.pi * sigma) ** 2 * (fy**2 + fx**2)).astype(np.float32)
 
 
@@ -183,7 +189,7 @@ def _peak_candidates(corr: np.ndarray, max_shift: tuple[int, int], count: int) -
     corr = corr[:, iy[:, None], ix[None, :]]  # the searched shifts and a 1 px margin: the filter's neighbours
     sy, sx = _signed(iy, ny), _signed(ix, nx)
     allowed = (np.abs(sy)[:, None] <= max_shift[0]) & (np.abs(sx)[None, :] <= max_shift[1])
-    peaks = (corr == ndimage.maximum_filter(corr, size=(1, 3, 3), mode="wrap")) & allowed
+    peaks = _local_maxima(corr) & allowed
     values = np.where(peaks, corr, -np.inf).reshape(n, -1)
     count = min(count, values.shape[1])
     top = np.argpartition(-values, count - 1, axis=1)[:, :count]
@@ -196,19 +202,18 @@ def _peak_candidates(corr: np.ndarray, max_shift: tuple[int, int], count: int) -
 
 
 def _search_index(size: int, bound: int) -> np.ndarray:
-    """Indices of the shifts ``-bound - 1 .. bound + 1`` along an axis of a correlation surface (all
-    indices, in order, when that wraps round): finding the peaks only there is the same as on the
-    whole surface, for a fraction of the work in long overlap strips."""
-    if 2 * bound + 3 > size:
-        return np.arange(size)
+    """Indices of the shifts ``-bound - 1 .. bound + 1`` along an axis of a correlation surface (circularly):
+    finding the peaks only there is the same as on the whole surface, for a fraction of the work in long
+    overlap strips. The shifts ±(bound + 1) are a margin: neighbours of the shifts searched, never peaks."""
     return np.arange(-bound - 1, bound + 2) % size
 
 
-def _complex_matmul(a, b):
-    """``a @ b`` for complex matrices, as four real products (complex GEMM in OpenBLAS starts threads
-    even for these small matrices, which costs a thousandfold on a busy machine)."""
-    real = a.real @ b.real - a.imag @ b.imag
-    return real + 1j * (a.real @ b.imag + a.imag @ b.real)
+def _local_maxima(surfaces: np.ndarray) -> np.ndarray:
+    """Where each surface ``(n, H, W)`` is at least as high as its 8 neighbours (its edges repeated outwards:
+    ``maximum_filter`` of 3x3, mode "nearest", for a quarter of the time)."""
+    padded = np.pad(surfaces, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    rows = np.maximum(np.maximum(padded[:, :, :-2], padded[:, :, 1:-1]), padded[:, :, 2:])
+    return surfaces == np.maximum(np.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
 
 
 def _upsampled_peaks(product, upsample: int, xp: ModuleType, width: int) -> np.ndarray:
@@ -218,19 +223,22 @@ def _upsampled_peaks(product, upsample: int, xp: ModuleType, width: int) -> np.n
     real windows is real: each column ``kx`` of the hidden half equals the conjugate of its mirror,
     so the half's columns ``0 < kx < width / 2`` count twice in the real part, and the Nyquist
     column (even widths), the one without a mirror, is added with its own phase. The same DFT
-    kernels serve every pair of the batch, so the work is a few large matrix products.
+    kernels serve every pair of the batch, so the work is two large real matrix products
+    (:func:`_real_kernels`; complex GEMM in OpenBLAS starts threads even for these small matrices,
+    which costs a thousandfold on a busy machine).
     """
     n, ny, half = product.shape
     region = int(np.ceil(upsample * 1.5))
     centre = np.fix(region / 2.0)
-    ky, kx = xp.asarray(_dft_kernel(ny, upsample, region)), xp.asarray(_half_kernel(width, upsample, region))
+    kx, ky = (xp.asarray(k) for k in _real_kernels(width, ny, upsample, region))
     paired = half - 1 if width % 2 == 0 else half
-    rows = _complex_matmul(product[:, :, :paired].astype(xp.complex64).reshape(n * ny, paired), kx.T)
-    rows = xp.ascontiguousarray(rows.reshape(n, ny, region).transpose(1, 0, 2)).reshape(ny, n * region)
-    surface = (ky.real @ rows.real - ky.imag @ rows.imag).reshape(region, n, region)
+    values = xp.ascontiguousarray(product, dtype=xp.complex64).view(xp.float32).reshape(n * ny, 2 * half)
+    rows = values[:, :2 * paired] @ kx  # (n * ny, 2 * region): the DFT along x, real parts then imaginary
+    rows = xp.ascontiguousarray(rows.reshape(n, ny, 2, region).transpose(2, 1, 0, 3)).reshape(2 * ny, n * region)
+    surface = (ky @ rows).reshape(region, n, region)  # the real part of the DFT along y
     if width % 2 == 0:
         nyquist = product[:, :, paired].T  # (ny, n): its DFT along y is real
-        level = ky.real @ nyquist.real - ky.imag @ nyquist.imag
+        level = ky[:, :ny] @ nyquist.real.astype(xp.float32) + ky[:, ny:] @ nyquist.imag.astype(xp.float32)
         phase = xp.asarray(_dft_kernel(width, upsample, region)[:, paired])
         surface = surface + level[:, :, None] * phase[None, None, :]
     upsampled = to_numpy(xp.abs(surface).transpose(1, 0, 2))
@@ -240,11 +248,23 @@ def _upsampled_peaks(product, upsample: int, xp: ModuleType, width: int) -> np.n
 
 
 @lru_cache(maxsize=256)
-def _half_kernel(size: int, upsample: int, region: int) -> np.ndarray:
-    """:func:`_dft_kernel` over the paired columns of a half spectrum, each ``0 < kx`` counted twice."""
-    paired = size // 2 if size % 2 == 0 else size // 2 + 1
+def _real_kernels(width: int, ny: int, upsample: int, region: int) -> tuple[np.ndarray, np.ndarray]:
+    """The local DFT kernels of :func:`_upsampled_peaks` as real matrices (float32).
+
+    Along x, ``(2 * paired, 2 * region)``: a half spectrum's paired columns, read as interleaved real and
+    imaginary parts, times it give the DFT's real parts then its imaginary parts (each ``0 < kx`` counted
+    twice). Along y, ``(region, 2 * ny)``: times the real parts stacked on the imaginary ones, it gives
+    the real part of the DFT.
+    """
+    paired = width // 2 if width % 2 == 0 else width // 2 + 1
     weights = np.where(np.arange(paired) == 0, 1.0, 2.0)
-    return (_dft_kernel(size, upsample, region)[:, :paired] * weights).astype(np.complex64)
+    along_x = (_dft_kernel(width, upsample, region)[:, :paired] * weights).T  # (paired, region)
+    kx = np.empty((paired, 2, 2, region))
+    kx[:, 0, 0], kx[:, 0, 1] = along_x.real, along_x.imag  # a real part's share of the DFT's real, imaginary
+    kx[:, 1, 0], kx[:, 1, 1] = -along_x.imag, along_x.real  # an imaginary part's
+    along_y = _dft_kernel(ny, upsample, region)
+    ky = np.concatenate([along_y.real, -along_y.imag], axis=1)
+    return kx.reshape(2 * paired, 2 * region).astype(np.float32), ky.astype(np.float32)
 
 
 def _parabolic_offsets(surface: np.ndarray, peak: np.ndarray) -> np.ndarray:
@@ -280,14 +300,15 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     A taper fixed on both windows pulls the peak towards the integer shift (the correlation of
     the tapers peaks there), by a large fraction of the residual in narrow overlap strips (a third
     in 16 px), enough to pick the wrong integer. So the refinement is iterated: each pass moves
-    ``b``'s taper by the current estimate (:func:`_cross_power`), which leaves a bias of that
+    ``b``'s taper by the current estimate (:func:`_frame_taper`), which leaves a bias of that
     fraction of the current error (the fixed point is unbiased); a residual beyond half a pixel
     moves the integer shift and the overlap cut. A pair stops when its pass moved it less than
     ``REFINE_TOLERANCE``, or when the passes to come would: the moves shrink geometrically (a twentieth
     pass to pass on real images), so from the last two moves their sum is known and added, which
-    saves the pass that would only have confirmed convergence; at most ``REFINE_PASSES`` passes. Pairs
-    whose integer shifts have the same magnitudes have same-shaped overlaps and are refined together, in
-    batches of :data:`REFINE_BATCH_BYTES`.
+    saves the pass that would only have confirmed convergence; at most ``REFINE_PASSES`` passes. Each
+    pair's overlap is cut out and set in the corner of a frame of one fast FFT size, zeros around it
+    (:func:`_frame_shape`), so that every pair of a batch is transformed at once, whatever its integer
+    shift; batches of :data:`REFINE_BATCH_BYTES`.
     """
     integer = shifts.astype(int).copy()
     residual = np.zeros(shifts.shape, dtype=float)
@@ -296,27 +317,28 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
     a_values, b_values = a.reshape(n, -1), b.reshape(n, -1)
     active = ~(_flat(a_values.var(axis=1), a_values.mean(axis=1)) | _flat(b_values.var(axis=1), b_values.mean(axis=1)))
     limit = np.array(a.shape[1:]) - MIN_REFINE_OVERLAP_PX
-    known: dict[int, tuple[tuple[int, int], object]] = {}  # pair -> (its integer shift, a's spectrum there)
+    frame = _frame_shape(a.shape[1:])
+    size = max(1, REFINE_BATCH_BYTES // (4 * frame[0] * frame[1]))
+    a_spectra = xp.empty((n, frame[0], frame[1] // 2 + 1), dtype=xp.complex64)  # a's taper does not move: a's
+    spectrum_at = np.full(shifts.shape, np.iinfo(int).max)  # spectrum is kept, and the integer shift it is at
     previous, passes = np.zeros(shifts.shape), 0
     for _ in range(REFINE_PASSES):
         found = residual.copy()
-        groups = (np.flatnonzero(active & (np.abs(integer) == shape).all(axis=1))
-                  for shape in {tuple(s) for s in np.abs(integer[active]).tolist()})
-        size = max(1, REFINE_BATCH_BYTES // (4 * a.shape[1] * a.shape[2]))
-        for members in (group[start:start + size] for group in groups for start in range(0, len(group), size)):
-            views = [_overlap_views(a[k], b[k], tuple(integer[k])) for k in members]
-            pa, pb = np.stack([va for va, _ in views]), np.stack([vb for _, vb in views])
-            keys = [int(k) for k in members]
-            at = [(int(integer[k, 0]), int(integer[k, 1])) for k in keys]
-            new = [m for m, k in enumerate(keys) if k not in known or known[k][0] != at[m]]
-            if new:  # a's crop is new: its spectrum (a's taper does not move)
-                taper = xp.asarray(_taper(*pa.shape[1:], taper_alpha))
-                spectra = _spectrum(xp.asarray(pa[new], dtype=xp.float32), xp, fft, taper, True)
-                known.update((keys[m], (at[m], spectra[q])) for q, m in enumerate(new))
-            a_spectrum = xp.stack([known[k][1] for k in keys])
-            product = _cross_power(pa, xp.asarray(pb, dtype=xp.float32), xp, fft, filter_sigma, real=True,
-                                   taper_alpha=taper_alpha, b_offsets=residual[members], a_spectrum=a_spectrum)
-            found[members] = _upsampled_peaks(product, upsample, xp, pa.shape[-1])
+        order = np.flatnonzero(active)
+        for members in (order[start:start + size] for start in range(0, len(order), size)):
+            sizes = np.array(a.shape[1:]) - np.abs(integer[members])  # each overlap's rows and columns
+            views = [_overlap_views(a[k], b[k], (integer[k, 0], integer[k, 1])) for k in members.tolist()]
+            new = np.flatnonzero((spectrum_at[members] != integer[members]).any(axis=1))
+            if len(new):
+                spectra = _spectrum(xp.asarray(_framed([views[m][0] for m in new], frame)), xp, fft,
+                                    _frame_taper(sizes[new], np.zeros((len(new), 2)), frame, taper_alpha, xp),
+                                    sizes[new])
+                a_spectra[members[new]] = spectra
+                spectrum_at[members[new]] = integer[members[new]]
+            b_spectra = _spectrum(xp.asarray(_framed([v[1] for v in views], frame)), xp, fft,
+                                  _frame_taper(sizes, residual[members], frame, taper_alpha, xp), sizes)
+            product = _whiten(a_spectra[members] * xp.conj(b_spectra), xp, filter_sigma, frame)
+            found[members] = _upsampled_peaks(product, upsample, xp, frame[1])
         step = found - residual
         moved = np.abs(step).max(axis=1)
         # each pass moves about a fixed fraction of the one before (the taper's bias shrinks with the error):
@@ -339,6 +361,41 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
         if not active.any():
             break
     return integer + residual
+
+
+@lru_cache(maxsize=64)
+def _frame_shape(window_hw: tuple[int, int]) -> tuple[int, int]:
+    """The FFT frame of windows of ``window_hw`` (and of overlaps cut from them): each side with
+    :data:`FRAME_MARGIN_PX` more, to its next fast length."""
+    return (scipy.fft.next_fast_len(window_hw[0] + FRAME_MARGIN_PX),
+            scipy.fft.next_fast_len(window_hw[1] + FRAME_MARGIN_PX, real=True))
+
+
+def _framed(crops: Sequence[np.ndarray] | np.ndarray, frame: tuple[int, int]) -> np.ndarray:
+    """The crops, each in the top-left corner of a zero frame ``(len(crops), *frame)`` (float32)."""
+    out = np.zeros((len(crops), *frame), dtype=np.float32)
+    if isinstance(crops, np.ndarray):  # one shape: one copy
+        out[:, :crops.shape[1], :crops.shape[2]] = crops
+        return out
+    for m, crop in enumerate(crops):
+        out[m, :crop.shape[0], :crop.shape[1]] = crop
+    return out
+
+
+def _frame_taper(sizes: np.ndarray, offsets: np.ndarray, frame: tuple[int, int], alpha: float,
+                 xp: ModuleType) -> tuple:
+    """Per window, the Tukey taper of its ``sizes`` (rows, columns) moved by its ``offsets`` (:func:`_tukey`), in
+    the corner of a frame, 0 elsewhere: its factors along y ``(n, H, 1)`` and x ``(n, 1, W)`` (float32)."""
+    factors = []
+    for axis in (0, 1):
+        size = sizes[:, axis, None]
+        u = (np.arange(frame[axis])[None, :] + 1 + offsets[:, axis, None]) / (size + 1)
+        edge = max(alpha / 2, 1e-12)
+        near = np.minimum(u, 1 - u)
+        ramp = 0.5 * (1 - np.cos(np.pi * np.clip(near, 0, None) / edge))
+        inside = (near > 0) & (np.arange(frame[axis])[None, :] < size)
+        factors.append(xp.asarray(np.where(near < edge, ramp, 1.0) * inside, dtype=xp.float32))
+    return factors[0][:, :, None], factors[1][:, None, :]
 
 
 def refine_shifts(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, *, xp: ModuleType = np,
@@ -407,20 +464,44 @@ def measure_shifts(
     fft = scipy.fft if fft is None else fft
     if len(a) == 0:
         return []
-    product = _cross_power(xp.asarray(a, dtype=xp.float32), xp.asarray(b, dtype=xp.float32), xp, fft, filter_sigma,
-                           real=True)
-    corr = to_numpy(fft.irfft2(product, s=a.shape[1:]))
-    best = []
-    for k, candidates in enumerate(_peak_candidates(corr, max_shift, n_candidates)):
-        scores = {c: ncc_at(a[k], b[k], c) for c in dict.fromkeys((int(sy), int(sx)) for sy, sx in candidates)}
-        shift = max(scores, key=scores.__getitem__)  # a tie goes to the strongest peak (candidates come first)
-        best.append((scores[shift], shift))
-    integer = np.array([shift for _, shift in best], dtype=int)
-    peaks = corr[np.arange(len(integer)), integer[:, 0], integer[:, 1]]
+    corr = _correlation(a, b, xp, fft, filter_sigma, 1.0, frame=True)
+    candidates = _peak_candidates(corr, max_shift, n_candidates)
+    scores = _candidate_ncc(a, b, candidates)
+    choice = np.argmax(scores, axis=1)  # a tie goes to the strongest peak (candidates come first)
+    index = np.arange(len(a))
+    integer, score = candidates[index, choice], scores[index, choice]
+    peaks = corr[index, integer[:, 0], integer[:, 1]]
     refined = refine_shifts(a, b, integer, xp=xp, fft=fft, filter_sigma=filter_sigma, upsample=upsample,
                             refine_taper=refine_taper) if subpixel else integer.astype(float)
-    return [PairShift(shift=(float(s[0]), float(s[1])), ncc=float(score), peak=float(peak))
-            for s, (score, _), peak in zip(refined, best, peaks)]
+    return [PairShift(shift=(float(s[0]), float(s[1])), ncc=float(c), peak=float(p))
+            for s, c, p in zip(refined, score, peaks)]
+
+
+def _candidate_ncc(a: np.ndarray, b: np.ndarray, candidates: np.ndarray, min_fraction: float = 0.25) -> np.ndarray:
+    """:func:`ncc_at` of every pair at each of its candidate shifts ``(n, count, 2)``: ``(n, count)``, the pairs
+    that share a shift computed together."""
+    n, count, _ = candidates.shape
+    scores = np.full((n, count), -1.0)
+    flat = candidates.reshape(n * count, 2)
+    shifts, which = np.unique(flat, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    ny, nx = a.shape[1:]
+    for u, (sy, sx) in enumerate(shifts.tolist()):
+        if (ny - abs(sy)) * (nx - abs(sx)) < min_fraction * ny * nx:
+            continue
+        entries = np.flatnonzero(which == u)
+        pairs = np.unique(entries // count)
+        pa, pb = _overlap_views(a[pairs], b[pairs], (sy, sx))
+        mean_a, mean_b = pa.mean(axis=(1, 2), keepdims=True), pb.mean(axis=(1, 2), keepdims=True)
+        pa, pb = pa - mean_a, pb - mean_b
+        power_a, power_b = (pa * pa).sum(axis=(1, 2), dtype=float), (pb * pb).sum(axis=(1, 2), dtype=float)
+        size = pa.shape[1] * pa.shape[2]
+        dead = _flat(power_a / size, mean_a.ravel()) | _flat(power_b / size, mean_b.ravel())
+        value = np.where(dead, -1.0, (pa * pb).sum(axis=(1, 2), dtype=float) / np.sqrt(
+            np.where(dead, 1.0, power_a * power_b)))
+        rows = dict(zip(pairs.tolist(), value.tolist()))
+        scores.reshape(-1)[entries] = [rows[e // count] for e in entries.tolist()]
+    return scores
 
 
 def measure_steps(a: np.ndarray, b: np.ndarray, horizontal: bool, across: int, *, xp: ModuleType = np,
@@ -459,16 +540,14 @@ def measure_steps(a: np.ndarray, b: np.ndarray, horizontal: bool, across: int, *
     if len(a) == 0:
         return []
     n, h, w = a.shape
-    product = _cross_power(xp.asarray(a, dtype=xp.float32), xp.asarray(b, dtype=xp.float32), xp, fft, filter_sigma,
-                           real=True, taper_alpha=0.0)
-    corr = to_numpy(fft.irfft2(product, s=(h, w)))
+    corr = _correlation(a, b, xp, fft, filter_sigma, 0.0, frame=False)
     size = w if horizontal else h
     along = np.arange(-(size // 2), 0)  # circular shift along the step: minus the overlap
     offsets = np.arange(-across, across + 1)
     rows, cols = (offsets % h, along % w) if horizontal else (along % h, offsets % w)
     surfaces = corr[:, rows[:, None], cols[None, :]]
     # candidates are local maxima: the highest values alone are one peak and its neighbours
-    peaks = (surfaces == ndimage.maximum_filter(surfaces, size=(1, 3, 3), mode="nearest")).reshape(n, -1)
+    peaks = _local_maxima(surfaces).reshape(n, -1)
     found = []
     for k in range(n):
         surface = surfaces[k]
