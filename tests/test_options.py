@@ -90,7 +90,7 @@ LIBRARY_DEFAULTS = [
                            "max_empty_fraction": "max_empty_fraction", "use_gpu": "use_gpu", "threads": "threads"}),
     (measure.MeasureOptions, {"plane": "plane", "flatfield": "flatfield", "background_test": "background_test",
                               "histogram_match": "histogram_match", "max_shift": "max_shift_px", "z": "z",
-                              "max_empty_fraction": "max_empty_fraction", "use_gpu": "use_gpu"}),
+                              "max_empty_fraction": "max_empty_fraction", "use_gpu": "use_gpu", "threads": "threads"}),
     (steps.fit_affine, {"n_samples": "n_samples", "seed": "seed", "drift_tolerance": "drift_tolerance_px",
                         "backlash": "backlash"}),
     (fit.FitOptions, {"n_samples": "n_samples", "seed": "seed", "drift_tolerance": "drift_tolerance_px",

@@ -140,3 +140,12 @@ def test_serpentine_backlash_is_detected_and_kept_out_of_A():
     floor = np.abs(draw.floor_backlash - draw.stage.A_true).max()
     assert np.abs(A - draw.stage.A_true).max() <= 1.25 * floor + 0.01
     assert np.abs(draw.floor_affine - draw.stage.A_true).max() > 0.3  # a plain affine absorbs the backlash
+
+
+def test_threads_measure_exactly_what_one_thread_does(real_draws):
+    """Several threads measure the directions and the samples at once, each pair as one thread would."""
+    spec, s = real_draws[0]["spec"], real_draws[0]["draw"].slices[0]
+    alone, together = (_measure(spec, s, threads=threads) for threads in (1, 3))
+    assert together["pairs"] == alone["pairs"]
+    assert together["stats"]["implied_overlap"] == alone["stats"]["implied_overlap"]
+    assert together["stats"]["background_peak_threshold"] == alone["stats"]["background_peak_threshold"]

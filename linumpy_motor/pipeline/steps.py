@@ -89,7 +89,7 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     progress : callable, optional
         Called as ``progress(rows done, rows)`` after each tile row.
     threads : int or None
-        FFT workers (default: the cores this process is given,
+        Threads measuring at once and FFT workers (default: the cores this process is given,
         :func:`~linumpy_motor.parallel.resolve_threads`); BLAS stays on one thread.
     flatfield_output : str or Path, optional
         Folder to write the flat field the slice was measured with into
@@ -118,7 +118,7 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
     with limited_threads(threads):
         measured, skipped, stats = measure_mosaic(grid, overlap, MeasureOptions(
             z=z, plane=plane, flatfield=flatfield, background_test=background_test, max_shift_px=max_shift_px,
-            histogram_match=histogram_match, max_empty_fraction=max_empty_fraction, use_gpu=use_gpu,
+            histogram_match=histogram_match, max_empty_fraction=max_empty_fraction, use_gpu=use_gpu, threads=threads,
         ), progress=progress, on_flatfield=chosen.append)
     if flatfield_output is not None:
         write_flatfield(flatfield_output, *slice_flatfield(flatfield, chosen[0] if chosen else None, grid.tile_shape))

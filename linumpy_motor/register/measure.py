@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import central_plane_index, finite_float, read_block
 from linumpy_motor.io.records import PAIR_DTYPE
 from linumpy_motor.io.schemas import check_overlap
+from linumpy_motor.parallel import resolve_threads
 from linumpy_motor.register.correlation import (
     FILTER_SIGMA,
     PairShift,
@@ -106,6 +108,9 @@ class MeasureOptions:
         Run the FFT work with CuPy when a CUDA device is available.
     filter_sigma : float
         Gaussian low-pass of the whitened spectrum, in px.
+    threads : int or None
+        Threads measuring at once: the two directions' pairs, the background and the overlap samples
+        (None: the cores this process may use, :func:`~linumpy_motor.parallel.resolve_threads`).
     """
 
     z: int | None = None
@@ -117,6 +122,7 @@ class MeasureOptions:
     max_empty_fraction: float | None = None
     use_gpu: bool = False
     filter_sigma: float = FILTER_SIGMA
+    threads: int | None = None
 
 
 @dataclass
@@ -126,7 +132,7 @@ class _Candidates:
     tiles: list[tuple[int, int]] = field(default_factory=list)
     horizontal: list[bool] = field(default_factory=list)
     results: dict[int, PairShift] = field(default_factory=dict)
-    """Integer shift, NCC and peak of the pairs kept (:func:`_integer_shifts`), by index."""
+    """Integer shift, NCC and peak of the pairs kept (:func:`_measure_direction`), by index."""
     a: list[np.ndarray] = field(default_factory=list)
     b: list[np.ndarray] = field(default_factory=list)
     levels: list[tuple[float, float]] = field(default_factory=list)
@@ -252,13 +258,21 @@ def measure_grid_pairs(
     fraction = options.max_empty_fraction
     threshold = float(threshold_otsu(np.concatenate(samples))) if fraction is not None and samples else None
     empty, kept, skipped = _split_empty(found, threshold, fraction)
-    found.results = _integer_shifts(found, kept, limit, xp=xp, fft=fft, filter_sigma=options.filter_sigma)
-    null = {}
-    measured = _refined_table(found, kept, empty, steps, xp=xp, fft=fft, filter_sigma=options.filter_sigma)
+    correlate = {"xp": xp, "fft": fft, "filter_sigma": options.filter_sigma}
+    directions = {horizontal: [k for k in kept if found.horizontal[k] == horizontal] for horizontal in (True, False)}
+    nulls = _null_windows(null_sample) if options.background_test else {}
+    with ThreadPoolExecutor(max(1, resolve_threads(options.threads)), "measure") as pool:  # NumPy and the FFTs
+        # release the GIL: the directions, and the background and overlap samples, are measured at once
+        shifts = {horizontal: pool.submit(_measure_direction, found, members, limit, **correlate)
+                  for horizontal, members in directions.items() if members}
+        null_futures = {kind: pool.submit(_background_threshold, a, b, search_bound(limit, a.shape[1:]), **correlate)
+                        for kind, (a, b) in nulls.items()}
+        implied = pool.submit(_implied_overlaps, step_sample, tile_hw, limit, **correlate)
+        refined = {horizontal: future.result() for horizontal, future in shifts.items()}
+        null = {kind: future.result() for kind, future in null_futures.items()}
+        implied_overlap = implied.result()
+    measured = _pair_table(found, kept, empty, steps, refined)
     if options.background_test:
-        null = {kind: _background_threshold(a, b, search_bound(limit, a.shape[1:]), xp=xp, fft=fft,
-                                           filter_sigma=options.filter_sigma)
-                for kind, (a, b) in _null_windows(null_sample).items()}
         _mark_background(measured, null)
     stats = {
         "n_pairs_total": len(found.tiles), "n_measured": len(measured),
@@ -270,8 +284,7 @@ def measure_grid_pairs(
         "median_ncc": float(np.nanmedian(measured["ncc"])) if len(measured) else None,
         "backend": backend, "max_shift_px": limit, "otsu_threshold": threshold,
         "expected_step_px": list(steps), "tiles_at_maximum": maxima.fractions(),
-        "implied_overlap": _implied_overlaps(step_sample, tile_hw, limit, xp=xp, fft=fft,
-                                             filter_sigma=options.filter_sigma),
+        "implied_overlap": implied_overlap,
     }
     return measured, skipped, stats
 
@@ -283,52 +296,44 @@ def backends_used(stats: Iterable[Mapping]) -> list[str]:
 
 
 INTEGER_BATCH_BYTES = 2 * 2**20
-"""Window data (per side) phase-correlated in one batch by :func:`_integer_shifts`: batches that stay in the
+"""Window data (per side) phase-correlated in one batch by :func:`_measure_direction`: batches that stay in the
 CPU's cache (32 MB ones were 7 % slower on a 24x28 grid of 192 px tiles)."""
 
 
-def _integer_shifts(found: _Candidates, kept: list[int], limit: float, **options) -> dict[int, PairShift]:
-    """The integer shifts of the pairs kept, in batches of :data:`INTEGER_BATCH_BYTES` per direction (not one
-    per tile row: a batch's fixed cost was a quarter of a 6-pair row's); skipped pairs are not measured at all.
-
-    ``options`` go to :func:`~linumpy_motor.register.correlation.measure_shifts`.
+def _measure_direction(found: _Candidates, members: list[int], limit: float, **options) -> np.ndarray:
+    """Pairs ``members`` (all of one direction) measured: their integer shifts, NCC and peak into ``found.results``,
+    in batches of :data:`INTEGER_BATCH_BYTES` (not one per tile row: a batch's fixed cost was a quarter of a
+    6-pair row's), then their sub-pixel shifts ``(len(members), 2)``, refined all at once (few, large FFT
+    batches). ``options`` go to :func:`~linumpy_motor.register.correlation.measure_shifts`.
     """
-    results: dict[int, PairShift] = {}
-    for horizontal in (True, False):
-        members = [k for k in kept if found.horizontal[k] == horizontal]
-        if not members:
-            continue
-        shape = found.a[members[0]].shape
-        size = max(1, INTEGER_BATCH_BYTES // (4 * shape[0] * shape[1]))
-        for start in range(0, len(members), size):
-            chunk = members[start:start + size]
-            a, b = np.stack([found.a[k] for k in chunk]), np.stack([found.b[k] for k in chunk])
-            results.update(zip(chunk, measure_shifts(a, b, search_bound(limit, shape), subpixel=False, **options)))
-    return results
+    shape = found.a[members[0]].shape
+    size = max(1, INTEGER_BATCH_BYTES // (4 * shape[0] * shape[1]))
+    for start in range(0, len(members), size):
+        chunk = members[start:start + size]
+        a, b = np.stack([found.a[k] for k in chunk]), np.stack([found.b[k] for k in chunk])
+        found.results.update(zip(chunk, measure_shifts(a, b, search_bound(limit, shape), subpixel=False, **options)))
+    return refine_shifts(np.stack([found.a[k] for k in members]), np.stack([found.b[k] for k in members]),
+                         np.array([found.results[k].shift for k in members], dtype=int), **options)
 
 
-def _refined_table(found: _Candidates, kept: list[int], empty: list[float], steps: tuple[int, int],
-                   **options) -> np.ndarray:
-    """The pair table of the pairs kept, their shifts refined to sub-pixel, one batch per direction (only
-    kept pairs are refined; batching a whole plane makes few, large FFT batches)."""
+def _pair_table(found: _Candidates, kept: list[int], empty: list[float], steps: tuple[int, int],
+                refined: Mapping[bool, np.ndarray]) -> np.ndarray:
+    """The pair table of the pairs kept, from their measurement (:func:`_measure_direction`): ``refined``, per
+    direction, the sub-pixel shifts of its pairs in the order of ``kept``."""
     table = np.zeros(len(kept), dtype=PAIR_DTYPE)
-    if kept:
-        table["tile"] = [found.tiles[k] for k in kept]
-        table["row_delta"], table["col_delta"] = np.array([found.deltas(k) for k in kept]).T
-        table["ncc"] = [found.results[k].ncc for k in kept]
-        table["peak"] = [found.results[k].peak for k in kept]
-        table["empty_fraction"] = [empty[k] for k in kept]
-        table["levels"] = [found.levels[k] for k in kept]
-    for horizontal in (True, False):
+    if not kept:
+        return table
+    table["tile"] = [found.tiles[k] for k in kept]
+    table["row_delta"], table["col_delta"] = np.array([found.deltas(k) for k in kept]).T
+    table["ncc"] = [found.results[k].ncc for k in kept]
+    table["peak"] = [found.results[k].peak for k in kept]
+    table["empty_fraction"] = [empty[k] for k in kept]
+    table["levels"] = [found.levels[k] for k in kept]
+    for horizontal, shifts in refined.items():
         rows = [row for row, k in enumerate(kept) if found.horizontal[k] == horizontal]
-        if not rows:
-            continue
-        members = [kept[row] for row in rows]
-        refined = refine_shifts(np.stack([found.a[k] for k in members]), np.stack([found.b[k] for k in members]),
-                                np.array([found.results[k].shift for k in members], dtype=int), **options)
         expected = (0, steps[1]) if horizontal else (steps[0], 0)
-        table["measured_dy"][rows] = [expected[0] + float(shift[0]) for shift in refined]
-        table["measured_dx"][rows] = [expected[1] + float(shift[1]) for shift in refined]
+        table["measured_dy"][rows] = expected[0] + shifts[:, 0]
+        table["measured_dx"][rows] = expected[1] + shifts[:, 1]
     return table
 
 
