@@ -8,8 +8,10 @@ and the shortest call counts. A peer solves one slice at a time (its per-slice m
 averaged); ours measures every slice and fits one pooled model.
 
 *Ours* is what a user runs in memory: :func:`~linumpy_motor.register.measure.measure_volume` on
-the plane at its defaults (flat field estimated from the slice's tiles, then the pairs), then
-:func:`~linumpy_motor.register.fit.fit_pooled`. Beside it, *ours from zarr*: the slices (every
+the plane at its defaults (flat field estimated from the slice's tiles, then the pairs, on threads as
+many as the cores given: ``MeasureOptions.threads``), then :func:`~linumpy_motor.register.fit.fit_pooled`.
+The peers run on one core (their code has no threads; BLAS is held to one thread for every tool), so
+the CPU-time ratio is reported beside the wall-time one. Beside it, *ours from zarr*: the slices (every
 plane: the plane choice runs where a slice has several) written as sharded NGFF 0.5 stores and
 measured and fitted by :func:`~linumpy_motor.mosaic.motor.pool_pairs_and_fit_global_affine`.
 The speed target compares the in-memory time, which is what the peers get, with the faster
@@ -179,6 +181,7 @@ def run(workdir: Path, installed: Mapping[str, str | None], *, sizes: Sequence[S
         memory), ``ours_zarr_s`` and ``<peer>_s`` for ``ashlar_s0``, ``ashlar_s1``, ``m2stitch`` (None
         when not timed); ``<peer>_ratio`` (peer time / ours); ``best_ashlar_ratio`` (the faster ASHLAR
         setting's time / ours); ``<tool>_cpu_s`` and ``best_ashlar_cpu_ratio``, the same in CPU time;
+        ``<tool>_cores``, CPU over wall time of its shortest calls (the cores it kept busy);
         ``<tool>_err_px`` (max |A − A_true|) for ``floor``, ``ours``, ``ours_zarr`` and the peers.
     """
     _warm_up(installed, workdir)
@@ -217,6 +220,7 @@ def run(workdir: Path, installed: Mapping[str, str | None], *, sizes: Sequence[S
         row["best_ashlar_ratio"] = min(ashlar) / best["ours"] if ashlar else None
         ashlar_cpu = [cpu[k] for k in ASHLAR_KEYS if k in cpu]
         row["best_ashlar_cpu_ratio"] = min(ashlar_cpu) / cpu["ours"] if ashlar_cpu else None
+        row.update({f"{key}_cores": cpu[key] / best[key] for key in best if key in cpu and best[key] > 0})
         rows.append(row)
         log(f"  [speed] {size.label}: " + ", ".join(f"{name} {s:.2f} s" for name, s in best.items())
             + (f"; faster ASHLAR / ours {row['best_ashlar_ratio']:.1f}x" if ashlar else ""))
