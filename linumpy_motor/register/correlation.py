@@ -333,11 +333,11 @@ def _refine_on_overlaps(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, xp: Mo
                 spectra = _spectrum(xp.asarray(_framed([views[m][0] for m in new], frame)), xp, fft,
                                     _frame_taper(sizes[new], np.zeros((len(new), 2)), frame, taper_alpha, xp),
                                     sizes[new])
-                a_spectra[members[new]] = spectra
+                a_spectra[xp.asarray(members[new])] = spectra  # device indices for a device array
                 spectrum_at[members[new]] = integer[members[new]]
             b_spectra = _spectrum(xp.asarray(_framed([v[1] for v in views], frame)), xp, fft,
                                   _frame_taper(sizes, residual[members], frame, taper_alpha, xp), sizes)
-            product = _whiten(a_spectra[members] * xp.conj(b_spectra), xp, filter_sigma, frame)
+            product = _whiten(a_spectra[xp.asarray(members)] * xp.conj(b_spectra), xp, filter_sigma, frame)
             found[members] = _upsampled_peaks(product, upsample, xp, frame[1])
         step = found - residual
         moved = np.abs(step).max(axis=1)
