@@ -6,7 +6,7 @@ import logging
 from types import ModuleType
 
 import numpy as np
-import scipy.fft
+import scipy
 
 __all__ = ["get_backend", "gpu_available", "to_numpy"]
 

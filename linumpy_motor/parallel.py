@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import scipy.fft
+import scipy
 from threadpoolctl import threadpool_limits
 
 from linumpy_motor.errors import InputError

@@ -30,7 +30,7 @@ from types import FrameType
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
+import scipy
 
 from linumpy_motor.errors import FitError, InputError
 from linumpy_motor.io.grid import MosaicGrid, finite_float, open_mosaic
@@ -630,7 +630,7 @@ def apply_blend_shift_refinement(tile, refinements_for_tile):
         return tile
     tissue = tile[tile > 0]
     fill = float(np.percentile(tissue, BLEND_FILL_PERCENTILE)) if tissue.size else 0.0
-    return ndimage.shift(tile, (0, dy, dx), order=1, mode="constant", cval=fill)
+    return scipy.ndimage.shift(tile, (0, dy, dx), order=1, mode="constant", cval=fill)
 
 
 def compare_motor_vs_registration(motor_positions, reg_positions, output_path=None):

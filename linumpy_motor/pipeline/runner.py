@@ -26,7 +26,6 @@ from linumpy_motor.io import outputs, schemas
 from linumpy_motor.io.dataset import check_consistent, discover_slices
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic
 from linumpy_motor.io.schemas import REPORT_PAGE
-from linumpy_motor.parallel import limited_threads, resolve_threads
 from linumpy_motor.pipeline import logs, steps
 from linumpy_motor.pipeline.entry import stopped_by
 from linumpy_motor.pipeline.jobs import Workers, run_jobs, threads_per_job
@@ -132,9 +131,9 @@ def run(source: str | Path, outdir: str | Path, options: RunOptions | None = Non
                     logger.info("linumpy-motor %s: %s from %s into %s", __version__,
                                 logs.plural(len(slices), "slice"), source, outdir)
                     try:
-                        # fit, compare and report run in this process; measure and stitch share the workers
-                        with limited_threads(resolve_threads(options.threads)), \
-                                Workers(options.workers, outdir) as workers:
+                        # fit, compare and report run in this process (each step holds its own thread pools to
+                        # the cores it is given); measure and stitch share the workers
+                        with Workers(options.workers, outdir) as workers:
                             return _run_locked(slices, grids, paths, _usable_gpu(options), progress, stamps, workers)
                     except BaseException as exc:  # the terminal gets the error line from the entry point
                         words, status = stopped_by(exc)

@@ -187,10 +187,11 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
     files = _load_pairs_files(pairs_files)
     pairs = {f.slice_id: f.table() for f in files}
     try:
-        model, diagnostics = fit_pooled(
-            pairs, {f.slice_id: f.grid for f in files}, files[0].tile_shape, files[0].overlap,
-            FitOptions(n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px, backlash=backlash),
-        )
+        with limited_threads(1):  # small matrix products: BLAS threads only slow them down
+            model, diagnostics = fit_pooled(
+                pairs, {f.slice_id: f.grid for f in files}, files[0].tile_shape, files[0].overlap,
+                FitOptions(n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px, backlash=backlash),
+            )
     except FitError as exc:  # name the pairs file of the first slice that has no pair, else the first file
         empty = [path for f, path in zip(files, pairs_files) if not f.pairs]
         implied = implied_overlap(f.stats for f in files)
@@ -238,7 +239,8 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     transform, backlash = schemas.read_model(transform_file)
     nx, ny = pairs.grid
     motor = geometry.affine_positions(nx, ny, transform, backlash)
-    registered, connected = geometry.registration_positions(pairs.table(), nx, ny, motor)
+    with limited_threads(1):
+        registered, connected = geometry.registration_positions(pairs.table(), nx, ny, motor)
     content = {
         "slice_id": pairs.slice_id, "source": pairs.source, "version": __version__,
         "n_connected_tiles": int(connected.sum()),

@@ -20,8 +20,11 @@ from multiprocessing.context import BaseContext
 
 __all__ = ["PRELOAD", "context", "let_server_end", "start", "workers_asked"]
 
-PRELOAD = ["linumpy_motor.pipeline.jobs", "linumpy_motor.pipeline.steps", "linumpy_motor.stitch.assemble"]
-"""What the server imports once for every worker: the job runner and the steps' modules."""
+PRELOAD = ["linumpy_motor.pipeline.jobs", "linumpy_motor.pipeline.steps", "linumpy_motor.stitch.assemble",
+           "scipy.fft", "scipy.ndimage", "scipy.sparse.linalg"]
+"""What the server imports once for every worker: the job runner, the steps' modules and the SciPy modules the
+measurement and the stitch use (the library imports SciPy's modules where it first uses them, so that a resumed
+run with nothing to do never imports them)."""
 
 _started = False
 """Whether :func:`start` started the server (multiprocessing restarts it by itself if it ended)."""

@@ -16,7 +16,7 @@ from functools import lru_cache
 from types import ModuleType
 
 import numpy as np
-import scipy.fft
+import scipy
 
 from linumpy_motor.backend import to_numpy
 

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
-from scipy import sparse, special
-from scipy.sparse.csgraph import connected_components
+import scipy
 
 from linumpy_motor.errors import FitError, check_choice
 from linumpy_motor.io.records import NO_TILE, PAIR_DTYPE, MotorModel
@@ -282,8 +281,8 @@ def _solved_positions(pairs: np.ndarray, grid: tuple[int, int],
     ncc2 = pair_arrays(pairs)[2] ** 2
     np.add.at(info, t1, ncc2)
     np.add.at(info, t2, ncc2)
-    graph = sparse.coo_matrix((np.ones(len(pairs)), (t1, t2)), shape=(nx * ny, nx * ny))
-    _, labels = connected_components(graph, directed=False)
+    graph = scipy.sparse.coo_matrix((np.ones(len(pairs)), (t1, t2)), shape=(nx * ny, nx * ny))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
     reached = np.zeros(nx * ny, dtype=bool)
     reached[t1] = reached[t2] = True
     return design[reached], positions[reached], np.maximum(info[reached], 1e-12), labels[reached]
@@ -330,7 +329,7 @@ def _backlash_test(X: np.ndarray, Y: np.ndarray, n_groups: int, precision: np.nd
     dof = max(2 * (len(X) - 3 - n_groups), 1)
     variance = max(rss1 / dof, BACKLASH_SCALE_FLOOR_PX**2)
     f = max(rss0 - rss1, 0.0) / 2 / variance
-    return {"backlash_px": with_term[2].tolist(), "f_statistic": f, "p_value": float(special.fdtrc(2, dof, f)),
+    return {"backlash_px": with_term[2].tolist(), "f_statistic": f, "p_value": float(scipy.special.fdtrc(2, dof, f)),
             "rss_with_px2": rss1, "rss_without_px2": rss0, "dof": dof}
 
 

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
-from scipy.sparse.linalg import spsolve
+import scipy
 
 from linumpy_motor.register.robust import outlier_cutoff, robust_scale
 
@@ -161,14 +160,14 @@ def _solve_positions(system, prior: np.ndarray, prior_weight: float) -> np.ndarr
     t1, t2, d, weight = system
     n = len(prior)
     w2 = weight**2
-    laplacian = sparse.coo_matrix(
+    laplacian = scipy.sparse.coo_matrix(
         (np.concatenate([w2, w2, -w2, -w2, np.full(n, prior_weight)]),
          (np.concatenate([t1, t2, t1, t2, np.arange(n)]), np.concatenate([t1, t2, t2, t1, np.arange(n)]))),
         shape=(n, n)).tocsc()
     rhs = prior_weight * prior.copy()
     np.add.at(rhs, t2, w2[:, None] * d)
     np.add.at(rhs, t1, -w2[:, None] * d)
-    return np.asarray(spsolve(laplacian, rhs)).reshape(n, 2)
+    return np.asarray(scipy.sparse.linalg.spsolve(laplacian, rhs)).reshape(n, 2)
 
 
 def registration_positions(

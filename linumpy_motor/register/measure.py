@@ -10,8 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from skimage.exposure import match_histograms
-from skimage.filters import threshold_otsu
+import skimage
 
 from linumpy_motor.backend import get_backend
 from linumpy_motor.errors import InputError
@@ -239,7 +238,7 @@ def measure_grid_pairs(
             b = np.stack([wb for _, wb in windows])
             levels = np.stack([a.mean(axis=(1, 2)), b.mean(axis=(1, 2))], axis=1)
             if options.histogram_match:
-                b = np.stack([match_histograms(wb, wa) for wa, wb in zip(a, b)])
+                b = np.stack([skimage.exposure.match_histograms(wb, wa) for wa, wb in zip(a, b)])
             found.filled.extend(np.minimum((a != 0).mean(axis=(1, 2)), (b != 0).mean(axis=(1, 2))).tolist())
             null_sample.add(horizontal, zip(a, b))
             step_sample.add(horizontal, (_pair_tiles(top, bottom, j, tile_hw, horizontal) for j in columns))
@@ -256,7 +255,8 @@ def measure_grid_pairs(
         if progress is not None:
             progress(i + 1, nx)
     fraction = options.max_empty_fraction
-    threshold = float(threshold_otsu(np.concatenate(samples))) if fraction is not None and samples else None
+    threshold = float(skimage.filters.threshold_otsu(np.concatenate(samples))) if fraction is not None and samples \
+        else None
     empty, kept, skipped = _split_empty(found, threshold, fraction)
     correlate = {"xp": xp, "fft": fft, "filter_sigma": options.filter_sigma}
     directions = {horizontal: [k for k in kept if found.horizontal[k] == horizontal] for horizontal in (True, False)}

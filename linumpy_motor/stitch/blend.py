@@ -29,8 +29,7 @@ import math
 from typing import Literal, get_args
 
 import numpy as np
-from scipy import ndimage, sparse
-from scipy.sparse.linalg import spsolve
+import scipy
 
 from linumpy_motor.errors import InputError, check_choice
 from linumpy_motor.register.geometry import effective_overlap_px
@@ -84,9 +83,9 @@ def _harmonic_band(h: int, w: int, band_y: int, band_x: int) -> np.ndarray:
         cols.append(neighbour[free])
         vals.append(-np.ones(int(free.sum())))
         rhs[inside & ~free] += 1.0  # a neighbour in the inner region holds 1; outside the grid 0
-    matrix = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    matrix = scipy.sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
     field = np.ones((h, w))
-    field[unknown] = spsolve(matrix, rhs)
+    field[unknown] = scipy.sparse.linalg.spsolve(matrix, rhs)
     return field
 
 
@@ -99,7 +98,7 @@ def _diffusion(h: int, w: int, overlap: tuple[float, float]) -> np.ndarray:
     yy = (np.arange(h) + 0.5) * gh / h - 0.5
     xx = (np.arange(w) + 0.5) * gw / w - 0.5
     coords = np.stack(np.meshgrid(yy, xx, indexing="ij"))
-    return ndimage.map_coordinates(coarse, coords, order=1, mode="nearest")
+    return scipy.ndimage.map_coordinates(coarse, coords, order=1, mode="nearest")
 
 
 def weight_map(tile_hw: tuple[int, int], mode: str, overlap: tuple[float, float] | None = None) -> np.ndarray:
