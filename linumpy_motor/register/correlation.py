@@ -85,19 +85,29 @@ def ncc_at(a: np.ndarray, b: np.ndarray, shift: tuple[int, int], min_fraction: f
 
     Returns -1 when the overlap is smaller than ``min_fraction`` of the window or is flat.
     """
-    sy, sx = shift
-    ny, nx = a.shape
-    if (ny - abs(sy)) * (nx - abs(sx)) < min_fraction * ny * nx:
+    if not _enough_overlap(a.shape, shift, min_fraction):
         return -1.0
     pa, pb = _overlap_views(a, b, shift)
-    mean_a, mean_b = pa.mean(), pb.mean()
-    pa = pa - mean_a
-    pb = pb - mean_b
-    power_a, power_b = float((pa * pa).sum()), float((pb * pb).sum())
+    return float(_overlap_ncc(pa[None], pb[None])[0])
+
+
+def _enough_overlap(shape: tuple[int, ...], shift: tuple[int, int], min_fraction: float) -> bool:
+    """Whether windows of ``shape`` (last two axes) shifted by ``shift`` overlap over ``min_fraction`` of a window."""
+    ny, nx = shape[-2:]
+    return (ny - abs(shift[0])) * (nx - abs(shift[1])) >= min_fraction * ny * nx
+
+
+def _overlap_ncc(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """Zero-mean NCC of each pair of overlaps ``pa[k]``, ``pb[k]`` (batches ``(n, h, w)``): ``(n,)``, -1 where
+    either is flat (:func:`_flat`)."""
+    mean_a, mean_b = pa.mean(axis=(1, 2), keepdims=True), pb.mean(axis=(1, 2), keepdims=True)
+    pa, pb = pa - mean_a, pb - mean_b
+    power_a, power_b = (pa * pa).sum(axis=(1, 2), dtype=float), (pb * pb).sum(axis=(1, 2), dtype=float)
+    size = pa.shape[1] * pa.shape[2]
     # centring a flat window leaves a rounding residue, whose correlation with the other's came out as 1
-    if _flat(power_a / pa.size, mean_a) or _flat(power_b / pb.size, mean_b):
-        return -1.0
-    return float((pa * pb).sum() / np.sqrt(power_a * power_b))
+    dead = _flat(power_a / size, mean_a.ravel()) | _flat(power_b / size, mean_b.ravel())
+    products = (pa * pb).sum(axis=(1, 2), dtype=float)
+    return np.where(dead, -1.0, products / np.sqrt(np.where(dead, 1.0, power_a * power_b)))
 
 
 def _flat(variance, mean):
@@ -110,16 +120,22 @@ def _signed(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(index > size // 2, index - size, index)
 
 
-def _tukey(size: int, alpha: float, offset: np.ndarray | float = 0.0) -> np.ndarray:
+def _tukey(size: int | np.ndarray, alpha: float, offset: np.ndarray | float = 0.0,
+           length: int | None = None) -> np.ndarray:
     """Tukey window over ``size`` samples (cosine edges over ``alpha`` of each side; 1: Hann, 0: none),
-    evaluated ``offset`` samples further on (one row per offset; the window is 0 outside its support).
+    evaluated ``offset`` samples further on: one row per offset, or per size, ``length`` samples long (default
+    ``size``). The window is 0 outside its support and from sample ``size`` on (a window in the corner of a
+    frame, :func:`_frame_taper`).
 
     With ``offset`` 0 it equals ``scipy.signal.windows.tukey(size + 2, alpha)[1:-1]``.
     """
-    u = (np.arange(size)[None, :] + 1 + np.reshape(offset, (-1, 1))) / (size + 1)
+    size = np.reshape(size, (-1, 1))
+    x = np.arange(int(size.max()) if length is None else length)[None, :]
+    u = (x + 1 + np.reshape(offset, (-1, 1))) / (size + 1)
+    near = np.minimum(u, 1 - u)
     edge = max(alpha / 2, 1e-12)
-    ramp = 0.5 * (1 - np.cos(np.pi * np.clip(np.minimum(u, 1 - u), 0, None) / edge))
-    return np.where(np.minimum(u, 1 - u) < edge, ramp, 1.0) * ((u > 0) & (u < 1))
+    ramp = 0.5 * (1 - np.cos(np.pi * np.clip(near, 0, None) / edge))
+    return np.where(near < edge, ramp, 1.0) * ((near > 0) & (x < size))
 
 
 def _correlation(a, b, xp: ModuleType, fft: ModuleType, filter_sigma: float, taper_alpha: float, frame: bool):
@@ -386,16 +402,9 @@ def _frame_taper(sizes: np.ndarray, offsets: np.ndarray, frame: tuple[int, int],
                  xp: ModuleType) -> tuple:
     """Per window, the Tukey taper of its ``sizes`` (rows, columns) moved by its ``offsets`` (:func:`_tukey`), in
     the corner of a frame, 0 elsewhere: its factors along y ``(n, H, 1)`` and x ``(n, 1, W)`` (float32)."""
-    factors = []
-    for axis in (0, 1):
-        size = sizes[:, axis, None]
-        u = (np.arange(frame[axis])[None, :] + 1 + offsets[:, axis, None]) / (size + 1)
-        edge = max(alpha / 2, 1e-12)
-        near = np.minimum(u, 1 - u)
-        ramp = 0.5 * (1 - np.cos(np.pi * np.clip(near, 0, None) / edge))
-        inside = (near > 0) & (np.arange(frame[axis])[None, :] < size)
-        factors.append(xp.asarray(np.where(near < edge, ramp, 1.0) * inside, dtype=xp.float32))
-    return factors[0][:, :, None], factors[1][:, None, :]
+    wy, wx = (xp.asarray(_tukey(sizes[:, axis], alpha, offsets[:, axis], frame[axis]), dtype=xp.float32)
+              for axis in (0, 1))
+    return wy[:, :, None], wx[:, None, :]
 
 
 def refine_shifts(a: np.ndarray, b: np.ndarray, shifts: np.ndarray, *, xp: ModuleType = np,
@@ -482,24 +491,14 @@ def _candidate_ncc(a: np.ndarray, b: np.ndarray, candidates: np.ndarray, min_fra
     that share a shift computed together."""
     n, count, _ = candidates.shape
     scores = np.full((n, count), -1.0)
-    flat = candidates.reshape(n * count, 2)
-    shifts, which = np.unique(flat, axis=0, return_inverse=True)
+    shifts, which = np.unique(candidates.reshape(n * count, 2), axis=0, return_inverse=True)
     which = which.reshape(-1)
-    ny, nx = a.shape[1:]
-    for u, (sy, sx) in enumerate(shifts.tolist()):
-        if (ny - abs(sy)) * (nx - abs(sx)) < min_fraction * ny * nx:
+    for u, shift in enumerate(shifts.tolist()):
+        if not _enough_overlap(a.shape, shift, min_fraction):
             continue
         entries = np.flatnonzero(which == u)
         pairs = np.unique(entries // count)
-        pa, pb = _overlap_views(a[pairs], b[pairs], (sy, sx))
-        mean_a, mean_b = pa.mean(axis=(1, 2), keepdims=True), pb.mean(axis=(1, 2), keepdims=True)
-        pa, pb = pa - mean_a, pb - mean_b
-        power_a, power_b = (pa * pa).sum(axis=(1, 2), dtype=float), (pb * pb).sum(axis=(1, 2), dtype=float)
-        size = pa.shape[1] * pa.shape[2]
-        dead = _flat(power_a / size, mean_a.ravel()) | _flat(power_b / size, mean_b.ravel())
-        value = np.where(dead, -1.0, (pa * pb).sum(axis=(1, 2), dtype=float) / np.sqrt(
-            np.where(dead, 1.0, power_a * power_b)))
-        rows = dict(zip(pairs.tolist(), value.tolist()))
+        rows = dict(zip(pairs.tolist(), _overlap_ncc(*_overlap_views(a[pairs], b[pairs], shift)).tolist()))
         scores.reshape(-1)[entries] = [rows[e // count] for e in entries.tolist()]
     return scores
 
