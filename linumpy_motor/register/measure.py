@@ -306,14 +306,13 @@ def _measure_direction(found: _Candidates, members: list[int], limit: float, **o
     6-pair row's), then their sub-pixel shifts ``(len(members), 2)``, refined all at once (few, large FFT
     batches). ``options`` go to :func:`~linumpy_motor.register.correlation.measure_shifts`.
     """
-    shape = found.a[members[0]].shape
-    size = max(1, INTEGER_BATCH_BYTES // (4 * shape[0] * shape[1]))
+    a, b = np.stack([found.a[k] for k in members]), np.stack([found.b[k] for k in members])
+    size = max(1, INTEGER_BATCH_BYTES // (4 * a.shape[1] * a.shape[2]))
     for start in range(0, len(members), size):
-        chunk = members[start:start + size]
-        a, b = np.stack([found.a[k] for k in chunk]), np.stack([found.b[k] for k in chunk])
-        found.results.update(zip(chunk, measure_shifts(a, b, search_bound(limit, shape), subpixel=False, **options)))
-    return refine_shifts(np.stack([found.a[k] for k in members]), np.stack([found.b[k] for k in members]),
-                         np.array([found.results[k].shift for k in members], dtype=int), **options)
+        batch = slice(start, start + size)
+        found.results.update(zip(members[batch], measure_shifts(a[batch], b[batch], search_bound(limit, a.shape[1:]),
+                                                                subpixel=False, **options)))
+    return refine_shifts(a, b, np.array([found.results[k].shift for k in members], dtype=int), **options)
 
 
 def _pair_table(found: _Candidates, kept: list[int], empty: list[float], steps: tuple[int, int],
