@@ -68,6 +68,22 @@ def test_rerun_skips_everything_and_rewrites_nothing(dataset, first_run):
     assert seconds < 0.25 * first_seconds, f"resume took {seconds:.2f} s vs {first_seconds:.2f} s"
 
 
+HEAVY_MODULES = ("scipy.fft", "scipy.ndimage", "scipy.sparse", "scipy.special", "scipy.linalg", "skimage.filters",
+                 "skimage.exposure")
+
+
+def test_a_resumed_run_with_nothing_to_do_imports_none_of_scipys_modules(dataset, first_run):
+    """They are most of a resumed run's start-up: the library imports them where it first uses them."""
+    outdir, _, _ = first_run
+    script = ("import sys\nfrom linumpy_motor.pipeline import launch\n"
+              f"code = launch.main(['run', {str(dataset)!r}, {str(outdir)!r}, '--no-progress'])\n"
+              f"print(sorted(set(sys.modules) & set({HEAVY_MODULES!r})))\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "jobs run (0 = resumed from a previous run): measure 0, fit 0, stitch 0, compare 0, report 0" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_changing_blending_reruns_only_stitch_and_report(dataset, first_run):
     outdir, _, _ = first_run
     pairs_before = _files(outdir / "pairs")
