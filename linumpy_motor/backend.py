@@ -8,7 +8,7 @@ from types import ModuleType
 import numpy as np
 import scipy
 
-__all__ = ["get_backend", "gpu_available", "to_numpy"]
+__all__ = ["array_backend", "get_backend", "gpu_available", "to_numpy"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +23,8 @@ def gpu_available() -> bool:
         return False
 
 
-def get_backend(use_gpu: bool = False) -> tuple[ModuleType, ModuleType, str]:
-    """Pick the array and FFT modules.
+def array_backend(use_gpu: bool = False) -> tuple[ModuleType, str]:
+    """Pick the array module (what the stitch needs: no FFT module imported).
 
     Parameters
     ----------
@@ -35,19 +35,36 @@ def get_backend(use_gpu: bool = False) -> tuple[ModuleType, ModuleType, str]:
     -------
     xp : module
         ``numpy`` or ``cupy``.
-    fft : module
-        ``scipy.fft`` or ``cupyx.scipy.fft``.
     name : str
         ``"numpy"`` or ``"cupy"``: the backend that will actually run.
     """
     if use_gpu:
         if gpu_available():
             import cupy
-            import cupyx.scipy.fft
 
-            return cupy, cupyx.scipy.fft, "cupy"
+            return cupy, "cupy"
         logger.warning("GPU requested but CuPy or a CUDA device is not available; using the CPU")
-    return np, scipy.fft, "numpy"
+    return np, "numpy"
+
+
+def get_backend(use_gpu: bool = False) -> tuple[ModuleType, ModuleType, str]:
+    """Pick the array and FFT modules (:func:`array_backend`, and the FFT module that goes with it).
+
+    Returns
+    -------
+    xp : module
+        ``numpy`` or ``cupy``.
+    fft : module
+        ``scipy.fft`` or ``cupyx.scipy.fft``.
+    name : str
+        ``"numpy"`` or ``"cupy"``: the backend that will actually run.
+    """
+    xp, name = array_backend(use_gpu)
+    if name == "cupy":
+        import cupyx.scipy.fft
+
+        return xp, cupyx.scipy.fft, name
+    return xp, scipy.fft, name
 
 
 def to_numpy(array) -> np.ndarray:

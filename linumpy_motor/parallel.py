@@ -1,6 +1,6 @@
 """How many cores this process was given, and keeping every thread pool (ours, BLAS, FFT) within them.
 
-BLAS pools are held to one thread (see :func:`limited_threads`).
+BLAS pools are held to one thread (see :func:`blas_on_one_thread`).
 
 One owner for the rule: the default is the cores the process may run on (``sched_getaffinity``,
 which SLURM's and taskset's pinning set) capped by the cgroup CPU quota (Docker ``--cpus``,
@@ -21,8 +21,8 @@ from threadpoolctl import threadpool_limits
 from linumpy_motor.errors import InputError
 from linumpy_motor.memory import CGROUP_ROOT
 
-__all__ = ["CGROUP_ROOT", "available_cores", "cgroup_cpu_quota", "limited_threads", "resolve_threads",
-    "threads_per_worker"]
+__all__ = ["CGROUP_ROOT", "available_cores", "blas_on_one_thread", "cgroup_cpu_quota", "limited_threads",
+           "resolve_threads", "threads_per_worker"]
 
 
 
@@ -67,12 +67,19 @@ def threads_per_worker(threads: int | None, workers: int) -> int:
 
 
 @contextmanager
-def limited_threads(threads: int) -> Iterator[None]:
-    """Run the block with SciPy's FFTs on ``threads`` workers and BLAS/OpenMP pools on one thread.
+def blas_on_one_thread() -> Iterator[None]:
+    """Run the block with the BLAS/OpenMP pools on one thread.
 
     The parallelism is ours (the stitch's thread pool, the FFT workers, the runner's worker
     processes), so BLAS must not multiply it; and the only BLAS work, the small matrix products of
     the sub-pixel refinement and the fit, ran 3x slower with two OpenBLAS threads than with one.
     """
-    with threadpool_limits(limits=1), scipy.fft.set_workers(threads):
+    with threadpool_limits(limits=1):
+        yield
+
+
+@contextmanager
+def limited_threads(threads: int) -> Iterator[None]:
+    """Run the block with SciPy's FFTs on ``threads`` workers and BLAS on one thread (:func:`blas_on_one_thread`)."""
+    with blas_on_one_thread(), scipy.fft.set_workers(threads):
         yield

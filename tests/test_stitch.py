@@ -234,6 +234,16 @@ def test_a_small_cache_cuts_strips_and_keeps_the_output(data, tmp_path, monkeypa
     np.testing.assert_array_equal(whole["0"][:], strips["0"][:])
 
 
+def test_a_stitch_imports_no_fft(data, tmp_path):
+    """SciPy's FFT (and scipy.special under it) is a sixth of a second of imports the stitch does not use."""
+    script = ("import sys, json, numpy as np\nfrom linumpy_motor.stitch.assemble import stitch_slice\n"
+              f"stitch_slice({str(data['path'])!r}, {str(tmp_path / 's.ome.zarr')!r}, np.array({data['A'].tolist()}))\n"
+              "print(json.dumps(sorted(m for m in sys.modules if m in ('scipy.fft', 'scipy.special'))))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
 @pytest.mark.parametrize("chunk_z, expected", [(4, 16), (64, 16), (100, 10), (97, 16), (1, 16), (3, 15)])
 def test_default_z_chunk_never_straddles_a_deep_input_chunk(chunk_z, expected):
     grid = SimpleNamespace(tile_shape=(300, 256, 256), array=SimpleNamespace(chunks=(chunk_z, 256, 256)))

@@ -58,14 +58,14 @@ from pathlib import Path
 import numpy as np
 
 from linumpy_motor import __version__
-from linumpy_motor.backend import get_backend, to_numpy
+from linumpy_motor.backend import array_backend, to_numpy
 from linumpy_motor.errors import InputError, check_choice
 from linumpy_motor.io import ngff, outputs
 from linumpy_motor.io.grid import MosaicGrid, open_mosaic, read_block
 from linumpy_motor.io.outputs import atomic_output
 from linumpy_motor.io.schemas import check_transform
 from linumpy_motor.memory import check_memory
-from linumpy_motor.parallel import limited_threads, resolve_threads
+from linumpy_motor.parallel import blas_on_one_thread, resolve_threads
 from linumpy_motor.register import geometry
 from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, READ_THREADS, flatfield_file, resolve_flatfield
 from linumpy_motor.stitch import pyramid
@@ -661,7 +661,7 @@ def stitch_slice(
     threads : int, optional
         Threads rendering blocks (default: the cores this process may use,
         :func:`linumpy_motor.parallel.available_cores`); BLAS is held to one thread meanwhile
-        (:func:`linumpy_motor.parallel.limited_threads`).
+        (:func:`linumpy_motor.parallel.blas_on_one_thread`).
     cache_bytes : int
         Decoded tiles held at once (see the module docstring: with enough of it each input chunk is
         decoded once; peak memory is about this plus a few blocks per thread).
@@ -704,11 +704,11 @@ def stitch_slice(
     threads = resolve_threads(threads)
     check_memory("stitch", grid.path, peak_bytes(grid, A, threads, zc, cache_bytes=cache_bytes, block_px=block_px),
                  threads + READ_THREADS)
-    xp, _, backend = get_backend(use_gpu)
+    xp, backend = array_backend(use_gpu)
     placed = _placed(grid, A, positions)
     shapes = pyramid.level_shapes(geometry.extent_shape(placed, grid.tile_shape), pyramid_top_px)
     block = (zc, block_px, block_px)
-    with atomic_output(output, "stitch") as tmp, limited_threads(threads):
+    with atomic_output(output, "stitch") as tmp, blas_on_one_thread():
         flat, flat_description = resolve_flatfield(grid, flatfield)
         layout = make_layout(grid.nx, grid.ny, grid.tile_shape, int(grid.array.chunks[0]), placed - placed.min(axis=0))
         plan = plan_stitch(layout, shapes[0], block, cache_bytes=cache_bytes, lookahead=lookahead_blocks(threads))
