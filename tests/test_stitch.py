@@ -205,10 +205,10 @@ def _count_reads(monkeypatch) -> list:
     reads = []
     real_read = assemble.read_block
 
-    def counting_read(grid, z, rows, cols):
+    def counting_read(grid, z, rows, cols, out=None):
         reads.extend((z.start, z.stop, i, j) for i in range(rows.start // 96, rows.stop // 96)
                      for j in range(cols.start // 96, cols.stop // 96))
-        return real_read(grid, z, rows, cols)
+        return real_read(grid, z, rows, cols, out=out)
 
     monkeypatch.setattr(assemble, "read_block", counting_read)
     return reads
@@ -232,6 +232,32 @@ def test_a_small_cache_cuts_strips_and_keeps_the_output(data, tmp_path, monkeypa
     assert summary["decode_factor"] == pytest.approx(len(reads) / 12, rel=1e-3)
     assert len(reads) > 3 * 4 and set(reads) == {(0, 4, i, j) for i in range(3) for j in range(4)}
     np.testing.assert_array_equal(whole["0"][:], strips["0"][:])
+
+
+def test_tiles_read_one_at_a_time_into_reused_buffers_give_the_same_output(data, tmp_path, monkeypatch):
+    """Large tiles are decoded one per zarr call straight into their padded buffer, and a dropped load's buffers
+    are decoded into again: with a cache of one load at a time, bit for bit the output of two-row reads."""
+    _, pairs = _stitch(data, tmp_path / "pairs.ome.zarr", z_chunk=1)
+    monkeypatch.setattr(assemble, "READ_RUN_BYTES", 1)  # every tile is "large": read alone
+    calls, reused = [], []
+    real_read, real_buffer = assemble.read_block, assemble._TileReader._buffer
+    monkeypatch.setattr(assemble, "read_block", lambda grid, z, rows, cols, out=None: calls.append(
+        (rows.stop - rows.start, out is not None)) or real_read(grid, z, rows, cols, out=out))
+    monkeypatch.setattr(assemble._TileReader, "_buffer",
+                        lambda self, shape: reused.append(bool(self.free)) or real_buffer(self, shape))
+    summary, single = _stitch(data, tmp_path / "single.ome.zarr", z_chunk=1, cache_bytes=1)
+    assert set(calls) == {(96, True)} and len(calls) > 12  # one tile per call, into its buffer; strips re-read
+    assert any(reused), "no load was decoded into a recycled buffer"
+    for level in range(len(summary["levels"])):
+        np.testing.assert_array_equal(pairs[str(level)][:], single[str(level)][:])
+
+
+@pytest.mark.parametrize("blending", ["feather", "none"])
+def test_resampling_a_plane_at_a_time_changes_nothing(data, tmp_path, monkeypatch, blending):
+    _, whole = _stitch(data, tmp_path / "whole.ome.zarr", blending=blending, z_chunk=4)
+    monkeypatch.setattr(assemble, "LERP_BYTES", 1)
+    _, planes = _stitch(data, tmp_path / "planes.ome.zarr", blending=blending, z_chunk=4)
+    np.testing.assert_array_equal(whole["0"][:], planes["0"][:])
 
 
 def test_a_stitch_imports_no_fft(data, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import zarr
+from zarr.core.buffer.cpu import NDBuffer
 
 from linumpy_motor import memory
 from linumpy_motor.errors import InputError
@@ -280,15 +281,30 @@ def finite_float(block: npt.ArrayLike, source: str | Path | None) -> np.ndarray:
     return block
 
 
-def read_block(grid: MosaicGrid, z, rows: slice, cols: slice) -> np.ndarray:
-    """Read ``array[z, rows, cols]`` as float32, with a clear error for corrupt or non-finite data."""
+def read_block(grid: MosaicGrid, z, rows: slice, cols: slice, out: np.ndarray | None = None) -> np.ndarray:
+    """Read ``array[z, rows, cols]`` as float32, with a clear error for corrupt or non-finite data.
+
+    With ``out`` (float32, the block's shape, a view allowed) the block is written there and ``out``
+    returned; a float32 store decodes straight into it, sparing the copy zarr would otherwise fill
+    and hand back.
+    """
+    array = grid.array
     try:
-        block = grid.array[z, rows, cols]
+        if out is not None and isinstance(array, zarr.Array) and array.dtype == np.float32:
+            array.get_basic_selection((z, rows, cols), out=NDBuffer.from_numpy_array(out))
+            return finite_float(out, grid.path)
+        block = array[z, rows, cols]
     except MemoryError:  # not the data's fault: said as such by the step (linumpy_motor.memory.out_of_memory)
+        raise
+    except InputError:  # non-finite data, said as such
         raise
     except Exception as exc:
         raise InputError(grid.path, f"cannot read data ({type(exc).__name__}: {exc})") from None
-    return finite_float(block, grid.path)
+    block = finite_float(np.asarray(block), grid.path)
+    if out is None:
+        return block
+    out[...] = block
+    return out
 
 
 def central_plane_index(nz: int) -> int:

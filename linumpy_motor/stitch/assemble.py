@@ -13,9 +13,10 @@ three overlapping stages, each on ``threads`` threads, over a window of ``2 * th
 (:func:`_write_pyramid`), so every core has work while the others wait on zarr.
 
 Decoding: a tile is decoded with all the planes of its input chunk (a *load*: ``R`` tiles of one
-tile column in one zarr call, ``R`` = 2 for tiles under ``READ_RUN_BYTES``, else 1; gain-multiplied
-and zero-padded) when the first block that needs it enters the window, and kept until the last;
-every block then resamples just its own window of the tile. Blocks are ordered Z load by Z load,
+tile column in one zarr call, ``R`` = 2 for tiles under ``READ_RUN_BYTES``, else 1, straight into
+its zero-padded buffer, then gain-multiplied) when the first block that needs it enters the window,
+and kept until the last; its buffers then take the next load. Every block resamples just its own
+window of the tile, ``LERP_BYTES`` of planes at a time. Blocks are ordered Z load by Z load,
 strip by strip (``k`` block rows, or block columns when that decodes less), one block across the
 strip after the other, and all the block's Z chunks in a row, so a load is alive over about three
 block columns of one strip. With one strip over the whole slice every input chunk is decoded
@@ -71,16 +72,17 @@ from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, READ_THREADS, fl
 from linumpy_motor.stitch import pyramid
 from linumpy_motor.stitch.blend import BLENDING_MODES, DEFAULT_BLENDING, overlap_px, weight_map
 
-__all__ = ["BLOCK_BYTES", "BLOCK_PX", "CACHE_BYTES", "MAX_CANVAS_TO_TILES", "MIN_BLOCK_PX", "READ_RUN_BYTES",
-           "BlockPlan", "Layout", "LoadKey", "ProgressCallback", "Region", "StitchPlan", "check_canvas",
-           "default_z_chunk", "lookahead_blocks", "make_layout", "peak_bytes", "plan_stitch", "render_block",
-           "stitch_slice"]
+__all__ = ["BLOCK_BYTES", "BLOCK_PX", "CACHE_BYTES", "LERP_BYTES", "MAX_CANVAS_TO_TILES", "MIN_BLOCK_PX",
+           "READ_RUN_BYTES", "BlockPlan", "Layout", "LoadKey", "ProgressCallback", "Region", "StitchPlan",
+           "check_canvas", "default_z_chunk", "lookahead_blocks", "make_layout", "peak_bytes", "plan_stitch",
+           "render_block", "stitch_slice"]
 
 BLOCK_PX = 512  # default Y and X size of a block (one output shard)
 BLOCK_BYTES = 16 * 2**20  # float32 accumulator of one block (each thread holds a few of these)
 MIN_BLOCK_PX = 32  # smallest block side: output chunks are half a block
 CACHE_BYTES = 512 * 2**20  # decoded tiles kept alive between their first and last block (see the module doc)
 READ_RUN_BYTES = 4 * 2**20  # tiles of a load smaller than this are read two tile rows per zarr call
+LERP_BYTES = 2**20  # planes of a tile resampled at once: about this much per pass, so it stays in the core's cache
 MAX_CANVAS_TO_TILES = 4.0  # a real layout's canvas is smaller than its tiles' total area
 
 Region = tuple[slice, slice, slice]
@@ -316,11 +318,14 @@ class _LoadCache:
     after the last use.
 
     ``uses`` counts, for each :data:`LoadKey`, the tile uses by blocks, each one a :meth:`get` then a
-    :meth:`release`. A load being made is waited for, not made again.
+    :meth:`release`. A load being made is waited for, not made again. A dropped load's tiles go to
+    ``recycle`` (the reader decodes the next loads into them).
     """
 
-    def __init__(self, read: Callable[[int, int, int], list], uses: dict[LoadKey, int]) -> None:
+    def __init__(self, read: Callable[[int, int, int], list], uses: dict[LoadKey, int],
+                 recycle: Callable[[list], None]) -> None:
         self.read = read
+        self.recycle = recycle
         self.remaining = dict(uses)
         self.loads: dict[LoadKey, Future] = {}
         self.lock = threading.Lock()
@@ -360,8 +365,9 @@ class _LoadCache:
         """One block is done with one tile of ``key``; the last use drops the load."""
         with self.lock:
             self.remaining[key] -= 1
-            if self.remaining[key] == 0:
-                self.loads.pop(key, None)
+            dropped = self.loads.pop(key, None) if self.remaining[key] == 0 else None
+        if dropped is not None:
+            self.recycle(dropped.result())
 
     def abort(self, exc: BaseException) -> None:
         """Fail every load not made yet with ``exc`` (its decoding was cancelled: nobody waits for ever)."""
@@ -376,29 +382,55 @@ class _LoadCache:
 
 class _TileReader:
     """Reads a load: the tiles of one run, planes ``[z0, z1)``, each times its gain (weights / flat field)
-    and padded with one zero row and column on every side (:meth:`__call__`)."""
+    and padded with one zero row and column on every side (:meth:`__call__`).
+
+    The host buffers of dropped loads (:meth:`recycle`) are decoded into again: a fresh buffer is new
+    memory the kernel must zero page by page, at the cost of a copy.
+    """
 
     def __init__(self, grid: MosaicGrid, layout: Layout, gain: np.ndarray, xp) -> None:
         self.grid = grid
         self.layout = layout
         self.gain = xp.asarray(gain.astype(np.float32))
         self.xp = xp
+        self.free: list[np.ndarray] = []
+        self.lock = threading.Lock()
+
+    def recycle(self, tiles: Sequence) -> None:
+        """Take back the host buffers of tiles no block needs any more (device tiles are let go)."""
+        with self.lock:
+            self.free.extend(tile for tile in tiles if isinstance(tile, np.ndarray))
+
+    def _buffer(self, shape: tuple[int, int, int]) -> np.ndarray:
+        with self.lock:
+            for k, tile in enumerate(self.free):
+                if tile.shape == shape:
+                    return self.free.pop(k)
+        return np.empty(shape, dtype=np.float32)
 
     def __call__(self, run: int, z0: int, z1: int) -> list:
-        xp = self.xp
         _, h, w = self.layout.tile_shape
         i0, j = divmod(run, self.layout.ny)
         i0 *= self.layout.read_run
         i1 = i0 + self.layout.run_size(run)
-        raw = xp.asarray(read_block(self.grid, slice(z0, z1), slice(i0 * h, i1 * h), slice(j * w, (j + 1) * w)))
+        zs, cols = slice(z0, z1), slice(j * w, (j + 1) * w)
+        padded = [self._buffer((z1 - z0, h + 2, w + 2)) for _ in range(i0, i1)]
+        if len(padded) == 1:  # decoded in place
+            read_block(self.grid, zs, slice(i0 * h, i1 * h), cols, out=padded[0][:, 1:-1, 1:-1])
+        else:
+            raw = read_block(self.grid, zs, slice(i0 * h, i1 * h), cols)
+            for k, tile in enumerate(padded):
+                tile[:, 1:-1, 1:-1] = raw[:, k * h:(k + 1) * h]
         gain = self.gain if self.gain.ndim == 2 else self.gain[z0:z1]
         tiles = []
-        for i in range(i0, i1):
-            padded = xp.empty((z1 - z0, h + 2, w + 2), dtype=xp.float32)
-            padded[:, [0, -1], :] = 0
-            padded[:, :, [0, -1]] = 0
-            xp.multiply(raw[:, (i - i0) * h:(i - i0 + 1) * h], gain, out=padded[:, 1:-1, 1:-1])
-            tiles.append(padded)
+        for host in padded:
+            host[:, [0, -1], :] = 0
+            host[:, :, [0, -1]] = 0
+            tile = self.xp.asarray(host)
+            tile[:, 1:-1, 1:-1] *= gain
+            tiles.append(tile)
+        if self.xp is not np:
+            self.recycle(padded)
         return tiles
 
 
@@ -436,15 +468,22 @@ def render_block(block: BlockPlan, layout: Layout, tiles: Sequence, weights, ove
         c0, c1 = max(xs.start, ox), min(xs.stop, ox + w + 1)
         # footprint rows r0 - oy .. r1 - oy need padded rows r0 - oy .. r1 - oy + 1 (see _lerp)
         rows, cols = slice(r0 - oy, r1 - oy + 1), slice(c0 - ox, c1 - ox + 1)
-        values = _lerp(padded[zs.start - key[1]:zs.stop - key[1], rows, cols], fy, fx)
         weight = _lerp(weights[rows, cols], fy, fx)
         out_rows, out_cols = slice(r0 - ys.start, r1 - ys.start), slice(c0 - xs.start, c1 - xs.start)
+        covered = weight > 0 if overwrite else None
+        first = zs.start - key[1]
+        slab = max(1, LERP_BYTES // (4 * weight.size))
+        for z0 in range(0, len(num), slab):  # a few planes at a time: the passes' temporaries stay in cache
+            z1 = min(z0 + slab, len(num))
+            values = _lerp(padded[first + z0:first + z1, rows, cols], fy, fx)
+            target = num[z0:z1, out_rows, out_cols]
+            if overwrite:
+                target[...] = xp.where(covered, values, target)
+            else:
+                target += values
         if overwrite:
-            covered = weight > 0
-            num[:, out_rows, out_cols] = xp.where(covered, values, num[:, out_rows, out_cols])
             den[out_rows, out_cols] = xp.where(covered, weight, den[out_rows, out_cols])
         else:
-            num[:, out_rows, out_cols] += values
             den[out_rows, out_cols] += weight
     den[den == 0] = 1  # uncovered: num is 0 there too
     num /= den
@@ -535,7 +574,7 @@ def lookahead_blocks(threads: int) -> int:
     return 2 * max(1, threads)
 
 
-def _write_pyramid(group, plan: StitchPlan, read: Callable[[int, int, int], list], weights, overwrite: bool, xp,
+def _write_pyramid(group, plan: StitchPlan, read: _TileReader, weights, overwrite: bool, xp,
                    shapes: list[tuple[int, int, int]], block: tuple[int, int, int], *, sharded: bool, threads: int,
                    progress: ProgressCallback | None) -> None:
     """Render level 0 block by block, then the downsampled levels.
@@ -563,7 +602,7 @@ def _write_pyramid(group, plan: StitchPlan, read: Callable[[int, int, int], list
 
     level0 = pyramid.create_level(group, "0", shapes[0], chunks, shards)
     level1 = pyramid.create_level(group, "1", shapes[1], chunks) if len(shapes) > 1 else None
-    cache = _LoadCache(read, dict(plan.uses))
+    cache = _LoadCache(read, dict(plan.uses), read.recycle)
     run = plan.layout.read_run
     ny = plan.layout.ny
 
@@ -598,6 +637,7 @@ def _write_pyramid(group, plan: StitchPlan, read: Callable[[int, int, int], list
         while pending:
             pending.popleft().result().result()
             step()
+        read.free.clear()  # level 0 is done: the levels above need no decoded tiles
         pyramid.write_levels(group, shapes, chunks=chunks, shards=shards, block=block, executor=writers,
                              on_block_done=step, first=2)
     except BaseException as exc:
