@@ -34,7 +34,7 @@ SEAM_MARK_FRACTION = 0.12
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 1})
     return path
 
 
