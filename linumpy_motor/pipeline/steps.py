@@ -113,7 +113,8 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
         check_output(flatfield_output, source, *filter(None, [flatfield_file(flatfield)]), stage="flatfield")
     grid = open_mosaic(source)
     threads = resolve_threads(threads)
-    check_memory("measure", grid.path, measure_peak_bytes(grid.tile_shape, grid.nx, grid.ny), threads + READ_THREADS)
+    check_memory("measure", grid.path, measure_peak_bytes(grid.tile_shape, grid.nx, grid.ny, overlap),
+                 threads + READ_THREADS)
     chosen: list[np.ndarray | None] = []
     with limited_threads(threads):
         measured, skipped, stats = measure_mosaic(grid, overlap, MeasureOptions(
