@@ -252,6 +252,32 @@ def test_tiles_read_one_at_a_time_into_reused_buffers_give_the_same_output(data,
         np.testing.assert_array_equal(pairs[str(level)][:], single[str(level)][:])
 
 
+def test_buffers_of_another_z_load_are_let_go(tmp_path, monkeypatch):
+    """With a last Z load shallower than the others, its loads get new buffers and the deeper ones kept for
+    reuse are dropped, not held beside them (the cache's planned peak); the output does not depend on the loads."""
+    spec = synthetic.SyntheticSpec(nx=3, ny=3, tile_shape=(5, 64, 64), jitter_px=0.0, seed=4)
+    data = _dataset(tmp_path / "in", spec)
+    volume = zarr.open_group(str(data["path"]), mode="r")["0"][:]
+    ngff.write_image(tmp_path / "z3.ome.zarr", volume, chunks=(3, 64, 64))
+    stitch_slice(data["path"], tmp_path / "whole.ome.zarr", data["A"], flatfield="none", block_px=64)
+    monkeypatch.setattr(assemble, "READ_RUN_BYTES", 1)
+    shapes_held = []
+    real_buffer = assemble._TileReader._buffer
+
+    def buffer(self, shape):
+        made = real_buffer(self, shape)
+        shapes_held.append({tile.shape for tile in self.free} | {shape})
+        return made
+
+    monkeypatch.setattr(assemble._TileReader, "_buffer", buffer)
+    stitch_slice(tmp_path / "z3.ome.zarr", tmp_path / "z3_out.ome.zarr", data["A"], flatfield="none", block_px=64,
+                 z_chunk=1, cache_bytes=1)
+    assert {(3, 66, 66), (2, 66, 66)} <= set().union(*shapes_held)
+    assert all(len(shapes) == 1 for shapes in shapes_held)
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "whole.ome.zarr"), mode="r")["0"][:],
+                                  zarr.open_group(str(tmp_path / "z3_out.ome.zarr"), mode="r")["0"][:])
+
+
 @pytest.mark.parametrize("blending", ["feather", "none"])
 def test_resampling_a_plane_at_a_time_changes_nothing(data, tmp_path, monkeypatch, blending):
     _, whole = _stitch(data, tmp_path / "whole.ome.zarr", blending=blending, z_chunk=4)

@@ -402,10 +402,10 @@ class _TileReader:
             self.free.extend(tile for tile in tiles if isinstance(tile, np.ndarray))
 
     def _buffer(self, shape: tuple[int, int, int]) -> np.ndarray:
-        with self.lock:
-            for k, tile in enumerate(self.free):
-                if tile.shape == shape:
-                    return self.free.pop(k)
+        with self.lock:  # loads come Z load by Z load: another shape's buffers are never asked for again
+            self.free = [tile for tile in self.free if tile.shape == shape]
+            if self.free:
+                return self.free.pop()
         return np.empty(shape, dtype=np.float32)
 
     def __call__(self, run: int, z0: int, z1: int) -> list:
