@@ -401,6 +401,11 @@ class _TileReader:
         with self.lock:
             self.free.extend(tile for tile in tiles if isinstance(tile, np.ndarray))
 
+    def drop_buffers(self) -> None:
+        """Let go of the spare buffers (no load will be read any more)."""
+        with self.lock:
+            self.free = []
+
     def _buffer(self, shape: tuple[int, int, int]) -> np.ndarray:
         with self.lock:  # loads come Z load by Z load: another shape's buffers are never asked for again
             self.free = [tile for tile in self.free if tile.shape == shape]
@@ -637,7 +642,7 @@ def _write_pyramid(group, plan: StitchPlan, read: _TileReader, weights, overwrit
         while pending:
             pending.popleft().result().result()
             step()
-        read.free.clear()  # level 0 is done: the levels above need no decoded tiles
+        read.drop_buffers()  # level 0 is done: the levels above need no decoded tiles
         pyramid.write_levels(group, shapes, chunks=chunks, shards=shards, block=block, executor=writers,
                              on_block_done=step, first=2)
     except BaseException as exc:
