@@ -7,10 +7,14 @@ import unicodedata
 from collections.abc import Collection
 from pathlib import Path
 
-__all__ = ["EXIT_BAD_INPUT", "FitError", "InputError", "Terminated", "check_choice", "printable"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_NO_MEMORY", "FitError", "InputError", "OutOfMemory", "Terminated", "check_choice",
+           "exit_code", "printable"]
 
 EXIT_BAD_INPUT = 2
 """The exit code of a command that reports bad input in one line (also argparse's usage errors)."""
+EXIT_NO_MEMORY = 75
+"""The exit code of a command whose step did not fit the memory it may use (sysexits' EX_TEMPFAIL): the same
+input may run with more memory, so a scheduler retries it with more (the pipeline's ``errorStrategy``)."""
 
 
 class InputError(ValueError):
@@ -32,6 +36,16 @@ class InputError(ValueError):
     def __reduce__(self):
         """Pickle with both arguments, so an error raised in a worker process reaches the parent intact."""
         return type(self), (self.path, self.problem)
+
+
+class OutOfMemory(InputError):
+    """A step's data does not fit the memory it may use: refused before the step starts, or run out
+    (:data:`EXIT_NO_MEMORY`). ``path`` is the slice, when there is one."""
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of a command stopped by ``exc``, one of the errors reported in one line."""
+    return EXIT_NO_MEMORY if isinstance(exc, OutOfMemory) else EXIT_BAD_INPUT
 
 
 def printable(text: str) -> str:

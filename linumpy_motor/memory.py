@@ -16,7 +16,7 @@ import resource
 import sys
 from pathlib import Path
 
-from linumpy_motor.errors import InputError
+from linumpy_motor.errors import OutOfMemory
 
 __all__ = ["CGROUP_ROOT", "HEADROOM_BYTES", "MALLOC_ARENAS", "THREAD_STACK_BYTES", "address_space_limit",
            "address_space_used", "cgroup_memory", "check_memory", "is_out_of_memory", "limit_arenas", "out_of_memory"]
@@ -100,7 +100,7 @@ def check_memory(step: str, label: str | Path, need_bytes: int, threads: int) ->
 
     Raises
     ------
-    InputError
+    OutOfMemory
         The address space in use, plus ``need_bytes``, the threads' stacks and :data:`HEADROOM_BYTES`, is over
         the address-space limit; or the cgroup's usage plus ``need_bytes`` is over its limit.
     """
@@ -108,11 +108,11 @@ def check_memory(step: str, label: str | Path, need_bytes: int, threads: int) ->
     if limit is not None:
         peak = address_space_used() + need_bytes + threads * THREAD_STACK_BYTES + HEADROOM_BYTES
         if peak > limit:
-            raise InputError(label, f"{step} step needs about {_size(peak)} of address space, more than the limit "
+            raise OutOfMemory(label, f"{step} step needs about {_size(peak)} of address space, more than the limit "
                                     f"of {_size(limit)} (ulimit -v): raise the limit, or give fewer --threads")
     cgroup = cgroup_memory()
     if cgroup is not None and cgroup[1] + need_bytes > cgroup[0]:
-        raise InputError(label, f"{step} step needs about {_size(need_bytes)} more memory, more than the "
+        raise OutOfMemory(label, f"{step} step needs about {_size(need_bytes)} more memory, more than the "
                                 f"{_size(max(0, cgroup[0] - cgroup[1]))} the cgroup limit of {_size(cgroup[0])} "
                                 "leaves: give the job more memory, or run fewer --workers")
 
@@ -122,11 +122,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't start new thread" in str(exc))
 
 
-def out_of_memory(step: str | None, label: str | Path | None, exc: BaseException) -> InputError:
+def out_of_memory(step: str | None, label: str | Path | None, exc: BaseException) -> OutOfMemory:
     """The one-line error for a step (None: a command) that ran out of memory (:func:`is_out_of_memory`), naming
     it and its slice."""
     limit = address_space_limit()
     under = f" under the address-space limit of {_size(limit)} (ulimit -v)" if limit is not None else ""
     what = f"{step} step ran" if step else "ran"
-    return InputError(label, f"{what} out of memory ({type(exc).__name__}){under}: rerun with more memory, or "
+    return OutOfMemory(label, f"{what} out of memory ({type(exc).__name__}){under}: rerun with more memory, or "
                              "fewer --workers or --threads (finished steps are kept)")

@@ -34,7 +34,7 @@ from reliability_helpers import (
     write_small_dataset,
 )
 
-from linumpy_motor.errors import InputError
+from linumpy_motor.errors import InputError, OutOfMemory
 from linumpy_motor.io import ngff, outputs
 from linumpy_motor.io.dataset import discover_slices
 from linumpy_motor.io.grid import open_mosaic
@@ -241,7 +241,7 @@ def test_a_worker_killed_by_the_oom_killer_names_its_slice_and_suggests_memory(t
     stamps = Stamps(tmp_path, [])
     jobs = [(tmp_path / "a.json", "k", finish_quickly, {"source": tmp_path / "slice_a.ome.zarr"}),
             (tmp_path / "b.json", "k", die_like_the_oom_killer, {"source": tmp_path / "slice_b.ome.zarr"})]
-    with pytest.raises(InputError) as info:
+    with pytest.raises(OutOfMemory) as info:  # exit 75: the pipeline retries it with more memory
         run_jobs(jobs, stamps, 2, "test", False)
     assert info.value.path == tmp_path / "slice_b.ome.zarr"
     assert "SIGKILL" in info.value.problem and "memory" in info.value.problem

@@ -19,16 +19,15 @@ import pytest
 from reliability_helpers import CLI, env, error_lines, write_small_dataset
 
 from linumpy_motor import memory
-from linumpy_motor.errors import InputError
+from linumpy_motor.errors import EXIT_NO_MEMORY, InputError, OutOfMemory
 from linumpy_motor.io.grid import open_mosaic, read_block
-from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.pipeline.jobs import run_jobs
 from linumpy_motor.pipeline.resume import Stamps
 
 
 def test_a_step_whose_peak_passes_the_address_space_limit_is_refused_naming_it(monkeypatch):
     monkeypatch.setattr(memory, "address_space_limit", lambda: memory.address_space_used() + 100 * 2**20)
-    with pytest.raises(InputError) as info:
+    with pytest.raises(OutOfMemory) as info:  # exit 75: the pipeline retries the task with more memory
         memory.check_memory("stitch", "slice_z03.ome.zarr", 200 * 2**20, threads=2)
     assert info.value.path == Path("slice_z03.ome.zarr")
     assert "stitch step needs about" in info.value.problem and "(ulimit -v)" in info.value.problem
@@ -56,7 +55,7 @@ def test_the_cgroup_limit_is_read_and_a_step_beyond_it_refused(tmp_path, monkeyp
     (v1 / "memory.usage_in_bytes").write_text(f"{2**29}\n")
     assert memory.cgroup_memory(tmp_path / "v1") == (2**30, 2**29)
     monkeypatch.setattr(memory, "CGROUP_ROOT", _cgroup(tmp_path / "v2", str(2**30), 900 * 2**20))
-    with pytest.raises(InputError, match="measure step needs about 200 MB more memory, more than the 124 MB the "
+    with pytest.raises(OutOfMemory, match="measure step needs about 200 MB more memory, more than the 124 MB the "
                                          "cgroup limit of 1.00 GB leaves"):
         memory.check_memory("measure", "slice", 200 * 2**20, threads=1)
     memory.check_memory("measure", "slice", 100 * 2**20, threads=1)
@@ -73,7 +72,7 @@ def _cannot_start_a_thread(**kwargs) -> None:
 @pytest.mark.parametrize("job", [_runs_out_of_memory, _cannot_start_a_thread])
 def test_running_out_of_memory_in_a_job_is_one_line_naming_the_step_and_the_slice(tmp_path, job):
     stamps = Stamps(tmp_path, [])
-    with pytest.raises(InputError) as info:
+    with pytest.raises(OutOfMemory) as info:
         run_jobs([(tmp_path / "p.json", "k", job, {"source": tmp_path / "slice_z01.ome.zarr"})], stamps, 1, "measure",
                  False)
     assert info.value.path == tmp_path / "slice_z01.ome.zarr"
@@ -109,13 +108,13 @@ def test_runs_under_address_space_limits_finish_or_say_so_in_one_line(tmp_path):
         result = subprocess.run([CLI, "run", str(data), str(out), "--no-progress"], capture_output=True, text=True,
                                 env=env(), timeout=300, preexec_fn=_limited(mb * 2**20))
         outcomes[mb] = result.returncode
-        assert result.returncode in (0, EXIT_BAD_INPUT), f"{mb} MB: exit {result.returncode}\n{result.stderr}"
+        assert result.returncode in (0, EXIT_NO_MEMORY), f"{mb} MB: exit {result.returncode}\n{result.stderr}"
         if result.returncode:
             lines = error_lines(result.stderr)
             assert len(lines) == 1 and lines[0].startswith("linumpy-motor: error: "), f"{mb} MB:\n{result.stderr}"
             assert "address space" in lines[0] or "out of memory" in lines[0], lines[0]
             assert result.stderr.rstrip().endswith(lines[0])
-    assert outcomes[350] == EXIT_BAD_INPUT and outcomes[4000] == 0, outcomes
+    assert outcomes[350] == EXIT_NO_MEMORY and outcomes[4000] == 0, outcomes
     assert np.all(np.diff([outcomes[mb] == 0 for mb in sorted(outcomes)]) >= 0), f"a larger limit failed: {outcomes}"
 
 

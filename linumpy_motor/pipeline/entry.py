@@ -13,7 +13,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from linumpy_motor import __version__, interrupts, memory
-from linumpy_motor.errors import EXIT_BAD_INPUT, FitError, InputError, Terminated, printable
+from linumpy_motor.errors import EXIT_BAD_INPUT, FitError, InputError, Terminated, exit_code, printable
 from linumpy_motor.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED
 from linumpy_motor.io.schemas import first_problem
 from linumpy_motor.pipeline import logs
@@ -70,7 +70,8 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
     int
         0 on success (or the code ``action`` returns, e.g. :data:`EXIT_NOT_OK`); :data:`EXIT_BAD_INPUT` on
         bad input (``InputError``, ``FitError``, a failed validation, a file that cannot be read or
-        written; any other error is a bug and keeps its traceback); :data:`EXIT_INTERRUPTED` when
+        written; any other error is a bug and keeps its traceback); :data:`~linumpy_motor.errors.EXIT_NO_MEMORY`
+        when a step does not fit the memory it may use; :data:`EXIT_INTERRUPTED` when
         interrupted (Ctrl-C), :data:`EXIT_TERMINATED` when terminated (SIGTERM to this process): either way
         the work in progress is cleaned up and a rerun resumes.
     """
@@ -124,7 +125,8 @@ def _interrupted(parser: argparse.ArgumentParser, exc: BaseException | None, deb
 
 
 BAD_INPUT_ERRORS = (InputError, FitError, ValidationError, OSError)
-"""The errors reported in one line with :data:`EXIT_BAD_INPUT` (any other is a bug and keeps its traceback)."""
+"""The errors reported in one line with :data:`EXIT_BAD_INPUT` (:data:`~linumpy_motor.errors.EXIT_NO_MEMORY` for
+:class:`~linumpy_motor.errors.OutOfMemory`; any other error is a bug and keeps its traceback)."""
 
 
 def stopped_by(exc: BaseException) -> tuple[str, int | None]:
@@ -134,7 +136,7 @@ def stopped_by(exc: BaseException) -> tuple[str, int | None]:
         return "terminated (rerun to resume)", EXIT_TERMINATED
     if isinstance(exc, KeyboardInterrupt):  # Ctrl-C
         return "interrupted (rerun to resume)", EXIT_INTERRUPTED
-    return f"error: {_one_line(exc)}", EXIT_BAD_INPUT if isinstance(exc, BAD_INPUT_ERRORS) else None
+    return f"error: {_one_line(exc)}", exit_code(exc) if isinstance(exc, BAD_INPUT_ERRORS) else None
 
 
 def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], int | None],
@@ -154,7 +156,7 @@ def _run_action(parser: argparse.ArgumentParser, action: Callable[[argparse.Name
         if args.debug:
             traceback.print_exc()
         print(f"{parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT, True
+        return exit_code(exc), True
     return code or 0, False
 
 

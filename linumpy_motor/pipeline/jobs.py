@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm.std import tqdm as std_tqdm
 
 from linumpy_motor import interrupts, memory
-from linumpy_motor.errors import InputError
+from linumpy_motor.errors import InputError, OutOfMemory
 from linumpy_motor.io import outputs
 from linumpy_motor.parallel import threads_per_worker
 from linumpy_motor.pipeline import logs, worker_server
@@ -118,7 +118,7 @@ def _job_label(output: Path, kwargs: dict) -> str:
     return str(kwargs.get("source", output))
 
 
-def _lost_worker(pool: ProcessPoolExecutor, started, futures: dict) -> InputError:
+def _lost_worker(pool: ProcessPoolExecutor, started, futures: dict) -> OutOfMemory:
     """The error for a worker process that died (e.g. killed by the out-of-memory killer), naming its slice."""
     processes = dict(pool._processes or {})  # the executor keeps no public record of how a worker ended
     labels = {}
@@ -139,7 +139,7 @@ def _lost_worker(pool: ProcessPoolExecutor, started, futures: dict) -> InputErro
         dead = [(label, None) for label in sorted(set(labels.values()) & unfinished)] or [("a slice", None)]
     label, code = dead[0]
     how = f"killed by {signal.Signals(-code).name}" if code else "ended abruptly"
-    return InputError(label, f"its worker process was {how}, most likely by the system for lack of memory: "
+    return OutOfMemory(label, f"its worker process was {how}, most likely by the system for lack of memory: "
                              "rerun with fewer --workers or with more memory (finished slices are kept)")
 
 
