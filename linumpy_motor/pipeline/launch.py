@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from linumpy_motor import interrupts, memory
-from linumpy_motor.errors import EXIT_NO_MEMORY
+from linumpy_motor.errors import exit_code
 from linumpy_motor.pipeline import worker_server
 
 __all__ = ["PROG", "main"]
@@ -33,8 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             interrupts.check()  # or a Ctrl-C or SIGTERM inside an extension's import, which reports it as its own error
             if memory.address_space_limit() is None and not isinstance(exc, MemoryError):
                 raise
-            print(f"{PROG}: error: {memory.out_of_memory('start-up', None, exc)}", file=sys.stderr)
-            return EXIT_NO_MEMORY
+            error = memory.out_of_memory("start-up", None, exc)
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return exit_code(error)
         return cli.main(argv)  # from the moment it has built its parser, it handles Ctrl-C and SIGTERM itself
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM during the imports, or before the command's parser is built
         interrupts.finish()

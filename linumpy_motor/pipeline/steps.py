@@ -22,7 +22,7 @@ from linumpy_motor.io.outputs import check_output, write_json
 from linumpy_motor.io.records import pair_dicts
 from linumpy_motor.io.schemas import Pair, PairsFile, load
 from linumpy_motor.memory import check_memory
-from linumpy_motor.parallel import limited_threads, resolve_threads
+from linumpy_motor.parallel import blas_on_one_thread, limited_threads, resolve_threads
 from linumpy_motor.qc.compare import compare_positions
 from linumpy_motor.qc.summary import model_problems
 from linumpy_motor.qc.verdict import implied_overlap, overlap_problem
@@ -188,7 +188,7 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
     files = _load_pairs_files(pairs_files)
     pairs = {f.slice_id: f.table() for f in files}
     try:
-        with limited_threads(1):  # small matrix products: BLAS threads only slow them down
+        with blas_on_one_thread():  # small matrix products: BLAS threads only slow them down
             model, diagnostics = fit_pooled(
                 pairs, {f.slice_id: f.grid for f in files}, files[0].tile_shape, files[0].overlap,
                 FitOptions(n_samples=n_samples, seed=seed, drift_tolerance_px=drift_tolerance_px, backlash=backlash),
@@ -240,7 +240,7 @@ def compare(pairs_file: str | Path, transform_file: str | Path, output: str | Pa
     transform, backlash = schemas.read_model(transform_file)
     nx, ny = pairs.grid
     motor = geometry.affine_positions(nx, ny, transform, backlash)
-    with limited_threads(1):
+    with blas_on_one_thread():
         registered, connected = geometry.registration_positions(pairs.table(), nx, ny, motor)
     content = {
         "slice_id": pairs.slice_id, "source": pairs.source, "version": __version__,
