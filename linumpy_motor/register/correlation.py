@@ -21,9 +21,9 @@ import scipy
 from linumpy_motor.backend import to_numpy
 
 __all__ = ["CANDIDATE_PEAK_RATIO", "FILTER_SIGMA", "FLAT_RELATIVE_SPREAD", "FRAME_MARGIN_PX", "MAX_SHIFT_DEFAULT_TEXT",
-           "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "MIN_REFINE_OVERLAP_PX", "PairShift", "REFINE_BATCH_BYTES",
-           "REFINE_MAX_RATIO", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE", "measure_shifts",
-           "measure_steps", "ncc_at", "refine_shifts", "search_bound", "search_limit"]
+           "MAX_SHIFT_FRACTION", "MAX_SHIFT_MIN_PX", "MIN_REFINE_OVERLAP_PX", "NCC_MIN_OVERLAP", "PairShift",
+           "REFINE_BATCH_BYTES", "REFINE_MAX_RATIO", "REFINE_PASSES", "REFINE_TAPER", "REFINE_TOLERANCE", "UPSAMPLE",
+           "measure_shifts", "measure_steps", "ncc_at", "refine_shifts", "search_bound", "search_limit"]
 
 REFINE_TAPER = 0.5  # Tukey taper of the sub-pixel refinement: Hann's cost pair precision on real images
 REFINE_PASSES = 6
@@ -38,6 +38,8 @@ FRAME_MARGIN_PX = 4
 round (a margin of 0, circular, and of 4 and 12 px were as accurate on the real-image benchmark; 4 gave the
 lowest spread of 0 and 4), and every overlap cut from a window fits the window's frame, so pairs of any
 integer shift are transformed in one batch."""
+NCC_MIN_OVERLAP = 0.25
+"""A shift whose overlap is smaller than this fraction of the window gets NCC -1 (too few pixels to tell)."""
 FLAT_RELATIVE_SPREAD = 1e-6
 """A window whose values spread less than this fraction of their mean (RMS) is flat: float32 rounding is 6e-8."""
 CANDIDATE_PEAK_RATIO = 0.5
@@ -80,7 +82,7 @@ class PairShift:
     peak: float
 
 
-def ncc_at(a: np.ndarray, b: np.ndarray, shift: tuple[int, int], min_fraction: float = 0.25) -> float:
+def ncc_at(a: np.ndarray, b: np.ndarray, shift: tuple[int, int], min_fraction: float = NCC_MIN_OVERLAP) -> float:
     """Zero-mean normalised cross-correlation of ``a[x]`` and ``b[x - shift]`` over their overlap.
 
     Returns -1 when the overlap is smaller than ``min_fraction`` of the window or is flat.
@@ -486,7 +488,8 @@ def measure_shifts(
             for s, c, p in zip(refined, score, peaks)]
 
 
-def _candidate_ncc(a: np.ndarray, b: np.ndarray, candidates: np.ndarray, min_fraction: float = 0.25) -> np.ndarray:
+def _candidate_ncc(a: np.ndarray, b: np.ndarray, candidates: np.ndarray,
+                   min_fraction: float = NCC_MIN_OVERLAP) -> np.ndarray:
     """:func:`ncc_at` of every pair at each of its candidate shifts ``(n, count, 2)``: ``(n, count)``, the pairs
     that share a shift computed together."""
     n, count, _ = candidates.shape
