@@ -8,8 +8,14 @@ ignored in ..."); such a drop is silenced here and the record stays, so the next
 (:func:`check`: each progress step, each job's end before its output is stamped, the command's end)
 raises it again, and the next signal raises too. Only the first request raises otherwise: a second
 SIGTERM during the clean-up is recorded, not raised, so the clean-up finishes. After :func:`finish`
-the command's outcome is settled and signals change nothing more. Nothing here imports more than the
-standard library, so a console script can install the handlers before it imports the program.
+the command's outcome is settled and signals change nothing more.
+
+Running out of memory in a thread's start is dropped the same way, and would leave the thread that
+started it waiting forever for it (Python's ``Thread.start``): a ``MemoryError`` that Python drops in
+another thread is raised in the main thread instead, as a signal raises its exception there.
+
+Nothing here imports more than the standard library, so a console script can install the handlers
+before it imports the program.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from types import FrameType
 
 from linumpy_motor.errors import Terminated
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "check", "deferred", "finish", "install", "outcome", "requested",
-           "restore"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "STARVED_SIGNAL", "check", "deferred", "finish", "install", "outcome",
+           "requested", "restore", "watch_memory"]
 
 EXIT_INTERRUPTED = 130
 """Ctrl-C (128 + SIGINT, as a shell reports it)."""
@@ -32,6 +38,8 @@ EXIT_TERMINATED = 143
 """SIGTERM, as a scheduler's time limit sends (128 + SIGTERM)."""
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STARVED_SIGNAL = signal.SIGUSR1
+"""Sent by a thread to the main thread of its process when it dropped a ``MemoryError`` (:func:`_unraisable`)."""
 _requested: int | None = None
 """The first signal received since :func:`install`."""
 _dropped = False
@@ -39,6 +47,9 @@ _dropped = False
 _finished = False
 _deferring = 0
 """Inside :func:`deferred`: a request is recorded, and raised only when the block ends."""
+_starved = False
+"""Another thread dropped a ``MemoryError``: the main thread raises it (:func:`_unraisable`)."""
+_main_ident: int | None = None
 _previous: dict[int, object] = {}
 _previous_hook = sys.unraisablehook
 
@@ -48,7 +59,7 @@ def _exception(signum: int) -> KeyboardInterrupt:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    global _requested, _dropped
+    global _requested, _dropped, _starved
     if _finished:
         return
     first = _requested is None
@@ -61,11 +72,25 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         raise _exception(_requested if _requested is not None else signum)
 
 
+def _raise_starved(signum: int | None = None, frame: FrameType | None = None) -> None:
+    """Raise the ``MemoryError`` another thread dropped (not inside :func:`deferred`: at its end); the handler of
+    :data:`STARVED_SIGNAL`."""
+    global _starved
+    if _starved and not _deferring and not _finished:
+        _starved = False
+        raise MemoryError("another thread ran out of memory")
+
+
 def _unraisable(info) -> None:
-    """Silence the drop of our own exception (it is raised again at the next safe point); report anything else."""
-    global _dropped
+    """Silence the drop of our own exception (it is raised again at the next safe point); raise a ``MemoryError``
+    dropped in another thread in the main thread (:data:`STARVED_SIGNAL` ends its wait); report anything else."""
+    global _dropped, _starved
     if _requested is not None and isinstance(info.exc_value, KeyboardInterrupt):
         _dropped = True
+        return
+    if isinstance(info.exc_value, MemoryError) and _main_ident is not None and threading.get_ident() != _main_ident:
+        _starved = True
+        signal.pthread_kill(_main_ident, STARVED_SIGNAL)
         return
     _previous_hook(info)
 
@@ -76,7 +101,7 @@ def install() -> bool:
     A request recorded before (e.g. during the imports) is kept. Returns whether the handlers were
     installed now (False when not in the main thread or when they already were).
     """
-    global _finished
+    global _finished, _main_ident
     if threading.current_thread() is not threading.main_thread():
         return False
     _finished = False
@@ -84,19 +109,30 @@ def install() -> bool:
         return False
     for signum in SIGNALS:
         _previous[signum] = signal.signal(signum, _handler)
-    sys.unraisablehook = _unraisable
+    watch_memory()
     return True
+
+
+def watch_memory() -> None:
+    """Raise in the main thread a ``MemoryError`` that Python drops in another thread (a thread that could not
+    start): what :func:`install` does besides the signals, and all a worker process needs (main thread only)."""
+    global _main_ident
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _previous.setdefault(STARVED_SIGNAL, signal.signal(STARVED_SIGNAL, _raise_starved))
+    _main_ident = threading.get_ident()
+    sys.unraisablehook = _unraisable
 
 
 def restore() -> None:
     """Put back the handlers :func:`install` replaced and forget any request (a command run in-process, by
     a test or a notebook, leaves its caller's signal handling as it was)."""
-    global _requested, _dropped, _finished
+    global _requested, _dropped, _finished, _starved, _main_ident
     for signum, previous in _previous.items():
         signal.signal(signum, previous)  # type: ignore[arg-type]
     _previous.clear()
     sys.unraisablehook = _previous_hook
-    _requested, _dropped, _finished = None, False, False
+    _requested, _dropped, _finished, _starved, _main_ident = None, False, False, False, None
 
 
 def requested() -> int | None:
@@ -105,11 +141,15 @@ def requested() -> int | None:
 
 
 def check() -> None:
-    """A safe point: raise the exception of a request that was received (and perhaps dropped by Python).
+    """A safe point: raise the exception of a request that was received (and perhaps dropped by Python), or the
+    ``MemoryError`` another thread dropped.
 
     Call it only where the program may stop: between steps of work, never in a clean-up.
     """
-    if _requested is not None and not _finished:
+    if _finished:
+        return
+    _raise_starved()
+    if _requested is not None:
         raise _exception(_requested)
 
 

@@ -12,6 +12,7 @@ the only clean outcome. What still runs out is reported by :func:`out_of_memory`
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 import sys
 from pathlib import Path
@@ -19,19 +20,22 @@ from pathlib import Path
 from linumpy_motor.errors import OutOfMemory
 
 __all__ = ["CGROUP_ROOT", "HEADROOM_BYTES", "MALLOC_ARENAS", "THREAD_STACK_BYTES", "address_space_limit",
-           "address_space_used", "cgroup_memory", "check_memory", "is_out_of_memory", "limit_arenas", "out_of_memory"]
+           "address_space_used", "cgroup_memory", "check_memory", "io_threads", "is_out_of_memory", "limit_arenas",
+           "out_of_memory"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 """Where this process's cgroup files are read: its memory limit here, its CPU quota in
 :mod:`linumpy_motor.parallel`."""
 HEADROOM_BYTES = 128 * 2**20
-"""Address space a step may take beyond its data: libraries' lazy buffers (OpenBLAS takes 32 MiB) and the
-growth of the allocator's arenas."""
+"""Address space a step may take beyond its data and its threads' stacks: libraries' lazy buffers (OpenBLAS
+takes 32 MiB each) and the allocator's growth. A step loads the libraries it loads late before the check, so
+that the address space in use counts them (SciPy's FFT and sparse solver map SciPy's own OpenBLAS)."""
 THREAD_STACK_BYTES = 8 * 2**20
 """Address space each thread a step starts reserves for its stack (glibc's default)."""
-MALLOC_ARENAS = 2
-"""Allocator arenas allowed under an address-space limit (glibc reserves 64 MiB of address space for each,
-up to 8 per core by default: 0.7 GB more on two cores)."""
+MALLOC_ARENAS = 1
+"""Allocator arenas allowed under an address-space limit: glibc reserves 64 MiB of address space for each
+besides the first, up to 8 per core by default (0.9 GB more on two cores). One is enough there: the large
+buffers are mapped one by one, not taken from an arena."""
 M_ARENA_MAX = -8
 """glibc's ``mallopt`` parameter for the most arenas (``<malloc.h>``)."""
 
@@ -80,6 +84,15 @@ def limit_arenas() -> None:
             pass
 
 
+def io_threads() -> int:
+    """Threads zarr starts for its I/O as a step reads and writes, each reserving a stack: its event loop's, and
+    its pool's (zarr's ``threading.max_workers``, else asyncio's default of min(32, cores + 4))."""
+    import zarr  # here: the launcher imports this module before the libraries
+
+    workers = zarr.config.get("threading.max_workers", None)
+    return 1 + (int(workers) if workers else min(32, (os.cpu_count() or 1) + 4))
+
+
 def _size(n: float) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
@@ -96,7 +109,8 @@ def check_memory(step: str, label: str | Path, need_bytes: int, threads: int) ->
     need_bytes : int
         The step's estimated peak of data held at once (the step's own formula).
     threads : int
-        Threads the step starts (each reserves :data:`THREAD_STACK_BYTES` of address space).
+        Threads the step starts (each reserves :data:`THREAD_STACK_BYTES` of address space, as do zarr's,
+        :func:`io_threads`).
 
     Raises
     ------
@@ -106,7 +120,8 @@ def check_memory(step: str, label: str | Path, need_bytes: int, threads: int) ->
     """
     limit = address_space_limit()
     if limit is not None:
-        peak = address_space_used() + need_bytes + threads * THREAD_STACK_BYTES + HEADROOM_BYTES
+        stacks = (threads + io_threads()) * THREAD_STACK_BYTES
+        peak = address_space_used() + need_bytes + stacks + HEADROOM_BYTES
         if peak > limit:
             raise OutOfMemory(label, f"{step} step needs about {_size(peak)} of address space, more than the limit "
                                     f"of {_size(limit)} (ulimit -v): raise the limit, or give fewer --threads")
@@ -117,9 +132,16 @@ def check_memory(step: str, label: str | Path, need_bytes: int, threads: int) ->
                                 "leaves: give the job more memory, or run fewer --workers")
 
 
+OUT_OF_MEMORY_WORDS = {RuntimeError: "can't start new thread", ImportError: "failed to map segment",
+                       OSError: "Cannot allocate memory"}
+"""How an exception other than ``MemoryError`` says memory ran out: a thread that could not start, a library loaded
+late (SciPy's on first use) that could not be mapped, an ``mmap`` refused."""
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` says memory ran out: a ``MemoryError``, or a thread that could not be started."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't start new thread" in str(exc))
+    """Whether ``exc`` says memory ran out: a ``MemoryError``, or one of :data:`OUT_OF_MEMORY_WORDS`."""
+    return isinstance(exc, MemoryError) or any(isinstance(exc, kind) and words in str(exc)
+                                               for kind, words in OUT_OF_MEMORY_WORDS.items())
 
 
 def out_of_memory(step: str | None, label: str | Path | None, exc: BaseException) -> OutOfMemory:

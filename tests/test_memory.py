@@ -9,8 +9,11 @@ called the MemoryError "cannot read data" with the advice to re-copy the slice.
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 from reliability_helpers import CLI, env, error_lines, write_small_dataset
 
-from linumpy_motor import memory
+from linumpy_motor import interrupts, memory
 from linumpy_motor.errors import EXIT_NO_MEMORY, InputError, OutOfMemory
 from linumpy_motor.io.grid import open_mosaic, read_block
 from linumpy_motor.pipeline.jobs import run_jobs
@@ -34,7 +37,7 @@ def test_a_step_whose_peak_passes_the_address_space_limit_is_refused_naming_it(m
 
 
 def test_a_step_that_fits_the_address_space_limit_goes_on(monkeypatch):
-    headroom = memory.HEADROOM_BYTES + 2 * memory.THREAD_STACK_BYTES
+    headroom = memory.HEADROOM_BYTES + (2 + memory.io_threads()) * memory.THREAD_STACK_BYTES
     monkeypatch.setattr(memory, "address_space_limit", lambda: memory.address_space_used() + headroom + 2**30)
     memory.check_memory("stitch", "slice", 2**29, threads=2)
 
@@ -44,6 +47,20 @@ def _cgroup(root: Path, limit: str, usage: int) -> Path:
     (root / "memory.max").write_text(limit + "\n")
     (root / "memory.current").write_text(f"{usage}\n")
     return root
+
+
+def test_the_fit_is_refused_where_openblas_could_not_map_its_buffers(tmp_path, monkeypatch):
+    """The fit's data are small, but OpenBLAS retried its 32 MiB buffer for ever (a process at 100 % CPU for
+    27 minutes, deaf to SIGTERM) under an address-space limit that the measurement had nearly filled."""
+    from linumpy_motor.pipeline import steps
+
+    data = write_small_dataset(tmp_path / "data", n_slices=1)
+    pairs = tmp_path / "slice_z00_pairs.json"
+    steps.measure_pairs(data / "mosaic_grid_3d_z00.ome.zarr", pairs, overlap=0.2)
+    monkeypatch.setattr(memory, "address_space_limit", lambda: memory.address_space_used() + 64 * 2**20)
+    with pytest.raises(OutOfMemory, match="fit step needs about .* of address space, more than the limit"):
+        steps.fit_affine([pairs], tmp_path / "motor_transform.json")
+    assert not (tmp_path / "motor_transform.json").exists()
 
 
 def test_the_cgroup_limit_is_read_and_a_step_beyond_it_refused(tmp_path, monkeypatch):
@@ -77,6 +94,46 @@ def test_running_out_of_memory_in_a_job_is_one_line_naming_the_step_and_the_slic
                  False)
     assert info.value.path == tmp_path / "slice_z01.ome.zarr"
     assert info.value.problem.startswith("measure step ran out of memory (")
+
+
+def test_zarr_io_threads_are_counted_as_zarr_is_configured():
+    import zarr
+
+    assert memory.io_threads() == 1 + min(32, (os.cpu_count() or 1) + 4)  # asyncio's default pool, and zarr's loop
+    with zarr.config.set({"threading.max_workers": 3}):
+        assert memory.io_threads() == 4
+
+
+@pytest.mark.parametrize("exc, out", [
+    (ImportError("/x/_fblas.cpython-311-x86_64-linux-gnu.so: failed to map segment from shared object"), True),
+    (OSError(12, "Cannot allocate memory"), True), (RuntimeError("can't start new thread"), True),
+    (ImportError("No module named 'cupy'"), False), (OSError(2, "No such file or directory"), False)])
+def test_a_library_that_cannot_be_mapped_is_out_of_memory_not_a_crash(exc, out):
+    assert memory.is_out_of_memory(exc) is out
+
+
+class _StarvedThread(threading.Thread):
+    """A thread that runs out of memory as it starts: Python drops the error, and ``start`` waits for ever."""
+
+    def _bootstrap_inner(self) -> None:
+        raise MemoryError
+
+
+def test_a_thread_that_runs_out_of_memory_as_it_starts_raises_in_the_starter_instead_of_hanging():
+    """The CI run of 2026-12-06 hung for 300 s under ``ulimit -v`` 500 MB: a thread of the measure's pool failed
+    to start, Python dropped the MemoryError, and the main thread waited for it in ``Thread.start`` for ever."""
+    assert interrupts.install()
+    thread = _StarvedThread()
+    rescue = threading.Timer(20, thread._started.set)  # had the fix failed: end the wait, so the test fails, not hangs
+    rescue.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(MemoryError):
+            thread.start()
+        assert time.monotonic() - started < 10
+    finally:
+        rescue.cancel()
+        interrupts.restore()
 
 
 def test_a_memory_error_while_reading_is_not_called_a_damaged_slice(tmp_path):

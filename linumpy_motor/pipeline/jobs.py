@@ -85,10 +85,12 @@ def _init_worker(started, log_config: logs.LogConfig, main: int, outdir: Path, t
     left to the main process (it stops the workers: one message, no tracebacks), progress bars lock with a
     thread lock (tqdm's default semaphore would leak when the worker is stopped), and each job's start is
     reported on the pipe ``started`` as ``(pid, label)`` (one short message per write, so writes from
-    several workers do not interleave)."""
+    several workers do not interleave); a job's thread that cannot start for lack of memory ends the job with a
+    ``MemoryError`` (:func:`interrupts.watch_memory`)."""
     global _STARTED
     parent = _die_with(main)
     memory.limit_arenas()
+    interrupts.watch_memory()  # a thread of a job that cannot start ends the job, not waits for ever
     outputs.set_claim(functools.partial(_check_claim, main, parent, outdir, token))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # so it was since its birth (worker_server.start)
     std_tqdm.set_lock(threading.RLock())  # set on tqdm's base class: every bar class uses it
@@ -100,7 +102,7 @@ def _call(step: str, label: str, function: Callable, kwargs: dict) -> None:
     """Run one job; running out of memory is one line naming the step and the slice (:func:`memory.out_of_memory`)."""
     try:
         function(**kwargs)
-    except (MemoryError, RuntimeError) as exc:
+    except (MemoryError, RuntimeError, ImportError, OSError) as exc:
         if not memory.is_out_of_memory(exc):
             raise
         raise memory.out_of_memory(step, label, exc) from None
