@@ -12,9 +12,11 @@ the only clean outcome. What still runs out is reported by :func:`out_of_memory`
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import resource
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from linumpy_motor.errors import OutOfMemory
@@ -28,8 +30,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 :mod:`linumpy_motor.parallel`."""
 HEADROOM_BYTES = 128 * 2**20
 """Address space a step may take beyond its data and its threads' stacks: libraries' lazy buffers (OpenBLAS
-takes 32 MiB each) and the allocator's growth. A step loads the libraries it loads late before the check, so
-that the address space in use counts them (SciPy's FFT and sparse solver map SciPy's own OpenBLAS)."""
+takes 32 MiB each) and the allocator's growth."""
 THREAD_STACK_BYTES = 8 * 2**20
 """Address space each thread a step starts reserves for its stack (glibc's default)."""
 MALLOC_ARENAS = 1
@@ -97,7 +98,7 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
-def check_memory(step: str, label: str | Path, need_bytes: int, threads: int) -> None:
+def check_memory(step: str, label: str | Path, need_bytes: int, threads: int, libraries: Sequence[str] = ()) -> None:
     """Before a step: refuse it when its estimated peak does not fit the limits this process runs under.
 
     Parameters
@@ -111,6 +112,9 @@ def check_memory(step: str, label: str | Path, need_bytes: int, threads: int) ->
     threads : int
         Threads the step starts (each reserves :data:`THREAD_STACK_BYTES` of address space, as do zarr's,
         :func:`io_threads`).
+    libraries : sequence of str
+        Modules the step imports where it first uses them: imported first, so that the address space in use
+        counts them (SciPy's FFT and solvers map SciPy's own OpenBLAS, about 130 MB with its buffers).
 
     Raises
     ------
@@ -118,6 +122,8 @@ def check_memory(step: str, label: str | Path, need_bytes: int, threads: int) ->
         The address space in use, plus ``need_bytes``, the threads' stacks and :data:`HEADROOM_BYTES`, is over
         the address-space limit; or the cgroup's usage plus ``need_bytes`` is over its limit.
     """
+    for name in libraries:
+        importlib.import_module(name)
     limit = address_space_limit()
     if limit is not None:
         stacks = (threads + io_threads()) * THREAD_STACK_BYTES

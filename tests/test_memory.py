@@ -9,9 +9,11 @@ called the MemoryError "cannot read data" with the advice to re-copy the slice.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -61,6 +63,44 @@ def test_the_fit_is_refused_where_openblas_could_not_map_its_buffers(tmp_path, m
     with pytest.raises(OutOfMemory, match="fit step needs about .* of address space, more than the limit"):
         steps.fit_affine([pairs], tmp_path / "motor_transform.json")
     assert not (tmp_path / "motor_transform.json").exists()
+
+
+_LATE_LIBRARIES = """
+import json, sys
+from pathlib import Path
+from linumpy_motor.pipeline import steps
+from linumpy_motor.stitch import assemble
+
+def extensions():
+    return {name for name, module in list(sys.modules.items()) if str(getattr(module, "__file__", "")).endswith(".so")}
+
+at_check = {}
+check = steps.check_memory
+def counting(step, label, need, threads, libraries=()):
+    check(step, label, need, threads, libraries)
+    at_check[step] = extensions()
+steps.check_memory = assemble.check_memory = counting
+data, out = Path(sys.argv[1]), Path(sys.argv[2])
+steps.measure_pairs(data / "mosaic_grid_3d_z00.ome.zarr", out / "p.json", overlap=0.2)
+after = {"measure": extensions()}
+steps.fit_affine([out / "p.json"], out / "t.json")
+after["fit"] = extensions()
+transform = json.loads((out / "t.json").read_text())["transform"]
+assemble.stitch_slice(data / "mosaic_grid_3d_z00.ome.zarr", out / "s.ome.zarr", transform)
+after["stitch"] = extensions()
+print(json.dumps({step: sorted(after[step] - at_check[step]) for step in after}))
+"""
+
+
+def test_a_step_loads_its_libraries_before_it_counts_the_address_space(tmp_path):
+    """No step maps an extension module after its memory check: SciPy's FFT and sparse solver map SciPy's own
+    OpenBLAS (about 130 MB with its buffers) on first use, and loaded after the measure's check they took the
+    address space it had counted as free (the CI run of 2026-12-06 hung)."""
+    data = write_small_dataset(tmp_path / "data", n_slices=1)
+    result = subprocess.run([sys.executable, "-c", _LATE_LIBRARIES, str(data), str(tmp_path)], capture_output=True,
+                            text=True, env=env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"measure": [], "fit": [], "stitch": []}
 
 
 def test_the_cgroup_limit_is_read_and_a_step_beyond_it_refused(tmp_path, monkeypatch):

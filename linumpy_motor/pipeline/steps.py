@@ -14,7 +14,6 @@ from typing import Literal, get_args
 import numpy as np
 
 from linumpy_motor import __version__
-from linumpy_motor.backend import get_backend
 from linumpy_motor.errors import FitError, InputError, check_choice
 from linumpy_motor.io import schemas
 from linumpy_motor.io.dataset import check_consistent, slice_id_from_name
@@ -114,9 +113,8 @@ def measure_pairs(source: str | Path, output: str | Path, *, overlap: float, sli
         check_output(flatfield_output, source, *filter(None, [flatfield_file(flatfield)]), stage="flatfield")
     grid = open_mosaic(source)
     threads = resolve_threads(threads)
-    get_backend(use_gpu)  # loads the FFT libraries (SciPy's maps OpenBLAS) before the check counts the address space
     check_memory("measure", grid.path, measure_peak_bytes(grid.tile_shape, grid.nx, grid.ny, overlap),
-                 threads + READ_THREADS)
+                 threads + READ_THREADS, libraries=["scipy.fft"])
     chosen: list[np.ndarray | None] = []
     with limited_threads(threads):
         measured, skipped, stats = measure_mosaic(grid, overlap, MeasureOptions(
@@ -189,8 +187,8 @@ def fit_affine(pairs_files: Sequence[str | Path], output: str | Path, *, n_sampl
     check_output(output, *pairs_files, stage="fit")
     files = _load_pairs_files(pairs_files)
     pairs = {f.slice_id: f.table() for f in files}
-    import scipy.sparse.linalg  # noqa: F401  the positions' solver: loaded (its OpenBLAS too) before the check
-    check_memory("fit", Path(output), 0, threads=1)  # its data is small; OpenBLAS's buffers are not
+    check_memory("fit", Path(output), 0, threads=1,  # its data are small; OpenBLAS's buffers are not
+                 libraries=["scipy.sparse.csgraph", "scipy.sparse.linalg", "scipy.special"])
     try:
         with blas_on_one_thread():  # small matrix products: BLAS threads only slow them down
             model, diagnostics = fit_pooled(
