@@ -224,8 +224,8 @@ def test_a_rerun_with_a_given_transform_removes_the_measured_runs_outputs(datase
     result = runner.run(dataset, out, RunOptions(transform=given), progress=False)
     assert result["ran"] == {"transform": 1, "stitch": 2}
     assert not (out / "report").exists(), "the old report would describe another model"
-    assert sorted(p.name for p in (out / "compare").iterdir()) == ["my_notes.json"]
-    assert not list((out / "pairs").glob("*.json"))
+    assert sorted(p.name for p in (out / "compare").iterdir()) == ["my_notes.json"], "a user's file stays"
+    assert not (out / "pairs").exists() and not (out / "flatfield").exists(), "folders left empty are removed"
 
 
 def test_a_rerun_after_a_slice_was_removed_drops_its_outputs(dataset, finished, tmp_path):
