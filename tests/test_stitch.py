@@ -568,3 +568,20 @@ def test_every_block_of_the_plan_names_the_tiles_meeting_it_and_their_loads():
             assert key[0] == layout.run_of(t) and key[1:3] == layout.load_planes(block.region[0])
             counts[key] = counts.get(key, 0) + 1
     assert counts == dict(plan.uses)
+
+
+@pytest.mark.parametrize("fy, fx", [(0.0, 0.0), (0.25, 0.7), (0.5, 0.5), (0.9, 0.1), (1 - 1e-6, 1e-6)])
+def test_the_resampling_is_the_bilinear_formula_and_a_window_of_it_is_the_windows_resampling(fy, fx):
+    """``_lerp`` against the bilinear formula written out in float64 (its column pass runs over the row pass's
+    result as one flat run, so a pair straddling two rows must land only in the column it drops), and the
+    footprint's columns of a whole-rows result equal the resampling of the column window alone."""
+    rng = np.random.default_rng(7)
+    padded = rng.random((3, 9, 12), dtype=np.float32)
+    a = padded.astype(np.float64)
+    expected = ((1 - fy) * (1 - fx) * a[:, 1:, 1:] + fy * (1 - fx) * a[:, :-1, 1:]
+                + (1 - fy) * fx * a[:, 1:, :-1] + fy * fx * a[:, :-1, :-1])
+    result = assemble._lerp(padded, fy, fx)
+    assert result.shape == (3, 8, 11) and result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, rtol=0, atol=2e-6)
+    window = assemble._lerp(np.ascontiguousarray(padded[:, 2:7, 3:10]), fy, fx)
+    np.testing.assert_array_equal(result[:, 2:6, 3:9], window)
