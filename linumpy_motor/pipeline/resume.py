@@ -167,15 +167,8 @@ def clean(stamps: Stamps, planned: dict[Path, str]) -> None:
         outputs.remove_temporaries(folder, in_folder)
     for output in stale:
         outputs.remove_path(output)
-    _remove_emptied(stamps.outdir, {output.parent for output in stale})
+    # the folders that leaves empty (pairs/ after a run with --transform); one holding anything stays
+    outputs.remove_created_folders({output.parent for output in stale} - {stamps.outdir})
     for output in set(earlier) - set(planned):
         stamps.invalidate(output)
 
-
-def _remove_emptied(outdir: Path, folders: set[Path]) -> None:
-    """Remove those ``folders`` inside ``outdir`` that removing earlier outputs left empty (``pairs/`` after a run
-    with ``--transform``); one holding anything, a user's file included, stays."""
-    for folder in sorted(folders, key=lambda path: len(path.parts), reverse=True):
-        if folder != outdir and outdir in folder.parents and folder.is_dir() and not folder.is_symlink() \
-                and not any(folder.iterdir()):
-            folder.rmdir()
