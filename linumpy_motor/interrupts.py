@@ -59,7 +59,7 @@ def _exception(signum: int) -> KeyboardInterrupt:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    global _requested, _dropped, _starved
+    global _requested, _dropped
     if _finished:
         return
     first = _requested is None

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from linumpy_motor.errors import OutOfMemory
 
-__all__ = ["CGROUP_ROOT", "HEADROOM_BYTES", "MALLOC_ARENAS", "THREAD_STACK_BYTES", "address_space_limit",
-           "address_space_used", "cgroup_memory", "check_memory", "io_threads", "is_out_of_memory", "limit_arenas",
-           "out_of_memory"]
+__all__ = ["CGROUP_ROOT", "HEADROOM_BYTES", "MALLOC_ARENAS", "OUT_OF_MEMORY_ERRORS", "OUT_OF_MEMORY_WORDS",
+           "THREAD_STACK_BYTES", "address_space_limit", "address_space_used", "cgroup_memory", "check_memory",
+           "io_threads", "is_out_of_memory", "limit_arenas", "out_of_memory"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 """Where this process's cgroup files are read: its memory limit here, its CPU quota in
@@ -138,10 +138,12 @@ def check_memory(step: str, label: str | Path, need_bytes: int, threads: int, li
                                 "leaves: give the job more memory, or run fewer --workers")
 
 
-OUT_OF_MEMORY_WORDS = {RuntimeError: "can't start new thread", ImportError: "failed to map segment",
-                       OSError: "Cannot allocate memory"}
+OUT_OF_MEMORY_WORDS: dict[type[Exception], str] = {
+    RuntimeError: "can't start new thread", ImportError: "failed to map segment", OSError: "Cannot allocate memory"}
 """How an exception other than ``MemoryError`` says memory ran out: a thread that could not start, a library loaded
 late (SciPy's on first use) that could not be mapped, an ``mmap`` refused."""
+OUT_OF_MEMORY_ERRORS: tuple[type[BaseException], ...] = (MemoryError, *OUT_OF_MEMORY_WORDS)
+"""The exceptions :func:`is_out_of_memory` may find out of memory (an ``except`` catches these, then asks it)."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -102,7 +102,7 @@ def _call(step: str, label: str, function: Callable, kwargs: dict) -> None:
     """Run one job; running out of memory is one line naming the step and the slice (:func:`memory.out_of_memory`)."""
     try:
         function(**kwargs)
-    except (MemoryError, RuntimeError, ImportError, OSError) as exc:
+    except memory.OUT_OF_MEMORY_ERRORS as exc:
         if not memory.is_out_of_memory(exc):
             raise
         raise memory.out_of_memory(step, label, exc) from None
