@@ -47,7 +47,7 @@ KILL_POINTS = [  # (step, a new path matching this pattern appears, signal, work
     ("fit", "motor_transform.json", signal.SIGKILL, 1),
     ("stitch", "stitched/.slice_z*_stitch_3d.ome.zarr.tmp-*/0/zarr.json", signal.SIGKILL, 1),  # half-written
     ("stitch", "stitched/slice_z*_stitch_3d.ome.zarr", signal.SIGINT, 1),  # Ctrl-C
-    ("report", ".report.tmp-*/*.png", signal.SIGKILL, 1),
+    ("report", ".report.tmp-*/*.png", signal.SIGKILL, 2),  # figures drawn by the workers
 ]
 
 

@@ -6,6 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import scipy.fft
 from threadpoolctl import threadpool_info
@@ -96,6 +97,20 @@ def test_the_steps_of_a_run_share_one_set_of_worker_processes(tmp_path):
     assert str(os.getpid()) not in pids["measure"]  # the jobs ran in workers
     assert 1 <= len(pids["measure"]) <= 2
     assert pids["stitch"] <= pids["measure"], "the second step started new workers"
+
+
+def test_a_figure_that_fails_in_a_worker_is_raised_and_the_workers_start_again_for_the_next(tmp_path):
+    from linumpy_motor.pipeline.jobs import Workers
+    from linumpy_motor.qc.figures import FigureJob
+
+    good = FigureJob(tmp_path / "h.png", "plot_residual_histogram",
+                     {"residuals": np.array([0.2, 0.3, 2.0]), "outliers": np.array([False, False, True])})
+    with Workers(2, tmp_path) as workers:
+        with pytest.raises(AttributeError, match="no_such_plot"):
+            workers.draw([FigureJob(tmp_path / "a.png", "no_such_plot"), good])
+        workers.draw([good])
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "a.png").exists()
 
 
 def test_a_resumed_run_with_nothing_to_do_imports_no_plotting_or_statistics(tmp_path, synthetic_dataset_small):

@@ -26,7 +26,8 @@ from linumpy_motor.io.outputs import write_json
 from linumpy_motor.io.records import pair_dicts, pair_table
 from linumpy_motor.io.schemas import TileFinding
 from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
-from linumpy_motor.qc import compare, plots
+from linumpy_motor.qc import compare, outlines, plots
+from linumpy_motor.qc.figures import FigureJob, draw_here
 from linumpy_motor.qc.report import write_report
 from linumpy_motor.qc.thumbnail import read_thumbnail
 from linumpy_motor.qc.verdict import (
@@ -324,6 +325,33 @@ def test_every_referenced_png_exists_and_has_content(run):
         assert _seam_pixels(out / f"thumbnail_z{slice_id:02d}.png") > 500
 
 
+def test_figures_are_planned_then_drawn_by_the_drawer_given_the_same_in_worker_processes(run, tmp_path):
+    """Every figure the page shows goes through ``draw`` (nothing is drawn besides it), each into the folder being
+    built; drawn by two worker processes (``linumpy-motor run --workers 2``), each PNG is byte-identical."""
+    from linumpy_motor.pipeline.jobs import Workers
+
+    root = run["root"]
+    args = (root / "motor_transform.json", run["pairs_paths"], sorted(root.glob("*_compare.json")),
+            [root / f"slice_z{s:02d}_stitch_3d.ome.zarr" for s in (0, 1, 2, 4)])
+    given: list[FigureJob] = []
+
+    def draw_and_record(figures):
+        given.extend(figures)
+        draw_here(figures)
+
+    here, there = tmp_path / "here", tmp_path / "workers"
+    write_report(here, *args, draw=draw_and_record)
+    names = set(re.findall(r'<img src="([^"]+)"', (here / "report.html").read_text()))
+    assert len(names) == 10 and sorted(f.path.name for f in given) == sorted(names)  # each figure once
+    assert {p.name for p in here.glob("*.png")} == names
+    folders = {f.path.parent for f in given}
+    assert len(folders) == 1 and folders.pop().name.startswith(".here.tmp-"), "drawn into the folder being built"
+    with Workers(2, tmp_path) as workers:
+        write_report(there, *args, draw=workers.draw)
+    for name in sorted(names):
+        assert (there / name).read_bytes() == (here / name).read_bytes(), name
+
+
 def test_no_leftovers_and_rewrite_replaces_the_folder(run, tmp_path):
     assert not list(run["root"].glob(".report*"))
     transform = tmp_path / "t.json"
@@ -465,8 +493,8 @@ def test_per_slice_panels_keep_a_minimum_range():
 
 
 def test_corner_marks_leave_the_middle_of_every_seam_free():
-    outline = plots.tile_outlines(1, 1, (100, 200), np.eye(2))  # (1, 5, 2) as (x, y)
-    marks = plots.corner_marks(outline, 0.1)
+    outline = outlines.tile_outlines(1, 1, (100, 200), np.eye(2))  # (1, 5, 2) as (x, y)
+    marks = outlines.corner_marks(outline, 0.1)
     assert marks.shape == (8, 2, 2)
     lengths = np.linalg.norm(marks[:, 1] - marks[:, 0], axis=1)
     assert sorted(np.round(lengths, 6)) == [10.0] * 4 + [20.0] * 4  # 10 % of each side, at both ends

@@ -184,6 +184,7 @@ PHASES = {  # phase -> (the stderr line it starts after, or None: from the handl
     "measure": ("measure: ", ()),
     "workers": ("stitch: ", ("--workers", "2")),
     "report": ("report: 1 job to run", ()),
+    "report in workers": ("report: 1 job to run", ("--workers", "2")),
 }
 
 

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import resource_tracker
@@ -28,6 +28,7 @@ from linumpy_motor.parallel import threads_per_worker
 from linumpy_motor.pipeline import logs, worker_server
 from linumpy_motor.pipeline.options import RunOptions
 from linumpy_motor.pipeline.resume import Stamps, claimant
+from linumpy_motor.qc.figures import FigureJob
 
 __all__ = ["PROGRESS_UNITS", "WAIT_S", "Workers", "run_jobs", "threads_per_job"]
 
@@ -220,6 +221,10 @@ class Workers:
             _stop_workers(pool, todo)
             self.close()
             raise
+
+    def draw(self, figures: Sequence[FigureJob]) -> None:
+        """Draw the QC report's ``figures`` in the workers, one job each (stopped or failed as in :meth:`run`)."""
+        self.run([(figure.path, "", figure, {}) for figure in figures], "report", lambda *_: None)
 
     def close(self) -> None:
         """Stop the workers (after their jobs) and the resource tracker; a later :meth:`run` starts new ones."""

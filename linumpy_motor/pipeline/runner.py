@@ -292,7 +292,8 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
                        stitched=[stamps.key_of(p) for p in stitched.values()])
         ran["report"] = run_jobs([(report_dir, key, _write_report, dict(
             out_dir=report_dir, transform_file=transform, pairs_files=list(pairs.values()),
-            compare_files=list(compare.values()), stitched=list(stitched.values())))], stamps, 1, "report", progress)
+            compare_files=list(compare.values()), stitched=list(stitched.values()), workers=workers))],
+            stamps, 1, "report", progress)
         result.update(pairs=[str(p) for p in pairs.values()], compare=[str(p) for p in compare.values()],
                       report=str(report_dir / REPORT_PAGE),
                       status=summary.read_status(report_dir))
@@ -300,11 +301,14 @@ def _run_locked(slices: list[tuple[int, Path]], grids: dict[int, MosaicGrid], pa
     return result
 
 
-def _write_report(**kwargs) -> Path:
-    """:func:`~linumpy_motor.qc.report.write_report`, whose plotting libraries are imported only when a report
-    is drawn (a resumed run with nothing to do starts in about half the time)."""
+def _write_report(workers: Workers, **kwargs) -> Path:
+    """:func:`~linumpy_motor.qc.report.write_report`, its figures drawn by the run's ``workers`` when it has several;
+    its plotting libraries are imported only when a report is drawn (a resumed run with nothing to do starts in
+    about half the time)."""
     from linumpy_motor.qc.report import write_report
 
+    if workers.count > 1:
+        kwargs["draw"] = workers.draw
     return write_report(**kwargs)
 
 

@@ -9,9 +9,10 @@ compare
     Motor-model positions against registration positions.
 report
     The QC report folder (:func:`report.write_report`), built from :mod:`.inputs`, :mod:`.thumbnail`,
-    :mod:`.plots` and :mod:`.html`.
+    :mod:`.html` and :mod:`.figures` (each PNG planned as a value, drawn by :mod:`.plots` wherever a core
+    is free; :mod:`.outlines` places the tiles drawn over them).
 summary
     The end of a run in a few lines, and the exit code it implies.
 """
 
-__all__ = ["compare", "html", "inputs", "plots", "report", "summary", "thumbnail", "verdict"]
+__all__ = ["compare", "figures", "html", "inputs", "outlines", "plots", "report", "summary", "thumbnail", "verdict"]

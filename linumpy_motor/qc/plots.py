@@ -6,16 +6,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from linumpy_motor.register.geometry import affine_positions, model_positions, step_lengths
+from linumpy_motor.qc.outlines import corner_marks, tile_outlines
+from linumpy_motor.register.geometry import model_positions, step_lengths
 
-__all__ = ["DPI", "INLIER_COLOUR", "MIN_SPAN", "MODEL_PANELS", "OUTLIER_COLOUR", "SEAM_MARK_FRACTION", "at_least",
-    "corner_marks", "plot_model_per_slice", "plot_pair_residuals", "plot_residual_histogram", "plot_thumbnail",
-    "tile_outlines"]
+__all__ = ["DPI", "INLIER_COLOUR", "MIN_SPAN", "MODEL_PANELS", "OUTLIER_COLOUR", "at_least", "plot_model_per_slice",
+           "plot_pair_residuals", "plot_residual_histogram", "plot_thumbnail"]
 
 DPI = 90
 INLIER_COLOUR = "tab:blue"
@@ -29,26 +28,11 @@ MODEL_PANELS = (
 MIN_SPAN = {"theta_deg": 0.1, "perpendicular_deviation_deg": 0.1, "scale_y": 0.002, "scale_x": 0.002, "drift_px": 1.0}
 """Smallest y-range of each per-slice panel, so a spread within measurement noise (0.01°, 1e-4 of a
 step) is drawn flat instead of being stretched into an apparent trend."""
-SEAM_MARK_FRACTION = 0.12
-"""Tile corners are marked with ticks this fraction of a tile side long, leaving the seams themselves visible."""
 
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 1})
     return path
-
-
-def tile_outlines(nx: int, ny: int, tile_hw: Sequence[int], transform: np.ndarray,
-                  positions: npt.ArrayLike | None = None) -> np.ndarray:
-    """Closed outlines ``(nx * ny, 5, 2)`` of every tile as (x, y) = (col, row) canvas pixels.
-
-    Tiles sit at ``A @ [i, j]``, or at ``positions`` (``(nx * ny, 2)``, as the stitcher placed them).
-    """
-    h, w = tile_hw
-    corners = np.array([[0, 0], [0, w], [h, w], [h, 0], [0, 0]], dtype=float)
-    placed = affine_positions(nx, ny, transform) if positions is None else np.asarray(positions, dtype=float)
-    rows_cols = (placed - placed.min(axis=0))[:, None, :] + corners[None]
-    return rows_cols[..., ::-1]
 
 
 def at_least(limits: tuple[float, float], span: float) -> tuple[float, float]:
@@ -58,14 +42,6 @@ def at_least(limits: tuple[float, float], span: float) -> tuple[float, float]:
         return low, high
     centre = (low + high) / 2
     return centre - span / 2, centre + span / 2
-
-
-def corner_marks(outlines: np.ndarray, fraction: float = SEAM_MARK_FRACTION) -> np.ndarray:
-    """Short ticks ``(n * 8, 2, 2)`` along the two edges at each corner of each closed tile outline."""
-    corners = outlines[:, :4]
-    following, preceding = np.roll(corners, -1, axis=1), np.roll(corners, 1, axis=1)
-    ticks = [np.stack([corners, corners + fraction * (other - corners)], axis=2) for other in (following, preceding)]
-    return np.concatenate(ticks, axis=1).reshape(-1, 2, 2)
 
 
 def plot_model_per_slice(path: Path, per_slice: Mapping[int, dict], pooled: Mapping[str, float],

@@ -7,19 +7,18 @@ beside it), in one folder written atomically.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from linumpy_motor import interrupts
 from linumpy_motor.io import outputs
 from linumpy_motor.io.schemas import REPORT_PAGE, STATUS_FILE
-from linumpy_motor.qc import plots
+from linumpy_motor.qc.figures import FigureJob, draw_here
 from linumpy_motor.qc.html import page, section_html, summary_row
 from linumpy_motor.qc.inputs import ReportInputs, load_inputs
 from linumpy_motor.qc.summary import model_problems
-from linumpy_motor.qc.thumbnail import Stitched, draw_thumbnail, inspect_stitched
+from linumpy_motor.qc.thumbnail import Stitched, inspect_stitched, thumbnail_figure
 from linumpy_motor.qc.verdict import SliceVerdict, implied_overlap, judge, status_file
 from linumpy_motor.register.fit import describe_transform
 
@@ -37,6 +36,7 @@ def write_report(
     stitched: Sequence[str | Path] = (),
     *,
     title: str = DEFAULT_TITLE,
+    draw: Callable[[Sequence[FigureJob]], None] = draw_here,
 ) -> Path:
     """Write the QC report folder: ``report.html``, ``status.json`` and the PNGs it shows.
 
@@ -57,6 +57,10 @@ def write_report(
         unreadable store is reported, not raised.
     title : str
         Page title.
+    draw : callable
+        Draws the report's figures, given as a list of :class:`~linumpy_motor.qc.figures.FigureJob` (each
+        draws one PNG into the folder being built). Default: one after another in this process; the
+        embedded runner gives them to its worker processes.
 
     Returns
     -------
@@ -83,47 +87,56 @@ def write_report(
         with outputs.atomic_output(out_dir, "report") as tmp:
             tmp.mkdir()
             (tmp / STATUS_FILE).write_text(status_file(verdicts).model_dump_json(indent=2) + "\n")
-            (tmp / REPORT_PAGE).write_text(_draw(tmp, inputs, verdicts, stores, title), encoding="utf-8")
+            figures, html = _plan(tmp, inputs, verdicts, stores, title)
+            draw(figures)
+            (tmp / REPORT_PAGE).write_text(html, encoding="utf-8")
     except BaseException:
         outputs.remove_created_folders(created)
         raise
     return out_dir / REPORT_PAGE
 
 
-def _draw(folder: Path, inputs: ReportInputs, verdicts: Mapping[int, SliceVerdict], stores: Mapping[int, Stitched],
-          title: str) -> str:
-    """Draw every figure of the verdicts into ``folder``; return the page."""
+def _plan(folder: Path, inputs: ReportInputs, verdicts: Mapping[int, SliceVerdict], stores: Mapping[int, Stitched],
+          title: str) -> tuple[list[FigureJob], str]:
+    """The figures of the verdicts, to be drawn into ``folder``, and the page that shows them."""
     A = np.asarray(inputs.transform.transform, dtype=float)
     model = _model(inputs)
     measured = {slice_id: _residuals(v) for slice_id, v in verdicts.items() if v.residuals is not None}
+    figures: list[FigureJob] = []
     model_png = histogram_png = None
     if inputs.per_slice:
-        model_png = plots.plot_model_per_slice(folder / "model_per_slice.png", inputs.per_slice, model,
-                                               inputs.transform.diagnostics.get("drift_tolerance_px")).name
+        figures.append(FigureJob(folder / "model_per_slice.png", "plot_model_per_slice", dict(
+            per_slice=inputs.per_slice, pooled=model,
+            drift_tolerance_px=inputs.transform.diagnostics.get("drift_tolerance_px"))))
+        model_png = figures[-1].path.name
     if any(len(residuals) for residuals, _ in measured.values()):
         lengths = np.concatenate([np.linalg.norm(residuals, axis=1) for residuals, _ in measured.values()])
         rejected = np.concatenate([rejected for _, rejected in measured.values()])
-        histogram_png = plots.plot_residual_histogram(folder / "residual_histogram.png", lengths, rejected).name
+        figures.append(FigureJob(folder / "residual_histogram.png", "plot_residual_histogram",
+                                 dict(residuals=lengths, outliers=rejected)))
+        histogram_png = figures[-1].path.name
     rows, sections, stitched_meta, pixel_um = [], [], {}, None
     for slice_id, verdict in verdicts.items():
-        interrupts.check()  # a safe point between slices (a command's Ctrl-C or SIGTERM)
         pairs_file, quiver, thumbnail = inputs.pairs.get(slice_id), None, None
         if pairs_file is not None and slice_id in measured and len(measured[slice_id][0]):
-            quiver = plots.plot_pair_residuals(folder / f"residuals_z{slice_id:02d}.png", slice_id,
-                                               pairs_file.table(), *measured[slice_id], A,
-                                               pairs_file.grid, pairs_file.tile_shape[1:],
-                                               {t.tile: t.problem for t in verdict.evidence.tiles}).name
+            residuals, rejected = measured[slice_id]
+            figures.append(FigureJob(folder / f"residuals_z{slice_id:02d}.png", "plot_pair_residuals", dict(
+                slice_id=slice_id, pairs=pairs_file.table(), residuals=residuals, outliers=rejected, transform=A,
+                grid=pairs_file.grid, tile_hw=pairs_file.tile_shape[1:],
+                named={t.tile: t.problem for t in verdict.evidence.tiles})))
+            quiver = figures[-1].path.name
         store = stores.get(slice_id)
         if store is not None and store.thumbnail is not None:
-            thumbnail = draw_thumbnail(folder, slice_id, store)
+            figures.append(thumbnail_figure(folder, slice_id, store.thumbnail, store.outlines))
+            thumbnail = figures[-1].path.name
             stitched_meta[slice_id] = store.thumbnail.metadata
             pixel_um = pixel_um or store.thumbnail.pixel_um
         rows.append((verdict, inputs.compare.get(slice_id)))
         sections.append(section_html(slice_id, verdict, quiver, thumbnail, bool(inputs.stitched)))
     summary = [summary_row(verdict, compare, pixel_um) for verdict, compare in rows]
-    return page(title, inputs, model, summary, sections, stitched_meta, list(verdicts), pixel_um=pixel_um,
-                model_png=model_png, histogram_png=histogram_png,
-                warnings=model_problems(inputs.transform.diagnostics, [f.stats for f in inputs.pairs.values()]))
+    warnings = model_problems(inputs.transform.diagnostics, [f.stats for f in inputs.pairs.values()])
+    return figures, page(title, inputs, model, summary, sections, stitched_meta, list(verdicts), pixel_um=pixel_um,
+                         model_png=model_png, histogram_png=histogram_png, warnings=warnings)
 
 
 def _residuals(verdict: SliceVerdict) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Stitched-slice thumbnails for the report: read the smallest pyramid level, draw it with its tile seams."""
+"""Stitched-slice thumbnails for the report: read the smallest pyramid level, plan its figure with its tile seams."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import zarr
 from linumpy_motor.errors import InputError
 from linumpy_motor.io.grid import as_float, dataset_paths, level0_scale, multiscale_entry
 from linumpy_motor.io.schemas import PairsFile
-from linumpy_motor.qc import plots
+from linumpy_motor.qc.figures import FigureJob
+from linumpy_motor.qc.outlines import tile_outlines
 from linumpy_motor.register.geometry import model_span
 
-__all__ = ["THUMBNAIL_PX", "Stitched", "Thumbnail", "draw_thumbnail", "inspect_stitched", "read_thumbnail"]
+__all__ = ["THUMBNAIL_PX", "Stitched", "Thumbnail", "thumbnail_figure", "inspect_stitched", "read_thumbnail"]
 
 THUMBNAIL_PX = 1024
 """Longest side of a stitched-slice thumbnail read from its smallest pyramid level."""
@@ -108,25 +109,22 @@ def inspect_stitched(store: Path | None, pairs_file: PairsFile | None, A: np.nda
             if not _layout_fits(nx, ny, tile_hw, stitched_A, thumb.extent_hw):
                 raise ValueError("layout does not match the image")
             placed = np.asarray(meta.get("positions", []), dtype=float)  # per-tile placement, when recorded
-            outlines = plots.tile_outlines(nx, ny, tile_hw, stitched_A,
+            outlines = tile_outlines(nx, ny, tile_hw, stitched_A,
                                            placed if placed.shape == (nx * ny, 2) else None)
             if not np.allclose(stitched_A, A, rtol=0, atol=1e-6):
                 problem = "stitched with another motor model than this report's motor_transform.json"
     except (TypeError, ValueError):
         problem = "stitched slice has unreadable layout metadata"
     if outlines is None and pairs_file is not None:
-        outlines = plots.tile_outlines(*pairs_file.grid, pairs_file.tile_shape[1:], A)
+        outlines = tile_outlines(*pairs_file.grid, pairs_file.tile_shape[1:], A)
     return Stitched(thumb, problem, outlines)
 
 
-def draw_thumbnail(folder: Path, slice_id: int, stitched: Stitched) -> str | None:
-    """Draw a stitched slice's thumbnail with its tile corners into ``folder``; the PNG's name (None when
-    the store could not be read)."""
-    if stitched.thumbnail is None:
-        return None
-    thumb = stitched.thumbnail
-    return plots.plot_thumbnail(folder / f"thumbnail_z{slice_id:02d}.png", slice_id, thumb.plane, thumb.extent_hw,
-                                stitched.outlines).name
+def thumbnail_figure(folder: Path, slice_id: int, thumb: Thumbnail, outlines: np.ndarray | None) -> FigureJob:
+    """The figure of a stitched slice's thumbnail with the corners of its tile ``outlines``, to be drawn into
+    ``folder``."""
+    return FigureJob(folder / f"thumbnail_z{slice_id:02d}.png", "plot_thumbnail",
+                     dict(slice_id=slice_id, plane=thumb.plane, extent_hw=thumb.extent_hw, outlines=outlines))
 
 
 def _layout_fits(nx: int, ny: int, tile_hw: tuple[int, ...], A: np.ndarray, extent_hw: tuple[float, float]) -> bool:
