@@ -132,6 +132,29 @@ def test_a_resumed_run_with_nothing_to_do_imports_no_plotting_or_statistics(tmp_
     assert resumed.stdout.splitlines()[-1] == "[]"
 
 
+def test_a_command_with_workers_leaves_nothing_holding_its_output_once_it_has_exited(tmp_path, synthetic_dataset_small):
+    """The fork server of ``--workers 2`` starts importing at once; on a resumed run with nothing to do the command
+    ended while it still imported, and it held the command's stdout and stderr open for up to a second more:
+    whoever reads them (a pipe, Nextflow, a CI log) waited. It is ended with the command."""
+    import select
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-c", "import sys; from linumpy_motor.pipeline.launch import main; sys.exit(main())",
+               "run", str(synthetic_dataset_small.root), str(tmp_path / "out"), "--workers", "2", "--no-progress"]
+    subprocess.run(command, capture_output=True, check=True)  # the run; then a resumed one, with nothing to do
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.wait(timeout=120) == 0
+    output, deadline = b"", time.monotonic() + 0.1  # the pipe's end must come at once: nothing else holds it
+    while (chunk := os.read(process.stdout.fileno(), 65536) if select.select(
+            [process.stdout], [], [], max(0.0, deadline - time.monotonic()))[0] else None):
+        output += chunk
+    process.stdout.close()
+    assert chunk == b"", "the command has exited, and something still holds its output open"
+    assert b"measure 0, fit 0, stitch 0" in output
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["run", "in", "out", "--workers", "3"], 3),
     (["run", "--workers=2", "in", "out"], 2),

@@ -44,5 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {stop[1]}", file=sys.stderr)
         return stop[0]
     finally:
+        worker_server.stop()  # whoever reads the command's output is not kept waiting for it
         if argv is not None and installed:
             interrupts.restore()

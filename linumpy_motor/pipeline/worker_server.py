@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 
-__all__ = ["PRELOAD", "context", "let_server_end", "start", "workers_asked"]
+__all__ = ["PRELOAD", "context", "let_server_end", "start", "stop", "workers_asked"]
 
 PRELOAD = ["linumpy_motor.pipeline.jobs", "linumpy_motor.pipeline.steps", "linumpy_motor.stitch.assemble",
            "scipy.fft", "scipy.ndimage", "scipy.sparse.linalg"]
@@ -58,6 +58,26 @@ def start() -> None:
         signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     _started = True
+
+
+def stop() -> None:
+    """End the fork server :func:`start` started, now, and reap it (the command is done: its workers are gone).
+
+    Left to end by itself, a server still importing for a run that had nothing to do (a resumed run) lives on up
+    to a second after the command's last line, holding the command's standard output and error open: whatever
+    reads them (a pipe, Nextflow, a CI log) waits for it. Its workers, if any were left, die with it.
+    """
+    global _started
+    if not _started:
+        return
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)  # no public way to end it at once
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        forkserver._forkserver._stop()  # type: ignore[attr-defined]  # closes its pipes, reaps it, removes its socket
+    _started = False
 
 
 def let_server_end() -> None:
