@@ -676,6 +676,8 @@ def _log_measurement(name: str, measured: np.ndarray, skipped: list[dict], stats
     plane = "mean of the planes" if stats["z"] is None else f"z={stats['z']} ({stats.get('plane_mode')})"
     logger.info("%s: measured on plane %s, flat field %s: %d pairs (%d no better than chance), %d skipped",
                 name, plane, stats["flatfield"], len(measured), int(measured["background"].sum()), len(skipped))
+    if not logger.isEnabledFor(logging.DEBUG):  # the pairs' lines cost a few ms per slice to format, even unshown
+        return
     if stats.get("plane_scores"):
         logger.debug("%s: plane scores (overlap NCC, better half of the sampled pairs): %s", name,
                      ", ".join(f"z={z} {score:.3f}" for z, score in stats["plane_scores"].items()))
