@@ -277,3 +277,16 @@ def test_debug_leaves_out_the_font_search_but_keeps_other_libraries():
         assert logging.getLogger("zarr").isEnabledFor(logging.DEBUG)
         assert not logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.DEBUG)
     assert logging.getLogger("matplotlib").level == logging.NOTSET  # the caller's logging, as it was
+
+
+@pytest.mark.parametrize("level, lines", [(logging.DEBUG, 7), (logging.INFO, 0)])
+def test_each_pairs_decision_is_logged_with_debug_only(synthetic_dataset_small, caplog, level, lines):
+    from linumpy_motor.io.grid import open_mosaic
+    from linumpy_motor.register.measure import measure_mosaic
+
+    caplog.set_level(level, logger="linumpy_motor.register.measure")
+    _, path = synthetic_dataset_small.volumes[0]
+    measure_mosaic(open_mosaic(path), synthetic_dataset_small.spec.overlap)
+    pairs = [r.getMessage() for r in caplog.records if re.search(r": pair \[\d, \d\] (right|down): ", r.getMessage())]
+    assert len(pairs) == lines  # 3x2 tiles: 3 pairs to the right, 4 down
+    assert any("measured on plane" in r.getMessage() for r in caplog.records)
