@@ -292,7 +292,6 @@ def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: f
     runner_rows, runner_note = sections["runner"]
     speed_ok, speed_text = speed_verdict(speed, {n: v for n, v in installed.items() if v})
     accuracy_ok, accuracy_text = accuracy_verdict(accuracy)
-    both = None if speed_ok is None or accuracy_ok is None else speed_ok and accuracy_ok
     lines = [
         "# Benchmarks: linumpy-motor against m2stitch and ASHLAR",
         "",
@@ -311,8 +310,9 @@ def report(args: argparse.Namespace, sections: dict, installed: dict, seconds: f
         "## Targets",
         "",
         verdict_line(f"measure + fit ≥ {SPEED_TARGET:g}x faster than the faster ASHLAR setting at every real-image "
-                     "mosaic size, at equal or better accuracy than the best-tuned peer", both,
-                     f"{speed_text}; synthetic accuracy {accuracy_text}"),
+                     "mosaic size (its accuracy beside)", speed_ok, speed_text),
+        verdict_line("synthetic accuracy equal or better than the best-tuned peer in every scenario", accuracy_ok,
+                     accuracy_text),
         *(verdict_line(*v) for v in stitch_verdicts(*(stitch_rows or ([], [])))),
         *(verdict_line(*v) for v in real_verdicts(sections["real"])),
         *(verdict_line(*v) for v in bench_runner.verdicts(runner_rows)),
