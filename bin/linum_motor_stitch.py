@@ -17,7 +17,8 @@ from linumpy_motor.io.outputs import check_output
 from linumpy_motor.pipeline import options, steps
 from linumpy_motor.pipeline.entry import make_parser, run_cli
 from linumpy_motor.pipeline.logs import Progress
-from linumpy_motor.stitch.assemble import CACHE_BYTES, stitch_slice
+from linumpy_motor.stitch.assemble import stitch_slice
+from linumpy_motor.stitch.plan import CACHE_BYTES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -110,7 +110,7 @@ def test_the_numbers_fixed_in_the_code_are_the_code_s():
         checked.add(name)
     assert {"qc.verdict.TISSUE_LEVEL", "qc.verdict.TISSUE_QUANTILE", "qc.verdict.SATURATED_FRACTION",
             "qc.verdict.BLANK_RATIO", "qc.verdict.MAX_FAILED_FRACTION", "qc.verdict.OVERLAP_TOLERANCE",
-            "qc.summary.POOR_FIT_SCALE_PX", "qc.summary.POOR_NCC", "stitch.assemble.CACHE_BYTES",
+            "qc.summary.POOR_FIT_SCALE_PX", "qc.summary.POOR_NCC", "stitch.plan.CACHE_BYTES",
             "stitch.assemble.BLOCK_PX", "register.flatfield.DEEP_CHUNK_MIN_TILES",
             "register.measure.MAX_EMPTY_DEFAULT", "mosaic.motor.BLEND_SHIFT_SHARE",
             "mosaic.motor.BLEND_MIN_SHIFT_PX"} <= checked

@@ -24,8 +24,10 @@ from linumpy_motor.errors import InputError
 from linumpy_motor.io import ngff
 from linumpy_motor.pipeline.entry import EXIT_BAD_INPUT
 from linumpy_motor.register import geometry
-from linumpy_motor.stitch import assemble, pyramid
+from linumpy_motor.stitch import assemble, pyramid, tiles
 from linumpy_motor.stitch.assemble import stitch_slice
+from linumpy_motor.stitch.plan import CACHE_BYTES, make_layout, plan_stitch
+from linumpy_motor.stitch.render import _lerp
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bin" / "linum_motor_stitch.py"
 SPEC = synthetic.SyntheticSpec(nx=3, ny=4, tile_shape=(4, 96, 96), jitter_px=0.0, seed=0)
@@ -203,14 +205,14 @@ def test_blocks_and_z_chunks_do_not_change_the_result(data, tmp_path):
 def _count_reads(monkeypatch) -> list:
     """Record ``(first plane, last plane + 1, tile row, tile column)`` of every tile the stitcher decodes."""
     reads = []
-    real_read = assemble.read_block
+    real_read = tiles.read_block
 
     def counting_read(grid, z, rows, cols, out=None):
         reads.extend((z.start, z.stop, i, j) for i in range(rows.start // 96, rows.stop // 96)
                      for j in range(cols.start // 96, cols.stop // 96))
         return real_read(grid, z, rows, cols, out=out)
 
-    monkeypatch.setattr(assemble, "read_block", counting_read)
+    monkeypatch.setattr(tiles, "read_block", counting_read)
     return reads
 
 
@@ -238,12 +240,12 @@ def test_tiles_read_one_at_a_time_into_reused_buffers_give_the_same_output(data,
     """Large tiles are decoded one per zarr call straight into their padded buffer, and a dropped load's buffers
     are decoded into again: with a cache of one load at a time, bit for bit the output of two-row reads."""
     _, pairs = _stitch(data, tmp_path / "pairs.ome.zarr", z_chunk=1)
-    monkeypatch.setattr(assemble, "READ_RUN_BYTES", 1)  # every tile is "large": read alone
+    monkeypatch.setattr("linumpy_motor.stitch.plan.READ_RUN_BYTES", 1)  # every tile is "large": read alone
     calls, reused = [], []
-    real_read, real_buffer = assemble.read_block, assemble._TileReader._buffer
-    monkeypatch.setattr(assemble, "read_block", lambda grid, z, rows, cols, out=None: calls.append(
+    real_read, real_buffer = tiles.read_block, tiles.TileReader._buffer
+    monkeypatch.setattr(tiles, "read_block", lambda grid, z, rows, cols, out=None: calls.append(
         (rows.stop - rows.start, out is not None)) or real_read(grid, z, rows, cols, out=out))
-    monkeypatch.setattr(assemble._TileReader, "_buffer",
+    monkeypatch.setattr(tiles.TileReader, "_buffer",
                         lambda self, shape: reused.append(bool(self.free)) or real_buffer(self, shape))
     summary, single = _stitch(data, tmp_path / "single.ome.zarr", z_chunk=1, cache_bytes=1)
     assert set(calls) == {(96, True)} and len(calls) > 12  # one tile per call, into its buffer; strips re-read
@@ -260,16 +262,16 @@ def test_buffers_of_another_z_load_are_let_go(tmp_path, monkeypatch):
     volume = zarr.open_group(str(data["path"]), mode="r")["0"][:]
     ngff.write_image(tmp_path / "z3.ome.zarr", volume, chunks=(3, 64, 64))
     stitch_slice(data["path"], tmp_path / "whole.ome.zarr", data["A"], flatfield="none", block_px=64)
-    monkeypatch.setattr(assemble, "READ_RUN_BYTES", 1)
+    monkeypatch.setattr("linumpy_motor.stitch.plan.READ_RUN_BYTES", 1)
     shapes_held = []
-    real_buffer = assemble._TileReader._buffer
+    real_buffer = tiles.TileReader._buffer
 
     def buffer(self, shape):
         made = real_buffer(self, shape)
         shapes_held.append({tile.shape for tile in self.free} | {shape})
         return made
 
-    monkeypatch.setattr(assemble._TileReader, "_buffer", buffer)
+    monkeypatch.setattr(tiles.TileReader, "_buffer", buffer)
     stitch_slice(tmp_path / "z3.ome.zarr", tmp_path / "z3_out.ome.zarr", data["A"], flatfield="none", block_px=64,
                  z_chunk=1, cache_bytes=1)
     assert {(3, 66, 66), (2, 66, 66)} <= set().union(*shapes_held)
@@ -281,7 +283,7 @@ def test_buffers_of_another_z_load_are_let_go(tmp_path, monkeypatch):
 @pytest.mark.parametrize("blending", ["feather", "none"])
 def test_resampling_a_plane_at_a_time_changes_nothing(data, tmp_path, monkeypatch, blending):
     _, whole = _stitch(data, tmp_path / "whole.ome.zarr", blending=blending, z_chunk=4)
-    monkeypatch.setattr(assemble, "LERP_BYTES", 1)
+    monkeypatch.setattr("linumpy_motor.stitch.render.LERP_BYTES", 1)
     _, planes = _stitch(data, tmp_path / "planes.ome.zarr", blending=blending, z_chunk=4)
     np.testing.assert_array_equal(whole["0"][:], planes["0"][:])
 
@@ -483,7 +485,7 @@ def test_bin_runs_as_a_program(data, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
-@pytest.mark.parametrize("blending, cache_bytes", [("feather", assemble.CACHE_BYTES), ("none", 1), ("diffusion", 1)])
+@pytest.mark.parametrize("blending, cache_bytes", [("feather", CACHE_BYTES), ("none", 1), ("diffusion", 1)])
 def test_gpu_matches_cpu(data, tmp_path, blending, cache_bytes):
     """Resampling, blending and level 1 on CuPy, whole slice in one strip or cut into strips."""
     options = dict(blending=blending, cache_bytes=cache_bytes, z_chunk=1, pyramid_top_px=64)
@@ -512,10 +514,10 @@ def test_planned_tile_memory_stays_within_the_cache_whatever_the_slice(grid_size
     tile = (16, 128, 128)  # one whole-tile chunk each: 1 MiB padded
     A = np.diag(geometry.nominal_step(tile, 0.2))
     positions = geometry.affine_positions(nx, ny, A)
-    layout = assemble.make_layout(nx, ny, tile, tile[0], positions)
+    layout = make_layout(nx, ny, tile, tile[0], positions)
     shape = geometry.output_shape(nx, ny, tile, A)
     budget = 40 * 2**20  # the 24x24 slice as one strip would hold 50 MiB, a one-block strip 33
-    plan = assemble.plan_stitch(layout, shape, (16, 256, 256), cache_bytes=budget, lookahead=2)
+    plan = plan_stitch(layout, shape, (16, 256, 256), cache_bytes=budget, lookahead=2)
     order, peak, decoded = [b.region for b in plan.blocks], plan.peak_load_bytes, plan.decoded_bytes
     once = nx * ny * 16 * 130 * 130 * 4
     assert peak <= budget
@@ -531,7 +533,7 @@ def _small_layout(nx: int = 5, ny: int = 4, tile=(8, 64, 64)):
     A = np.array([[52.3, 1.4], [-0.9, 51.7]])
     positions = geometry.affine_positions(nx, ny, A)
     positions = positions - positions.min(axis=0)
-    return assemble.make_layout(nx, ny, tile, tile[0], positions), geometry.output_shape(nx, ny, tile, A), positions
+    return make_layout(nx, ny, tile, tile[0], positions), geometry.output_shape(nx, ny, tile, A), positions
 
 
 def test_the_plan_is_a_value_that_planning_does_not_change():
@@ -539,22 +541,22 @@ def test_the_plan_is_a_value_that_planning_does_not_change():
     layout, shape, positions = _small_layout()
     kept = positions.copy()
     before = copy.deepcopy(layout)
-    first = assemble.plan_stitch(layout, shape, (4, 64, 64), cache_bytes=2**20, lookahead=3)
-    second = assemble.plan_stitch(assemble.make_layout(5, 4, (8, 64, 64), 8, positions), shape, (4, 64, 64),
+    first = plan_stitch(layout, shape, (4, 64, 64), cache_bytes=2**20, lookahead=3)
+    second = plan_stitch(make_layout(5, 4, (8, 64, 64), 8, positions), shape, (4, 64, 64),
                                   cache_bytes=2**20, lookahead=3)
     assert first == second and first is not second
     assert layout == before and np.array_equal(positions, kept)
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.strip_px = 1  # type: ignore[misc]
     # a different budget is a different plan; the first one is untouched by making it
-    whole = assemble.plan_stitch(layout, shape, (4, 64, 64), cache_bytes=2**30, lookahead=3)
+    whole = plan_stitch(layout, shape, (4, 64, 64), cache_bytes=2**30, lookahead=3)
     assert whole.decode_factor == 1.0 and first.decode_factor > 1.0 and first == second
 
 
 def test_every_block_of_the_plan_names_the_tiles_meeting_it_and_their_loads():
     """Each block once; its tiles are exactly those whose footprint meets it; each load is used as counted."""
     layout, shape, _ = _small_layout()
-    plan = assemble.plan_stitch(layout, shape, (4, 64, 64), cache_bytes=2**20, lookahead=2)
+    plan = plan_stitch(layout, shape, (4, 64, 64), cache_bytes=2**20, lookahead=2)
     assert sorted((b.region for b in plan.blocks), key=lambda r: (r[0].start, r[1].start, r[2].start)) == list(
         pyramid.iter_blocks(shape, (4, 64, 64)))
     _, h, w = layout.tile_shape
@@ -580,8 +582,8 @@ def test_the_resampling_is_the_bilinear_formula_and_a_window_of_it_is_the_window
     a = padded.astype(np.float64)
     expected = ((1 - fy) * (1 - fx) * a[:, 1:, 1:] + fy * (1 - fx) * a[:, :-1, 1:]
                 + (1 - fy) * fx * a[:, 1:, :-1] + fy * fx * a[:, :-1, :-1])
-    result = assemble._lerp(padded, fy, fx)
+    result = _lerp(padded, fy, fx)
     assert result.shape == (3, 8, 11) and result.dtype == np.float32
     np.testing.assert_allclose(result, expected, rtol=0, atol=2e-6)
-    window = assemble._lerp(np.ascontiguousarray(padded[:, 2:7, 3:10]), fy, fx)
+    window = _lerp(np.ascontiguousarray(padded[:, 2:7, 3:10]), fy, fx)
     np.testing.assert_array_equal(result[:, 2:6, 3:9], window)
