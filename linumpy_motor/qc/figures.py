@@ -18,10 +18,11 @@ from linumpy_motor import interrupts
 __all__ = ["FigureJob", "draw_here"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FigureJob:
     """One PNG of the report: ``plot`` (the name of a function of :mod:`linumpy_motor.qc.plots`) writes it at
-    ``path`` from ``arguments`` (its keyword arguments). Calling it draws it and returns ``path``."""
+    ``path`` from ``arguments`` (its keyword arguments). Calling it draws it and returns ``path``. Compared by
+    identity: its arguments hold arrays."""
 
     path: Path
     plot: str
