@@ -171,4 +171,3 @@ def clean(stamps: Stamps, planned: dict[Path, str]) -> None:
     outputs.remove_created_folders({output.parent for output in stale} - {stamps.outdir})
     for output in set(earlier) - set(planned):
         stamps.invalidate(output)
-

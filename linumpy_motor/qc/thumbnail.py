@@ -16,7 +16,7 @@ from linumpy_motor.qc.figures import FigureJob
 from linumpy_motor.qc.outlines import tile_outlines
 from linumpy_motor.register.geometry import model_span
 
-__all__ = ["THUMBNAIL_PX", "Stitched", "Thumbnail", "thumbnail_figure", "inspect_stitched", "read_thumbnail"]
+__all__ = ["THUMBNAIL_PX", "Stitched", "Thumbnail", "inspect_stitched", "read_thumbnail", "thumbnail_figure"]
 
 THUMBNAIL_PX = 1024
 """Longest side of a stitched-slice thumbnail read from its smallest pyramid level."""
@@ -109,8 +109,7 @@ def inspect_stitched(store: Path | None, pairs_file: PairsFile | None, A: np.nda
             if not _layout_fits(nx, ny, tile_hw, stitched_A, thumb.extent_hw):
                 raise ValueError("layout does not match the image")
             placed = np.asarray(meta.get("positions", []), dtype=float)  # per-tile placement, when recorded
-            outlines = tile_outlines(nx, ny, tile_hw, stitched_A,
-                                           placed if placed.shape == (nx * ny, 2) else None)
+            outlines = tile_outlines(nx, ny, tile_hw, stitched_A, placed if placed.shape == (nx * ny, 2) else None)
             if not np.allclose(stitched_A, A, rtol=0, atol=1e-6):
                 problem = "stitched with another motor model than this report's motor_transform.json"
     except (TypeError, ValueError):

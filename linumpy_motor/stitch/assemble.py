@@ -14,7 +14,7 @@ rendering and encoding run as three overlapping stages, each on ``threads`` thre
 ``2 * threads`` blocks (:func:`_write_pyramid`), so every core has work while the others wait on zarr.
 
 Decoding: a tile is decoded with all the planes of its input chunk (a *load*: ``R`` tiles of one
-tile column in one zarr call, ``R`` = 2 for tiles under ``READ_RUN_BYTES``, else 1, straight into
+tile column in one zarr call, ``R`` from :func:`~.plan.read_run`, straight into
 its zero-padded buffer, then gain-multiplied) when the first block that needs it enters the window,
 and kept until the last; its buffers then take the next load. Every block resamples just its own
 window of the tile, :data:`~.render.LERP_BYTES` of planes at a time. Blocks are ordered Z load by Z load,
@@ -69,15 +69,7 @@ from linumpy_motor.register import geometry
 from linumpy_motor.register.flatfield import DEFAULT_FLATFIELD, READ_THREADS, flatfield_file, resolve_flatfield
 from linumpy_motor.stitch import pyramid
 from linumpy_motor.stitch.blend import BLENDING_MODES, DEFAULT_BLENDING, overlap_px, weight_map
-from linumpy_motor.stitch.plan import (
-    CACHE_BYTES,
-    READ_RUN_BYTES,
-    BlockPlan,
-    Region,
-    StitchPlan,
-    make_layout,
-    plan_stitch,
-)
+from linumpy_motor.stitch.plan import CACHE_BYTES, BlockPlan, Region, StitchPlan, make_layout, plan_stitch, read_run
 from linumpy_motor.stitch.render import render_block
 from linumpy_motor.stitch.tiles import LoadCache, TileReader
 
@@ -127,8 +119,9 @@ def peak_bytes(grid: MosaicGrid, A: np.ndarray, threads: int, z_chunk: int, *, c
     left out, with the cache no larger than the whole slice decoded (checked before the stitch starts,
     :func:`~linumpy_motor.memory.check_memory`)."""
     nz, h, w = grid.tile_shape
-    tile = min(nz, max(1, int(grid.array.chunks[0]))) * (h + 2) * (w + 2) * 4
-    reads = 2 if tile < READ_RUN_BYTES else 1
+    z_load = min(nz, max(1, int(grid.array.chunks[0])))
+    tile = z_load * (h + 2) * (w + 2) * 4
+    reads = read_run(z_load, h, w)
     step_y, step_x = (max(1.0, step) for step in geometry.step_lengths(A))
     window = lookahead_blocks(threads)
     strip = reads * (int(np.ceil(block_px / step_y)) + 2) * (int(np.ceil(block_px / step_x)) + 2 + window) * tile

@@ -19,7 +19,7 @@ import numpy as np
 from linumpy_motor.stitch import pyramid
 
 __all__ = ["CACHE_BYTES", "READ_RUN_BYTES", "BlockPlan", "Layout", "LoadKey", "Region", "StitchPlan", "make_layout",
-           "plan_stitch"]
+           "plan_stitch", "read_run"]
 
 CACHE_BYTES = 512 * 2**20  # decoded tiles kept alive between their first and last block (see the module doc)
 READ_RUN_BYTES = 4 * 2**20  # tiles of a load smaller than this are read two tile rows per zarr call
@@ -95,6 +95,12 @@ class Layout:
         return tuple(int(t) for t in np.nonzero(hit)[0])
 
 
+def read_run(z_load: int, h: int, w: int) -> int:
+    """Tile rows read per zarr call for tiles of ``z_load`` planes of ``h`` by ``w``: 2 under :data:`READ_RUN_BYTES`,
+    else 1."""
+    return 2 if 4 * z_load * h * w < READ_RUN_BYTES else 1
+
+
 def make_layout(nx: int, ny: int, tile_shape: tuple[int, int, int], z_load: int, positions: np.ndarray) -> Layout:
     """The :class:`Layout` of ``nx`` by ``ny`` tiles at ``positions`` (top-lefts, the canvas starting at 0)
     whose input chunks hold ``z_load`` planes."""
@@ -103,7 +109,7 @@ def make_layout(nx: int, ny: int, tile_shape: tuple[int, int, int], z_load: int,
     origins = np.floor(positions).astype(np.int64)
     fractions = np.asarray(positions, dtype=float) - origins
     return Layout(nx=int(nx), ny=int(ny), tile_shape=(int(tile_shape[0]), int(h), int(w)), z_load=z_load,
-                  read_run=2 if 4 * z_load * h * w < READ_RUN_BYTES else 1,
+                  read_run=read_run(z_load, h, w),
                   origins=tuple((int(a), int(b)) for a, b in origins),
                   fractions=tuple((float(a), float(b)) for a, b in fractions))
 
