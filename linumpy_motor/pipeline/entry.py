@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -62,8 +59,8 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
     Ctrl-C and SIGTERM are handled by :mod:`linumpy_motor.interrupts` while it runs: they can not be
     swallowed, and end the command with one line whenever they arrive before it returns. With ``argv``
     None (the process's own command line, about to exit) signals change nothing once the outcome is
-    settled, and an interrupted command ends the process at once (:func:`_end_interrupted`); with ``argv``
-    given (a call in-process) the caller's signal handling is put back.
+    settled, and an interrupted command ends the process at once (:func:`.interrupts.end_process`); with
+    ``argv`` given (a call in-process) the caller's signal handling is put back.
 
     Returns
     -------
@@ -92,26 +89,8 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
         if argv is not None and installed:
             interrupts.restore()
     if argv is None and code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
-        _end_interrupted(code)
+        interrupts.end_process(code)
     return code
-
-
-def _end_interrupted(code: int) -> NoReturn:
-    """End the process of an interrupted command with ``code``, without finalizing the interpreter.
-
-    The command's outcome is settled, its one line printed and its work in progress cleaned up, but threads
-    of the libraries may still run work the interruption abandoned (zarr's I/O loop and its codec threads,
-    a thread pool's last task). Finalizing the interpreter under them aborted the process once in about 500
-    interruptions (SIGABRT, "Fatal Python error: PyThreadState_Get ... finalizing") instead of ending it with
-    its code, and it waits for any still busy. The logs and the standard streams are flushed first.
-    """
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said on it
-            pass
-    os._exit(code)
 
 
 def _interrupted(parser: argparse.ArgumentParser, exc: BaseException | None, debug: bool) -> int:
