@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,10 +33,24 @@ def _hex(colour: str) -> tuple[int, int, int]:
     return tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
 
 
-def _shot(report: str, width: int, path) -> np.ndarray:
-    subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={width},{HEIGHT}", f"--screenshot={path}", f"file://{report}"],
-                   check=True, capture_output=True, timeout=120)
+def _shot(report: str, width: int, path: Path) -> np.ndarray:
+    """Chromium's screenshot of ``report``, ``width`` px wide. Chromium runs in a session of its own, its output
+    on a file: at its time limit every process it started is killed, and none can keep the test waiting on a
+    pipe (its helper processes may outlive the browser's main process)."""
+    log = path.with_suffix(".log")
+    with open(log, "wb") as output:
+        command = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+                   "--disable-breakpad", f"--user-data-dir={path.parent / 'chromium'}",
+                   f"--window-size={width},{HEIGHT}", f"--screenshot={path}", f"file://{report}"]
+        browser = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                   start_new_session=True)
+        try:
+            code = browser.wait(timeout=120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(browser.pid, signal.SIGKILL)
+            browser.wait()
+    assert code == 0 and path.is_file(), f"{BROWSER} exited {code}:\n{log.read_text(errors='replace')[-2000:]}"
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=int)
 

@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -221,6 +222,9 @@ PHASES = {  # phase -> (the stderr line it starts after, or None: from the handl
 }
 
 
+RUN_LIMIT_S = 150
+"""Longest a signalled run may take, from its start to its end (each takes a few seconds)."""
+
 DELAYS = {"imports": (0.0, 1.2)}
 """Seconds from the start of a phase to the signal (0 to 0.6 s by default). The program catches signals before
 it imports NumPy and the rest, which take a second or more (the imports phase starts then)."""
@@ -232,8 +236,10 @@ def _signal_a_run(data: Path, out: Path, phase: str, signum: int, delay: float) 
     process = subprocess.Popen([CLI, "run", str(data), str(out), "--no-progress", *options], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env())
     before = []
+    watchdog = threading.Timer(RUN_LIMIT_S, process.kill)  # a run that hangs ends as killed, and the test says so
+    watchdog.start()
     try:
-        while marker is None and not _catches_sigterm(process.pid):
+        while marker is None and process.poll() is None and not _catches_sigterm(process.pid):
             time.sleep(0.001)
         if marker is not None:
             for line in process.stderr:
@@ -246,6 +252,7 @@ def _signal_a_run(data: Path, out: Path, phase: str, signum: int, delay: float) 
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=120)
     finally:
+        watchdog.cancel()
         process.kill()
         process.wait()
     return process.returncode, "".join(before) + stderr
