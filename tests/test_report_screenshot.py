@@ -19,6 +19,11 @@ from linumpy_motor.pipeline import runner
 from linumpy_motor.qc.html import COLOURS
 
 BROWSER = next((name for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+OFFLINE = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-breakpad", "--disable-quic",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+"""A headless Chromium that asks the network for nothing: at its start it looks up Google's hosts for its updates,
+sync and field trials, which a closed network refuses or, worse, leaves unanswered (and it is given no D-Bus
+session to wait on: ``DBUS_SESSION_BUS_ADDRESS=disabled:``)."""
 WIDTHS, HEIGHT = (1024, 1400), 6000
 """Window widths the page must fit (a laptop, a desktop), and a height that shows all of it."""
 MARGIN_PX = 8  # the body's padding (1em = 16 px) leaves at least this much blank at the right edge
@@ -36,14 +41,14 @@ def _hex(colour: str) -> tuple[int, int, int]:
 def _shot(report: str, width: int, path: Path) -> np.ndarray:
     """Chromium's screenshot of ``report``, ``width`` px wide. Chromium runs in a session of its own, its output
     on a file: at its time limit every process it started is killed, and none can keep the test waiting on a
-    pipe (its helper processes may outlive the browser's main process)."""
+    pipe (its helper processes may outlive the browser's main process, which is all a time limit of
+    ``subprocess.run`` kills before it reads the pipes to their end)."""
     log = path.with_suffix(".log")
     with open(log, "wb") as output:
-        command = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-                   "--disable-breakpad", f"--user-data-dir={path.parent / 'chromium'}",
+        command = [BROWSER, *OFFLINE, "--hide-scrollbars", f"--user-data-dir={path.parent / 'chromium'}",
                    f"--window-size={width},{HEIGHT}", f"--screenshot={path}", f"file://{report}"]
         browser = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                                   start_new_session=True)
+                                   start_new_session=True, env={**os.environ, "DBUS_SESSION_BUS_ADDRESS": "disabled:"})
         try:
             code = browser.wait(timeout=120)
         finally:
