@@ -94,8 +94,22 @@ def _unraisable(info) -> None:
     if isinstance(info.exc_value, MemoryError) and _main_ident is not None and threading.get_ident() != _main_ident:
         _starved = True
         signal.pthread_kill(_main_ident, STARVED_SIGNAL)
+        _wake_starter(info.object)
         return
     _previous_hook(info)
+
+
+def _wake_starter(function: object) -> None:
+    """Wake whoever waits in ``Thread.start`` for the thread that dropped the error (Python reports the thread's
+    ``_bootstrap`` method as the object of the drop).
+
+    The signal alone could be lost: coming just before the starter's wait began (a loaded machine, 8 times in
+    300 here), it was handled then, and nothing ended the wait. Woken, the starter's next step runs the
+    signal's handler, which raises the error.
+    """
+    started = getattr(getattr(function, "__self__", None), "_started", None)  # no public way to end that wait
+    if isinstance(started, threading.Event):
+        started.set()
 
 
 def install() -> bool:

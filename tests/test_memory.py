@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -172,6 +173,28 @@ def test_a_thread_that_runs_out_of_memory_as_it_starts_raises_in_the_starter_ins
             thread.start()
         assert time.monotonic() - started < 10
     finally:
+        rescue.cancel()
+        interrupts.restore()
+
+
+def test_the_starter_of_a_starved_thread_is_woken_even_if_the_signal_came_before_its_wait():
+    """On a loaded machine the signal came, 8 times in 300, just before the starter's wait began: it was handled
+    then and the wait went on for ever. Here the signal is held back from the starter, so only the failing thread
+    itself can end the wait; the error is raised as soon as the signal is let through."""
+    assert interrupts.install()
+    thread = _StarvedThread()
+    rescue = threading.Timer(20, thread._started.set)  # had the fix failed: end the wait, so the test fails, not hangs
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {interrupts.STARVED_SIGNAL})
+    try:
+        rescue.start()
+        started = time.monotonic()
+        thread.start()  # returns: the wait was ended by the starved thread, not by the signal
+        assert time.monotonic() - started < 10
+        with pytest.raises(MemoryError):
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            time.sleep(1)  # the held signal's handler raises before this ends
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         rescue.cancel()
         interrupts.restore()
 
