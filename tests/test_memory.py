@@ -160,43 +160,42 @@ class _StarvedThread(threading.Thread):
         raise MemoryError
 
 
-def test_a_thread_that_runs_out_of_memory_as_it_starts_raises_in_the_starter_instead_of_hanging():
-    """The CI run of 2026-12-06 hung for 300 s under ``ulimit -v`` 500 MB: a thread of the measure's pool failed
-    to start, Python dropped the MemoryError, and the main thread waited for it in ``Thread.start`` for ever."""
+@pytest.fixture
+def starved_thread():
+    """A :class:`_StarvedThread`, with the handlers installed and a rescue: had the fix failed, the wait in its
+    ``start`` ends after 20 s, so the test fails instead of hanging."""
     assert interrupts.install()
     thread = _StarvedThread()
-    rescue = threading.Timer(20, thread._started.set)  # had the fix failed: end the wait, so the test fails, not hangs
+    rescue = threading.Timer(20, thread._started.set)
     rescue.start()
-    try:
-        started = time.monotonic()
-        with pytest.raises(MemoryError):
-            thread.start()
-        assert time.monotonic() - started < 10
-    finally:
-        rescue.cancel()
-        interrupts.restore()
+    yield thread
+    rescue.cancel()
+    interrupts.restore()
 
 
-def test_the_starter_of_a_starved_thread_is_woken_even_if_the_signal_came_before_its_wait():
+def test_a_thread_that_runs_out_of_memory_as_it_starts_raises_in_the_starter_instead_of_hanging(starved_thread):
+    """The CI run of 2026-12-06 hung for 300 s under ``ulimit -v`` 500 MB: a thread of the measure's pool failed
+    to start, Python dropped the MemoryError, and the main thread waited for it in ``Thread.start`` for ever."""
+    started = time.monotonic()
+    with pytest.raises(MemoryError):
+        starved_thread.start()
+    assert time.monotonic() - started < 10
+
+
+def test_the_starter_of_a_starved_thread_is_woken_even_if_the_signal_came_before_its_wait(starved_thread):
     """On a loaded machine the signal came, 8 times in 300, just before the starter's wait began: it was handled
     then and the wait went on for ever. Here the signal is held back from the starter, so only the failing thread
     itself can end the wait; the error is raised as soon as the signal is let through."""
-    assert interrupts.install()
-    thread = _StarvedThread()
-    rescue = threading.Timer(20, thread._started.set)  # had the fix failed: end the wait, so the test fails, not hangs
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {interrupts.STARVED_SIGNAL})
     try:
-        rescue.start()
         started = time.monotonic()
-        thread.start()  # returns: the wait was ended by the starved thread, not by the signal
+        starved_thread.start()  # returns: the wait was ended by the starved thread, not by the signal
         assert time.monotonic() - started < 10
         with pytest.raises(MemoryError):
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             time.sleep(1)  # the held signal's handler raises before this ends
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        rescue.cancel()
-        interrupts.restore()
 
 
 def test_a_memory_error_while_reading_is_not_called_a_damaged_slice(tmp_path):

@@ -42,11 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop = interrupts.outcome(exc)
         assert stop is not None  # a KeyboardInterrupt always has one
         print(f"{PROG}: {stop[1]}", file=sys.stderr)
-        if argv is None:  # the process's own command: it ends now, as any interrupted command does
-            worker_server.stop()
-            interrupts.end_process(stop[0])
-        return stop[0]
+        interrupted = stop[0]
     finally:
         worker_server.stop()  # whoever reads the command's output is not kept waiting for it
         if argv is not None and installed:
             interrupts.restore()
+    if argv is None:  # the process's own command: it ends now, as any interrupted command does
+        interrupts.end_process(interrupted)
+    return interrupted
